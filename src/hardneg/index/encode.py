@@ -1,0 +1,192 @@
+"""Texts → embeddings.
+
+Batches are formed over rows sorted by token length (longest first), so a
+batch pads to its own longest row and almost no compute is spent on padding;
+rows are written back in their original order. Corpus encoding writes a
+float32 ``.npy`` memmap into ``<out>.partial/`` with a progress file, and can
+be resumed after an interruption; the folder is renamed to ``<out>`` only
+when every row is encoded, so an unfinished one is never taken as complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hardneg.data.tokenized import TokenizedStore
+from hardneg.errors import HardnegError, MismatchError
+from hardneg.io import commit_dir, read_json, write_json
+
+EMB_VERSION = 1
+
+
+def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Row indices grouped into batches of similar length, longest first (deterministic)."""
+    if batch_size < 1:
+        raise HardnegError(f"batch size must be positive, not {batch_size}")
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id lists into ``(input_ids, attention_mask)`` tensors."""
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def _pad_id(model) -> int:
+    pad = model.tokenizer.pad_token_id
+    return int(pad) if pad is not None else 0
+
+
+@torch.inference_mode()
+def encode_token_lists(
+    model,
+    token_lists: Sequence[Sequence[int]],
+    side: str,
+    *,
+    batch_size: int = 64,
+    show_progress: bool = False,
+) -> np.ndarray:
+    """Encode pre-tokenized rows held in memory; returns float32 ``(n, dim)`` in input order."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    out = np.empty((len(token_lists), model.dim), dtype=np.float32)
+    if not len(token_lists):
+        return out
+    lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
+    pad = _pad_id(model)
+    device = model.device
+    for batch in tqdm(length_sorted_batches(lengths, batch_size), desc=f"encode {side}s",
+                      disable=not show_progress, mininterval=1.0):
+        ids, mask = pad_batch([token_lists[i] for i in batch], pad)
+        emb = model(ids.to(device), mask.to(device), side=side)
+        out[batch] = emb.float().cpu().numpy()
+    return out
+
+
+def embeddings_key(encoder_identity: dict, store_manifest: dict, side: str) -> str:
+    raw = json.dumps([encoder_identity, store_manifest.get("content"), store_manifest.get("max_length"),
+                      store_manifest.get("prefix"), side, EMB_VERSION], sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+class Embeddings:
+    """A finished embeddings folder: ``embeddings.npy`` (memmap), ``ids.json``, ``manifest.json``."""
+
+    def __init__(self, folder: str | Path, expect_key: str | None = None) -> None:
+        self.folder = Path(folder)
+        if not (self.folder / "manifest.json").is_file():
+            hint = " (an interrupted run: rerun the command to resume)" if Path(
+                f"{self.folder}.partial").exists() else ""
+            raise HardnegError(f"{self.folder}: no finished embeddings here{hint}")
+        self.manifest = read_json(self.folder / "manifest.json")
+        if expect_key is not None and self.manifest.get("key") != expect_key:
+            raise MismatchError(
+                f"{self.folder}: embeddings were made by another encoder or from other texts; "
+                "remove the folder to encode again"
+            )
+        self.vectors = np.load(self.folder / "embeddings.npy", mmap_mode="r")
+        with open(self.folder / "ids.json", encoding="utf-8") as fh:
+            self.ids: list[str] = json.load(fh)
+        if self.vectors.shape[0] != len(self.ids):
+            raise HardnegError(f"{self.folder}: embeddings.npy and ids.json disagree; encode again")
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@torch.inference_mode()
+def encode_store(
+    model,
+    store: TokenizedStore,
+    side: str,
+    out: str | Path,
+    *,
+    batch_size: int = 64,
+    show_progress: bool = True,
+    checkpoint_seconds: float = 30.0,
+) -> Embeddings:
+    """Encode every row of ``store`` into ``out`` (resumes an interrupted ``out.partial``)."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    key = embeddings_key(model.identity(), store.manifest, side)
+    if (out / "manifest.json").is_file():
+        return Embeddings(out, expect_key=key)
+    partial = Path(f"{out}.partial")
+    progress_file = partial / "progress.json"
+    batches = length_sorted_batches(store.lengths, batch_size)
+    state = {"key": key, "batch_size": batch_size, "done": 0, "n_batches": len(batches)}
+    if progress_file.is_file():
+        saved = read_json(progress_file)
+        if {k: saved.get(k) for k in ("key", "batch_size", "n_batches")} == {
+            k: state[k] for k in ("key", "batch_size", "n_batches")
+        }:
+            state["done"] = int(saved["done"])
+        else:
+            shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    emb_file = partial / "embeddings.npy"
+    if state["done"] and emb_file.is_file():
+        vectors = np.load(emb_file, mmap_mode="r+")
+    else:
+        state["done"] = 0
+        vectors = np.lib.format.open_memmap(emb_file, mode="w+", dtype=np.float32,
+                                            shape=(len(store), model.dim))
+    model.eval()
+    pad = _pad_id(model)
+    device = model.device
+    last = time.monotonic()
+    with tqdm(total=len(batches), initial=state["done"], desc=f"encode {side}s", unit="batch",
+              disable=not show_progress, mininterval=1.0) as bar:
+        for b in range(state["done"], len(batches)):
+            rows = batches[b]
+            ids, mask = pad_batch(store.rows(rows), pad)
+            emb = model(ids.to(device), mask.to(device), side=side)
+            vectors[rows] = emb.float().cpu().numpy()
+            bar.update(1)
+            if time.monotonic() - last > checkpoint_seconds or b + 1 == len(batches):
+                vectors.flush()
+                state["done"] = b + 1
+                write_json(progress_file, state)
+                last = time.monotonic()
+    vectors.flush()
+    del vectors
+    with open(partial / "ids.json", "w", encoding="utf-8") as fh:
+        json.dump(store.ids, fh)
+    write_json(
+        partial / "manifest.json",
+        {
+            "kind": "embeddings",
+            "version": EMB_VERSION,
+            "key": key,
+            "side": side,
+            "count": len(store),
+            "dim": model.dim,
+            "dtype": "float32",
+            "encoder": model.identity(),
+            "content": store.manifest.get("content"),
+            "normalized": bool(model.config.normalize),
+        },
+    )
+    progress_file.unlink()
+    commit_dir(partial, out)
+    return Embeddings(out, expect_key=key)

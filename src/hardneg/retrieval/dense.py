@@ -1,0 +1,128 @@
+"""Dense retrieval: corpus → tokenized store → embeddings → Faiss index → run.
+
+Intermediate artifacts are cached under a cache folder, keyed by what made
+them (tokenizer, max length, corpus fingerprint, encoder weights), so a
+second ``retrieve`` with the same model and corpus reuses them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from hardneg.data.records import Query
+from hardneg.data.tokenized import StoreSpec, open_or_build_store
+from hardneg.index.encode import Embeddings, embeddings_key, encode_store
+from hardneg.index.faiss_index import FaissIndex
+from hardneg.model.encoder import tokenizer_fingerprint
+from hardneg.retrieval.runs import Run, run_from_arrays
+
+
+def default_cache_dir() -> Path:
+    """``$HARDNEG_CACHE_DIR``, else ``~/.cache/hardneg``."""
+    env = os.environ.get("HARDNEG_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "hardneg"
+
+
+def corpus_store(model, dataset, cache_dir: Path | None = None, show_progress: bool = True):
+    """The tokenized store of ``dataset``'s corpus for ``model``'s document side (built once)."""
+    cache_dir = Path(cache_dir or default_cache_dir())
+    spec = StoreSpec(
+        tokenizer=tokenizer_fingerprint(model.tokenizer),
+        max_length=model.config.doc_max_length,
+        prefix=model.config.doc_prefix,
+        content=dataset.fingerprint(),
+    )
+    folder = cache_dir / "tokenized" / f"{dataset.name}-docs-{spec.key()}"
+    return open_or_build_store(
+        lambda: ((d.doc_id, d.full_text()) for d in dataset.iter_docs()),
+        model.tokenizer,
+        spec,
+        folder,
+        show_progress=show_progress,
+        description=f"tokenize {dataset.name}",
+    )
+
+
+def corpus_embeddings(
+    model,
+    dataset,
+    cache_dir: Path | None = None,
+    *,
+    batch_size: int = 64,
+    show_progress: bool = True,
+    out: Path | None = None,
+) -> Embeddings:
+    """Encode ``dataset``'s corpus with the document tower (cached and resumable)."""
+    cache_dir = Path(cache_dir or default_cache_dir())
+    store = corpus_store(model, dataset, cache_dir, show_progress=show_progress)
+    key = embeddings_key(model.identity(), store.manifest, "doc")
+    out = Path(out) if out else cache_dir / "embeddings" / f"{dataset.name}-{key}"
+    return encode_store(model, store, "doc", out, batch_size=batch_size, show_progress=show_progress)
+
+
+def corpus_index(
+    model,
+    dataset,
+    kind: str = "flat",
+    cache_dir: Path | None = None,
+    *,
+    batch_size: int = 64,
+    show_progress: bool = True,
+) -> FaissIndex:
+    """The Faiss index of ``dataset``'s corpus under ``model`` (built once, then loaded)."""
+    cache_dir = Path(cache_dir or default_cache_dir())
+    emb = corpus_embeddings(model, dataset, cache_dir, batch_size=batch_size, show_progress=show_progress)
+    key = emb.manifest["key"]
+    folder = cache_dir / "indexes" / f"{dataset.name}-{key}-{kind.replace(':', '_').replace(',', '_')}"
+    if (folder / "manifest.json").is_file():
+        return FaissIndex.load(folder, expect_key=key)
+    index = FaissIndex.from_embeddings(emb, kind)
+    index.save(folder)
+    return index
+
+
+def encode_queries(
+    model, queries: Mapping[str, Query], *, batch_size: int = 128, show_progress: bool = False
+) -> tuple[list[str], np.ndarray]:
+    qids = list(queries)
+    vectors = model.encode_queries([queries[q].text for q in qids], batch_size=batch_size,
+                                   show_progress=show_progress)
+    return qids, vectors
+
+
+def search(
+    index: FaissIndex,
+    model,
+    queries: Mapping[str, Query],
+    k: int = 1000,
+    *,
+    batch_size: int = 128,
+    show_progress: bool = False,
+) -> Run:
+    """Encode ``queries`` with the query tower and search ``index``; a run with original ids."""
+    qids, vectors = encode_queries(model, queries, batch_size=batch_size, show_progress=show_progress)
+    scores, rows = index.search(vectors, k)
+    return run_from_arrays(qids, index.ids, scores, rows)
+
+
+def retrieve(
+    model,
+    dataset,
+    *,
+    index_kind: str = "flat",
+    k: int = 1000,
+    cache_dir: Path | None = None,
+    batch_size: int = 64,
+    show_progress: bool = True,
+    use_gpu: bool = True,
+) -> Run:
+    """Encode + index + search in one: the run of ``dataset``'s queries over its corpus."""
+    index = corpus_index(model, dataset, index_kind, cache_dir, batch_size=batch_size,
+                         show_progress=show_progress)
+    if use_gpu:
+        index.to_gpu()
+    return search(index, model, dataset.queries(), k, show_progress=show_progress)
