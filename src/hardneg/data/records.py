@@ -33,7 +33,7 @@ class Qrel(NamedTuple):
     relevance: int
 
 
-def qrels_to_dict(qrels: "list[Qrel] | tuple[Qrel, ...]") -> Qrels:
+def qrels_to_dict(qrels: list[Qrel] | tuple[Qrel, ...]) -> Qrels:
     out: Qrels = {}
     for q in qrels:
         out.setdefault(q.query_id, {})[q.doc_id] = q.relevance

@@ -70,7 +70,7 @@ def encode_token_lists(
     lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
     pad = _pad_id(model)
     device = model.device
-    for batch in tqdm(length_sorted_batches(lengths, batch_size), desc=f"encode {side}s",
+    for batch in tqdm(length_sorted_batches(lengths, batch_size), desc=f"encode {'queries' if side == 'query' else 'docs'}",
                       disable=not show_progress, mininterval=1.0):
         ids, mask = pad_batch([token_lists[i] for i in batch], pad)
         emb = model(ids.to(device), mask.to(device), side=side)
@@ -155,7 +155,7 @@ def encode_store(
     pad = _pad_id(model)
     device = model.device
     last = time.monotonic()
-    with tqdm(total=len(batches), initial=state["done"], desc=f"encode {side}s", unit="batch",
+    with tqdm(total=len(batches), initial=state["done"], desc=f"encode {'queries' if side == 'query' else 'docs'}", unit="batch",
               disable=not show_progress, mininterval=1.0) as bar:
         for b in range(state["done"], len(batches)):
             rows = batches[b]

@@ -1,0 +1,50 @@
+# Two set-up commands (see README): `make demo` (main job) and `make test` (test suite).
+# Both create .venv and install everything on first use.
+#
+# CPU machines (default): torch is pinned by constraints/cpu.txt so pip never pulls the
+# multi-GB CUDA build. GPU machines: `make install TORCH=torch CONSTRAINTS=` (or install
+# your CUDA torch first, then `pip install -e .[dev]`).
+
+PYTHON      ?= python3
+VENV        ?= .venv
+DATA        ?= ../shared/data
+TORCH       ?= torch==2.13.0
+CONSTRAINTS ?= constraints/cpu.txt
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.hardneg-installed
+PIPC        := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-slow bench lint clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(PIPC) "$(TORCH)"
+	$(BIN)/python -m pip install --quiet $(PIPC) -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Main job: BM25 and zero-shot MiniLM on SciFact test, then the comparison table.
+demo: install
+	$(BIN)/hardneg bm25 $(DATA)/scifact:test --out runs/demo/bm25
+	$(BIN)/hardneg retrieve $(DATA)/scifact:test --model minilm --out runs/demo/minilm
+	$(BIN)/hardneg compare bm25=runs/demo/bm25/run.trec minilm=runs/demo/minilm/run.trec \
+		--data $(DATA)/scifact:test --baseline bm25
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+bench: install
+	$(BIN)/python benchmarks/encode.py --data $(DATA)/scifact
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

