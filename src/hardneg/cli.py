@@ -481,7 +481,9 @@ def main() -> None:
     except HardnegError as exc:
         if _STATE["debug"]:
             raise
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        from rich.text import Text
+
+        err.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted", highlight=False)

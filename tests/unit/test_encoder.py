@@ -162,3 +162,12 @@ def test_offline_hub_id_message(tmp_path, monkeypatch):
     with pytest.raises(ModelNotFoundError, match="offline"):
         resolve_model("some-org/not-cached-model")
     assert time.monotonic() - start < 5
+
+
+def test_tokenizer_fingerprint_ignores_call_time_settings(tiny_model_dir):
+    from hardneg.model.encoder import tokenizer_fingerprint
+
+    model = DualEncoder.from_pretrained(tiny_model_dir)
+    before = tokenizer_fingerprint(model.tokenizer)
+    model.tokenize(["some text"] * 2, "doc", padding=True)
+    assert tokenizer_fingerprint(model.tokenizer) == before

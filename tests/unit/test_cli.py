@@ -1,0 +1,107 @@
+"""The CLI end to end on a tiny BEIR folder with a tiny random model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from hardneg.cli import app
+from hardneg.errors import MismatchError
+from hardneg.retrieval.runs import read_run
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, ["--quiet", *map(str, args)], catch_exceptions=True)
+    return result
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARDNEG_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_retrieve_writes_run_and_metrics_and_reuses_cache(tiny_beir, tiny_st_dir, env):
+    out = env / "run1"
+    result = invoke("retrieve", f"{tiny_beir}:test", "--model", tiny_st_dir, "--out", out, "--k", "10",
+                    "--format", "both")
+    assert result.exit_code == 0, result.output
+    run = read_run(out / "run.trec")
+    assert set(run) == {f"q{i}" for i in range(6)} and all(len(v) == 10 for v in run.values())
+    assert read_run(out / "run.msmarco.tsv").keys() == run.keys()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"RR@10", "R@100", "R@1000", "nDCG@10"}
+    emb_dirs = list((env / "cache" / "embeddings").iterdir())
+    stamp = (emb_dirs[0] / "embeddings.npy").stat().st_mtime_ns
+    result = invoke("retrieve", f"{tiny_beir}:test", "--model", tiny_st_dir, "--out", env / "run2", "--k", "10")
+    assert result.exit_code == 0, result.output
+    assert list((env / "cache" / "embeddings").iterdir()) == emb_dirs
+    assert (emb_dirs[0] / "embeddings.npy").stat().st_mtime_ns == stamp, "cached embeddings re-encoded"
+    assert read_run(env / "run2" / "run.trec") == run
+
+
+def test_encode_index_search_equals_retrieve(tiny_beir, tiny_st_dir, env):
+    assert invoke("retrieve", f"{tiny_beir}:test", "--model", tiny_st_dir, "--out", env / "r", "--k", "5").exit_code == 0
+    assert invoke("encode", tiny_beir, "--model", tiny_st_dir, "--out", env / "emb").exit_code == 0
+    assert invoke("index", env / "emb", "--kind", "flat", "--out", env / "idx").exit_code == 0
+    result = invoke("search", env / "idx", f"{tiny_beir}:test", "--model", tiny_st_dir, "--out", env / "s", "--k", "5")
+    assert result.exit_code == 0, result.output
+    assert read_run(env / "s" / "run.trec") == read_run(env / "r" / "run.trec")
+
+
+def test_search_refuses_an_index_from_another_model(tiny_beir, tiny_st_dir, tiny_model_dir, env):
+    assert invoke("encode", tiny_beir, "--model", tiny_st_dir, "--out", env / "emb").exit_code == 0
+    assert invoke("index", env / "emb", "--out", env / "idx").exit_code == 0
+    result = invoke("search", env / "idx", f"{tiny_beir}:test", "--model", tiny_model_dir)
+    assert isinstance(result.exception, MismatchError)
+    assert "built by another model" in str(result.exception)
+
+
+def test_evaluate_json_and_compare(tiny_beir, env):
+    assert invoke("bm25", f"{tiny_beir}:test", "--out", env / "bm25", "--k", "10").exit_code == 0
+    metrics = json.loads((env / "bm25" / "metrics.json").read_text())
+    run = read_run(env / "bm25" / "run.trec")
+    for i in range(6):  # every query names its topic's words: its three documents come first
+        assert {d.split("-")[0] for d, _ in run[f"q{i}"][:3]} == {f"d{i}"}
+    result = invoke("evaluate", env / "bm25" / "run.trec", "--data", f"{tiny_beir}:test", "--json",
+                    "-M", "nDCG@10", "-M", "RR@10")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"nDCG@10": metrics["nDCG@10"], "RR@10": metrics["RR@10"]}
+    result = invoke("compare", f"a={env / 'bm25' / 'run.trec'}", f"b={env / 'bm25' / 'run.trec'}",
+                    "--data", f"{tiny_beir}:test", "--json")
+    assert result.exit_code == 0, result.output
+    table = json.loads(result.stdout)
+    assert table["baseline"] == "a" and table["queries"] == 6
+    assert table["pvalues"]["b"]["nDCG@10"] == 1.0  # identical runs
+
+
+def test_bad_input_exits_2_with_file_and_line_and_no_traceback(tiny_beir, tmp_path):
+    corpus = tiny_beir / "corpus.jsonl"
+    lines = corpus.read_text().splitlines()
+    lines[2] = '{"_id": "broken", "text": '
+    corpus.write_text("\n".join(lines) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "hardneg", "bm25", f"{tiny_beir}:test", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, env={"HARDNEG_CACHE_DIR": str(tmp_path / "c"),
+                                                               "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2
+    assert "corpus.jsonl:3" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+    debug = subprocess.run([sys.executable, "-m", "hardneg", "--debug", "bm25", f"{tiny_beir}:test"],
+                           capture_output=True, text=True, env={"HARDNEG_CACHE_DIR": str(tmp_path / "c"),
+                                                                "PATH": "/usr/bin:/bin"})
+    assert "Traceback" in debug.stderr
+
+
+def test_unknown_split_and_measure_are_clear_errors(tiny_beir, env):
+    result = invoke("bm25", f"{tiny_beir}:dev")
+    assert result.exit_code != 0 and "test" in str(result.exception)
+    assert invoke("bm25", f"{tiny_beir}:test", "--out", env / "b").exit_code == 0
+    result = invoke("evaluate", env / "b" / "run.trec", "--data", f"{tiny_beir}:test", "-M", "nonsense@3")
+    assert result.exit_code != 0 and "nonsense" in str(result.exception)
