@@ -169,23 +169,14 @@ def bm25(
 
     Example: `hardneg bm25 ../shared/data/scifact:test --k 1000`
     """
-    from hardneg.retrieval.bm25 import BM25
+    from hardneg.retrieval.bm25 import cached_bm25
     from hardneg.retrieval.dense import default_cache_dir
 
     dataset = _dataset(data, queries, qrels)
     params = {"k1": k1, "b": b, "stemmer": None if stemmer == "none" else stemmer,
               "stopwords": None if stopwords == "none" else stopwords}
-    cache = Path(cache_dir or default_cache_dir())
-    key = json.dumps([dataset.fingerprint(), params], sort_keys=True)
-    import hashlib
-
-    folder = cache / "bm25" / f"{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     start = time.perf_counter()
-    if (folder / "manifest.json").is_file():
-        index = BM25.load(folder)
-    else:
-        index = BM25.build(dataset.iter_docs(), **params)
-        index.save(folder, corpus_fingerprint=dataset.fingerprint())
+    index = cached_bm25(dataset, cache_dir or default_cache_dir(), **params)
     run = index.search(dataset.queries(), k=k, show_progress=_progress())
     elapsed = time.perf_counter() - start
     out_dir = out_dir or _default_out(_dataset_tag(dataset), "bm25")
@@ -472,6 +463,113 @@ def compare(
                           "means": result.means, "pvalues": result.pvalues}))
     else:
         out.print(format_table(result))
+
+
+@app.command()
+def mine(
+    data: Annotated[str, typer.Argument(help="Training data: `path[:split]` (split defaults to train).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Warm-up dense model, or `bm25`.")] = "minilm",
+    topk: Annotated[int, typer.Option("--topk", help="Non-positive documents kept per query.")] = 200,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Negatives file (qid, docid, rank TSV).")] = Path("runs/hard.tsv"),
+    max_length: MaxLenOpt = None,
+    batch_size: BatchOpt = 64,
+    cache_dir: CacheOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Mine hard negatives: the top-k non-positive documents of every training query (dense model or BM25).
+
+    Example: `hardneg mine ../shared/data/scifact:train --model minilm --topk 200 --out runs/hard.tsv`
+    """
+    from hardneg.data.readers import parse_spec
+    from hardneg.retrieval.dense import default_cache_dir
+    from hardneg.train.negatives import check_topk, mine_negatives, write_negatives
+
+    _threads(threads)
+    path, split = parse_spec(data)
+    dataset = _dataset(f"{path}:{split or 'train'}")
+    qrels, queries = dataset.qrels(), dataset.queries()
+    check_topk(topk, dataset.doc_count())
+    k = topk + max((len(v) for v in qrels.values()), default=0)
+    cache = Path(cache_dir or default_cache_dir())
+    if model == "bm25":
+        from hardneg.retrieval.bm25 import cached_bm25
+
+        run = cached_bm25(dataset, cache).search(queries, k=k, show_progress=_progress())
+    else:
+        from hardneg.retrieval.dense import retrieve as dense_retrieve
+
+        encoder = _model(model, max_length=max_length)
+        run = dense_retrieve(encoder, dataset, k=k, cache_dir=cache, batch_size=batch_size,
+                             show_progress=_progress())
+    negatives = mine_negatives(run, qrels, topk)
+    write_negatives(out, negatives)
+    _info(f"{sum(map(len, negatives.values()))} hard negatives for {len(negatives)} queries in {out}")
+
+
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+def train(
+    method: Annotated[str, typer.Argument(help="inbatch, rand, bm25neg, static, ance or star.")],
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Training data `path[:split]` (split defaults to train).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Start encoder (default minilm).")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Output folder (model/, logs, checkpoints/).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML file of settings (flags override it).")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="paper-passage, paper-doc or cpu-demo.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")] = False,
+    max_steps: Annotated[int | None, typer.Option(help="Optimiser steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Queries per micro-batch.")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Micro-batches per optimiser step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adamw or lamb.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Weight decay.")] = None,
+    warmup_ratio: Annotated[float | None, typer.Option(help="Share of steps in linear warm-up.")] = None,
+    max_grad_norm: Annotated[float | None, typer.Option(help="Gradient clipping norm.")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (bf16 is ~7x slower on most CPUs).")] = None,
+    gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of data order, sampling and dropout.")] = None,
+    pooling: Annotated[str | None, typer.Option(help="cls or mean (default: the model's).")] = None,
+    normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize", help="L2-normalise (default: the model's).")] = None,
+    query_max_length: Annotated[int | None, typer.Option(help="Query max length in tokens.")] = None,
+    doc_max_length: Annotated[int | None, typer.Option(help="Document max length in tokens.")] = None,
+    loss: Annotated[str | None, typer.Option(help="ranknet (paper Eq. 14) or softmax.")] = None,
+    score_scale: Annotated[float | None, typer.Option(help="Multiply scores before the loss (default 20 for normalised encoders, else 1).")] = None,
+    n_negatives: Annotated[int | None, typer.Option(help="Sampled negatives per query.")] = None,
+    topk: Annotated[int | None, typer.Option(help="Hard negatives come from each query's top-k.")] = None,
+    negatives: Annotated[str | None, typer.Option(help="Negatives TSV or TREC run (static, star); default: mined with the start model.")] = None,
+    alpha: Annotated[float | None, typer.Option(help="STAR: weight of the random-negative loss.")] = None,
+    star_mixing: Annotated[str | None, typer.Option(help="STAR: alpha (L_s + a L_r) or pairmean (DRhard's formula).")] = None,
+    refresh_every: Annotated[int | None, typer.Option(help="ance: re-mine negatives every N steps.")] = None,
+    dev_split: Annotated[str | None, typer.Option(help="Use this split as dev instead of carving one out of train.")] = None,
+    dev_fraction: Annotated[float | None, typer.Option(help="Share of training queries carved out as dev.")] = None,
+    dev_every: Annotated[int | None, typer.Option(help="Evaluate on dev every N steps.")] = None,
+    dev_metric: Annotated[str | None, typer.Option(help="ir-measures name selecting the best model.")] = None,
+    dev_pool: Annotated[int | None, typer.Option(help="Dev ranks BM25 top-N per dev query + positives; 0 = full corpus.")] = None,
+    save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
+    keep_checkpoints: Annotated[int | None, typer.Option(help="Checkpoints kept.")] = None,
+    cache_dir: CacheOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Train a dense retriever with one of the paper's negative-sampling methods (one shared loop).
+
+    Example: `hardneg train star --data ../shared/data/scifact --preset cpu-demo --out runs/star`
+    """
+    from hardneg.train.config import TrainConfig, apply_preset
+    from hardneg.train.trainer import Trainer
+
+    _threads(threads)
+    given = {k: v for k, v in locals().items()
+             if k not in ("method", "config", "preset", "resume", "threads") and v is not None}
+    if isinstance(given.get("cache_dir"), Path):
+        given["cache_dir"] = str(given["cache_dir"])
+    base = TrainConfig.from_yaml(config).to_dict() if config else {}
+    explicit = set(given) | set(base)
+    cfg = TrainConfig.from_dict({**base, **given, "method": method, "quiet": _STATE["quiet"]})
+    cfg = apply_preset(cfg, preset, explicit)
+    if "out" not in explicit:
+        cfg.out = str(_default_out("train", Path(cfg.data).name, method))
+    trainer = Trainer(cfg)
+    trainer.setup()
+    model_dir = trainer.train(resume=resume)
+    _info(f"model in {model_dir}; logs in {cfg.out}/train_log.jsonl")
 
 
 def main() -> None:

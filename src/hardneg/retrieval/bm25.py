@@ -385,3 +385,22 @@ class BM25:
         self.doc_ids = [str(d) for d in doc_ids]
         self.corpus_fingerprint = manifest.get("corpus_fingerprint")
         return self
+
+
+def cached_bm25(dataset: Any, cache_dir: str | Path, **params: Any) -> BM25:
+    """The BM25 index of ``dataset``'s corpus with ``params``: loaded from ``cache_dir`` or built and saved there.
+
+    Keyed by the corpus fingerprint and the parameters, so a changed corpus or
+    setting gets its own index.
+    """
+    import hashlib
+    import json
+
+    fingerprint = dataset.fingerprint()
+    key = json.dumps([fingerprint, BM25(**params).params], sort_keys=True)
+    folder = Path(cache_dir) / "bm25" / f"{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if (folder / "manifest.json").is_file():
+        return BM25.load(folder)
+    index = BM25.build(dataset.iter_docs(), corpus_fingerprint=fingerprint, **params)
+    index.save(folder)
+    return index

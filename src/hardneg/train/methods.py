@@ -1,0 +1,250 @@
+"""Training methods = a negative source + a loss over the batch's score matrix.
+
+Every step the trainer encodes the batch's queries ``q`` (B) and the documents
+``[positives (B); negatives of example 0; negatives of example 1; …]`` (M), and
+hands the method ``scores = scale · q @ docs.T`` (B × M). Column ``i`` is query
+``i``'s positive; columns ``B + i·n … B + (i+1)·n − 1`` are its own sampled
+negatives; every other column is "someone else's document". A column holding a
+known positive of query ``i`` (an in-batch collision, or a positive inside a
+mined list) is never used as a negative for it.
+
+=========  ================================================  ===========================
+method     negatives of query i                              loss
+=========  ================================================  ===========================
+inbatch    the other queries' positives                      pairwise over them
+rand       ``n`` random corpus docs per query, plus every     pairwise over all
+           other document of the batch (all random)
+bm25neg    ``n`` sampled from BM25's top-``topk``             pairwise over own negatives
+static     ``n`` sampled from a run's top-``topk`` (a file,   pairwise over own negatives
+           or mined once with the start model)
+ance       like static, re-mined with the current model       pairwise over own negatives
+           every ``refresh_every`` steps
+star       static hard negatives (own) + every other          ``L_s + α·L_r`` (paper
+           document of the batch reused as random negatives   Eq. 13) or DRhard's pairmean
+=========  ================================================  ===========================
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from hardneg.errors import HardnegError
+from hardneg.train.losses import collision_mask, ranknet_pairwise, softmax_ce, star_loss
+
+logger = logging.getLogger("hardneg.train")
+
+
+class Method:
+    """Base: in-batch negatives only."""
+
+    name = "inbatch"
+    n_negatives = 0
+
+    def __init__(self, trainer) -> None:
+        self.trainer = trainer
+        self.config = trainer.config
+
+    # negatives -----------------------------------------------------------------
+    def negatives(self, examples, start: int) -> list[list[str]]:
+        return [[] for _ in examples]
+
+    def after_step(self, step: int) -> None:
+        """Called after every optimiser step (ANCE re-mines here)."""
+
+    def state_files(self) -> dict[str, Path]:
+        """Files a checkpoint must keep to resume this method exactly."""
+        return {}
+
+    def restore(self, checkpoint: Path) -> None:
+        """Restore from :meth:`state_files` copies in ``checkpoint``."""
+
+    # loss ----------------------------------------------------------------------
+    def masks(self, scores: torch.Tensor, examples, doc_list: list[str]):
+        """Boolean ``(B, M)`` masks: own negatives, other documents (both without collisions)."""
+        b, m = scores.shape
+        n = self.n_negatives
+        col = torch.arange(m, device=scores.device)
+        row = torch.arange(b, device=scores.device)[:, None]
+        own_neg = (col[None, :] >= b + row * n) & (col[None, :] < b + (row + 1) * n)
+        own_pos = col[None, :] == row
+        collisions = collision_mask([self.trainer.positives[e.qid] for e in examples], doc_list,
+                                    device=scores.device)
+        valid = ~collisions & ~own_pos
+        return own_neg & valid, ~own_neg & valid
+
+    def pairwise(self, pos: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.config.loss == "softmax":
+            return softmax_ce(pos, scores, mask)
+        return ranknet_pairwise(pos, scores, mask)
+
+    def loss(self, scores: torch.Tensor, examples, negatives, doc_list) -> tuple[torch.Tensor, dict]:
+        pos = scores.diagonal()
+        own, other = self.masks(scores, examples, doc_list)
+        return self.pairwise(pos, scores, other), {"pairs": float(other.sum())}
+
+
+class InBatch(Method):
+    name = "inbatch"
+
+
+class RandNeg(Method):
+    """Random corpus documents (and the rest of the batch, equally random) as negatives."""
+
+    name = "rand"
+
+    def __init__(self, trainer) -> None:
+        super().__init__(trainer)
+        from hardneg.train.negatives import RandomNegatives
+
+        self.n_negatives = self.config.n_negatives
+        self.source = RandomNegatives(trainer.doc_ids, trainer.train_qrels, seed=self.config.seed)
+
+    def negatives(self, examples, start: int) -> list[list[str]]:
+        return [self.source.sample(e.qid, self.n_negatives, start + i) for i, e in enumerate(examples)]
+
+    def loss(self, scores, examples, negatives, doc_list):
+        pos = scores.diagonal()
+        own, other = self.masks(scores, examples, doc_list)
+        mask = own | other
+        return self.pairwise(pos, scores, mask), {"pairs": float(mask.sum())}
+
+
+class StaticNeg(Method):
+    """Hard negatives sampled from a fixed top-k list per query (BM25, a file, or mined once)."""
+
+    name = "static"
+
+    def __init__(self, trainer) -> None:
+        super().__init__(trainer)
+        from hardneg.train.negatives import StaticNegatives
+
+        self.n_negatives = self.config.n_negatives
+        candidates = self.initial_candidates()
+        self.source = StaticNegatives(candidates, trainer.train_qrels, trainer.doc_ids,
+                                      topk=self.config.topk, seed=self.config.seed)
+        self.source.validate(self.n_negatives)
+
+    def initial_candidates(self) -> dict[str, list[str]]:
+        from hardneg.train.negatives import load_candidates
+
+        if self.config.negatives:
+            return load_candidates(self.config.negatives, self.config.topk, positives=self.trainer.train_qrels)
+        return mine_with_model(self.trainer, self.trainer.model)
+
+    def negatives(self, examples, start: int) -> list[list[str]]:
+        return [self.source.sample(e.qid, self.n_negatives, start + i) for i, e in enumerate(examples)]
+
+    def loss(self, scores, examples, negatives, doc_list):
+        pos = scores.diagonal()
+        own, _other = self.masks(scores, examples, doc_list)
+        return self.pairwise(pos, scores, own), {"pairs": float(own.sum())}
+
+
+class BM25Neg(StaticNeg):
+    name = "bm25neg"
+
+    def initial_candidates(self) -> dict[str, list[str]]:
+        from hardneg.retrieval.bm25 import cached_bm25
+        from hardneg.train.negatives import mine_negatives
+
+        trainer = self.trainer
+        bm25 = cached_bm25(trainer.dataset, trainer.cache_dir)
+        train_queries = {q: trainer.queries[q] for q in trainer.train_qrels}
+        k = self.config.topk + max(len(p) for p in trainer.positives.values())
+        run = bm25.search(train_queries, k=k, show_progress=False)
+        return mine_negatives(run, trainer.train_qrels, self.config.topk)
+
+
+class Ance(StaticNeg):
+    """ANCE-style: static negatives re-mined with the current model every ``refresh_every`` steps."""
+
+    name = "ance"
+
+    def __init__(self, trainer) -> None:
+        super().__init__(trainer)
+        self.refreshes = 0
+        self._file = Path(trainer.config.out) / "refresh" / "negatives.tsv"
+
+    def initial_candidates(self) -> dict[str, list[str]]:
+        return mine_with_model(self.trainer, self.trainer.model)
+
+    def after_step(self, step: int) -> None:
+        from hardneg.train.negatives import write_negatives
+
+        if step % self.config.refresh_every or step >= self.config.max_steps:
+            return
+        model = self.trainer.model
+        was_training = model.training
+        model.eval()
+        candidates = mine_with_model(self.trainer, model, folder=Path(self.config.out) / "refresh" / "index")
+        if was_training:
+            model.train()
+        self.source.replace(candidates)
+        write_negatives(self._file, candidates)
+        self.refreshes += 1
+        logger.info("step %d: re-mined hard negatives with the current model", step)
+
+    def state_files(self) -> dict[str, Path]:
+        return {"negatives.tsv": self._file} if self._file.is_file() else {}
+
+    def restore(self, checkpoint: Path) -> None:
+        from hardneg.train.negatives import read_negatives
+
+        saved = checkpoint / "negatives.tsv"
+        if saved.is_file():
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(saved, self._file)
+            self.source.replace(read_negatives(saved))
+
+
+class Star(StaticNeg):
+    """STAR: static hard negatives + the batch's other documents as random negatives."""
+
+    name = "star"
+
+    def loss(self, scores, examples, negatives, doc_list):
+        pos = scores.diagonal()
+        own, other = self.masks(scores, examples, doc_list)
+        if self.config.star_mixing == "pairmean" and self.config.loss != "ranknet":
+            raise HardnegError("--star-mixing pairmean reproduces DRhard's RankNet formula: use --loss ranknet")
+        if self.config.loss == "softmax":
+            loss = softmax_ce(pos, scores, own) + self.config.alpha * softmax_ce(pos, scores, other)
+        else:
+            loss = star_loss(pos, scores, scores, own, other, alpha=self.config.alpha,
+                             mixing=self.config.star_mixing)
+        return loss, {"hard_pairs": float(own.sum()), "random_pairs": float(other.sum())}
+
+
+METHODS = {cls.name: cls for cls in (InBatch, RandNeg, StaticNeg, BM25Neg, Ance, Star)}
+
+
+def make_method(name: str, trainer) -> Method:
+    if name not in METHODS:
+        raise HardnegError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    return METHODS[name](trainer)
+
+
+def mine_with_model(trainer, model, folder: Path | None = None) -> dict[str, list[str]]:
+    """Top-``topk`` non-positive documents of every training query under ``model`` (dense, exact)."""
+    from hardneg.index.encode import encode_token_lists
+    from hardneg.index.faiss_index import FaissIndex
+    from hardneg.retrieval.dense import corpus_index, search
+    from hardneg.train.negatives import mine_negatives
+
+    cfg = trainer.config
+    train_queries = {q: trainer.queries[q] for q in trainer.train_qrels}
+    k = cfg.topk + max(len(p) for p in trainer.positives.values())
+    if folder is None:  # the start model: cached like any retrieval, reused across runs
+        index = corpus_index(model, trainer.dataset, "flat", trainer.cache_dir,
+                             batch_size=cfg.batch_encode_size, show_progress=not cfg.quiet)
+    else:  # the current weights: encoded in memory, never cached
+        with torch.no_grad():
+            vectors = encode_token_lists(model, trainer.store.rows(range(len(trainer.store))), "doc",
+                                         batch_size=cfg.batch_encode_size, show_progress=not cfg.quiet)
+        index = FaissIndex.build(vectors, trainer.doc_ids, "flat")
+    run = search(index, model, train_queries, k)
+    return mine_negatives(run, trainer.train_qrels, cfg.topk)

@@ -1,0 +1,439 @@
+"""Sources of negative documents for training; none ever returns a positive.
+
+Positives
+---------
+A document is a *positive* of a query when its qrels grade is ``>= 1``.
+Judged non-relevant documents (grade ``0``, or negative grades) are ordinary
+documents and may be drawn as negatives: they are exactly the documents a
+retriever should rank below the positives.
+
+Randomness (exact resume)
+-------------------------
+Sampling is stateless and counter-based: every draw builds its own generator
+``np.random.default_rng([seed, stream, step, qid_key])`` where ``stream``
+separates the sources (random / static), ``step`` is the caller's counter
+(training step or epoch) and ``qid_key`` is a stable 128-bit hash (BLAKE2b) of
+the query id (not Python's salted ``hash``). The same ``(seed, step, qid)``
+always gives the same sample, independent of call order, process or how many
+draws came before, so a run resumed at step ``s`` sees exactly the negatives
+the uninterrupted run would have seen.
+
+Files
+-----
+Mined negatives are stored as ``qid<TAB>docid<TAB>rank`` lines (rank from 1),
+the same layout as an MS MARCO run; :func:`load_candidates` also accepts a TREC
+run (``qid Q0 docid rank score tag``) and tells the two apart by column count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hardneg.data.records import Qrels
+from hardneg.errors import HardnegError, InputError
+from hardneg.io import atomic_write
+from hardneg.retrieval.runs import Run, read_run
+
+__all__ = [
+    "RandomNegatives",
+    "StaticNegatives",
+    "check_sample_size",
+    "check_topk",
+    "load_candidates",
+    "mine_negatives",
+    "positive_ids",
+    "read_negatives",
+    "write_negatives",
+]
+
+_STREAM_RANDOM = 1
+_STREAM_STATIC = 2
+_STREAM_FILL = 3
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def positive_ids(positives: Qrels, qid: str) -> set[str]:
+    """The doc ids with grade ``>= 1`` for ``qid`` (empty for an unjudged query)."""
+    return {docid for docid, grade in positives.get(qid, {}).items() if grade >= 1}
+
+
+def check_topk(topk: int, corpus_size: int | None = None) -> int:
+    """Raise :class:`HardnegError` unless ``1 <= topk`` (and ``topk <= corpus_size``)."""
+    if isinstance(topk, bool) or not isinstance(topk, int | np.integer) or topk < 1:
+        raise HardnegError(f"topk must be a positive integer; got {topk!r}")
+    if corpus_size is not None and topk > corpus_size:
+        raise HardnegError(
+            f"topk={topk} is larger than the corpus ({corpus_size} documents); "
+            "pick a topk no larger than the number of documents"
+        )
+    return int(topk)
+
+
+def check_sample_size(n: int, available: int, qid: str | None = None) -> int:
+    """Raise :class:`HardnegError` unless ``0 <= n <= available``."""
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+        raise HardnegError(f"the number of negatives must be a non-negative integer; got {n!r}")
+    if n > available:
+        who = f" for query {qid!r}" if qid is not None else ""
+        raise HardnegError(
+            f"cannot draw {n} distinct negatives{who}: only {available} non-positive "
+            "documents are available; lower the number of negatives per query"
+        )
+    return int(n)
+
+
+def _qid_key(qid: str) -> int:
+    return int.from_bytes(hashlib.blake2b(qid.encode("utf-8"), digest_size=16).digest(), "little")
+
+
+def _rng(seed: int, stream: int, step: int, qid: str) -> np.random.Generator:
+    if step < 0:
+        raise HardnegError(f"step must be non-negative; got {step}")
+    return np.random.default_rng([int(seed), stream, int(step), _qid_key(qid)])
+
+
+def _draw_excluding(
+    rng: np.random.Generator, pool_size: int, n: int, excluded: set[int]
+) -> list[int]:
+    """``n`` distinct indices in ``[0, pool_size)`` not in ``excluded``, uniformly.
+
+    ``excluded`` must only hold indices in range. Rejection sampling when the
+    request is small relative to the pool (the usual case: a few negatives out
+    of millions of docs); an explicit permutation otherwise.
+    """
+    available = pool_size - len(excluded)
+    if n == 0:
+        return []
+    if 4 * (n + len(excluded)) >= pool_size:
+        allowed = np.setdiff1d(
+            np.arange(pool_size), np.fromiter(excluded, dtype=np.int64, count=len(excluded))
+        )
+        assert allowed.size == available
+        return [int(i) for i in rng.choice(allowed, size=n, replace=False)]
+    seen = set(excluded)
+    chosen: list[int] = []
+    while len(chosen) < n:
+        for i in rng.integers(0, pool_size, size=2 * (n - len(chosen)) + 8).tolist():
+            if i not in seen:
+                seen.add(i)
+                chosen.append(i)
+                if len(chosen) == n:
+                    break
+    return chosen
+
+
+def _doc_index(doc_ids: Sequence[str]) -> dict[str, int]:
+    index: dict[str, int] = {}
+    for i, docid in enumerate(doc_ids):
+        if docid in index:
+            raise HardnegError(
+                f"document id {docid!r} occurs twice in the corpus (positions {index[docid]} "
+                f"and {i}); doc ids must be unique"
+            )
+        index[docid] = i
+    return index
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class RandomNegatives:
+    """Uniform negatives over the corpus, excluding the query's positives.
+
+    ``sample(qid, n, step)`` returns ``n`` distinct doc ids drawn uniformly,
+    without replacement, from ``doc_ids`` minus the positives (grade ``>= 1``)
+    of ``qid``. Deterministic in ``(seed, step, qid)`` (see the module doc).
+    """
+
+    def __init__(self, doc_ids: Sequence[str], positives: Qrels, seed: int = 0) -> None:
+        self.doc_ids = list(doc_ids)
+        self._index = _doc_index(self.doc_ids)
+        self.positives = positives
+        self.seed = int(seed)
+
+    def _excluded(self, qid: str, also: Iterable[str] = ()) -> set[int]:
+        out = {self._index[d] for d in positive_ids(self.positives, qid) if d in self._index}
+        out.update(self._index[d] for d in also if d in self._index)
+        return out
+
+    def available(self, qid: str) -> int:
+        """How many distinct negatives ``qid`` can get (corpus minus its positives)."""
+        return len(self.doc_ids) - len(self._excluded(qid))
+
+    def validate(self, n: int, qids: Iterable[str] | None = None) -> None:
+        """Raise before training if some query (default: every judged one) can't get ``n``."""
+        for qid in self.positives if qids is None else qids:
+            check_sample_size(n, self.available(qid), qid)
+
+    def sample(self, qid: str, n: int, step: int) -> list[str]:
+        """``n`` distinct uniform negatives for ``qid`` at counter ``step``."""
+        return self._sample(qid, n, step, (), _STREAM_RANDOM)
+
+    def _sample(
+        self, qid: str, n: int, step: int, also_exclude: Iterable[str], stream: int
+    ) -> list[str]:
+        excluded = self._excluded(qid, also_exclude)
+        check_sample_size(n, len(self.doc_ids) - len(excluded), qid)
+        rng = _rng(self.seed, stream, step, qid)
+        return [self.doc_ids[i] for i in _draw_excluding(rng, len(self.doc_ids), n, excluded)]
+
+
+class StaticNegatives:
+    """Hard negatives drawn from each query's top-``topk`` retrieved documents (STAR).
+
+    ``candidates`` maps a query id to its retrieved doc ids in rank order (e.g.
+    from :func:`mine_negatives` or :func:`load_candidates`). Positives (grade
+    ``>= 1``) and repeated ids are removed first, then the first ``topk`` are
+    kept: the pool is the top-``topk`` *non-positive* documents.
+
+    ``sample(qid, n, step)`` draws ``n`` distinct docs uniformly, without
+    replacement, from the pool. When the pool holds fewer than ``n`` docs (or
+    the query has no candidates), all of it is used and the rest is filled with
+    uniform random negatives (not positives, not already chosen); every such
+    call increments :attr:`fallback_count` (and :attr:`fallback_docs` by the
+    number of filled docs). The counters are diagnostics only: they never
+    influence a draw. Deterministic in ``(seed, step, qid)`` and the current
+    candidates.
+
+    ``replace(candidates)`` swaps in freshly mined candidates (ANCE-style
+    periodic refresh); a resumed run must load the same candidates that were
+    active at the step it resumes from.
+    """
+
+    def __init__(
+        self,
+        candidates: Mapping[str, Sequence[str]],
+        positives: Qrels,
+        doc_ids: Sequence[str],
+        topk: int = 200,
+        seed: int = 0,
+    ) -> None:
+        self.topk = check_topk(topk, len(doc_ids))
+        self.seed = int(seed)
+        self.positives = positives
+        self._random = RandomNegatives(doc_ids, positives, seed=seed)
+        self.fallback_count = 0
+        self.fallback_docs = 0
+        self._pools: dict[str, list[str]] = {}
+        self.replace(candidates)
+
+    @classmethod
+    def from_run(
+        cls,
+        run: Run,
+        positives: Qrels,
+        doc_ids: Sequence[str],
+        topk: int = 200,
+        seed: int = 0,
+    ) -> StaticNegatives:
+        """Build from a retrieval run (the top-``topk`` non-positive docs of each query)."""
+        check_topk(topk, len(doc_ids))
+        return cls(mine_negatives(run, positives, topk), positives, doc_ids, topk, seed)
+
+    @property
+    def doc_ids(self) -> list[str]:
+        return self._random.doc_ids
+
+    def replace(self, candidates: Mapping[str, Sequence[str]]) -> None:
+        """Swap in new candidate lists (all queries at once); validates doc ids."""
+        index = self._random._index
+        pools: dict[str, list[str]] = {}
+        for qid, docs in candidates.items():
+            pos = positive_ids(self.positives, qid)
+            seen: set[str] = set()
+            pool: list[str] = []
+            for docid in docs:
+                if docid in pos or docid in seen:
+                    continue
+                if docid not in index:
+                    raise HardnegError(
+                        f"candidate document {docid!r} of query {qid!r} is not in the corpus; "
+                        "were the negatives mined from a different collection?"
+                    )
+                seen.add(docid)
+                pool.append(docid)
+                if len(pool) == self.topk:
+                    break
+            pools[qid] = pool
+        self._pools = pools
+
+    def pool(self, qid: str) -> list[str]:
+        """The current top-``topk`` non-positive candidates of ``qid`` (a copy)."""
+        return list(self._pools.get(qid, ()))
+
+    def validate(self, n: int, qids: Iterable[str] | None = None) -> None:
+        """Raise before training if some query can't get ``n`` negatives even with fallback."""
+        self._random.validate(n, qids)
+
+    def sample(self, qid: str, n: int, step: int) -> list[str]:
+        """``n`` distinct negatives for ``qid`` at counter ``step`` (see the class doc)."""
+        pool = self._pools.get(qid, [])
+        check_sample_size(n, self._random.available(qid), qid)
+        rng = _rng(self.seed, _STREAM_STATIC, step, qid)
+        if len(pool) >= n:
+            return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
+        chosen = [pool[i] for i in rng.permutation(len(pool))]
+        missing = n - len(chosen)
+        self.fallback_count += 1
+        self.fallback_docs += missing
+        # The fill has its own stream of the same (seed, step, qid) and excludes the pool.
+        return chosen + self._random._sample(qid, missing, step, chosen, _STREAM_FILL)
+
+
+# --------------------------------------------------------------------------- mining and files
+
+
+def mine_negatives(run: Run, positives: Qrels, topk: int = 200) -> dict[str, list[str]]:
+    """The first ``topk`` non-positive docs of each query of ``run``, in rank order.
+
+    The run's list order is its ranking (see :mod:`hardneg.retrieval.runs`).
+    Positives (grade ``>= 1``) and repeated ids are skipped; a query whose list
+    holds only positives maps to ``[]``.
+    """
+    topk = check_topk(topk)
+    out: dict[str, list[str]] = {}
+    for qid, results in run.items():
+        pos = positive_ids(positives, qid)
+        seen: set[str] = set()
+        negs: list[str] = []
+        for docid, _score in results:
+            if docid in pos or docid in seen:
+                continue
+            seen.add(docid)
+            negs.append(docid)
+            if len(negs) == topk:
+                break
+        out[qid] = negs
+    return out
+
+
+def _check_id(kind: str, value: str) -> None:
+    if not value or any(ch.isspace() for ch in value):
+        raise HardnegError(
+            f"cannot write {kind} {value!r} to a negatives file: ids must be non-empty "
+            "and contain no whitespace"
+        )
+
+
+def write_negatives(path: str | Path, negatives: Mapping[str, Sequence[str]]) -> None:
+    """Write ``qid<TAB>docid<TAB>rank`` lines (rank from 1, list order), atomically.
+
+    A query with an empty list writes no line (and so is absent when read back).
+    """
+    with atomic_write(path) as fh:
+        for qid, docs in negatives.items():
+            _check_id("query id", qid)
+            for rank, docid in enumerate(docs, start=1):
+                _check_id("doc id", docid)
+                fh.write(f"{qid}\t{docid}\t{rank}\n")
+
+
+def read_negatives(path: str | Path) -> dict[str, list[str]]:
+    """Read a ``qid docid rank`` file (tab or space separated); lists ordered by rank.
+
+    Blank lines are skipped. Raises :class:`InputError` naming ``file:line`` for
+    a wrong column count, a non-integer or non-positive rank, or a repeated
+    ``(qid, docid)`` or ``(qid, rank)``; a missing file raises it too.
+    """
+    path = Path(path)
+    rows: dict[str, list[tuple[int, str]]] = {}
+    first_doc: dict[tuple[str, str], int] = {}
+    first_rank: dict[tuple[str, int], int] = {}
+    try:
+        fh = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("negatives file not found", path=path) from None
+    except IsADirectoryError:
+        raise InputError("expected a negatives file but found a directory", path=path) from None
+    with fh:
+        for line_no, line in enumerate(fh, start=1):
+            cols = line.split()
+            if not cols:
+                continue
+            if len(cols) != 3:
+                raise InputError(
+                    f"expected 3 columns but found {len(cols)}",
+                    path=path,
+                    line=line_no,
+                    hint="every line must be 'qid<TAB>docid<TAB>rank'",
+                )
+            qid, docid, rank_s = cols
+            try:
+                rank = int(rank_s)
+            except ValueError:
+                raise InputError(
+                    f"rank {rank_s!r} is not an integer",
+                    path=path,
+                    line=line_no,
+                    hint="the third column is the rank, a whole number starting at 1",
+                ) from None
+            if rank < 1:
+                raise InputError(
+                    f"rank {rank} is not positive", path=path, line=line_no, hint="ranks start at 1"
+                )
+            if (qid, docid) in first_doc:
+                raise InputError(
+                    f"document {docid!r} appears twice for query {qid!r} "
+                    f"(first on line {first_doc[qid, docid]})",
+                    path=path,
+                    line=line_no,
+                )
+            if (qid, rank) in first_rank:
+                raise InputError(
+                    f"rank {rank} appears twice for query {qid!r} "
+                    f"(first on line {first_rank[qid, rank]})",
+                    path=path,
+                    line=line_no,
+                )
+            first_doc[qid, docid] = line_no
+            first_rank[qid, rank] = line_no
+            rows.setdefault(qid, []).append((rank, docid))
+    return {qid: [docid for _rank, docid in sorted(entries)] for qid, entries in rows.items()}
+
+
+def load_candidates(
+    path: str | Path, topk: int, positives: Qrels | None = None
+) -> dict[str, list[str]]:
+    """Candidate lists from a negatives TSV (3 columns) or a TREC run (6 columns).
+
+    The format is detected from the first non-blank line's column count (an MS
+    MARCO run has our negatives layout and reads the same way). Each list keeps
+    rank order; if ``positives`` is given they are removed *before* keeping
+    the first ``topk`` (so the result is the top-``topk`` non-positives).
+    """
+    topk = check_topk(topk)
+    path = Path(path)
+    ncols, first_line = 0, None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                if line.split():
+                    ncols, first_line = len(line.split()), line_no
+                    break
+    except FileNotFoundError:
+        raise InputError("candidates file not found", path=path) from None
+    except IsADirectoryError:
+        raise InputError("expected a candidates file but found a directory", path=path) from None
+    if ncols == 6:
+        lists = {qid: [d for d, _s in results] for qid, results in read_run(path).items()}
+    elif ncols in (0, 3):
+        lists = read_negatives(path)
+    else:
+        raise InputError(
+            f"cannot tell the candidates format from a line with {ncols} columns",
+            path=path,
+            line=first_line,
+            hint="expected 'qid<TAB>docid<TAB>rank' (3 columns) or a TREC run "
+            "'qid Q0 docid rank score tag' (6 columns)",
+        )
+    out: dict[str, list[str]] = {}
+    for qid, docs in lists.items():
+        pos = positive_ids(positives, qid) if positives is not None else set()
+        out[qid] = [d for d in docs if d not in pos][:topk]
+    return out

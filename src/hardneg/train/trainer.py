@@ -1,0 +1,465 @@
+"""The one training loop shared by every method.
+
+A method is a negative source plus a loss (see :mod:`hardneg.train.methods`);
+this module owns everything else: data order, batching without padding waste,
+optimiser and schedule, gradient accumulation and clipping, mixed precision,
+dev evaluation with best-model selection, JSONL + TensorBoard logs, and
+checkpoints that ``--resume`` continues exactly (model, optimiser, scheduler,
+RNG state, data position, mined negatives).
+
+Data order is a pure function of ``(seed, step)`` (a seeded permutation per
+epoch), so resuming needs only the step number; negative sampling is
+counter-based for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hardneg.data.records import Qrels
+from hardneg.errors import HardnegError
+from hardneg.io import commit_dir, read_json, write_json
+from hardneg.train.config import TrainConfig
+
+logger = logging.getLogger("hardneg.train")
+
+CHECKPOINT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- data
+def split_dev(qids: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded carve-out: ``(train_qids, dev_qids)``, dev = ``round(fraction * n)`` queries (at least 1)."""
+    qids = sorted(qids)
+    n_dev = max(1, round(fraction * len(qids)))
+    if n_dev >= len(qids):
+        raise HardnegError(f"cannot carve a dev split of {n_dev} queries out of {len(qids)} training queries")
+    order = np.random.default_rng([seed, 7]).permutation(len(qids))
+    dev = sorted(qids[i] for i in order[:n_dev])
+    dev_set = set(dev)
+    return [q for q in qids if q not in dev_set], dev
+
+
+def positives_of(qrels: Qrels) -> dict[str, set[str]]:
+    return {q: {d for d, g in docs.items() if g >= 1} for q, docs in qrels.items()}
+
+
+@dataclass
+class Example:
+    qid: str
+    pos: str
+
+
+class DataOrder:
+    """Which examples make up micro-batch ``(step, micro)``: a seeded permutation per epoch."""
+
+    def __init__(self, n: int, batch_size: int, grad_accum: int, seed: int) -> None:
+        self.n, self.batch_size, self.grad_accum, self.seed = n, batch_size, grad_accum, seed
+        self._perm_epoch = -1
+        self._perm: np.ndarray | None = None
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._perm_epoch = epoch
+        assert self._perm is not None
+        return self._perm
+
+    def indices(self, step: int, micro: int) -> tuple[list[int], int]:
+        """Example indices of the micro-batch and the global position of its first example."""
+        start = (step * self.grad_accum + micro) * self.batch_size
+        out = []
+        for pos in range(start, start + self.batch_size):
+            epoch, offset = divmod(pos, self.n)
+            out.append(int(self._permutation(epoch)[offset]))
+        return out, start
+
+    def epoch_of(self, step: int) -> float:
+        return step * self.grad_accum * self.batch_size / self.n
+
+
+# ----------------------------------------------------------------------------- batching
+def encode_rows(model, token_rows: Sequence[Sequence[int]], side: str, chunk: int) -> torch.Tensor:
+    """Embeddings of token rows with gradients, in the rows' order.
+
+    Rows are sorted by length and encoded in chunks, each padded to its own
+    longest row, so a batch mixing short and long texts wastes no compute on
+    padding.
+    """
+    from hardneg.index.encode import pad_batch
+
+    lengths = np.fromiter((len(r) for r in token_rows), dtype=np.int64, count=len(token_rows))
+    order = np.argsort(-lengths, kind="stable")
+    pad = model.tokenizer.pad_token_id or 0
+    device = model.device
+    parts = []
+    for start in range(0, len(order), chunk):
+        rows = order[start : start + chunk]
+        ids, mask = pad_batch([token_rows[i] for i in rows], pad)
+        parts.append(model(ids.to(device), mask.to(device), side=side))
+    emb = torch.cat(parts)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.from_numpy(order)] = torch.arange(len(order))
+    return emb[inverse.to(emb.device)]
+
+
+# ----------------------------------------------------------------------------- optimiser
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    from pytorch_optimizer import Lamb
+
+    return Lamb(groups, lr=config.lr)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+    from transformers import get_linear_schedule_with_warmup
+
+    warmup = int(config.warmup_ratio * config.max_steps)
+    return get_linear_schedule_with_warmup(optimizer, warmup, config.max_steps)
+
+
+def autocast(config: TrainConfig, device: torch.device):
+    if config.precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _unique_state_dict(model) -> dict[str, torch.Tensor]:
+    state = {f"doc.{k}": v for k, v in model.doc_model.state_dict().items()}
+    if model.query_model is not model.doc_model:
+        state.update({f"query.{k}": v for k, v in model.query_model.state_dict().items()})
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def _load_unique_state_dict(model, state: dict[str, torch.Tensor]) -> None:
+    doc = {k[4:]: v for k, v in state.items() if k.startswith("doc.")}
+    model.doc_model.load_state_dict(doc)
+    if model.query_model is not model.doc_model:
+        model.query_model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("query.")})
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, extra_files: dict[str, Path]) -> None:
+    """Write a checkpoint folder atomically (temp folder, then rename)."""
+    from safetensors.torch import save_file
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        save_file(_unique_state_dict(model), str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()[1]}, tmp / "rng.pt")
+        for name, src in extra_files.items():
+            shutil.copyfile(src, tmp / name)
+        write_json(tmp / "trainer_state.json", state)
+        commit_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    folders = sorted((out / "checkpoints").glob("step-*"), key=lambda p: p.name)
+    complete = [f for f in folders if (f / "trainer_state.json").is_file()]
+    return complete[-1] if complete else None
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str) -> dict:
+    from safetensors.torch import load_file
+
+    state = read_json(folder / "trainer_state.json")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise HardnegError(
+            f"{folder}: checkpoint format {state.get('version')} is not {CHECKPOINT_VERSION} "
+            "(written by another hardneg version); start a new run or use that version"
+        )
+    if state.get("config_fingerprint") != fingerprint:
+        raise HardnegError(
+            f"{folder}: this checkpoint was written with other training settings; resume with the "
+            "same settings (only max_steps, dev_every, save_every, keep_checkpoints may change) "
+            "or train into a new --out folder"
+        )
+    _load_unique_state_dict(model, load_file(str(folder / "model.safetensors")))
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    rng = torch.load(folder / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    random.setstate((3, tuple(rng["python"]), None))
+    return state
+
+
+# ----------------------------------------------------------------------------- logging
+class RunLog:
+    """JSONL log (one object per line) plus TensorBoard scalars."""
+
+    def __init__(self, out: Path, resume_step: int | None) -> None:
+        self.path = out / "train_log.jsonl"
+        if resume_step is not None and self.path.is_file():
+            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        elif self.path.exists():
+            self.path.unlink()
+        self._fh = open(self.path, "a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step)
+        except Exception:  # tensorboard missing: JSONL only
+            self.tb = None
+
+    def write(self, record: dict, prefix: str) -> None:
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, int | float):
+                    self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        self._fh.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def warmup_lr_steps(config: TrainConfig) -> int:
+    return int(math.floor(config.warmup_ratio * config.max_steps))
+
+
+# ----------------------------------------------------------------------------- the loop
+class Trainer:
+    """Set up data, model, method and optimiser from a :class:`TrainConfig`, then :meth:`train`."""
+
+    def __init__(self, config: TrainConfig, model=None) -> None:
+        config.validate()
+        self.config = config
+        self.out = Path(config.out)
+        self._model = model
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        from hardneg.data.readers import load_dataset, parse_spec
+        from hardneg.model.encoder import DualEncoder
+        from hardneg.retrieval.dense import corpus_store, default_cache_dir
+        from hardneg.train.methods import make_method
+
+        cfg = self.config
+        set_seed(cfg.seed)
+        self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+        path, split = parse_spec(cfg.data)
+        self.dataset = load_dataset(f"{path}:{split or 'train'}")
+        qrels = self.dataset.qrels()
+        queries = self.dataset.queries()
+        if not qrels:
+            raise HardnegError(f"{cfg.data}: the training split has no qrels")
+        if cfg.dev_split:
+            dev_ds = load_dataset(f"{path}:{cfg.dev_split}")
+            dev_qrels, dev_queries = dev_ds.qrels(), dev_ds.queries()
+            train_qids = sorted(q for q in qrels if q in queries)
+            dev_qids = sorted(q for q in dev_qrels if q in dev_queries)
+        else:
+            train_qids, dev_qids = split_dev([q for q in qrels if q in queries], cfg.dev_fraction, cfg.seed)
+            dev_qrels, dev_queries = qrels, queries
+        self.train_qrels = {q: qrels[q] for q in train_qids}
+        self.dev_qrels = {q: dev_qrels[q] for q in dev_qids}
+        self.queries = {**{q: queries[q] for q in train_qids}, **{q: dev_queries[q] for q in dev_qids}}
+        self.positives = positives_of(self.train_qrels)
+
+        model = self._model
+        if model is None:
+            model = DualEncoder.from_pretrained(
+                cfg.model, pooling=cfg.pooling, normalize=cfg.normalize,
+                query_max_length=cfg.query_max_length, doc_max_length=cfg.doc_max_length,
+            )
+        self.model = model
+        if cfg.gradient_checkpointing:
+            for tower in {id(model.doc_model): model.doc_model, id(model.query_model): model.query_model}.values():
+                tower.gradient_checkpointing_enable()
+        self.scale = cfg.score_scale if cfg.score_scale is not None else (20.0 if model.config.normalize else 1.0)
+        self.store = corpus_store(model, self.dataset, self.cache_dir, show_progress=not cfg.quiet)
+        self.doc_ids: list[str] = list(self.store.ids)
+        self.doc_row = {d: i for i, d in enumerate(self.doc_ids)}
+        self.examples = [Example(q, d) for q in train_qids for d in sorted(self.positives[q]) if d in self.doc_row]
+        if not self.examples:
+            raise HardnegError(f"{cfg.data}: no training pair has its positive document in the corpus")
+        if cfg.batch_size > len(self.examples):
+            raise HardnegError(
+                f"batch size {cfg.batch_size} is larger than the {len(self.examples)} training pairs; "
+                "lower --batch-size"
+            )
+        if cfg.topk > len(self.doc_ids):
+            raise HardnegError(f"topk {cfg.topk} is larger than the corpus ({len(self.doc_ids)} documents)")
+        texts = [self.queries[q].text for q in self.queries]
+        ids = model.tokenize(texts, "query")["input_ids"]
+        self.query_tokens = dict(zip(self.queries, ids, strict=True))
+        self.order = DataOrder(len(self.examples), cfg.batch_size, cfg.grad_accum, cfg.seed)
+        self.method = make_method(cfg.method, self)
+        self.optimizer = make_optimizer(model, cfg)
+        self.scheduler = make_scheduler(self.optimizer, cfg)
+        self._dev_pool: list[int] | None = None
+
+    # ------------------------------------------------------------------ one step
+    def micro_batch(self, step: int, micro: int):
+        idx, start = self.order.indices(step, micro)
+        examples = [self.examples[i] for i in idx]
+        negatives = self.method.negatives(examples, start)
+        return examples, negatives
+
+    def batch_loss(self, examples: list[Example], negatives: list[list[str]]) -> tuple[torch.Tensor, dict]:
+        cfg = self.config
+        model = self.model
+        q = encode_rows(model, [self.query_tokens[e.qid] for e in examples], "query", cfg.batch_encode_size)
+        doc_list = [e.pos for e in examples] + [d for negs in negatives for d in negs]
+        d = encode_rows(model, [self.store[self.doc_row[x]] for x in doc_list], "doc", cfg.batch_encode_size)
+        scores = self.scale * (q @ d.T)
+        return self.method.loss(scores, examples, negatives, doc_list)
+
+    # ------------------------------------------------------------------ dev evaluation
+    @torch.no_grad()
+    def evaluate_dev(self) -> dict[str, float]:
+        from hardneg.evaluate.metrics import evaluate
+        from hardneg.index.encode import encode_token_lists
+        from hardneg.retrieval.runs import run_from_arrays
+
+        cfg = self.config
+        if self._dev_pool is None:
+            self._dev_pool = self._make_dev_pool()
+        was_training = self.model.training
+        self.model.eval()
+        rows = self._dev_pool
+        docs = encode_token_lists(self.model, self.store.rows(rows), "doc", batch_size=cfg.batch_encode_size)
+        dev_qids = list(self.dev_qrels)
+        qv = encode_token_lists(self.model, [self.query_tokens[q] for q in dev_qids], "query",
+                                batch_size=cfg.batch_encode_size)
+        scores = qv @ docs.T
+        k = min(100, scores.shape[1])
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        run = run_from_arrays(dev_qids, [self.doc_ids[r] for r in rows], np.take_along_axis(scores, top, 1), top)
+        if was_training:
+            self.model.train()
+        measures = list(dict.fromkeys([cfg.dev_metric, "RR@10", "nDCG@10", "R@100"]))
+        return evaluate(run, self.dev_qrels, measures)
+
+    def _make_dev_pool(self) -> list[int]:
+        """Rows ranked at dev time: the whole corpus, or BM25's top-N of each dev query plus its positives."""
+        cfg = self.config
+        if cfg.dev_pool <= 0:
+            return list(range(len(self.doc_ids)))
+        from hardneg.retrieval.bm25 import cached_bm25
+
+        bm25 = cached_bm25(self.dataset, self.cache_dir)
+        run = bm25.search({q: self.queries[q] for q in self.dev_qrels}, k=cfg.dev_pool, show_progress=False)
+        pool = {d for results in run.values() for d, _ in results}
+        pool |= {d for q in self.dev_qrels for d in self.dev_qrels[q] if d in self.doc_row}
+        return sorted(self.doc_row[d] for d in pool)
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, resume: bool = False) -> Path:
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        if not hasattr(self, "model"):
+            self.setup()
+        self.out.mkdir(parents=True, exist_ok=True)
+        start_step, best, best_step = 0, -math.inf, -1
+        checkpoint = latest_checkpoint(self.out) if resume else None
+        if resume and checkpoint is None:
+            logger.info("no checkpoint in %s: starting from step 0", self.out)
+        if not resume and latest_checkpoint(self.out) is not None:
+            raise HardnegError(
+                f"{self.out} already holds checkpoints of a run: pass --resume to continue it, "
+                "or choose another --out"
+            )
+        if checkpoint is not None:
+            state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler, cfg.fingerprint())
+            start_step, best, best_step = state["step"], state["best"], state["best_step"]
+            self.method.restore(checkpoint)
+            logger.info("resumed from %s (step %d)", checkpoint, start_step)
+        write_json(self.out / "config.json", cfg.to_dict())
+        log = RunLog(self.out, start_step if checkpoint is not None else None)
+        self.model.train()
+        device = self.model.device
+        bar = tqdm(total=cfg.max_steps, initial=start_step, desc=f"train {cfg.method}", unit="step",
+                   disable=cfg.quiet, mininterval=1.0)
+        t0 = time.perf_counter()
+        try:
+            for step in range(start_step, cfg.max_steps):
+                tic = time.perf_counter()
+                totals: dict[str, float] = {}
+                for micro in range(cfg.grad_accum):
+                    examples, negatives = self.micro_batch(step, micro)
+                    with autocast(cfg, device):
+                        loss, parts = self.batch_loss(examples, negatives)
+                    (loss / cfg.grad_accum).backward()
+                    for key, value in {"loss": float(loss.detach()), **parts}.items():
+                        totals[key] = totals.get(key, 0.0) + value / cfg.grad_accum
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                seconds = time.perf_counter() - tic
+                record = {"step": step + 1, **totals, "grad_norm": float(grad_norm),
+                          "lr": self.scheduler.get_last_lr()[0], "epoch": self.order.epoch_of(step + 1),
+                          "queries_per_s": cfg.batch_size * cfg.grad_accum / seconds, "seconds": seconds}
+                log.write(record, "train")
+                bar.update(1)
+                bar.set_postfix(loss=f"{totals['loss']:.4f}", qps=f"{record['queries_per_s']:.1f}")
+                done = step + 1
+                self.method.after_step(done)
+                if done % cfg.dev_every == 0 or done == cfg.max_steps:
+                    metrics = self.evaluate_dev()
+                    log.write({"step": done, **metrics}, "dev")
+                    value = metrics[cfg.dev_metric]
+                    logger.info("step %d dev %s", done, json.dumps(metrics))
+                    if value > best:
+                        best, best_step = value, done
+                        self.model.save(self.out / "model")
+                        write_json(self.out / "dev_metrics.json", {"step": done, **metrics})
+                if done % cfg.save_every == 0 or done == cfg.max_steps:
+                    self._checkpoint(done, best, best_step)
+        finally:
+            bar.close()
+            log.close()
+        write_json(self.out / "summary.json", {
+            "method": cfg.method, "steps": cfg.max_steps, "best_step": best_step, "best_dev": best,
+            "dev_metric": cfg.dev_metric, "train_pairs": len(self.examples), "dev_queries": len(self.dev_qrels),
+            "seconds_this_session": time.perf_counter() - t0, "score_scale": self.scale,
+        })
+        return self.out / "model"
+
+    def _checkpoint(self, step: int, best: float, best_step: int) -> None:
+        cfg = self.config
+        state = {"version": CHECKPOINT_VERSION, "step": step, "best": best, "best_step": best_step,
+                 "config_fingerprint": cfg.fingerprint()}
+        folder = self.out / "checkpoints" / f"step-{step:07d}"
+        save_checkpoint(folder, self.model, self.optimizer, self.scheduler, state, self.method.state_files())
+        old = sorted((self.out / "checkpoints").glob("step-*"))[: -cfg.keep_checkpoints]
+        for path in old:
+            shutil.rmtree(path, ignore_errors=True)

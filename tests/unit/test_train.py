@@ -1,0 +1,150 @@
+"""The training loop end to end with a tiny random model: every method, resume, bad configurations."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hardneg.errors import HardnegError
+from hardneg.train.config import TrainConfig
+from hardneg.train.trainer import DataOrder, Trainer, split_dev
+
+TOPICS = ["apple orchard harvest", "quantum spin chains", "river delta sediment", "jazz saxophone solo",
+          "glacier ice melt", "protein folding energy", "volcano lava flow", "chess opening theory",
+          "coral reef bleaching", "bird migration routes", "solar panel efficiency", "ancient roman roads"]
+
+
+@pytest.fixture
+def tiny_train(tmp_path):
+    folder = tmp_path / "tiny-train"
+    (folder / "qrels").mkdir(parents=True)
+    docs, queries, train = [], [], ["query-id\tcorpus-id\tscore"]
+    for i, topic in enumerate(TOPICS):
+        for j in range(4):
+            docs.append({"_id": f"d{i}-{j}", "title": "", "text": f"{topic} fact {j} " * (1 + j)})
+        queries.append({"_id": f"q{i}", "text": f"tell me about {topic}"})
+        train.append(f"q{i}\td{i}-0\t1")
+        if i % 3 == 0:
+            train.append(f"q{i}\td{i}-1\t1")
+    (folder / "corpus.jsonl").write_text("\n".join(map(json.dumps, docs)) + "\n")
+    (folder / "queries.jsonl").write_text("\n".join(map(json.dumps, queries)) + "\n")
+    (folder / "qrels" / "train.tsv").write_text("\n".join(train) + "\n")
+    return folder
+
+
+def config(tmp_path, data, model, method="star", **kw):
+    base = dict(method=method, data=str(data), model=str(model), out=str(tmp_path / f"out-{method}"),
+                max_steps=4, batch_size=4, lr=1e-3, topk=8, dev_fraction=0.25, dev_every=2, save_every=2,
+                dev_pool=0, cache_dir=str(tmp_path / "cache"), quiet=True, query_max_length=16,
+                doc_max_length=32, warmup_ratio=0.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.doc_model.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["inbatch", "rand", "bm25neg", "static", "star"])
+def test_every_method_trains_and_saves(method, tmp_path, tiny_train, tiny_model_dir):
+    cfg = config(tmp_path, tiny_train, tiny_model_dir, method)
+    trainer = Trainer(cfg)
+    trainer.setup()
+    before = params(trainer.model)
+    model_dir = trainer.train()
+    after = params(trainer.model)
+    assert any(not torch.equal(before[k], after[k]) for k in before), "no parameter changed"
+    assert (model_dir / "config.json").is_file() and (model_dir / "modules.json").is_file()
+    log = [json.loads(line) for line in (tmp_path / f"out-{method}" / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all(r["loss"] > 0 and r["loss"] == r["loss"] for r in steps)
+    assert any("RR@10" in r for r in log)
+    summary = json.loads((tmp_path / f"out-{method}" / "summary.json").read_text())
+    assert summary["dev_queries"] == 3 and summary["best_step"] in (2, 4)
+
+
+def test_kill_and_resume_gives_identical_parameters(tmp_path, tiny_train, tiny_model_dir, monkeypatch):
+    straight = Trainer(config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / "a")))
+    straight.setup()
+    straight.train()
+    reference = params(straight.model)
+
+    original = Trainer._checkpoint
+
+    def killed_after_first_checkpoint(self, step, best, best_step):
+        original(self, step, best, best_step)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_checkpoint", killed_after_first_checkpoint)
+    first = Trainer(config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / "b")))
+    first.setup()
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    monkeypatch.setattr(Trainer, "_checkpoint", original)
+    with pytest.raises(HardnegError, match="--resume"):
+        again = Trainer(config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / "b")))
+        again.setup()
+        again.train()
+    resumed = Trainer(config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / "b")))
+    resumed.setup()
+    resumed.train(resume=True)
+    for k, v in params(resumed.model).items():
+        assert torch.equal(v, reference[k]), k
+    log = (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in log if "loss" in x] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_changed_settings(tmp_path, tiny_train, tiny_model_dir):
+    trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir, max_steps=2))
+    trainer.setup()
+    trainer.train()
+    other = Trainer(config(tmp_path, tiny_train, tiny_model_dir, max_steps=4, lr=5e-4))
+    other.setup()
+    with pytest.raises(HardnegError, match="other training settings"):
+        other.train(resume=True)
+
+
+def test_ance_refreshes_its_negatives(tmp_path, tiny_train, tiny_model_dir):
+    trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir, "ance", refresh_every=2, lr=5e-3))
+    trainer.setup()
+    first = {q: trainer.method.source.pool(q) for q in trainer.train_qrels}
+    trainer.train()
+    assert trainer.method.refreshes == 1
+    second = {q: trainer.method.source.pool(q) for q in trainer.train_qrels}
+    assert first != second
+    for q, pool in second.items():
+        assert not set(pool) & trainer.positives[q]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"method": "dpr"}, "method must be one of"),
+    ({"method": "static", "negatives": "/nonexistent/run.trec"}, "not found"),
+    ({"method": "ance"}, "refresh-every"),
+    ({"batch_size": 500}, "larger than the"),
+    ({"topk": 10_000}, "larger than the corpus"),
+    ({"optimizer": "sgd"}, "optimizer must be one of"),
+])
+def test_bad_configurations_fail_before_compute(change, message, tmp_path, tiny_train, tiny_model_dir):
+    with pytest.raises(HardnegError, match=message):
+        Trainer(config(tmp_path, tiny_train, tiny_model_dir, **change)).setup()
+
+
+def test_data_order_is_a_function_of_seed_and_step():
+    order = DataOrder(10, 4, 1, seed=3)
+    first = [order.indices(s, 0)[0] for s in range(5)]
+    again = DataOrder(10, 4, 1, seed=3)
+    assert [again.indices(s, 0)[0] for s in reversed(range(5))][::-1] == first
+    flat = [i for batch in first for i in batch]
+    assert sorted(flat[:10]) == list(range(10))  # the first epoch visits every example once
+
+
+def test_split_dev_is_seeded_and_disjoint():
+    qids = [f"q{i}" for i in range(50)]
+    train, dev = split_dev(qids, 0.2, seed=1)
+    assert len(dev) == 10 and not set(train) & set(dev) and set(train) | set(dev) == set(qids)
+    assert split_dev(qids, 0.2, seed=1) == (train, dev)
+    assert split_dev(qids, 0.2, seed=2)[1] != dev
