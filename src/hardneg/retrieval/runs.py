@@ -130,6 +130,7 @@ def read_run(path: str | Path) -> Run:
     path = Path(path)
     fmt: str | None = None
     first_line: dict[tuple[str, str], int] = {}
+    first_rank: dict[tuple[str, int], int] = {}
     # qid -> [(sort_key..., docid, score)]
     rows: dict[str, list[tuple[float, int, int, str, float]]] = {}
     try:
@@ -191,6 +192,15 @@ def read_run(path: str | Path) -> Run:
                 qid, docid, rank_s = cols
                 rank = _parse_rank(rank_s, path, line_no)
                 score = 1.0 / rank
+                if (qid, rank) in first_rank:
+                    raise InputError(
+                        f"rank {rank} appears twice for query {qid!r} "
+                        f"(first on line {first_rank[qid, rank]})",
+                        path=path,
+                        line=line_no,
+                        hint="ranks of one query must be distinct in an MS MARCO run",
+                    )
+                first_rank[qid, rank] = line_no
             key = (qid, docid)
             if key in first_line:
                 raise InputError(

@@ -34,9 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from hardneg.data.records import Qrels
-from hardneg.errors import HardnegError, InputError
-from hardneg.io import atomic_write
-from hardneg.retrieval.runs import Run, read_run
+from hardneg.errors import HardnegError
+from hardneg.retrieval.runs import Run, read_run, write_msmarco
 
 __all__ = [
     "RandomNegatives",
@@ -313,88 +312,24 @@ def mine_negatives(run: Run, positives: Qrels, topk: int = 200) -> dict[str, lis
     return out
 
 
-def _check_id(kind: str, value: str) -> None:
-    if not value or any(ch.isspace() for ch in value):
-        raise HardnegError(
-            f"cannot write {kind} {value!r} to a negatives file: ids must be non-empty "
-            "and contain no whitespace"
-        )
-
-
 def write_negatives(path: str | Path, negatives: Mapping[str, Sequence[str]]) -> None:
     """Write ``qid<TAB>docid<TAB>rank`` lines (rank from 1, list order), atomically.
 
+    The layout is an MS MARCO run's (:func:`hardneg.retrieval.runs.write_msmarco`).
     A query with an empty list writes no line (and so is absent when read back).
     """
-    with atomic_write(path) as fh:
-        for qid, docs in negatives.items():
-            _check_id("query id", qid)
-            for rank, docid in enumerate(docs, start=1):
-                _check_id("doc id", docid)
-                fh.write(f"{qid}\t{docid}\t{rank}\n")
+    write_msmarco({qid: [(d, -float(r)) for r, d in enumerate(docs)] for qid, docs in negatives.items()
+                   if docs}, path)
 
 
 def read_negatives(path: str | Path) -> dict[str, list[str]]:
-    """Read a ``qid docid rank`` file (tab or space separated); lists ordered by rank.
+    """Read a ``qid docid rank`` file (an MS MARCO run); lists ordered by rank.
 
-    Blank lines are skipped. Raises :class:`InputError` naming ``file:line`` for
-    a wrong column count, a non-integer or non-positive rank, or a repeated
-    ``(qid, docid)`` or ``(qid, rank)``; a missing file raises it too.
+    Errors (:class:`InputError` with ``file:line``) are :func:`~hardneg.retrieval.runs.read_run`'s:
+    wrong column count, a non-integer or non-positive rank, a repeated ``(qid, docid)``
+    or ``(qid, rank)``, a missing file.
     """
-    path = Path(path)
-    rows: dict[str, list[tuple[int, str]]] = {}
-    first_doc: dict[tuple[str, str], int] = {}
-    first_rank: dict[tuple[str, int], int] = {}
-    try:
-        fh = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("negatives file not found", path=path) from None
-    except IsADirectoryError:
-        raise InputError("expected a negatives file but found a directory", path=path) from None
-    with fh:
-        for line_no, line in enumerate(fh, start=1):
-            cols = line.split()
-            if not cols:
-                continue
-            if len(cols) != 3:
-                raise InputError(
-                    f"expected 3 columns but found {len(cols)}",
-                    path=path,
-                    line=line_no,
-                    hint="every line must be 'qid<TAB>docid<TAB>rank'",
-                )
-            qid, docid, rank_s = cols
-            try:
-                rank = int(rank_s)
-            except ValueError:
-                raise InputError(
-                    f"rank {rank_s!r} is not an integer",
-                    path=path,
-                    line=line_no,
-                    hint="the third column is the rank, a whole number starting at 1",
-                ) from None
-            if rank < 1:
-                raise InputError(
-                    f"rank {rank} is not positive", path=path, line=line_no, hint="ranks start at 1"
-                )
-            if (qid, docid) in first_doc:
-                raise InputError(
-                    f"document {docid!r} appears twice for query {qid!r} "
-                    f"(first on line {first_doc[qid, docid]})",
-                    path=path,
-                    line=line_no,
-                )
-            if (qid, rank) in first_rank:
-                raise InputError(
-                    f"rank {rank} appears twice for query {qid!r} "
-                    f"(first on line {first_rank[qid, rank]})",
-                    path=path,
-                    line=line_no,
-                )
-            first_doc[qid, docid] = line_no
-            first_rank[qid, rank] = line_no
-            rows.setdefault(qid, []).append((rank, docid))
-    return {qid: [docid for _rank, docid in sorted(entries)] for qid, entries in rows.items()}
+    return {qid: [d for d, _ in results] for qid, results in read_run(path).items()}
 
 
 def load_candidates(
@@ -408,30 +343,7 @@ def load_candidates(
     the first ``topk`` (so the result is the top-``topk`` non-positives).
     """
     topk = check_topk(topk)
-    path = Path(path)
-    ncols, first_line = 0, None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if line.split():
-                    ncols, first_line = len(line.split()), line_no
-                    break
-    except FileNotFoundError:
-        raise InputError("candidates file not found", path=path) from None
-    except IsADirectoryError:
-        raise InputError("expected a candidates file but found a directory", path=path) from None
-    if ncols == 6:
-        lists = {qid: [d for d, _s in results] for qid, results in read_run(path).items()}
-    elif ncols in (0, 3):
-        lists = read_negatives(path)
-    else:
-        raise InputError(
-            f"cannot tell the candidates format from a line with {ncols} columns",
-            path=path,
-            line=first_line,
-            hint="expected 'qid<TAB>docid<TAB>rank' (3 columns) or a TREC run "
-            "'qid Q0 docid rank score tag' (6 columns)",
-        )
+    lists = read_negatives(path)
     out: dict[str, list[str]] = {}
     for qid, docs in lists.items():
         pos = positive_ids(positives, qid) if positives is not None else set()
