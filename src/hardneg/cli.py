@@ -545,6 +545,8 @@ def train(
     dev_pool: Annotated[int | None, typer.Option(help="Dev ranks BM25 top-N per dev query + positives; 0 = full corpus.")] = None,
     save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
     keep_checkpoints: Annotated[int | None, typer.Option(help="Checkpoints kept.")] = None,
+    train_chunk: Annotated[int | None, typer.Option(help="Rows per length-sorted forward pass in a training step.")] = None,
+    batch_encode_size: Annotated[int | None, typer.Option(help="Texts per batch when encoding for dev evaluation and mining.")] = None,
     cache_dir: CacheOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -552,12 +554,12 @@ def train(
 
     Example: `hardneg train star --data ../shared/data/scifact --preset cpu-demo --out runs/star`
     """
+    given = {k: v for k, v in locals().items()
+             if k not in ("method", "config", "preset", "resume", "threads") and v is not None}
     from hardneg.train.config import TrainConfig, apply_preset
     from hardneg.train.trainer import Trainer
 
     _threads(threads)
-    given = {k: v for k, v in locals().items()
-             if k not in ("method", "config", "preset", "resume", "threads") and v is not None}
     if isinstance(given.get("cache_dir"), Path):
         given["cache_dir"] = str(given["cache_dir"])
     base = TrainConfig.from_yaml(config).to_dict() if config else {}

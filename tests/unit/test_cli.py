@@ -105,3 +105,25 @@ def test_unknown_split_and_measure_are_clear_errors(tiny_beir, env):
     assert invoke("bm25", f"{tiny_beir}:test", "--out", env / "b").exit_code == 0
     result = invoke("evaluate", env / "b" / "run.trec", "--data", f"{tiny_beir}:test", "-M", "nonsense@3")
     assert result.exit_code != 0 and "nonsense" in str(result.exception)
+
+
+def test_train_and_mine_commands(tiny_beir, tiny_model_dir, env):
+    import shutil
+
+    shutil.copy(tiny_beir / "qrels" / "test.tsv", tiny_beir / "qrels" / "train.tsv")
+    result = invoke("mine", tiny_beir, "--model", tiny_model_dir, "--topk", "5", "--out", env / "hard.tsv")
+    assert result.exit_code == 0, result.output
+    mined = read_run(env / "hard.tsv")
+    assert all(len(v) == 5 and f"d{q[1:]}-0" not in {d for d, _ in v} for q, v in mined.items())
+    out = env / "star"
+    result = invoke("train", "star", "--data", tiny_beir, "--model", tiny_model_dir, "--out", out,
+                    "--negatives", env / "hard.tsv", "--max-steps", "2", "--batch-size", "2", "--topk", "5",
+                    "--dev-fraction", "0.34", "--dev-every", "2", "--save-every", "2", "--dev-pool", "0",
+                    "--alpha", "0.5", "--doc-max-length", "32")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["alpha"] == 0.5 and saved["method"] == "star" and saved["max_steps"] == 2
+    assert (out / "model" / "modules.json").is_file()
+    result = invoke("train", "star", "--data", tiny_beir, "--model", tiny_model_dir, "--out", out,
+                    "--max-steps", "2", "--preset", "nonexistent")
+    assert result.exit_code != 0 and "unknown preset" in str(result.exception)
