@@ -508,7 +508,7 @@ def mine(
 
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
 def train(
-    method: Annotated[str, typer.Argument(help="inbatch, rand, bm25neg, static, ance or star.")],
+    method: Annotated[str, typer.Argument(help="inbatch, rand, bm25neg, static, ance, star or adore.")],
     data: Annotated[str | None, typer.Option("--data", "-d", help="Training data `path[:split]` (split defaults to train).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Start encoder (default minilm).")] = None,
     out: Annotated[str | None, typer.Option("--out", "-o", help="Output folder (model/, logs, checkpoints/).")] = None,
@@ -538,11 +538,17 @@ def train(
     alpha: Annotated[float | None, typer.Option(help="STAR: weight of the random-negative loss.")] = None,
     star_mixing: Annotated[str | None, typer.Option(help="STAR: alpha (L_s + a L_r) or pairmean (DRhard's formula).")] = None,
     refresh_every: Annotated[int | None, typer.Option(help="ance: re-mine negatives every N steps.")] = None,
+    doc_model: Annotated[str | None, typer.Option("--doc-model", help="adore: the fixed document encoder (same as --model; an ADORE output continues its query tower).")] = None,
+    index: Annotated[str | None, typer.Option("--index", help="adore: the fixed index searched every step: flat, pq<M>, ivfpq, ... (default flat).")] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="adore: mrr@k or ndcg@k, whose change weights each pair (default mrr@200).")] = None,
+    adore_topk: Annotated[int | None, typer.Option(help="adore: documents retrieved per query each step (default 200).")] = None,
+    adore_loss: Annotated[str | None, typer.Option(help="adore: lambda (ΔM-weighted, default) or ranknet (unweighted ablation).")] = None,
     dev_split: Annotated[str | None, typer.Option(help="Use this split as dev instead of carving one out of train.")] = None,
     dev_fraction: Annotated[float | None, typer.Option(help="Share of training queries carved out as dev.")] = None,
     dev_every: Annotated[int | None, typer.Option(help="Evaluate on dev every N steps.")] = None,
     dev_metric: Annotated[str | None, typer.Option(help="ir-measures name selecting the best model.")] = None,
     dev_pool: Annotated[int | None, typer.Option(help="Dev ranks BM25 top-N per dev query + positives; 0 = full corpus.")] = None,
+    dev_at_start: Annotated[bool | None, typer.Option("--dev-at-start/--no-dev-at-start", help="Also evaluate the start model (step 0).")] = None,
     save_every: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
     keep_checkpoints: Annotated[int | None, typer.Option(help="Checkpoints kept.")] = None,
     train_chunk: Annotated[int | None, typer.Option(help="Rows per length-sorted forward pass in a training step.")] = None,
@@ -553,6 +559,9 @@ def train(
     """Train a dense retriever with one of the paper's negative-sampling methods (one shared loop).
 
     Example: `hardneg train star --data ../shared/data/scifact --preset cpu-demo --out runs/star`
+
+    ADORE (query tower only, fixed index): `hardneg train adore --doc-model runs/star/model
+    --data ../shared/data/scifact --index pq48 --metric mrr@200 --out runs/adore`
     """
     given = {k: v for k, v in locals().items()
              if k not in ("method", "config", "preset", "resume", "threads") and v is not None}
@@ -562,6 +571,13 @@ def train(
     _threads(threads)
     if isinstance(given.get("cache_dir"), Path):
         given["cache_dir"] = str(given["cache_dir"])
+    if "doc_model" in given:  # adore's name for the one `model` setting
+        doc = given.pop("doc_model")
+        if method != "adore":
+            raise HardnegError(f"--doc-model is for adore (its fixed document encoder); {method} takes --model")
+        if given.get("model", doc) != doc:
+            raise HardnegError("give adore's document encoder once: --doc-model or --model")
+        given["model"] = doc
     base = TrainConfig.from_yaml(config).to_dict() if config else {}
     explicit = set(given) | set(base)
     cfg = TrainConfig.from_dict({**base, **given, "method": method, "quiet": _STATE["quiet"]})

@@ -128,7 +128,7 @@ def encode_store(
     from tqdm.auto import tqdm
 
     out = Path(out)
-    key = embeddings_key(model.identity(), store.manifest, side)
+    key = embeddings_key(model.side_identity(side), store.manifest, side)
     if (out / "manifest.json").is_file():
         return Embeddings(out, expect_key=key)
     partial = Path(f"{out}.partial")

@@ -296,6 +296,24 @@ class DualEncoder(nn.Module):
             },
         }
 
+    def side_identity(self, side: Side) -> dict:
+        """What makes one side's vectors what they are (keys cached embeddings of that side).
+
+        Only that tower's weights, tokenizer, pooling, normalisation, max length and
+        prefix count: the name a model was loaded by does not, nor does the other tower
+        (ADORE trains the query tower; the document embeddings stay valid).
+        """
+        return {
+            "side": side,
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+            "dim": self.dim,
+            "pooling": self.config.pooling,
+            "normalize": self.config.normalize,
+            "max_length": self.max_length(side),
+            "prefix": self.prefix(side),
+            "weights": weights_fingerprint(self.tower(side)),
+        }
+
     # ------------------------------------------------------------------ saving
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the encoder atomically; loadable by transformers, sentence-transformers and hardneg."""

@@ -59,7 +59,7 @@ def corpus_embeddings(
     """Encode ``dataset``'s corpus with the document tower (cached and resumable)."""
     cache_dir = Path(cache_dir or default_cache_dir())
     store = corpus_store(model, dataset, cache_dir, show_progress=show_progress)
-    key = embeddings_key(model.identity(), store.manifest, "doc")
+    key = embeddings_key(model.side_identity("doc"), store.manifest, "doc")
     out = Path(out) if out else cache_dir / "embeddings" / f"{dataset.name}-{key}"
     return encode_store(model, store, "doc", out, batch_size=batch_size, show_progress=show_progress)
 

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from hardneg.errors import HardnegError
 
-METHODS = ("inbatch", "rand", "bm25neg", "static", "ance", "star")
+METHODS = ("inbatch", "rand", "bm25neg", "static", "ance", "star", "adore")
 OPTIMIZERS = ("adamw", "lamb")
 LOSSES = ("ranknet", "softmax")
 PRECISIONS = ("fp32", "bf16", "fp16")
 STAR_MIXINGS = ("alpha", "pairmean")
+ADORE_LOSSES = ("lambda", "ranknet")
+
+#: ADORE's own settings and their defaults; any other method refuses a non-default value, and they
+#: are left out of other methods' fingerprints (so checkpoints written before ADORE existed still resume)
+ADORE_DEFAULTS: dict[str, Any] = {"index": "flat", "metric": "mrr@200", "adore_topk": 200, "adore_loss": "lambda"}
 
 #: settings that may change between a run and its ``--resume`` (they do not change the math so far)
 RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet"}
@@ -55,15 +61,23 @@ class TrainConfig:
     alpha: float = 1.0
     star_mixing: str = "alpha"
     refresh_every: int = 0  # ance: re-mine every N steps
+    # adore: ``model`` (CLI --model or --doc-model) is the fixed document encoder; training starts the
+    # query tower from it (or from its query_tower/ when it is itself an ADORE output)
+    index: str = "flat"  # the fixed index ADORE retrieves from (flat, pq<M>, ivfpq, ...)
+    metric: str = "mrr@200"  # mrr@k or ndcg@k: the metric whose change weights each pair
+    adore_topk: int = 200  # documents retrieved per training query each step
+    adore_loss: str = "lambda"  # lambda (ΔM-weighted pairs) or ranknet (every weight 1: the ablation)
     # development split and checkpoints
     dev_split: str | None = None  # a split of the dataset; None: carve dev_fraction out of train
     dev_fraction: float = 0.1
     dev_every: int = 50
     dev_metric: str = "RR@10"
+    dev_at_start: bool = True  # evaluate the start model too (step 0): it is the best model if training never beats it
     dev_pool: int = 20  # rank dev queries over the union of BM25 top-N of the dev queries and their positives; 0 = full corpus
     save_every: int = 50
     keep_checkpoints: int = 2
-    batch_encode_size: int = 64
+    batch_encode_size: int = 64  # texts per batch when encoding without gradients (dev, mining)
+    train_chunk: int = 16  # rows per forward pass in a training step, length-sorted (less padding)
     cache_dir: str | None = None
     quiet: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -80,10 +94,11 @@ class TrainConfig:
         choice("loss", LOSSES)
         choice("precision", PRECISIONS)
         choice("star_mixing", STAR_MIXINGS)
+        choice("adore_loss", ADORE_LOSSES)
         if not self.data:
             raise HardnegError("no training data: give --data path[:split] (split defaults to train)")
         for name in ("max_steps", "batch_size", "grad_accum", "n_negatives", "topk", "dev_every", "save_every",
-                     "keep_checkpoints", "query_max_length", "batch_encode_size"):
+                     "keep_checkpoints", "query_max_length", "batch_encode_size", "train_chunk"):
             if int(getattr(self, name)) < 1:
                 raise HardnegError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.lr <= 0:
@@ -104,6 +119,19 @@ class TrainConfig:
             raise HardnegError(f"{self.negatives}: negatives/run file not found (write one with 'hardneg mine')")
         if self.score_scale is not None and self.score_scale <= 0:
             raise HardnegError(f"score_scale must be positive, not {self.score_scale}")
+        if self.method == "adore":
+            parse_adore_metric(self.metric)
+            if int(self.adore_topk) < 1:
+                raise HardnegError(f"adore_topk must be at least 1, not {self.adore_topk}")
+            if not isinstance(self.index, str) or not self.index.strip():
+                raise HardnegError("adore needs an index kind: --index flat, pq<M>, ivfpq, ...")
+            if self.loss != "ranknet":
+                raise HardnegError("adore's loss is chosen with --adore-loss (lambda or ranknet), not --loss")
+        else:
+            changed = [k for k, v in ADORE_DEFAULTS.items() if getattr(self, k) != v]
+            if changed:
+                flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+                raise HardnegError(f"{flags}: for the adore method, not {self.method}")
 
     # ------------------------------------------------------------------ io
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +140,8 @@ class TrainConfig:
     def fingerprint(self) -> str:
         """Hash of the settings that must not change across ``--resume``."""
         data = {k: v for k, v in self.to_dict().items() if k not in RESUMABLE_CHANGES}
+        if self.method != "adore":
+            data = {k: v for k, v in data.items() if k not in ADORE_DEFAULTS}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @classmethod
@@ -134,6 +164,20 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise HardnegError(f"{path}: a training config is a mapping of settings")
         return cls.from_dict(data)
+
+
+def parse_adore_metric(metric: object) -> tuple[str, int]:
+    """``"mrr@200"`` → ``("mrr", 200)``; ``mrr@k`` or ``ndcg@k`` with an integer ``k >= 1``, else HardnegError.
+
+    There is no cut-off-free form: DRhard's default ``metric_cut=None`` silently zeroed every weight.
+    """
+    match = re.fullmatch(r"(mrr|ndcg)@(\d+)", metric.strip().lower()) if isinstance(metric, str) else None
+    if match is None or int(match.group(2)) < 1:
+        raise HardnegError(
+            f"metric must be mrr@k or ndcg@k with an integer cut-off k >= 1 (e.g. mrr@200, ndcg@10), "
+            f"not {metric!r}"
+        )
+    return match.group(1), int(match.group(2))
 
 
 #: The paper's settings (Zhan et al. 2021, section 6.1), as named presets.

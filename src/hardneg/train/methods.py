@@ -21,7 +21,14 @@ ance       like static, re-mined with the current model       pairwise over own 
            every ``refresh_every`` steps
 star       static hard negatives (own) + every other          ``L_s + α·L_r`` (paper
            document of the batch reused as random negatives   Eq. 13) or DRhard's pairmean
+adore      the non-relevant documents of the query's top-K    ΔM-weighted pairwise (paper
+           in a fixed index, retrieved every step with the    section 5); only the query
+           current query tower                                tower trains
 =========  ================================================  ===========================
+
+ADORE (:mod:`hardneg.train.adore`) computes the whole batch loss itself (hook
+:meth:`Method.batch_loss`) and evaluates dev on its fixed index
+(:meth:`Method.evaluate_dev`).
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ class Method:
 
     name = "inbatch"
     n_negatives = 0
+    #: True: the trainer loads separate towers and freezes the document tower (ADORE)
+    frozen_doc = False
 
     def __init__(self, trainer) -> None:
         self.trainer = trainer
@@ -61,6 +70,22 @@ class Method:
 
     def restore(self, checkpoint: Path) -> None:
         """Restore from :meth:`state_files` copies in ``checkpoint``."""
+
+    def train_examples(self, examples: list) -> list:
+        """The examples the data order runs over (default: one per (query, positive) pair)."""
+        return examples
+
+    def batch_loss(self, examples, negatives) -> tuple[torch.Tensor, dict] | None:
+        """``(loss, parts)`` to compute the whole step's loss here; ``None``: the trainer's default
+        (encode queries and documents, then :meth:`loss` over the score matrix)."""
+        return None
+
+    def evaluate_dev(self) -> dict[str, float] | None:
+        """Dev metrics computed by the method; ``None``: the trainer's default dev evaluation."""
+        return None
+
+    def after_save(self, folder: Path) -> None:
+        """Called after the trainer saved the best model into ``folder``."""
 
     # loss ----------------------------------------------------------------------
     def masks(self, scores: torch.Tensor, examples, doc_list: list[str]):
@@ -220,12 +245,23 @@ class Star(StaticNeg):
 
 
 METHODS = {cls.name: cls for cls in (InBatch, RandNeg, StaticNeg, BM25Neg, Ance, Star)}
+#: methods in their own modules (imported when asked for: they import this module)
+LAZY_METHODS = {"adore": ("hardneg.train.adore", "Adore")}
+
+
+def method_class(name: str) -> type[Method]:
+    if name in METHODS:
+        return METHODS[name]
+    if name in LAZY_METHODS:
+        import importlib
+
+        module, attr = LAZY_METHODS[name]
+        return getattr(importlib.import_module(module), attr)
+    raise HardnegError(f"unknown method {name!r}; known: {', '.join([*METHODS, *LAZY_METHODS])}")
 
 
 def make_method(name: str, trainer) -> Method:
-    if name not in METHODS:
-        raise HardnegError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-    return METHODS[name](trainer)
+    return method_class(name)(trainer)
 
 
 def mine_with_model(trainer, model, folder: Path | None = None) -> dict[str, list[str]]:

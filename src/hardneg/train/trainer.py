@@ -268,7 +268,7 @@ class Trainer:
         from hardneg.data.readers import load_dataset, parse_spec
         from hardneg.model.encoder import DualEncoder
         from hardneg.retrieval.dense import corpus_store, default_cache_dir
-        from hardneg.train.methods import make_method
+        from hardneg.train.methods import make_method, method_class
 
         cfg = self.config
         set_seed(cfg.seed)
@@ -292,12 +292,23 @@ class Trainer:
         self.queries = {**{q: queries[q] for q in train_qids}, **{q: dev_queries[q] for q in dev_qids}}
         self.positives = positives_of(self.train_qrels)
 
+        # a method with a frozen document side (ADORE) trains a separate query tower only
+        self.frozen_doc = method_class(cfg.method).frozen_doc
         model = self._model
         if model is None:
             model = DualEncoder.from_pretrained(
                 cfg.model, pooling=cfg.pooling, normalize=cfg.normalize,
                 query_max_length=cfg.query_max_length, doc_max_length=cfg.doc_max_length,
+                shared=False if self.frozen_doc else None,
             )
+        elif self.frozen_doc and model.config.shared:  # split a given shared encoder into two towers
+            from dataclasses import replace
+
+            model = DualEncoder(model.doc_model, model.tokenizer, replace(model.config, shared=False),
+                                source=model.source)
+        if self.frozen_doc:
+            model.doc_model.requires_grad_(False)
+            model.doc_model.eval()
         self.model = model
         if cfg.gradient_checkpointing:
             for tower in {id(model.doc_model): model.doc_model, id(model.query_model): model.query_model}.values():
@@ -314,13 +325,14 @@ class Trainer:
                 f"batch size {cfg.batch_size} is larger than the {len(self.examples)} training pairs; "
                 "lower --batch-size"
             )
-        if cfg.topk > len(self.doc_ids):
+        if cfg.method != "adore" and cfg.topk > len(self.doc_ids):
             raise HardnegError(f"topk {cfg.topk} is larger than the corpus ({len(self.doc_ids)} documents)")
         texts = [self.queries[q].text for q in self.queries]
         ids = model.tokenize(texts, "query")["input_ids"]
         self.query_tokens = dict(zip(self.queries, ids, strict=True))
-        self.order = DataOrder(len(self.examples), cfg.batch_size, cfg.grad_accum, cfg.seed)
         self.method = make_method(cfg.method, self)
+        self.examples = self.method.train_examples(self.examples)
+        self.order = DataOrder(len(self.examples), cfg.batch_size, cfg.grad_accum, cfg.seed)
         self.optimizer = make_optimizer(model, cfg)
         self.scheduler = make_scheduler(self.optimizer, cfg)
         self._dev_pool: list[int] | None = None
@@ -333,11 +345,14 @@ class Trainer:
         return examples, negatives
 
     def batch_loss(self, examples: list[Example], negatives: list[list[str]]) -> tuple[torch.Tensor, dict]:
+        custom = self.method.batch_loss(examples, negatives)  # a method may compute the whole loss (ADORE)
+        if custom is not None:
+            return custom
         cfg = self.config
         model = self.model
-        q = encode_rows(model, [self.query_tokens[e.qid] for e in examples], "query", cfg.batch_encode_size)
+        q = encode_rows(model, [self.query_tokens[e.qid] for e in examples], "query", cfg.train_chunk)
         doc_list = [e.pos for e in examples] + [d for negs in negatives for d in negs]
-        d = encode_rows(model, [self.store[self.doc_row[x]] for x in doc_list], "doc", cfg.batch_encode_size)
+        d = encode_rows(model, [self.store[self.doc_row[x]] for x in doc_list], "doc", cfg.train_chunk)
         scores = self.scale * (q @ d.T)
         return self.method.loss(scores, examples, negatives, doc_list)
 
@@ -348,6 +363,9 @@ class Trainer:
         from hardneg.index.encode import encode_token_lists
         from hardneg.retrieval.runs import run_from_arrays
 
+        custom = self.method.evaluate_dev()  # ADORE evaluates on its fixed index
+        if custom is not None:
+            return custom
         cfg = self.config
         if self._dev_pool is None:
             self._dev_pool = self._make_dev_pool()
@@ -363,9 +381,15 @@ class Trainer:
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         run = run_from_arrays(dev_qids, [self.doc_ids[r] for r in rows], np.take_along_axis(scores, top, 1), top)
         if was_training:
-            self.model.train()
+            self.train_mode()
         measures = list(dict.fromkeys([cfg.dev_metric, "RR@10", "nDCG@10", "R@100"]))
         return evaluate(run, self.dev_qrels, measures)
+
+    def train_mode(self) -> None:
+        """Training mode (dropout on), except a frozen document tower, which stays in eval mode."""
+        self.model.train()
+        if self.frozen_doc:
+            self.model.doc_model.eval()
 
     def _make_dev_pool(self) -> list[int]:
         """Rows ranked at dev time: the whole corpus, or BM25's top-N of each dev query plus its positives."""
@@ -404,12 +428,14 @@ class Trainer:
             logger.info("resumed from %s (step %d)", checkpoint, start_step)
         write_json(self.out / "config.json", cfg.to_dict())
         log = RunLog(self.out, start_step if checkpoint is not None else None)
-        self.model.train()
+        self.train_mode()
         device = self.model.device
         bar = tqdm(total=cfg.max_steps, initial=start_step, desc=f"train {cfg.method}", unit="step",
                    disable=cfg.quiet, mininterval=1.0)
         t0 = time.perf_counter()
         try:
+            if checkpoint is None and cfg.dev_at_start:
+                best, best_step = self._dev_step(0, log, best, best_step)
             for step in range(start_step, cfg.max_steps):
                 tic = time.perf_counter()
                 totals: dict[str, float] = {}
@@ -434,14 +460,7 @@ class Trainer:
                 done = step + 1
                 self.method.after_step(done)
                 if done % cfg.dev_every == 0 or done == cfg.max_steps:
-                    metrics = self.evaluate_dev()
-                    log.write({"step": done, **metrics}, "dev")
-                    value = metrics[cfg.dev_metric]
-                    logger.info("step %d dev %s", done, json.dumps(metrics))
-                    if value > best:
-                        best, best_step = value, done
-                        self.model.save(self.out / "model")
-                        write_json(self.out / "dev_metrics.json", {"step": done, **metrics})
+                    best, best_step = self._dev_step(done, log, best, best_step)
                 if done % cfg.save_every == 0 or done == cfg.max_steps:
                     self._checkpoint(done, best, best_step)
         finally:
@@ -453,6 +472,19 @@ class Trainer:
             "seconds_this_session": time.perf_counter() - t0, "score_scale": self.scale,
         })
         return self.out / "model"
+
+    def _dev_step(self, step: int, log: RunLog, best: float, best_step: int) -> tuple[float, int]:
+        """Evaluate on dev, log it, and save the model to ``OUT/model`` when it is the best so far."""
+        metrics = self.evaluate_dev()
+        log.write({"step": step, **metrics}, "dev")
+        logger.info("step %d dev %s", step, json.dumps(metrics))
+        value = metrics[self.config.dev_metric]
+        if value > best:
+            best, best_step = value, step
+            self.model.save(self.out / "model")
+            self.method.after_save(self.out / "model")
+            write_json(self.out / "dev_metrics.json", {"step": step, **metrics})
+        return best, best_step
 
     def _checkpoint(self, step: int, best: float, best_step: int) -> None:
         cfg = self.config

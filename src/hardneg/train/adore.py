@@ -1,0 +1,322 @@
+"""ADORE (Zhan et al., SIGIR 2021, section 5): train the query encoder against a fixed document index.
+
+The document tower and the index built from it stay fixed; only the query
+tower trains. Every step, for a batch of training queries:
+
+1. encode the queries with gradients, ``q`` ``(B, d)``;
+2. search the index for each query's top-``K`` with ``q.detach()`` (the
+   current query tower: these are the *dynamic* hard negatives);
+3. mark the retrieved documents that are relevant (grade ≥ 1 in the training
+   qrels); relevant documents that were not retrieved are appended after rank
+   ``K`` at ranks ``K+1, K+2, …`` (as DRhard does), so every query with a
+   positive in the corpus has pairs;
+4. recompute every candidate's score *with gradients* from the vectors the
+   index ranks with (``index.reconstruct``: decoded codes for a PQ index, the
+   original vectors for flat), ``s = scale · <q, v>``, so the ranks, the pair
+   weights and the scores all agree;
+5. loss: pairwise logistic loss over (relevant, retrieved non-relevant) pairs,
+   each weighted by ``|ΔM|``, the change of the metric (``mrr@k`` or
+   ``ndcg@k``) if the two swapped ranks (LambdaLoss); ``adore_loss=ranknet``
+   sets every weight to 1 (the paper's ablation).
+
+The index comes from :func:`hardneg.retrieval.dense.corpus_index` over a
+*document-only view* of the encoder (the document tower as a shared encoder,
+named after the document model), so its cache key depends on the document side
+alone: ADORE on a zero-shot model reuses the embeddings and index a ``hardneg
+retrieve --model <same model>`` left in the cache. Dev evaluation searches the
+same index (so training on a PQ index is evaluated on that PQ index).
+
+The saved model folder holds the trained query tower (``query_tower/``), the
+frozen document tower (root) and ``adore.json`` (document model, index kind and
+folder, embeddings key, metric, K).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hardneg.errors import HardnegError
+from hardneg.io import write_json
+from hardneg.train.config import parse_adore_metric
+from hardneg.train.losses import delta_mrr, delta_ndcg, ideal_dcg, lambda_pairwise
+from hardneg.train.methods import Method
+
+logger = logging.getLogger("hardneg.train")
+
+ADORE_FILE = "adore.json"
+
+
+# ----------------------------------------------------------------------------- pairs and weights
+@dataclass
+class AdorePairs:
+    """The (positive, negative) pairs of a batch of ranked lists, with their ΔM weights.
+
+    Positives ``(B, P)``: each query's relevant documents, first the retrieved
+    ones (their ranks in the list) then the appended ones (ranks ``K+1, K+2, …``),
+    padded to the batch's largest count (``pos_valid`` False). Negatives
+    ``(B, K)``: the retrieved list itself; ``neg_valid`` marks the retrieved
+    non-relevant documents. ``mask[b, p, n]`` marks a valid pair and
+    ``weights[b, p, n]`` its weight (0 wherever ``mask`` is False).
+    """
+
+    pos_rows: np.ndarray  # (B, P) int64, index rows (0 where padded)
+    pos_ranks: np.ndarray  # (B, P) int64, 1-based
+    pos_grades: np.ndarray  # (B, P) int64
+    pos_valid: np.ndarray  # (B, P) bool
+    neg_rows: np.ndarray  # (B, K) int64 (0 where the index returned no result)
+    neg_valid: np.ndarray  # (B, K) bool
+    relevant_retrieved: np.ndarray  # (B, K) bool: a relevant document at that rank
+    weights: torch.Tensor  # (B, P, K) float
+    mask: torch.Tensor  # (B, P, K) bool
+    skipped: int  # queries with no pair (no positive in the corpus, or nothing non-relevant retrieved)
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.mask.sum())
+
+
+def build_pairs(
+    retrieved: np.ndarray,
+    relevant: Sequence[Mapping[int, int]],
+    metric: str,
+    *,
+    idcg: Sequence[float] | None = None,
+    weighting: str = "lambda",
+) -> AdorePairs:
+    """Pairs and weights of ranked lists ``retrieved`` ``(B, K)`` (index rows, ``-1`` = no result).
+
+    ``relevant[b]`` maps the index rows of query ``b``'s relevant documents
+    (grade ≥ 1) to their grades, in the order non-retrieved ones are appended.
+    ``metric`` is ``mrr@k`` (weights :func:`delta_mrr`) or ``ndcg@k``
+    (:func:`delta_ndcg` with graded gains; ``idcg[b]`` is query ``b``'s IDCG@k
+    from its qrels). ``weighting="ranknet"`` gives every valid pair weight 1.
+    """
+    name, k = parse_adore_metric(metric)
+    retrieved = np.asarray(retrieved, dtype=np.int64)
+    if retrieved.ndim != 2 or retrieved.shape[0] != len(relevant):
+        raise HardnegError(f"retrieved must be (B, K) with B = {len(relevant)}; got {retrieved.shape}")
+    b, kk = retrieved.shape
+    found = retrieved >= 0
+    rel = np.zeros((b, kk), dtype=bool)
+    p = max((len(r) for r in relevant), default=0)
+    p = max(p, 1)
+    pos_rows = np.zeros((b, p), dtype=np.int64)
+    pos_ranks = np.full((b, p), kk + 1, dtype=np.int64)
+    pos_grades = np.zeros((b, p), dtype=np.int64)
+    pos_valid = np.zeros((b, p), dtype=bool)
+    for i, grades in enumerate(relevant):  # label masks from qrels: a loop over queries, not pairs
+        if not grades:
+            continue
+        rows = np.fromiter(grades.keys(), dtype=np.int64, count=len(grades))
+        hit = np.isin(retrieved[i], rows) & found[i]
+        rel[i] = hit
+        hit_ranks = np.flatnonzero(hit)
+        missing = rows[~np.isin(rows, retrieved[i][hit])]
+        n_hit, n_miss = len(hit_ranks), len(missing)
+        all_rows = np.concatenate([retrieved[i][hit_ranks], missing])
+        pos_rows[i, : n_hit + n_miss] = all_rows
+        pos_ranks[i, :n_hit] = hit_ranks + 1
+        pos_ranks[i, n_hit : n_hit + n_miss] = kk + 1 + np.arange(n_miss)
+        pos_grades[i, : n_hit + n_miss] = [grades[int(r)] for r in all_rows]
+        pos_valid[i, : n_hit + n_miss] = True
+    neg_valid = found & ~rel
+    neg_rows = np.where(found, retrieved, 0)
+    mask = torch.from_numpy(pos_valid[:, :, None] & neg_valid[:, None, :])
+    rp = torch.from_numpy(pos_ranks)[:, :, None]
+    rn = torch.arange(1, kk + 1, dtype=torch.int64)[None, None, :]
+    if weighting == "ranknet":
+        weights = torch.ones(mask.shape, dtype=torch.get_default_dtype())
+    elif weighting != "lambda":
+        raise HardnegError(f"weighting must be 'lambda' or 'ranknet', not {weighting!r}")
+    elif name == "mrr":
+        weights = delta_mrr(rp, rn, k)
+    else:
+        if idcg is None or len(idcg) != b:
+            raise HardnegError("ndcg weights need one IDCG@k per query")
+        ideal = torch.tensor([v if v > 0 else 1.0 for v in idcg], dtype=torch.get_default_dtype())
+        weights = delta_ndcg(rp, rn, torch.from_numpy(pos_grades)[:, :, None], 0, ideal[:, None, None], k)
+    weights = torch.where(mask, weights.expand(mask.shape), torch.zeros((), dtype=weights.dtype))
+    skipped = int((~mask.flatten(1).any(1)).sum())
+    return AdorePairs(pos_rows, pos_ranks, pos_grades, pos_valid, neg_rows, neg_valid, rel,
+                      weights, mask, skipped)
+
+
+def retrieval_metrics(relevant_retrieved: np.ndarray, n_relevant: Sequence[int], cut: int = 10) -> dict[str, float]:
+    """MRR@cut and R@cut of ranked lists, from their ``(B, K)`` relevance mask (``n_relevant``: per query)."""
+    top = relevant_retrieved[:, :cut]
+    any_hit = top.any(1)
+    first = top.argmax(1)
+    rr = np.where(any_hit, 1.0 / (first + 1), 0.0)
+    n = np.maximum(np.asarray(n_relevant, dtype=np.float64), 1.0)
+    return {f"train_mrr@{cut}": float(rr.mean()), f"train_r@{cut}": float((top.sum(1) / n).mean())}
+
+
+# ----------------------------------------------------------------------------- the document side
+def doc_view(model, source: str):
+    """The document tower alone as a shared encoder named ``source``.
+
+    Its identity (and so the cache key of the corpus embeddings and index)
+    depends on the document tower only, not on the query tower being trained;
+    for a zero-shot model it equals that of ``DualEncoder.from_pretrained(source)``.
+    """
+    from hardneg.model.encoder import DualEncoder
+
+    return DualEncoder(model.doc_model, model.tokenizer, replace(model.config, shared=True), source=source)
+
+
+def doc_source(model_name: str, model) -> str:
+    """The name the document tower is known by: ``model_name``, or the document model an ADORE
+    output at ``model_name`` was trained on (when its document tower is unchanged)."""
+    from hardneg.io import read_json
+    from hardneg.model.encoder import weights_fingerprint
+    from hardneg.model.registry import resolve_model
+
+    try:
+        info_file = resolve_model(model_name) / ADORE_FILE
+    except Exception:  # a model passed in directly, not by name
+        return model_name
+    if info_file.is_file():
+        info = read_json(info_file)
+        if info.get("doc_weights") == weights_fingerprint(model.doc_model) and info.get("doc_model"):
+            return str(info["doc_model"])
+    return model_name
+
+
+# ----------------------------------------------------------------------------- the method
+class Adore(Method):
+    """ADORE: a frozen document tower and index; the query tower learns from its own top-K each step."""
+
+    name = "adore"
+    frozen_doc = True
+
+    def __init__(self, trainer) -> None:
+        super().__init__(trainer)
+        from hardneg.index.faiss_index import factory_string
+        from hardneg.model.encoder import weights_fingerprint
+        from hardneg.retrieval.dense import corpus_index
+
+        cfg = self.config
+        self.metric_name, self.metric_k = parse_adore_metric(cfg.metric)
+        self.k = int(cfg.adore_topk)
+        model = trainer.model
+        n_docs = len(trainer.doc_ids)
+        if self.k > n_docs:
+            raise HardnegError(f"adore_topk {self.k} is larger than the corpus ({n_docs} documents)")
+        factory_string(cfg.index, model.dim, n_docs)  # a bad index kind fails before encoding the corpus
+        self.doc_source = doc_source(cfg.model, model)
+        self.doc_weights = weights_fingerprint(model.doc_model)
+        view = doc_view(model, self.doc_source)
+        try:
+            self.index = corpus_index(view, trainer.dataset, cfg.index, trainer.cache_dir,
+                                      batch_size=cfg.batch_encode_size, show_progress=not cfg.quiet)
+        except RuntimeError as exc:  # Faiss, e.g. fewer documents than a PQ codebook's 256 centroids
+            raise HardnegError(f"could not build the {cfg.index} index of {n_docs} documents: {exc}") from exc
+        source = self.index.manifest.get("source", {})
+        self.embeddings_key = source.get("key")
+        self.embeddings_folder = source.get("embeddings")
+        kind = cfg.index
+        self.index_folder = (Path(trainer.cache_dir) / "indexes"
+                             / f"{trainer.dataset.name}-{self.embeddings_key}-{kind.replace(':', '_').replace(',', '_')}")
+        row_of = {d: i for i, d in enumerate(self.index.ids)}
+        # per training query: index rows of its relevant documents -> grade (sorted rows), counts, IDCG@k
+        self.relevant: dict[str, dict[int, int]] = {}
+        self.n_relevant: dict[str, int] = {}
+        self.idcg: dict[str, float] = {}
+        for q, docs in trainer.train_qrels.items():
+            self.relevant[q] = dict(sorted((row_of[d], int(g)) for d, g in docs.items() if g >= 1 and d in row_of))
+            self.n_relevant[q] = sum(1 for g in docs.values() if g >= 1)
+            if self.metric_name == "ndcg":
+                self.idcg[q] = ideal_dcg([int(g) for g in docs.values()], self.metric_k)
+        logger.info("adore: %s index of %d documents (%s), metric %s, top-%d", kind, len(self.index),
+                    self.index_folder, cfg.metric, self.k)
+
+    # data ----------------------------------------------------------------------
+    def train_examples(self, examples: list) -> list:
+        """One example per training query (DRhard iterates queries, not (query, positive) pairs)."""
+        first: dict[str, object] = {}
+        for e in examples:
+            first.setdefault(e.qid, e)
+        out = [first[q] for q in sorted(first)]
+        dropped = len(self.trainer.train_qrels) - len(out)
+        if dropped:
+            logger.info("adore: %d training queries have no relevant document in the corpus; skipped", dropped)
+        if self.config.batch_size > len(out):
+            raise HardnegError(
+                f"batch size {self.config.batch_size} is larger than the {len(out)} training queries; "
+                "lower --batch-size"
+            )
+        return out
+
+    # loss ----------------------------------------------------------------------
+    def batch_loss(self, examples, negatives) -> tuple[torch.Tensor, dict]:
+        from hardneg.train.trainer import encode_rows
+
+        trainer, cfg = self.trainer, self.config
+        qids = [e.qid for e in examples]
+        q = encode_rows(trainer.model, [trainer.query_tokens[x] for x in qids], "query", cfg.train_chunk)
+        _, retrieved = self.index.search(q.detach().float().cpu().numpy(), self.k)
+        pairs = build_pairs(retrieved, [self.relevant.get(x, {}) for x in qids], cfg.metric,
+                            idcg=[self.idcg.get(x, 0.0) for x in qids] if self.metric_name == "ndcg" else None,
+                            weighting=cfg.adore_loss)
+        s_pos, s_neg = self.scores(q, pairs.pos_rows, pairs.neg_rows)
+        device = q.device
+        loss = lambda_pairwise(s_pos, s_neg, pairs.weights.to(device), pairs.mask.to(device))
+        parts = {"pairs": float(pairs.n_pairs), "skipped_queries": float(pairs.skipped),
+                 **retrieval_metrics(pairs.relevant_retrieved, [self.n_relevant.get(x, 0) for x in qids])}
+        return loss, parts
+
+    def scores(self, q: torch.Tensor, pos_rows: np.ndarray, neg_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``scale · <q, v>`` with gradients, ``v`` = the vectors the index ranks with."""
+        scale = self.trainer.scale
+        v_pos = torch.from_numpy(self.index.reconstruct(pos_rows)).to(q.device, q.dtype)
+        v_neg = torch.from_numpy(self.index.reconstruct(neg_rows)).to(q.device, q.dtype)
+        return scale * torch.einsum("bd,bpd->bp", q, v_pos), scale * torch.einsum("bd,bkd->bk", q, v_neg)
+
+    # dev -----------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate_dev(self) -> dict[str, float]:
+        """Dev queries through the current query tower, searched on the fixed index (full corpus)."""
+        import re
+
+        from hardneg.evaluate.metrics import evaluate
+        from hardneg.index.encode import encode_token_lists
+        from hardneg.retrieval.runs import run_from_arrays
+
+        trainer, cfg = self.trainer, self.config
+        model = trainer.model
+        was_training = model.training
+        dev_qids = list(trainer.dev_qrels)
+        qv = encode_token_lists(model, [trainer.query_tokens[x] for x in dev_qids], "query",
+                                batch_size=cfg.batch_encode_size)
+        if was_training:
+            trainer.train_mode()
+        measures = list(dict.fromkeys([cfg.dev_metric, "RR@10", "nDCG@10", "R@100"]))
+        depth = max([100, *(int(c) for m in measures for c in re.findall(r"@(\d+)", m))])
+        scores, rows = self.index.search(qv, min(depth, len(self.index)))
+        run = run_from_arrays(dev_qids, self.index.ids, scores, rows)
+        return evaluate(run, trainer.dev_qrels, measures)
+
+    # output --------------------------------------------------------------------
+    def info(self) -> dict:
+        return {
+            "method": "adore",
+            "doc_model": self.doc_source,
+            "doc_weights": self.doc_weights,
+            "index_kind": self.config.index,
+            "index": str(self.index_folder),
+            "embeddings": self.embeddings_folder,
+            "embeddings_key": self.embeddings_key,
+            "metric": self.config.metric,
+            "topk": self.k,
+            "loss": self.config.adore_loss,
+            "score_scale": self.trainer.scale,
+        }
+
+    def after_save(self, folder: Path) -> None:
+        write_json(Path(folder) / ADORE_FILE, self.info())

@@ -1,0 +1,301 @@
+"""ADORE with a tiny random model: pair weights by hand, frozen document side, PQ consistency, training, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hardneg.errors import HardnegError
+from hardneg.train.adore import build_pairs, retrieval_metrics
+from hardneg.train.config import TrainConfig, parse_adore_metric
+from hardneg.train.trainer import Trainer
+
+TOPICS = ["apple orchard harvest", "quantum spin chains", "river delta sediment", "jazz saxophone solo",
+          "glacier ice melt", "protein folding energy", "volcano lava flow", "chess opening theory",
+          "coral reef bleaching", "bird migration routes", "solar panel efficiency", "ancient roman roads"]
+FILLER = ["market", "table", "window", "engine", "garden", "letter", "signal", "paper", "stone", "cloud",
+          "music", "bridge", "forest", "metal", "ocean", "castle", "rocket"]
+
+
+@pytest.fixture
+def tiny_train(tmp_path):
+    """test_train.py's tiny BEIR folder, plus filler documents (a PQ index needs >= 256 vectors to train),
+    a graded qrel and a query whose only positive is not in the corpus."""
+    folder = tmp_path / "tiny-train"
+    (folder / "qrels").mkdir(parents=True)
+    docs, queries, train = [], [], ["query-id\tcorpus-id\tscore"]
+    for i, topic in enumerate(TOPICS):
+        for j in range(4):
+            docs.append({"_id": f"d{i}-{j}", "title": "", "text": f"{topic} fact {j} " * (1 + j)})
+        queries.append({"_id": f"q{i}", "text": f"tell me about {topic}"})
+        train.append(f"q{i}\td{i}-0\t{2 if i == 1 else 1}")
+        if i % 3 == 0:
+            train.append(f"q{i}\td{i}-1\t1")
+    for n in range(232):
+        docs.append({"_id": f"f{n}", "title": "", "text": f"{FILLER[n % 17]} {FILLER[(n * 7) % 17]} note {n}"})
+    queries.append({"_id": "q-lost", "text": "a query whose document is missing"})
+    train.append("q-lost\tnot-in-corpus\t1")
+    (folder / "corpus.jsonl").write_text("\n".join(map(json.dumps, docs)) + "\n")
+    (folder / "queries.jsonl").write_text("\n".join(map(json.dumps, queries)) + "\n")
+    (folder / "qrels" / "train.tsv").write_text("\n".join(train) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pq_cache(tmp_path_factory):
+    """One cache for the PQ tests: training a PQ index takes seconds, so it is built once and reused
+    (cache entries are keyed by corpus content and encoder weights, not by folder)."""
+    return tmp_path_factory.mktemp("pq-cache")
+
+
+def config(tmp_path, data, model, **kw):
+    base = dict(method="adore", data=str(data), model=str(model), out=str(tmp_path / "out-adore"),
+                max_steps=4, batch_size=4, lr=1e-3, dev_fraction=0.25, dev_every=2, save_every=2,
+                cache_dir=str(tmp_path / "cache"), quiet=True, query_max_length=16, doc_max_length=32,
+                warmup_ratio=0.0, adore_topk=20, metric="mrr@10", index="flat")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def tower(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- pairs and weights
+def test_delta_mrr_weights_of_a_hand_ranking():
+    # K = 4: the relevant row 3 sits at rank 3; rows 5, 7, 9 are non-relevant at ranks 1, 2, 4
+    pairs = build_pairs(np.array([[5, 7, 3, 9]]), [{3: 1}], "mrr@10")
+    assert pairs.pos_rows.tolist() == [[3]] and pairs.pos_ranks.tolist() == [[3]]
+    assert pairs.mask[0, 0].tolist() == [True, True, False, True]
+    expected = [abs(1 / 3 - 1), abs(1 / 3 - 1 / 2), 0.0, abs(1 / 3 - 1 / 4)]
+    assert pairs.weights[0, 0].tolist() == pytest.approx(expected)
+    assert pairs.n_pairs == 3 and pairs.skipped == 0
+    # cut-off 2: the positive (rank 3) and rank 4 are beyond it
+    cut = build_pairs(np.array([[5, 7, 3, 9]]), [{3: 1}], "mrr@2")
+    assert cut.weights[0, 0].tolist() == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    # the unweighted ablation: weight 1 on every valid pair
+    flat = build_pairs(np.array([[5, 7, 3, 9]]), [{3: 1}], "mrr@10", weighting="ranknet")
+    assert flat.weights[0, 0].tolist() == [1.0, 1.0, 0.0, 1.0]
+
+
+def test_delta_ndcg_weights_of_a_hand_ranking():
+    # graded: row 3 (grade 2) at rank 2, row 9 (grade 1) at rank 4; rows 5, 7 non-relevant at ranks 1, 3
+    idcg = 3 / math.log2(2) + 1 / math.log2(3)  # IDCG@3 of grades [2, 1]
+    pairs = build_pairs(np.array([[5, 3, 7, 9]]), [{3: 2, 9: 1}], "ndcg@3", idcg=[idcg])
+    d = {1: 1.0, 2: 1 / math.log2(3), 3: 0.5, 4: 0.0}  # discount, 0 beyond the cut-off 3
+    assert pairs.pos_ranks.tolist() == [[2, 4]]
+    w = pairs.weights[0]
+    assert w[0].tolist() == pytest.approx([3 * (d[1] - d[2]) / idcg, 0, 3 * (d[2] - d[3]) / idcg, 0], abs=1e-6)
+    assert w[1].tolist() == pytest.approx([1 * d[1] / idcg, 0, 1 * d[3] / idcg, 0], abs=1e-6)
+    assert pairs.mask[0].sum() == 4
+
+
+def test_a_relevant_document_not_retrieved_is_appended_at_rank_k_plus_1():
+    pairs = build_pairs(np.array([[0, 1, 2], [4, 5, 6]]), [{7: 1}, {5: 1, 8: 1, 9: 1}], "mrr@10")
+    # query 0: row 7 not retrieved -> rank K + 1 = 4, paired with every retrieved non-relevant doc
+    assert pairs.pos_rows[0, 0] == 7 and pairs.pos_ranks[0, 0] == 4
+    assert pairs.mask[0, 0].tolist() == [True, True, True]
+    assert pairs.weights[0, 0].tolist() == pytest.approx([1 - 1 / 4, 1 / 2 - 1 / 4, 1 / 3 - 1 / 4])
+    assert not pairs.pos_valid[0, 1:].any() and not pairs.mask[0, 1:].any()
+    # query 1: row 5 retrieved at rank 2; rows 8, 9 appended at ranks 4, 5
+    assert pairs.pos_rows[1].tolist() == [5, 8, 9] and pairs.pos_ranks[1].tolist() == [2, 4, 5]
+    assert pairs.mask[1].tolist() == [[True, False, True]] * 3
+    assert pairs.n_pairs == 3 + 6 and pairs.skipped == 0
+
+
+def test_queries_without_a_positive_are_skipped_and_missing_results_ignored():
+    pairs = build_pairs(np.array([[0, 1, -1], [2, 3, -1]]), [{}, {3: 1}], "mrr@10")
+    assert pairs.skipped == 1 and not pairs.mask[0].any()
+    assert pairs.mask[1, 0].tolist() == [True, False, False]  # -1 = no result: never a negative
+    metrics = retrieval_metrics(pairs.relevant_retrieved, [0, 2])
+    assert metrics == {"train_mrr@10": pytest.approx(0.25), "train_r@10": pytest.approx(0.25)}
+
+
+@pytest.mark.parametrize("metric", ["mrr", "mrr@0", "ndcg@x", None, "map@10", "mrr@-3", "ndcg@", 10])
+def test_bad_metric_strings_fail_before_compute(metric, tmp_path, tiny_train, tiny_model_dir):
+    with pytest.raises(HardnegError, match="metric must be mrr@k or ndcg@k"):
+        Trainer(config(tmp_path, tiny_train, tiny_model_dir, metric=metric))  # validation, no setup
+    with pytest.raises(HardnegError, match="metric must be"):
+        build_pairs(np.array([[0, 1]]), [{0: 1}], metric)
+
+
+def test_metric_parsing_and_adore_only_settings():
+    assert parse_adore_metric("MRR@200") == ("mrr", 200) and parse_adore_metric("ndcg@10") == ("ndcg", 10)
+    with pytest.raises(HardnegError, match="--metric: for the adore method"):
+        TrainConfig(method="star", data="x", metric="ndcg@10").validate()
+    with pytest.raises(HardnegError, match="--adore-loss"):
+        TrainConfig(method="adore", data="x", loss="softmax").validate()
+    # other methods' fingerprints do not change with the ADORE settings' existence
+    star = TrainConfig(method="star", data="x").to_dict()
+    assert "index" in star and TrainConfig(**star).fingerprint() == TrainConfig(method="star", data="x").fingerprint()
+
+
+# ----------------------------------------------------------------------------- the method in the loop
+def test_no_gradient_reaches_the_document_side(tmp_path, tiny_train, tiny_model_dir):
+    trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir, max_steps=2, dev_every=100, save_every=100))
+    trainer.setup()
+    model = trainer.model
+    assert model.query_model is not model.doc_model and not model.config.shared
+    assert not model.doc_model.training
+    trained = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in model.query_model.parameters()}
+    assert not any(p.requires_grad for p in model.doc_model.parameters())
+    doc_before, query_before = tower(model.doc_model), tower(model.query_model)
+    examples, negatives = trainer.micro_batch(0, 0)
+    loss, parts = trainer.batch_loss(examples, negatives)
+    assert parts["pairs"] > 0 and 0 <= parts["train_mrr@10"] <= 1 and loss.item() > 0
+    loss.backward()
+    assert all(p.grad is None for p in model.doc_model.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.query_model.parameters())
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.train()
+    for k, v in tower(model.doc_model).items():
+        assert torch.equal(v, doc_before[k]), k
+    assert all(p.grad is None for p in model.doc_model.parameters())
+    assert not model.doc_model.training  # the loop's train mode leaves the frozen tower in eval mode
+    after = tower(model.query_model)
+    assert any(not torch.equal(after[k], query_before[k]) for k in after)
+
+
+def test_pq_scores_are_recomputed_from_the_vectors_the_index_ranks_with(tmp_path, tiny_train, tiny_model_dir,
+                                                                        pq_cache):
+    from hardneg.index.encode import encode_token_lists
+
+    trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir, index="pq4", cache_dir=str(pq_cache)))
+    trainer.setup()
+    method = trainer.method
+    assert method.index.manifest["factory"] == "PQ4"
+    qids = list(trainer.train_qrels)
+    q = encode_token_lists(trainer.model, [trainer.query_tokens[x] for x in qids], "query")
+    scores, rows = method.index.search(q, 20)
+    _, s_neg = method.scores(torch.from_numpy(q), rows[:, :1], rows)
+    assert np.abs(s_neg.numpy() / trainer.scale - scores).max() <= 1e-4
+    # ranking every decoded vector by inner product reproduces the index's own top-20
+    every = method.index.reconstruct(np.arange(len(method.index)))
+    full = q @ every.T
+    top = np.sort(full, axis=1)[:, ::-1][:, :20]
+    assert np.abs(top - scores).max() <= 1e-4
+    np.testing.assert_allclose(np.take_along_axis(full, rows, 1), scores, atol=1e-4)
+    # and the decoded vectors are not the original ones (it is a lossy index)
+    from hardneg.retrieval.dense import corpus_embeddings
+
+    original = np.asarray(corpus_embeddings(trainer.model, trainer.dataset, trainer.cache_dir,
+                                            show_progress=False).vectors)
+    assert np.abs(original - every).max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["flat", "pq4"])
+def test_adore_trains_saves_and_the_model_searches_its_index(kind, tmp_path, tiny_train, tiny_model_dir, pq_cache):
+    from hardneg.cli import app
+
+    pq = kind.startswith("pq")
+    cfg = config(tmp_path, tiny_train, tiny_model_dir, index=kind, metric="ndcg@10" if pq else "mrr@10",
+                 cache_dir=str(pq_cache if pq else tmp_path / "cache"))
+    trainer = Trainer(cfg)
+    trainer.setup()
+    model_dir = trainer.train()
+    out = tmp_path / "out-adore"
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all(r["pairs"] > 0 and "train_mrr@10" in r and "train_r@10" in r for r in steps)
+    assert any("RR@10" in r for r in log)
+    assert (model_dir / "query_tower" / "model.safetensors").is_file()
+    from safetensors.torch import load_file
+
+    root, query = load_file(str(model_dir / "model.safetensors")), load_file(str(model_dir / "query_tower" / "model.safetensors"))
+    assert any(not torch.equal(root[k], query[k]) for k in root)
+    info = json.loads((model_dir / "adore.json").read_text())
+    assert info["index_kind"] == kind and info["topk"] == 20 and info["doc_model"] == str(tiny_model_dir)
+    assert info["embeddings_key"] == trainer.method.embeddings_key
+    from hardneg.index.faiss_index import FaissIndex
+
+    assert FaissIndex.load(info["index"], expect_key=info["embeddings_key"]).manifest["index_kind"] == kind
+    runner = CliRunner()
+    res = runner.invoke(app, ["-q", "search", info["index"], f"{tiny_train}:train", "--model", str(model_dir),
+                              "--k", "10", "--out", str(tmp_path / "search")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "search" / "run.trec").is_file() and (tmp_path / "search" / "metrics.json").is_file()
+    if kind == "flat":  # retrieve with the trained model (both towers) works too
+        res = runner.invoke(app, ["-q", "retrieve", f"{tiny_train}:train", "--model", str(model_dir), "--k", "10",
+                                  "--out", str(tmp_path / "retrieve"), "--cache-dir", str(tmp_path / "cache")])
+        assert res.exit_code == 0, res.output
+        # the search over ADORE's index ranks exactly as retrieve's index of the same doc tower
+        a = (tmp_path / "search" / "run.trec").read_text().split("\n")
+        b = (tmp_path / "retrieve" / "run.trec").read_text().split("\n")
+        assert [line.split()[:3] for line in a if line] == [line.split()[:3] for line in b if line]
+
+
+def test_zero_shot_adore_reuses_the_cached_index_and_an_adore_output_continues(tmp_path, tiny_train, tiny_model_dir):
+    from hardneg.data.readers import load_dataset
+    from hardneg.model.encoder import DualEncoder
+    from hardneg.retrieval.dense import corpus_index
+
+    cache = tmp_path / "cache"
+    encoder = DualEncoder.from_pretrained(str(tiny_model_dir), query_max_length=16, doc_max_length=32)
+    index = corpus_index(encoder, load_dataset(f"{tiny_train}:train"), "flat", cache, show_progress=False)
+    first = Trainer(config(tmp_path, tiny_train, tiny_model_dir, max_steps=2))
+    first.setup()
+    assert first.method.embeddings_key == index.manifest["source"]["key"]  # what `retrieve` cached
+    model_dir = first.train()
+    # an ADORE output as --doc-model: its query tower continues, its doc tower (and cached index) is kept
+    second = Trainer(config(tmp_path, tiny_train, model_dir, out=str(tmp_path / "second")))
+    second.setup()
+    assert second.method.embeddings_key == index.manifest["source"]["key"]
+    assert second.method.doc_source == str(tiny_model_dir)
+    for k, v in second.model.query_model.state_dict().items():
+        assert torch.equal(v, first.model.query_model.state_dict()[k]), k
+    for k, v in second.model.doc_model.state_dict().items():
+        assert torch.equal(v, encoder.doc_model.state_dict()[k]), k
+
+
+def test_kill_and_resume_gives_identical_query_tower(tmp_path, tiny_train, tiny_model_dir, monkeypatch):
+    straight = Trainer(config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / "a")))
+    straight.setup()
+    straight.train()
+    reference = tower(straight.model.query_model)
+
+    original = Trainer._checkpoint
+
+    def killed_after_first_checkpoint(self, step, best, best_step):
+        original(self, step, best, best_step)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_checkpoint", killed_after_first_checkpoint)
+    first = Trainer(config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / "b")))
+    first.setup()
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    monkeypatch.setattr(Trainer, "_checkpoint", original)
+    resumed = Trainer(config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / "b")))
+    resumed.setup()
+    resumed.train(resume=True)
+    for k, v in tower(resumed.model.query_model).items():
+        assert torch.equal(v, reference[k]), k
+    log = (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in log if "loss" in x] == [1, 2, 3, 4]
+
+
+def test_cli_train_adore(tmp_path, tiny_train, tiny_model_dir):
+    from hardneg.cli import app
+
+    runner = CliRunner()
+    common = ["--data", str(tiny_train), "--max-steps", "2", "--batch-size", "4", "--dev-every", "2",
+              "--save-every", "2", "--query-max-length", "16", "--doc-max-length", "32",
+              "--cache-dir", str(tmp_path / "cache")]
+    res = runner.invoke(app, ["-q", "train", "adore", "--doc-model", str(tiny_model_dir), "--index", "flat",
+                              "--metric", "mrr@10", "--adore-topk", "20", "--out", str(tmp_path / "cli"), *common])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "cli" / "model" / "adore.json").read_text())["metric"] == "mrr@10"
+    saved = json.loads((tmp_path / "cli" / "config.json").read_text())
+    assert saved["model"] == str(tiny_model_dir) and saved["adore_topk"] == 20
+    res = runner.invoke(app, ["-q", "train", "star", "--doc-model", str(tiny_model_dir), *common])
+    assert res.exit_code != 0 and "--doc-model is for adore" in str(res.exception)
+    res = runner.invoke(app, ["-q", "train", "adore", "--metric", "mrr", *common])
+    assert res.exit_code != 0 and "metric must be" in str(res.exception)
