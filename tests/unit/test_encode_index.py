@@ -153,3 +153,26 @@ def test_search_refuses_wrong_dimension_and_missing_index(tmp_path):
     index.save(tmp_path / "i")
     with pytest.raises(MismatchError):
         FaissIndex.load(tmp_path / "i", expect_key="other")
+
+
+def test_concurrent_encoders_take_turns(model, store, tmp_path):
+    """Two processes wanting the same embeddings: the second waits and reuses the first's."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys
+        from hardneg.data.tokenized import TokenizedStore
+        from hardneg.index.encode import encode_store
+        from hardneg.model.encoder import DualEncoder
+        model = DualEncoder.from_pretrained({str(model.source)!r})
+        emb = encode_store(model, TokenizedStore({str(store.folder)!r}), "doc", {str(tmp_path / 'emb')!r},
+                           batch_size=2, show_progress=False, checkpoint_seconds=0)
+        print(emb.manifest["key"])
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    keys = [p.communicate(timeout=300)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert keys[0] == keys[1] and keys[0]
+    assert not (tmp_path / "emb.partial").exists()

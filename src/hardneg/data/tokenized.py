@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from hardneg.errors import HardnegError, MismatchError
-from hardneg.io import commit_dir, read_json, write_json
+from hardneg.io import commit_dir, file_lock, read_json, write_json
 
 STORE_VERSION = 1
 CHECKED_KEYS = ("tokenizer", "max_length", "prefix", "content")
@@ -168,9 +168,10 @@ def open_or_build_store(
 ) -> TokenizedStore:
     """Reuse the store in ``folder`` if it matches ``spec``; else build it from ``records_fn()``."""
     folder = Path(folder)
-    if (folder / "manifest.json").is_file():
-        return TokenizedStore(folder, expect=spec)
-    return build_store(records_fn(), tokenizer, spec, folder, **kwargs)
+    with file_lock(f"{folder}.lock"):
+        if (folder / "manifest.json").is_file():
+            return TokenizedStore(folder, expect=spec)
+        return build_store(records_fn(), tokenizer, spec, folder, **kwargs)
 
 
 def texts_fingerprint(records: Iterable[tuple[str, str]]) -> str:

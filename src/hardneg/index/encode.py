@@ -22,7 +22,7 @@ import torch
 
 from hardneg.data.tokenized import TokenizedStore
 from hardneg.errors import HardnegError, MismatchError
-from hardneg.io import commit_dir, read_json, write_json
+from hardneg.io import commit_dir, file_lock, read_json, write_json
 
 EMB_VERSION = 1
 
@@ -124,13 +124,22 @@ def encode_store(
     show_progress: bool = True,
     checkpoint_seconds: float = 30.0,
 ) -> Embeddings:
-    """Encode every row of ``store`` into ``out`` (resumes an interrupted ``out.partial``)."""
-    from tqdm.auto import tqdm
+    """Encode every row of ``store`` into ``out`` (resumes an interrupted ``out.partial``).
 
+    A lock on ``out.lock`` makes a second process wanting the same embeddings wait for them.
+    """
     out = Path(out)
     key = embeddings_key(model.side_identity(side), store.manifest, side)
-    if (out / "manifest.json").is_file():
-        return Embeddings(out, expect_key=key)
+    with file_lock(f"{out}.lock"):
+        if (out / "manifest.json").is_file():
+            return Embeddings(out, expect_key=key)
+        return _encode_store_locked(model, store, side, out, key, batch_size, show_progress, checkpoint_seconds)
+
+
+def _encode_store_locked(model, store, side, out: Path, key: str, batch_size: int, show_progress: bool,
+                         checkpoint_seconds: float) -> Embeddings:
+    from tqdm.auto import tqdm
+
     partial = Path(f"{out}.partial")
     progress_file = partial / "progress.json"
     batches = length_sorted_batches(store.lengths, batch_size)

@@ -17,6 +17,7 @@ from hardneg.data.records import Query
 from hardneg.data.tokenized import StoreSpec, open_or_build_store
 from hardneg.index.encode import Embeddings, embeddings_key, encode_store
 from hardneg.index.faiss_index import FaissIndex
+from hardneg.io import file_lock
 from hardneg.model.encoder import tokenizer_fingerprint
 from hardneg.retrieval.runs import Run, run_from_arrays
 
@@ -78,11 +79,12 @@ def corpus_index(
     emb = corpus_embeddings(model, dataset, cache_dir, batch_size=batch_size, show_progress=show_progress)
     key = emb.manifest["key"]
     folder = cache_dir / "indexes" / f"{dataset.name}-{key}-{kind.replace(':', '_').replace(',', '_')}"
-    if (folder / "manifest.json").is_file():
-        return FaissIndex.load(folder, expect_key=key)
-    index = FaissIndex.from_embeddings(emb, kind)
-    index.save(folder)
-    return index
+    with file_lock(f"{folder}.lock"):
+        if (folder / "manifest.json").is_file():
+            return FaissIndex.load(folder, expect_key=key)
+        index = FaissIndex.from_embeddings(emb, kind)
+        index.save(folder)
+        return index
 
 
 def encode_queries(
