@@ -30,7 +30,7 @@ app = typer.Typer(
 )
 
 err = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 _STATE = {"debug": False, "quiet": False}
 
@@ -118,6 +118,12 @@ def _threads(n: int | None) -> None:
 def _default_out(*parts: str) -> Path:
     safe = [p.replace("/", "_").replace(":", "-") for p in parts if p]
     return Path("runs") / "-".join(safe)
+
+
+def _model_tag(model: str) -> str:
+    """A short name for a model: `minilm`, a hub id's last part, or the run folder of `.../NAME/model`."""
+    path = Path(model)
+    return path.parent.name if path.name == "model" and path.parent.name else path.name
 
 
 def _dataset_tag(dataset) -> str:
@@ -216,10 +222,10 @@ def retrieve(
     run = dense_retrieve(encoder, dataset, index_kind=index, k=k, cache_dir=cache_dir,
                          batch_size=batch_size, show_progress=_progress())
     elapsed = time.perf_counter() - start
-    out_dir = out_dir or _default_out(_dataset_tag(dataset), Path(model).name, index)
+    out_dir = out_dir or _default_out(_dataset_tag(dataset), _model_tag(model), index)
     settings = {"command": "retrieve", "data": data, "model": model, "index": index, "k": k,
                 "encoder": encoder.identity(), "seconds": elapsed}
-    _save_run_and_metrics(run, dataset, out_dir, Path(model).name, measure, settings, fmt)
+    _save_run_and_metrics(run, dataset, out_dir, _model_tag(model), measure, settings, fmt)
 
 
 @app.command()
@@ -290,7 +296,7 @@ def encode(
     dataset = _dataset(data)
     encoder = _model(model, pooling, normalize, max_length)
     kind = _side(side)
-    out_dir = out_dir or _default_out(_dataset_tag(dataset), Path(model).name, f"{kind}-emb")
+    out_dir = out_dir or _default_out(_dataset_tag(dataset), _model_tag(model), f"{kind}-emb")
     if kind == "doc":
         store = corpus_store(encoder, dataset, cache_dir, show_progress=_progress())
     else:
