@@ -472,6 +472,22 @@ def compare(
 
 
 @app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="A hardneg model folder (e.g. runs/adore/model).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="sentence-transformers folder to write.")],
+) -> None:
+    """Export a model as one sentence-transformers folder (separate towers become a Router model).
+
+    Example: `hardneg export runs/adore/model --out runs/adore-st` then
+    `SentenceTransformer("runs/adore-st").encode_query([...])`
+    """
+    encoder = _model(model)
+    encoder.export_sentence_transformers(out)
+    kind = "shared encoder" if encoder.config.shared else "query/document Router"
+    _info(f"sentence-transformers model ({kind}) in {out}")
+
+
+@app.command()
 def mine(
     data: Annotated[str, typer.Argument(help="Training data: `path[:split]` (split defaults to train).")],
     model: Annotated[str, typer.Option("--model", "-m", help="Warm-up dense model, or `bm25`.")] = "minilm",

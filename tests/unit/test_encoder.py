@@ -171,3 +171,17 @@ def test_tokenizer_fingerprint_ignores_call_time_settings(tiny_model_dir):
     before = tokenizer_fingerprint(model.tokenizer)
     model.tokenize(["some text"] * 2, "doc", padding=True)
     assert tokenizer_fingerprint(model.tokenizer) == before
+
+
+def test_separate_towers_export_as_a_sentence_transformers_router(tiny_model_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    model = DualEncoder.from_pretrained(tiny_model_dir, shared=False, pooling="mean", normalize=True)
+    with torch.no_grad():
+        for p in model.query_model.parameters():
+            p.add_(0.05)
+    out = model.export_sentence_transformers(tmp_path / "st")
+    st = SentenceTransformer(str(out), device="cpu")
+    np.testing.assert_allclose(st.encode_query(TEXTS), model.encode_queries(TEXTS), atol=1e-5)
+    np.testing.assert_allclose(st.encode_document(TEXTS), model.encode_docs(TEXTS), atol=1e-5)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folder left behind"

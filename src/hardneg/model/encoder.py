@@ -331,6 +331,32 @@ class DualEncoder(nn.Module):
             raise
         return directory
 
+    def export_sentence_transformers(self, directory: str | os.PathLike[str]) -> Path:
+        """A folder ``SentenceTransformer(directory)`` loads with both towers.
+
+        A shared encoder is its :meth:`save` folder. Separate towers (ADORE) become a
+        sentence-transformers ``Router`` model: ``encode_query`` runs the query tower,
+        ``encode_document`` (and plain ``encode``) the document tower.
+        """
+        if self.config.shared:
+            return self.save(directory)
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.base.modules.router import Router
+
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            self.save(work / "pair")
+            query = SentenceTransformer(str(work / "pair" / QUERY_TOWER_DIR), device="cpu")
+            doc = SentenceTransformer(str(work / "pair"), device="cpu")
+            router = Router.for_query_document(query_modules=list(query), document_modules=list(doc))
+            SentenceTransformer(modules=[router], device="cpu").save(str(work / "st"))
+            commit_dir(work / "st", directory)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return directory
+
     def _save_tower(self, model: nn.Module, folder: Path, side: Side) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(str(folder), safe_serialization=True)
