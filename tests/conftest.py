@@ -85,3 +85,39 @@ def tiny_beir(tmp_path) -> Path:
     (folder / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries) + "\n")
     (folder / "qrels" / "test.tsv").write_text("\r\n".join(qrels) + "\r\n")
     return folder
+
+
+@pytest.fixture
+def kill_and_resume(monkeypatch):
+    """``kill_and_resume(make_trainer)`` -> ``(straight, resumed)``; see :func:`straight_and_resumed`."""
+    return lambda make_trainer, kill_at=2: straight_and_resumed(make_trainer, monkeypatch, kill_at)
+
+
+def straight_and_resumed(make_trainer, monkeypatch, kill_at: int = 2):
+    """Train one run straight and an identical one killed after its checkpoint at ``kill_at``
+    and then resumed; returns ``(straight, resumed)`` trainers.
+
+    ``make_trainer(name)`` builds a set-up-ready Trainer writing to a folder named ``name``.
+    """
+    from hardneg.train.trainer import Trainer
+
+    straight = make_trainer("a")
+    straight.setup()
+    straight.train()
+    original = Trainer._checkpoint
+
+    def killed_after_checkpoint(self, step, best, best_step):
+        original(self, step, best, best_step)
+        if step == kill_at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_checkpoint", killed_after_checkpoint)
+    first = make_trainer("b")
+    first.setup()
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    monkeypatch.setattr(Trainer, "_checkpoint", original)
+    resumed = make_trainer("b")
+    resumed.setup()
+    resumed.train(resume=True)
+    return straight, resumed

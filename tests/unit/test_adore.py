@@ -254,28 +254,12 @@ def test_zero_shot_adore_reuses_the_cached_index_and_an_adore_output_continues(t
         assert torch.equal(v, encoder.doc_model.state_dict()[k]), k
 
 
-def test_kill_and_resume_gives_identical_query_tower(tmp_path, tiny_train, tiny_model_dir, monkeypatch):
-    straight = Trainer(config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / "a")))
-    straight.setup()
-    straight.train()
+def test_kill_and_resume_gives_identical_query_tower(tmp_path, tiny_train, tiny_model_dir, kill_and_resume):
+    def make(name):
+        return Trainer(config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / name)))
+
+    straight, resumed = kill_and_resume(make)
     reference = tower(straight.model.query_model)
-
-    original = Trainer._checkpoint
-
-    def killed_after_first_checkpoint(self, step, best, best_step):
-        original(self, step, best, best_step)
-        if step == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_checkpoint", killed_after_first_checkpoint)
-    first = Trainer(config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / "b")))
-    first.setup()
-    with pytest.raises(KeyboardInterrupt):
-        first.train()
-    monkeypatch.setattr(Trainer, "_checkpoint", original)
-    resumed = Trainer(config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / "b")))
-    resumed.setup()
-    resumed.train(resume=True)
     for k, v in tower(resumed.model.query_model).items():
         assert torch.equal(v, reference[k]), k
     log = (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()

@@ -67,36 +67,26 @@ def test_every_method_trains_and_saves(method, tmp_path, tiny_train, tiny_model_
     assert [r["step"] for r in log if "RR@10" in r] == [0, 2, 4]  # the start model is evaluated too
 
 
-def test_kill_and_resume_gives_identical_parameters(tmp_path, tiny_train, tiny_model_dir, monkeypatch):
-    straight = Trainer(config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / "a")))
-    straight.setup()
-    straight.train()
+def test_kill_and_resume_gives_identical_parameters(tmp_path, tiny_train, tiny_model_dir, kill_and_resume):
+    def make(name):
+        return Trainer(config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / name)))
+
+    straight, resumed = kill_and_resume(make)
     reference = params(straight.model)
-
-    original = Trainer._checkpoint
-
-    def killed_after_first_checkpoint(self, step, best, best_step):
-        original(self, step, best, best_step)
-        if step == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_checkpoint", killed_after_first_checkpoint)
-    first = Trainer(config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / "b")))
-    first.setup()
-    with pytest.raises(KeyboardInterrupt):
-        first.train()
-    monkeypatch.setattr(Trainer, "_checkpoint", original)
-    with pytest.raises(HardnegError, match="--resume"):
-        again = Trainer(config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / "b")))
-        again.setup()
-        again.train()
-    resumed = Trainer(config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / "b")))
-    resumed.setup()
-    resumed.train(resume=True)
     for k, v in params(resumed.model).items():
         assert torch.equal(v, reference[k]), k
     log = (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in log if "loss" in x] == [1, 2, 3, 4]
+
+
+def test_existing_checkpoints_need_resume(tmp_path, tiny_train, tiny_model_dir):
+    first = Trainer(config(tmp_path, tiny_train, tiny_model_dir, max_steps=2))
+    first.setup()
+    first.train()
+    again = Trainer(config(tmp_path, tiny_train, tiny_model_dir, max_steps=2))
+    again.setup()
+    with pytest.raises(HardnegError, match="--resume"):
+        again.train()
 
 
 def test_resume_refuses_changed_settings(tmp_path, tiny_train, tiny_model_dir):
