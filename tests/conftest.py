@@ -121,3 +121,38 @@ def straight_and_resumed(make_trainer, monkeypatch, kill_at: int = 2):
     resumed.setup()
     resumed.train(resume=True)
     return straight, resumed
+
+
+TRAIN_TOPICS = ["apple orchard harvest", "quantum spin chains", "river delta sediment", "jazz saxophone solo",
+                "glacier ice melt", "protein folding energy", "volcano lava flow", "chess opening theory",
+                "coral reef bleaching", "bird migration routes", "solar panel efficiency", "ancient roman roads"]
+FILLER_WORDS = ["market", "table", "window", "engine", "garden", "letter", "signal", "paper", "stone", "cloud",
+                "music", "bridge", "forest", "metal", "ocean", "castle", "rocket"]
+
+
+def write_tiny_train(folder: Path, *, filler: int = 0, graded: bool = False, lost_query: bool = False) -> Path:
+    """A tiny BEIR folder with a train split: 12 topics × 4 documents, one query per topic
+    (positive ``d<i>-0``, plus ``d<i>-1`` for every third topic).
+
+    ``filler`` unrelated documents (a PQ index needs >= 256 vectors), ``graded`` gives q1 grade 2,
+    ``lost_query`` adds a query whose only positive is not in the corpus.
+    """
+    (folder / "qrels").mkdir(parents=True)
+    docs, queries, train = [], [], ["query-id\tcorpus-id\tscore"]
+    for i, topic in enumerate(TRAIN_TOPICS):
+        for j in range(4):
+            docs.append({"_id": f"d{i}-{j}", "title": "", "text": f"{topic} fact {j} " * (1 + j)})
+        queries.append({"_id": f"q{i}", "text": f"tell me about {topic}"})
+        train.append(f"q{i}\td{i}-0\t{2 if graded and i == 1 else 1}")
+        if i % 3 == 0:
+            train.append(f"q{i}\td{i}-1\t1")
+    for n in range(filler):
+        docs.append({"_id": f"f{n}", "title": "",
+                     "text": f"{FILLER_WORDS[n % 17]} {FILLER_WORDS[(n * 7) % 17]} note {n}"})
+    if lost_query:
+        queries.append({"_id": "q-lost", "text": "a query whose document is missing"})
+        train.append("q-lost\tnot-in-corpus\t1")
+    (folder / "corpus.jsonl").write_text("\n".join(map(json.dumps, docs)) + "\n")
+    (folder / "queries.jsonl").write_text("\n".join(map(json.dumps, queries)) + "\n")
+    (folder / "qrels" / "train.tsv").write_text("\n".join(train) + "\n")
+    return folder

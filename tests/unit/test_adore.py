@@ -10,40 +10,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import write_tiny_train
 from hardneg.errors import HardnegError
 from hardneg.train.adore import build_pairs, retrieval_metrics
 from hardneg.train.config import TrainConfig, parse_adore_metric
 from hardneg.train.trainer import Trainer
-
-TOPICS = ["apple orchard harvest", "quantum spin chains", "river delta sediment", "jazz saxophone solo",
-          "glacier ice melt", "protein folding energy", "volcano lava flow", "chess opening theory",
-          "coral reef bleaching", "bird migration routes", "solar panel efficiency", "ancient roman roads"]
-FILLER = ["market", "table", "window", "engine", "garden", "letter", "signal", "paper", "stone", "cloud",
-          "music", "bridge", "forest", "metal", "ocean", "castle", "rocket"]
 
 
 @pytest.fixture
 def tiny_train(tmp_path):
     """test_train.py's tiny BEIR folder, plus filler documents (a PQ index needs >= 256 vectors to train),
     a graded qrel and a query whose only positive is not in the corpus."""
-    folder = tmp_path / "tiny-train"
-    (folder / "qrels").mkdir(parents=True)
-    docs, queries, train = [], [], ["query-id\tcorpus-id\tscore"]
-    for i, topic in enumerate(TOPICS):
-        for j in range(4):
-            docs.append({"_id": f"d{i}-{j}", "title": "", "text": f"{topic} fact {j} " * (1 + j)})
-        queries.append({"_id": f"q{i}", "text": f"tell me about {topic}"})
-        train.append(f"q{i}\td{i}-0\t{2 if i == 1 else 1}")
-        if i % 3 == 0:
-            train.append(f"q{i}\td{i}-1\t1")
-    for n in range(232):
-        docs.append({"_id": f"f{n}", "title": "", "text": f"{FILLER[n % 17]} {FILLER[(n * 7) % 17]} note {n}"})
-    queries.append({"_id": "q-lost", "text": "a query whose document is missing"})
-    train.append("q-lost\tnot-in-corpus\t1")
-    (folder / "corpus.jsonl").write_text("\n".join(map(json.dumps, docs)) + "\n")
-    (folder / "queries.jsonl").write_text("\n".join(map(json.dumps, queries)) + "\n")
-    (folder / "qrels" / "train.tsv").write_text("\n".join(train) + "\n")
-    return folder
+    return write_tiny_train(tmp_path / "tiny-train", filler=232, graded=True, lost_query=True)
 
 
 @pytest.fixture(scope="module")

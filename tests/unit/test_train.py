@@ -7,31 +7,15 @@ import json
 import pytest
 import torch
 
+from conftest import write_tiny_train
 from hardneg.errors import HardnegError
 from hardneg.train.config import TrainConfig
 from hardneg.train.trainer import DataOrder, Trainer, split_dev
 
-TOPICS = ["apple orchard harvest", "quantum spin chains", "river delta sediment", "jazz saxophone solo",
-          "glacier ice melt", "protein folding energy", "volcano lava flow", "chess opening theory",
-          "coral reef bleaching", "bird migration routes", "solar panel efficiency", "ancient roman roads"]
-
 
 @pytest.fixture
 def tiny_train(tmp_path):
-    folder = tmp_path / "tiny-train"
-    (folder / "qrels").mkdir(parents=True)
-    docs, queries, train = [], [], ["query-id\tcorpus-id\tscore"]
-    for i, topic in enumerate(TOPICS):
-        for j in range(4):
-            docs.append({"_id": f"d{i}-{j}", "title": "", "text": f"{topic} fact {j} " * (1 + j)})
-        queries.append({"_id": f"q{i}", "text": f"tell me about {topic}"})
-        train.append(f"q{i}\td{i}-0\t1")
-        if i % 3 == 0:
-            train.append(f"q{i}\td{i}-1\t1")
-    (folder / "corpus.jsonl").write_text("\n".join(map(json.dumps, docs)) + "\n")
-    (folder / "queries.jsonl").write_text("\n".join(map(json.dumps, queries)) + "\n")
-    (folder / "qrels" / "train.tsv").write_text("\n".join(train) + "\n")
-    return folder
+    return write_tiny_train(tmp_path / "tiny-train")
 
 
 def config(tmp_path, data, model, method="star", **kw):
