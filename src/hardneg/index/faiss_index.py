@@ -91,6 +91,7 @@ class FaissIndex:
         self.ids = ids
         self.manifest = manifest
         self._search_index = index
+        self.folder: Path | None = None  # where it was saved or loaded from
 
     # ---------------------------------------------------------------- build
     @classmethod
@@ -162,6 +163,7 @@ class FaissIndex:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self.manifest = manifest
+        self.folder = folder
         return folder
 
     @classmethod
@@ -182,7 +184,9 @@ class FaissIndex:
             ids = json.load(fh)
         if index.ntotal != len(ids):
             raise HardnegError(f"{folder}: index.faiss and ids.json disagree; rebuild the index")
-        return cls(index, ids, manifest)
+        loaded = cls(index, ids, manifest)
+        loaded.folder = folder
+        return loaded
 
     # ---------------------------------------------------------------- search
     @property

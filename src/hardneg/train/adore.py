@@ -19,10 +19,8 @@ tower trains. Every step, for a batch of training queries:
    ``ndcg@k``) if the two swapped ranks (LambdaLoss); ``adore_loss=ranknet``
    sets every weight to 1 (the paper's ablation).
 
-The index comes from :func:`hardneg.retrieval.dense.corpus_index` over a
-*document-only view* of the encoder (the document tower as a shared encoder,
-named after the document model), so its cache key depends on the document side
-alone: ADORE on a zero-shot model reuses the embeddings and index a ``hardneg
+The index comes from :func:`hardneg.retrieval.dense.corpus_index`, whose cache
+key depends on the document side alone (:meth:`DualEncoder.side_identity`): ADORE on a zero-shot model reuses the embeddings and index a ``hardneg
 retrieve --model <same model>`` left in the cache. Dev evaluation searches the
 same index (so training on a PQ index is evaluated on that PQ index).
 
@@ -35,7 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -158,18 +156,6 @@ def retrieval_metrics(relevant_retrieved: np.ndarray, n_relevant: Sequence[int],
 
 
 # ----------------------------------------------------------------------------- the document side
-def doc_view(model, source: str):
-    """The document tower alone as a shared encoder named ``source``.
-
-    Its identity (and so the cache key of the corpus embeddings and index)
-    depends on the document tower only, not on the query tower being trained;
-    for a zero-shot model it equals that of ``DualEncoder.from_pretrained(source)``.
-    """
-    from hardneg.model.encoder import DualEncoder
-
-    return DualEncoder(model.doc_model, model.tokenizer, replace(model.config, shared=True), source=source)
-
-
 def doc_source(model_name: str, model) -> str:
     """The name the document tower is known by: ``model_name``, or the document model an ADORE
     output at ``model_name`` was trained on (when its document tower is unchanged)."""
@@ -211,18 +197,15 @@ class Adore(Method):
         factory_string(cfg.index, model.dim, n_docs)  # a bad index kind fails before encoding the corpus
         self.doc_source = doc_source(cfg.model, model)
         self.doc_weights = weights_fingerprint(model.doc_model)
-        view = doc_view(model, self.doc_source)
-        try:
-            self.index = corpus_index(view, trainer.dataset, cfg.index, trainer.cache_dir,
+        try:  # cached by the document side alone (DualEncoder.side_identity), so X's cache is reused
+            self.index = corpus_index(model, trainer.dataset, cfg.index, trainer.cache_dir,
                                       batch_size=cfg.batch_encode_size, show_progress=not cfg.quiet)
         except RuntimeError as exc:  # Faiss, e.g. fewer documents than a PQ codebook's 256 centroids
             raise HardnegError(f"could not build the {cfg.index} index of {n_docs} documents: {exc}") from exc
         source = self.index.manifest.get("source", {})
         self.embeddings_key = source.get("key")
         self.embeddings_folder = source.get("embeddings")
-        kind = cfg.index
-        self.index_folder = (Path(trainer.cache_dir) / "indexes"
-                             / f"{trainer.dataset.name}-{self.embeddings_key}-{kind.replace(':', '_').replace(',', '_')}")
+        self.index_folder = self.index.folder
         row_of = {d: i for i, d in enumerate(self.index.ids)}
         # per training query: index rows of its relevant documents -> grade (sorted rows), counts, IDCG@k
         self.relevant: dict[str, dict[int, int]] = {}
@@ -233,7 +216,7 @@ class Adore(Method):
             self.n_relevant[q] = sum(1 for g in docs.values() if g >= 1)
             if self.metric_name == "ndcg":
                 self.idcg[q] = ideal_dcg([int(g) for g in docs.values()], self.metric_k)
-        logger.info("adore: %s index of %d documents (%s), metric %s, top-%d", kind, len(self.index),
+        logger.info("adore: %s index of %d documents (%s), metric %s, top-%d", cfg.index, len(self.index),
                     self.index_folder, cfg.metric, self.k)
 
     # data ----------------------------------------------------------------------

@@ -249,10 +249,6 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def warmup_lr_steps(config: TrainConfig) -> int:
-    return int(math.floor(config.warmup_ratio * config.max_steps))
-
-
 # ----------------------------------------------------------------------------- the loop
 class Trainer:
     """Set up data, model, method and optimiser from a :class:`TrainConfig`, then :meth:`train`."""
