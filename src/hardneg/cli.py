@@ -240,26 +240,13 @@ def tokenize(
 
     Example: `hardneg tokenize ../shared/data/scifact --model minilm --out runs/scifact-tok`
     """
-    from hardneg.data.tokenized import StoreSpec, TokenizedStore, build_store, texts_fingerprint
-    from hardneg.model.encoder import tokenizer_fingerprint
+    from hardneg.retrieval.dense import side_store
 
     dataset = _dataset(data)
     encoder = _model(model)
-    kind = _side(side)
-    if kind == "doc":
-        records, content = (lambda: ((d.doc_id, d.full_text()) for d in dataset.iter_docs())), dataset.fingerprint()
-    else:
-        qs = dataset.queries()
-        pairs = [(q.query_id, q.text) for q in qs.values()]
-        records, content = (lambda: iter(pairs)), texts_fingerprint(pairs)
-    spec = StoreSpec(tokenizer_fingerprint(encoder.tokenizer), max_length or encoder.max_length(kind),
-                     encoder.prefix(kind), content)
-    if (out_dir / "manifest.json").is_file():
-        store = TokenizedStore(out_dir, expect=spec)
-        _info(f"{out_dir} is up to date ({len(store)} rows)")
-        return
-    store = build_store(records(), encoder.tokenizer, spec, out_dir, show_progress=_progress())
-    _info(f"tokenized {len(store)} {side} into {out_dir} ({int(store.lengths.sum())} tokens)")
+    store = side_store(encoder, dataset, _side(side), folder=out_dir, max_length=max_length,
+                       show_progress=_progress())
+    _info(f"{len(store)} {side} tokenized in {out_dir} ({int(store.lengths.sum())} tokens)")
 
 
 def _side(side: str) -> str:
@@ -287,29 +274,15 @@ def encode(
 
     Example: `hardneg encode ../shared/data/scifact --model minilm --out runs/scifact-emb`
     """
-    from hardneg.data.tokenized import StoreSpec, build_store, texts_fingerprint
     from hardneg.index.encode import encode_store
-    from hardneg.model.encoder import tokenizer_fingerprint
-    from hardneg.retrieval.dense import corpus_store, default_cache_dir
+    from hardneg.retrieval.dense import side_store
 
     _threads(threads)
     dataset = _dataset(data)
     encoder = _model(model, pooling, normalize, max_length)
     kind = _side(side)
     out_dir = out_dir or _default_out(_dataset_tag(dataset), _model_tag(model), f"{kind}-emb")
-    if kind == "doc":
-        store = corpus_store(encoder, dataset, cache_dir, show_progress=_progress())
-    else:
-        qs = dataset.queries()
-        pairs = [(q.query_id, q.text) for q in qs.values()]
-        spec = StoreSpec(tokenizer_fingerprint(encoder.tokenizer), encoder.max_length("query"),
-                         encoder.prefix("query"), texts_fingerprint(pairs))
-        cache = Path(cache_dir or default_cache_dir())
-        folder = cache / "tokenized" / f"{dataset.name}-queries-{spec.key()}"
-        from hardneg.data.tokenized import open_or_build_store
-
-        store = open_or_build_store(lambda: iter(pairs), encoder.tokenizer, spec, folder,
-                                    show_progress=_progress()) if pairs else build_store([], encoder.tokenizer, spec, folder)
+    store = side_store(encoder, dataset, kind, cache_dir, show_progress=_progress())
     emb = encode_store(encoder, store, kind, out_dir, batch_size=batch_size, show_progress=_progress())
     _info(f"{len(emb)} x {emb.dim} embeddings in {out_dir}")
 

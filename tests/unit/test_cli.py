@@ -127,3 +127,22 @@ def test_train_and_mine_commands(tiny_beir, tiny_model_dir, env):
     result = invoke("train", "star", "--data", tiny_beir, "--model", tiny_model_dir, "--out", out,
                     "--max-steps", "2", "--preset", "nonexistent")
     assert result.exit_code != 0 and "unknown preset" in str(result.exception)
+
+
+def test_tokenize_and_encode_query_side(tiny_beir, tiny_st_dir, env):
+    result = invoke("tokenize", f"{tiny_beir}:test", "--model", tiny_st_dir, "--side", "queries", "--out", env / "qtok")
+    assert result.exit_code == 0, result.output
+    from hardneg.data.tokenized import TokenizedStore
+
+    assert TokenizedStore(env / "qtok").ids == [f"q{i}" for i in range(6)]
+    result = invoke("encode", f"{tiny_beir}:test", "--model", tiny_st_dir, "--side", "queries", "--out", env / "qemb")
+    assert result.exit_code == 0, result.output
+    from hardneg.index.encode import Embeddings
+    from hardneg.model.encoder import DualEncoder
+
+    emb = Embeddings(env / "qemb")
+    model = DualEncoder.from_pretrained(tiny_st_dir)
+    expected = model.encode_queries([f"what about {t}" for t in ["apple orchard harvest"]])
+    import numpy as np
+
+    np.testing.assert_allclose(np.asarray(emb.vectors)[0], expected[0], atol=1e-5)

@@ -28,24 +28,42 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "hardneg"
 
 
-def corpus_store(model, dataset, cache_dir: Path | None = None, show_progress: bool = True):
-    """The tokenized store of ``dataset``'s corpus for ``model``'s document side (built once)."""
-    cache_dir = Path(cache_dir or default_cache_dir())
+def side_store(
+    model,
+    dataset,
+    side: str = "doc",
+    cache_dir: Path | None = None,
+    *,
+    folder: Path | None = None,
+    max_length: int | None = None,
+    show_progress: bool = True,
+):
+    """The tokenized store of ``dataset``'s corpus (``side="doc"``) or split queries (``"query"``)
+    for ``model``'s tower of that side: reused from ``folder`` (default: a cache folder keyed by
+    tokenizer, max length, prefix and content) when it matches, built there otherwise."""
+    from hardneg.data.tokenized import texts_fingerprint
+
+    if side == "doc":
+        records, content = (lambda: ((d.doc_id, d.full_text()) for d in dataset.iter_docs())), dataset.fingerprint()
+    else:
+        pairs = [(q.query_id, q.text) for q in dataset.queries().values()]
+        records, content = (lambda: iter(pairs)), texts_fingerprint(pairs)
     spec = StoreSpec(
         tokenizer=tokenizer_fingerprint(model.tokenizer),
-        max_length=model.config.doc_max_length,
-        prefix=model.config.doc_prefix,
-        content=dataset.fingerprint(),
+        max_length=max_length or model.max_length(side),
+        prefix=model.prefix(side),
+        content=content,
     )
-    folder = cache_dir / "tokenized" / f"{dataset.name}-docs-{spec.key()}"
-    return open_or_build_store(
-        lambda: ((d.doc_id, d.full_text()) for d in dataset.iter_docs()),
-        model.tokenizer,
-        spec,
-        folder,
-        show_progress=show_progress,
-        description=f"tokenize {dataset.name}",
-    )
+    name = "docs" if side == "doc" else "queries"
+    folder = Path(folder) if folder else Path(cache_dir or default_cache_dir()) / "tokenized" / (
+        f"{dataset.name}-{name}-{spec.key()}")
+    return open_or_build_store(records, model.tokenizer, spec, folder, show_progress=show_progress,
+                               description=f"tokenize {dataset.name} {name}")
+
+
+def corpus_store(model, dataset, cache_dir: Path | None = None, show_progress: bool = True):
+    """The tokenized store of ``dataset``'s corpus for ``model``'s document side (built once)."""
+    return side_store(model, dataset, "doc", cache_dir, show_progress=show_progress)
 
 
 def corpus_embeddings(
