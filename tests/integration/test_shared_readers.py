@@ -157,3 +157,13 @@ def test_fiqa_qrels_only(data_dir: Path, split: str, lines: int, queries: int) -
     assert ds.corpus_path is None and ds.docs() == [] and ds.queries() == {}
     with pytest.raises(InputError, match="no corpus"):
         ds.iter_docs()
+
+
+@pytest.mark.parametrize(("name", "docs", "queries", "judged", "pairs"),
+                         [("med", 1033, 30, 30, 696), ("cisi", 1460, 112, 76, 3114)])
+def test_classic_smart(data_dir: Path, name: str, docs: int, queries: int, judged: int, pairs: int) -> None:
+    ds = load_dataset(str(data_dir / "classic" / name))
+    assert ds.doc_count() == docs
+    assert len(ds.all_queries()) == queries and len(ds.queries()) == judged
+    assert sum(len(v) for v in ds.qrels().values()) == pairs
+    assert not ds.warnings

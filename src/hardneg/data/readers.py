@@ -1085,6 +1085,14 @@ def load_dataset(
             qrels_path=r_override,
             root=root.parent,
         )
+    from hardneg.data.classic import smart_dataset, smart_stem
+
+    stem = smart_stem(root)
+    if stem is not None and not (root / "corpus.jsonl").is_file():
+        if split is not None or r_override is not None or q_override is not None:
+            raise InputError("a SMART collection (X.ALL/X.QRY/X.REL) has one query set and no splits",
+                             path=root, hint="give the folder without :split or overrides")
+        return smart_dataset(root, stem)
     is_beir = (
         (root / "corpus.jsonl").is_file()
         or (root / "queries.jsonl").is_file()

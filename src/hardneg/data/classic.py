@@ -1,0 +1,155 @@
+"""Classic test collections in the SMART format (MED, CISI, and folders laid out like them).
+
+A SMART folder holds three files with a common stem: ``X.ALL`` (documents),
+``X.QRY`` (queries) and ``X.REL`` (relevance judgements), e.g. ``MED.ALL``,
+``MED.QRY``, ``MED.REL``. Records start with ``.I <id>``; fields start with a
+dot line (``.T`` title, ``.W`` text, ``.A`` authors, ``.B`` source, ``.X``
+cross-references …). Documents keep ``.T`` as the title and ``.W`` as the
+text; queries join ``.T`` and ``.W``. Other fields are ignored.
+
+``X.REL`` comes in two layouts, both read here: TREC (``qid 0 docid grade``,
+as in ``MED.REL``) and CISI's (``qid docid 0 0.0``: every listed pair is
+relevant, grade 1). The layout is decided from the file's first line.
+
+Errors: a line before the first ``.I``, an ``.I`` without an id, or a repeated
+id is an :class:`~hardneg.errors.InputError` naming the file and line.
+These collections are freely distributed research collections; cite their
+sources when you report on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from hardneg.data.records import Doc, Qrel, Query
+from hardneg.errors import InputError
+
+#: the SMART fields kept: ``.T`` title, ``.W`` text (for queries both become the text)
+_KEPT = {"T", "W"}
+
+
+def smart_stem(root: Path) -> str | None:
+    """The common stem ``X`` when ``root`` holds ``X.ALL``, ``X.QRY`` and ``X.REL``, else ``None``."""
+    if not root.is_dir():
+        return None
+    for path in sorted(root.glob("*.ALL")):
+        stem = path.stem
+        if (root / f"{stem}.QRY").is_file() and (root / f"{stem}.REL").is_file():
+            return stem
+    return None
+
+
+def read_smart(path: str | Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """Yield ``(id, {field: text})`` for every ``.I`` record of a SMART file."""
+    path = Path(path)
+    record_id: str | None = None
+    fields: dict[str, list[str]] = {}
+    current: str | None = None
+    seen: set[str] = set()
+
+    def finish() -> tuple[str, dict[str, str]]:
+        assert record_id is not None
+        return record_id, {k: " ".join(" ".join(v).split()) for k, v in fields.items()}
+
+    try:
+        with open(path, encoding="utf-8", errors="strict") as fh:
+            for line_no, line in enumerate(fh, 1):
+                stripped = line.rstrip("\r\n")
+                if stripped.startswith(".I"):
+                    if record_id is not None:
+                        yield finish()
+                    parts = stripped.split()
+                    if len(parts) != 2 or parts[0] != ".I":
+                        raise InputError("a SMART record line must be '.I <id>'", path=path, line=line_no,
+                                         hint="fix or remove this line")
+                    record_id = str(int(parts[1])) if parts[1].isdigit() else parts[1]
+                    if record_id in seen:
+                        raise InputError(f"record id {record_id!r} appears twice", path=path, line=line_no,
+                                         hint="ids must be unique")
+                    seen.add(record_id)
+                    fields, current = {}, None
+                    continue
+                if len(stripped) == 2 and stripped[0] == "." and stripped[1].isalpha():
+                    current = stripped[1]
+                    if current in _KEPT:
+                        fields.setdefault(current, [])
+                    continue
+                if record_id is None:
+                    if stripped.strip():
+                        raise InputError("text before the first '.I' record line", path=path, line=line_no,
+                                         hint="a SMART file starts with '.I <id>'")
+                    continue
+                if current in _KEPT:
+                    fields[current].append(stripped)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not valid UTF-8 ({exc.reason})", path=path,
+                         hint="convert the file to UTF-8") from None
+    if record_id is not None:
+        yield finish()
+
+
+def read_smart_docs(path: str | Path, ids: set[str] | None = None) -> Iterator[Doc]:
+    for doc_id, fields in read_smart(path):
+        if ids is not None:
+            ids.add(doc_id)
+        yield Doc(doc_id, fields.get("W", ""), fields.get("T", ""))
+
+
+def read_smart_queries(path: str | Path) -> Iterator[Query]:
+    for qid, fields in read_smart(path):
+        text = " ".join(x for x in (fields.get("T", ""), fields.get("W", "")) if x)
+        yield Query(qid, text)
+
+
+def read_smart_qrels(path: str | Path) -> Iterator[Qrel]:
+    """TREC layout ``qid 0 docid grade`` or CISI's ``qid docid 0 0.0`` (grade 1)."""
+    path = Path(path)
+    layout: str | None = None
+    seen: set[tuple[str, str]] = set()
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line_no, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 4:
+                raise InputError(f"expected 4 columns, found {len(parts)}", path=path, line=line_no,
+                                 hint="write 'qid 0 docid grade' (TREC) or 'qid docid 0 0.0' (CISI)")
+            if layout is None:
+                layout = "cisi" if "." in parts[3] else "trec"
+            try:
+                if layout == "trec":
+                    qid, doc, grade = str(int(parts[0])), str(int(parts[2])), int(parts[3])
+                else:
+                    qid, doc, grade = str(int(parts[0])), str(int(parts[1])), 1
+            except ValueError:
+                raise InputError("ids and grades must be integers", path=path, line=line_no,
+                                 hint=f"this file reads as the {layout} layout") from None
+            if (qid, doc) in seen:
+                continue
+            seen.add((qid, doc))
+            yield Qrel(qid, doc, grade)
+
+
+def smart_dataset(root: Path, stem: str):
+    """A lazy :class:`~hardneg.data.readers.Dataset` over ``root/stem.{ALL,QRY,REL}``."""
+    from hardneg.data.readers import Dataset
+
+    class SmartDataset(Dataset):
+        def _doc_source(self, ids: set[str]) -> Iterator[Doc]:
+            assert self.corpus_path is not None
+            return read_smart_docs(self.corpus_path, ids)
+
+        def _query_source(self) -> Iterator[Query]:
+            assert self.queries_path is not None
+            return read_smart_queries(self.queries_path)
+
+        def _qrels_source(self, stats) -> Iterator[Qrel]:
+            assert self.qrels_path is not None
+            stats.layout = "smart"
+            for qrel in read_smart_qrels(self.qrels_path):
+                stats.lines += 1
+                yield qrel
+
+    return SmartDataset(root.resolve().name, None, corpus_path=root / f"{stem}.ALL",
+                        queries_path=root / f"{stem}.QRY", qrels_path=root / f"{stem}.REL", root=root)
