@@ -548,6 +548,8 @@ def train(
     keep_checkpoints: Annotated[int | None, typer.Option(help="Checkpoints kept.")] = None,
     train_chunk: Annotated[int | None, typer.Option(help="Rows per length-sorted forward pass in a training step.")] = None,
     batch_encode_size: Annotated[int | None, typer.Option(help="Texts per batch when encoding for dev evaluation and mining.")] = None,
+    track_every: Annotated[int | None, typer.Option(help="Log static/dynamic negative overlap and train MRR@10 every N steps (costs a corpus encoding; 0 = off).")] = None,
+    track_queries: Annotated[int | None, typer.Option(help="Training queries sampled for --track-every (0 = all).")] = None,
     cache_dir: CacheOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -583,6 +585,52 @@ def train(
     trainer.setup()
     model_dir = trainer.train(resume=resume)
     _info(f"model in {model_dir}; logs in {cfg.out}/train_log.jsonl")
+
+
+@app.command()
+def experiment(
+    recipe: Annotated[Path, typer.Argument(help="A recipe YAML (see configs/).")],
+    data_dir: Annotated[str | None, typer.Option("--data-dir", help="Replaces {data_dir} in the recipe (default $HARDNEG_DATA_DIR or ../shared/data).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Experiment folder (default runs/experiments/<name>).")] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Run only stages matching this name or glob (and what they need); repeatable.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the recipe and list the stages with their status; compute nothing.")] = False,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Run a recipe's stages in order (train, test, transfer, analyses, report); done stages are skipped.
+
+    Interrupted? Run the same command again: finished stages are cached, training resumes from its
+    last checkpoint. Example: `hardneg experiment configs/demo.yaml`
+    """
+    from hardneg.experiment import Experiment, Recipe
+
+    _threads(threads)
+    exp = Experiment(Recipe.from_yaml(recipe, data_dir), out_dir, quiet=_STATE["quiet"])
+    if dry_run:
+        for name, state in exp.status():
+            out.print(f"{state:>24}  {name}", highlight=False)
+        _info(f"{len(exp.stages)} stages; recipe OK; folder {exp.out}")
+        return
+    exp.run(only=only, echo=lambda msg: _info(msg))
+    report = exp.out / "report.md"
+    if report.is_file():
+        from hardneg.evaluate.report import main_table
+
+        out.print(main_table(exp.out))
+        _info(f"report: {report}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="An experiment folder (written by `hardneg experiment`).")],
+) -> None:
+    """Write RUN_DIR/report.md and its figures from the finished stages of an experiment.
+
+    Example: `hardneg report runs/experiments/scifact`
+    """
+    from hardneg.evaluate.report import write_report
+
+    path = write_report(run_dir)
+    _info(f"report: {path}")
 
 
 def main() -> None:

@@ -123,3 +123,22 @@ def test_split_dev_is_seeded_and_disjoint():
     assert len(dev) == 10 and not set(train) & set(dev) and set(train) | set(dev) == set(qids)
     assert split_dev(qids, 0.2, seed=1) == (train, dev)
     assert split_dev(qids, 0.2, seed=2)[1] != dev
+
+
+@pytest.mark.parametrize("method", ["static", "ance"])
+def test_tracking_overlap(tmp_path, tiny_train, tiny_model_dir, method):
+    """Unchanged weights: the static negatives *are* the dynamic ones (overlap 1); trained: logged per step."""
+    extra = {"refresh_every": 2} if method == "ance" else {}
+    frozen = Trainer(config(tmp_path, tiny_train, tiny_model_dir, method=method, lr=1e-30, track_every=2,
+                            out=str(tmp_path / "frozen"), **extra))
+    frozen.train()
+    log = [json.loads(x) for x in (tmp_path / "frozen" / "train_log.jsonl").read_text().splitlines()]
+    tracked = [r for r in log if r["kind"] == "track"]
+    assert [r["step"] for r in tracked] == [2, 4]
+    assert all(r["overlap@8"] == 1.0 and 0 <= r["train_RR@10"] <= 1 for r in tracked)
+    moved = Trainer(config(tmp_path, tiny_train, tiny_model_dir, method=method, lr=5e-2, track_every=1,
+                           out=str(tmp_path / "moved"), **extra))
+    moved.train()
+    log = [json.loads(x) for x in (tmp_path / "moved" / "train_log.jsonl").read_text().splitlines()]
+    overlaps = [r["overlap@8"] for r in log if r["kind"] == "track"]
+    assert len(overlaps) == 4 and min(overlaps) < 1.0  # a large learning rate moves the ranking

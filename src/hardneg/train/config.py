@@ -23,7 +23,8 @@ ADORE_LOSSES = ("lambda", "ranknet")
 ADORE_DEFAULTS: dict[str, Any] = {"index": "flat", "metric": "mrr@200", "adore_topk": 200, "adore_loss": "lambda"}
 
 #: settings that may change between a run and its ``--resume`` (they do not change the math so far)
-RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet"}
+RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
+                     "track_queries"}
 
 
 @dataclass
@@ -78,6 +79,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     batch_encode_size: int = 64  # texts per batch when encoding without gradients (dev, mining)
     train_chunk: int = 16  # rows per forward pass in a training step, length-sorted (less padding)
+    track_every: int = 0  # log static/dynamic negative overlap and train MRR every N steps (0 = off; see tracking.py)
+    track_queries: int = 0  # training queries tracked (a seeded sample; 0 = all)
     cache_dir: str | None = None
     quiet: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -101,6 +104,8 @@ class TrainConfig:
                      "keep_checkpoints", "query_max_length", "batch_encode_size", "train_chunk"):
             if int(getattr(self, name)) < 1:
                 raise HardnegError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.track_every < 0 or self.track_queries < 0:
+            raise HardnegError("track_every and track_queries must be >= 0")
         if self.lr <= 0:
             raise HardnegError(f"lr must be positive, not {self.lr}")
         if not 0 <= self.warmup_ratio < 1:

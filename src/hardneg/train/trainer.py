@@ -230,7 +230,7 @@ class RunLog:
             self.tb = None
 
     def write(self, record: dict, prefix: str) -> None:
-        self._fh.write(json.dumps(record) + "\n")
+        self._fh.write(json.dumps({**record, "kind": prefix}) + "\n")
         self._fh.flush()
         if self.tb is not None:
             for key, value in record.items():
@@ -454,6 +454,10 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{totals['loss']:.4f}", qps=f"{record['queries_per_s']:.1f}")
                 done = step + 1
+                if cfg.track_every and done % cfg.track_every == 0:
+                    from hardneg.train.tracking import track
+
+                    log.write(track(self, done), "track")  # before a refresh, which would reset the overlap
                 self.method.after_step(done)
                 if done % cfg.dev_every == 0 or done == cfg.max_steps:
                     best, best_step = self._dev_step(done, log, best, best_step)
