@@ -492,8 +492,9 @@ class Experiment:
         echo = echo or (lambda msg: logger.info("%s", msg))
         wanted = self._closure(only) if only else list(self.stages)
         self.out.mkdir(parents=True, exist_ok=True)
-        write_json(self.out / "recipe.json", {"name": self.recipe.name, "source": self.recipe.source,
-                                              "data": self.recipe.data, "model": self.recipe.model})
+        from dataclasses import asdict
+
+        write_json(self.out / "recipe.json", asdict(self.recipe))
         outcome: dict[str, str] = {}
         for name in wanted:
             stage = self.stages[name]

@@ -1,0 +1,200 @@
+"""`hardneg experiment` (stage caching, staleness, resume after a SIGKILL) and `hardneg report`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import write_tiny_train
+from hardneg.errors import HardnegError
+from hardneg.experiment import Experiment, Recipe
+
+TRAIN = {"max_steps": 2, "batch_size": 4, "topk": 8, "dev_fraction": 0.25, "dev_every": 1, "save_every": 1,
+         "dev_pool": 0, "query_max_length": 16, "doc_max_length": 32, "warmup_ratio": 0.0, "lr": 1e-3}
+ADORE = {"max_steps": 2, "batch_size": 4, "adore_topk": 8, "dev_fraction": 0.25, "dev_every": 1, "save_every": 1,
+         "query_max_length": 16, "doc_max_length": 32, "lr": 1e-3, "metric": "mrr@10", "warmup_ratio": 0.0}
+
+
+def tiny_data(folder: Path) -> Path:
+    data = write_tiny_train(folder, filler=300)
+    test = ["query-id\tcorpus-id\tscore"] + [f"q{i}\td{i}-0\t1" for i in range(6)]
+    test += [f"q{i}\td{i}-2\t1" for i in range(6, 12)]  # documents no training query has: the unseen stratum
+    (data / "qrels" / "test.tsv").write_text("\n".join(test) + "\n")
+    return data
+
+
+def recipe_dict(data: Path, model: Path, cache: Path, transfer: Path | None = None) -> dict:
+    return {
+        "name": "tiny", "data": str(data), "model": str(model), "cache_dir": str(cache),
+        "train": dict(TRAIN), "adore": dict(ADORE),
+        "eval": {"max_length": 32, "query_max_length": 16, "k": 50, "baselines": ["rand"]},
+        "transfer": [f"{transfer}:test"] if transfer else [],
+        "systems": [
+            {"name": "bm25", "kind": "bm25"},
+            {"name": "zeroshot", "kind": "zeroshot"},
+            {"name": "rand", "method": "rand"},
+            {"name": "star", "method": "star", "track_every": 1},
+            {"name": "adore+zeroshot", "method": "adore"},
+            {"name": "adore+star", "method": "adore", "base": "star"},
+            {"name": "adore-ranknet+zeroshot", "method": "adore", "adore_loss": "ranknet"},
+            {"name": "adore-pq8+zeroshot", "method": "adore", "index": "pq8"},
+        ],
+        "analysis": {"pairwise": {"topk": 20},
+                     "pq": {"indexes": ["flat", "pq8"], "systems": ["zeroshot", "adore+zeroshot", "adore-pq8+zeroshot"]},
+                     "tsne": {"before": "zeroshot", "after": "adore+zeroshot", "top": 5}},
+    }
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("experiment")
+    data = tiny_data(root / "data")
+    transfer = root / "transfer"
+    write_tiny_train(transfer)
+    (transfer / "qrels" / "test.tsv").write_text("q0\td0-0\t1\nq1\td1-0\t1\n")
+    raw = recipe_dict(data, tiny_model_dir, root / "cache", transfer)
+    exp = Experiment(Recipe.from_dict(raw), root / "out", quiet=True)
+    outcome = exp.run()
+    return exp, raw, outcome
+
+
+def test_every_stage_runs_and_records_itself(finished):
+    exp, _, outcome = finished
+    assert set(outcome) == set(exp.stages) and set(outcome.values()) == {"done"}
+    for name in exp.stages:
+        state = json.loads((exp.stage_dir(name) / "stage.json").read_text())
+        assert state["status"] == "done" and state["key"] == exp.stages[name].key and state["attempts"] == 1
+    assert (exp.stage_dir("train-adore+star") / "model" / "adore.json").is_file()
+    metrics = json.loads((exp.stage_dir("test-rand") / "metrics.json").read_text())
+    assert set(metrics) == {"RR@10", "R@100", "nDCG@10"}
+    assert "transfer-star-transfer-test" in exp.stages
+
+
+def test_rerun_skips_every_finished_stage(finished):
+    exp, raw, _ = finished
+    again = Experiment(Recipe.from_dict(raw), exp.out, quiet=True)
+    assert [s.key for s in again.stages.values()] == [s.key for s in exp.stages.values()]
+    outcome = again.run()
+    assert {n for n, v in outcome.items() if v != "cached"} == {"report"}  # the report is always rewritten
+
+
+def test_changed_setting_makes_exactly_its_dependents_stale(finished):
+    exp, raw, _ = finished
+    changed = json.loads(json.dumps(raw))
+    changed["systems"][2]["lr"] = 5e-4  # rand
+    status = dict(Experiment(Recipe.from_dict(changed), exp.out).status())
+    stale = {n for n, s in status.items() if s.startswith("stale")} - {"report"}  # the report reads everything
+    assert stale == {"train-rand", "test-rand", "transfer-rand-transfer-test", "analysis-pairwise"}
+    assert all(status[n] == "done" for n in status if n not in stale and n != "report")
+
+
+def test_report_has_tables_and_nonempty_figures(finished):
+    exp, _, _ = finished
+    text = (exp.out / "report.md").read_text()
+    for heading in ("Table 2 analogue", "Generalisation", "Table 1 analogue", "Fig. 4 analogue", "Fig. 5 analogue",
+                    "Table 4 analogue", "Tables 3 and 5", "Fig. 6 analogue", "Findings"):
+        assert f"## {heading}" in text, heading
+    for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        data = (exp.out / image).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, image
+    assert len(re.findall(r"!\[", text)) == 4  # Fig. 3, 4, 5, 6
+    tables = _tables(text)
+    assert len(tables) >= 6
+    for header, rows in tables:
+        assert rows and all(len(r) == len(header) for r in rows)
+    main = next(t for t in tables if t[0][:4] == ["system", "RR@10", "R@100", "nDCG@10"])
+    values = {r[0]: r for r in main[1]}
+    test_metrics = json.loads((exp.stage_dir("test-star") / "metrics.json").read_text())
+    assert float(values["star"][3].rstrip("†‡*")) == pytest.approx(test_metrics["nDCG@10"], abs=5e-4)
+    pairwise = json.loads((exp.stage_dir("analysis-pairwise") / "stage.json").read_text())["result"]
+    table1 = next(t for t in tables if t[0] == ["system", "total", "top-20"])
+    assert float(dict((r[0], r[1]) for r in table1[1])["rand"]) == pytest.approx(pairwise["rand"]["total"], abs=0.05)
+
+
+def _tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
+    tables, lines = [], text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("| ") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            header = [c.strip() for c in line.strip("|").split("|")]
+            rows = []
+            for row in lines[i + 2:]:
+                if not row.startswith("| "):
+                    break
+                rows.append([c.strip() for c in row.strip("|").split("|")])
+            tables.append((header, rows))
+    return tables
+
+
+def test_experiment_stage_survives_sigkill(tmp_path, tiny_model_dir):
+    """A real SIGKILL in the middle of a training stage; the same command again finishes it, from the checkpoint,
+    with the same weights as an uninterrupted run."""
+    data = tiny_data(tmp_path / "data")
+    raw = recipe_dict(data, tiny_model_dir, tmp_path / "cache")
+    raw["systems"] = [{"name": "rand", "method": "rand", "max_steps": 6, "save_every": 2, "dev_every": 6}]
+    raw["analysis"], raw["eval"]["baselines"] = {}, []
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+
+    def command(out: str) -> list[str]:
+        return [sys.executable, "-m", "hardneg", "--quiet", "experiment", str(recipe), "--out", str(tmp_path / out),
+                "--only", "train-rand"]
+
+    subprocess.run(command("straight"), env=env, check=True, timeout=300)
+    child = subprocess.Popen(command("killed"), env=env)
+    checkpoints = tmp_path / "killed" / "stages" / "train-rand" / "checkpoints"
+    deadline = time.time() + 240
+    while not any(checkpoints.glob("step-*")) and time.time() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    assert child.poll() is None, "the run finished before it could be killed; give it more steps"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    stage = tmp_path / "killed" / "stages" / "train-rand"
+    assert json.loads((stage / "stage.json").read_text())["status"] == "running"
+    subprocess.run(command("killed"), env=env, check=True, timeout=300)
+    state = json.loads((stage / "stage.json").read_text())
+    assert state["status"] == "done" and state["attempts"] == 2
+    log = [json.loads(x) for x in (stage / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    from safetensors.torch import load_file
+
+    last = sorted(checkpoints.glob("step-*"))[-1].name
+    a = load_file(tmp_path / "straight" / "stages" / "train-rand" / "checkpoints" / last / "model.safetensors")
+    b = load_file(checkpoints / last / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"systems": [{"name": "x", "method": "adore", "base": "later"}, {"name": "later", "method": "rand"}]},
+     "listed before"),
+    ({"systems": [{"name": "a", "kind": "zeroshot"}, {"name": "a", "kind": "bm25"}]}, "unique"),
+    ({"systems": [{"name": "r", "method": "rand", "out": "x"}]}, "set by the runner"),
+    ({"systems": [{"name": "r", "method": "nosuch"}]}, "method must be one of"),
+    ({"systems": [{"name": "r", "method": "rand", "bogus": 1}]}, "unknown training setting"),
+    ({"eval": {"baselines": ["missing"]}}, "no system named"),
+    ({"colour": "red"}, "unknown recipe key"),
+])
+def test_bad_recipes_fail_before_compute(tmp_path, change, message):
+    raw = {"name": "t", "data": str(tmp_path), "model": "minilm", "systems": [{"name": "zeroshot", "kind": "zeroshot"}],
+           **change}
+    with pytest.raises(HardnegError, match=message):
+        Recipe.from_dict(raw)
+
+
+def test_shipped_recipes_validate():
+    """Every recipe in configs/ passes the dry-run checks (the MS MARCO ones are not runnable here)."""
+    configs = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+    assert {p.stem for p in configs} >= {"demo", "scifact"}
+    for path in configs:
+        exp = Experiment(Recipe.from_yaml(path, data_dir="/data"), "/nonexistent/out")
+        assert "report" in exp.stages and all(s.startswith(("train-", "test-", "transfer-", "analysis-", "report"))
+                                              for s in exp.stages)
