@@ -1,0 +1,36 @@
+"""Pairwise errors, error concentration and the unseen-document stratum on hand-computed examples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hardneg.evaluate.analysis import error_concentration, pairwise_errors, unseen_queries
+
+
+def test_pairwise_errors_hand_computed():
+    docs = ["a", "b", "c", "d", "e"]
+    #                  a    b    c    d    e
+    scores = np.array([[0.9, 0.5, 0.7, 0.1, 0.6],   # q1: relevant b (0.5) and d (0.1)
+                       [0.2, 0.3, 0.3, 0.9, 0.1]])  # q2: relevant c (0.3); b ties with it (not an error)
+    qrels = {"q1": {"b": 1, "d": 2, "a": 0}, "q2": {"c": 1}, "q3": {"a": 1}}
+    res = pairwise_errors(scores, ["q1", "q2"], docs, qrels, topk=2)
+    # q1 non-relevant: a .9, c .7, e .6 (a is judged 0: non-relevant). b is beaten by a, c, e (3); d by all 3 → 6
+    # q2 non-relevant: a .2, b .3, d .9, e .1: only d beats c → 1
+    assert res["total"] == {"q1": 6, "q2": 1}
+    # top-2 of q1 = a, c (both non-relevant): b loses to both (2), d to both (2) → 4; top-2 of q2 = d, then b/c tie
+    assert res["top"]["q1"] == 4 and res["top"]["q2"] == 1
+    assert res["mean_total"] == pytest.approx(3.5) and res["queries"] == 2  # q3 has no scores: not counted
+
+
+def test_error_concentration_curve():
+    x, y = error_concentration({"q1": 6, "q2": 3, "q3": 1, "q4": 0})
+    assert x.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert y.tolist() == pytest.approx([0.0, 0.6, 0.9, 1.0, 1.0])
+
+
+def test_unseen_queries_need_every_relevant_document_unseen():
+    train = {"t1": {"d1": 1, "d9": 0}, "t2": {"d2": 2}}
+    test = {"a": {"d1": 1}, "b": {"d3": 1, "d2": 1}, "c": {"d4": 1, "d9": 1}, "d": {"d1": 0, "d5": 1}, "e": {"d6": 0}}
+    # a: d1 seen; b: d2 seen; c: d9 only judged 0 in train → unseen; d: d1 judged 0 here → only d5 counts; e: no relevant
+    assert unseen_queries(test, train) == ["c", "d"]
