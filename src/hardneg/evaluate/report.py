@@ -318,7 +318,7 @@ class Report:
         tracked = {n: [r for r in self.r.train_log(n) if r.get("kind") == "track"] for n in self.r.names}
         tracked = {n: v for n, v in tracked.items() if v and any(k.startswith("overlap@") for k in v[0])}
         dev = {n: [r for r in self.r.train_log(n) if r.get("kind") == "dev"] for n in self.r.names}
-        dev = {n: v for n, v in dev.items() if v}
+        dev = {n: v for n, v in dev.items() if v and self._curve_worthy(n)}
         if not tracked and not dev:
             return ""
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -352,6 +352,16 @@ class Report:
                  "not comparable with each other, only their trends.", ""]
         self.tracked = tracked
         return "\n".join(text)
+
+    def _curve_worthy(self, name: str) -> bool:
+        """Fig. 4b shows every document-trained system, and only the plain ADORE variants (flat, LambdaLoss)
+        on the zero-shot model and on STAR, to stay readable."""
+        s = self.r.system(name)
+        if s.get("method") != "adore":
+            return True
+        settings = s.get("settings", {})
+        return settings.get("index", "flat") == "flat" and settings.get("adore_loss", "lambda") == "lambda" \
+            and (s.get("base") or "zeroshot") in ("zeroshot", "star")
 
     def lambda_vs_ranknet(self) -> str:
         pairs = []
