@@ -269,22 +269,78 @@ def encode(
     normalize: NormOpt = None,
     cache_dir: CacheOpt = None,
     threads: ThreadsOpt = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="Encode only shard `i/n` (0-based) into "
+                                              "OUT.shards/ (job arrays); join them with `hardneg encode-merge OUT`. "
+                                              "Under torchrun each rank encodes its shard and rank 0 merges.")] = None,
 ) -> None:
     """Encode a corpus (or a split's queries) into a float32 embeddings folder; resumes if interrupted.
 
     Example: `hardneg encode ../shared/data/scifact --model minilm --out runs/scifact-emb`
+
+    Sharded: `torchrun --nproc_per_node 4 -m hardneg encode DATA --out OUT`, or one job per
+    `--shard i/4` and then `hardneg encode-merge OUT`.
     """
     from hardneg.index.encode import encode_store
     from hardneg.retrieval.dense import side_store
+    from hardneg.train import distributed as dist
 
     _threads(threads)
+    launched = _join_torchrun()
+    if launched and shard:
+        raise HardnegError("--shard is for separate jobs; under torchrun every rank encodes its own shard")
     dataset = _dataset(data)
     encoder = _model(model, pooling, normalize, max_length)
     kind = _side(side)
     out_dir = out_dir or _default_out(_dataset_tag(dataset), _model_tag(model), f"{kind}-emb")
-    store = side_store(encoder, dataset, kind, cache_dir, show_progress=_progress())
-    emb = encode_store(encoder, store, kind, out_dir, batch_size=batch_size, show_progress=_progress())
+    with dist.main_first():
+        store = side_store(encoder, dataset, kind, cache_dir, show_progress=_progress())
+    if shard is None and not dist.is_distributed():
+        emb = encode_store(encoder, store, kind, out_dir, batch_size=batch_size, show_progress=_progress())
+        _info(f"{len(emb)} x {emb.dim} embeddings in {out_dir}")
+        return
+    from hardneg.index.shards import encode_shard, merge_shards
+
+    i, n = dist.parse_shard(shard) if shard else (dist.rank(), dist.world_size())
+    if launched:
+        encoder.to(dist.device_of_group())
+    folder = encode_shard(encoder, store, kind, out_dir, i, n, batch_size=batch_size, show_progress=_progress())
+    if not launched:
+        _info(f"shard {i}/{n} in {folder}; when all {n} are done: hardneg encode-merge {out_dir}")
+        return
+    dist.barrier()
+    if dist.is_main():
+        emb = merge_shards(out_dir)
+        _info(f"{len(emb)} x {emb.dim} embeddings in {out_dir} (merged from {n} shards)")
+    dist.barrier()
+
+
+@app.command("encode-merge")
+def encode_merge(
+    out_dir: Annotated[Path, typer.Argument(help="The embeddings folder given to `hardneg encode --shard i/n --out`.")],
+    keep_shards: Annotated[bool, typer.Option("--keep-shards", help="Keep OUT.shards/ after merging.")] = False,
+) -> None:
+    """Join the shards of `hardneg encode --shard i/n` into one embeddings folder, after checking that
+    every shard is complete and made by the same encoder from the same texts.
+
+    Example: `hardneg encode-merge runs/msmarco-emb`
+    """
+    from hardneg.index.shards import merge_shards
+
+    emb = merge_shards(out_dir, keep_shards=keep_shards)
     _info(f"{len(emb)} x {emb.dim} embeddings in {out_dir}")
+
+
+def _join_torchrun() -> bool:
+    """Join the process group when started by torchrun (RANK / WORLD_SIZE set); ranks other than 0
+    log warnings only and show no progress bars."""
+    from hardneg.train import distributed as dist
+
+    if not dist.init_from_env():
+        return False
+    if not dist.is_main():
+        _STATE["quiet"] = True
+        logging.getLogger().setLevel(logging.WARNING)
+    return True
 
 
 @app.command("index")
@@ -557,6 +613,9 @@ def train(
 
     Example: `hardneg train star --data ../shared/data/scifact --preset cpu-demo --out runs/star`
 
+    Several GPUs / nodes: `torchrun --nproc_per_node 4 -m hardneg train star …` (--batch-size is per
+    process; --resume needs the same number of processes).
+
     ADORE (query tower only, fixed index): `hardneg train adore --doc-model runs/star/model
     --data ../shared/data/scifact --index pq48 --metric mrr@200 --out runs/adore`
     """
@@ -566,6 +625,7 @@ def train(
     from hardneg.train.trainer import Trainer
 
     _threads(threads)
+    _join_torchrun()  # under torchrun: N processes with --batch-size B train like one with N·B
     if isinstance(given.get("cache_dir"), Path):
         given["cache_dir"] = str(given["cache_dir"])
     if "doc_model" in given:  # adore's name for the one `model` setting
@@ -585,6 +645,9 @@ def train(
     trainer.setup()
     model_dir = trainer.train(resume=resume)
     _info(f"model in {model_dir}; logs in {cfg.out}/train_log.jsonl")
+    from hardneg.train import distributed as dist
+
+    dist.destroy()
 
 
 @app.command()
