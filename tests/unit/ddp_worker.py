@@ -5,6 +5,7 @@
 * ``step``: for each job of ARGS.json, set up a Trainer from its config (``batch_size`` per rank), compute
   the gradients of the job's step with dropout off, apply the optimiser step, and (rank 0) save the loss, the
   gradients, the updated trainable weights and a sharded encoding of the corpus to ``ARGS["result"]``.
+* ``train``: train each job's config to the end.
 * ``train-killed``: the CLI's ``train`` command, except that rank ``ARGS["kill_rank"]`` SIGKILLs itself right
   after the checkpoint of step ``ARGS["kill_at"]`` is on disk (fault injection lives here, not in hardneg).
 """
@@ -32,6 +33,13 @@ def _step(jobs: list[dict]) -> None:
         trainer.model.eval()  # no dropout: the comparison is exact
         docs = dist.sharded_encode_token_lists(trainer.model, trainer.store.rows(range(len(trainer.store))),
                                                "doc", batch_size=3)
+        mined = None
+        if job.get("mine"):  # ANCE's refresh: corpus encoding and query search shared out over the ranks
+            from pathlib import Path
+
+            from hardneg.train.methods import mine_with_model
+
+            mined = mine_with_model(trainer, trainer.model, folder=Path(job["mine"]))
         totals = trainer.step_gradients(job["step"])
         named = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad]
         grads = {n: p.grad.detach().clone() for n, p in named if p.grad is not None}
@@ -41,9 +49,22 @@ def _step(jobs: list[dict]) -> None:
         weights = {n: p.detach().clone() for n, p in named}
         if dist.is_main():
             torch.save({"totals": totals, "grads": grads, "clipped": clipped, "weights": weights,
-                        "docs": torch.from_numpy(docs)},
+                        "docs": torch.from_numpy(docs), "mined": mined},
                        job["result"])
     dist.barrier()
+    dist.destroy()
+
+
+def _train(jobs: list[dict]) -> None:
+    """Train every job's config to the end (2 processes) and let the test read the output folders."""
+    from hardneg.train import distributed as dist
+    from hardneg.train.config import TrainConfig
+    from hardneg.train.trainer import Trainer
+
+    torch.set_num_threads(1)
+    assert dist.init_from_env() and dist.world_size() == 2
+    for job in jobs:
+        Trainer(TrainConfig(**job["config"])).train()
     dist.destroy()
 
 
@@ -67,4 +88,4 @@ if __name__ == "__main__":
     mode, path = sys.argv[1], sys.argv[2]
     with open(path, encoding="utf-8") as fh:
         arguments = json.load(fh)
-    {"step": _step, "train-killed": _train_killed}[mode](arguments)
+    {"step": _step, "train": _train, "train-killed": _train_killed}[mode](arguments)

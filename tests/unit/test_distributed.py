@@ -92,6 +92,11 @@ def two_vs_one(tmp_path_factory, tiny_model_dir):
         trainer.setup()  # also fills the cache the 2 processes then read
         trainer.model.eval()
         docs = encode_token_lists(trainer.model, trainer.store.rows(range(len(trainer.store))), "doc", batch_size=3)
+        mined = None  # with the start weights, as the 2 processes do
+        if name == "star":
+            from hardneg.train.methods import mine_with_model
+
+            mined = mine_with_model(trainer, trainer.model, folder=tmp / "mine-1")
         collision = cross_rank_collision_step(trainer) if name != "adore" else None
         step = collision or 0
         totals = trainer.step_gradients(step)
@@ -100,11 +105,11 @@ def two_vs_one(tmp_path_factory, tiny_model_dir):
         torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.config.max_grad_norm)
         clipped = {n: p.grad.detach().clone() for n, p in named if p.grad is not None}
         trainer.optimizer.step()
-        reference[name] = {"totals": totals, "grads": grads, "clipped": clipped, "collision": collision,
+        reference[name] = {"mined": mined, "totals": totals, "grads": grads, "clipped": clipped, "collision": collision,
                            "docs": docs,
                            "weights": {n: p.detach().clone() for n, p in named}}
         jobs.append({"config": make_config(tmp, data, tiny_model_dir, name, B), "step": step,
-                     "result": str(tmp / f"{name}.pt")})
+                     "result": str(tmp / f"{name}.pt"), "mine": str(tmp / "mine-2") if mined else None})
     args = tmp / "jobs.json"
     args.write_text(json.dumps(jobs))
     start = time.perf_counter()
@@ -142,6 +147,37 @@ def test_cross_rank_collisions_are_exercised(two_vs_one):
 def test_batches_shared_over_ranks_encode_bit_for_bit(two_vs_one):
     one, two = two_vs_one["star"]
     assert np.array_equal(two["docs"].numpy(), one["docs"])
+
+
+def test_sharded_mining_equals_one_process(two_vs_one):
+    one, two = two_vs_one["star"]
+    assert one["mined"] and two["mined"] == one["mined"]
+
+
+def test_ance_refresh_tracking_and_adore_train_under_two_processes(tmp_path, tiny_model_dir):
+    """Whole runs with every collective path (ANCE's sharded re-mining, tracking, dev evaluation, ADORE's
+    per-rank retrieval) finish, and rank 0 alone writes the outputs."""
+    data = write_tiny_train(tmp_path / "tiny-train", filler=20)
+    ance = make_config(tmp_path, data, tiny_model_dir, "star", B)
+    ance.update(method="ance", refresh_every=2, track_every=2, n_negatives=1, max_steps=4)
+    adore = make_config(tmp_path, data, tiny_model_dir, "adore", B)
+    for cfg in (ance, adore):  # the caches first (as a real run would find them)
+        Trainer(TrainConfig(**{**cfg, "max_steps": 1, "out": cfg["out"] + "-warm", "dev_at_start": False}))\
+            .setup()
+    args = tmp_path / "train.json"
+    args.write_text(json.dumps([{"config": ance}, {"config": adore}]))
+    torchrun(str(WORKER), "train", str(args))
+    for cfg in (ance, adore):
+        out = Path(cfg["out"])
+        log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2, 3, 4]
+        assert [r["step"] for r in log if r["kind"] == "dev"] == [0, 2, 4]
+        assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+        assert (out / "model").is_dir() and (out / "checkpoints" / "step-0000004").is_dir()
+    assert (Path(ance["out"]) / "refresh" / "negatives.tsv").is_file()
+    assert [r["step"] for r in map(json.loads, (Path(ance["out"]) / "train_log.jsonl").read_text().splitlines())
+            if r["kind"] == "track"] == [2, 4]
+    assert (Path(adore["out"]) / "model" / "adore.json").is_file()
 
 
 # ----------------------------------------------------------------------------- sharded `hardneg encode`
