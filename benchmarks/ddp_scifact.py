@@ -66,7 +66,7 @@ def main() -> None:
               "--max-steps", str(args.steps), "--dev-every", str(max(1, args.steps // 2)),
               "--save-every", str(max(1, args.steps // 2)), "--topk", str(args.topk), *extra]
     results = {}
-    layouts = {"1x{}".format(args.batch_size): (1, args.batch_size),
+    layouts = {f"1x{args.batch_size}": (1, args.batch_size),
                f"{args.nproc}x{args.batch_size // args.nproc}": (args.nproc, args.batch_size // args.nproc)}
     for name, (nproc, batch) in layouts.items():
         folder = out / f"{args.method}-{name}"

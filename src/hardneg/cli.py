@@ -290,6 +290,8 @@ def encode(
         raise HardnegError("--shard is for separate jobs; under torchrun every rank encodes its own shard")
     dataset = _dataset(data)
     encoder = _model(model, pooling, normalize, max_length)
+    if launched:
+        encoder.to(dist.device_of_group())  # NCCL: this rank's GPU
     kind = _side(side)
     out_dir = out_dir or _default_out(_dataset_tag(dataset), _model_tag(model), f"{kind}-emb")
     with dist.main_first():
@@ -301,8 +303,6 @@ def encode(
     from hardneg.index.shards import encode_shard, merge_shards
 
     i, n = dist.parse_shard(shard) if shard else (dist.rank(), dist.world_size())
-    if launched:
-        encoder.to(dist.device_of_group())
     folder = encode_shard(encoder, store, kind, out_dir, i, n, batch_size=batch_size, show_progress=_progress())
     if not launched:
         _info(f"shard {i}/{n} in {folder}; when all {n} are done: hardneg encode-merge {out_dir}")

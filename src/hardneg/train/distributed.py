@@ -92,9 +92,14 @@ def barrier() -> None:
         dist.barrier()
 
 
+def is_initialized() -> bool:
+    """A process group exists (torchrun started this process, possibly as its only rank)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def device_of_group() -> torch.device:
-    """Where collective tensors must live: the rank's GPU for NCCL, the CPU for gloo."""
-    if is_distributed() and dist.get_backend() == "nccl":
+    """Where collective tensors (and the model) live: the rank's GPU for NCCL, the CPU for gloo."""
+    if is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 

@@ -336,7 +336,7 @@ class Trainer:
         if self.frozen_doc:
             model.doc_model.requires_grad_(False)
             model.doc_model.eval()
-        if dist.is_distributed():
+        if dist.is_initialized():  # under torchrun (even with one process)
             model.to(dist.device_of_group())  # NCCL: this rank's GPU; gloo: the CPU
             dist.broadcast_parameters(model)  # the same start on every rank
         self.model = model
