@@ -351,10 +351,11 @@ class Trainer:
         self.examples = [Example(q, d) for q in train_qids for d in sorted(self.positives[q]) if d in self.doc_row]
         if not self.examples:
             raise HardnegError(f"{cfg.data}: no training pair has its positive document in the corpus")
+        procs = f" x {self.world} processes" if self.world > 1 else ""
         if cfg.batch_size * self.world > len(self.examples):
             raise HardnegError(
-                f"batch size {cfg.batch_size} (x {self.world} processes) is larger than the "
-                f"{len(self.examples)} training pairs; lower --batch-size"
+                f"batch size {cfg.batch_size}{procs} is larger than the {len(self.examples)} training pairs; "
+                "lower --batch-size"
             )
         if cfg.method != "adore" and cfg.topk > len(self.doc_ids):
             raise HardnegError(f"topk {cfg.topk} is larger than the corpus ({len(self.doc_ids)} documents)")
@@ -364,10 +365,10 @@ class Trainer:
         with dist.main_first():  # mining with the start model / building ADORE's index: cached by rank 0
             self.method = make_method(cfg.method, self)
         self.examples = self.method.train_examples(self.examples)
-        if cfg.batch_size * self.world > len(self.examples):
+        if cfg.batch_size * self.world > len(self.examples):  # a method may train on fewer examples (ADORE)
             raise HardnegError(
-                f"batch size {cfg.batch_size} x {self.world} processes is larger than the "
-                f"{len(self.examples)} training examples; lower --batch-size"
+                f"batch size {cfg.batch_size}{procs} is larger than the {len(self.examples)} training examples; "
+                "lower --batch-size"
             )
         # the global micro-batch (N·B examples); rank r trains on slice r of it
         self.global_batch = cfg.batch_size * self.world
@@ -516,7 +517,7 @@ class Trainer:
             self.method.restore(checkpoint)
             logger.info("resumed from %s (step %d)", checkpoint, start_step)
         if main:
-            write_json(self.out / "config.json", {**cfg.to_dict(), "world_size": self.world})
+            write_json(self.out / "config.json", cfg.to_dict())  # world_size: summary.json, checkpoints
         log = RunLog(self.out, start_step if checkpoint is not None else None) if main else NullLog()
         self.train_mode()
         bar = tqdm(total=cfg.max_steps, initial=start_step, desc=f"train {cfg.method}", unit="step",
