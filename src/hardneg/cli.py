@@ -647,6 +647,16 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted", highlight=False)
         sys.exit(130)
+    except OSError as exc:  # a storage failure no artifact writer turned into a WriteError
+        from hardneg.io import is_write_failure, write_error
+
+        if _STATE["debug"] or not is_write_failure(exc):
+            raise
+        from rich.text import Text
+
+        message = str(write_error(exc, exc.filename or "output"))
+        err.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
+        sys.exit(HardnegError.exit_code)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 
 from hardneg.data.tokenized import TokenizedStore
 from hardneg.errors import HardnegError, MismatchError
-from hardneg.io import commit_dir, file_lock, read_json, write_json
+from hardneg.io import commit_dir, file_lock, read_json, write_json, writing
 
 EMB_VERSION = 1
 
@@ -136,7 +136,23 @@ def encode_store(
         return _encode_store_locked(model, store, side, out, key, batch_size, show_progress, checkpoint_seconds)
 
 
+def _copy_ids(store, dest: Path) -> None:
+    """The store's ids.json, copied as a file (a huge id list is never loaded for it)."""
+    src = Path(getattr(store, "folder", "")) / "ids.json"
+    if src.is_file():
+        shutil.copyfile(src, dest)
+    else:
+        with open(dest, "w", encoding="utf-8") as fh:
+            json.dump(store.ids, fh)
+
+
 def _encode_store_locked(model, store, side, out: Path, key: str, batch_size: int, show_progress: bool,
+                         checkpoint_seconds: float) -> Embeddings:
+    with writing(out, "embeddings"):
+        return _encode_store_unsafe(model, store, side, out, key, batch_size, show_progress, checkpoint_seconds)
+
+
+def _encode_store_unsafe(model, store, side, out: Path, key: str, batch_size: int, show_progress: bool,
                          checkpoint_seconds: float) -> Embeddings:
     from tqdm.auto import tqdm
 
@@ -177,10 +193,12 @@ def _encode_store_locked(model, store, side, out: Path, key: str, batch_size: in
                 state["done"] = b + 1
                 write_json(progress_file, state)
                 last = time.monotonic()
+                # map the file afresh: pages written so far leave this process's resident memory
+                del vectors
+                vectors = np.load(emb_file, mmap_mode="r+")
     vectors.flush()
     del vectors
-    with open(partial / "ids.json", "w", encoding="utf-8") as fh:
-        json.dump(store.ids, fh)
+    _copy_ids(store, partial / "ids.json")
     write_json(
         partial / "manifest.json",
         {

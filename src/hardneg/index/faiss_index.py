@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from hardneg.errors import HardnegError, MismatchError
-from hardneg.io import commit_dir, read_json, write_json
+from hardneg.io import commit_dir, read_json, write_json, writing
 
 INDEX_VERSION = 1
 
@@ -149,16 +149,18 @@ class FaissIndex:
         import faiss
 
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        with writing(folder, "index"):
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            faiss.write_index(self.index, str(tmp / "index.faiss"))
-            with open(tmp / "ids.json", "w", encoding="utf-8") as fh:
-                json.dump(self.ids, fh)
-            manifest = dict(self.manifest)
-            manifest["bytes"] = (tmp / "index.faiss").stat().st_size
-            write_json(tmp / "manifest.json", manifest)
-            commit_dir(tmp, folder)
+            with writing(folder, "index"):
+                faiss.write_index(self.index, str(tmp / "index.faiss"))
+                with open(tmp / "ids.json", "w", encoding="utf-8") as fh:
+                    json.dump(self.ids, fh)
+                manifest = dict(self.manifest)
+                manifest["bytes"] = (tmp / "index.faiss").stat().st_size
+                write_json(tmp / "manifest.json", manifest)
+                commit_dir(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
