@@ -62,6 +62,9 @@ __all__ = [
 logger = logging.getLogger("hardneg")
 
 _BOM = b"\xef\xbb\xbf"
+#: the longest line read, in bytes: a longer one (a binary file, a file without newlines) is an
+#: error instead of an unbounded allocation; the longest MS MARCO document is a few MB
+MAX_LINE_BYTES = 64 << 20
 _QRELS_HEADER_FIRST = {"query-id", "query_id", "queryid", "qid", "query"}
 _QRELS_LAYOUTS = {
     2: "MS MARCO 'qid<TAB>docid'",
@@ -71,6 +74,15 @@ _QRELS_LAYOUTS = {
 
 
 # --------------------------------------------------------------------------- lines
+
+
+def iter_text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for every non-blank line of a UTF-8 text file (public helper).
+
+    A missing file, bytes that are not UTF-8 and a line longer than
+    :data:`MAX_LINE_BYTES` raise :class:`~hardneg.errors.InputError` naming ``file:line``.
+    """
+    return _iter_lines(path)
 
 
 def _iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
@@ -90,8 +102,25 @@ def _iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
         raise InputError("expected a file but found a directory", path=path) from None
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror}", path=path) from None
+    limit = MAX_LINE_BYTES
     with fh:
-        for lineno, raw in enumerate(fh, 1):
+        lineno = 0
+        while True:
+            try:
+                raw = fh.readline(limit + 1)
+            except OSError as exc:
+                raise InputError(f"cannot read file: {exc.strerror}", path=path, line=lineno + 1) from None
+            if not raw:
+                break
+            lineno += 1
+            if len(raw) > limit and not raw.endswith(b"\n"):
+                raise InputError(
+                    f"line is longer than {limit} bytes",
+                    path=path,
+                    line=lineno,
+                    hint="is this a text file with one record per line? (a binary or compressed"
+                    " file, or one without line breaks, reads as one enormous line)",
+                )
             if lineno == 1 and raw.startswith(_BOM):
                 raw = raw[3:]
             try:
@@ -160,11 +189,25 @@ def _load_json_object(line: str, path: Path, lineno: int, example: str) -> dict[
     return obj
 
 
+def _no_surrogates(value: str, field: str, path: Path, lineno: int) -> str:
+    """JSON may escape lone UTF-16 surrogates (``"\\ud800"``): text no UTF-8 file can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(
+            f"field '{field}' holds an unpaired surrogate escape (\\u{ord(value[exc.start]):04x})",
+            path=path,
+            line=lineno,
+            hint="the text is not valid Unicode; fix the escape or remove the line",
+        ) from None
+    return value
+
+
 def _get_id(obj: dict[str, Any], path: Path, lineno: int, what: str) -> str:
     value = obj.get("_id")
     if isinstance(value, str):
         if value.strip():
-            return value
+            return _no_surrogates(value, "_id", path, lineno)
     elif isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if value is None:
@@ -182,7 +225,7 @@ def _get_id(obj: dict[str, Any], path: Path, lineno: int, what: str) -> str:
 def _get_str(obj: dict[str, Any], field: str, path: Path, lineno: int, *, required: bool) -> str:
     value = obj.get(field)
     if isinstance(value, str):
-        return value
+        return _no_surrogates(value, field, path, lineno)
     if value is None and not required:
         return ""
     if field not in obj:
