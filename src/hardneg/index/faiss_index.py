@@ -118,7 +118,14 @@ class FaissIndex:
             if train_size and n > train_size:
                 rng = np.random.default_rng(seed)
                 train = vectors[np.sort(rng.choice(n, train_size, replace=False))]
-            index.train(train)
+            try:
+                index.train(train)
+            except RuntimeError as exc:  # e.g. fewer vectors than a PQ/IVF codebook needs
+                raise HardnegError(
+                    f"cannot train a {kind!r} index ({spec}) on {len(train)} vectors: "
+                    f"{str(exc).splitlines()[-1].split('Error: ')[-1]}; use a flat index or a smaller "
+                    "codebook for a corpus this small"
+                ) from None
         step = 65_536
         for start in range(0, n, step):
             index.add(vectors[start : start + step])
