@@ -78,7 +78,10 @@ def main() -> None:
     import hardneg.index.encode as encode
 
     if control.get("encode_checkpoint_seconds") is not None:  # checkpoint often: resume points to hit
-        encode.encode_store.__kwdefaults__["checkpoint_seconds"] = float(control["encode_checkpoint_seconds"])
+        import inspect
+
+        inspect.unwrap(encode.encode_store).__kwdefaults__["checkpoint_seconds"] = float(
+            control["encode_checkpoint_seconds"])
     count_file = control.get("count_file")
     if count_file:
         import atexit
