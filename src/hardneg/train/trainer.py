@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from hardneg.data.records import Qrels
-from hardneg.errors import HardnegError
+from hardneg.errors import HardnegError, MismatchError
 from hardneg.io import atomic_write, commit_dir, read_json, write_json, writing
 from hardneg.train.config import TrainConfig
 
@@ -202,10 +202,17 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str)
             "same settings (only max_steps, dev_every, save_every, keep_checkpoints may change) "
             "or train into a new --out folder"
         )
-    _load_unique_state_dict(model, load_file(str(folder / "model.safetensors")))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    rng = torch.load(folder / "rng.pt", weights_only=True)
+    try:  # tensors only: weights_only refuses any pickled code in a checkpoint
+        _load_unique_state_dict(model, load_file(str(folder / "model.safetensors")))
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+        rng = torch.load(folder / "rng.pt", weights_only=True)
+    except Exception as exc:  # another architecture, damaged or unsafe files
+        raise MismatchError(
+            f"{folder}: the checkpoint does not fit this model or is damaged or unsafe "
+            f"({str(exc).splitlines()[0][:300]}); resume with the model it was trained from, "
+            "or train into a new --out folder"
+        ) from exc
     torch.set_rng_state(rng["torch"])
     random.setstate((3, tuple(rng["python"]), None))
     return state
