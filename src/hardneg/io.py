@@ -41,6 +41,14 @@ def write_error(exc: BaseException, path: str | Path, what: str = "output") -> W
     """A :class:`~hardneg.errors.WriteError` naming ``path`` and what to do, from a low-level failure."""
     code = getattr(exc, "errno", None)
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    if code is None:  # a C/C++/Rust writer: recognise the failure from its message
+        text = str(exc).lower()
+        for marker, guess in (("no space left", errno.ENOSPC), ("file too large", errno.EFBIG),
+                              ("read-only file system", errno.EROFS), ("permission denied", errno.EACCES),
+                              ("disk quota", getattr(errno, "EDQUOT", errno.ENOSPC))):
+            if marker in text:
+                code = guess
+                break
     hint = _WRITE_HINTS.get(code, "check that the folder exists, is writable and has free space")
     return WriteError(f"{path}: could not write the {what} ({reason}); {hint}. "
                       "Nothing was left half-written there.", path=path, errno=code)
@@ -55,7 +63,7 @@ def is_write_failure(exc: BaseException) -> bool:
     return not isinstance(exc, HardnegError) and any(
         m in text for m in ("no space left", "file too large", "read-only file system", "permission denied",
                             "disk quota", "failed writing", "write failed", "error writing",
-                            "could not write", "unable to write")
+                            "could not write", "unable to write", "iostream error", "ioerror(")
     )
 
 
@@ -178,8 +186,10 @@ def file_lock(path: str | Path) -> Iterator[None]:
     import fcntl
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
+    with writing(path, "lock file"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")
+    with fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
