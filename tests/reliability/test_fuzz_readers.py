@@ -391,3 +391,30 @@ def test_invalid_utf8_in_a_run_file_names_the_line(tmp_path):
     with pytest.raises(InputError, match="UTF-8") as info:
         read_run(path)
     assert info.value.line == 2
+
+
+# --------------------------------------------------------------------------- the compact id set
+def test_duplicates_across_id_blocks_are_found_with_their_lines(tmp_path, monkeypatch):
+    """Corpus readers keep ids as hashes in blocks; a repeat of an id from an earlier block is still an
+    error naming both lines (small blocks here, so the repeat crosses several)."""
+    monkeypatch.setattr(readers_mod.IdSet, "BLOCK", 8)
+    path = tmp_path / "collection.tsv"
+    path.write_text("".join(f"{i}\ttext {i}\n" for i in range(50)) + "7\tagain\n" + "50\tlast\n")
+    with pytest.raises(InputError, match=r"duplicate document id '7' \(first on line 8\)") as info:
+        list(read_msmarco_collection(path))
+    assert info.value.line == 51
+
+
+def test_a_hash_collision_is_not_a_duplicate(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers_mod.IdSet, "BLOCK", 4)
+    ids = readers_mod.IdSet()
+    for i in range(20):
+        assert ids.add(f"d{i}", i + 1) is None
+    clashes = ids.flush()
+    assert clashes == [] and len(ids) == 20 and "d3" in ids and "nope" not in ids
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"_id": f"d{i}", "text": "t"}) + "\n" for i in range(10)))
+    # a clash reported for an id that is not on an earlier line (a collision) is ignored
+    readers_mod._confirm_clashes([("d5", 6)], path, "document", readers_mod._json_id)
+    with pytest.raises(InputError, match="duplicate"):
+        readers_mod._confirm_clashes([("d2", 9)], path, "document", readers_mod._json_id)

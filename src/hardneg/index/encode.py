@@ -100,17 +100,28 @@ class Embeddings:
                 "remove the folder to encode again"
             )
         self.vectors = np.load(self.folder / "embeddings.npy", mmap_mode="r")
-        with open(self.folder / "ids.json", encoding="utf-8") as fh:
-            self.ids: list[str] = json.load(fh)
-        if self.vectors.shape[0] != len(self.ids):
-            raise HardnegError(f"{self.folder}: embeddings.npy and ids.json disagree; encode again")
+        count = self.manifest.get("count")
+        if count is not None and self.vectors.shape[0] != count:
+            raise HardnegError(f"{self.folder}: embeddings.npy and the manifest disagree; encode again")
+        self._ids: list[str] | None = None
+
+    @property
+    def ids(self) -> list[str]:
+        """Original ids in row order (read from ``ids.json`` on first use: a huge list costs memory)."""
+        if self._ids is None:
+            with open(self.folder / "ids.json", encoding="utf-8") as fh:
+                ids = json.load(fh)
+            if self.vectors.shape[0] != len(ids):
+                raise HardnegError(f"{self.folder}: embeddings.npy and ids.json disagree; encode again")
+            self._ids = ids
+        return self._ids
 
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return int(self.vectors.shape[0])
 
 
 @torch.inference_mode()
