@@ -42,8 +42,9 @@ SEED = int(os.environ.get("HARDNEG_KILL_SEED", str(random.SystemRandom().randran
 VOLATILE = ["*/tensorboard/*", "*.lock", "*/summary.json", "*/stage.json", "*/train_log.jsonl"]
 #: leftovers a kill may leave beside artifacts: temporary names, never taken as complete
 TEMP = ["*/.*.tmp-*", "*.tmp-*", "*/.*", "*.old-*", "*.partial", "*.partial/*", "*/.*/*"]
-#: files rewritten as training goes on (the best model so far): checked only at the end
-MOVING = ["*/model/*", "*/dev_metrics.json", "*/config.json"]
+#: files rewritten as training goes on (the best model so far, ANCE's latest negatives): checked only
+#: at the end
+MOVING = ["*/model/*", "*/dev_metrics.json", "*/config.json", "*/refresh/*"]
 TIMING_KEYS = {"seconds", "queries_per_s", "seconds_this_session", "attempts"}
 
 
@@ -67,7 +68,10 @@ def _content(path: Path) -> bytes:
 
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+            # bm25s numbers its vocabulary in set order: BM25 cache files are bitwise equal only under
+            # one hash seed (the rankings do not depend on it)
+            "PYTHONHASHSEED": "0"}
 
 
 def run_hardneg(args: list[str], control: dict, cwd: Path, timeout: float = 600) -> int:
