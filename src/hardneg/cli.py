@@ -395,20 +395,20 @@ def search(
     _threads(threads)
     dataset = _dataset(data, queries, qrels)
     encoder = _model(model, query_max_length=query_max_length)
-    idx = FaissIndex.load(index_dir)
-    built_by = idx.manifest.get("source", {}).get("encoder") or {}
-    if built_by and not force:
-        mine = encoder.identity()
-        problems = [name for name, a, b in (
-            ("dimension", built_by.get("dim"), mine["dim"]),
-            ("tokenizer", built_by.get("tokenizer"), mine["tokenizer"]),
-            ("document-tower weights", (built_by.get("weights") or {}).get("doc"), mine["weights"]["doc"]),
-        ) if a != b]
+    from hardneg.io import read_json
+    from hardneg.retrieval.dense import index_mismatches
+
+    manifest_file = index_dir / "manifest.json"
+    if manifest_file.is_file() and not force:  # checked from the manifest, before the index is read
+        manifest = read_json(manifest_file)
+        problems = index_mismatches(manifest, encoder, dataset)
         if problems:
+            built_by = manifest.get("source", {}).get("encoder") or {}
             raise MismatchError(
-                f"{index_dir}: the index was built by another model ({', '.join(problems)} differ; "
-                f"built by {built_by.get('source')!r}); pass the model that built it, or --force"
+                f"{index_dir}: the index was built by another model or corpus ({'; '.join(problems)}; "
+                f"built by {built_by.get('source')!r}); pass the model and corpus that built it, or --force"
             )
+    idx = FaissIndex.load(index_dir)
     idx.to_gpu()
     run = dense_search(idx, encoder, dataset.queries(), k)
     out_dir = out_dir or _default_out(_dataset_tag(dataset), index_dir.name)
@@ -710,6 +710,16 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted", highlight=False)
         sys.exit(130)
+    except OSError as exc:  # a storage failure no artifact writer turned into a WriteError
+        from hardneg.io import is_write_failure, write_error
+
+        if _STATE["debug"] or not is_write_failure(exc):
+            raise
+        from rich.text import Text
+
+        message = str(write_error(exc, exc.filename or "output"))
+        err.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
+        sys.exit(HardnegError.exit_code)
 
 
 if __name__ == "__main__":

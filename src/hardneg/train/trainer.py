@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from hardneg.data.records import Qrels
-from hardneg.errors import HardnegError
-from hardneg.io import commit_dir, read_json, write_json
+from hardneg.errors import HardnegError, MismatchError
+from hardneg.io import atomic_write, commit_dir, read_json, write_json, writing
 from hardneg.train import distributed as dist
 from hardneg.train.config import TrainConfig
 
@@ -178,18 +178,20 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, extr
     RNG state of every rank)."""
     from safetensors.torch import save_file
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    with writing(folder, "checkpoint"):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        save_file(_unique_state_dict(model), str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()[1], **(rng_extra or {})},
-                   tmp / "rng.pt")
-        for name, src in extra_files.items():
-            shutil.copyfile(src, tmp / name)
-        write_json(tmp / "trainer_state.json", state)
-        commit_dir(tmp, folder)
+        with writing(folder, "checkpoint"):
+            save_file(_unique_state_dict(model), str(tmp / "model.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save({"torch": torch.get_rng_state(), "python": random.getstate()[1], **(rng_extra or {})},
+                       tmp / "rng.pt")
+            for name, src in extra_files.items():
+                shutil.copyfile(src, tmp / name)
+            write_json(tmp / "trainer_state.json", state)
+            commit_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -216,10 +218,17 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str)
             "same settings (only max_steps, dev_every, save_every, keep_checkpoints may change) "
             "or train into a new --out folder"
         )
-    _load_unique_state_dict(model, load_file(str(folder / "model.safetensors")))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    rng = torch.load(folder / "rng.pt", weights_only=True)
+    try:  # tensors only: weights_only refuses any pickled code in a checkpoint
+        _load_unique_state_dict(model, load_file(str(folder / "model.safetensors")))
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+        rng = torch.load(folder / "rng.pt", weights_only=True)
+    except Exception as exc:  # another architecture, damaged or unsafe files
+        raise MismatchError(
+            f"{folder}: the checkpoint does not fit this model or is damaged or unsafe "
+            f"({str(exc).splitlines()[0][:300]}); resume with the model it was trained from, "
+            "or train into a new --out folder"
+        ) from exc
     torch.set_rng_state(rng["torch"])
     ranks = rng.get("ranks")
     if ranks is not None and len(ranks) == dist.world_size():  # each rank continues its own dropout stream
@@ -229,6 +238,14 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str)
 
 
 # ----------------------------------------------------------------------------- logging
+def _log_step(line: str) -> float:
+    """The step of a log line; a blank or torn (killed mid-write) line sorts after every step."""
+    try:
+        return float(json.loads(line).get("step", 0)) if line.strip() else math.inf
+    except (ValueError, AttributeError):
+        return math.inf
+
+
 class RunLog:
     """JSONL log (one object per line) plus TensorBoard scalars."""
 
@@ -236,8 +253,9 @@ class RunLog:
         self.path = out / "train_log.jsonl"
         if resume_step is not None and self.path.is_file():
             kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+                    if _log_step(line) <= resume_step]
+            with atomic_write(self.path) as fh:  # a kill here must not lose the log
+                fh.write("".join(line + "\n" for line in kept))
         elif self.path.exists():
             self.path.unlink()
         self._fh = open(self.path, "a", encoding="utf-8")
