@@ -10,6 +10,10 @@ random storage event (or, in the slow suite, also at a random time), and finally
   counted separately, where bitwise differs; timings, attempt counters and TensorBoard event files
   are not compared).
 
+The default suite (CI) kills each command at least once: tokenize, encode, a flat index, mining, training
+with every method, and one dense experiment stage; the slow suite adds repeated and timed kills of every
+training method, a PQ index and a whole small experiment.
+
 ``HARDNEG_KILLS`` sets the kills per command (default 2; the slow suite uses 3 per training method);
 ``HARDNEG_KILL_SEED`` fixes the random kill points (printed on failure to reproduce a run).
 Counts are reported in the session's "reliability" section.
@@ -243,7 +247,6 @@ def test_kill_index(tmp_path, embeddings, kind):
                                                      "--out", str(d / "index"), "--threads", "1"], kills=1)
 
 
-@pytest.mark.slow
 def test_kill_mine(tmp_path, tiny, tiny_model_dir):
     kill_cycle("mine", tmp_path, lambda d: ["mine", str(tiny), "--model", str(tiny_model_dir), "--topk", "8",
                                             "--out", str(d / "hard.tsv"), "--cache-dir", str(d / "cache"),
@@ -267,7 +270,7 @@ def train_args(method: str, tiny: Path, model: Path) -> Callable[[Path], list[st
                       "--cache-dir", str(d / "cache"), *TRAIN, *dev_pool, *METHOD_ARGS[method]]
 
 
-@pytest.mark.parametrize("method", ["star"])
+@pytest.mark.parametrize("method", list(METHOD_ARGS))
 def test_kill_train(tmp_path, tiny, tiny_model_dir, method):
     kill_cycle(f"train {method}", tmp_path, train_args(method, tiny, tiny_model_dir), kills=1,
                control={"encode_checkpoint_seconds": 0})
