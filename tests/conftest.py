@@ -156,3 +156,29 @@ def write_tiny_train(folder: Path, *, filler: int = 0, graded: bool = False, los
     (folder / "queries.jsonl").write_text("\n".join(map(json.dumps, queries)) + "\n")
     (folder / "qrels" / "train.tsv").write_text("\n".join(train) + "\n")
     return folder
+
+
+# ----------------------------------------------------------------------------- fuzz bookkeeping
+#: inputs each property-based reader test tried (tests/reliability/test_fuzz_readers.py), by reader
+FUZZ_COUNTS: dict[str, int] = {}
+#: kill points tried and survived by the kill tests (tests/reliability/test_kill.py), by command
+KILL_COUNTS: dict[str, dict[str, int]] = {}
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Report how many fuzz inputs and kill points were tried (also to $HARDNEG_RELIABILITY_REPORT)."""
+    if not FUZZ_COUNTS and not KILL_COUNTS:
+        return
+    tr = terminalreporter
+    tr.section("reliability")
+    if FUZZ_COUNTS:
+        tr.write_line(f"fuzz inputs tried: {sum(FUZZ_COUNTS.values())} in all")
+        for name, n in sorted(FUZZ_COUNTS.items()):
+            tr.write_line(f"  {name:<36} {n}")
+    if KILL_COUNTS:
+        for name, c in sorted(KILL_COUNTS.items()):
+            tr.write_line(f"  kill {name:<31} killed {c.get('killed', 0)}, missed {c.get('missed', 0)}, "
+                          f"survived (same outputs) {c.get('survived', 0)}")
+    report = os.environ.get("HARDNEG_RELIABILITY_REPORT")
+    if report:
+        Path(report).write_text(json.dumps({"fuzz": FUZZ_COUNTS, "kill": KILL_COUNTS}, indent=2, sort_keys=True))

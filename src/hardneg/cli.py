@@ -269,22 +269,78 @@ def encode(
     normalize: NormOpt = None,
     cache_dir: CacheOpt = None,
     threads: ThreadsOpt = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="Encode only shard `i/n` (0-based) into "
+                                              "OUT.shards/ (job arrays); join them with `hardneg encode-merge OUT`. "
+                                              "Under torchrun each rank encodes its shard and rank 0 merges.")] = None,
 ) -> None:
     """Encode a corpus (or a split's queries) into a float32 embeddings folder; resumes if interrupted.
 
     Example: `hardneg encode ../shared/data/scifact --model minilm --out runs/scifact-emb`
+
+    Sharded: `torchrun --nproc_per_node 4 -m hardneg encode DATA --out OUT`, or one job per
+    `--shard i/4` and then `hardneg encode-merge OUT`.
     """
     from hardneg.index.encode import encode_store
     from hardneg.retrieval.dense import side_store
+    from hardneg.train import distributed as dist
 
     _threads(threads)
+    launched = _join_torchrun()
+    if launched and shard:
+        raise HardnegError("--shard is for separate jobs; under torchrun every rank encodes its own shard")
     dataset = _dataset(data)
     encoder = _model(model, pooling, normalize, max_length)
+    if launched:
+        encoder.to(dist.device_of_group())  # NCCL: this rank's GPU
     kind = _side(side)
     out_dir = out_dir or _default_out(_dataset_tag(dataset), _model_tag(model), f"{kind}-emb")
-    store = side_store(encoder, dataset, kind, cache_dir, show_progress=_progress())
-    emb = encode_store(encoder, store, kind, out_dir, batch_size=batch_size, show_progress=_progress())
+    with dist.main_first():
+        store = side_store(encoder, dataset, kind, cache_dir, show_progress=_progress())
+    if shard is None and not dist.is_distributed():
+        emb = encode_store(encoder, store, kind, out_dir, batch_size=batch_size, show_progress=_progress())
+        _info(f"{len(emb)} x {emb.dim} embeddings in {out_dir}")
+        return
+    from hardneg.index.shards import encode_shard, merge_shards
+
+    i, n = dist.parse_shard(shard) if shard else (dist.rank(), dist.world_size())
+    folder = encode_shard(encoder, store, kind, out_dir, i, n, batch_size=batch_size, show_progress=_progress())
+    if not launched:
+        _info(f"shard {i}/{n} in {folder}; when all {n} are done: hardneg encode-merge {out_dir}")
+        return
+    dist.barrier()
+    if dist.is_main():
+        emb = merge_shards(out_dir)
+        _info(f"{len(emb)} x {emb.dim} embeddings in {out_dir} (merged from {n} shards)")
+    dist.barrier()
+
+
+@app.command("encode-merge")
+def encode_merge(
+    out_dir: Annotated[Path, typer.Argument(help="The embeddings folder given to `hardneg encode --shard i/n --out`.")],
+    keep_shards: Annotated[bool, typer.Option("--keep-shards", help="Keep OUT.shards/ after merging.")] = False,
+) -> None:
+    """Join the shards of `hardneg encode --shard i/n` into one embeddings folder, after checking that
+    every shard is complete and made by the same encoder from the same texts.
+
+    Example: `hardneg encode-merge runs/msmarco-emb`
+    """
+    from hardneg.index.shards import merge_shards
+
+    emb = merge_shards(out_dir, keep_shards=keep_shards)
     _info(f"{len(emb)} x {emb.dim} embeddings in {out_dir}")
+
+
+def _join_torchrun() -> bool:
+    """Join the process group when started by torchrun (RANK / WORLD_SIZE set); ranks other than 0
+    log warnings only and show no progress bars."""
+    from hardneg.train import distributed as dist
+
+    if not dist.init_from_env():
+        return False
+    if not dist.is_main():
+        _STATE["quiet"] = True
+        logging.getLogger().setLevel(logging.WARNING)
+    return True
 
 
 @app.command("index")
@@ -339,20 +395,20 @@ def search(
     _threads(threads)
     dataset = _dataset(data, queries, qrels)
     encoder = _model(model, query_max_length=query_max_length)
-    idx = FaissIndex.load(index_dir)
-    built_by = idx.manifest.get("source", {}).get("encoder") or {}
-    if built_by and not force:
-        mine = encoder.identity()
-        problems = [name for name, a, b in (
-            ("dimension", built_by.get("dim"), mine["dim"]),
-            ("tokenizer", built_by.get("tokenizer"), mine["tokenizer"]),
-            ("document-tower weights", (built_by.get("weights") or {}).get("doc"), mine["weights"]["doc"]),
-        ) if a != b]
+    from hardneg.io import read_json
+    from hardneg.retrieval.dense import index_mismatches
+
+    manifest_file = index_dir / "manifest.json"
+    if manifest_file.is_file() and not force:  # checked from the manifest, before the index is read
+        manifest = read_json(manifest_file)
+        problems = index_mismatches(manifest, encoder, dataset)
         if problems:
+            built_by = manifest.get("source", {}).get("encoder") or {}
             raise MismatchError(
-                f"{index_dir}: the index was built by another model ({', '.join(problems)} differ; "
-                f"built by {built_by.get('source')!r}); pass the model that built it, or --force"
+                f"{index_dir}: the index was built by another model or corpus ({'; '.join(problems)}; "
+                f"built by {built_by.get('source')!r}); pass the model and corpus that built it, or --force"
             )
+    idx = FaissIndex.load(index_dir)
     idx.to_gpu()
     run = dense_search(idx, encoder, dataset.queries(), k)
     out_dir = out_dir or _default_out(_dataset_tag(dataset), index_dir.name)
@@ -557,6 +613,9 @@ def train(
 
     Example: `hardneg train star --data ../shared/data/scifact --preset cpu-demo --out runs/star`
 
+    Several GPUs / nodes: `torchrun --nproc_per_node 4 -m hardneg train star …` (--batch-size is per
+    process; --resume needs the same number of processes).
+
     ADORE (query tower only, fixed index): `hardneg train adore --doc-model runs/star/model
     --data ../shared/data/scifact --index pq48 --metric mrr@200 --out runs/adore`
     """
@@ -566,6 +625,7 @@ def train(
     from hardneg.train.trainer import Trainer
 
     _threads(threads)
+    _join_torchrun()  # under torchrun: N processes with --batch-size B train like one with N·B
     if isinstance(given.get("cache_dir"), Path):
         given["cache_dir"] = str(given["cache_dir"])
     if "doc_model" in given:  # adore's name for the one `model` setting
@@ -585,6 +645,9 @@ def train(
     trainer.setup()
     model_dir = trainer.train(resume=resume)
     _info(f"model in {model_dir}; logs in {cfg.out}/train_log.jsonl")
+    from hardneg.train import distributed as dist
+
+    dist.destroy()
 
 
 @app.command()
@@ -647,6 +710,16 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted", highlight=False)
         sys.exit(130)
+    except OSError as exc:  # a storage failure no artifact writer turned into a WriteError
+        from hardneg.io import is_write_failure, write_error
+
+        if _STATE["debug"] or not is_write_failure(exc):
+            raise
+        from rich.text import Text
+
+        message = str(write_error(exc, exc.filename or "output"))
+        err.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
+        sys.exit(HardnegError.exit_code)
 
 
 if __name__ == "__main__":

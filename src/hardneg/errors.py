@@ -47,3 +47,16 @@ class MismatchError(HardnegError):
 
 class ModelNotFoundError(HardnegError):
     """A model name/path/hub id could not be resolved (e.g. offline)."""
+
+
+class WriteError(HardnegError):
+    """An artifact could not be written (disk full, read-only or forbidden folder …).
+
+    Raised after the partial output has been removed: nothing half-written is left
+    behind under the artifact's name.
+    """
+
+    def __init__(self, message: str, *, path: str | Path | None = None, errno: int | None = None) -> None:
+        self.path = str(path) if path is not None else None
+        self.errno = errno
+        super().__init__(message)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from hardneg.data.readers import iter_text_lines
 from hardneg.data.records import Doc, Qrel, Query
 from hardneg.errors import InputError
 
@@ -52,39 +53,32 @@ def read_smart(path: str | Path) -> Iterator[tuple[str, dict[str, str]]]:
         assert record_id is not None
         return record_id, {k: " ".join(" ".join(v).split()) for k, v in fields.items()}
 
-    try:
-        with open(path, encoding="utf-8", errors="strict") as fh:
-            for line_no, line in enumerate(fh, 1):
-                stripped = line.rstrip("\r\n")
-                if stripped.startswith(".I"):
-                    if record_id is not None:
-                        yield finish()
-                    parts = stripped.split()
-                    if len(parts) != 2 or parts[0] != ".I":
-                        raise InputError("a SMART record line must be '.I <id>'", path=path, line=line_no,
-                                         hint="fix or remove this line")
-                    record_id = str(int(parts[1])) if parts[1].isdigit() else parts[1]
-                    if record_id in seen:
-                        raise InputError(f"record id {record_id!r} appears twice", path=path, line=line_no,
-                                         hint="ids must be unique")
-                    seen.add(record_id)
-                    fields, current = {}, None
-                    continue
-                if len(stripped) == 2 and stripped[0] == "." and stripped[1].isalpha():
-                    current = stripped[1]
-                    if current in _KEPT:
-                        fields.setdefault(current, [])
-                    continue
-                if record_id is None:
-                    if stripped.strip():
-                        raise InputError("text before the first '.I' record line", path=path, line=line_no,
-                                         hint="a SMART file starts with '.I <id>'")
-                    continue
-                if current in _KEPT:
-                    fields[current].append(stripped)
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not valid UTF-8 ({exc.reason})", path=path,
-                         hint="convert the file to UTF-8") from None
+    # lines are decoded one by one (a bad byte is reported with its line); blank lines carry nothing
+    for line_no, stripped in iter_text_lines(path):
+        if stripped.startswith(".I"):
+            if record_id is not None:
+                yield finish()
+            parts = stripped.split()
+            if len(parts) != 2 or parts[0] != ".I":
+                raise InputError("a SMART record line must be '.I <id>'", path=path, line=line_no,
+                                 hint="fix or remove this line")
+            record_id = str(int(parts[1])) if parts[1].isascii() and parts[1].isdigit() else parts[1]
+            if record_id in seen:
+                raise InputError(f"record id {record_id!r} appears twice", path=path, line=line_no,
+                                 hint="ids must be unique")
+            seen.add(record_id)
+            fields, current = {}, None
+            continue
+        if len(stripped) == 2 and stripped[0] == "." and stripped[1].isalpha():
+            current = stripped[1]
+            if current in _KEPT:
+                fields.setdefault(current, [])
+            continue
+        if record_id is None:
+            raise InputError("text before the first '.I' record line", path=path, line=line_no,
+                             hint="a SMART file starts with '.I <id>'")
+        if current in _KEPT:
+            fields[current].append(stripped)
     if record_id is not None:
         yield finish()
 
@@ -107,28 +101,34 @@ def read_smart_qrels(path: str | Path) -> Iterator[Qrel]:
     path = Path(path)
     layout: str | None = None
     seen: set[tuple[str, str]] = set()
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for line_no, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 4:
-                raise InputError(f"expected 4 columns, found {len(parts)}", path=path, line=line_no,
-                                 hint="write 'qid 0 docid grade' (TREC) or 'qid docid 0 0.0' (CISI)")
-            if layout is None:
-                layout = "cisi" if "." in parts[3] else "trec"
-            try:
-                if layout == "trec":
-                    qid, doc, grade = str(int(parts[0])), str(int(parts[2])), int(parts[3])
-                else:
-                    qid, doc, grade = str(int(parts[0])), str(int(parts[1])), 1
-            except ValueError:
-                raise InputError("ids and grades must be integers", path=path, line=line_no,
-                                 hint=f"this file reads as the {layout} layout") from None
-            if (qid, doc) in seen:
-                continue
-            seen.add((qid, doc))
-            yield Qrel(qid, doc, grade)
+    for line_no, line in iter_text_lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 4:
+            raise InputError(f"expected 4 columns, found {len(parts)}", path=path, line=line_no,
+                             hint="write 'qid 0 docid grade' (TREC) or 'qid docid 0 0.0' (CISI)")
+        if layout is None:
+            layout = "cisi" if "." in parts[3] else "trec"
+        try:
+            if layout == "trec":
+                qid, doc, grade = _int_id(parts[0]), _int_id(parts[2]), int(parts[3])
+            else:
+                qid, doc, grade = _int_id(parts[0]), _int_id(parts[1]), 1
+        except ValueError:
+            raise InputError("ids and grades must be integers", path=path, line=line_no,
+                             hint=f"this file reads as the {layout} layout") from None
+        if (qid, doc) in seen:
+            continue
+        seen.add((qid, doc))
+        yield Qrel(qid, doc, grade)
+
+
+def _int_id(text: str) -> str:
+    """``"007"`` -> ``"7"``, as ``.I`` record ids are read; ASCII digits only."""
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(text)
+    return str(int(text))
 
 
 def smart_dataset(root: Path, stem: str):

@@ -22,7 +22,7 @@ import torch
 
 from hardneg.data.tokenized import TokenizedStore
 from hardneg.errors import HardnegError, MismatchError
-from hardneg.io import commit_dir, file_lock, read_json, write_json
+from hardneg.io import commit_dir, file_lock, read_json, write_json, writing
 
 EMB_VERSION = 1
 
@@ -100,17 +100,28 @@ class Embeddings:
                 "remove the folder to encode again"
             )
         self.vectors = np.load(self.folder / "embeddings.npy", mmap_mode="r")
-        with open(self.folder / "ids.json", encoding="utf-8") as fh:
-            self.ids: list[str] = json.load(fh)
-        if self.vectors.shape[0] != len(self.ids):
-            raise HardnegError(f"{self.folder}: embeddings.npy and ids.json disagree; encode again")
+        count = self.manifest.get("count")
+        if count is not None and self.vectors.shape[0] != count:
+            raise HardnegError(f"{self.folder}: embeddings.npy and the manifest disagree; encode again")
+        self._ids: list[str] | None = None
+
+    @property
+    def ids(self) -> list[str]:
+        """Original ids in row order (read from ``ids.json`` on first use: a huge list costs memory)."""
+        if self._ids is None:
+            with open(self.folder / "ids.json", encoding="utf-8") as fh:
+                ids = json.load(fh)
+            if self.vectors.shape[0] != len(ids):
+                raise HardnegError(f"{self.folder}: embeddings.npy and ids.json disagree; encode again")
+            self._ids = ids
+        return self._ids
 
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return int(self.vectors.shape[0])
 
 
 @torch.inference_mode()
@@ -136,7 +147,23 @@ def encode_store(
         return _encode_store_locked(model, store, side, out, key, batch_size, show_progress, checkpoint_seconds)
 
 
+def _copy_ids(store, dest: Path) -> None:
+    """The store's ids.json, copied as a file (a huge id list is never loaded for it)."""
+    src = Path(getattr(store, "folder", "")) / "ids.json"
+    if src.is_file():
+        shutil.copyfile(src, dest)
+    else:
+        with open(dest, "w", encoding="utf-8") as fh:
+            json.dump(store.ids, fh)
+
+
 def _encode_store_locked(model, store, side, out: Path, key: str, batch_size: int, show_progress: bool,
+                         checkpoint_seconds: float) -> Embeddings:
+    with writing(out, "embeddings"):
+        return _encode_store_unsafe(model, store, side, out, key, batch_size, show_progress, checkpoint_seconds)
+
+
+def _encode_store_unsafe(model, store, side, out: Path, key: str, batch_size: int, show_progress: bool,
                          checkpoint_seconds: float) -> Embeddings:
     from tqdm.auto import tqdm
 
@@ -177,10 +204,12 @@ def _encode_store_locked(model, store, side, out: Path, key: str, batch_size: in
                 state["done"] = b + 1
                 write_json(progress_file, state)
                 last = time.monotonic()
+                # map the file afresh: pages written so far leave this process's resident memory
+                del vectors
+                vectors = np.load(emb_file, mmap_mode="r+")
     vectors.flush()
     del vectors
-    with open(partial / "ids.json", "w", encoding="utf-8") as fh:
-        json.dump(store.ids, fh)
+    _copy_ids(store, partial / "ids.json")
     write_json(
         partial / "manifest.json",
         {

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from hardneg.errors import HardnegError, MismatchError
-from hardneg.io import commit_dir, read_json, write_json
+from hardneg.io import commit_dir, read_json, write_json, writing
 
 INDEX_VERSION = 1
 
@@ -118,7 +118,14 @@ class FaissIndex:
             if train_size and n > train_size:
                 rng = np.random.default_rng(seed)
                 train = vectors[np.sort(rng.choice(n, train_size, replace=False))]
-            index.train(train)
+            try:
+                index.train(train)
+            except RuntimeError as exc:  # e.g. fewer vectors than a PQ/IVF codebook needs
+                raise HardnegError(
+                    f"cannot train a {kind!r} index ({spec}) on {len(train)} vectors: "
+                    f"{str(exc).splitlines()[-1].split('Error: ')[-1]}; use a flat index or a smaller "
+                    "codebook for a corpus this small"
+                ) from None
         step = 65_536
         for start in range(0, n, step):
             index.add(vectors[start : start + step])
@@ -149,16 +156,18 @@ class FaissIndex:
         import faiss
 
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        with writing(folder, "index"):
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            faiss.write_index(self.index, str(tmp / "index.faiss"))
-            with open(tmp / "ids.json", "w", encoding="utf-8") as fh:
-                json.dump(self.ids, fh)
-            manifest = dict(self.manifest)
-            manifest["bytes"] = (tmp / "index.faiss").stat().st_size
-            write_json(tmp / "manifest.json", manifest)
-            commit_dir(tmp, folder)
+            with writing(folder, "index"):
+                faiss.write_index(self.index, str(tmp / "index.faiss"))
+                with open(tmp / "ids.json", "w", encoding="utf-8") as fh:
+                    json.dump(self.ids, fh)
+                manifest = dict(self.manifest)
+                manifest["bytes"] = (tmp / "index.faiss").stat().st_size
+                write_json(tmp / "manifest.json", manifest)
+                commit_dir(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

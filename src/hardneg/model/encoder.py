@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from hardneg.errors import HardnegError
-from hardneg.io import commit_dir, write_json
+from hardneg.io import commit_dir, write_json, writing
 from hardneg.model.registry import resolve_model
 
 Side = Literal["query", "doc"]
@@ -318,14 +318,16 @@ class DualEncoder(nn.Module):
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the encoder atomically; loadable by transformers, sentence-transformers and hardneg."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        with writing(directory, "model"):
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
-            self._save_tower(self.doc_model, tmp, "doc")
-            if not self.config.shared:
-                self._save_tower(self.query_model, tmp / QUERY_TOWER_DIR, "query")
-            write_json(tmp / HARDNEG_CONFIG, asdict(self.config))
-            commit_dir(tmp, directory)
+            with writing(directory, "model"):
+                self._save_tower(self.doc_model, tmp, "doc")
+                if not self.config.shared:
+                    self._save_tower(self.query_model, tmp / QUERY_TOWER_DIR, "query")
+                write_json(tmp / HARDNEG_CONFIG, asdict(self.config))
+                commit_dir(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

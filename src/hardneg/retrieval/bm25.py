@@ -37,7 +37,7 @@ import numpy as np
 
 from hardneg.data.records import Doc, Query
 from hardneg.errors import HardnegError
-from hardneg.io import commit_dir, read_json, write_json
+from hardneg.io import commit_dir, read_json, write_json, writing
 from hardneg.retrieval.runs import Run
 
 FORMAT_NAME = "hardneg-bm25"
@@ -299,24 +299,25 @@ class BM25:
             corpus_fingerprint if corpus_fingerprint is not None else self.corpus_fingerprint
         )
         try:
-            tmp.mkdir()
-            self._retriever.save(tmp, show_progress=False)
-            write_json(tmp / DOC_IDS_NAME, self.doc_ids)
-            files = sorted(p.name for p in tmp.iterdir())
-            write_json(
-                tmp / MANIFEST_NAME,
-                {
-                    "format": FORMAT_NAME,
-                    "format_version": FORMAT_VERSION,
-                    "params": self.params,
-                    "num_docs": len(self.doc_ids),
-                    "vocab_size": len(self._retriever.vocab_dict),
-                    "corpus_fingerprint": fingerprint,
-                    "bm25s_version": _bm25s().__version__,
-                    "files": files,
-                },
-            )
-            commit_dir(tmp, directory)
+            with writing(directory, "BM25 index"):
+                tmp.mkdir()
+                self._retriever.save(tmp, show_progress=False)
+                write_json(tmp / DOC_IDS_NAME, self.doc_ids)
+                files = sorted(p.name for p in tmp.iterdir())
+                write_json(
+                    tmp / MANIFEST_NAME,
+                    {
+                        "format": FORMAT_NAME,
+                        "format_version": FORMAT_VERSION,
+                        "params": self.params,
+                        "num_docs": len(self.doc_ids),
+                        "vocab_size": len(self._retriever.vocab_dict),
+                        "corpus_fingerprint": fingerprint,
+                        "bm25s_version": _bm25s().__version__,
+                        "files": files,
+                    },
+                )
+                commit_dir(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

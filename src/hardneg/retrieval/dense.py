@@ -105,6 +105,34 @@ def corpus_index(
         return index
 
 
+def index_mismatches(manifest: dict, encoder, dataset=None) -> list[str]:
+    """What makes a saved index (its ``manifest.json``) unfit to be searched with ``encoder``'s query
+    tower over ``dataset``: dimension, tokenizer, document-tower weights, pooling, normalisation, and
+    the corpus (content hash) it was built from. Empty when it fits."""
+    source = manifest.get("source") or {}
+    built_by = source.get("encoder") or {}
+    problems = []
+    if manifest.get("dim") is not None and int(manifest["dim"]) != encoder.dim:
+        problems.append(f"dimension {manifest['dim']} vs the model's {encoder.dim}")
+    if built_by:
+        mine = encoder.identity()
+        theirs_cfg, my_cfg = built_by.get("config") or {}, mine["config"]
+        for name, a, b in (
+            ("tokenizer", built_by.get("tokenizer"), mine["tokenizer"]),
+            ("document-tower weights", (built_by.get("weights") or {}).get("doc"), mine["weights"]["doc"]),
+            ("pooling", theirs_cfg.get("pooling"), my_cfg["pooling"]),
+            ("normalisation", theirs_cfg.get("normalize"), my_cfg["normalize"]),
+        ):
+            if a is not None and a != b:
+                problems.append(f"{name} differ ({a!r} vs {b!r})" if name in ("pooling", "normalisation")
+                                else f"{name} differ")
+    content = source.get("content")
+    if content and dataset is not None and getattr(dataset, "has_corpus", False):
+        if dataset.fingerprint() != content:
+            problems.append(f"built from another corpus than {dataset.corpus_path or dataset.name}")
+    return problems
+
+
 def encode_queries(
     model, queries: Mapping[str, Query], *, batch_size: int = 128, show_progress: bool = False
 ) -> tuple[list[str], np.ndarray]:

@@ -133,85 +133,85 @@ def read_run(path: str | Path) -> Run:
     first_rank: dict[tuple[str, int], int] = {}
     # qid -> [(sort_key..., docid, score)]
     rows: dict[str, list[tuple[float, int, int, str, float]]] = {}
-    try:
-        fh = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("run file not found", path=path) from None
-    except IsADirectoryError:
-        raise InputError("expected a run file but found a directory", path=path) from None
-    with fh:
-        for line_no, line in enumerate(fh, start=1):
-            cols = line.split()
-            if not cols:
-                continue
-            if fmt is None:
-                if len(cols) == 6:
-                    fmt = "trec"
-                elif len(cols) == 3:
-                    fmt = "msmarco"
-                else:
-                    raise InputError(
-                        f"cannot tell the run format from a line with {len(cols)} columns",
-                        path=path,
-                        line=line_no,
-                        hint="expected TREC 'qid Q0 docid rank score tag' (6 columns) "
-                        "or MS MARCO 'qid<TAB>docid<TAB>rank' (3 columns)",
-                    )
-            expected = 6 if fmt == "trec" else 3
-            if len(cols) != expected:
-                layout = (
-                    "'qid Q0 docid rank score tag'" if fmt == "trec" else "'qid<TAB>docid<TAB>rank'"
-                )
-                raise InputError(
-                    f"expected {expected} columns ({fmt} run, detected from the first line) "
-                    f"but found {len(cols)}",
-                    path=path,
-                    line=line_no,
-                    hint=f"every line must be {layout}",
-                )
-            if fmt == "trec":
-                qid, _q0, docid, rank_s, score_s, _tag = cols
-                rank = _parse_rank(rank_s, path, line_no)
-                try:
-                    score = float(score_s)
-                except ValueError:
-                    raise InputError(
-                        f"score {score_s!r} is not a number",
-                        path=path,
-                        line=line_no,
-                        hint="the 5th column of a TREC run is the score",
-                    ) from None
-                if not math.isfinite(score):
-                    raise InputError(
-                        f"score {score_s!r} is not a finite number",
-                        path=path,
-                        line=line_no,
-                        hint="scores must be finite (no nan/inf)",
-                    )
+    from hardneg.data.readers import iter_text_lines
+
+    if not path.exists():
+        raise InputError("run file not found", path=path)
+    if path.is_dir():
+        raise InputError("expected a run file but found a directory", path=path)
+    # lines are decoded one by one: a bad byte or an enormous line is an InputError at file:line
+    for line_no, line in iter_text_lines(path):
+        cols = line.split()
+        if not cols:
+            continue
+        if fmt is None:
+            if len(cols) == 6:
+                fmt = "trec"
+            elif len(cols) == 3:
+                fmt = "msmarco"
             else:
-                qid, docid, rank_s = cols
-                rank = _parse_rank(rank_s, path, line_no)
-                score = 1.0 / rank
-                if (qid, rank) in first_rank:
-                    raise InputError(
-                        f"rank {rank} appears twice for query {qid!r} "
-                        f"(first on line {first_rank[qid, rank]})",
-                        path=path,
-                        line=line_no,
-                        hint="ranks of one query must be distinct in an MS MARCO run",
-                    )
-                first_rank[qid, rank] = line_no
-            key = (qid, docid)
-            if key in first_line:
                 raise InputError(
-                    f"document {docid!r} appears twice for query {qid!r} "
-                    f"(first on line {first_line[key]})",
+                    f"cannot tell the run format from a line with {len(cols)} columns",
                     path=path,
                     line=line_no,
-                    hint="each (query, document) pair may occur once in a run",
+                    hint="expected TREC 'qid Q0 docid rank score tag' (6 columns) "
+                    "or MS MARCO 'qid<TAB>docid<TAB>rank' (3 columns)",
                 )
-            first_line[key] = line_no
-            rows.setdefault(qid, []).append((-score, rank, line_no, docid, score))
+        expected = 6 if fmt == "trec" else 3
+        if len(cols) != expected:
+            layout = (
+                "'qid Q0 docid rank score tag'" if fmt == "trec" else "'qid<TAB>docid<TAB>rank'"
+            )
+            raise InputError(
+                f"expected {expected} columns ({fmt} run, detected from the first line) "
+                f"but found {len(cols)}",
+                path=path,
+                line=line_no,
+                hint=f"every line must be {layout}",
+            )
+        if fmt == "trec":
+            qid, _q0, docid, rank_s, score_s, _tag = cols
+            rank = _parse_rank(rank_s, path, line_no)
+            try:
+                score = float(score_s)
+            except ValueError:
+                raise InputError(
+                    f"score {score_s!r} is not a number",
+                    path=path,
+                    line=line_no,
+                    hint="the 5th column of a TREC run is the score",
+                ) from None
+            if not math.isfinite(score):
+                raise InputError(
+                    f"score {score_s!r} is not a finite number",
+                    path=path,
+                    line=line_no,
+                    hint="scores must be finite (no nan/inf)",
+                )
+        else:
+            qid, docid, rank_s = cols
+            rank = _parse_rank(rank_s, path, line_no)
+            score = 1.0 / rank
+            if (qid, rank) in first_rank:
+                raise InputError(
+                    f"rank {rank} appears twice for query {qid!r} "
+                    f"(first on line {first_rank[qid, rank]})",
+                    path=path,
+                    line=line_no,
+                    hint="ranks of one query must be distinct in an MS MARCO run",
+                )
+            first_rank[qid, rank] = line_no
+        key = (qid, docid)
+        if key in first_line:
+            raise InputError(
+                f"document {docid!r} appears twice for query {qid!r} "
+                f"(first on line {first_line[key]})",
+                path=path,
+                line=line_no,
+                hint="each (query, document) pair may occur once in a run",
+            )
+        first_line[key] = line_no
+        rows.setdefault(qid, []).append((-score, rank, line_no, docid, score))
     run: Run = {}
     for qid, entries in rows.items():
         entries.sort(key=lambda e: (e[0], e[1], e[2]))

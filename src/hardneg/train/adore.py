@@ -41,8 +41,9 @@ import torch
 
 from hardneg.errors import HardnegError
 from hardneg.io import write_json
+from hardneg.train import distributed as dist
 from hardneg.train.config import parse_adore_metric
-from hardneg.train.losses import delta_mrr, delta_ndcg, ideal_dcg, lambda_pairwise
+from hardneg.train.losses import delta_mrr, delta_ndcg, ideal_dcg, lambda_pairwise_sum
 from hardneg.train.methods import Method
 
 logger = logging.getLogger("hardneg.train")
@@ -249,7 +250,9 @@ class Adore(Method):
                             weighting=cfg.adore_loss)
         s_pos, s_neg = self.scores(q, pairs.pos_rows, pairs.neg_rows)
         device = q.device
-        loss = lambda_pairwise(s_pos, s_neg, pairs.weights.to(device), pairs.mask.to(device))
+        # lambda_pairwise as a mean over the global batch's pairs (under torchrun each rank searches the
+        # replicated index with its own queries and the pair count is summed over ranks)
+        loss = dist.global_mean(*lambda_pairwise_sum(s_pos, s_neg, pairs.weights.to(device), pairs.mask.to(device)))
         parts = {"pairs": float(pairs.n_pairs), "skipped_queries": float(pairs.skipped),
                  **retrieval_metrics(pairs.relevant_retrieved, [self.n_relevant.get(x, 0) for x in qids])}
         return loss, parts

@@ -59,6 +59,7 @@ __all__ = [
     "ranknet_pairwise",
     "ranknet_pairwise_sum",
     "softmax_ce",
+    "softmax_ce_sum",
     "star_loss",
     "star_scores",
 ]
@@ -145,6 +146,17 @@ def ranknet_pairwise(pos: Tensor, neg: Tensor, mask: Tensor | None = None) -> Te
     return total / count.clamp(min=1.0)
 
 
+def softmax_ce_sum(
+    pos: Tensor, neg: Tensor, mask: Tensor | None = None, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Sum of :func:`softmax_ce`'s per-query losses, and the number of queries (a float tensor).
+
+    ``softmax_ce = sum / count``; the pair lets a data-parallel run divide by the global count.
+    """
+    per_query = _softmax_ce_rows(pos, neg, mask, temperature)
+    return per_query.sum(), torch.tensor(float(per_query.numel()), device=pos.device, dtype=per_query.dtype)
+
+
 def softmax_ce(
     pos: Tensor, neg: Tensor, mask: Tensor | None = None, temperature: float = 1.0
 ) -> Tensor:
@@ -156,6 +168,10 @@ def softmax_ce(
     of the denominator and get a zero gradient). A query whose negatives are all
     masked contributes ``0``.
     """
+    return _softmax_ce_rows(pos, neg, mask, temperature).mean()
+
+
+def _softmax_ce_rows(pos: Tensor, neg: Tensor, mask: Tensor | None, temperature: float) -> Tensor:
     _check_pos_neg(pos, neg, mask, "softmax_ce")
     if not (
         isinstance(temperature, int | float) and math.isfinite(temperature) and temperature > 0
@@ -169,7 +185,7 @@ def softmax_ce(
             [torch.ones_like(mask[:, :1]), mask], dim=1
         )  # the positive column is always kept
         logits = logits.masked_fill(~keep, float("-inf"))
-    return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+    return torch.logsumexp(logits, dim=1) - logits[:, 0]
 
 
 # --------------------------------------------------------------------------- LambdaLoss weights

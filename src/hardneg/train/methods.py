@@ -29,6 +29,12 @@ adore      the non-relevant documents of the query's top-K    ΔM-weighted pairw
 ADORE (:mod:`hardneg.train.adore`) computes the whole batch loss itself (hook
 :meth:`Method.batch_loss`) and evaluates dev on its fixed index
 (:meth:`Method.evaluate_dev`).
+
+Under torchrun (:mod:`hardneg.train.distributed`) a rank's ``scores`` hold only
+its own queries, rows ``trainer.row_offset …`` of the global batch, against
+every document of the global batch (same column layout, with B the global batch
+size ``trainer.global_batch``); losses are sums over the rank's rows divided by
+counts over the global batch (:func:`~hardneg.train.distributed.global_mean`).
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ from pathlib import Path
 import torch
 
 from hardneg.errors import HardnegError
-from hardneg.train.losses import collision_mask, ranknet_pairwise, softmax_ce, star_loss
+from hardneg.train import distributed as dist
+from hardneg.train.losses import collision_mask, ranknet_pairwise_sum, softmax_ce_sum
 
 logger = logging.getLogger("hardneg.train")
 
@@ -88,26 +95,40 @@ class Method:
         """Called after the trainer saved the best model into ``folder``."""
 
     # loss ----------------------------------------------------------------------
+    def positive_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """``(B,)``: each row's score of its own positive (column ``row_offset + i``)."""
+        b = scores.shape[0]
+        rows = torch.arange(b, device=scores.device)
+        return scores[rows, rows + self.trainer.row_offset]
+
     def masks(self, scores: torch.Tensor, examples, doc_list: list[str]):
-        """Boolean ``(B, M)`` masks: own negatives, other documents (both without collisions)."""
+        """Boolean ``(B, M)`` masks: own negatives, other documents (both without collisions).
+
+        Row ``i`` is example ``row_offset + i`` of the global batch of ``global_batch`` examples."""
         b, m = scores.shape
+        bg = self.trainer.global_batch
         n = self.n_negatives
         col = torch.arange(m, device=scores.device)
-        row = torch.arange(b, device=scores.device)[:, None]
-        own_neg = (col[None, :] >= b + row * n) & (col[None, :] < b + (row + 1) * n)
+        row = torch.arange(b, device=scores.device)[:, None] + self.trainer.row_offset
+        own_neg = (col[None, :] >= bg + row * n) & (col[None, :] < bg + (row + 1) * n)
         own_pos = col[None, :] == row
         collisions = collision_mask([self.trainer.positives[e.qid] for e in examples], doc_list,
                                     device=scores.device)
         valid = ~collisions & ~own_pos
         return own_neg & valid, ~own_neg & valid
 
-    def pairwise(self, pos: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def pairwise_sum(self, pos: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor):
+        """``(sum, count)`` of the configured loss over this rank's rows: pairs (ranknet) or queries (softmax)."""
         if self.config.loss == "softmax":
-            return softmax_ce(pos, scores, mask)
-        return ranknet_pairwise(pos, scores, mask)
+            return softmax_ce_sum(pos, scores, mask)
+        return ranknet_pairwise_sum(pos, scores, mask)
+
+    def pairwise(self, pos: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The loss's mean over the global batch (one process: ranknet_pairwise / softmax_ce)."""
+        return dist.global_mean(*self.pairwise_sum(pos, scores, mask))
 
     def loss(self, scores: torch.Tensor, examples, negatives, doc_list) -> tuple[torch.Tensor, dict]:
-        pos = scores.diagonal()
+        pos = self.positive_scores(scores)
         own, other = self.masks(scores, examples, doc_list)
         return self.pairwise(pos, scores, other), {"pairs": float(other.sum())}
 
@@ -132,7 +153,7 @@ class RandNeg(Method):
         return [self.source.sample(e.qid, self.n_negatives, start + i) for i, e in enumerate(examples)]
 
     def loss(self, scores, examples, negatives, doc_list):
-        pos = scores.diagonal()
+        pos = self.positive_scores(scores)
         own, other = self.masks(scores, examples, doc_list)
         mask = own | other
         return self.pairwise(pos, scores, mask), {"pairs": float(mask.sum())}
@@ -164,7 +185,7 @@ class StaticNeg(Method):
         return [self.source.sample(e.qid, self.n_negatives, start + i) for i, e in enumerate(examples)]
 
     def loss(self, scores, examples, negatives, doc_list):
-        pos = scores.diagonal()
+        pos = self.positive_scores(scores)
         own, _other = self.masks(scores, examples, doc_list)
         return self.pairwise(pos, scores, own), {"pairs": float(own.sum())}
 
@@ -209,7 +230,8 @@ class Ance(StaticNeg):
         if was_training:
             model.train()
         self.source.replace(candidates)
-        write_negatives(self._file, candidates)
+        if dist.is_main():
+            write_negatives(self._file, candidates)
         self.refreshes += 1
         logger.info("step %d: re-mined hard negatives with the current model", step)
 
@@ -221,8 +243,9 @@ class Ance(StaticNeg):
 
         saved = checkpoint / "negatives.tsv"
         if saved.is_file():
-            self._file.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(saved, self._file)
+            if dist.is_main():
+                self._file.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(saved, self._file)
             self.source.replace(read_negatives(saved))
 
 
@@ -232,15 +255,17 @@ class Star(StaticNeg):
     name = "star"
 
     def loss(self, scores, examples, negatives, doc_list):
-        pos = scores.diagonal()
+        pos = self.positive_scores(scores)
         own, other = self.masks(scores, examples, doc_list)
         if self.config.star_mixing == "pairmean" and self.config.loss != "ranknet":
             raise HardnegError("--star-mixing pairmean reproduces DRhard's RankNet formula: use --loss ranknet")
-        if self.config.loss == "softmax":
-            loss = softmax_ce(pos, scores, own) + self.config.alpha * softmax_ce(pos, scores, other)
+        # hardneg.train.losses.star_loss, written as global means (equal to it in one process)
+        s_h, n_h = self.pairwise_sum(pos, scores, own)
+        s_r, n_r = self.pairwise_sum(pos, scores, other)
+        if self.config.star_mixing == "pairmean":
+            loss = dist.global_mean(s_h + s_r, n_h + n_r)
         else:
-            loss = star_loss(pos, scores, scores, own, other, alpha=self.config.alpha,
-                             mixing=self.config.star_mixing)
+            loss = dist.global_mean(s_h, n_h) + self.config.alpha * dist.global_mean(s_r, n_r)
         return loss, {"hard_pairs": float(own.sum()), "random_pairs": float(other.sum())}
 
 
@@ -265,8 +290,11 @@ def make_method(name: str, trainer) -> Method:
 
 
 def mine_with_model(trainer, model, folder: Path | None = None) -> dict[str, list[str]]:
-    """Top-``topk`` non-positive documents of every training query under ``model`` (dense, exact)."""
-    from hardneg.index.encode import encode_token_lists
+    """Top-``topk`` non-positive documents of every training query under ``model`` (dense, exact).
+
+    With the current weights (``folder`` given) under torchrun, the corpus encoding is shared out over
+    the ranks (every rank then holds the whole index), each rank searches its share of the queries,
+    and the mined lists are exchanged, so every rank returns all of them."""
     from hardneg.index.faiss_index import FaissIndex
     from hardneg.retrieval.dense import corpus_index, search
     from hardneg.train.negatives import mine_negatives
@@ -279,8 +307,17 @@ def mine_with_model(trainer, model, folder: Path | None = None) -> dict[str, lis
                              batch_size=cfg.batch_encode_size, show_progress=not cfg.quiet)
     else:  # the current weights: encoded in memory, never cached
         with torch.no_grad():
-            vectors = encode_token_lists(model, trainer.store.rows(range(len(trainer.store))), "doc",
-                                         batch_size=cfg.batch_encode_size, show_progress=not cfg.quiet)
+            vectors = dist.sharded_encode_token_lists(
+                model, trainer.store.rows(range(len(trainer.store))), "doc", batch_size=cfg.batch_encode_size,
+                show_progress=not cfg.quiet)
         index = FaissIndex.build(vectors, trainer.doc_ids, "flat")
+        if dist.is_distributed():  # each rank searches its share of the queries; the lists are exchanged
+            qids = sorted(train_queries)[dist.rank() :: dist.world_size()]
+            run = search(index, model, {q: train_queries[q] for q in qids}, k)
+            mined = mine_negatives(run, {q: trainer.train_qrels[q] for q in qids}, cfg.topk)
+            merged: dict[str, list[str]] = {}
+            for part in dist.all_gather_object(mined):
+                merged.update(part)
+            return {q: merged[q] for q in train_queries if q in merged}
     run = search(index, model, train_queries, k)
     return mine_negatives(run, trainer.train_qrels, cfg.topk)

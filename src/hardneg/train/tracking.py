@@ -35,9 +35,9 @@ def track_sample(trainer) -> list[str]:
 @torch.no_grad()
 def track(trainer, step: int) -> dict[str, float]:
     from hardneg.evaluate.metrics import evaluate
-    from hardneg.index.encode import encode_token_lists
     from hardneg.index.faiss_index import FaissIndex
     from hardneg.retrieval.dense import search
+    from hardneg.train.distributed import sharded_encode_token_lists
     from hardneg.train.negatives import mine_negatives
 
     cfg = trainer.config
@@ -45,8 +45,8 @@ def track(trainer, step: int) -> dict[str, float]:
     was_training = model.training
     model.eval()
     try:
-        vectors = encode_token_lists(model, trainer.store.rows(range(len(trainer.store))), "doc",
-                                     batch_size=cfg.batch_encode_size, show_progress=False)
+        vectors = sharded_encode_token_lists(model, trainer.store.rows(range(len(trainer.store))), "doc",
+                                             batch_size=cfg.batch_encode_size, show_progress=False)
         index = FaissIndex.build(vectors, trainer.doc_ids, "flat")
         qids = track_sample(trainer)
         qrels = {q: trainer.train_qrels[q] for q in qids}

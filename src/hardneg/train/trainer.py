@@ -10,6 +10,13 @@ RNG state, data position, mined negatives).
 Data order is a pure function of ``(seed, step)`` (a seeded permutation per
 epoch), so resuming needs only the step number; negative sampling is
 counter-based for the same reason.
+
+Under ``torchrun`` (see :mod:`hardneg.train.distributed`) N processes with
+``batch_size`` B train like one process with batch N·B: the data order hands
+out the global micro-batch, rank ``r`` encodes slice ``r``, document embeddings
+are gathered across ranks with gradients, losses are global means and
+gradients are averaged. Only rank 0 writes logs, models and checkpoints; every
+rank restores from them.
 """
 
 from __future__ import annotations
@@ -30,13 +37,17 @@ import numpy as np
 import torch
 
 from hardneg.data.records import Qrels
-from hardneg.errors import HardnegError
-from hardneg.io import commit_dir, read_json, write_json
+from hardneg.errors import HardnegError, MismatchError
+from hardneg.io import atomic_write, commit_dir, read_json, write_json, writing
+from hardneg.train import distributed as dist
 from hardneg.train.config import TrainConfig
 
 logger = logging.getLogger("hardneg.train")
 
 CHECKPOINT_VERSION = 1
+
+#: logged per-step values that are counts over the batch: summed over ranks (the others are averaged)
+ADDITIVE_PARTS = ("pairs", "hard_pairs", "random_pairs", "skipped_queries")
 
 
 # ----------------------------------------------------------------------------- data
@@ -159,21 +170,28 @@ def _load_unique_state_dict(model, state: dict[str, torch.Tensor]) -> None:
         model.query_model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("query.")})
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, extra_files: dict[str, Path]) -> None:
-    """Write a checkpoint folder atomically (temp folder, then rename)."""
+def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, extra_files: dict[str, Path],
+                    rng_extra: dict | None = None) -> None:
+    """Write a checkpoint folder atomically (temp folder, then rename).
+
+    ``rng_extra`` is stored in ``rng.pt`` beside this process's RNG state (under DDP: ``ranks``, the
+    RNG state of every rank)."""
     from safetensors.torch import save_file
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    with writing(folder, "checkpoint"):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        save_file(_unique_state_dict(model), str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()[1]}, tmp / "rng.pt")
-        for name, src in extra_files.items():
-            shutil.copyfile(src, tmp / name)
-        write_json(tmp / "trainer_state.json", state)
-        commit_dir(tmp, folder)
+        with writing(folder, "checkpoint"):
+            save_file(_unique_state_dict(model), str(tmp / "model.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save({"torch": torch.get_rng_state(), "python": random.getstate()[1], **(rng_extra or {})},
+                       tmp / "rng.pt")
+            for name, src in extra_files.items():
+                shutil.copyfile(src, tmp / name)
+            write_json(tmp / "trainer_state.json", state)
+            commit_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -200,16 +218,34 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str)
             "same settings (only max_steps, dev_every, save_every, keep_checkpoints may change) "
             "or train into a new --out folder"
         )
-    _load_unique_state_dict(model, load_file(str(folder / "model.safetensors")))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    rng = torch.load(folder / "rng.pt", weights_only=True)
+    try:  # tensors only: weights_only refuses any pickled code in a checkpoint
+        _load_unique_state_dict(model, load_file(str(folder / "model.safetensors")))
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+        rng = torch.load(folder / "rng.pt", weights_only=True)
+    except Exception as exc:  # another architecture, damaged or unsafe files
+        raise MismatchError(
+            f"{folder}: the checkpoint does not fit this model or is damaged or unsafe "
+            f"({str(exc).splitlines()[0][:300]}); resume with the model it was trained from, "
+            "or train into a new --out folder"
+        ) from exc
     torch.set_rng_state(rng["torch"])
+    ranks = rng.get("ranks")
+    if ranks is not None and len(ranks) == dist.world_size():  # each rank continues its own dropout stream
+        dist.set_rng_state(ranks[dist.rank()])
     random.setstate((3, tuple(rng["python"]), None))
     return state
 
 
 # ----------------------------------------------------------------------------- logging
+def _log_step(line: str) -> float:
+    """The step of a log line; a blank or torn (killed mid-write) line sorts after every step."""
+    try:
+        return float(json.loads(line).get("step", 0)) if line.strip() else math.inf
+    except (ValueError, AttributeError):
+        return math.inf
+
+
 class RunLog:
     """JSONL log (one object per line) plus TensorBoard scalars."""
 
@@ -217,8 +253,9 @@ class RunLog:
         self.path = out / "train_log.jsonl"
         if resume_step is not None and self.path.is_file():
             kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+                    if _log_step(line) <= resume_step]
+            with atomic_write(self.path) as fh:  # a kill here must not lose the log
+                fh.write("".join(line + "\n" for line in kept))
         elif self.path.exists():
             self.path.unlink()
         self._fh = open(self.path, "a", encoding="utf-8")
@@ -241,6 +278,16 @@ class RunLog:
         self._fh.close()
         if self.tb is not None:
             self.tb.close()
+
+
+class NullLog:
+    """What ranks other than 0 log to: nothing."""
+
+    def write(self, record: dict, prefix: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def set_seed(seed: int) -> None:
@@ -267,6 +314,8 @@ class Trainer:
         from hardneg.train.methods import make_method, method_class
 
         cfg = self.config
+        self.rank, self.world = dist.rank(), dist.world_size()
+        self.row_offset, self.global_batch = 0, cfg.batch_size  # the rows of the batch this rank scores
         set_seed(cfg.seed)
         self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
         path, split = parse_spec(cfg.data)
@@ -305,20 +354,25 @@ class Trainer:
         if self.frozen_doc:
             model.doc_model.requires_grad_(False)
             model.doc_model.eval()
+        if dist.is_initialized():  # under torchrun (even with one process)
+            model.to(dist.device_of_group())  # NCCL: this rank's GPU; gloo: the CPU
+            dist.broadcast_parameters(model)  # the same start on every rank
         self.model = model
         if cfg.gradient_checkpointing:
             for tower in {id(model.doc_model): model.doc_model, id(model.query_model): model.query_model}.values():
                 tower.gradient_checkpointing_enable()
         self.scale = cfg.score_scale if cfg.score_scale is not None else (20.0 if model.config.normalize else 1.0)
-        self.store = corpus_store(model, self.dataset, self.cache_dir, show_progress=not cfg.quiet)
+        with dist.main_first():  # rank 0 tokenizes (cached), the others then load the store
+            self.store = corpus_store(model, self.dataset, self.cache_dir, show_progress=not cfg.quiet)
         self.doc_ids: list[str] = list(self.store.ids)
         self.doc_row = {d: i for i, d in enumerate(self.doc_ids)}
         self.examples = [Example(q, d) for q in train_qids for d in sorted(self.positives[q]) if d in self.doc_row]
         if not self.examples:
             raise HardnegError(f"{cfg.data}: no training pair has its positive document in the corpus")
-        if cfg.batch_size > len(self.examples):
+        procs = f" x {self.world} processes" if self.world > 1 else ""
+        if cfg.batch_size * self.world > len(self.examples):
             raise HardnegError(
-                f"batch size {cfg.batch_size} is larger than the {len(self.examples)} training pairs; "
+                f"batch size {cfg.batch_size}{procs} is larger than the {len(self.examples)} training pairs; "
                 "lower --batch-size"
             )
         if cfg.method != "adore" and cfg.topk > len(self.doc_ids):
@@ -326,31 +380,78 @@ class Trainer:
         texts = [self.queries[q].text for q in self.queries]
         ids = model.tokenize(texts, "query")["input_ids"]
         self.query_tokens = dict(zip(self.queries, ids, strict=True))
-        self.method = make_method(cfg.method, self)
+        with dist.main_first():  # mining with the start model / building ADORE's index: cached by rank 0
+            self.method = make_method(cfg.method, self)
         self.examples = self.method.train_examples(self.examples)
-        self.order = DataOrder(len(self.examples), cfg.batch_size, cfg.grad_accum, cfg.seed)
+        if cfg.batch_size * self.world > len(self.examples):  # a method may train on fewer examples (ADORE)
+            raise HardnegError(
+                f"batch size {cfg.batch_size}{procs} is larger than the {len(self.examples)} training examples; "
+                "lower --batch-size"
+            )
+        # the global micro-batch (N·B examples); rank r trains on slice r of it
+        self.global_batch = cfg.batch_size * self.world
+        self.order = DataOrder(len(self.examples), self.global_batch, cfg.grad_accum, cfg.seed)
         self.optimizer = make_optimizer(model, cfg)
         self.scheduler = make_scheduler(self.optimizer, cfg)
         self._dev_pool: list[int] | None = None
+        if self.world > 1:  # every rank its own dropout stream (the weights are already identical)
+            torch.manual_seed(cfg.seed + 1_000_003 * self.rank)
 
     # ------------------------------------------------------------------ one step
     def micro_batch(self, step: int, micro: int):
+        """The *global* micro-batch ``(examples, negatives)``: N·B examples under N processes.
+
+        Every rank draws the negatives of the whole global batch (cheap, counter-based), so each rank
+        knows every document id of the gathered batch without communication."""
         idx, start = self.order.indices(step, micro)
         examples = [self.examples[i] for i in idx]
         negatives = self.method.negatives(examples, start)
         return examples, negatives
 
     def batch_loss(self, examples: list[Example], negatives: list[list[str]]) -> tuple[torch.Tensor, dict]:
-        custom = self.method.batch_loss(examples, negatives)  # a method may compute the whole loss (ADORE)
+        """This rank's loss on the global micro-batch (one process: the batch's loss).
+
+        Rank ``r`` encodes its slice of queries and documents; the documents of all ranks are gathered
+        (with gradients) into the single-process layout ``[positives of all N·B examples; negatives of
+        example 0, 1, …]``, so the method's masks see the global batch; the rank scores its own queries
+        (rows ``row_offset …``) against every document."""
+        b = len(examples) // self.world
+        lo = self.rank * b
+        self.row_offset, self.global_batch = lo, len(examples)
+        local, local_negs = examples[lo : lo + b], negatives[lo : lo + b]
+        custom = self.method.batch_loss(local, local_negs)  # a method may compute the whole loss (ADORE)
         if custom is not None:
             return custom
         cfg = self.config
         model = self.model
-        q = encode_rows(model, [self.query_tokens[e.qid] for e in examples], "query", cfg.train_chunk)
-        doc_list = [e.pos for e in examples] + [d for negs in negatives for d in negs]
-        d = encode_rows(model, [self.store[self.doc_row[x]] for x in doc_list], "doc", cfg.train_chunk)
+        q = encode_rows(model, [self.query_tokens[e.qid] for e in local], "query", cfg.train_chunk)
+        local_docs = [e.pos for e in local] + [d for negs in local_negs for d in negs]
+        d = encode_rows(model, [self.store[self.doc_row[x]] for x in local_docs], "doc", cfg.train_chunk)
+        if self.world > 1:
+            parts = dist.all_gather_with_grad(d).view(self.world, len(local_docs), -1)
+            d = torch.cat([parts[:, :b].reshape(-1, d.shape[1]), parts[:, b:].reshape(-1, d.shape[1])])
+        doc_list = [e.pos for e in examples] + [x for negs in negatives for x in negs]
+        if len(doc_list) != d.shape[0]:
+            raise HardnegError("ranks drew different numbers of negatives per example; cannot gather the batch")
         scores = self.scale * (q @ d.T)
-        return self.method.loss(scores, examples, negatives, doc_list)
+        return self.method.loss(scores, local, local_negs, doc_list)
+
+    def step_gradients(self, step: int) -> dict[str, float]:
+        """Forward and backward every micro-batch of ``step``, then average the gradients over ranks.
+
+        Returns the step's logged values (loss and the method's parts), combined over ranks."""
+        cfg = self.config
+        device = self.model.device
+        totals: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            examples, negatives = self.micro_batch(step, micro)
+            with autocast(cfg, device):
+                loss, parts = self.batch_loss(examples, negatives)
+            (loss / cfg.grad_accum).backward()
+            for key, value in {"loss": float(loss.detach()), **parts}.items():
+                totals[key] = totals.get(key, 0.0) + value / cfg.grad_accum
+        dist.average_gradients([p for p in self.model.parameters() if p.requires_grad])
+        return dist.reduce_records(totals, sums=ADDITIVE_PARTS)
 
     # ------------------------------------------------------------------ dev evaluation
     @torch.no_grad()
@@ -364,11 +465,14 @@ class Trainer:
             return custom
         cfg = self.config
         if self._dev_pool is None:
-            self._dev_pool = self._make_dev_pool()
+            with dist.main_first():  # BM25 of the dev pool is cached by rank 0
+                self._dev_pool = self._make_dev_pool()
         was_training = self.model.training
         self.model.eval()
         rows = self._dev_pool
-        docs = encode_token_lists(self.model, self.store.rows(rows), "doc", batch_size=cfg.batch_encode_size)
+        # the batches are shared out over the ranks; every rank gets all rows (bit-identical to one process)
+        docs = dist.sharded_encode_token_lists(self.model, self.store.rows(rows), "doc",
+                                               batch_size=cfg.batch_encode_size)
         dev_qids = list(self.dev_qrels)
         qv = encode_token_lists(self.model, [self.query_tokens[q] for q in dev_qids], "query",
                                 batch_size=cfg.batch_encode_size)
@@ -407,41 +511,42 @@ class Trainer:
         cfg = self.config
         if not hasattr(self, "model"):
             self.setup()
+        main = dist.is_main()
         self.out.mkdir(parents=True, exist_ok=True)
         start_step, best, best_step = 0, -math.inf, -1
-        checkpoint = latest_checkpoint(self.out) if resume else None
+        # rank 0 decides which checkpoint (if any) every rank restores: the folder is shared
+        found = dist.broadcast_object(latest_checkpoint(self.out))
+        checkpoint = found if resume else None
         if resume and checkpoint is None:
             logger.info("no checkpoint in %s: starting from step 0", self.out)
-        if not resume and latest_checkpoint(self.out) is not None:
+        if not resume and found is not None:
             raise HardnegError(
                 f"{self.out} already holds checkpoints of a run: pass --resume to continue it, "
                 "or choose another --out"
             )
         if checkpoint is not None:
             state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler, cfg.fingerprint())
+            if state.get("world_size", 1) != self.world:
+                raise HardnegError(
+                    f"{checkpoint}: written by a run of {state.get('world_size', 1)} processes; resume it "
+                    f"with the same number of processes (this run has {self.world})"
+                )
             start_step, best, best_step = state["step"], state["best"], state["best_step"]
             self.method.restore(checkpoint)
             logger.info("resumed from %s (step %d)", checkpoint, start_step)
-        write_json(self.out / "config.json", cfg.to_dict())
-        log = RunLog(self.out, start_step if checkpoint is not None else None)
+        if main:
+            write_json(self.out / "config.json", cfg.to_dict())  # world_size: summary.json, checkpoints
+        log = RunLog(self.out, start_step if checkpoint is not None else None) if main else NullLog()
         self.train_mode()
-        device = self.model.device
         bar = tqdm(total=cfg.max_steps, initial=start_step, desc=f"train {cfg.method}", unit="step",
-                   disable=cfg.quiet, mininterval=1.0)
+                   disable=cfg.quiet or not main, mininterval=1.0)
         t0 = time.perf_counter()
         try:
             if checkpoint is None and cfg.dev_at_start:
                 best, best_step = self._dev_step(0, log, best, best_step)
             for step in range(start_step, cfg.max_steps):
                 tic = time.perf_counter()
-                totals: dict[str, float] = {}
-                for micro in range(cfg.grad_accum):
-                    examples, negatives = self.micro_batch(step, micro)
-                    with autocast(cfg, device):
-                        loss, parts = self.batch_loss(examples, negatives)
-                    (loss / cfg.grad_accum).backward()
-                    for key, value in {"loss": float(loss.detach()), **parts}.items():
-                        totals[key] = totals.get(key, 0.0) + value / cfg.grad_accum
+                totals = self.step_gradients(step)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 self.scheduler.step()
@@ -449,7 +554,7 @@ class Trainer:
                 seconds = time.perf_counter() - tic
                 record = {"step": step + 1, **totals, "grad_norm": float(grad_norm),
                           "lr": self.scheduler.get_last_lr()[0], "epoch": self.order.epoch_of(step + 1),
-                          "queries_per_s": cfg.batch_size * cfg.grad_accum / seconds, "seconds": seconds}
+                          "queries_per_s": self.global_batch * cfg.grad_accum / seconds, "seconds": seconds}
                 log.write(record, "train")
                 bar.update(1)
                 bar.set_postfix(loss=f"{totals['loss']:.4f}", qps=f"{record['queries_per_s']:.1f}")
@@ -466,11 +571,14 @@ class Trainer:
         finally:
             bar.close()
             log.close()
-        write_json(self.out / "summary.json", {
-            "method": cfg.method, "steps": cfg.max_steps, "best_step": best_step, "best_dev": best,
-            "dev_metric": cfg.dev_metric, "train_pairs": len(self.examples), "dev_queries": len(self.dev_qrels),
-            "seconds_this_session": time.perf_counter() - t0, "score_scale": self.scale,
-        })
+        if main:
+            write_json(self.out / "summary.json", {
+                "method": cfg.method, "steps": cfg.max_steps, "best_step": best_step, "best_dev": best,
+                "dev_metric": cfg.dev_metric, "train_pairs": len(self.examples), "dev_queries": len(self.dev_qrels),
+                "seconds_this_session": time.perf_counter() - t0, "score_scale": self.scale,
+                "world_size": self.world, "global_batch": self.global_batch,
+            })
+        dist.barrier()  # the other ranks return once rank 0 has written everything
         return self.out / "model"
 
     def _dev_step(self, step: int, log: RunLog, best: float, best_step: int) -> tuple[float, int]:
@@ -479,19 +587,27 @@ class Trainer:
         log.write({"step": step, **metrics}, "dev")
         logger.info("step %d dev %s", step, json.dumps(metrics))
         value = metrics[self.config.dev_metric]
-        if value > best:
+        if value > best:  # every rank computed the same metrics; rank 0 writes
             best, best_step = value, step
-            self.model.save(self.out / "model")
-            self.method.after_save(self.out / "model")
-            write_json(self.out / "dev_metrics.json", {"step": step, **metrics})
+            if dist.is_main():
+                self.model.save(self.out / "model")
+                self.method.after_save(self.out / "model")
+                write_json(self.out / "dev_metrics.json", {"step": step, **metrics})
         return best, best_step
 
     def _checkpoint(self, step: int, best: float, best_step: int) -> None:
         cfg = self.config
         state = {"version": CHECKPOINT_VERSION, "step": step, "best": best, "best_step": best_step,
                  "config_fingerprint": cfg.fingerprint()}
-        folder = self.out / "checkpoints" / f"step-{step:07d}"
-        save_checkpoint(folder, self.model, self.optimizer, self.scheduler, state, self.method.state_files())
-        old = sorted((self.out / "checkpoints").glob("step-*"))[: -cfg.keep_checkpoints]
-        for path in old:
-            shutil.rmtree(path, ignore_errors=True)
+        rng_extra = None
+        if self.world > 1:  # every rank's RNG (dropout streams differ), gathered to rank 0
+            state["world_size"] = self.world
+            rng_extra = {"ranks": dist.all_gather_object(dist.rng_state())}
+        if dist.is_main():
+            folder = self.out / "checkpoints" / f"step-{step:07d}"
+            save_checkpoint(folder, self.model, self.optimizer, self.scheduler, state, self.method.state_files(),
+                            rng_extra)
+            old = sorted((self.out / "checkpoints").glob("step-*"))[: -cfg.keep_checkpoints]
+            for path in old:
+                shutil.rmtree(path, ignore_errors=True)
+        dist.barrier()  # no rank runs ahead of a checkpoint that is not on disk yet
