@@ -300,34 +300,31 @@ def _recipe(root: Path, tiny: Path, model: Path) -> Path:
     return path
 
 
-@pytest.mark.slow
-def test_kill_experiment(tmp_path, tiny, tiny_model_dir):
-    """Kill a whole small recipe (BM25, zero-shot, a trained system, the report) at random points.
-    The recipe's cache goes under each run's folder through HARDNEG_CACHE_DIR-free settings."""
-    recipe = _recipe(tmp_path, tiny, tiny_model_dir)
+def _experiment_args(recipe: Path, *extra: str) -> Callable[[Path], list[str]]:
+    """``hardneg experiment`` on a copy of ``recipe`` whose cache lives in the run's own folder."""
 
     def args(d: Path) -> list[str]:
         raw = yaml.safe_load(recipe.read_text())
         raw["cache_dir"] = str(d / "cache")
         own = d / "recipe.yaml"
         own.write_text(yaml.safe_dump(raw))
-        return ["experiment", str(own), "--out", str(d / "exp"), "--threads", "1"]
+        return ["experiment", str(own), "--out", str(d / "exp"), *extra, "--threads", "1"]
 
+    return args
+
+
+@pytest.mark.slow
+def test_kill_experiment(tmp_path, tiny, tiny_model_dir):
+    """Kill a whole small recipe (BM25, zero-shot, a trained system, the report) at random points.
+    The recipe's cache goes under each run's folder through HARDNEG_CACHE_DIR-free settings."""
+    args = _experiment_args(_recipe(tmp_path, tiny, tiny_model_dir))
     kill_cycle("experiment", tmp_path, args, kills=max(3, KILLS), timed=True,
                control={"encode_checkpoint_seconds": 0})
 
 
 def test_kill_experiment_stage(tmp_path, tiny, tiny_model_dir):
     """The default suite's experiment kill: one dense test stage (tokenize, encode, index, search, metrics)."""
-    recipe = _recipe(tmp_path, tiny, tiny_model_dir)
-
-    def args(d: Path) -> list[str]:
-        raw = yaml.safe_load(recipe.read_text())
-        raw["cache_dir"] = str(d / "cache")
-        own = d / "recipe.yaml"
-        own.write_text(yaml.safe_dump(raw))
-        return ["experiment", str(own), "--out", str(d / "exp"), "--only", "test-zeroshot", "--threads", "1"]
-
+    args = _experiment_args(_recipe(tmp_path, tiny, tiny_model_dir), "--only", "test-zeroshot")
     kill_cycle("experiment test-zeroshot", tmp_path, args, kills=1,
                control={"encode_checkpoint_seconds": 0})
 
