@@ -68,6 +68,38 @@ def test_interrupted_encoding_resumes_to_identical_result(model, store, tmp_path
     assert not (tmp_path / "emb.partial").exists()
 
 
+
+def test_interrupted_shard_resumes_and_merges_to_the_unsharded_result(model, store, tmp_path, monkeypatch):
+    from hardneg.index.shards import encode_shard, merge_shards, shard_rows
+
+    reference = encode_store(model, store, "doc", tmp_path / "ref", batch_size=4, show_progress=False)
+    out = tmp_path / "emb"
+    encode_shard(model, store, "doc", out, 0, 2, batch_size=4, show_progress=False)
+    mine, _ = shard_rows(store.lengths, 4, 1, 2)
+    calls = {"n": 0}
+    original = type(model).forward
+
+    def flaky(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed after two of shard 1's batches
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        encode_shard(model, store, "doc", out, 1, 2, batch_size=4, show_progress=False, checkpoint_seconds=0)
+    partial = tmp_path / "emb.shards" / "1-of-2.partial"
+    assert (partial / "progress.json").is_file() and not (tmp_path / "emb.shards" / "1-of-2").exists()
+    with pytest.raises(HardnegError, match="1-of-2"):
+        merge_shards(out)
+    calls["n"] = -1000
+    encode_shard(model, store, "doc", out, 1, 2, batch_size=4, show_progress=False)
+    assert calls["n"] == -1000 + len(mine) - 2  # only the unfinished batches were encoded again
+    merged = merge_shards(out)
+    np.testing.assert_array_equal(np.asarray(merged.vectors), np.asarray(reference.vectors))
+    assert (tmp_path / "ref" / "embeddings.npy").read_bytes() == (out / "embeddings.npy").read_bytes()
+
+
 def test_embeddings_from_another_model_are_refused(model, store, tmp_path):
     emb = encode_store(model, store, "doc", tmp_path / "emb", show_progress=False)
     with pytest.raises(MismatchError):

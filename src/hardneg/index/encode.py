@@ -163,19 +163,24 @@ def _encode_store_locked(model, store, side, out: Path, key: str, batch_size: in
         return _encode_store_unsafe(model, store, side, out, key, batch_size, show_progress, checkpoint_seconds)
 
 
-def _encode_store_unsafe(model, store, side, out: Path, key: str, batch_size: int, show_progress: bool,
-                         checkpoint_seconds: float) -> Embeddings:
+def encode_batches_resumable(model, store, side: str, batches: list[np.ndarray], targets: Sequence,
+                             n_rows: int, partial: Path, state: dict, *, desc: str, show_progress: bool,
+                             checkpoint_seconds: float) -> None:
+    """Encode ``batches`` of ``store`` into ``partial/embeddings.npy`` (``n_rows`` rows; batch ``b`` goes to
+    rows ``targets[b]``), resumably.
+
+    Progress is saved to ``partial/progress.json`` (``state`` plus ``done``, the batches finished) every
+    ``checkpoint_seconds``; a saved progress whose other fields differ from ``state`` (another encoder,
+    batch size or corpus) is discarded with the folder. On return the embeddings are flushed and
+    ``progress.json`` still exists: the caller writes its manifest, removes the progress file and commits.
+    """
     from tqdm.auto import tqdm
 
-    partial = Path(f"{out}.partial")
     progress_file = partial / "progress.json"
-    batches = length_sorted_batches(store.lengths, batch_size)
-    state = {"key": key, "batch_size": batch_size, "done": 0, "n_batches": len(batches)}
+    state = {**state, "done": 0}
     if progress_file.is_file():
         saved = read_json(progress_file)
-        if {k: saved.get(k) for k in ("key", "batch_size", "n_batches")} == {
-            k: state[k] for k in ("key", "batch_size", "n_batches")
-        }:
+        if {k: saved.get(k) for k in state if k != "done"} == {k: v for k, v in state.items() if k != "done"}:
             state["done"] = int(saved["done"])
         else:
             shutil.rmtree(partial)
@@ -185,19 +190,17 @@ def _encode_store_unsafe(model, store, side, out: Path, key: str, batch_size: in
         vectors = np.load(emb_file, mmap_mode="r+")
     else:
         state["done"] = 0
-        vectors = np.lib.format.open_memmap(emb_file, mode="w+", dtype=np.float32,
-                                            shape=(len(store), model.dim))
+        vectors = np.lib.format.open_memmap(emb_file, mode="w+", dtype=np.float32, shape=(n_rows, model.dim))
     model.eval()
     pad = _pad_id(model)
     device = model.device
     last = time.monotonic()
-    with tqdm(total=len(batches), initial=state["done"], desc=f"encode {'queries' if side == 'query' else 'docs'}", unit="batch",
-              disable=not show_progress, mininterval=1.0) as bar:
+    with tqdm(total=len(batches), initial=state["done"], desc=desc, unit="batch", disable=not show_progress,
+              mininterval=1.0) as bar:
         for b in range(state["done"], len(batches)):
-            rows = batches[b]
-            ids, mask = pad_batch(store.rows(rows), pad)
+            ids, mask = pad_batch(store.rows(batches[b]), pad)
             emb = model(ids.to(device), mask.to(device), side=side)
-            vectors[rows] = emb.float().cpu().numpy()
+            vectors[targets[b]] = emb.float().cpu().numpy()
             bar.update(1)
             if time.monotonic() - last > checkpoint_seconds or b + 1 == len(batches):
                 vectors.flush()
@@ -209,6 +212,19 @@ def _encode_store_unsafe(model, store, side, out: Path, key: str, batch_size: in
                 vectors = np.load(emb_file, mmap_mode="r+")
     vectors.flush()
     del vectors
+    if not batches:  # nothing to encode: still leave the progress file the caller removes
+        write_json(progress_file, state)
+
+
+def _encode_store_unsafe(model, store, side, out: Path, key: str, batch_size: int, show_progress: bool,
+                         checkpoint_seconds: float) -> Embeddings:
+    partial = Path(f"{out}.partial")
+    batches = length_sorted_batches(store.lengths, batch_size)
+    encode_batches_resumable(
+        model, store, side, batches, batches, len(store), partial,
+        {"key": key, "batch_size": batch_size, "n_batches": len(batches)},
+        desc=f"encode {'queries' if side == 'query' else 'docs'}", show_progress=show_progress,
+        checkpoint_seconds=checkpoint_seconds)
     _copy_ids(store, partial / "ids.json")
     write_json(
         partial / "manifest.json",
@@ -225,6 +241,6 @@ def _encode_store_unsafe(model, store, side, out: Path, key: str, batch_size: in
             "normalized": bool(model.config.normalize),
         },
     )
-    progress_file.unlink()
+    (partial / "progress.json").unlink()
     commit_dir(partial, out)
     return Embeddings(out, expect_key=key)

@@ -23,7 +23,6 @@ import hashlib
 import json
 import re
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +32,9 @@ from hardneg.errors import HardnegError
 from hardneg.index.encode import (
     EMB_VERSION,
     Embeddings,
-    _pad_id,
     embeddings_key,
+    encode_batches_resumable,
     length_sorted_batches,
-    pad_batch,
 )
 from hardneg.io import commit_dir, file_lock, read_json, write_json
 
@@ -84,8 +82,6 @@ def encode_shard(
     An interrupted shard resumes from its ``.partial`` folder; a finished one is left alone (after checking
     it was made by the same encoder from the same texts).
     """
-    from tqdm.auto import tqdm
-
     folder = shard_folder(out, shard, n_shards)
     key = embeddings_key(model.side_identity(side), store.manifest, side)
     batches, rows = shard_rows(store.lengths, batch_size, shard, n_shards)
@@ -99,39 +95,11 @@ def encode_shard(
                                "remove it (or the whole .shards folder) to encode again")
         return folder
     partial = folder.with_name(folder.name + ".partial")
-    progress_file = partial / "progress.json"
-    if progress_file.is_file():
-        saved = read_json(progress_file)
-        if {k: saved.get(k) for k in state if k != "done"} == {k: state[k] for k in state if k != "done"}:
-            state["done"] = int(saved["done"])
-        else:
-            shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
-    emb_file = partial / "embeddings.npy"
-    if state["done"] and emb_file.is_file():
-        vectors = np.load(emb_file, mmap_mode="r+")
-    else:
-        state["done"] = 0
-        vectors = np.lib.format.open_memmap(emb_file, mode="w+", dtype=np.float32, shape=(len(rows), model.dim))
     starts = np.concatenate([[0], np.cumsum([len(b) for b in batches])]).astype(np.int64)
-    model.eval()
-    pad = _pad_id(model)
-    device = model.device
-    last = time.monotonic()
-    with tqdm(total=len(batches), initial=state["done"], desc=f"encode shard {shard}/{n_shards}", unit="batch",
-              disable=not show_progress, mininterval=1.0) as bar:
-        for b in range(state["done"], len(batches)):
-            ids, mask = pad_batch(store.rows(batches[b]), pad)
-            emb = model(ids.to(device), mask.to(device), side=side)
-            vectors[starts[b] : starts[b + 1]] = emb.float().cpu().numpy()
-            bar.update(1)
-            if time.monotonic() - last > checkpoint_seconds or b + 1 == len(batches):
-                vectors.flush()
-                state["done"] = b + 1
-                write_json(progress_file, state)
-                last = time.monotonic()
-    vectors.flush()
-    del vectors
+    encode_batches_resumable(
+        model, store, side, batches, [slice(int(starts[b]), int(starts[b + 1])) for b in range(len(batches))],
+        len(rows), partial, {k: v for k, v in state.items() if k != "done"},
+        desc=f"encode shard {shard}/{n_shards}", show_progress=show_progress, checkpoint_seconds=checkpoint_seconds)
     np.save(partial / "rows.npy", rows)
     if shard == 0:  # the corpus ids, once
         with open(partial / "ids.json", "w", encoding="utf-8") as fh:
@@ -144,8 +112,7 @@ def encode_shard(
         "dtype": "float32", "encoder": model.identity(), "content": store.manifest.get("content"),
         "normalized": bool(model.config.normalize),
     })
-    if progress_file.exists():
-        progress_file.unlink()
+    (partial / "progress.json").unlink()
     commit_dir(partial, folder)
     return folder
 
