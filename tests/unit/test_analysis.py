@@ -34,3 +34,27 @@ def test_unseen_queries_need_every_relevant_document_unseen():
     test = {"a": {"d1": 1}, "b": {"d3": 1, "d2": 1}, "c": {"d4": 1, "d9": 1}, "d": {"d1": 0, "d5": 1}, "e": {"d6": 0}}
     # a: d1 seen; b: d2 seen; c: d9 only judged 0 in train → unseen; d: d1 judged 0 here → only d5 counts; e: no relevant
     assert unseen_queries(test, train) == ["c", "d"]
+
+
+def test_tsne_query_is_the_largest_reciprocal_rank_gain():
+    from hardneg.evaluate.analysis import best_rank, most_improved_query
+
+    # 6 documents; the relevant one is row 0 for q1, row 1 for q2
+    before = np.array([[0.0, 1, 2, 3, 4, 5],        # q1: relevant at rank 5 (0-based)
+                       [9.0, 0, 8, 7, 6, 5]])       # q2: relevant at rank 5
+    after = np.array([[3.5, 1, 2, 3, 4, 5],         # q1: rank 5 -> 2 (3 positions, RR 1/6 -> 1/3)
+                      [9.0, 8.5, 8, 7, 6, 5]])      # q2: rank 5 -> 1 (4 positions, RR 1/6 -> 1/2)
+    rels = {"q1": [0], "q2": [1]}
+    assert best_rank(before[0], [0]) == 5 and best_rank(after[0], [0]) == 2
+    assert most_improved_query(["q1", "q2"], before, after, rels) == "q2"
+    # a huge rise deep in the ranking loses to a small rise into the top
+    deep_b, deep_a = np.arange(5000.0)[None, :], np.arange(5000.0)[None, :].copy()
+    deep_a[0, 0] = 3000.5                           # rank 4999 -> 1999
+    top_b = np.arange(5000.0)[None, :].copy()
+    top_b[0, 0] = 4996.5                            # rank 3
+    top_a = top_b.copy()
+    top_a[0, 0] = 5000.0                            # rank 0
+    assert most_improved_query(["deep", "top"], np.vstack([deep_b, top_b]), np.vstack([deep_a, top_a]),
+                               {"deep": [0], "top": [0]}) == "top"
+    with pytest.raises(ValueError):
+        most_improved_query(["q"], before[:1], after[:1], {"q": []})

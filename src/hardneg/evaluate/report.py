@@ -484,8 +484,8 @@ class Report:
             "## Fig. 6 analogue: t-SNE of one query before and after ADORE",
             "",
             f"Query {pts['query_id']}: \"{pts['query'][:160]}\". Best rank of a relevant document: "
-            f"{pts['rank_before']} before, {pts['rank_after']} after (the test query whose relevant document "
-            "rose most). One t-SNE over both query vectors and the documents "
+            f"{pts['rank_before']} before, {pts['rank_after']} after (the test query whose best relevant document "
+            "gained most in reciprocal rank). One t-SNE over both query vectors and the documents "
             + ("(the document vectors are identical: ADORE keeps the index fixed)." if pts["same_docs"] else "."),
             "",
             f"![Fig. 6 analogue]({path})",
