@@ -335,7 +335,8 @@ class Report:
             text.append(f"- {name}: {key} of its static negatives with the current model's top negatives: "
                         + ", ".join(f"step {r['step']}: {r[key]:.2f}" for r in recs))
         axes[0].set_xlabel("training step")
-        axes[0].set_ylabel("overlap static ∩ dynamic hard negatives")
+        keys = sorted({next(k for k in recs[0] if k.startswith("overlap@")) for recs in tracked.values()})
+        axes[0].set_ylabel(f"{'/'.join(keys) or 'overlap'}, static vs dynamic negatives")
         axes[0].set_ylim(0, 1.05)
         axes[0].set_title("(a) overlap with dynamic hard negatives")
         if tracked:
