@@ -171,8 +171,8 @@ def encode_batches_resumable(model, store, side: str, batches: list[np.ndarray],
 
     Progress is saved to ``partial/progress.json`` (``state`` plus ``done``, the batches finished) every
     ``checkpoint_seconds``; a saved progress whose other fields differ from ``state`` (another encoder,
-    batch size or corpus) is discarded with the folder. On return the embeddings are flushed and
-    ``progress.json`` still exists: the caller writes its manifest, removes the progress file and commits.
+    batch size or corpus) is discarded with the folder. On return the embeddings are flushed; the caller
+    writes its manifest, removes ``progress.json`` (absent when there was nothing to encode) and commits.
     """
     from tqdm.auto import tqdm
 
@@ -212,8 +212,6 @@ def encode_batches_resumable(model, store, side: str, batches: list[np.ndarray],
                 vectors = np.load(emb_file, mmap_mode="r+")
     vectors.flush()
     del vectors
-    if not batches:  # nothing to encode: still leave the progress file the caller removes
-        write_json(progress_file, state)
 
 
 def _encode_store_unsafe(model, store, side, out: Path, key: str, batch_size: int, show_progress: bool,
@@ -241,6 +239,6 @@ def _encode_store_unsafe(model, store, side, out: Path, key: str, batch_size: in
             "normalized": bool(model.config.normalize),
         },
     )
-    (partial / "progress.json").unlink()
+    (partial / "progress.json").unlink(missing_ok=True)
     commit_dir(partial, out)
     return Embeddings(out, expect_key=key)

@@ -86,7 +86,7 @@ def encode_shard(
     key = embeddings_key(model.side_identity(side), store.manifest, side)
     batches, rows = shard_rows(store.lengths, batch_size, shard, n_shards)
     state = {"key": key, "batch_size": batch_size, "shard": shard, "n_shards": n_shards,
-             "rows_sha256": _rows_hash(rows), "done": 0}
+             "rows_sha256": _rows_hash(rows)}
     if (folder / "manifest.json").is_file():
         done = read_json(folder / "manifest.json")
         if {k: done.get(k) for k in ("key", "batch_size", "rows_sha256")} != {
@@ -98,7 +98,7 @@ def encode_shard(
     starts = np.concatenate([[0], np.cumsum([len(b) for b in batches])]).astype(np.int64)
     encode_batches_resumable(
         model, store, side, batches, [slice(int(starts[b]), int(starts[b + 1])) for b in range(len(batches))],
-        len(rows), partial, {k: v for k, v in state.items() if k != "done"},
+        len(rows), partial, state,
         desc=f"encode shard {shard}/{n_shards}", show_progress=show_progress, checkpoint_seconds=checkpoint_seconds)
     np.save(partial / "rows.npy", rows)
     if shard == 0:  # the corpus ids, once
@@ -112,7 +112,7 @@ def encode_shard(
         "dtype": "float32", "encoder": model.identity(), "content": store.manifest.get("content"),
         "normalized": bool(model.config.normalize),
     })
-    (partial / "progress.json").unlink()
+    (partial / "progress.json").unlink(missing_ok=True)
     commit_dir(partial, folder)
     return folder
 
