@@ -20,7 +20,6 @@ atomically in the one-process layout.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 from pathlib import Path
@@ -32,6 +31,7 @@ from hardneg.errors import HardnegError
 from hardneg.index.encode import (
     EMB_VERSION,
     Embeddings,
+    _copy_ids,
     embeddings_key,
     encode_batches_resumable,
     length_sorted_batches,
@@ -101,9 +101,8 @@ def encode_shard(
         len(rows), partial, state,
         desc=f"encode shard {shard}/{n_shards}", show_progress=show_progress, checkpoint_seconds=checkpoint_seconds)
     np.save(partial / "rows.npy", rows)
-    if shard == 0:  # the corpus ids, once
-        with open(partial / "ids.json", "w", encoding="utf-8") as fh:
-            json.dump(store.ids, fh)
+    if shard == 0:  # the corpus ids, once (copied as a file: a huge id list is never loaded for it)
+        _copy_ids(store, partial / "ids.json")
     write_json(partial / "manifest.json", {
         "kind": SHARD_KIND, "version": EMB_VERSION, "key": key, "side": side, "shard": shard,
         "n_shards": n_shards, "batch_size": batch_size, "n_batches": len(length_sorted_batches(store.lengths,
