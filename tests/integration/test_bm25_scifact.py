@@ -51,7 +51,7 @@ def _read_directly() -> tuple[list[Doc], dict[str, Query], Qrels]:
 
 def _load() -> tuple[list[Doc], dict[str, Query], Qrels]:
     try:
-        from hardneg.data.readers import load_dataset
+        from hardneg.data.load import load_dataset
     except ImportError:
         return _read_directly()
     ds = load_dataset(f"{SCIFACT}:test")

@@ -12,7 +12,7 @@ import ir_measures
 import numpy as np
 import pytest
 
-from hardneg.data.readers import load_dataset
+from hardneg.data.load import load_dataset
 from hardneg.evaluate.metrics import evaluate
 from hardneg.model.encoder import DualEncoder
 from hardneg.retrieval.dense import retrieve

@@ -25,10 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import hardneg.data.readers as readers_mod
+import hardneg.data.ids as ids_mod
+import hardneg.data.lines as lines_mod
 from conftest import FUZZ_COUNTS
-from hardneg.data import classic
-from hardneg.data.readers import (
+from hardneg.data import (
     load_dataset,
     read_beir_corpus,
     read_beir_queries,
@@ -39,6 +39,7 @@ from hardneg.data.readers import (
     read_queries,
     read_trec_topics,
 )
+from hardneg.data.formats import beir, smart
 from hardneg.errors import HardnegError, InputError
 from hardneg.retrieval.runs import read_run
 from hardneg.train.negatives import read_negatives
@@ -243,7 +244,7 @@ def fuzz_one(name: str, content: bytes, filename: str, reader: Callable, kind: s
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / filename
         path.write_bytes(content)
-        with mock.patch.object(readers_mod, "MAX_LINE_BYTES", LINE_LIMIT), no_hang():
+        with mock.patch.object(lines_mod, "MAX_LINE_BYTES", LINE_LIMIT), no_hang():
             try:
                 result = reader(path)
                 records = result if isinstance(result, dict) else list(result)
@@ -263,9 +264,9 @@ READERS = {
     "read_queries (tsv)": (tsv_line(), "queries.dev.tsv", read_queries, "queries"),
     "read_trec_topics": (topics_line(), "topics.txt", read_trec_topics, "queries"),
     "read_qrels": (qrels_line(), "qrels.tsv", read_qrels, "qrels"),
-    "classic.read_smart_docs": (smart_line(), "X.ALL", classic.read_smart_docs, "docs"),
-    "classic.read_smart_queries": (smart_line(), "X.QRY", classic.read_smart_queries, "queries"),
-    "classic.read_smart_qrels": (smart_qrels_line(), "X.REL", classic.read_smart_qrels, "qrels"),
+    "classic.read_smart_docs": (smart_line(), "X.ALL", smart.read_smart_docs, "docs"),
+    "classic.read_smart_queries": (smart_line(), "X.QRY", smart.read_smart_queries, "queries"),
+    "classic.read_smart_qrels": (smart_qrels_line(), "X.REL", smart.read_smart_qrels, "qrels"),
     "runs.read_run": (run_line(), "run.trec", read_run, "run"),
     "negatives.read_negatives": (run_line(), "hard.tsv", read_negatives, "negatives"),
 }
@@ -314,7 +315,7 @@ def fuzz_dataset(name: str, layout: dict[str, bytes], spec_suffix: str) -> None:
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_bytes(content)
         paths = [root, *(root / rel for rel in layout)]
-        with mock.patch.object(readers_mod, "MAX_LINE_BYTES", LINE_LIMIT), no_hang():
+        with mock.patch.object(lines_mod, "MAX_LINE_BYTES", LINE_LIMIT), no_hang():
             try:
                 ds = load_dataset(f"{root}{spec_suffix}")
                 docs = ds.docs()
@@ -348,7 +349,7 @@ def test_dataset_fuzz(name, strategy, suffix):
 # --------------------------------------------------------------------------- targeted cases
 def test_an_enormous_line_is_refused_without_reading_it_whole(tmp_path, monkeypatch):
     """A file with no newline (e.g. a binary blob) is one enormous line: an InputError at line 1."""
-    monkeypatch.setattr(readers_mod, "MAX_LINE_BYTES", 1 << 20)
+    monkeypatch.setattr(lines_mod, "MAX_LINE_BYTES", 1 << 20)
     path = tmp_path / "collection.tsv"
     with open(path, "wb") as fh:
         fh.write(b"1\tfine\n")
@@ -362,7 +363,7 @@ def test_invalid_utf8_in_smart_files_names_the_line(tmp_path):
     path = tmp_path / "X.ALL"
     path.write_bytes(b".I 1\n.W\nfine text\n.I 2\n.W\ncaf\xe9\n")
     with pytest.raises(InputError) as info:
-        list(classic.read_smart_docs(path))
+        list(smart.read_smart_docs(path))
     assert info.value.line == 6 and f"{path}:6" in str(info.value)
 
 
@@ -370,11 +371,11 @@ def test_non_ascii_digit_ids_in_smart_files_are_errors_not_crashes(tmp_path):
     rel = tmp_path / "X.REL"
     rel.write_text("1 0 ² 1\n", encoding="utf-8")
     with pytest.raises(InputError, match="integers") as info:
-        list(classic.read_smart_qrels(rel))
+        list(smart.read_smart_qrels(rel))
     assert info.value.line == 1
     docs = tmp_path / "X.ALL"
     docs.write_text(".I ²\n.W\ntext\n", encoding="utf-8")
-    assert [d.doc_id for d in classic.read_smart_docs(docs)] == ["²"]
+    assert [d.doc_id for d in smart.read_smart_docs(docs)] == ["²"]
 
 
 def test_unpaired_surrogate_escapes_are_refused(tmp_path):
@@ -397,7 +398,7 @@ def test_invalid_utf8_in_a_run_file_names_the_line(tmp_path):
 def test_duplicates_across_id_blocks_are_found_with_their_lines(tmp_path, monkeypatch):
     """Corpus readers keep ids as hashes in blocks; a repeat of an id from an earlier block is still an
     error naming both lines (small blocks here, so the repeat crosses several)."""
-    monkeypatch.setattr(readers_mod.IdSet, "BLOCK", 8)
+    monkeypatch.setattr(ids_mod.IdSet, "BLOCK", 8)
     path = tmp_path / "collection.tsv"
     path.write_text("".join(f"{i}\ttext {i}\n" for i in range(50)) + "7\tagain\n" + "50\tlast\n")
     with pytest.raises(InputError, match=r"duplicate document id '7' \(first on line 8\)") as info:
@@ -406,8 +407,8 @@ def test_duplicates_across_id_blocks_are_found_with_their_lines(tmp_path, monkey
 
 
 def test_a_hash_collision_is_not_a_duplicate(tmp_path, monkeypatch):
-    monkeypatch.setattr(readers_mod.IdSet, "BLOCK", 4)
-    ids = readers_mod.IdSet()
+    monkeypatch.setattr(ids_mod.IdSet, "BLOCK", 4)
+    ids = ids_mod.IdSet()
     for i in range(20):
         assert ids.add(f"d{i}", i + 1) is None
     clashes = ids.flush()
@@ -415,6 +416,6 @@ def test_a_hash_collision_is_not_a_duplicate(tmp_path, monkeypatch):
     path = tmp_path / "corpus.jsonl"
     path.write_text("".join(json.dumps({"_id": f"d{i}", "text": "t"}) + "\n" for i in range(10)))
     # a clash reported for an id that is not on an earlier line (a collision) is ignored
-    readers_mod._confirm_clashes([("d5", 6)], path, "document", readers_mod._json_id)
+    ids_mod.confirm_clashes([("d5", 6)], path, "document", beir.json_id)
     with pytest.raises(InputError, match="duplicate"):
-        readers_mod._confirm_clashes([("d2", 9)], path, "document", readers_mod._json_id)
+        ids_mod.confirm_clashes([("d2", 9)], path, "document", beir.json_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hardneg.data.readers import load_dataset
+from hardneg.data.load import load_dataset
 from hardneg.errors import InputError
 
 ALL = """.I 1

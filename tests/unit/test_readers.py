@@ -1,4 +1,4 @@
-"""Unit tests for hardneg.data.readers on tiny files written to tmp_path."""
+"""Unit tests for the hardneg.data readers and load_dataset on tiny files written to tmp_path."""
 
 from __future__ import annotations
 
@@ -472,12 +472,12 @@ def test_warnings_counted_and_logged_once(
 def test_doc_ids_cached_after_streaming(beir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ds = load_dataset(f"{beir}:test")
     assert len(list(ds.iter_docs())) == 3
-    import hardneg.data.readers as readers
+    import hardneg.data.dataset as dataset_mod
 
     def boom(*a, **k):
         raise AssertionError("corpus re-read")
 
-    monkeypatch.setattr(readers, "read_corpus", boom)
+    monkeypatch.setattr(dataset_mod, "read_corpus", boom)
     assert ds.qrels() and ds.doc_count() == 3
 
 

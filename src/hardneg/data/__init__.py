@@ -1,21 +1,18 @@
-"""Reading collections, queries and qrels into typed records."""
+"""Reading collections, queries and qrels into typed records.
+
+Modules, each importing only those before it: ``lines`` (strict line reading),
+``ids`` (the compact id set), ``formats`` (one reader module per format),
+``dataset`` (:class:`Dataset`) and ``load`` (dataset specs, :func:`load_dataset`).
+"""
 
 from __future__ import annotations
 
-from hardneg.data.readers import (
-    Dataset,
-    QrelsStats,
-    load_dataset,
-    parse_spec,
-    read_beir_corpus,
-    read_beir_queries,
-    read_corpus,
-    read_msmarco_collection,
-    read_msmarco_queries,
-    read_qrels,
-    read_queries,
-    read_trec_topics,
-)
+from hardneg.data.dataset import Dataset
+from hardneg.data.formats import read_corpus, read_queries
+from hardneg.data.formats.beir import read_beir_corpus, read_beir_queries
+from hardneg.data.formats.msmarco import read_msmarco_collection, read_msmarco_queries
+from hardneg.data.formats.trec import QrelsStats, read_qrels, read_trec_topics
+from hardneg.data.load import load_dataset, parse_spec
 from hardneg.data.records import Doc, Qrel, Qrels, Query, qrels_to_dict
 
 __all__ = [

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from hardneg.data.readers import iter_text_lines
+from hardneg.data.lines import iter_text_lines
 from hardneg.data.records import Doc, Qrel, Query
 from hardneg.errors import InputError
 
@@ -129,27 +129,3 @@ def _int_id(text: str) -> str:
     if not (text.isascii() and text.isdigit()):
         raise ValueError(text)
     return str(int(text))
-
-
-def smart_dataset(root: Path, stem: str):
-    """A lazy :class:`~hardneg.data.readers.Dataset` over ``root/stem.{ALL,QRY,REL}``."""
-    from hardneg.data.readers import Dataset
-
-    class SmartDataset(Dataset):
-        def _doc_source(self, ids: set[str]) -> Iterator[Doc]:
-            assert self.corpus_path is not None
-            return read_smart_docs(self.corpus_path, ids)
-
-        def _query_source(self) -> Iterator[Query]:
-            assert self.queries_path is not None
-            return read_smart_queries(self.queries_path)
-
-        def _qrels_source(self, stats) -> Iterator[Qrel]:
-            assert self.qrels_path is not None
-            stats.layout = "smart"
-            for qrel in read_smart_qrels(self.qrels_path):
-                stats.lines += 1
-                yield qrel
-
-    return SmartDataset(root.resolve().name, None, corpus_path=root / f"{stem}.ALL",
-                        queries_path=root / f"{stem}.QRY", qrels_path=root / f"{stem}.REL", root=root)

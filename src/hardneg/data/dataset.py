@@ -1,0 +1,334 @@
+"""The :class:`Dataset`: a corpus with its queries and qrels, read lazily from files.
+
+Errors versus warnings
+----------------------
+Anything that makes a file's meaning uncertain is an ERROR: an
+:class:`~hardneg.errors.InputError` naming ``file:line``, what is wrong and
+how to fix it. That covers malformed JSON, a JSON line that is not an object
+or lacks ``_id``/``text``, a wrong TSV column count, a non-integer relevance,
+duplicate document or query ids, qrels lines judging the same (query, doc)
+twice with different grades, bytes that are not UTF-8, an empty document
+(title and text both blank), an empty query, a missing file and an empty corpus.
+Things that are legitimate in published data but change what gets evaluated
+are WARNINGS: counted, kept in ``Dataset.warnings`` and logged once per kind
+on the ``hardneg`` logger. Qrels naming a document absent from the corpus or
+a query absent from the queries file are dropped (TREC DL's graded qrels judge
+passages outside any subset corpus); BEIR qrels lines with score 0 are kept
+as grade 0 (judged non-relevant); identical duplicate qrels lines are kept
+once. Blank lines are skipped silently and a UTF-8 BOM at the start of a file
+is tolerated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hardneg.data.formats import read_corpus, read_queries
+from hardneg.data.formats.irds import IrdsSource
+from hardneg.data.formats.smart import read_smart_docs, read_smart_qrels, read_smart_queries
+from hardneg.data.formats.trec import QrelsStats, read_qrels
+from hardneg.data.ids import IdSet
+from hardneg.data.records import Doc, Qrel, Qrels, Query
+from hardneg.errors import InputError
+from hardneg.io import file_sha256
+
+__all__ = ["Dataset", "IrdsDataset", "SmartDataset"]
+
+logger = logging.getLogger("hardneg")
+
+
+class Dataset:
+    """A corpus with its queries and qrels, read lazily from files.
+
+    Attributes: ``name``, ``split``, ``corpus_path`` (``None`` when the folder
+    has no corpus), ``queries_path``, ``qrels_path``, ``root`` and
+    ``warnings`` (human-readable counted warnings, filled as parts are loaded:
+    qrels warnings appear once :meth:`qrels` or :meth:`queries` has run).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        split: str | None = None,
+        *,
+        corpus_path: str | Path | None = None,
+        queries_path: str | Path | None = None,
+        qrels_path: str | Path | None = None,
+        root: str | Path | None = None,
+    ) -> None:
+        self.name = name
+        self.split = split
+        self.corpus_path = Path(corpus_path) if corpus_path is not None else None
+        self.queries_path = Path(queries_path) if queries_path is not None else None
+        self.qrels_path = Path(qrels_path) if qrels_path is not None else None
+        self.root = Path(root) if root is not None else None
+        self.warnings: list[str] = []
+        self._warned: set[str] = set()
+        self._docs: list[Doc] | None = None
+        self._doc_ids: IdSet | None = None
+        self._doc_count: int | None = None
+        self._all_queries: dict[str, Query] | None = None
+        self._qrels: Qrels | None = None
+        self._fingerprint: str | None = None
+
+    def __repr__(self) -> str:
+        split = f":{self.split}" if self.split else ""
+        return f"Dataset({self.name}{split}, corpus={self.corpus_path})"
+
+    # -- sources (overridden for ir_datasets)
+
+    @property
+    def has_corpus(self) -> bool:
+        return self.corpus_path is not None
+
+    @property
+    def has_queries(self) -> bool:
+        return self.queries_path is not None
+
+    @property
+    def has_qrels(self) -> bool:
+        return self.qrels_path is not None
+
+    def _doc_source(self, ids: set[str]) -> Iterator[Doc]:
+        assert self.corpus_path is not None
+        return read_corpus(self.corpus_path, ids=ids)
+
+    def _query_source(self) -> Iterator[Query]:
+        assert self.queries_path is not None
+        return read_queries(self.queries_path)
+
+    def _qrels_source(self, stats: QrelsStats) -> Iterator[Qrel]:
+        assert self.qrels_path is not None
+        return read_qrels(self.qrels_path, stats=stats)
+
+    def _describe(self, part: str) -> str:
+        path = {"corpus": self.corpus_path, "queries": self.queries_path, "qrels": self.qrels_path}
+        return str(path[part])
+
+    def _warn(self, kind: str, message: str) -> None:
+        if kind in self._warned:
+            return
+        self._warned.add(kind)
+        self.warnings.append(message)
+        logger.warning("%s", message)
+
+    # -- corpus
+
+    def _no_corpus(self) -> InputError:
+        where = self.root if self.root is not None else self.name
+        return InputError(
+            "dataset has no corpus (no corpus.jsonl or collection.tsv)",
+            path=where,
+            hint="point at a folder with a corpus; this one only has queries/qrels",
+        )
+
+    def iter_docs(self) -> Iterator[Doc]:
+        """Stream the corpus, validating every line (raises :class:`InputError`)."""
+        if not self.has_corpus:
+            raise self._no_corpus()
+        return self._iter_docs()
+
+    def _iter_docs(self) -> Iterator[Doc]:
+        ids = IdSet()  # ~8 bytes an id: a huge corpus's ids are never all held as strings
+        n = 0
+        for doc in self._doc_source(ids):
+            n += 1
+            yield doc
+        self._doc_ids, self._doc_count = ids, n
+
+    def docs(self) -> list[Doc]:
+        """All documents (cached); ``[]`` when the dataset has no corpus."""
+        if self._docs is None:
+            self._docs = list(self.iter_docs()) if self.has_corpus else []
+        return self._docs
+
+    def doc_count(self) -> int:
+        if not self.has_corpus:
+            return 0
+        if self._doc_count is None:
+            if self._docs is not None:
+                return len(self._docs)
+            for _ in self.iter_docs():
+                pass
+        assert self._doc_count is not None
+        return self._doc_count
+
+    def doc_ids(self) -> IdSet | set[str]:
+        """The corpus ids, for ``in`` and ``len`` (cached; reads the corpus once if needed)."""
+        if not self.has_corpus:
+            return set()
+        if self._doc_ids is None:
+            for _ in self.iter_docs():
+                pass
+        assert self._doc_ids is not None
+        return self._doc_ids
+
+    def fingerprint(self) -> str:
+        """sha256 over the corpus file's size and content hash (mtime plays no part)."""
+        if self._fingerprint is None:
+            if self.corpus_path is None:
+                raise self._no_corpus()
+            try:
+                size = self.corpus_path.stat().st_size
+            except FileNotFoundError:
+                raise InputError("file not found", path=self.corpus_path) from None
+            digest = file_sha256(self.corpus_path)
+            self._fingerprint = hashlib.sha256(f"{size}:{digest}".encode()).hexdigest()
+        return self._fingerprint
+
+    # -- queries
+
+    def all_queries(self) -> dict[str, Query]:
+        """Every query of the queries file, in file order (``{}`` if there is none)."""
+        if self._all_queries is None:
+            if not self.has_queries:
+                self._all_queries = {}
+            else:
+                self._all_queries = {q.query_id: q for q in self._query_source()}
+        return self._all_queries
+
+    def queries(self) -> dict[str, Query]:
+        """The split's queries: with qrels, only queries that have (kept) qrels, in file order."""
+        everything = self.all_queries()
+        if not self.has_qrels:
+            return everything
+        judged = self.qrels()
+        return {qid: q for qid, q in everything.items() if qid in judged}
+
+    # -- qrels
+
+    def qrels(self) -> Qrels:
+        """``qid -> {docid: grade}`` of the split (``{}`` if none); see the module docstring."""
+        if self._qrels is not None:
+            return self._qrels
+        if not self.has_qrels:
+            self._qrels = {}
+            return self._qrels
+        stats = QrelsStats()
+        records = list(self._qrels_source(stats))
+        src = self._describe("qrels")
+        if stats.duplicates:
+            self._warn(
+                "qrels-duplicate",
+                f"{stats.duplicates} identical duplicate qrels lines in {src}; kept one of each",
+            )
+        if stats.zero_scores:
+            self._warn(
+                "qrels-zero-score",
+                f"{stats.zero_scores} qrels lines in {src} have score 0; read as grade 0"
+                " (judged non-relevant)",
+            )
+        if self.has_queries:
+            known_q = self.all_queries()
+            missing = [r for r in records if r.query_id not in known_q]
+            if missing:
+                qids = {r.query_id for r in missing}
+                self._warn(
+                    "qrels-absent-query",
+                    f"{len(missing)} qrels lines ({len(qids)} queries) in {src} name query ids"
+                    f" absent from {self._describe('queries')}; dropped them"
+                    f" (e.g. query {missing[0].query_id!r})",
+                )
+                records = [r for r in records if r.query_id in known_q]
+        if self.has_corpus:
+            known_d = self.doc_ids()
+            missing = [r for r in records if r.doc_id not in known_d]
+            if missing:
+                qids = {r.query_id for r in missing}
+                grades = sorted({r.relevance for r in missing})
+                self._warn(
+                    "qrels-absent-doc",
+                    f"{len(missing)} qrels lines ({len(qids)} queries, grades"
+                    f" {', '.join(map(str, grades))}) in {src} name documents absent from the"
+                    f" corpus {self._describe('corpus')}; dropped them"
+                    f" (e.g. doc {missing[0].doc_id!r})",
+                )
+                records = [r for r in records if r.doc_id in known_d]
+        qrels: Qrels = {}
+        for r in records:
+            qrels.setdefault(r.query_id, {})[r.doc_id] = r.relevance
+        self._qrels = qrels
+        return qrels
+
+
+class IrdsDataset(Dataset):
+    """A :class:`Dataset` backed by ``ir_datasets`` (local override files still win)."""
+
+    def __init__(
+        self,
+        irds_id: str,
+        handle: Any,
+        *,
+        queries_path: Path | None = None,
+        qrels_path: Path | None = None,
+    ) -> None:
+        super().__init__(
+            irds_id, None, corpus_path=None, queries_path=queries_path, qrels_path=qrels_path
+        )
+        self.irds_id = irds_id
+        self._handle = handle
+        self._source = IrdsSource(irds_id, handle)
+
+    @property
+    def has_corpus(self) -> bool:
+        return self._source.has("has_docs")
+
+    @property
+    def has_queries(self) -> bool:
+        return self.queries_path is not None or self._source.has("has_queries")
+
+    @property
+    def has_qrels(self) -> bool:
+        return self.qrels_path is not None or self._source.has("has_qrels")
+
+    def _describe(self, part: str) -> str:
+        path = {"corpus": None, "queries": self.queries_path, "qrels": self.qrels_path}[part]
+        return str(path) if path is not None else f"irds:{self.irds_id} {part}"
+
+    def _doc_source(self, ids: set[str]) -> Iterator[Doc]:
+        return self._source.docs(ids)
+
+    def _query_source(self) -> Iterator[Query]:
+        if self.queries_path is not None:
+            yield from read_queries(self.queries_path)
+            return
+        yield from self._source.queries()
+
+    def _qrels_source(self, stats: QrelsStats) -> Iterator[Qrel]:
+        if self.qrels_path is not None:
+            yield from read_qrels(self.qrels_path, stats=stats)
+            return
+        yield from self._source.qrels(stats)
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            path = self._source.docs_file()
+            if path is not None:
+                payload = f"{path.stat().st_size}:{file_sha256(path)}"
+            else:
+                payload = f"irds:{self.irds_id}:{self.doc_count()}"
+            self._fingerprint = hashlib.sha256(payload.encode()).hexdigest()
+        return self._fingerprint
+
+
+class SmartDataset(Dataset):
+    """A :class:`Dataset` over a SMART collection's ``X.ALL``, ``X.QRY`` and ``X.REL``."""
+
+    def _doc_source(self, ids: set[str]) -> Iterator[Doc]:
+        assert self.corpus_path is not None
+        return read_smart_docs(self.corpus_path, ids)
+
+    def _query_source(self) -> Iterator[Query]:
+        assert self.queries_path is not None
+        return read_smart_queries(self.queries_path)
+
+    def _qrels_source(self, stats: QrelsStats) -> Iterator[Qrel]:
+        assert self.qrels_path is not None
+        stats.layout = "smart"
+        for qrel in read_smart_qrels(self.qrels_path):
+            stats.lines += 1
+            yield qrel
