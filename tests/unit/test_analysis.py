@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hardneg.evaluate.analysis import error_concentration, pairwise_errors, unseen_queries
+from hardneg.evaluate.analysis import (
+    best_rank,
+    error_concentration,
+    most_improved_query,
+    pairwise_errors,
+    unseen_queries,
+)
 
 
 def test_pairwise_errors_hand_computed():
@@ -32,13 +38,12 @@ def test_error_concentration_curve():
 def test_unseen_queries_need_every_relevant_document_unseen():
     train = {"t1": {"d1": 1, "d9": 0}, "t2": {"d2": 2}}
     test = {"a": {"d1": 1}, "b": {"d3": 1, "d2": 1}, "c": {"d4": 1, "d9": 1}, "d": {"d1": 0, "d5": 1}, "e": {"d6": 0}}
-    # a: d1 seen; b: d2 seen; c: d9 only judged 0 in train → unseen; d: d1 judged 0 here → only d5 counts; e: no relevant
+    # a: d1 seen; b: d2 seen; c: d9 only judged 0 in train → unseen;
+    # d: d1 judged 0 here → only d5 counts; e: no relevant
     assert unseen_queries(test, train) == ["c", "d"]
 
 
 def test_tsne_query_is_the_largest_reciprocal_rank_gain():
-    from hardneg.evaluate.analysis import best_rank, most_improved_query
-
     # 6 documents; the relevant one is row 0 for q1, row 1 for q2
     before = np.array([[0.0, 1, 2, 3, 4, 5],        # q1: relevant at rank 5 (0-based)
                        [9.0, 0, 8, 7, 6, 5]])       # q2: relevant at rank 5

@@ -49,7 +49,8 @@ def recipe_dict(data: Path, model: Path, cache: Path, transfer: Path | None = No
             {"name": "adore-pq8+zeroshot", "method": "adore", "index": "pq8"},
         ],
         "analysis": {"pairwise": {"topk": 20},
-                     "pq": {"indexes": ["flat", "pq8"], "systems": ["zeroshot", "adore+zeroshot", "adore-pq8+zeroshot"]},
+                     "pq": {"indexes": ["flat", "pq8"],
+                            "systems": ["zeroshot", "adore+zeroshot", "adore-pq8+zeroshot"]},
                      "tsne": {"before": "zeroshot", "after": "adore+zeroshot", "top": 5}},
     }
 
@@ -198,3 +199,67 @@ def test_shipped_recipes_validate():
         exp = Experiment(Recipe.from_yaml(path, data_dir="/data"), "/nonexistent/out")
         assert "report" in exp.stages and all(s.startswith(("train-", "test-", "transfer-", "analysis-", "report"))
                                               for s in exp.stages)
+
+
+def _recipe_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"name: t\ndata: {tmp_path}\n{text}")
+    return path
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("modle: minilm\nsystems: [{name: zeroshot, kind: zeroshot}]\n",
+     r"unknown recipe key 'modle' \(did you mean 'model'\?\); allowed: name, data, model, "),
+    ("systems: [{name: zeroshot, kind: zeroshot}]\neval: {measure: [RR@10]}\n",
+     r"eval: unknown key 'measure' \(did you mean 'measures'\?\); allowed: split, "),
+    ("systems: [{name: zeroshot, kind: zeroshot}]\nanalysis: {pairwize: {topk: 5}}\n",
+     r"analysis: unknown key 'pairwize' \(did you mean 'pairwise'\?\)"),
+    ("systems: [{name: zeroshot, kind: zeroshot}]\nseed: forty-two\n", r"seed: input should be a valid integer"),
+    ("systems: [{name: zeroshot, kind: zeroshot}]\neval: {k: lots}\n", r"eval\.k: input should be a valid integer"),
+    ("systems: [{name: zeroshot, kind: zeroshot}]\nanalysis: {pairwise: {topk: [1]}}\n",
+     r"analysis\.pairwise\.topk: input should be a valid integer"),
+    ("systems: [{name: zeroshot, kind: zeroshot}]\ntrain: [lr, 1]\n", r"train: input should be a valid dictionary"),
+    ("systems: [{name: zeroshot, kind: zeroshot}, {name: bm25, kind: bm25}, {name: x, method: nosuch}]\n",
+     r"systems\[2\]\.method: method must be one of inbatch, rand, .*adore, not 'nosuch'"),
+    ("systems: [{name: zeroshot, kind: dense}]\n", r"systems\[0\]\.kind: kind must be one of bm25, zeroshot, train"),
+    ("systems: [{name: zeroshot, kind: zeroshot}, zeroshot]\n", r"systems\[1\]: must be a mapping with a 'name'"),
+    ("systems: [{name: z, kind: zeroshot, base: star}]\n", r"systems\[0\]\.base: 'base' is for ADORE systems"),
+    ("systems: [{name: zeroshot, kind: zeroshot}]\neval: {baselines: [rand]}\n",
+     r"eval\.baselines\[0\]: no system named 'rand'; systems: zeroshot"),
+])
+def test_recipe_schema_errors_name_the_file_and_the_key(tmp_path, text, message):
+    path = _recipe_file(tmp_path, text)
+    with pytest.raises(HardnegError, match=rf"^{re.escape(str(path))}: {message}"):
+        Recipe.from_yaml(path)
+
+
+def test_recipe_types_and_defaults(tmp_path):
+    path = _recipe_file(tmp_path, "seed: '7'\nsystems: [{name: zeroshot, kind: zeroshot}, {name: r, method: rand}]\n"
+                                  "eval: {k: 10}\nanalysis: {pairwise: }\n")
+    recipe = Recipe.from_yaml(path)
+    assert recipe.seed == 7 and recipe.eval.k == 10 and recipe.eval.measures == ["RR@10", "R@100", "nDCG@10"]
+    assert recipe.system("r").kind == "train" and recipe.system("zeroshot").settings == {}
+    saved = recipe.to_dict()  # what recipe.json records: defaults of eval filled in, analysis as given
+    assert saved["eval"]["query_max_length"] == 64 and saved["analysis"] == {"pairwise": None}
+    assert saved["systems"][1] == {"name": "r", "kind": "train", "method": "rand", "base": None, "settings": {}}
+    assert "analysis-pairwise" in Experiment(recipe, tmp_path / "out").stages
+
+
+def test_train_sections_go_to_train_config_untouched(tmp_path, monkeypatch):
+    """`train:`/`adore:` and a system's own keys are TrainConfig settings: the recipe hands them on as written
+    (YAML reads `1e-4` without a dot as a string; converting it is TrainConfig's business)."""
+    from hardneg.train.config import TrainConfig
+
+    path = _recipe_file(tmp_path, "train: {lr: 1e-4, batch_size: 8}\nadore: {lr: 2.0e-5}\n"
+                                  "systems: [{name: zeroshot, kind: zeroshot}]\n")
+    recipe = Recipe.from_yaml(path)
+    lr = yaml.safe_load("lr: 1e-4")["lr"]
+    assert recipe.train == {"lr": lr, "batch_size": 8} and recipe.adore == {"lr": 2.0e-5}
+    seen = []
+    original = TrainConfig.from_dict.__func__
+    monkeypatch.setattr(TrainConfig, "from_dict", classmethod(lambda cls, d: seen.append(d) or original(cls, d)))
+    rand = recipe.system("zeroshot").model_copy(update={"name": "r", "kind": "train", "method": "rand"})
+    recipe.train_config(rand, tmp_path / "out")
+    adore = rand.model_copy(update={"method": "adore", "settings": {"adore_topk": 5}})
+    recipe.train_config(adore, tmp_path / "out")
+    assert seen == [{"seed": 42, "lr": lr, "batch_size": 8}, {"seed": 42, "lr": 2.0e-5, "adore_topk": 5}]

@@ -23,7 +23,8 @@ from hardneg.data.records import Qrels
 def score_matrix(model, dataset, cache_dir: Path | None = None, *, show_progress: bool = False,
                  queries: Sequence[str] | None = None) -> tuple[list[str], list[str], np.ndarray]:
     """``(query ids, doc ids, scores[q, d])``: exact inner products over the whole corpus (cached embeddings)."""
-    from hardneg.retrieval.dense import corpus_embeddings, encode_queries
+    from hardneg.artifacts import corpus_embeddings
+    from hardneg.retrieval.dense import encode_queries
 
     emb = corpus_embeddings(model, dataset, cache_dir, show_progress=show_progress)
     all_queries = dataset.queries()
@@ -127,7 +128,8 @@ def tsne_points(before, after, dataset, cache_dir: Path | None = None, *, top: i
     top_a = list(np.argsort(-s_after[i], kind="stable")[:top])
     rows = list(dict.fromkeys(rels + top_b + top_a))
 
-    from hardneg.retrieval.dense import corpus_embeddings, encode_queries
+    from hardneg.artifacts import corpus_embeddings
+    from hardneg.retrieval.dense import encode_queries
 
     vecs = []
     for model in (before, after):

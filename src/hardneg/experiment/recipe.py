@@ -1,0 +1,402 @@
+"""A recipe (``configs/<name>.yaml``): its schema, loading and the checks made before any compute.
+
+A recipe names a dataset, a starting encoder and the systems to compare::
+
+    name: scifact
+    data: "{data_dir}/scifact"          # {data_dir}: --data-dir, $HARDNEG_DATA_DIR or ../shared/data
+    model: minilm                       # the starting encoder (zero-shot system, warm-up model)
+    seed: 42
+    train: {preset: cpu-demo}           # TrainConfig settings of every trained (non-ADORE) system
+    adore: {max_steps: 100, batch_size: 32, lr: 1.0e-5}   # TrainConfig settings of every ADORE system
+    eval: {split: test, max_length: 256, k: 1000, measures: [RR@10, R@100, nDCG@10],
+           baselines: [rand, inbatch]}  # paired t-test references of the report
+    transfer: ["{data_dir}/nfcorpus:test", "{data_dir}/classic/med"]   # zero-shot transfer sets
+    systems:
+      - {name: bm25, kind: bm25}
+      - {name: zeroshot, kind: zeroshot}
+      - {name: star, method: star, track_every: 30}     # any TrainConfig key overrides
+      - {name: adore+star, method: adore, base: star}   # ADORE on top of another system's model
+    analysis:
+      pairwise: {topk: 200}                              # Table 1 / Fig. 3
+      pq: {indexes: [flat, pq48], systems: [zeroshot, adore+zeroshot]}   # Table 3 / 5
+      tsne: {before: zeroshot, after: adore+zeroshot}   # Fig. 6
+
+The top level, ``eval``, ``analysis`` and each system's ``name``/``kind``/``method``/``base``
+are typed here (pydantic): a wrong type, an unknown key or a bad value is a
+:class:`~hardneg.errors.HardnegError` naming the file, the key path (``systems[2].method``)
+and what is allowed. The ``train:``/``adore:`` sections and a system's other keys are
+TrainConfig settings, checked by :class:`~hardneg.train.config.TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from hardneg.errors import HardnegError
+from hardneg.train.config import TrainConfig, apply_preset
+from hardneg.train.methods import method_names
+
+DEFAULT_DATA_DIR = "../shared/data"
+SYSTEM_KINDS = ("bm25", "zeroshot", "train")
+#: the ``base`` of an ADORE system that means the recipe's starting encoder
+START_MODEL = "zeroshot"
+DEFAULT_EVAL: dict[str, Any] = {"split": "test", "max_length": 256, "query_max_length": 64, "k": 1000,
+                                "measures": ["RR@10", "R@100", "nDCG@10"], "baselines": [],
+                                "transfer_systems": []}
+#: TrainConfig keys a recipe may not set: the runner owns them
+_RUNNER_KEYS = {"data", "out", "quiet", "cache_dir"}
+_NAME = re.compile(r"[\w.+-]+")
+
+
+# ----------------------------------------------------------------------------- schema
+class _Section(BaseModel):
+    """A mapping with a fixed set of keys: an unknown one is an error with a "did you mean"."""
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, protected_namespaces=())
+    _input_keys: ClassVar[tuple[str, ...] | None] = None  # the keys a recipe file may give (default: the fields)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = cls._input_keys or tuple(cls.model_fields)
+            unknown = [k for k in data if k not in allowed]
+            if unknown:
+                raise PydanticCustomError("unknown_key", "{keys}; allowed: {allowed}",
+                                          {"keys": ", ".join(_with_suggestion(str(k), allowed) for k in unknown),
+                                           "allowed": ", ".join(allowed)})
+        return data
+
+
+def _with_suggestion(key: str, allowed: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    return f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key)
+
+
+class EvalSettings(_Section):
+    """``eval:``: the test retrieval and the report's references."""
+
+    split: str = DEFAULT_EVAL["split"]
+    max_length: int = DEFAULT_EVAL["max_length"]
+    query_max_length: int = DEFAULT_EVAL["query_max_length"]
+    k: int = DEFAULT_EVAL["k"]
+    measures: list[str] = Field(default_factory=lambda: list(DEFAULT_EVAL["measures"]))
+    baselines: list[str] = Field(default_factory=list)  # paired t-test references of the report
+    transfer_systems: list[str] = Field(default_factory=list)  # empty: every system is transferred
+
+
+class PairwiseSettings(_Section):
+    topk: int = 200
+
+
+class PQSettings(_Section):
+    indexes: list[str] | None = None  # empty: flat, pq48
+    systems: list[str] | None = None  # empty: every dense system
+
+
+class TsneSettings(_Section):
+    before: str | None = None  # default: the start model's system name, "zeroshot"
+    after: str | None = None  # default: the first ADORE system
+    top: int = 30
+    query: str | None = None
+
+
+class AnalysisSettings(_Section):
+    """``analysis:``: which analyses run (a key given, even empty, turns one on)."""
+
+    pairwise: PairwiseSettings | None = None
+    pq: PQSettings | None = None
+    tsne: TsneSettings | None = None
+
+    def enabled(self, name: str) -> bool:
+        return name in self.model_fields_set
+
+
+class System(BaseModel):
+    """One compared system: ``name``, ``kind`` or ``method``, ``base`` (ADORE) and TrainConfig overrides."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=True, protected_namespaces=())
+
+    name: str
+    method: str | None = None
+    kind: str = Field(None, validate_default=True)  # bm25 | zeroshot | train (default with a method)
+    base: str | None = None  # ADORE: the system whose model is the fixed document encoder
+    settings: dict[str, Any] = Field(default_factory=dict)  # TrainConfig overrides
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_settings(cls, data: Any) -> Any:
+        if isinstance(data, System):
+            return data
+        if not isinstance(data, dict) or "name" not in data:
+            raise PydanticCustomError("system", "must be a mapping with a 'name'")
+        fields = {k: data[k] for k in ("name", "method", "kind", "base") if k in data}
+        return {**fields, "settings": {k: v for k, v in data.items() if k not in fields}}
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"system name {name!r} must be letters, digits, '.', '+', '-' or '_'")
+        return name
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, method: str | None) -> str | None:
+        if method is not None and method not in method_names():
+            raise ValueError(f"method must be one of {', '.join(method_names())}, not {method!r}")
+        return method
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _kind(cls, kind: Any, info: ValidationInfo) -> str:
+        if "method" not in info.data:  # the method itself was wrong: that is the problem to report
+            return kind if kind in SYSTEM_KINDS else "train"
+        method = info.data["method"]
+        kind = "train" if kind is None and method else kind
+        if kind not in SYSTEM_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(SYSTEM_KINDS)} (or give a training 'method'),"
+                             f" not {kind!r}")
+        if kind == "train" and not method:
+            raise ValueError("a trained system needs its 'method'")
+        return kind
+
+    @field_validator("base")
+    @classmethod
+    def _base(cls, base: str | None, info: ValidationInfo) -> str | None:
+        if base is not None and "method" in info.data and info.data["method"] != "adore":
+            raise ValueError("'base' is for ADORE systems")
+        return base
+
+    @field_validator("settings")
+    @classmethod
+    def _settings(cls, settings: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        kind = info.data.get("kind")
+        if kind is not None and kind != "train" and settings:
+            raise ValueError(f"a {kind} system takes no settings: {', '.join(settings)}")
+        return settings
+
+    @property
+    def is_adore(self) -> bool:
+        return self.method == "adore"
+
+    @property
+    def index(self) -> str:
+        """The index the system is tested on: ADORE's own training index, flat otherwise."""
+        return str(self.settings.get("index", "flat")) if self.is_adore else "flat"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "method": self.method, "base": self.base,
+                "settings": dict(self.settings)}
+
+
+class Recipe(_Section):
+    """A validated recipe; build one with :meth:`from_yaml` or :meth:`from_dict`."""
+
+    _input_keys: ClassVar[tuple[str, ...]] = ("name", "data", "model", "systems", "seed", "train", "adore", "eval",
+                                              "transfer", "analysis", "out", "cache_dir", "description")
+
+    name: str
+    data: str
+    model: str = "minilm"
+    systems: list[System]
+    seed: int = 42
+    train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig settings of trained systems
+    adore: dict[str, Any] = Field(default_factory=dict)  # TrainConfig settings of ADORE systems
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    transfer: list[str] = Field(default_factory=list)
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    out: str | None = None
+    cache_dir: str | None = None
+    description: str | None = None
+    source: str = ""
+
+    @field_validator("train", "adore", "eval", "transfer", "analysis", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:  # `train:` with nothing under it
+            return [] if info.field_name == "transfer" else {}
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"name {name!r} must be letters, digits, '.', '+', '-' or '_'")
+        return name
+
+    def system(self, name: str, where: str = "") -> System:
+        for s in self.systems:
+            if s.name == name:
+                return s
+        at = f"{where}: " if where else ""
+        raise HardnegError(f"{self.source}: {at}no system named {name!r}; systems: {', '.join(self.names)}")
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.systems]
+
+    @property
+    def dense(self) -> list[System]:
+        return [s for s in self.systems if s.kind != "bm25"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as ``recipe.json`` records it (what the report reads)."""
+        return {
+            "name": self.name, "data": self.data, "model": self.model,
+            "systems": [s.to_dict() for s in self.systems], "seed": self.seed, "train": dict(self.train),
+            "adore": dict(self.adore), "eval": self.eval.model_dump(), "transfer": list(self.transfer),
+            "analysis": self.analysis.model_dump(exclude_unset=True), "out": self.out,
+            "cache_dir": self.cache_dir, "source": self.source,
+        }
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_yaml(cls, path: str | Path, data_dir: str | None = None) -> Recipe:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise HardnegError(f"{path}: recipe not found (see configs/ for examples)") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise HardnegError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise HardnegError(f"{path}: a recipe is a mapping (name, data, model, systems, ...)")
+        data_dir = data_dir or os.environ.get("HARDNEG_DATA_DIR") or DEFAULT_DATA_DIR
+        return cls.from_dict(_substitute(data, {"data_dir": str(data_dir).rstrip("/")}), source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> Recipe:
+        if not isinstance(data, dict):
+            raise HardnegError(f"{source}: a recipe is a mapping (name, data, model, systems, ...)")
+        for key in ("name", "data", "systems"):
+            if not data.get(key):
+                raise HardnegError(f"{source}: the recipe needs '{key}'")
+        try:
+            recipe = cls.model_validate(data)  # `source` is not a recipe key: set below
+        except ValidationError as exc:
+            raise HardnegError(f"{source}: {schema_problems(exc)}") from None
+        recipe.source = source
+        recipe.check()
+        return recipe
+
+    def check(self) -> None:
+        """The checks across keys, before any compute: names, bases, training settings, analyses."""
+        names = self.names
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise HardnegError(f"{self.source}: systems: system names must be unique: {', '.join(dupes)}")
+        for i, s in enumerate(self.systems):
+            if s.is_adore:
+                base = s.base or START_MODEL
+                if base != START_MODEL:
+                    b = self.system(base, f"systems[{i}].base")
+                    if self.systems.index(b) > i:
+                        raise HardnegError(f"{self.source}: systems[{i}].base: ADORE system {s.name!r} needs its "
+                                           f"base {base!r} listed before it")
+                    if b.kind == "bm25":
+                        raise HardnegError(f"{self.source}: systems[{i}].base: ADORE system {s.name!r} needs a "
+                                           "dense base, not BM25")
+            if s.kind == "train":
+                bad = sorted(set(s.settings) & _RUNNER_KEYS)
+                if bad:
+                    raise HardnegError(f"{self.source}: systems[{i}]: system {s.name!r}: {', '.join(bad)} are set "
+                                       "by the runner")
+                self.train_config(s, Path("/nonexistent")).validate()
+        for key in ("baselines", "transfer_systems"):
+            for j, s in enumerate(getattr(self.eval, key)):
+                self.system(s, f"eval.{key}[{j}]")
+        pq = self.analysis.pq
+        for j, s in enumerate((pq.systems or []) if pq else []):
+            if self.system(s, f"analysis.pq.systems[{j}]").kind == "bm25":
+                raise HardnegError(f"{self.source}: analysis.pq.systems[{j}]: {s!r} is not a dense system")
+        tsne = self.analysis.tsne
+        for key in ("before", "after"):
+            if tsne is not None and getattr(tsne, key) is not None:
+                self.system(getattr(tsne, key), f"analysis.tsne.{key}")
+
+    def train_config(self, system: System, out: Path, model: str | None = None) -> TrainConfig:
+        """The :class:`TrainConfig` of a trained system (its model path filled in by the runner)."""
+        common = dict(self.adore if system.is_adore else self.train)
+        preset = common.pop("preset", None)
+        settings = {**common, **system.settings}
+        preset = settings.pop("preset", preset)
+        bad = sorted(set(settings) & _RUNNER_KEYS)
+        if bad:
+            raise HardnegError(f"{self.source}: {', '.join(bad)} are set by the runner, not the recipe")
+        try:
+            cfg = TrainConfig.from_dict({"seed": self.seed, **settings})
+        except (TypeError, ValueError) as exc:  # a pydantic ValidationError is a ValueError
+            raise HardnegError(f"{self.source}: system {system.name!r}: {exc}") from exc
+        except HardnegError as exc:
+            raise HardnegError(f"{self.source}: system {system.name!r}: {exc}") from exc
+        cfg = apply_preset(cfg, preset, explicit=set(settings) | {"seed"})
+        cfg.method = str(system.method)
+        cfg.data = self.data
+        cfg.out = str(out)
+        if model is not None:
+            cfg.model = model
+        elif "model" not in settings:
+            cfg.model = self.model
+        cfg.cache_dir = self.cache_dir
+        return cfg
+
+
+# ----------------------------------------------------------------------------- errors
+def schema_problems(exc: ValidationError) -> str:
+    """Every problem pydantic found, as ``key.path: what is wrong (what is allowed)``, one per line."""
+    problems = [_problem(err) for err in exc.errors(include_url=False)]
+    return problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n  " + "\n  ".join(problems)
+
+
+def _problem(err: Any) -> str:
+    loc = tuple(err["loc"])
+    path = key_path(loc)
+    kind = err["type"]
+    if kind == "unknown_key":
+        return f"unknown recipe key {err['msg']}" if not loc else f"{path}: unknown key {err['msg']}"
+    if kind == "missing":
+        parent = key_path(loc[:-1])
+        return f"the recipe needs {loc[-1]!r}" if not parent else f"{parent}: needs {loc[-1]!r}"
+    if kind == "value_error":
+        return f"{path}: {err['ctx']['error']}"
+    got = repr(err.get("input"))
+    got = got if len(got) <= 60 else got[:57] + "..."
+    msg = err["msg"][:1].lower() + err["msg"][1:]
+    return f"{path or 'recipe'}: {msg}; got {got}"
+
+
+def key_path(loc: tuple[Any, ...]) -> str:
+    """``("systems", 2, "method")`` → ``systems[2].method``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _substitute(value: Any, names: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return value.replace("{data_dir}", names["data_dir"])
+    if isinstance(value, list):
+        return [_substitute(v, names) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, names) for k, v in value.items()}
+    return value

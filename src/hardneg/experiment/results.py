@@ -1,0 +1,181 @@
+"""What an experiment folder holds, the roles of its systems, and the report's statistics helpers.
+
+A system's role in the report (the start model, a random-negative method, STAR,
+a plain ADORE run ...) comes from the recipe: its ``kind``, ``method``,
+``base`` and settings, never from its name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hardneg.data.load import load_dataset, parse_spec
+from hardneg.errors import HardnegError
+from hardneg.evaluate.analysis import unseen_queries
+from hardneg.evaluate.metrics import paired_ttest
+from hardneg.experiment.recipe import START_MODEL, Recipe
+from hardneg.experiment.stages import dataset_tag, test_stage, train_stage
+from hardneg.io import read_json
+
+ALPHA = 0.05
+MARKERS = "†‡§¶#♯♮"
+#: methods whose negatives are random (the paper's baselines for hard negatives), in order of preference
+RANDOM_NEGATIVES = ("rand", "inbatch")
+
+
+@dataclass
+class Section:
+    """One part of the report: its markdown ("" when there is nothing to show) and the facts findings use."""
+
+    markdown: str = ""
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+class ExperimentResults:
+    """What an experiment folder holds, loaded lazily."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.dir = Path(run_dir)
+        if not (self.dir / "stages").is_dir():
+            raise HardnegError(f"{self.dir}: not an experiment folder (no stages/); run `hardneg experiment` first")
+        self.recipe = self._recipe()
+        self.systems: list[dict[str, Any]] = self.recipe["systems"]
+        self.names = [s["name"] for s in self.systems]
+        self.eval = self.recipe.get("eval", {})
+        self.measures: list[str] = list(self.eval.get("measures") or ["RR@10", "R@100", "nDCG@10"])
+
+    def _recipe(self) -> dict[str, Any]:
+        path = self.dir / "recipe.json"
+        if not path.is_file():
+            raise HardnegError(f"{self.dir}: no recipe.json; run `hardneg experiment` first")
+        data = read_json(path)
+        if "systems" not in data:  # written by an older runner: read the recipe file itself
+            data = Recipe.from_yaml(data["source"]).to_dict()
+        return data
+
+    def system(self, name: str) -> dict[str, Any]:
+        return next(s for s in self.systems if s["name"] == name)
+
+    def stage(self, name: str) -> dict[str, Any] | None:
+        path = self.dir / "stages" / name / "stage.json"
+        if not path.is_file():
+            return None
+        state = read_json(path)
+        return state if state.get("status") == "done" else None
+
+    def stage_file(self, name: str, file: str) -> Path:
+        return self.dir / "stages" / name / file
+
+    def per_query(self, system: str) -> dict[str, dict[str, float]] | None:
+        if self.stage(test_stage(system)) is None:
+            return None
+        return read_json(self.stage_file(test_stage(system), "per_query.json"))
+
+    def train_log(self, system: str) -> list[dict[str, Any]]:
+        path = self.stage_file(train_stage(system), "train_log.jsonl")
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def unseen(self) -> list[str] | None:
+        """Test queries whose relevant documents are never relevant to a training query."""
+        path, _ = parse_spec(self.recipe["data"])
+        try:
+            train = load_dataset(f"{path}:train").qrels()
+            test = load_dataset(f"{path}:{self.eval.get('split', 'test')}").qrels()
+        except HardnegError:
+            return None
+        return unseen_queries(test, train)
+
+    def transfer_tags(self) -> list[str]:
+        return [dataset_tag(spec) for spec in self.recipe.get("transfer") or []]
+
+    # ------------------------------------------------------------------ roles, from the recipe
+    def with_method(self, method: str, among: Any = None) -> list[str]:
+        """The systems trained with ``method``, in recipe order (only those in ``among``, if given)."""
+        return [s["name"] for s in self.systems if s.get("method") == method and (among is None or s["name"] in among)]
+
+    def first_with_method(self, methods: tuple[str, ...] | str, among: Any = None) -> str | None:
+        """The first system of the first of ``methods`` that has one (in ``among``, if given)."""
+        for method in (methods,) if isinstance(methods, str) else methods:
+            names = self.with_method(method, among)
+            if names:
+                return names[0]
+        return None
+
+    def with_kind(self, *kinds: str) -> list[str]:
+        return [s["name"] for s in self.systems if s.get("kind") in kinds]
+
+    @property
+    def start(self) -> str | None:
+        """The zero-shot system: the recipe's starting encoder, untrained."""
+        return next(iter(self.with_kind("zeroshot")), None)
+
+    def is_adore(self, name: str) -> bool:
+        return self.system(name).get("method") == "adore"
+
+    def base_of(self, name: str) -> str | None:
+        """An ADORE system's base: the system whose model it starts from (the start model by default)."""
+        s = self.system(name)
+        if s.get("method") != "adore":
+            return None
+        base = s.get("base")
+        return self.start if base in (None, START_MODEL) and base not in self.names else base
+
+    def is_plain_adore(self, name: str) -> bool:
+        """ADORE as the paper runs it: LambdaLoss against the exact (flat) index."""
+        s = self.system(name)
+        settings = s.get("settings", {})
+        return (s.get("method") == "adore" and settings.get("adore_loss", "lambda") == "lambda"
+                and settings.get("index", "flat") == "flat")
+
+    def adore_index(self, name: str) -> str:
+        return str(self.system(name).get("settings", {}).get("index", "flat"))
+
+
+# ----------------------------------------------------------------------------- statistics
+def mean(values: dict[str, float], qids: list[str] | None = None) -> float:
+    keys = list(values) if qids is None else [q for q in qids if q in values]
+    return float(np.mean([values[q] for q in keys])) if keys else math.nan
+
+
+def ttest(a: dict[str, float], b: dict[str, float], qids: list[str] | None = None) -> float:
+    keys = sorted(set(a) & set(b) if qids is None else set(qids) & set(a) & set(b))
+    return paired_ttest([a[q] for q in keys], [b[q] for q in keys])
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def fmt_p(p: float) -> str:
+    if math.isnan(p):
+        return "n/a"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def short_path(path: str) -> str:
+    """A data path without the machine-specific prefix before the shared data folder."""
+    marker = "shared/data/"
+    return path[path.index(marker):] if marker in path else path
+
+
+def machine() -> str:
+    import torch  # heavy: only when a report is written
+
+    return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+            f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}")

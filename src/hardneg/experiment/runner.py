@@ -1,0 +1,297 @@
+"""Run a recipe: its stages in order, each cached, skipped when done, resumable.
+
+Stages (``OUT/stages/<stage>/``): ``train-<system>`` for trained systems, then
+``test-<system>`` (retrieval + metrics on the test split), ``transfer-<system>-<set>``,
+the analyses, and ``report``. Each stage's *key* hashes its settings and the keys of
+the stages it depends on; ``stage.json`` records the key, status, attempts and wall
+time. A stage whose ``stage.json`` says done with the same key is skipped; one
+interrupted mid-way runs again in the same folder (training resumes from its last
+checkpoint, encoding from its partial file); one whose settings changed starts
+afresh. Hyper-parameters are tuned, if at all, on the dev split carved out of
+train (see :mod:`hardneg.train.trainer`); the test split is evaluated once per
+final model.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hardneg.artifacts import corpus_index, default_cache_dir
+from hardneg.data.load import load_dataset, parse_spec
+from hardneg.errors import HardnegError
+from hardneg.evaluate.analysis import pairwise_errors, score_matrix, tsne_points
+from hardneg.evaluate.metrics import evaluate
+from hardneg.experiment.recipe import START_MODEL, Recipe, System
+from hardneg.experiment.report import write_report
+from hardneg.experiment.stages import (
+    PAIRWISE,
+    PQ,
+    REPORT,
+    TSNE,
+    Stage,
+    dataset_tag,
+    stage_key,
+    test_stage,
+    train_stage,
+    transfer_stage,
+)
+from hardneg.io import read_json, write_json
+from hardneg.model.encoder import DualEncoder
+from hardneg.retrieval.bm25 import cached_bm25
+from hardneg.retrieval.dense import retrieve, search
+from hardneg.retrieval.results import save_run_and_metrics
+from hardneg.train.config import TrainConfig
+from hardneg.train.trainer import Trainer
+
+logger = logging.getLogger("hardneg.experiment")
+
+
+class Experiment:
+    """The stages of a recipe, and running them with caching and resume."""
+
+    def __init__(self, recipe: Recipe, out: str | Path | None = None, *, quiet: bool = False) -> None:
+        self.recipe = recipe
+        self.out = Path(out or recipe.out or Path("runs") / "experiments" / recipe.name)
+        self.quiet = quiet
+        self.stages: dict[str, Stage] = {}
+        self._build()
+
+    # ------------------------------------------------------------------ paths
+    def stage_dir(self, name: str) -> Path:
+        return self.out / "stages" / name
+
+    def model_path(self, system: System) -> str:
+        """Where a system's encoder lives: the starting model, or its training stage's best model."""
+        if system.kind == "zeroshot":
+            return self.recipe.model
+        return str(self.stage_dir(train_stage(system.name)) / "model")
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.recipe.cache_dir) if self.recipe.cache_dir else default_cache_dir()
+
+    def test_spec(self) -> str:
+        path, _ = parse_spec(self.recipe.data)
+        return f"{path}:{self.recipe.eval.split}"
+
+    # ------------------------------------------------------------------ the stage graph
+    def _add(self, stage: Stage) -> None:
+        stage.key = stage_key(stage.settings, [self.stages[d].key for d in stage.deps])
+        self.stages[stage.name] = stage
+
+    def _build(self) -> None:
+        r = self.recipe
+        ev = r.eval
+        for s in r.systems:
+            if s.kind != "train":
+                continue
+            base = r.system(s.base) if s.is_adore and s.base and s.base != START_MODEL else None
+            deps = [train_stage(base.name)] if base is not None and base.kind == "train" else []
+            cfg = r.train_config(s, self.stage_dir(train_stage(s.name)),
+                                 model=self.model_path(base) if base is not None else None)
+            settings = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "quiet", "cache_dir")}
+            self._add(Stage(train_stage(s.name), settings, deps, self._train_fn(cfg)))
+        eval_settings = {"max_length": ev.max_length, "query_max_length": ev.query_max_length, "k": ev.k,
+                         "measures": ev.measures}
+        for s in r.systems:
+            deps = self._model_deps(s)
+            self._add(Stage(test_stage(s.name), {"system": s.name, "kind": s.kind, "data": self.test_spec(),
+                                                 "index": s.index, "model": self.model_path(s), **eval_settings},
+                            deps, self._retrieve_fn(s, self.test_spec(), per_query=True)))
+        analysis = r.analysis
+        if analysis.enabled("pairwise"):
+            topk = analysis.pairwise.topk if analysis.pairwise else 200
+            systems = [s.name for s in r.dense]
+            deps = [test_stage(n) for n in systems]
+            self._add(Stage(PAIRWISE, {"topk": topk, "systems": systems}, deps, self._pairwise_fn(systems, topk)))
+        if analysis.enabled("pq"):
+            cfg = analysis.pq
+            systems = list((cfg.systems if cfg else None) or [s.name for s in r.dense])
+            indexes = list((cfg.indexes if cfg else None) or ["flat", "pq48"])
+            deps = sorted({d for n in systems for d in self._model_deps(r.system(n))})
+            self._add(Stage(PQ, {"systems": systems, "indexes": indexes, **eval_settings},
+                            deps, self._pq_fn(systems, indexes)))
+        if analysis.enabled("tsne"):
+            cfg = analysis.tsne
+            start = next((s.name for s in r.systems if s.kind == "zeroshot"), START_MODEL)
+            before = cfg.before if cfg and "before" in cfg.model_fields_set else start
+            after = (cfg.after if cfg and "after" in cfg.model_fields_set
+                     else next((s.name for s in r.systems if s.is_adore), before))
+            settings = {"before": before, "after": after, "top": cfg.top if cfg else 30,
+                        "query": cfg.query if cfg else None, "seed": r.seed, **eval_settings}
+            deps = [test_stage(before), test_stage(after)]
+            self._add(Stage(TSNE, settings, deps, self._tsne_fn(settings)))
+        for spec in r.transfer:
+            for s in r.systems:
+                if ev.transfer_systems and s.name not in ev.transfer_systems:
+                    continue
+                name = transfer_stage(s.name, dataset_tag(spec))
+                self._add(Stage(name, {"system": s.name, "data": spec, "index": "flat",
+                                       "model": self.model_path(s), **eval_settings},
+                                self._model_deps(s), self._retrieve_fn(s, spec, per_query=False, index="flat")))
+        self._add(Stage(REPORT, {}, list(self.stages), self._report_fn, always=True))
+
+    def _model_deps(self, system: System) -> list[str]:
+        return [train_stage(system.name)] if system.kind == "train" else []
+
+    # ------------------------------------------------------------------ stage bodies
+    def _train_fn(self, cfg: TrainConfig) -> Callable[[Path], dict[str, Any]]:
+        def run(folder: Path) -> dict[str, Any]:
+            cfg.quiet = self.quiet
+            trainer = Trainer(cfg)
+            trainer.train(resume=True)
+            summary = read_json(folder / "summary.json")
+            return {"best_step": summary["best_step"], "best_dev": summary["best_dev"]}
+
+        return run
+
+    def _encoder(self, system: System) -> DualEncoder:
+        ev = self.recipe.eval
+        return DualEncoder.from_pretrained(self.model_path(system), doc_max_length=int(ev.max_length),
+                                           query_max_length=int(ev.query_max_length))
+
+    def _retrieve_fn(self, system: System, spec: str, *, per_query: bool,
+                     index: str | None = None) -> Callable[[Path], dict[str, Any]]:
+        def run(folder: Path) -> dict[str, Any]:
+            ev = self.recipe.eval
+            dataset = load_dataset(spec)
+            tic = time.perf_counter()
+            if system.kind == "bm25":
+                bm25 = cached_bm25(dataset, self.cache_dir)
+                run_ = bm25.search(dataset.queries(), k=int(ev.k), show_progress=not self.quiet)
+            else:
+                run_ = retrieve(self._encoder(system), dataset, index_kind=index or system.index, k=int(ev.k),
+                                cache_dir=self.cache_dir, show_progress=not self.quiet)
+            seconds = time.perf_counter() - tic
+            metrics = save_run_and_metrics(run_, folder, tag=system.name, qrels=dataset.qrels(),
+                                           measures=ev.measures, per_query=per_query).metrics
+            return {"metrics": metrics, "seconds": seconds, "queries": len(dataset.queries())}
+
+        return run
+
+    def _pairwise_fn(self, systems: list[str], topk: int) -> Callable[[Path], dict[str, Any]]:
+        def run(folder: Path) -> dict[str, Any]:
+            dataset = load_dataset(self.test_spec())
+            qrels = dataset.qrels()
+            result: dict[str, Any] = {}
+            for name in systems:
+                qids, doc_ids, scores = score_matrix(self._encoder(self.recipe.system(name)), dataset,
+                                                     self.cache_dir, show_progress=not self.quiet)
+                errors = pairwise_errors(scores, qids, doc_ids, qrels, topk)
+                write_json(folder / f"{name}.json", errors)
+                result[name] = {"total": errors["mean_total"], f"top{topk}": errors["mean_topk"]}
+            return result
+
+        return run
+
+    def _pq_fn(self, systems: list[str], indexes: list[str]) -> Callable[[Path], dict[str, Any]]:
+        def run(folder: Path) -> dict[str, Any]:
+            ev = self.recipe.eval
+            dataset = load_dataset(self.test_spec())
+            grid: dict[str, Any] = {}
+            sizes: dict[str, int] = {}
+            for name in systems:
+                encoder = self._encoder(self.recipe.system(name))
+                for kind in indexes:
+                    index = corpus_index(encoder, dataset, kind, self.cache_dir, show_progress=not self.quiet)
+                    run_ = search(index, encoder, dataset.queries(), int(ev.k))
+                    grid.setdefault(name, {})[kind] = evaluate(run_, dataset.qrels(), ev.measures)
+                    sizes[kind] = int(index.manifest.get("bytes", 0)) if hasattr(index, "manifest") else 0
+            write_json(folder / "grid.json", {"metrics": grid, "bytes": sizes})
+            return {"metrics": grid, "bytes": sizes}
+
+        return run
+
+    def _tsne_fn(self, settings: dict[str, Any]) -> Callable[[Path], dict[str, Any]]:
+        def run(folder: Path) -> dict[str, Any]:
+            dataset = load_dataset(self.test_spec())
+            before = self._encoder(self.recipe.system(settings["before"]))
+            after = self._encoder(self.recipe.system(settings["after"]))
+            points = tsne_points(before, after, dataset, self.cache_dir, top=settings["top"], qid=settings["query"],
+                                 seed=settings["seed"])
+            write_json(folder / "points.json", points)
+            return {"query": points["query_id"]}
+
+        return run
+
+    def _report_fn(self, folder: Path) -> dict[str, Any]:
+        path = write_report(self.out)
+        return {"report": str(path)}
+
+    # ------------------------------------------------------------------ running
+    def status(self) -> list[tuple[str, str]]:
+        rows = []
+        for stage in self.stages.values():
+            state = self._state(stage)
+            if state is None:
+                rows.append((stage.name, "todo"))
+            elif state.get("key") != stage.key:
+                rows.append((stage.name, "stale (settings changed)"))
+            else:
+                rows.append((stage.name, str(state.get("status"))))
+        return rows
+
+    def _state(self, stage: Stage) -> dict[str, Any] | None:
+        path = self.stage_dir(stage.name) / "stage.json"
+        return read_json(path) if path.is_file() else None
+
+    def run(self, only: list[str] | None = None, echo: Callable[[str], None] | None = None) -> dict[str, str]:
+        """Run every stage not already done (or those matching ``only`` and their dependencies)."""
+        echo = echo or (lambda msg: logger.info("%s", msg))
+        wanted = self._closure(only) if only else list(self.stages)
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json(self.out / "recipe.json", self.recipe.to_dict())
+        outcome: dict[str, str] = {}
+        for name in wanted:
+            stage = self.stages[name]
+            folder = self.stage_dir(name)
+            state = self._state(stage)
+            if state is not None and state.get("key") == stage.key and state.get("status") == "done" \
+                    and not stage.always:
+                outcome[name] = "cached"
+                echo(f"[cached] {name}")
+                continue
+            if state is not None and state.get("key") != stage.key and folder.exists():
+                echo(f"[stale]  {name}: settings changed, starting it afresh")
+                shutil.rmtree(folder)
+                state = None
+            attempts = int(state.get("attempts", 0)) + 1 if state else 1
+            seconds = float(state.get("seconds", 0.0)) if state else 0.0
+            if state is not None:
+                echo(f"[resume] {name} (attempt {attempts})")
+            else:
+                echo(f"[run]    {name}")
+            folder.mkdir(parents=True, exist_ok=True)
+            base = {"name": name, "key": stage.key, "settings": stage.settings, "deps": stage.deps}
+            write_json(folder / "stage.json", {**base, "status": "running", "attempts": attempts, "seconds": seconds})
+            tic = time.perf_counter()
+            result = stage.fn(folder)
+            seconds += time.perf_counter() - tic
+            write_json(folder / "stage.json", {**base, "status": "done", "attempts": attempts, "seconds": seconds,
+                                               "result": result})
+            outcome[name] = "done"
+        return outcome
+
+    def _closure(self, only: list[str]) -> list[str]:
+        selected: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in selected:
+                return
+            selected.add(name)
+            for dep in self.stages[name].deps:
+                visit(dep)
+
+        for pattern in only:
+            matches = [n for n in self.stages if n == pattern or re.fullmatch(pattern.replace("*", ".*"), n)]
+            if not matches:
+                raise HardnegError(f"no stage matches {pattern!r}; stages: {', '.join(self.stages)}")
+            for m in matches:
+                visit(m)
+        return [n for n in self.stages if n in selected]

@@ -1,0 +1,60 @@
+"""The stages of an experiment: their names, their keys, and what one stage is.
+
+Stage folders live under ``OUT/stages/<stage>/``: ``train-<system>``,
+``test-<system>``, ``transfer-<system>-<set>``, ``analysis-pairwise``,
+``analysis-pq``, ``analysis-tsne`` and ``report``. A stage's *key* hashes its
+settings and the keys of the stages it depends on (:func:`stage_key`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hardneg.data.load import parse_spec
+
+PAIRWISE = "analysis-pairwise"
+PQ = "analysis-pq"
+TSNE = "analysis-tsne"
+REPORT = "report"
+
+
+def train_stage(system: str) -> str:
+    return f"train-{system}"
+
+
+def test_stage(system: str) -> str:
+    return f"test-{system}"
+
+
+def transfer_stage(system: str, tag: str) -> str:
+    """The transfer stage of ``system`` on the set whose :func:`dataset_tag` is ``tag``."""
+    return f"transfer-{system}-{tag}"
+
+
+def dataset_tag(spec: str) -> str:
+    """A short, file-safe name for a dataset spec: ``.../nfcorpus:test`` → ``nfcorpus-test``."""
+    path, split = parse_spec(spec)
+    name = Path(path.rstrip("/")).name or path
+    return re.sub(r"[^\w.+-]", "_", f"{name}-{split}" if split else name)
+
+
+def stage_key(settings: Any, deps: list[str]) -> str:
+    """The hash of a stage's settings and of its dependencies' keys."""
+    payload = json.dumps({"settings": settings, "deps": deps}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Stage:
+    name: str
+    settings: dict[str, Any]
+    deps: list[str]
+    fn: Callable[[Path], dict[str, Any]]
+    always: bool = False  # run every time (the report: cheap, and it reads the other stages)
+    key: str = ""
