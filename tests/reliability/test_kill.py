@@ -158,7 +158,8 @@ def check_final(ref: Path, work: Path, context: str) -> list[str]:
     """The finished outputs equal the reference's; returns the files equal only within 1e-6."""
     approx: list[str] = []
     ref_files, work_files = _files(ref), _files(work)
-    missing = sorted(r for r in ref_files if r not in work_files and not _match(r, TEMP + ["*.lock", "*/tensorboard/*"]))
+    ignored = TEMP + ["*.lock", "*/tensorboard/*"]
+    missing = sorted(r for r in ref_files if r not in work_files and not _match(r, ignored))
     assert not missing, f"{context}: missing after resume: {missing}"
     for rel, path in work_files.items():
         if _match(rel, TEMP):

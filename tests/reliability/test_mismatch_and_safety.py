@@ -23,13 +23,13 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import _tiny_bert, write_tiny_train
+from hardneg.artifacts import index_mismatches
 from hardneg.cli import app
 from hardneg.data.tokenized import StoreSpec, TokenizedStore, build_store, texts_fingerprint
 from hardneg.errors import HardnegError, MismatchError
 from hardneg.index.encode import Embeddings, embeddings_key, encode_store
 from hardneg.index.faiss_index import FaissIndex
 from hardneg.model.encoder import DualEncoder, tokenizer_fingerprint
-from hardneg.retrieval.dense import index_mismatches
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 RECORDS = [(f"d{i}", f"document number {i} about topic {i % 3}") for i in range(40)]
@@ -158,7 +158,7 @@ def trained(tmp_path_factory, tiny_model_dir):
 def _resume(cfg, **change):
     from hardneg.train.trainer import Trainer
 
-    trainer = Trainer(replace(cfg, **change))
+    trainer = Trainer(cfg.replace(**change))
     trainer.setup()
     return trainer.train(resume=True)
 
@@ -168,7 +168,7 @@ def _checkpoint(cfg) -> Path:
 
 
 def test_checkpoint_of_another_code_version_is_refused(trained, tmp_path):
-    cfg = replace(trained, out=str(tmp_path / "out"))
+    cfg = trained.replace(out=str(tmp_path / "out"))
     shutil.copytree(trained.out, cfg.out)
     state_file = _checkpoint(cfg) / "trainer_state.json"
     state = json.loads(state_file.read_text())
@@ -179,7 +179,7 @@ def test_checkpoint_of_another_code_version_is_refused(trained, tmp_path):
 
 
 def test_checkpoint_of_another_config_is_refused(trained, tmp_path):
-    cfg = replace(trained, out=str(tmp_path / "out"))
+    cfg = trained.replace(out=str(tmp_path / "out"))
     shutil.copytree(trained.out, cfg.out)
     with pytest.raises(HardnegError, match="other training settings"):
         _resume(cfg, max_steps=4, lr=5e-4)
@@ -189,7 +189,7 @@ def test_checkpoint_of_another_architecture_is_refused(trained, tmp_path):
     """The same settings (and model path) but the model folder now holds another architecture."""
     model_dir = tmp_path / "model"
     shutil.copytree(trained.model, model_dir)
-    cfg = replace(trained, out=str(tmp_path / "out"), model=str(model_dir))
+    cfg = trained.replace(out=str(tmp_path / "out"), model=str(model_dir))
     shutil.copytree(trained.out, cfg.out)
     state_file = _checkpoint(cfg) / "trainer_state.json"
     state = json.loads(state_file.read_text())
@@ -207,7 +207,7 @@ class _Exploit:
 
 
 def test_a_checkpoint_carrying_code_is_refused_not_run(trained, tmp_path):
-    cfg = replace(trained, out=str(tmp_path / "out"))
+    cfg = trained.replace(out=str(tmp_path / "out"))
     shutil.copytree(trained.out, cfg.out)
     state_file = _checkpoint(cfg) / "trainer_state.json"
     state = json.loads(state_file.read_text())

@@ -195,7 +195,7 @@ def _write(kind: str, out: Path, model, store) -> Path:
         model.save(out / "model")
         return out / "model"
     if kind == "checkpoint":
-        from hardneg.train.trainer import save_checkpoint
+        from hardneg.train.checkpoint import save_checkpoint
 
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)

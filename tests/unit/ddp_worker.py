@@ -21,7 +21,8 @@ import torch
 
 
 def _step(jobs: list[dict]) -> None:
-    from hardneg.train import distributed as dist
+    from hardneg import distributed as dist
+    from hardneg.index.shards import sharded_encode_token_lists
     from hardneg.train.config import TrainConfig
     from hardneg.train.trainer import Trainer
 
@@ -31,8 +32,8 @@ def _step(jobs: list[dict]) -> None:
         trainer = Trainer(TrainConfig(**job["config"]))
         trainer.setup()
         trainer.model.eval()  # no dropout: the comparison is exact
-        docs = dist.sharded_encode_token_lists(trainer.model, trainer.store.rows(range(len(trainer.store))),
-                                               "doc", batch_size=3)
+        docs = sharded_encode_token_lists(trainer.model, trainer.store.rows(range(len(trainer.store))),
+                                          "doc", batch_size=3)
         mined = None
         if job.get("mine"):  # ANCE's refresh: corpus encoding and query search shared out over the ranks
             from pathlib import Path
@@ -57,7 +58,7 @@ def _step(jobs: list[dict]) -> None:
 
 def _train(jobs: list[dict]) -> None:
     """Train every job's config to the end (2 processes) and let the test read the output folders."""
-    from hardneg.train import distributed as dist
+    from hardneg import distributed as dist
     from hardneg.train.config import TrainConfig
     from hardneg.train.trainer import Trainer
 

@@ -73,8 +73,9 @@ def test_delta_ndcg_weights_of_a_hand_ranking():
     assert pairs.mask[0].sum() == 4
 
 
-def test_a_relevant_document_not_retrieved_is_appended_at_rank_k_plus_1():
-    pairs = build_pairs(np.array([[0, 1, 2], [4, 5, 6]]), [{7: 1}, {5: 1, 8: 1, 9: 1}], "mrr@10")
+def test_always_appends_every_relevant_document_not_retrieved_at_rank_k_plus_1():
+    pairs = build_pairs(np.array([[0, 1, 2], [4, 5, 6]]), [{7: 1}, {5: 1, 8: 1, 9: 1}], "mrr@10",
+                        positives="always")
     # query 0: row 7 not retrieved -> rank K + 1 = 4, paired with every retrieved non-relevant doc
     assert pairs.pos_rows[0, 0] == 7 and pairs.pos_ranks[0, 0] == 4
     assert pairs.mask[0, 0].tolist() == [True, True, True]
@@ -84,6 +85,26 @@ def test_a_relevant_document_not_retrieved_is_appended_at_rank_k_plus_1():
     assert pairs.pos_rows[1].tolist() == [5, 8, 9] and pairs.pos_ranks[1].tolist() == [2, 4, 5]
     assert pairs.mask[1].tolist() == [[True, False, True]] * 3
     assert pairs.n_pairs == 3 + 6 and pairs.skipped == 0
+
+
+def test_missing_appends_relevant_documents_only_when_none_was_retrieved():
+    # DRhard's rule (the default): query 1 retrieved row 5, so rows 8 and 9 are not appended;
+    # query 0 retrieved none of its positives, so both are appended at ranks K + 1, K + 2
+    retrieved, relevant = np.array([[0, 1, 2], [4, 5, 6]]), [{7: 1, 3: 1}, {5: 1, 8: 1, 9: 1}]
+    pairs = build_pairs(retrieved, relevant, "mrr@10")
+    assert pairs.pos_rows[0, :2].tolist() == [7, 3] and pairs.pos_ranks[0, :2].tolist() == [4, 5]
+    assert pairs.pos_valid.tolist() == [[True, True, False], [True, False, False]]
+    assert pairs.pos_rows[1, 0] == 5 and pairs.pos_ranks[1, 0] == 2
+    assert pairs.mask[1].tolist() == [[True, False, True], [False] * 3, [False] * 3]
+    assert pairs.weights[1, 0].tolist() == pytest.approx([1 - 1 / 2, 0.0, 1 / 2 - 1 / 3])
+    assert pairs.n_pairs == 6 + 2 and pairs.skipped == 0
+    always = build_pairs(retrieved, relevant, "mrr@10", positives="always")
+    assert always.n_pairs == 6 + 6 and torch.equal(always.mask[0], pairs.mask[0])
+    # a query whose only positive is retrieved is the same under both rules
+    one = [build_pairs(retrieved[1:], [{5: 1}], "mrr@10", positives=rule) for rule in ("missing", "always")]
+    assert torch.equal(one[0].mask, one[1].mask) and torch.equal(one[0].weights, one[1].weights)
+    with pytest.raises(HardnegError, match="positives must be"):
+        build_pairs(retrieved, relevant, "mrr@10", positives="sometimes")
 
 
 def test_queries_without_a_positive_are_skipped_and_missing_results_ignored():
@@ -160,7 +181,7 @@ def test_pq_scores_are_recomputed_from_the_vectors_the_index_ranks_with(tmp_path
     assert np.abs(top - scores).max() <= 1e-4
     np.testing.assert_allclose(np.take_along_axis(full, rows, 1), scores, atol=1e-4)
     # and the decoded vectors are not the original ones (it is a lossy index)
-    from hardneg.retrieval.dense import corpus_embeddings
+    from hardneg.artifacts import corpus_embeddings
 
     original = np.asarray(corpus_embeddings(trainer.model, trainer.dataset, trainer.cache_dir,
                                             show_progress=False).vectors)
@@ -186,7 +207,8 @@ def test_adore_trains_saves_and_the_model_searches_its_index(kind, tmp_path, tin
     assert (model_dir / "query_tower" / "model.safetensors").is_file()
     from safetensors.torch import load_file
 
-    root, query = load_file(str(model_dir / "model.safetensors")), load_file(str(model_dir / "query_tower" / "model.safetensors"))
+    root = load_file(str(model_dir / "model.safetensors"))
+    query = load_file(str(model_dir / "query_tower" / "model.safetensors"))
     assert any(not torch.equal(root[k], query[k]) for k in root)
     info = json.loads((model_dir / "adore.json").read_text())
     assert info["index_kind"] == kind and info["topk"] == 20 and info["doc_model"] == str(tiny_model_dir)
@@ -210,9 +232,9 @@ def test_adore_trains_saves_and_the_model_searches_its_index(kind, tmp_path, tin
 
 
 def test_zero_shot_adore_reuses_the_cached_index_and_an_adore_output_continues(tmp_path, tiny_train, tiny_model_dir):
-    from hardneg.data.readers import load_dataset
+    from hardneg.artifacts import corpus_index
+    from hardneg.data.load import load_dataset
     from hardneg.model.encoder import DualEncoder
-    from hardneg.retrieval.dense import corpus_index
 
     cache = tmp_path / "cache"
     encoder = DualEncoder.from_pretrained(str(tiny_model_dir), query_max_length=16, doc_max_length=32)
@@ -261,3 +283,157 @@ def test_cli_train_adore(tmp_path, tiny_train, tiny_model_dir):
     assert res.exit_code != 0 and "--doc-model is for adore" in str(res.exception)
     res = runner.invoke(app, ["-q", "train", "adore", "--metric", "mrr", *common])
     assert res.exit_code != 0 and "metric must be" in str(res.exception)
+
+
+@pytest.mark.parametrize("reduction", ["query", "global"])
+def test_the_adore_step_trains_on_the_lambda_loss_function(reduction, tmp_path, tiny_train, tiny_model_dir,
+                                                           monkeypatch):
+    """One real ADORE step: the loss it used is losses.lambda_pairwise (the function the paper-formula
+    tests check) on the scores and pairs the step produced, and the ΔMRR@10-weighted pairwise
+    logistic loss written out by hand."""
+    import hardneg.train.adore as adore_module
+    from hardneg.train.losses import lambda_pairwise
+
+    trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir, adore_reduction=reduction))
+    trainer.setup()
+    method = trainer.method
+    seen = {}
+    real_pairs, real_scores, real_batch_loss = adore_module.build_pairs, method.scores, method.batch_loss
+
+    def pairs(*args, **kw):
+        seen["pairs"] = real_pairs(*args, **kw)
+        return seen["pairs"]
+
+    def scores(*args):
+        out = real_scores(*args)
+        seen["scores"] = tuple(x.detach().clone() for x in out)
+        return out
+
+    def batch_loss(batch):
+        out = real_batch_loss(batch)
+        seen["loss"] = out[0].detach().clone()
+        return out
+
+    monkeypatch.setattr(adore_module, "build_pairs", pairs)
+    method.scores, method.batch_loss = scores, batch_loss
+    totals = trainer.step_gradients(0)
+    (s_pos, s_neg), p, used = seen["scores"], seen["pairs"], seen["loss"]
+    assert totals["loss"] == float(used) and p.n_pairs > 0
+    assert torch.equal(used, lambda_pairwise(s_pos, s_neg, p.weights, p.mask, reduction=reduction))
+
+    def recip(r):
+        return 1.0 / r if r <= 10 else 0.0
+
+    per_query: dict[int, list[float]] = {}
+    for b, i, n in p.mask.nonzero().tolist():
+        weight = abs(recip(int(p.pos_ranks[b, i])) - recip(n + 1))  # |ΔMRR@10| of swapping the two
+        assert float(p.weights[b, i, n]) == pytest.approx(weight, abs=1e-7)
+        loss = math.log1p(math.exp(float(s_neg[b, n]) - float(s_pos[b, i])))
+        per_query.setdefault(b, []).append(weight * loss)
+    terms = [t for q in per_query.values() for t in q]
+    expected = (sum(sum(q) / len(q) for q in per_query.values()) / len(per_query) if reduction == "query"
+                else sum(terms) / len(terms))
+    assert used.item() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+# ----------------------------------------------------------------------------- multi-positive queries
+def test_per_query_reduction_matches_a_hand_computation():
+    from hardneg.train.losses import lambda_pairwise, lambda_pairwise_sum
+
+    pos = torch.tensor([[1.0, 0.2], [0.5, 0.0], [2.0, 0.0]], dtype=torch.float64)
+    neg = torch.tensor([[0.3, -1.0, 0.8], [0.9, 0.1, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    weights = torch.tensor([[[1.0, 0.5, 0.25], [0.2, 0.4, 0.6]],
+                            [[0.7, 0.1, 9.0], [9.0, 9.0, 9.0]],
+                            [[3.0, 3.0, 3.0], [3.0, 3.0, 3.0]]], dtype=torch.float64)
+    mask = torch.tensor([[[True, True, False], [True, True, True]],  # query 0: 5 pairs
+                         [[True, True, False], [False, False, False]],  # query 1: 2 pairs
+                         [[False] * 3, [False] * 3]])  # query 2: no pair, left out of the mean
+
+    def term(b, p, n):
+        return float(weights[b, p, n]) * math.log1p(math.exp(float(neg[b, n]) - float(pos[b, p])))
+
+    q0 = [term(0, 0, 0), term(0, 0, 1), term(0, 1, 0), term(0, 1, 1), term(0, 1, 2)]
+    q1 = [term(1, 0, 0), term(1, 0, 1)]
+    by_query = (sum(q0) / 5 + sum(q1) / 2) / 2
+    total, count = lambda_pairwise_sum(pos, neg, weights, mask, reduction="query")
+    assert count.item() == 2 and total.item() == pytest.approx(sum(q0) / 5 + sum(q1) / 2, abs=1e-12)
+    assert lambda_pairwise(pos, neg, weights, mask, reduction="query").item() == pytest.approx(by_query, abs=1e-12)
+    by_pair = (sum(q0) + sum(q1)) / 7
+    assert lambda_pairwise(pos, neg, weights, mask, reduction="global").item() == pytest.approx(by_pair, abs=1e-12)
+    assert lambda_pairwise(pos, neg, weights, mask).item() == pytest.approx(by_pair, abs=1e-12)  # the old default
+    none = torch.zeros_like(mask)
+    assert lambda_pairwise(pos, neg, weights, none, reduction="query").item() == 0.0
+    with pytest.raises(HardnegError, match="reduction must be"):
+        lambda_pairwise(pos, neg, weights, mask, reduction="sum")
+
+
+def test_adore_positives_and_reduction_settings():
+    cfg = TrainConfig(method="adore", data="x")
+    assert (cfg.adore_positives, cfg.adore_reduction) == ("missing", "query")  # DRhard's
+    TrainConfig(method="adore", data="x", adore_positives="always", adore_reduction="global").validate()
+    with pytest.raises(HardnegError, match="adore_positives must be one of missing, always"):
+        TrainConfig(method="adore", data="x", adore_positives="all").validate()
+    with pytest.raises(HardnegError, match="adore_reduction must be one of query, global"):
+        TrainConfig(method="adore", data="x", adore_reduction="mean").validate()
+    with pytest.raises(HardnegError, match="--adore-reduction: for the adore method"):
+        TrainConfig(method="star", data="x", adore_reduction="global").validate()
+    star = TrainConfig(method="star", data="x")
+    assert TrainConfig(**{**star.to_dict(), "adore_positives": "always"}).fingerprint() == star.fingerprint()
+
+
+def write_multi_positive(folder):
+    """12 topics × 4 documents and 150 filler documents. Training: one query per topic (its positive
+    d<i>-0), plus 3 queries on each of 4 topics that also have 30 weakly judged positives among the
+    filler (NFCorpus-like: deep positives that share no word with the query). Dev: one query per topic,
+    its 4 documents relevant."""
+    from conftest import FILLER_WORDS, TRAIN_TOPICS
+
+    rng = np.random.default_rng(1)
+    (folder / "qrels").mkdir(parents=True)
+    head = "query-id\tcorpus-id\tscore"
+    docs, queries, train, dev = [], [], [head], [head]
+    for i, topic in enumerate(TRAIN_TOPICS):
+        docs += [{"_id": f"d{i}-{j}", "title": "", "text": f"{topic} fact {j} " * (1 + j)} for j in range(4)]
+        queries += [{"_id": f"q{i}", "text": f"tell me about {topic}"},
+                    {"_id": f"v{i}", "text": f"what is known on {topic}"}]
+        train.append(f"q{i}\td{i}-0\t1")
+        dev += [f"v{i}\td{i}-{j}\t1" for j in range(4)]
+    n_filler = 150
+    docs += [{"_id": f"f{n}", "title": "", "text": f"{FILLER_WORDS[n % 17]} {FILLER_WORDS[(n * 7) % 17]} note {n}"}
+             for n in range(n_filler)]
+    for i, topic in enumerate(TRAIN_TOPICS[:4]):
+        for r in range(3):
+            queries.append({"_id": f"m{i}-{r}", "text": f"{topic} overview {r}"})
+            train.append(f"m{i}-{r}\td{i}-{r}\t1")
+            train += [f"m{i}-{r}\tf{n}\t1" for n in rng.choice(n_filler, 30, replace=False)]
+    (folder / "corpus.jsonl").write_text("\n".join(map(json.dumps, docs)) + "\n")
+    (folder / "queries.jsonl").write_text("\n".join(map(json.dumps, queries)) + "\n")
+    (folder / "qrels" / "train.tsv").write_text("\n".join(train) + "\n")
+    (folder / "qrels" / "dev.tsv").write_text("\n".join(dev) + "\n")
+    return folder
+
+
+def test_adore_defaults_do_not_break_on_multi_positive_queries(tmp_path, tiny_model_dir):
+    """The multi-positive regression: appending the many deep, weakly judged positives every step and
+    averaging over pairs (``always`` + ``global``) drags the query tower to the filler and dev nDCG@10
+    collapses below the start model's; DRhard's rules (the defaults) do not lower it."""
+    data = write_multi_positive(tmp_path / "multi")
+
+    def dev_curve(name, **kw):
+        cfg = config(tmp_path, data, tiny_model_dir, out=str(tmp_path / name), max_steps=10, batch_size=8,
+                     lr=5e-4, dev_split="dev", dev_every=5, save_every=100, dev_metric="nDCG@10",
+                     pooling="mean", normalize=True, adore_topk=20, metric="mrr@20", seed=1, **kw)
+        trainer = Trainer(cfg)
+        trainer.setup()
+        trainer.train()
+        log = [json.loads(line) for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
+        return [(r["step"], r["nDCG@10"]) for r in log if "nDCG@10" in r]
+
+    defaults = dev_curve("defaults")
+    assert [s for s, _ in defaults] == [0, 5, 10]
+    start = defaults[0][1]
+    assert start > 0.05  # the start model ranks some topic documents: there is something to lose
+    assert all(v >= start for _, v in defaults), defaults
+    # the same data under the former behaviour: the bug this test guards against
+    former = dev_curve("former", adore_positives="always", adore_reduction="global")
+    assert former[0][1] == pytest.approx(start) and former[-1][1] < start, former

@@ -54,7 +54,8 @@ def torchrun(*args: str, timeout: float = 300, check: bool = True) -> subprocess
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
 
 
@@ -127,7 +128,10 @@ def test_two_processes_equal_one_with_the_double_batch(two_vs_one, name):
     assert one["totals"]["loss"] > 0
     assert two["grads"].keys() == one["grads"].keys() and one["grads"]
     worst = max(float((two["grads"][k] - g).abs().max()) for k, g in one["grads"].items())
-    assert worst <= 1e-5, f"largest gradient difference {worst:.2e}"
+    # float32 sums in another order differ in proportion to the gradient's size (the softmax loss's
+    # scores are scaled by 1/temperature, so its gradients are larger): the bound scales with it
+    scale = max(1.0, max(float(g.abs().max()) for g in one["grads"].values()))
+    assert worst <= 1e-5 * scale, f"largest gradient difference {worst:.2e} (largest gradient {scale:.2f})"
     assert any(float(g.abs().max()) > 1e-4 for g in one["grads"].values())  # not trivially zero
     # the update: the clipped gradient the optimiser gets, and AdamW's step wherever it is well conditioned
     # (its first step is lr * g / (|g| + eps): for |g| near 0 float noise alone flips it by up to lr)
@@ -278,7 +282,7 @@ def test_resume_after_killing_one_rank_matches_an_uninterrupted_run(tmp_path, ti
 def test_resume_with_another_number_of_processes_is_refused(tmp_path, tiny_model_dir):
     """A 1-process resume of a 2-process checkpoint fails with a clear message (the state says 2)."""
     from hardneg.errors import HardnegError
-    from hardneg.train.trainer import save_checkpoint
+    from hardneg.train.checkpoint import save_checkpoint
 
     data = write_tiny_train(tmp_path / "tiny-train")
     cfg = TrainConfig(**make_config(tmp_path, data, tiny_model_dir, "inbatch", 2))

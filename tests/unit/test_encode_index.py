@@ -208,3 +208,30 @@ def test_concurrent_encoders_take_turns(model, store, tmp_path):
     assert all(p.returncode == 0 for p in procs)
     assert keys[0] == keys[1] and keys[0]
     assert not (tmp_path / "emb.partial").exists()
+
+
+def test_every_encoding_path_runs_the_same_batches_bit_for_bit(model, store, tmp_path):
+    """In-memory, resumable (store), one-process sharded and training encodings share one loop:
+    with the same batch size they give the very same float32 bytes."""
+    import torch
+
+    from hardneg.index.encode import encode_batches, encode_token_lists
+    from hardneg.index.shards import sharded_encode_token_lists
+    from hardneg.train.trainer import encode_rows
+
+    rows = store.rows(range(len(store)))
+    in_memory = encode_token_lists(model, rows, "doc", batch_size=5)
+    stored = encode_store(model, store, "doc", tmp_path / "emb", batch_size=5, show_progress=False)
+    assert np.asarray(stored.vectors).tobytes() == in_memory.tobytes()
+    assert sharded_encode_token_lists(model, rows, "doc", batch_size=5).tobytes() == in_memory.tobytes()
+    model.eval()
+    with torch.no_grad():
+        trained = encode_rows(model, rows, "doc", 5)
+    assert trained.float().numpy().tobytes() == in_memory.tobytes()
+    # the loop itself: batches in order from `start`, each padded to its own longest row
+    batches = length_sorted_batches(store.lengths, 5)
+    with torch.inference_mode():
+        got = list(encode_batches(model, store.rows, batches, "doc", start=2))
+    assert [b for b, _ in got] == list(range(2, len(batches)))
+    for b, emb in got:
+        assert emb.float().numpy().tobytes() == in_memory[batches[b]].tobytes()

@@ -7,18 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from hardneg.errors import HardnegError
+from hardneg.train.layout import collision_mask, inbatch_scores, layout_masks, star_scores
 from hardneg.train.losses import (
-    collision_mask,
     delta_mrr,
     delta_ndcg,
     ideal_dcg,
-    inbatch_scores,
     lambda_pairwise,
     ranknet_pairwise,
     ranknet_pairwise_sum,
     softmax_ce,
     star_loss,
-    star_scores,
 )
 
 
@@ -455,3 +453,11 @@ def test_star_loss_bad_arguments() -> None:
         star_loss(t([1.0]), t([[0.0]]), t([[0.0]]), mixing="mean")  # type: ignore[arg-type]
     with pytest.raises(HardnegError, match="alpha"):
         star_loss(t([1.0]), t([[0.0]]), t([[0.0]]), alpha=-1.0)
+
+
+def test_layout_masks_of_one_rank_of_a_global_batch() -> None:
+    # global batch of 3 examples, 1 negative each; this rank scores example 1 and 2 (row_offset 1)
+    docs = ["p0", "p1", "p2", "n0", "n1", "p0"]  # positives, negatives of 0, 1, 2 (n2 = p0: a collision)
+    own, other = layout_masks([{"p1"}, {"p2", "p0"}], docs, 1, row_offset=1, global_batch=3)
+    assert own.tolist() == [[False, False, False, False, True, False], [False] * 6]
+    assert other.tolist() == [[True, False, True, True, False, True], [False, True, False, True, True, False]]

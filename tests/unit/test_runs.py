@@ -179,3 +179,33 @@ def test_truncate_and_sort_run() -> None:
     assert sort_run({"q": [("a", 1.0), ("b", 2.0), ("c", 1.0)]}) == {
         "q": [("b", 2.0), ("a", 1.0), ("c", 1.0)]
     }
+
+
+def test_save_run_and_metrics_writes_run_settings_and_metrics(tmp_path: Path) -> None:
+    import json
+
+    from hardneg.evaluate.metrics import evaluate, evaluate_per_query
+    from hardneg.retrieval.results import evaluate_run, save_run_and_metrics
+
+    run = {"q1": [("d1", 2.0), ("d2", 1.0)], "q2": [("d3", 0.5), ("d1", 0.25)]}
+    qrels = {"q1": {"d2": 1}, "q2": {"d3": 1}}
+    result = save_run_and_metrics(run, tmp_path / "a", tag="sys", fmt="both", qrels=qrels,
+                                  measures=["RR@10"], settings={"k": 2}, per_query=True)
+    write_trec(run, tmp_path / "ref.trec", tag="sys")
+    write_msmarco(run, tmp_path / "ref.tsv")
+    folder = tmp_path / "a"
+    assert (folder / "run.trec").read_bytes() == (tmp_path / "ref.trec").read_bytes()
+    assert (folder / "run.msmarco.tsv").read_bytes() == (tmp_path / "ref.tsv").read_bytes()
+    assert json.loads((folder / "settings.json").read_text()) == {"k": 2} == result.settings
+    assert result.metrics == evaluate(run, qrels, ["RR@10"]) == {"RR@10": 0.75}
+    assert json.loads((folder / "metrics.json").read_text()) == result.metrics
+    assert json.loads((folder / "per_query.json").read_text()) == evaluate_per_query(run, qrels, ["RR@10"])
+    assert result.run is run
+    # not evaluated (no qrels), no settings, trec only: just the run
+    bare = save_run_and_metrics(run, tmp_path / "b", tag="sys")
+    assert bare.metrics is None and bare.per_query is None
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["run.trec"]
+    assert evaluate_run(run, qrels).metrics == evaluate(run, qrels)  # default measures
+    with pytest.raises(HardnegError, match="run format"):
+        save_run_and_metrics(run, tmp_path / "c", fmt="csv")
+    assert not (tmp_path / "c").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from conftest import write_tiny_train
 from hardneg.errors import HardnegError
 from hardneg.train.config import TrainConfig
+from hardneg.train.losses import pairwise_loss, star_loss
 from hardneg.train.trainer import DataOrder, Trainer, split_dev
 
 
@@ -142,3 +144,119 @@ def test_tracking_overlap(tmp_path, tiny_train, tiny_model_dir, method):
     log = [json.loads(x) for x in (tmp_path / "moved" / "train_log.jsonl").read_text().splitlines()]
     overlaps = [r["overlap@8"] for r in log if r["kind"] == "track"]
     assert len(overlaps) == 4 and min(overlaps) < 1.0  # a large learning rate moves the ranking
+
+
+# ----------------------------------------------------------------------------- the loss that trains
+def layout_oracle(trainer, examples, negatives):
+    """The batch layout's masks, written out by hand: ``(own negatives, other documents)``."""
+    b, n = len(examples), trainer.config.n_negatives
+    doc_list = [e.pos for e in examples] + [x for negs in negatives for x in negs]
+    own = torch.zeros(b, len(doc_list), dtype=torch.bool)
+    other = torch.zeros_like(own)
+    for i, e in enumerate(examples):
+        for j, docid in enumerate(doc_list):
+            if j == i or docid in trainer.positives[e.qid]:
+                continue  # the own positive, or another copy of a known positive: never a negative
+            (own if b + i * n <= j < b + (i + 1) * n else other)[i, j] = True
+    return own, other
+
+
+def ranknet_by_hand(scores, mask):
+    """Paper Eq. 14 averaged over the valid pairs: mean of log(1 + exp(s⁻ − s⁺))."""
+    terms = [math.log1p(math.exp(float(scores[i, j] - scores[i, i]))) for i, j in mask.nonzero().tolist()]
+    return sum(terms) / max(len(terms), 1), len(terms)
+
+
+def softmax_by_hand(scores, mask):
+    rows = []
+    for i in range(scores.shape[0]):
+        logits = [float(scores[i, j]) for j in [i, *mask[i].nonzero().flatten().tolist()]]
+        top = max(logits)
+        rows.append(top + math.log(sum(math.exp(x - top) for x in logits)) - logits[0])
+    return sum(rows) / len(rows)
+
+
+@pytest.mark.parametrize("method, kw", [
+    ("inbatch", {}),
+    ("inbatch", {"loss": "softmax"}),
+    ("rand", {}),
+    ("bm25neg", {}),
+    ("static", {}),
+    ("ance", {"refresh_every": 1}),
+    ("star", {"alpha": 0.5}),
+    ("star", {"star_mixing": "pairmean"}),
+    ("star", {"loss": "softmax", "alpha": 2.0}),
+])
+def test_the_step_trains_on_the_paper_loss_function(method, kw, tmp_path, tiny_train, tiny_model_dir):
+    """One real training step per method: the loss it used equals the pure loss function of
+    hardneg.train.losses (the one the paper-formula tests check) on the scores the step produced,
+    with the batch layout's masks written out by hand, and the paper's formula itself."""
+    cfg = config(tmp_path, tiny_train, tiny_model_dir, method, batch_size=8, n_negatives=2, max_steps=3, **kw)
+    trainer = Trainer(cfg)
+    trainer.setup()
+    seen = {}
+    real_loss = trainer.method.loss
+
+    def capture(scores, batch):
+        out = real_loss(scores, batch)
+        seen.update(scores=scores.detach().clone(), batch=batch, loss=out[0].detach().clone())
+        return out
+
+    trainer.method.loss = capture
+    step = 0
+    if method == "ance":  # the step after a refresh: the mining hook ran with the current weights
+        trainer.step_gradients(0)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.method.after_step(1)
+        assert trainer.method.refreshes == 1
+        step = 1
+    totals = trainer.step_gradients(step)
+    scores, batch, used = seen["scores"], seen["batch"], seen["loss"]
+    examples, negatives = trainer.micro_batch(step, 0)
+    assert [e.qid for e in batch.examples] == [e.qid for e in examples] and batch.negatives == negatives
+    assert scores.shape == (8, 8 + 8 * (2 if method != "inbatch" else 0))
+    assert totals["loss"] == float(used)
+    own, other = layout_oracle(trainer, examples, negatives)
+    pos = scores.diagonal()
+    loss_kind = cfg.loss
+    if method == "inbatch":
+        pure, hand = pairwise_loss(pos, scores, other, loss=loss_kind), other
+    elif method == "rand":
+        pure, hand = pairwise_loss(pos, scores, own | other, loss=loss_kind), own | other
+    elif method in ("bm25neg", "static", "ance"):
+        pure, hand = pairwise_loss(pos, scores, own, loss=loss_kind), own
+    else:
+        pure = star_loss(pos, scores, scores, own, other, alpha=cfg.alpha, mixing=cfg.star_mixing,
+                         loss=loss_kind)
+        hand = None
+    assert torch.equal(used, pure)  # bit for bit: training calls exactly this function
+    s = scores.double()
+    if hand is not None:
+        mean, count = ranknet_by_hand(s, hand) if loss_kind == "ranknet" else (softmax_by_hand(s, hand), None)
+        assert used.item() == pytest.approx(mean, rel=1e-5, abs=1e-6)
+        if count is not None:
+            assert totals["pairs"] == count
+    elif cfg.star_mixing == "pairmean":  # DRhard: (first_loss + second_loss) / (first_num + second_num)
+        (m_h, n_h), (m_r, n_r) = ranknet_by_hand(s, own), ranknet_by_hand(s, other)
+        assert used.item() == pytest.approx((m_h * n_h + m_r * n_r) / (n_h + n_r), rel=1e-5)
+        assert (totals["hard_pairs"], totals["random_pairs"]) == (n_h, n_r)
+    else:  # paper Eq. 13: L_s + α·L_r
+        by_hand = ranknet_by_hand if loss_kind == "ranknet" else (lambda x, m: (softmax_by_hand(x, m), 0))
+        expected = by_hand(s, own)[0] + cfg.alpha * by_hand(s, other)[0]
+        assert used.item() == pytest.approx(expected, rel=1e-5)
+    assert other.any() and (method == "inbatch" or own.any())
+
+
+def test_one_registry_names_every_method():
+    from hardneg.train.methods import make_method, method_class, method_help, method_names
+
+    names = method_names()
+    assert names == ("inbatch", "rand", "bm25neg", "static", "ance", "star", "adore")
+    for name in names:
+        assert method_class(name).name == name
+        text = method_help(name)
+        assert text and "\n" not in text and len(text) < 100
+    assert method_class("adore").frozen_doc and not method_class("star").frozen_doc
+    for call in (method_help, method_class, lambda n: make_method(n, None)):
+        with pytest.raises(HardnegError, match="unknown method 'dpr'; known: inbatch, rand"):
+            call("dpr")

@@ -6,6 +6,10 @@ rows are written back in their original order. Corpus encoding writes a
 float32 ``.npy`` memmap into ``<out>.partial/`` with a progress file, and can
 be resumed after an interruption; the folder is renamed to ``<out>`` only
 when every row is encoded, so an unfinished one is never taken as complete.
+
+Every encoding of token rows (in memory, into a resumable memmap, sharded over
+ranks, and training's encoding with gradients) runs :func:`encode_batches`, the
+one loop that pads each batch to its own longest row and runs the model on it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +50,43 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-def _pad_id(model) -> int:
+def pad_id(model) -> int:
+    """The id padding fills batches with: the tokenizer's pad token, else 0."""
     pad = model.tokenizer.pad_token_id
     return int(pad) if pad is not None else 0
+
+
+def encode_batches(
+    model,
+    rows_of: Callable[[np.ndarray], Sequence[Sequence[int]]],
+    batches: Sequence[np.ndarray],
+    side: str,
+    *,
+    start: int = 0,
+    desc: str | None = None,
+    show_progress: bool = False,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """The encoding loop: ``(b, embeddings of batch b)`` for ``b`` from ``start`` on, in order.
+
+    ``rows_of(batches[b])`` gives batch ``b``'s token id lists; each batch is padded to its own
+    longest row and encoded by ``model`` on its device. The embeddings are the model's output
+    tensors (in whatever grad mode the caller runs: inference for corpus encoding, with gradients
+    in training); the model's train/eval mode is the caller's too.
+    """
+    from tqdm.auto import tqdm
+
+    pad = pad_id(model)
+    device = model.device
+    with tqdm(total=len(batches), initial=start, desc=desc, unit="batch",
+              disable=not show_progress, mininterval=1.0) as bar:
+        for b in range(start, len(batches)):
+            ids, mask = pad_batch(rows_of(batches[b]), pad)
+            yield b, model(ids.to(device), mask.to(device), side=side)
+            bar.update(1)
+
+
+def _desc(side: str) -> str:
+    return f"encode {'queries' if side == 'query' else 'docs'}"
 
 
 @torch.inference_mode()
@@ -61,20 +99,15 @@ def encode_token_lists(
     show_progress: bool = False,
 ) -> np.ndarray:
     """Encode pre-tokenized rows held in memory; returns float32 ``(n, dim)`` in input order."""
-    from tqdm.auto import tqdm
-
     model.eval()
     out = np.empty((len(token_lists), model.dim), dtype=np.float32)
     if not len(token_lists):
         return out
     lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
-    pad = _pad_id(model)
-    device = model.device
-    for batch in tqdm(length_sorted_batches(lengths, batch_size), desc=f"encode {'queries' if side == 'query' else 'docs'}",
-                      disable=not show_progress, mininterval=1.0):
-        ids, mask = pad_batch([token_lists[i] for i in batch], pad)
-        emb = model(ids.to(device), mask.to(device), side=side)
-        out[batch] = emb.float().cpu().numpy()
+    batches = length_sorted_batches(lengths, batch_size)
+    for b, emb in encode_batches(model, lambda rows: [token_lists[i] for i in rows], batches, side,
+                                 desc=_desc(side), show_progress=show_progress):
+        out[batches[b]] = emb.float().cpu().numpy()
     return out
 
 
@@ -174,8 +207,6 @@ def encode_batches_resumable(model, store, side: str, batches: list[np.ndarray],
     batch size or corpus) is discarded with the folder. On return the embeddings are flushed; the caller
     writes its manifest, removes ``progress.json`` (absent when there was nothing to encode) and commits.
     """
-    from tqdm.auto import tqdm
-
     progress_file = partial / "progress.json"
     state = {**state, "done": 0}
     if progress_file.is_file():
@@ -192,24 +223,18 @@ def encode_batches_resumable(model, store, side: str, batches: list[np.ndarray],
         state["done"] = 0
         vectors = np.lib.format.open_memmap(emb_file, mode="w+", dtype=np.float32, shape=(n_rows, model.dim))
     model.eval()
-    pad = _pad_id(model)
-    device = model.device
     last = time.monotonic()
-    with tqdm(total=len(batches), initial=state["done"], desc=desc, unit="batch", disable=not show_progress,
-              mininterval=1.0) as bar:
-        for b in range(state["done"], len(batches)):
-            ids, mask = pad_batch(store.rows(batches[b]), pad)
-            emb = model(ids.to(device), mask.to(device), side=side)
-            vectors[targets[b]] = emb.float().cpu().numpy()
-            bar.update(1)
-            if time.monotonic() - last > checkpoint_seconds or b + 1 == len(batches):
-                vectors.flush()
-                state["done"] = b + 1
-                write_json(progress_file, state)
-                last = time.monotonic()
-                # map the file afresh: pages written so far leave this process's resident memory
-                del vectors
-                vectors = np.load(emb_file, mmap_mode="r+")
+    for b, emb in encode_batches(model, store.rows, batches, side, start=state["done"], desc=desc,
+                                 show_progress=show_progress):
+        vectors[targets[b]] = emb.float().cpu().numpy()
+        if time.monotonic() - last > checkpoint_seconds or b + 1 == len(batches):
+            vectors.flush()
+            state["done"] = b + 1
+            write_json(progress_file, state)
+            last = time.monotonic()
+            # map the file afresh: pages written so far leave this process's resident memory
+            del vectors
+            vectors = np.load(emb_file, mmap_mode="r+")
     vectors.flush()
     del vectors
 
@@ -221,7 +246,7 @@ def _encode_store_unsafe(model, store, side, out: Path, key: str, batch_size: in
     encode_batches_resumable(
         model, store, side, batches, batches, len(store), partial,
         {"key": key, "batch_size": batch_size, "n_batches": len(batches)},
-        desc=f"encode {'queries' if side == 'query' else 'docs'}", show_progress=show_progress,
+        desc=_desc(side), show_progress=show_progress,
         checkpoint_seconds=checkpoint_seconds)
     _copy_ids(store, partial / "ids.json")
     write_json(

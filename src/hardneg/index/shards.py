@@ -15,6 +15,9 @@ layout, row count and hash). :func:`merge_shards` checks that every shard of
 ``n`` is present, complete and made by the same encoder from the same texts,
 and that their rows cover the corpus exactly once, then writes ``OUT``
 atomically in the one-process layout.
+
+Under ``torchrun``, :func:`sharded_encode_token_lists` shares the same batches
+out over the ranks in memory and gathers the whole result on every rank.
 """
 
 from __future__ import annotations
@@ -22,24 +25,86 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 
+from hardneg import distributed as dist
 from hardneg.errors import HardnegError
 from hardneg.index.encode import (
     EMB_VERSION,
     Embeddings,
     _copy_ids,
     embeddings_key,
+    encode_batches,
     encode_batches_resumable,
+    encode_token_lists,
     length_sorted_batches,
 )
 from hardneg.io import commit_dir, file_lock, read_json, write_json
 
 SHARD_KIND = "embeddings-shard"
 _SHARD_NAME = re.compile(r"^(\d+)-of-(\d+)$")
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``"i/n"`` → ``(i, n)`` with ``0 <= i < n``."""
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise HardnegError(f"--shard must look like i/n (e.g. 0/4), not {spec!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise HardnegError(f"--shard {spec}: need 0 <= i < n")
+    return i, n
+
+
+def shard_batches(batches: Sequence[np.ndarray], shard: int, n_shards: int) -> list[int]:
+    """Indices of the length-sorted batches shard ``shard`` of ``n_shards`` encodes: round-robin
+    (``shard, shard + n, …``), so every shard gets a mix of long and short batches, and each batch
+    is the very batch the unsharded run encodes (hence bit-identical embeddings)."""
+    if not 0 <= shard < n_shards:
+        raise HardnegError(f"shard {shard} is not in [0, {n_shards})")
+    return list(range(shard, len(batches), n_shards))
+
+
+@torch.inference_mode()
+def sharded_encode_token_lists(model, token_lists: Sequence[Sequence[int]], side: str, *,
+                               batch_size: int = 64, show_progress: bool = False,
+                               gather_rows: int = 65536) -> np.ndarray:
+    """:func:`hardneg.index.encode.encode_token_lists` with the batches shared out over the ranks;
+    every rank gets the whole ``(n, dim)`` result, bit-identical to the one-process encoding."""
+    if not dist.is_distributed():
+        return encode_token_lists(model, token_lists, side, batch_size=batch_size, show_progress=show_progress)
+    n = len(token_lists)
+    lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=n)
+    batches = length_sorted_batches(lengths, batch_size)
+    world, me = dist.world_size(), dist.rank()
+    rows_of = [np.concatenate([batches[b] for b in shard_batches(batches, r, world)] or
+                              [np.empty(0, dtype=np.int64)]) for r in range(world)]
+    # batch by batch: each batch is exactly one of the unsharded run's batches (same rows, same padding)
+    model.eval()
+    mine = [batches[b] for b in shard_batches(batches, me, world)]
+    parts = [emb.float().cpu().numpy() for _, emb in encode_batches(
+        model, lambda rows: [token_lists[i] for i in rows], mine, side, desc="encode (sharded)",
+        show_progress=show_progress and dist.is_main())]
+    local = np.concatenate(parts) if parts else np.empty((0, model.dim), dtype=np.float32)
+    out = np.empty((n, model.dim), dtype=np.float32)
+    longest = max(len(r) for r in rows_of)
+    device = dist.device_of_group()
+    for start in range(0, longest, gather_rows):  # gather in slices: bounded extra memory
+        stop = min(start + gather_rows, longest)
+        piece = np.zeros((stop - start, model.dim), dtype=np.float32)
+        have = local[start:stop]
+        piece[: len(have)] = have
+        gathered = [torch.empty(piece.shape, dtype=torch.float32, device=device) for _ in range(world)]
+        tdist.all_gather(gathered, torch.from_numpy(piece).to(device))
+        for r, part in enumerate(gathered):
+            rows = rows_of[r][start:stop]
+            out[rows] = part[: len(rows)].cpu().numpy()
+    return out
 
 
 def shards_root(out: str | Path) -> Path:
@@ -52,8 +117,6 @@ def shard_folder(out: str | Path, shard: int, n_shards: int) -> Path:
 
 def shard_rows(lengths: np.ndarray, batch_size: int, shard: int, n_shards: int) -> tuple[list[np.ndarray], np.ndarray]:
     """The batches shard ``shard`` of ``n_shards`` encodes and their rows, in encoding order."""
-    from hardneg.train.distributed import shard_batches
-
     batches = length_sorted_batches(lengths, batch_size)
     mine = [batches[b] for b in shard_batches(batches, shard, n_shards)]
     rows = np.concatenate(mine) if mine else np.empty(0, dtype=np.int64)

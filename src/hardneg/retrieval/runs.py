@@ -133,7 +133,7 @@ def read_run(path: str | Path) -> Run:
     first_rank: dict[tuple[str, int], int] = {}
     # qid -> [(sort_key..., docid, score)]
     rows: dict[str, list[tuple[float, int, int, str, float]]] = {}
-    from hardneg.data.readers import iter_text_lines
+    from hardneg.data.lines import iter_text_lines
 
     if not path.exists():
         raise InputError("run file not found", path=path)

@@ -7,9 +7,12 @@ tower trains. Every step, for a batch of training queries:
 2. search the index for each query's top-``K`` with ``q.detach()`` (the
    current query tower: these are the *dynamic* hard negatives);
 3. mark the retrieved documents that are relevant (grade ≥ 1 in the training
-   qrels); relevant documents that were not retrieved are appended after rank
-   ``K`` at ranks ``K+1, K+2, …`` (as DRhard does), so every query with a
-   positive in the corpus has pairs;
+   qrels); when *none* was retrieved, the query's relevant documents are
+   appended after rank ``K`` at ranks ``K+1, K+2, …`` (as DRhard does,
+   ``adore_positives=missing``), so every query with a positive in the corpus
+   has pairs; ``adore_positives=always`` appends the unretrieved ones every time
+   (on multi-positive data, e.g. NFCorpus, the many deep weakly-judged positives
+   then drag the query vector away from the ones it already ranks);
 4. recompute every candidate's score *with gradients* from the vectors the
    index ranks with (``index.reconstruct``: decoded codes for a PQ index, the
    original vectors for flat), ``s = scale · <q, v>``, so the ranks, the pair
@@ -17,10 +20,14 @@ tower trains. Every step, for a batch of training queries:
 5. loss: pairwise logistic loss over (relevant, retrieved non-relevant) pairs,
    each weighted by ``|ΔM|``, the change of the metric (``mrr@k`` or
    ``ndcg@k``) if the two swapped ranks (LambdaLoss); ``adore_loss=ranknet``
-   sets every weight to 1 (the paper's ablation).
+   sets every weight to 1 (the paper's ablation). ``adore_reduction=query``
+   (DRhard) averages each query's pair losses, then the queries (those with a
+   pair, over all ranks under torchrun); ``global`` averages over all pairs, so
+   queries with many positives dominate.
 
-The index comes from :func:`hardneg.retrieval.dense.corpus_index`, whose cache
-key depends on the document side alone (:meth:`DualEncoder.side_identity`): ADORE on a zero-shot model reuses the embeddings and index a ``hardneg
+The index comes from :func:`hardneg.artifacts.corpus_index`, whose cache
+key depends on the document side alone (:meth:`DualEncoder.side_identity`): ADORE on a
+zero-shot model reuses the embeddings and index a ``hardneg
 retrieve --model <same model>`` left in the cache. Dev evaluation searches the
 same index (so training on a PQ index is evaluated on that PQ index).
 
@@ -41,10 +48,9 @@ import torch
 
 from hardneg.errors import HardnegError
 from hardneg.io import write_json
-from hardneg.train import distributed as dist
 from hardneg.train.config import parse_adore_metric
-from hardneg.train.losses import delta_mrr, delta_ndcg, ideal_dcg, lambda_pairwise_sum
-from hardneg.train.methods import Method
+from hardneg.train.losses import delta_mrr, delta_ndcg, ideal_dcg, lambda_pairwise
+from hardneg.train.methods import Method, MethodContext, StepBatch
 
 logger = logging.getLogger("hardneg.train")
 
@@ -87,6 +93,7 @@ def build_pairs(
     *,
     idcg: Sequence[float] | None = None,
     weighting: str = "lambda",
+    positives: str = "missing",
 ) -> AdorePairs:
     """Pairs and weights of ranked lists ``retrieved`` ``(B, K)`` (index rows, ``-1`` = no result).
 
@@ -95,8 +102,12 @@ def build_pairs(
     ``metric`` is ``mrr@k`` (weights :func:`delta_mrr`) or ``ndcg@k``
     (:func:`delta_ndcg` with graded gains; ``idcg[b]`` is query ``b``'s IDCG@k
     from its qrels). ``weighting="ranknet"`` gives every valid pair weight 1.
+    ``positives="missing"`` (DRhard) appends the non-retrieved relevant documents only
+    to a query with no relevant document retrieved; ``"always"`` appends them to every query.
     """
     name, k = parse_adore_metric(metric)
+    if positives not in ("missing", "always"):
+        raise HardnegError(f"positives must be 'missing' or 'always', not {positives!r}")
     retrieved = np.asarray(retrieved, dtype=np.int64)
     if retrieved.ndim != 2 or retrieved.shape[0] != len(relevant):
         raise HardnegError(f"retrieved must be (B, K) with B = {len(relevant)}; got {retrieved.shape}")
@@ -117,6 +128,8 @@ def build_pairs(
         rel[i] = hit
         hit_ranks = np.flatnonzero(hit)
         missing = rows[~np.isin(rows, retrieved[i][hit])]
+        if positives == "missing" and hit.any():
+            missing = missing[:0]
         n_hit, n_miss = len(hit_ranks), len(missing)
         all_rows = np.concatenate([retrieved[i][hit_ranks], missing])
         pos_rows[i, : n_hit + n_miss] = all_rows
@@ -182,24 +195,24 @@ class Adore(Method):
     name = "adore"
     frozen_doc = True
 
-    def __init__(self, trainer) -> None:
-        super().__init__(trainer)
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
+        from hardneg.artifacts import corpus_index
         from hardneg.index.faiss_index import factory_string
         from hardneg.model.encoder import weights_fingerprint
-        from hardneg.retrieval.dense import corpus_index
 
         cfg = self.config
         self.metric_name, self.metric_k = parse_adore_metric(cfg.metric)
         self.k = int(cfg.adore_topk)
-        model = trainer.model
-        n_docs = len(trainer.doc_ids)
+        model = ctx.model
+        n_docs = len(ctx.doc_ids)
         if self.k > n_docs:
             raise HardnegError(f"adore_topk {self.k} is larger than the corpus ({n_docs} documents)")
         factory_string(cfg.index, model.dim, n_docs)  # a bad index kind fails before encoding the corpus
         self.doc_source = doc_source(cfg.model, model)
         self.doc_weights = weights_fingerprint(model.doc_model)
         try:  # cached by the document side alone (DualEncoder.side_identity), so X's cache is reused
-            self.index = corpus_index(model, trainer.dataset, cfg.index, trainer.cache_dir,
+            self.index = corpus_index(model, ctx.dataset, cfg.index, ctx.cache_dir,
                                       batch_size=cfg.batch_encode_size, show_progress=not cfg.quiet)
         except RuntimeError as exc:  # Faiss, e.g. fewer documents than a PQ codebook's 256 centroids
             raise HardnegError(f"could not build the {cfg.index} index of {n_docs} documents: {exc}") from exc
@@ -212,7 +225,7 @@ class Adore(Method):
         self.relevant: dict[str, dict[int, int]] = {}
         self.n_relevant: dict[str, int] = {}
         self.idcg: dict[str, float] = {}
-        for q, docs in trainer.train_qrels.items():
+        for q, docs in ctx.train_qrels.items():
             self.relevant[q] = dict(sorted((row_of[d], int(g)) for d, g in docs.items() if g >= 1 and d in row_of))
             self.n_relevant[q] = sum(1 for g in docs.values() if g >= 1)
             if self.metric_name == "ndcg":
@@ -227,7 +240,7 @@ class Adore(Method):
         for e in examples:
             first.setdefault(e.qid, e)
         out = [first[q] for q in sorted(first)]
-        dropped = len(self.trainer.train_qrels) - len(out)
+        dropped = len(self.ctx.train_qrels) - len(out)
         if dropped:
             logger.info("adore: %d training queries have no relevant document in the corpus; skipped", dropped)
         if self.config.batch_size > len(out):
@@ -238,28 +251,31 @@ class Adore(Method):
         return out
 
     # loss ----------------------------------------------------------------------
-    def batch_loss(self, examples, negatives) -> tuple[torch.Tensor, dict]:
+    def batch_loss(self, batch: StepBatch) -> tuple[torch.Tensor, dict]:
         from hardneg.train.trainer import encode_rows
 
-        trainer, cfg = self.trainer, self.config
+        ctx, cfg = self.ctx, self.config
+        examples = batch.examples
         qids = [e.qid for e in examples]
-        q = encode_rows(trainer.model, [trainer.query_tokens[x] for x in qids], "query", cfg.train_chunk)
+        q = encode_rows(ctx.model, [ctx.query_tokens[x] for x in qids], "query", cfg.train_chunk)
         _, retrieved = self.index.search(q.detach().float().cpu().numpy(), self.k)
         pairs = build_pairs(retrieved, [self.relevant.get(x, {}) for x in qids], cfg.metric,
                             idcg=[self.idcg.get(x, 0.0) for x in qids] if self.metric_name == "ndcg" else None,
-                            weighting=cfg.adore_loss)
+                            weighting=cfg.adore_loss, positives=cfg.adore_positives)
         s_pos, s_neg = self.scores(q, pairs.pos_rows, pairs.neg_rows)
         device = q.device
-        # lambda_pairwise as a mean over the global batch's pairs (under torchrun each rank searches the
-        # replicated index with its own queries and the pair count is summed over ranks)
-        loss = dist.global_mean(*lambda_pairwise_sum(s_pos, s_neg, pairs.weights.to(device), pairs.mask.to(device)))
+        # lambda_pairwise as a mean over the global batch's pairs or queries (adore_reduction; under
+        # torchrun each rank searches the replicated index with its own queries and the count is summed
+        # over ranks)
+        loss = lambda_pairwise(s_pos, s_neg, pairs.weights.to(device), pairs.mask.to(device),
+                               reduction=cfg.adore_reduction)
         parts = {"pairs": float(pairs.n_pairs), "skipped_queries": float(pairs.skipped),
                  **retrieval_metrics(pairs.relevant_retrieved, [self.n_relevant.get(x, 0) for x in qids])}
         return loss, parts
 
     def scores(self, q: torch.Tensor, pos_rows: np.ndarray, neg_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``scale · <q, v>`` with gradients, ``v`` = the vectors the index ranks with."""
-        scale = self.trainer.scale
+        scale = self.ctx.scale
         v_pos = torch.from_numpy(self.index.reconstruct(pos_rows)).to(q.device, q.dtype)
         v_neg = torch.from_numpy(self.index.reconstruct(neg_rows)).to(q.device, q.dtype)
         return scale * torch.einsum("bd,bpd->bp", q, v_pos), scale * torch.einsum("bd,bkd->bk", q, v_neg)
@@ -274,19 +290,19 @@ class Adore(Method):
         from hardneg.index.encode import encode_token_lists
         from hardneg.retrieval.runs import run_from_arrays
 
-        trainer, cfg = self.trainer, self.config
-        model = trainer.model
+        ctx, cfg = self.ctx, self.config
+        model = ctx.model
         was_training = model.training
-        dev_qids = list(trainer.dev_qrels)
-        qv = encode_token_lists(model, [trainer.query_tokens[x] for x in dev_qids], "query",
+        dev_qids = list(ctx.dev_qrels)
+        qv = encode_token_lists(model, [ctx.query_tokens[x] for x in dev_qids], "query",
                                 batch_size=cfg.batch_encode_size)
         if was_training:
-            trainer.train_mode()
+            ctx.train_mode()
         measures = list(dict.fromkeys([cfg.dev_metric, "RR@10", "nDCG@10", "R@100"]))
         depth = max([100, *(int(c) for m in measures for c in re.findall(r"@(\d+)", m))])
         scores, rows = self.index.search(qv, min(depth, len(self.index)))
         run = run_from_arrays(dev_qids, self.index.ids, scores, rows)
-        return evaluate(run, trainer.dev_qrels, measures)
+        return evaluate(run, ctx.dev_qrels, measures)
 
     # output --------------------------------------------------------------------
     def info(self) -> dict:
@@ -301,7 +317,9 @@ class Adore(Method):
             "metric": self.config.metric,
             "topk": self.k,
             "loss": self.config.adore_loss,
-            "score_scale": self.trainer.scale,
+            "positives": self.config.adore_positives,
+            "reduction": self.config.adore_reduction,
+            "score_scale": self.ctx.scale,
         }
 
     def after_save(self, folder: Path) -> None:

@@ -1,119 +1,199 @@
-"""Training configuration: one dataclass, named presets, YAML load, validation before compute."""
+"""Training configuration: one typed model, named presets, YAML load, validation before compute.
+
+:class:`TrainConfig` is a pydantic model: every setting has a type, a default and a
+description (the ``hardneg train`` flag's help text, written once here), and a bad
+value fails when the config is built, as a :class:`~hardneg.errors.HardnegError`
+naming the key (and the YAML file) and what it takes. YAML reads ``1e-4`` (no dot)
+as a string; numeric strings are accepted for number settings (``"1e-4"`` → 0.0001,
+``"32"`` → 32), anything else ("fast") is an error. Rules that involve several
+settings (``refresh_every`` is for ance, ...) are checked by :meth:`TrainConfig.validate`,
+which the trainer runs before any compute.
+"""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from hardneg.errors import HardnegError
+from hardneg.train.methods import method_names
 
-METHODS = ("inbatch", "rand", "bm25neg", "static", "ance", "star", "adore")
+METHODS = method_names()
 OPTIMIZERS = ("adamw", "lamb")
 LOSSES = ("ranknet", "softmax")
 PRECISIONS = ("fp32", "bf16", "fp16")
 STAR_MIXINGS = ("alpha", "pairmean")
 ADORE_LOSSES = ("lambda", "ranknet")
+ADORE_POSITIVES = ("missing", "always")
+ADORE_REDUCTIONS = ("query", "global")
 
 #: ADORE's own settings and their defaults; any other method refuses a non-default value, and they
 #: are left out of other methods' fingerprints (so checkpoints written before ADORE existed still resume)
-ADORE_DEFAULTS: dict[str, Any] = {"index": "flat", "metric": "mrr@200", "adore_topk": 200, "adore_loss": "lambda"}
+ADORE_DEFAULTS: dict[str, Any] = {"index": "flat", "metric": "mrr@200", "adore_topk": 200,
+                                  "adore_loss": "lambda", "adore_positives": "missing",
+                                  "adore_reduction": "query"}
 
 #: settings that may change between a run and its ``--resume`` (they do not change the math so far)
 RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
                      "track_queries"}
 
+#: help panels of ``hardneg train --help`` (a setting without one is listed under "Options")
+OPTIMISATION, ENCODER, NEGATIVES, ADORE, EVALUATION, CHECKPOINTS = (
+    "Optimisation", "Encoder", "Negatives and loss", "ADORE", "Evaluation", "Checkpoints")
 
-@dataclass
-class TrainConfig:
+#: one-of settings and what they allow
+CHOICES: dict[str, tuple[str, ...]] = {
+    "method": METHODS, "optimizer": OPTIMIZERS, "loss": LOSSES, "precision": PRECISIONS,
+    "star_mixing": STAR_MIXINGS, "adore_loss": ADORE_LOSSES, "adore_positives": ADORE_POSITIVES,
+    "adore_reduction": ADORE_REDUCTIONS,
+}
+#: whole-number settings that must be at least 1
+AT_LEAST_ONE = ("max_steps", "batch_size", "grad_accum", "n_negatives", "topk", "dev_every", "save_every",
+                "keep_checkpoints", "query_max_length", "batch_encode_size", "train_chunk", "adore_topk")
+
+
+def setting(default: Any = None, help: str = "", *, panel: str | None = None, flags: tuple[str, ...] = (),
+            cli: bool = True, path: bool = False, **kwargs: Any) -> Any:
+    """A :class:`TrainConfig` field: ``help`` is the description and the CLI flag's help; ``panel`` its
+    help panel; ``flags`` replaces the flag names (default ``--<name>``); ``cli=False``: no flag;
+    ``path``: the flag takes a path (stored as a string)."""
+    extra = {"panel": panel, "flags": list(flags), "cli": cli, "path": path}
+    return Field(default, description=help, json_schema_extra=extra, **kwargs)
+
+
+class TrainConfig(BaseModel):
     """Every setting of a training run; each has a CLI flag and a YAML key of the same name."""
 
-    method: str = "star"
-    data: str = ""
-    model: str = "minilm"
-    out: str = "runs/train"
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    method: str = setting("star", "Training method (the command's METHOD argument).", cli=False)
+    data: str = setting("", "Training data `path[:split]` (split defaults to train).", flags=("--data", "-d"))
+    model: str = setting("minilm", "Start encoder (default minilm).", flags=("--model", "-m"))
+    out: str = setting("runs/train", "Output folder (model/, logs, checkpoints/).", flags=("--out", "-o"))
     # schedule
-    max_steps: int = 100
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 2e-5
-    optimizer: str = "adamw"
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    precision: str = "fp32"
-    gradient_checkpointing: bool = False
-    seed: int = 42
+    max_steps: int = setting(100, "Optimiser steps.", panel=OPTIMISATION)
+    batch_size: int = setting(32, "Queries per micro-batch.", panel=OPTIMISATION)
+    grad_accum: int = setting(1, "Micro-batches per optimiser step.", panel=OPTIMISATION)
+    lr: float = setting(2e-5, "Peak learning rate.", panel=OPTIMISATION)
+    optimizer: str = setting("adamw", "adamw or lamb.", panel=OPTIMISATION)
+    weight_decay: float = setting(0.01, "Weight decay.", panel=OPTIMISATION)
+    warmup_ratio: float = setting(0.1, "Share of steps in linear warm-up.", panel=OPTIMISATION)
+    max_grad_norm: float = setting(1.0, "Gradient clipping norm.", panel=OPTIMISATION)
+    precision: str = setting("fp32", "fp32, bf16 or fp16 (bf16 is ~7x slower on most CPUs).",
+                             panel=OPTIMISATION)
+    gradient_checkpointing: bool = setting(False, "Trade compute for memory.", panel=OPTIMISATION)
+    seed: int = setting(42, "Seed of data order, sampling and dropout.", panel=OPTIMISATION)
     # encoder
-    pooling: str | None = None
-    normalize: bool | None = None
-    query_max_length: int = 64
-    doc_max_length: int | None = None
+    pooling: str | None = setting(None, "cls or mean (default: the model's).", panel=ENCODER)
+    normalize: bool | None = setting(None, "L2-normalise (default: the model's).", panel=ENCODER)
+    query_max_length: int = setting(64, "Query max length in tokens.", panel=ENCODER)
+    doc_max_length: int | None = setting(None, "Document max length in tokens.", panel=ENCODER)
     # loss
-    loss: str = "ranknet"
-    score_scale: float | None = None  # None: 20 for normalised encoders (cosine), 1 otherwise
+    loss: str = setting("ranknet", "ranknet (paper Eq. 14) or softmax.", panel=NEGATIVES)
+    score_scale: float | None = setting(
+        None, "Multiply scores before the loss (default 20 for normalised encoders, else 1).", panel=NEGATIVES)
     # negatives
-    n_negatives: int = 1
-    topk: int = 200
-    negatives: str | None = None  # run / negatives file for static and star (mined by the start model if None)
-    alpha: float = 1.0
-    star_mixing: str = "alpha"
-    refresh_every: int = 0  # ance: re-mine every N steps
+    n_negatives: int = setting(1, "Sampled negatives per query.", panel=NEGATIVES)
+    topk: int = setting(200, "Hard negatives come from each query's top-k.", panel=NEGATIVES)
+    negatives: str | None = setting(
+        None, "Negatives TSV or TREC run (static, star); default: mined with the start model.", panel=NEGATIVES)
+    alpha: float = setting(1.0, "STAR: weight of the random-negative loss.", panel=NEGATIVES)
+    star_mixing: str = setting("alpha", "STAR: alpha (L_s + a L_r) or pairmean (DRhard's formula).",
+                               panel=NEGATIVES)
+    refresh_every: int = setting(0, "ance: re-mine negatives every N steps.", panel=NEGATIVES)
     # adore: ``model`` (CLI --model or --doc-model) is the fixed document encoder; training starts the
     # query tower from it (or from its query_tower/ when it is itself an ADORE output)
-    index: str = "flat"  # the fixed index ADORE retrieves from (flat, pq<M>, ivfpq, ...)
-    metric: str = "mrr@200"  # mrr@k or ndcg@k: the metric whose change weights each pair
-    adore_topk: int = 200  # documents retrieved per training query each step
-    adore_loss: str = "lambda"  # lambda (ΔM-weighted pairs) or ranknet (every weight 1: the ablation)
+    index: str = setting("flat", "adore: the fixed index searched every step: flat, pq<M>, ivfpq, ... "
+                         "(default flat).", panel=ADORE)
+    metric: str = setting("mrr@200", "adore: mrr@k or ndcg@k, whose change weights each pair "
+                          "(default mrr@200).", panel=ADORE)
+    adore_topk: int = setting(200, "adore: documents retrieved per query each step (default 200).",
+                              panel=ADORE)
+    adore_loss: str = setting("lambda", "adore: lambda (ΔM-weighted, default) or ranknet (unweighted "
+                              "ablation).", panel=ADORE)
+    adore_positives: str = setting(
+        "missing", "adore: missing (DRhard, default: append unretrieved positives after rank K only when "
+        "none was retrieved) or always (append every unretrieved positive).", panel=ADORE)
+    adore_reduction: str = setting(
+        "query", "adore: query (DRhard, default: mean of each query's pair losses, then over queries) or "
+        "global (mean over all pairs).", panel=ADORE)
     # development split and checkpoints
-    dev_split: str | None = None  # a split of the dataset; None: carve dev_fraction out of train
-    dev_fraction: float = 0.1
-    dev_every: int = 50
-    dev_metric: str = "RR@10"
-    dev_at_start: bool = True  # evaluate the start model too (step 0): it is the best model if training never beats it
-    dev_pool: int = 20  # rank dev queries over the union of BM25 top-N of the dev queries and their positives; 0 = full corpus
-    save_every: int = 50
-    keep_checkpoints: int = 2
-    batch_encode_size: int = 64  # texts per batch when encoding without gradients (dev, mining)
-    train_chunk: int = 16  # rows per forward pass in a training step, length-sorted (less padding)
-    track_every: int = 0  # log static/dynamic negative overlap and train MRR every N steps (0 = off; see tracking.py)
-    track_queries: int = 0  # training queries tracked (a seeded sample; 0 = all)
-    cache_dir: str | None = None
-    quiet: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    dev_split: str | None = setting(None, "Use this split as dev instead of carving one out of train.",
+                                    panel=EVALUATION)
+    dev_fraction: float = setting(0.1, "Share of training queries carved out as dev.", panel=EVALUATION)
+    dev_every: int = setting(50, "Evaluate on dev every N steps.", panel=EVALUATION)
+    dev_metric: str = setting("RR@10", "ir-measures name selecting the best model.", panel=EVALUATION)
+    dev_at_start: bool = setting(True, "Also evaluate the start model (step 0).", panel=EVALUATION)
+    dev_pool: int = setting(20, "Dev ranks BM25 top-N per dev query + positives; 0 = full corpus.",
+                            panel=EVALUATION)
+    save_every: int = setting(50, "Checkpoint every N steps.", panel=CHECKPOINTS)
+    keep_checkpoints: int = setting(2, "Checkpoints kept.", panel=CHECKPOINTS)
+    batch_encode_size: int = setting(64, "Texts per batch when encoding for dev evaluation and mining.",
+                                     panel=OPTIMISATION)
+    train_chunk: int = setting(16, "Rows per length-sorted forward pass in a training step.",
+                               panel=OPTIMISATION)
+    track_every: int = setting(0, "Log static/dynamic negative overlap and train MRR@10 every N steps "
+                               "(costs a corpus encoding; 0 = off).", panel=EVALUATION)
+    track_queries: int = setting(0, "Training queries sampled for --track-every (0 = all).", panel=EVALUATION)
+    cache_dir: str | None = setting(None, "Where tokenized stores, embeddings and indexes are cached "
+                                    "(default $HARDNEG_CACHE_DIR or ~/.cache/hardneg).", path=True)
+    quiet: bool = setting(False, "No progress bars or info messages (the global --quiet).", cli=False)
+    extra: dict[str, Any] = Field(default_factory=dict, description="Free-form notes kept with the run.",
+                                  json_schema_extra={"cli": False})
+
+    # ------------------------------------------------------------------ construction
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise config_error(exc) from exc
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise config_error(exc) from exc
+
+    @field_validator(*CHOICES)
+    @classmethod
+    def _one_of(cls, value: str, info: ValidationInfo) -> str:
+        return _checked(info.field_name, value)
+
+    @field_validator(*AT_LEAST_ONE, "track_every", "track_queries", "lr", "warmup_ratio", "alpha",
+                     "score_scale")
+    @classmethod
+    def _in_range(cls, value: Any, info: ValidationInfo) -> Any:
+        return _checked(info.field_name, value)
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _metric_is_text(cls, value: Any) -> Any:
+        if not isinstance(value, str):  # None, 10, ...: the message says what a metric looks like
+            try:
+                parse_adore_metric(value)
+            except HardnegError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     # ------------------------------------------------------------------ checks
-    def validate(self) -> None:
+    def validate(self) -> None:  # type: ignore[override]  # (pydantic's deprecated classmethod)
         """Raise a clear HardnegError for a bad configuration, before any compute."""
-        def choice(name: str, options: tuple[str, ...]) -> None:
-            if getattr(self, name) not in options:
-                raise HardnegError(f"{name} must be one of {', '.join(options)}, not {getattr(self, name)!r}")
-
-        choice("method", METHODS)
-        choice("optimizer", OPTIMIZERS)
-        choice("loss", LOSSES)
-        choice("precision", PRECISIONS)
-        choice("star_mixing", STAR_MIXINGS)
-        choice("adore_loss", ADORE_LOSSES)
+        for name in (*CHOICES, *AT_LEAST_ONE, "track_every", "track_queries", "lr", "warmup_ratio", "alpha",
+                     "score_scale"):
+            try:
+                _checked(name, getattr(self, name))
+            except ValueError as exc:
+                raise HardnegError(str(exc)) from None
         if not self.data:
             raise HardnegError("no training data: give --data path[:split] (split defaults to train)")
-        for name in ("max_steps", "batch_size", "grad_accum", "n_negatives", "topk", "dev_every", "save_every",
-                     "keep_checkpoints", "query_max_length", "batch_encode_size", "train_chunk"):
-            if int(getattr(self, name)) < 1:
-                raise HardnegError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.track_every < 0 or self.track_queries < 0:
-            raise HardnegError("track_every and track_queries must be >= 0")
-        if self.lr <= 0:
-            raise HardnegError(f"lr must be positive, not {self.lr}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise HardnegError(f"warmup_ratio must be in [0, 1), not {self.warmup_ratio}")
         if not 0 < self.dev_fraction < 1 and self.dev_split is None:
             raise HardnegError(f"dev_fraction must be in (0, 1), not {self.dev_fraction}")
-        if self.alpha < 0:
-            raise HardnegError(f"alpha must be >= 0, not {self.alpha}")
         if self.method == "ance" and self.refresh_every < 1:
             raise HardnegError("ance re-mines its negatives every N steps: give --refresh-every N (N >= 1)")
         if self.method != "ance" and self.refresh_every:
@@ -122,13 +202,9 @@ class TrainConfig:
             raise HardnegError(f"--negatives is for the static and star methods, not {self.method}")
         if self.negatives and not Path(self.negatives).is_file():
             raise HardnegError(f"{self.negatives}: negatives/run file not found (write one with 'hardneg mine')")
-        if self.score_scale is not None and self.score_scale <= 0:
-            raise HardnegError(f"score_scale must be positive, not {self.score_scale}")
         if self.method == "adore":
             parse_adore_metric(self.metric)
-            if int(self.adore_topk) < 1:
-                raise HardnegError(f"adore_topk must be at least 1, not {self.adore_topk}")
-            if not isinstance(self.index, str) or not self.index.strip():
+            if not self.index.strip():
                 raise HardnegError("adore needs an index kind: --index flat, pq<M>, ivfpq, ...")
             if self.loss != "ranknet":
                 raise HardnegError("adore's loss is chosen with --adore-loss (lambda or ranknet), not --loss")
@@ -140,7 +216,11 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ io
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with ``changes`` applied (``dataclasses.replace`` for this model)."""
+        return type(self)(**{**self.to_dict(), **changes})
 
     def fingerprint(self) -> str:
         """Hash of the settings that must not change across ``--resume``."""
@@ -150,25 +230,91 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise HardnegError(f"unknown training setting(s): {', '.join(unknown)}")
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> TrainConfig:
+        """Build from a mapping of settings; errors name ``source`` (a file) when given."""
+        if not isinstance(data, dict):
+            raise HardnegError(f"{_where(source)}a training config is a mapping of settings")
+        try:
+            return cls.model_validate(data)  # runs __init__: a problem is a HardnegError
+        except HardnegError as exc:
+            if source is None:
+                raise
+            raise HardnegError(f"{source}: {exc}") from exc
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        import yaml
+        return cls.from_dict(load_settings(path), source=path)
 
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = yaml.safe_load(fh) or {}
-        except yaml.YAMLError as exc:
-            raise HardnegError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise HardnegError(f"{path}: a training config is a mapping of settings")
-        return cls.from_dict(data)
+
+def load_settings(path: str | Path) -> dict[str, Any]:
+    """The mapping of settings in a YAML file (safe loader; not checked against TrainConfig)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as exc:
+        raise HardnegError(f"{path}: cannot read the training config: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise HardnegError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise HardnegError(f"{path}: a training config is a mapping of settings")
+    return data
+
+
+def _checked(name: str, value: Any) -> Any:
+    """``value`` if it is allowed for setting ``name`` (a one-of or range rule), else ValueError."""
+    if name in CHOICES and value not in CHOICES[name]:
+        raise ValueError(f"{name} must be one of {', '.join(CHOICES[name])}, not {value!r}")
+    if name in AT_LEAST_ONE and value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value}")
+    if name in ("track_every", "track_queries") and value < 0:
+        raise ValueError(f"{name} must be >= 0, not {value}")
+    if name in ("lr", "score_scale") and value is not None and value <= 0:
+        raise ValueError(f"{name} must be positive, not {value}")
+    if name == "warmup_ratio" and not 0 <= value < 1:
+        raise ValueError(f"warmup_ratio must be in [0, 1), not {value}")
+    if name == "alpha" and value < 0:
+        raise ValueError(f"alpha must be >= 0, not {value}")
+    return value
+
+
+def _where(source: str | Path | None) -> str:
+    return f"{source}: " if source is not None else ""
+
+
+_KINDS = {int: "a whole number", float: "a number (e.g. 1e-4)", bool: "true or false", str: "a string",
+          dict: "a mapping"}
+
+
+def _takes(name: str) -> str:
+    """What setting ``name`` takes, in words, e.g. ``a whole number, default 32``."""
+    info = TrainConfig.model_fields[name]
+    types = [t for t in (get_args(info.annotation) or (info.annotation,)) if t is not type(None)]
+    kind = " or ".join(_KINDS.get(getattr(t, "__origin__", t), str(t)) for t in types)
+    if type(None) in get_args(info.annotation):
+        kind += " or null"
+    default = info.get_default(call_default_factory=True)
+    return f"{kind}, default {default!r}"
+
+
+def config_error(exc: ValidationError, source: str | Path | None = None) -> HardnegError:
+    """One HardnegError for all of a validation's problems: the key, what was wrong, what is allowed."""
+    known = list(TrainConfig.model_fields)
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(p) for p in error["loc"]) or "config"
+        if error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"unknown training setting {key!r}{hint}; allowed: {', '.join(known)}")
+        elif error["type"] == "value_error":
+            problems.append(str(error["ctx"]["error"]))
+        else:
+            message = error["msg"][0].lower() + error["msg"][1:]
+            takes = f"; {key} takes {_takes(key)}" if key in TrainConfig.model_fields else ""
+            problems.append(f"{key}: {message} (got {error['input']!r}){takes}")
+    return HardnegError(_where(source) + "; ".join(problems))
 
 
 def parse_adore_metric(metric: object) -> tuple[str, int]:
@@ -217,3 +363,16 @@ def apply_preset(config: TrainConfig, name: str | None, explicit: set[str]) -> T
         if key not in explicit:
             setattr(config, key, value)
     return config
+
+
+def resolve_config(preset: str | None = None, config_file: str | Path | None = None,
+                   given: dict[str, Any] | None = None) -> tuple[TrainConfig, set[str]]:
+    """The config of a run: a preset's values, overridden by a YAML file's, overridden by ``given``
+    (command-line flags). Returns it with the keys set explicitly (by the file or ``given``)."""
+    given = dict(given or {})
+    file_settings = load_settings(config_file) if config_file else {}
+    if config_file:
+        TrainConfig.from_dict(file_settings, source=config_file)  # the file's own mistakes name the file
+    explicit = set(file_settings) | set(given)
+    cfg = TrainConfig.from_dict({**file_settings, **given})
+    return apply_preset(cfg, preset, explicit), explicit

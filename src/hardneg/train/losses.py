@@ -1,8 +1,9 @@
 """Training losses on score tensors (Zhan et al., SIGIR 2021: STAR and ADORE).
 
-Every function here takes *scores* (``s = <q, d>``), never embeddings, except
-the two score builders :func:`inbatch_scores` and :func:`star_scores`, which
-turn embeddings into the ``(pos, neg, mask)`` layout the losses take.
+Every function here takes *scores* (``s = <q, d>``), never embeddings; the
+batch layout and its masks (:func:`~hardneg.train.layout.layout_masks`) and the
+score builders that turn embeddings into the ``(pos, neg, mask)`` layout the
+losses take are in :mod:`hardneg.train.layout`.
 
 Conventions
 -----------
@@ -13,6 +14,11 @@ Conventions
   gradient of exactly 0, whatever its value (even ``inf``/``nan``).
 * Pairwise losses are means over *valid pairs*; with no valid pair at all the
   loss is ``0`` (still attached to the graph), never ``nan``.
+* These are the losses training runs (:mod:`hardneg.train.methods`, ADORE), in
+  their global-mean form: each mean is a ``*_sum`` pair ``(sum, count)`` reduced
+  by :func:`hardneg.distributed.global_mean`, which in one process is
+  exactly ``sum / max(count, 1)`` and under torchrun divides this rank's sum by
+  the count of the whole global batch.
 
 Score scale
 -----------
@@ -27,7 +33,9 @@ RoBERTa STAR/ADORE) use scale 1.
 Paper equations
 ---------------
 * RankNet pairwise loss (Eq. 14): ``l(s+, s-) = log(1 + exp(s- - s+))``.
-* STAR (Eq. 13): ``L = L_static + alpha * L_random``.
+* STAR (Eq. 13): ``L = L_static + alpha * L_random``; DRhard's code mixes
+  them as one pair mean, ``(first_loss + second_loss) / (first_num + second_num)``
+  (:func:`star_loss`, ``mixing="pairmean"``).
 * ADORE's LambdaLoss weights each pair by ``|Delta M|``, the change in the
   metric ``M`` (MRR@k or nDCG@k) when the two documents swap ranks
   (:func:`delta_mrr`, :func:`delta_ndcg`, :func:`lambda_pairwise`).
@@ -36,8 +44,7 @@ Paper equations
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence, Set
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -45,26 +52,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hardneg.distributed import global_mean
 from hardneg.errors import HardnegError
 
 __all__ = [
-    "StarScores",
-    "collision_mask",
     "delta_mrr",
     "delta_ndcg",
     "ideal_dcg",
-    "inbatch_scores",
     "lambda_pairwise",
     "lambda_pairwise_sum",
+    "pairwise_loss",
     "ranknet_pairwise",
     "ranknet_pairwise_sum",
     "softmax_ce",
     "softmax_ce_sum",
     "star_loss",
-    "star_scores",
 ]
 
 Mixing = Literal["alpha", "pairmean"]
+Reduction = Literal["global", "query"]
+Pairwise = Literal["ranknet", "softmax"]
 
 
 # --------------------------------------------------------------------------- checks
@@ -140,10 +147,10 @@ def ranknet_pairwise(pos: Tensor, neg: Tensor, mask: Tensor | None = None) -> Te
 
     ``pos``: ``(B,)``, ``neg``: ``(B, N)``, ``mask``: ``(B, N)`` bool (True = valid)
     or ``None`` (all valid). With no valid pair the result is ``0`` (attached to
-    the graph, zero gradient), not ``nan``.
+    the graph, zero gradient), not ``nan``. Under torchrun ``|V|`` counts the
+    global batch's pairs (:func:`~hardneg.distributed.global_mean`).
     """
-    total, count = ranknet_pairwise_sum(pos, neg, mask)
-    return total / count.clamp(min=1.0)
+    return global_mean(*ranknet_pairwise_sum(pos, neg, mask))
 
 
 def softmax_ce_sum(
@@ -166,9 +173,25 @@ def softmax_ce(
 
     Masked negatives are set to ``-inf`` before the logsumexp (so they drop out
     of the denominator and get a zero gradient). A query whose negatives are all
-    masked contributes ``0``.
+    masked contributes ``0``. Under torchrun ``B`` is the global batch size.
     """
-    return _softmax_ce_rows(pos, neg, mask, temperature).mean()
+    return global_mean(*softmax_ce_sum(pos, neg, mask, temperature))
+
+
+def pairwise_loss(
+    pos: Tensor, neg: Tensor, mask: Tensor | None = None, *, loss: Pairwise = "ranknet"
+) -> Tensor:
+    """The training loss ``loss`` over ``(pos, neg, mask)``: :func:`ranknet_pairwise` (a mean over
+    valid pairs) or :func:`softmax_ce` (a mean over queries)."""
+    return global_mean(*_pairwise_sum(pos, neg, mask, loss))
+
+
+def _pairwise_sum(pos: Tensor, neg: Tensor, mask: Tensor | None, loss: Pairwise) -> tuple[Tensor, Tensor]:
+    if loss == "ranknet":
+        return ranknet_pairwise_sum(pos, neg, mask)
+    if loss == "softmax":
+        return softmax_ce_sum(pos, neg, mask)
+    raise HardnegError(f"loss must be 'ranknet' or 'softmax'; got {loss!r}")
 
 
 def _softmax_ce_rows(pos: Tensor, neg: Tensor, mask: Tensor | None, temperature: float) -> Tensor:
@@ -274,9 +297,22 @@ def delta_ndcg(
 
 
 def lambda_pairwise_sum(
-    pos: Tensor, neg: Tensor, weights: Tensor, mask: Tensor | None = None
+    pos: Tensor,
+    neg: Tensor,
+    weights: Tensor,
+    mask: Tensor | None = None,
+    *,
+    reduction: Reduction = "global",
 ) -> tuple[Tensor, Tensor]:
-    """``(Σ_valid w · softplus(s⁻ − s⁺), number of valid pairs)``; see :func:`lambda_pairwise`."""
+    """``(total, count)`` of :func:`lambda_pairwise`'s mean, ``total / count``.
+
+    ``reduction="global"``: ``(Σ_valid w · softplus(s⁻ − s⁺), number of valid pairs)``.
+    ``reduction="query"``: ``(Σ_i mean_i, number of queries with ≥ 1 valid pair)``, ``mean_i``
+    the mean of query ``i``'s valid pair losses (DRhard's ADORE). Either count is summed over
+    ranks by :func:`global_mean`.
+    """
+    if reduction not in ("global", "query"):
+        raise HardnegError(f"lambda_pairwise: reduction must be 'global' or 'query', not {reduction!r}")
     if pos.dim() != 2 or neg.dim() != 2 or pos.shape[0] != neg.shape[0]:
         raise HardnegError(
             "lambda_pairwise: expected pos (B, P) and neg (B, N); "
@@ -295,16 +331,25 @@ def lambda_pairwise_sum(
     diff = neg[:, None, :] - pos[:, :, None]
     w = weights.detach().to(diff.dtype)
     if mask is None:
-        count = torch.tensor(float(diff.numel()), device=diff.device, dtype=diff.dtype)
-        return (w * F.softplus(diff)).sum(), count
+        mask = torch.ones(shape, dtype=torch.bool, device=diff.device)
     zero = torch.zeros((), dtype=diff.dtype, device=diff.device)
     diff = torch.where(mask, diff, zero)
     w = torch.where(mask, w, zero)
-    return (w * F.softplus(diff)).sum(), mask.sum().to(diff.dtype)
+    losses = w * F.softplus(diff)
+    if reduction == "global":
+        return losses.sum(), mask.sum().to(diff.dtype)
+    per_query_pairs = mask.flatten(1).sum(1).to(diff.dtype)  # (B,)
+    per_query = losses.flatten(1).sum(1) / per_query_pairs.clamp(min=1.0)  # 0 for a query without pairs
+    return per_query.sum(), (per_query_pairs > 0).sum().to(diff.dtype)
 
 
 def lambda_pairwise(
-    pos: Tensor, neg: Tensor, weights: Tensor, mask: Tensor | None = None
+    pos: Tensor,
+    neg: Tensor,
+    weights: Tensor,
+    mask: Tensor | None = None,
+    *,
+    reduction: Reduction = "global",
 ) -> Tensor:
     """Metric-weighted RankNet (ADORE's LambdaLoss).
 
@@ -316,202 +361,18 @@ def lambda_pairwise(
     positives/negatives). Normalisation: the weighted sum is divided by the
     number of *valid pairs* ``|V|`` (not by ``Σ w``), so the loss scale follows
     the weights' scale, as in DRhard's ADORE. Weights are constants: they are
-    detached. No valid pair gives ``0`` (not ``nan``).
+    detached. No valid pair gives ``0`` (not ``nan``). Under torchrun ``|V|``
+    counts the global batch's pairs (each rank scores its own queries).
+
+    ``reduction="query"`` (DRhard's normalisation) instead averages each query's
+    valid pair losses, then averages those means over the queries with at least
+    one valid pair (of the global batch under torchrun), so a query with many
+    positives weighs as much as a query with one.
     """
-    total, count = lambda_pairwise_sum(pos, neg, weights, mask)
-    return total / count.clamp(min=1.0)
+    return global_mean(*lambda_pairwise_sum(pos, neg, weights, mask, reduction=reduction))
 
 
-# --------------------------------------------------------------------------- score builders
-
-
-def collision_mask(
-    query_positives: Sequence[Set[str]],
-    doc_ids: Sequence[str],
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """``(B, M)`` bool: True where ``doc_ids[j]`` is a known positive of query ``i``.
-
-    Those pairs must never be used as negatives (pass ``~collisions`` as part of
-    a mask). ``query_positives[i]`` is the set of positive doc ids of the i-th
-    example's query (grade ≥ 1). Cost is ``O(M + Σ|positives|)``.
-    """
-    columns: dict[str, list[int]] = {}
-    for j, docid in enumerate(doc_ids):
-        columns.setdefault(docid, []).append(j)
-    out = torch.zeros((len(query_positives), len(doc_ids)), dtype=torch.bool)
-    for i, positives in enumerate(query_positives):
-        for docid in positives:
-            for j in columns.get(docid, ()):
-                out[i, j] = True
-    return out.to(device) if device is not None else out
-
-
-def inbatch_scores(
-    q: Tensor, docs: Tensor, positive_index: Tensor, collisions: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Score every query against every doc in the batch.
-
-    ``q``: ``(B, d)``, ``docs``: ``(M, d)``, ``positive_index``: ``(B,)`` long, the
-    column of each query's positive in ``docs``; ``collisions``: ``(B, M)`` bool
-    (see :func:`collision_mask`), True where doc ``j`` is a known positive of
-    query ``i``.
-
-    Returns ``(pos, neg, mask)``: ``pos = s[i, positive_index[i]]`` ``(B,)``,
-    ``neg = q @ docs.T`` ``(B, M)`` (all columns) and ``mask`` ``(B, M)`` with the
-    own positive column and every collision set to False. Used for in-batch
-    negatives, random negatives appended to the batch and STAR.
-    """
-    if q.dim() != 2 or docs.dim() != 2 or q.shape[1] != docs.shape[1]:
-        raise HardnegError(
-            f"inbatch_scores: expected q (B, d) and docs (M, d); "
-            f"got {tuple(q.shape)} and {tuple(docs.shape)}"
-        )
-    b, m = q.shape[0], docs.shape[0]
-    positive_index = torch.as_tensor(positive_index, device=q.device)
-    if positive_index.shape != (b,) or positive_index.is_floating_point():
-        raise HardnegError(
-            f"inbatch_scores: positive_index must be an integer tensor of shape ({b},); "
-            f"got {tuple(positive_index.shape)} {positive_index.dtype}"
-        )
-    if b and (int(positive_index.min()) < 0 or int(positive_index.max()) >= m):
-        raise HardnegError(f"inbatch_scores: positive_index must lie in [0, {m})")
-    scores = q @ docs.T
-    pos = scores.gather(1, positive_index.long()[:, None]).squeeze(1)
-    cols = torch.arange(m, device=q.device)
-    mask = cols[None, :] != positive_index.long()[:, None]
-    if collisions is not None:
-        if tuple(collisions.shape) != (b, m) or collisions.dtype != torch.bool:
-            raise HardnegError(
-                f"inbatch_scores: collisions must be a bool tensor of shape ({b}, {m}); "
-                f"got {tuple(collisions.shape)} {collisions.dtype}"
-            )
-        mask = mask & ~collisions.to(q.device)
-    return pos, scores, mask
-
-
-@dataclass(frozen=True)
-class StarScores:
-    """Scores for :func:`star_loss`, built by :func:`star_scores`.
-
-    ``pos`` ``(B,)``; ``hard`` ``(B, H)`` each query vs its own hard negatives;
-    ``rand`` ``(B, M)`` each query vs *every* doc of the batch, columns laid out
-    as ``rand_doc_ids`` = ``[positives (B) | hard negatives (B*H, grouped by
-    query) | extra random docs (R)]``; ``rand_mask`` masks the query's own
-    positive, its own hard negatives (they are in ``hard``) and collisions.
-    """
-
-    pos: Tensor
-    hard: Tensor
-    rand: Tensor
-    hard_mask: Tensor
-    rand_mask: Tensor
-    rand_doc_ids: tuple[str, ...]
-
-    def loss(self, alpha: float = 1.0, mixing: Mixing = "alpha") -> Tensor:
-        return star_loss(
-            self.pos,
-            self.hard,
-            self.rand,
-            self.hard_mask,
-            self.rand_mask,
-            alpha=alpha,
-            mixing=mixing,
-        )
-
-
-def star_scores(
-    q: Tensor,
-    pos_docs: Tensor,
-    hard_docs: Tensor,
-    *,
-    pos_doc_ids: Sequence[str],
-    hard_doc_ids: Sequence[Sequence[str]] | Sequence[str],
-    query_positives: Sequence[Set[str]],
-    rand_docs: Tensor | None = None,
-    rand_doc_ids: Sequence[str] | None = None,
-) -> StarScores:
-    """Build STAR's score tensors and masks from a batch of embeddings.
-
-    * ``q`` ``(B, d)``: query embeddings (already multiplied by the score scale
-      if the encoder is normalised).
-    * ``pos_docs`` ``(B, d)`` with ids ``pos_doc_ids`` (B): each example's positive.
-    * ``hard_docs`` ``(B, H, d)`` or ``(B*H, d)`` (rows ``i*H … i*H+H-1`` belong
-      to example ``i``) with ids ``hard_doc_ids`` as ``B`` lists of ``H`` or a flat
-      list of ``B*H``: each example's static hard negatives.
-    * ``query_positives`` (B): every known positive doc id of example ``i``'s
-      query (the example's own ``pos_doc_ids[i]`` is added if missing).
-    * ``rand_docs`` ``(R, d)`` / ``rand_doc_ids`` (R): optional extra random docs.
-
-    Layout: ``hard[i]`` = query ``i`` vs its own hard negatives; ``rand[i]`` =
-    query ``i`` vs all ``B + B*H + R`` docs of the batch, i.e. other queries'
-    positives and other queries' hard negatives (the in-batch random negatives)
-    plus the extra random docs. The own positive column and own hard-negative
-    columns are masked out of ``rand``; any doc that is a known positive of query
-    ``i`` is masked out of both. With this layout ``star_loss(mixing="pairmean")``
-    equals DRhard's STAR loss exactly.
-    """
-    b = q.shape[0]
-    if hard_docs.dim() == 3:
-        if hard_docs.shape[0] != b:
-            raise HardnegError(
-                f"star_scores: hard_docs (B, H, d) has B={hard_docs.shape[0]}, expected {b}"
-            )
-        h = hard_docs.shape[1]
-        hard_flat = hard_docs.reshape(b * h, hard_docs.shape[2])
-    elif hard_docs.dim() == 2:
-        if b == 0 or hard_docs.shape[0] % b:
-            raise HardnegError(
-                f"star_scores: {hard_docs.shape[0]} hard-negative rows cannot be split "
-                f"evenly over {b} queries"
-            )
-        h = hard_docs.shape[0] // b
-        hard_flat = hard_docs
-    else:
-        raise HardnegError(
-            f"star_scores: hard_docs must be (B, H, d) or (B*H, d); got {tuple(hard_docs.shape)}"
-        )
-    if pos_docs.shape[0] != b or len(pos_doc_ids) != b or len(query_positives) != b:
-        raise HardnegError(
-            f"star_scores: {b} queries but {pos_docs.shape[0]} positive docs, "
-            f"{len(pos_doc_ids)} positive ids and {len(query_positives)} positive sets"
-        )
-    flat_hard_ids: list[str] = []
-    if hard_doc_ids and not isinstance(hard_doc_ids[0], str):
-        for i, ids in enumerate(hard_doc_ids):
-            if len(ids) != h:
-                raise HardnegError(
-                    f"star_scores: example {i} has {len(ids)} hard-negative ids, expected {h}"
-                )
-            flat_hard_ids.extend(ids)  # type: ignore[arg-type]
-    else:
-        flat_hard_ids = list(hard_doc_ids)  # type: ignore[arg-type]
-    if len(flat_hard_ids) != b * h:
-        raise HardnegError(
-            f"star_scores: {len(flat_hard_ids)} hard-negative ids for {b * h} hard-negative rows"
-        )
-    extra_ids: list[str] = []
-    docs = [pos_docs, hard_flat]
-    if rand_docs is not None:
-        if rand_doc_ids is None or len(rand_doc_ids) != rand_docs.shape[0]:
-            raise HardnegError("star_scores: rand_doc_ids must give one id per row of rand_docs")
-        docs.append(rand_docs)
-        extra_ids = list(rand_doc_ids)
-    elif rand_doc_ids:
-        raise HardnegError("star_scores: rand_doc_ids given without rand_docs")
-
-    all_ids = [*pos_doc_ids, *flat_hard_ids, *extra_ids]
-    positives = [set(p) | {pid} for p, pid in zip(query_positives, pos_doc_ids, strict=True)]
-    collisions = collision_mask(positives, all_ids, device=q.device)
-    pos, scores, mask = inbatch_scores(
-        q, torch.cat(docs, dim=0), torch.arange(b, device=q.device), collisions
-    )
-    # columns of query i's own hard negatives: b + i*h + [0, h)
-    own_hard = b + torch.arange(b, device=q.device)[:, None] * h + torch.arange(h, device=q.device)
-    hard = scores.gather(1, own_hard)
-    hard_mask = mask.gather(1, own_hard)
-    rand_mask = mask.scatter(1, own_hard, False)
-    return StarScores(pos, hard, scores, hard_mask, rand_mask, tuple(all_ids))
+# --------------------------------------------------------------------------- STAR
 
 
 def star_loss(
@@ -523,6 +384,7 @@ def star_loss(
     *,
     alpha: float = 1.0,
     mixing: Mixing = "alpha",
+    loss: Pairwise = "ranknet",
 ) -> Tensor:
     """STAR's loss: RankNet over static hard negatives and random negatives.
 
@@ -534,17 +396,24 @@ def star_loss(
       (each term a mean over its own valid pairs; 0 when it has none).
     * ``mixing="pairmean"`` (DRhard's code): ``L = (S_h + S_r) / (n_h + n_r)``,
       one mean over all valid pairs; ``alpha`` is ignored. With the layout of
-      :func:`star_scores` (hard = own hard negatives; rand = other queries'
+      :func:`~hardneg.train.layout.star_scores` (hard = own hard negatives; rand = other queries'
       positives and other queries' hard negatives) this is DRhard's
       ``(first_loss + second_loss) / (first_num + second_num)``, since
       ``−log_softmax([s⁺, s⁻])[0] = softplus(s⁻ − s⁺)``.
+
+    ``loss="softmax"`` (``mixing="alpha"`` only) makes each term a
+    :func:`softmax_ce` over its negatives instead. Training calls this function
+    with ``hard = rand =`` the batch's whole score matrix and the two masks of
+    :func:`~hardneg.train.layout.layout_masks`; means are global means under torchrun.
     """
-    s_h, n_h = ranknet_pairwise_sum(pos, hard, hard_mask)
-    s_r, n_r = ranknet_pairwise_sum(pos, rand, rand_mask)
-    if mixing == "alpha":
-        if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
-            raise HardnegError(f"star_loss: alpha must be a non-negative number; got {alpha!r}")
-        return s_h / n_h.clamp(min=1.0) + alpha * (s_r / n_r.clamp(min=1.0))
+    if mixing not in ("alpha", "pairmean"):
+        raise HardnegError(f"star_loss: mixing must be 'alpha' or 'pairmean'; got {mixing!r}")
+    if mixing == "pairmean" and loss != "ranknet":
+        raise HardnegError("--star-mixing pairmean reproduces DRhard's RankNet formula: use --loss ranknet")
+    s_h, n_h = _pairwise_sum(pos, hard, hard_mask, loss)
+    s_r, n_r = _pairwise_sum(pos, rand, rand_mask, loss)
     if mixing == "pairmean":
-        return (s_h + s_r) / (n_h + n_r).clamp(min=1.0)
-    raise HardnegError(f"star_loss: mixing must be 'alpha' or 'pairmean'; got {mixing!r}")
+        return global_mean(s_h + s_r, n_h + n_r)
+    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
+        raise HardnegError(f"star_loss: alpha must be a non-negative number; got {alpha!r}")
+    return global_mean(s_h, n_h) + alpha * global_mean(s_r, n_r)

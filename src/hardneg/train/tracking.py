@@ -36,8 +36,8 @@ def track_sample(trainer) -> list[str]:
 def track(trainer, step: int) -> dict[str, float]:
     from hardneg.evaluate.metrics import evaluate
     from hardneg.index.faiss_index import FaissIndex
+    from hardneg.index.shards import sharded_encode_token_lists
     from hardneg.retrieval.dense import search
-    from hardneg.train.distributed import sharded_encode_token_lists
     from hardneg.train.negatives import mine_negatives
 
     cfg = trainer.config

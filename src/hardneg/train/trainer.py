@@ -5,13 +5,14 @@ this module owns everything else: data order, batching without padding waste,
 optimiser and schedule, gradient accumulation and clipping, mixed precision,
 dev evaluation with best-model selection, JSONL + TensorBoard logs, and
 checkpoints that ``--resume`` continues exactly (model, optimiser, scheduler,
-RNG state, data position, mined negatives).
+RNG state, data position, mined negatives; written and read by
+:mod:`hardneg.train.checkpoint`).
 
 Data order is a pure function of ``(seed, step)`` (a seeded permutation per
 epoch), so resuming needs only the step number; negative sampling is
 counter-based for the same reason.
 
-Under ``torchrun`` (see :mod:`hardneg.train.distributed`) N processes with
+Under ``torchrun`` (see :mod:`hardneg.distributed`) N processes with
 ``batch_size`` B train like one process with batch N·B: the data order hands
 out the global micro-batch, rank ``r`` encodes slice ``r``, document embeddings
 are gathered across ranks with gradients, losses are global means and
@@ -26,7 +27,6 @@ import logging
 import math
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -36,15 +36,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hardneg import distributed as dist
 from hardneg.data.records import Qrels
-from hardneg.errors import HardnegError, MismatchError
-from hardneg.io import atomic_write, commit_dir, read_json, write_json, writing
-from hardneg.train import distributed as dist
+from hardneg.errors import HardnegError
+from hardneg.io import write_json
+from hardneg.train.checkpoint import (
+    CHECKPOINT_VERSION,
+    NullLog,
+    RunLog,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from hardneg.train.config import TrainConfig
+from hardneg.train.methods import MethodContext, StepBatch, make_method, method_class
 
 logger = logging.getLogger("hardneg.train")
-
-CHECKPOINT_VERSION = 1
 
 #: logged per-step values that are counts over the batch: summed over ranks (the others are averaged)
 ADDITIVE_PARTS = ("pairs", "hard_pairs", "random_pairs", "skipped_queries")
@@ -109,18 +116,13 @@ def encode_rows(model, token_rows: Sequence[Sequence[int]], side: str, chunk: in
     longest row, so a batch mixing short and long texts wastes no compute on
     padding.
     """
-    from hardneg.index.encode import pad_batch
+    from hardneg.index.encode import encode_batches, length_sorted_batches
 
     lengths = np.fromiter((len(r) for r in token_rows), dtype=np.int64, count=len(token_rows))
-    order = np.argsort(-lengths, kind="stable")
-    pad = model.tokenizer.pad_token_id or 0
-    device = model.device
-    parts = []
-    for start in range(0, len(order), chunk):
-        rows = order[start : start + chunk]
-        ids, mask = pad_batch([token_rows[i] for i in rows], pad)
-        parts.append(model(ids.to(device), mask.to(device), side=side))
-    emb = torch.cat(parts)
+    batches = length_sorted_batches(lengths, chunk)
+    order = np.concatenate(batches)
+    parts = encode_batches(model, lambda rows: [token_rows[i] for i in rows], batches, side)
+    emb = torch.cat([e for _, e in parts])
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.from_numpy(order)] = torch.arange(len(order))
     return emb[inverse.to(emb.device)]
@@ -155,141 +157,6 @@ def autocast(config: TrainConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-def _unique_state_dict(model) -> dict[str, torch.Tensor]:
-    state = {f"doc.{k}": v for k, v in model.doc_model.state_dict().items()}
-    if model.query_model is not model.doc_model:
-        state.update({f"query.{k}": v for k, v in model.query_model.state_dict().items()})
-    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
-
-
-def _load_unique_state_dict(model, state: dict[str, torch.Tensor]) -> None:
-    doc = {k[4:]: v for k, v in state.items() if k.startswith("doc.")}
-    model.doc_model.load_state_dict(doc)
-    if model.query_model is not model.doc_model:
-        model.query_model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("query.")})
-
-
-def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, extra_files: dict[str, Path],
-                    rng_extra: dict | None = None) -> None:
-    """Write a checkpoint folder atomically (temp folder, then rename).
-
-    ``rng_extra`` is stored in ``rng.pt`` beside this process's RNG state (under DDP: ``ranks``, the
-    RNG state of every rank)."""
-    from safetensors.torch import save_file
-
-    with writing(folder, "checkpoint"):
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        with writing(folder, "checkpoint"):
-            save_file(_unique_state_dict(model), str(tmp / "model.safetensors"))
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save({"torch": torch.get_rng_state(), "python": random.getstate()[1], **(rng_extra or {})},
-                       tmp / "rng.pt")
-            for name, src in extra_files.items():
-                shutil.copyfile(src, tmp / name)
-            write_json(tmp / "trainer_state.json", state)
-            commit_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    folders = sorted((out / "checkpoints").glob("step-*"), key=lambda p: p.name)
-    complete = [f for f in folders if (f / "trainer_state.json").is_file()]
-    return complete[-1] if complete else None
-
-
-def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str) -> dict:
-    from safetensors.torch import load_file
-
-    state = read_json(folder / "trainer_state.json")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise HardnegError(
-            f"{folder}: checkpoint format {state.get('version')} is not {CHECKPOINT_VERSION} "
-            "(written by another hardneg version); start a new run or use that version"
-        )
-    if state.get("config_fingerprint") != fingerprint:
-        raise HardnegError(
-            f"{folder}: this checkpoint was written with other training settings; resume with the "
-            "same settings (only max_steps, dev_every, save_every, keep_checkpoints may change) "
-            "or train into a new --out folder"
-        )
-    try:  # tensors only: weights_only refuses any pickled code in a checkpoint
-        _load_unique_state_dict(model, load_file(str(folder / "model.safetensors")))
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-        rng = torch.load(folder / "rng.pt", weights_only=True)
-    except Exception as exc:  # another architecture, damaged or unsafe files
-        raise MismatchError(
-            f"{folder}: the checkpoint does not fit this model or is damaged or unsafe "
-            f"({str(exc).splitlines()[0][:300]}); resume with the model it was trained from, "
-            "or train into a new --out folder"
-        ) from exc
-    torch.set_rng_state(rng["torch"])
-    ranks = rng.get("ranks")
-    if ranks is not None and len(ranks) == dist.world_size():  # each rank continues its own dropout stream
-        dist.set_rng_state(ranks[dist.rank()])
-    random.setstate((3, tuple(rng["python"]), None))
-    return state
-
-
-# ----------------------------------------------------------------------------- logging
-def _log_step(line: str) -> float:
-    """The step of a log line; a blank or torn (killed mid-write) line sorts after every step."""
-    try:
-        return float(json.loads(line).get("step", 0)) if line.strip() else math.inf
-    except (ValueError, AttributeError):
-        return math.inf
-
-
-class RunLog:
-    """JSONL log (one object per line) plus TensorBoard scalars."""
-
-    def __init__(self, out: Path, resume_step: int | None) -> None:
-        self.path = out / "train_log.jsonl"
-        if resume_step is not None and self.path.is_file():
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if _log_step(line) <= resume_step]
-            with atomic_write(self.path) as fh:  # a kill here must not lose the log
-                fh.write("".join(line + "\n" for line in kept))
-        elif self.path.exists():
-            self.path.unlink()
-        self._fh = open(self.path, "a", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step)
-        except Exception:  # tensorboard missing: JSONL only
-            self.tb = None
-
-    def write(self, record: dict, prefix: str) -> None:
-        self._fh.write(json.dumps({**record, "kind": prefix}) + "\n")
-        self._fh.flush()
-        if self.tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, int | float):
-                    self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
-
-    def close(self) -> None:
-        self._fh.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-class NullLog:
-    """What ranks other than 0 log to: nothing."""
-
-    def write(self, record: dict, prefix: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -308,14 +175,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        from hardneg.data.readers import load_dataset, parse_spec
+        from hardneg.artifacts import corpus_store, default_cache_dir
+        from hardneg.data.load import load_dataset, parse_spec
         from hardneg.model.encoder import DualEncoder
-        from hardneg.retrieval.dense import corpus_store, default_cache_dir
-        from hardneg.train.methods import make_method, method_class
 
         cfg = self.config
         self.rank, self.world = dist.rank(), dist.world_size()
-        self.row_offset, self.global_batch = 0, cfg.batch_size  # the rows of the batch this rank scores
         set_seed(cfg.seed)
         self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
         path, split = parse_spec(cfg.data)
@@ -380,8 +245,15 @@ class Trainer:
         texts = [self.queries[q].text for q in self.queries]
         ids = model.tokenize(texts, "query")["input_ids"]
         self.query_tokens = dict(zip(self.queries, ids, strict=True))
+        # what a method may use of this run (it never sees the trainer itself)
+        self.context = MethodContext(
+            config=cfg, model=model, dataset=self.dataset, cache_dir=self.cache_dir, store=self.store,
+            doc_ids=self.doc_ids, queries=self.queries, query_tokens=self.query_tokens,
+            train_qrels=self.train_qrels, dev_qrels=self.dev_qrels, positives=self.positives,
+            scale=self.scale, train_mode=self.train_mode,
+        )
         with dist.main_first():  # mining with the start model / building ADORE's index: cached by rank 0
-            self.method = make_method(cfg.method, self)
+            self.method = make_method(cfg.method, self.context)
         self.examples = self.method.train_examples(self.examples)
         if cfg.batch_size * self.world > len(self.examples):  # a method may train on fewer examples (ADORE)
             raise HardnegError(
@@ -417,9 +289,10 @@ class Trainer:
         (rows ``row_offset …``) against every document."""
         b = len(examples) // self.world
         lo = self.rank * b
-        self.row_offset, self.global_batch = lo, len(examples)
         local, local_negs = examples[lo : lo + b], negatives[lo : lo + b]
-        custom = self.method.batch_loss(local, local_negs)  # a method may compute the whole loss (ADORE)
+        doc_list = [e.pos for e in examples] + [x for negs in negatives for x in negs]
+        batch = StepBatch(local, local_negs, doc_list, row_offset=lo, global_batch=len(examples))
+        custom = self.method.batch_loss(batch)  # a method may compute the whole loss (ADORE)
         if custom is not None:
             return custom
         cfg = self.config
@@ -430,11 +303,10 @@ class Trainer:
         if self.world > 1:
             parts = dist.all_gather_with_grad(d).view(self.world, len(local_docs), -1)
             d = torch.cat([parts[:, :b].reshape(-1, d.shape[1]), parts[:, b:].reshape(-1, d.shape[1])])
-        doc_list = [e.pos for e in examples] + [x for negs in negatives for x in negs]
         if len(doc_list) != d.shape[0]:
             raise HardnegError("ranks drew different numbers of negatives per example; cannot gather the batch")
         scores = self.scale * (q @ d.T)
-        return self.method.loss(scores, local, local_negs, doc_list)
+        return self.method.loss(scores, batch)
 
     def step_gradients(self, step: int) -> dict[str, float]:
         """Forward and backward every micro-batch of ``step``, then average the gradients over ranks.
@@ -458,6 +330,7 @@ class Trainer:
     def evaluate_dev(self) -> dict[str, float]:
         from hardneg.evaluate.metrics import evaluate
         from hardneg.index.encode import encode_token_lists
+        from hardneg.index.shards import sharded_encode_token_lists
         from hardneg.retrieval.runs import run_from_arrays
 
         custom = self.method.evaluate_dev()  # ADORE evaluates on its fixed index
@@ -471,8 +344,8 @@ class Trainer:
         self.model.eval()
         rows = self._dev_pool
         # the batches are shared out over the ranks; every rank gets all rows (bit-identical to one process)
-        docs = dist.sharded_encode_token_lists(self.model, self.store.rows(rows), "doc",
-                                               batch_size=cfg.batch_encode_size)
+        docs = sharded_encode_token_lists(self.model, self.store.rows(rows), "doc",
+                                          batch_size=cfg.batch_encode_size)
         dev_qids = list(self.dev_qrels)
         qv = encode_token_lists(self.model, [self.query_tokens[q] for q in dev_qids], "query",
                                 batch_size=cfg.batch_encode_size)

@@ -1,4 +1,4 @@
-"""Data-parallel training and encoding with ``torch.distributed`` (launched by ``torchrun``).
+"""Data-parallel training with ``torch.distributed`` (launched by ``torchrun``): process group, collectives.
 
 ``torchrun --nproc_per_node N -m hardneg train …`` starts N processes; each
 reads ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` and joins one process group
@@ -26,6 +26,9 @@ Gradients are averaged by one flat all-reduce per optimiser step (after all
 micro-batches) rather than by ``DistributedDataParallel``: a step runs many
 forward passes (length-sorted chunks, query and document towers) before its
 backward, which DDP's reducer does not support.
+
+Corpus encoding shared out over the ranks (or over separate shard jobs) is in
+:mod:`hardneg.index.shards`.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import datetime
 import os
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -248,78 +250,6 @@ def reduce_records(record: dict[str, float], sums: Sequence[str] = ()) -> dict[s
     total = all_reduce_sum(values.to(device_of_group())).cpu()
     n = world_size()
     return {k: float(total[i]) if k in sums else float(total[i]) / n for i, k in enumerate(keys)}
-
-
-# ----------------------------------------------------------------------------- sharding
-def shard_batches(batches: Sequence[np.ndarray], shard: int, n_shards: int) -> list[int]:
-    """Indices of the length-sorted batches shard ``shard`` of ``n_shards`` encodes: round-robin
-    (``shard, shard + n, …``), so every shard gets a mix of long and short batches, and each batch
-    is the very batch the unsharded run encodes (hence bit-identical embeddings)."""
-    if not 0 <= shard < n_shards:
-        raise HardnegError(f"shard {shard} is not in [0, {n_shards})")
-    return list(range(shard, len(batches), n_shards))
-
-
-@torch.inference_mode()
-def sharded_encode_token_lists(model, token_lists: Sequence[Sequence[int]], side: str, *,
-                               batch_size: int = 64, show_progress: bool = False,
-                               gather_rows: int = 65536) -> np.ndarray:
-    """:func:`hardneg.index.encode.encode_token_lists` with the batches shared out over the ranks;
-    every rank gets the whole ``(n, dim)`` result, bit-identical to the one-process encoding."""
-    from hardneg.index.encode import encode_token_lists, length_sorted_batches
-
-    if not is_distributed():
-        return encode_token_lists(model, token_lists, side, batch_size=batch_size, show_progress=show_progress)
-    n = len(token_lists)
-    lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=n)
-    batches = length_sorted_batches(lengths, batch_size)
-    world, me = world_size(), rank()
-    rows_of = [np.concatenate([batches[b] for b in shard_batches(batches, r, world)] or
-                              [np.empty(0, dtype=np.int64)]) for r in range(world)]
-    # batch by batch: each batch is exactly one of the unsharded run's batches (same rows, same padding)
-    local = _encode_batches(model, token_lists, [batches[b] for b in shard_batches(batches, me, world)], side,
-                            show_progress=show_progress and is_main())
-    out = np.empty((n, model.dim), dtype=np.float32)
-    longest = max(len(r) for r in rows_of)
-    device = device_of_group()
-    for start in range(0, longest, gather_rows):  # gather in slices: bounded extra memory
-        stop = min(start + gather_rows, longest)
-        piece = np.zeros((stop - start, model.dim), dtype=np.float32)
-        have = local[start:stop]
-        piece[: len(have)] = have
-        parts = [torch.empty(piece.shape, dtype=torch.float32, device=device) for _ in range(world)]
-        dist.all_gather(parts, torch.from_numpy(piece).to(device))
-        for r, part in enumerate(parts):
-            rows = rows_of[r][start:stop]
-            out[rows] = part[: len(rows)].cpu().numpy()
-    return out
-
-
-def _encode_batches(model, token_lists, batches: Sequence[np.ndarray], side: str,
-                    show_progress: bool = False) -> np.ndarray:
-    """Embeddings of the given batches (each padded to its longest row), rows concatenated in batch order."""
-    from tqdm.auto import tqdm
-
-    from hardneg.index.encode import _pad_id, pad_batch
-
-    model.eval()
-    pad = _pad_id(model)
-    parts = []
-    for batch in tqdm(batches, desc="encode (sharded)", disable=not show_progress, mininterval=1.0):
-        ids, mask = pad_batch([token_lists[i] for i in batch], pad)
-        parts.append(model(ids.to(model.device), mask.to(model.device), side=side).float().cpu().numpy())
-    return np.concatenate(parts) if parts else np.empty((0, model.dim), dtype=np.float32)
-
-
-def parse_shard(spec: str) -> tuple[int, int]:
-    """``"i/n"`` → ``(i, n)`` with ``0 <= i < n``."""
-    try:
-        i, n = (int(x) for x in spec.split("/"))
-    except ValueError:
-        raise HardnegError(f"--shard must look like i/n (e.g. 0/4), not {spec!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise HardnegError(f"--shard {spec}: need 0 <= i < n")
-    return i, n
 
 
 # ----------------------------------------------------------------------------- RNG

@@ -1,0 +1,161 @@
+"""Checkpoints and training logs of the one training loop.
+
+A checkpoint folder holds the model's unique tensors (``model.safetensors``),
+optimiser, scheduler and RNG state (loaded with ``weights_only=True``), any
+extra files (mined negatives) and ``trainer_state.json``; it is written to a
+temporary folder and renamed, so a kill never leaves a half-written one that
+looks complete. ``train_log.jsonl`` (plus TensorBoard) is cut back to the
+resumed step so a resumed run's log equals an uninterrupted one's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from hardneg import distributed as dist
+from hardneg.errors import HardnegError, MismatchError
+from hardneg.io import atomic_write, commit_dir, read_json, write_json, writing
+
+CHECKPOINT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _unique_state_dict(model) -> dict[str, torch.Tensor]:
+    state = {f"doc.{k}": v for k, v in model.doc_model.state_dict().items()}
+    if model.query_model is not model.doc_model:
+        state.update({f"query.{k}": v for k, v in model.query_model.state_dict().items()})
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def _load_unique_state_dict(model, state: dict[str, torch.Tensor]) -> None:
+    doc = {k[4:]: v for k, v in state.items() if k.startswith("doc.")}
+    model.doc_model.load_state_dict(doc)
+    if model.query_model is not model.doc_model:
+        model.query_model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("query.")})
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, extra_files: dict[str, Path],
+                    rng_extra: dict | None = None) -> None:
+    """Write a checkpoint folder atomically (temp folder, then rename).
+
+    ``rng_extra`` is stored in ``rng.pt`` beside this process's RNG state (under DDP: ``ranks``, the
+    RNG state of every rank)."""
+    from safetensors.torch import save_file
+
+    with writing(folder, "checkpoint"):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        with writing(folder, "checkpoint"):
+            save_file(_unique_state_dict(model), str(tmp / "model.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save({"torch": torch.get_rng_state(), "python": random.getstate()[1], **(rng_extra or {})},
+                       tmp / "rng.pt")
+            for name, src in extra_files.items():
+                shutil.copyfile(src, tmp / name)
+            write_json(tmp / "trainer_state.json", state)
+            commit_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    folders = sorted((out / "checkpoints").glob("step-*"), key=lambda p: p.name)
+    complete = [f for f in folders if (f / "trainer_state.json").is_file()]
+    return complete[-1] if complete else None
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str) -> dict:
+    from safetensors.torch import load_file
+
+    state = read_json(folder / "trainer_state.json")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise HardnegError(
+            f"{folder}: checkpoint format {state.get('version')} is not {CHECKPOINT_VERSION} "
+            "(written by another hardneg version); start a new run or use that version"
+        )
+    if state.get("config_fingerprint") != fingerprint:
+        raise HardnegError(
+            f"{folder}: this checkpoint was written with other training settings; resume with the "
+            "same settings (only max_steps, dev_every, save_every, keep_checkpoints may change) "
+            "or train into a new --out folder"
+        )
+    try:  # tensors only: weights_only refuses any pickled code in a checkpoint
+        _load_unique_state_dict(model, load_file(str(folder / "model.safetensors")))
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+        rng = torch.load(folder / "rng.pt", weights_only=True)
+    except Exception as exc:  # another architecture, damaged or unsafe files
+        raise MismatchError(
+            f"{folder}: the checkpoint does not fit this model or is damaged or unsafe "
+            f"({str(exc).splitlines()[0][:300]}); resume with the model it was trained from, "
+            "or train into a new --out folder"
+        ) from exc
+    torch.set_rng_state(rng["torch"])
+    ranks = rng.get("ranks")
+    if ranks is not None and len(ranks) == dist.world_size():  # each rank continues its own dropout stream
+        dist.set_rng_state(ranks[dist.rank()])
+    random.setstate((3, tuple(rng["python"]), None))
+    return state
+
+
+# ----------------------------------------------------------------------------- logging
+def _log_step(line: str) -> float:
+    """The step of a log line; a blank or torn (killed mid-write) line sorts after every step."""
+    try:
+        return float(json.loads(line).get("step", 0)) if line.strip() else math.inf
+    except (ValueError, AttributeError):
+        return math.inf
+
+
+class RunLog:
+    """JSONL log (one object per line) plus TensorBoard scalars."""
+
+    def __init__(self, out: Path, resume_step: int | None) -> None:
+        self.path = out / "train_log.jsonl"
+        if resume_step is not None and self.path.is_file():
+            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                    if _log_step(line) <= resume_step]
+            with atomic_write(self.path) as fh:  # a kill here must not lose the log
+                fh.write("".join(line + "\n" for line in kept))
+        elif self.path.exists():
+            self.path.unlink()
+        self._fh = open(self.path, "a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step)
+        except Exception:  # tensorboard missing: JSONL only
+            self.tb = None
+
+    def write(self, record: dict, prefix: str) -> None:
+        self._fh.write(json.dumps({**record, "kind": prefix}) + "\n")
+        self._fh.flush()
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, int | float):
+                    self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        self._fh.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+class NullLog:
+    """What ranks other than 0 log to: nothing."""
+
+    def write(self, record: dict, prefix: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,57 @@
+"""``ance``: static hard negatives re-mined with the current model every ``refresh_every`` steps."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from hardneg import distributed as dist
+from hardneg.train.methods.base import MethodContext
+from hardneg.train.methods.static import StaticNeg
+
+logger = logging.getLogger("hardneg.train")
+
+
+class Ance(StaticNeg):
+    """ANCE-style: static negatives re-mined with the current model every ``refresh_every`` steps."""
+
+    name = "ance"
+
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
+        self.refreshes = 0
+        self._file = Path(ctx.config.out) / "refresh" / "negatives.tsv"
+
+    def initial_candidates(self) -> dict[str, list[str]]:
+        return self.ctx.mine(self.ctx.model)
+
+    def after_step(self, step: int) -> None:
+        from hardneg.train.negatives import write_negatives
+
+        if step % self.config.refresh_every or step >= self.config.max_steps:
+            return
+        model = self.ctx.model
+        was_training = model.training
+        model.eval()
+        candidates = self.ctx.mine(model, folder=Path(self.config.out) / "refresh" / "index")
+        if was_training:
+            model.train()
+        self.source.replace(candidates)
+        if dist.is_main():
+            write_negatives(self._file, candidates)
+        self.refreshes += 1
+        logger.info("step %d: re-mined hard negatives with the current model", step)
+
+    def state_files(self) -> dict[str, Path]:
+        return {"negatives.tsv": self._file} if self._file.is_file() else {}
+
+    def restore(self, checkpoint: Path) -> None:
+        from hardneg.train.negatives import read_negatives
+
+        saved = checkpoint / "negatives.tsv"
+        if saved.is_file():
+            if dist.is_main():
+                self._file.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(saved, self._file)
+            self.source.replace(read_negatives(saved))

@@ -1,0 +1,126 @@
+"""What every method shares: the step context it runs in, one batch's layout, and the base class.
+
+A method never sees the whole :class:`~hardneg.train.trainer.Trainer`: it gets a
+:class:`MethodContext` once (config, model, data, tokenized corpus, score scale,
+the trainer's train-mode switch and a mining hook) and a :class:`StepBatch` with
+every loss call (this rank's examples, their negatives, the global batch's
+document columns, and which rows of the global batch this rank scores).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from hardneg.train.layout import layout_masks
+from hardneg.train.methods.mining import mine_with_model
+
+if TYPE_CHECKING:
+    from hardneg.train.config import TrainConfig
+
+
+@dataclass
+class MethodContext:
+    """The parts of a training run a method may use (built by the trainer's setup, before the method).
+
+    Rank and world size come from :mod:`hardneg.distributed` (``rank()``, ``world_size()``,
+    ``is_main()``); ``train_mode()`` puts the model back in training mode (a frozen document tower
+    stays in eval mode)."""
+
+    config: TrainConfig
+    model: Any  # hardneg.model.encoder.DualEncoder
+    dataset: Any  # the training dataset (hardneg.data.dataset)
+    cache_dir: Path
+    store: Any  # the tokenized corpus: store[row] -> token ids, store.rows(rows)
+    doc_ids: list[str]  # the corpus's document ids, in store row order
+    queries: dict  # training and dev queries by id
+    query_tokens: dict[str, list[int]]  # their token ids
+    train_qrels: dict
+    dev_qrels: dict
+    positives: dict[str, set[str]]  # known positives (grade >= 1) of every training query
+    scale: float  # score = scale · <q, d>
+    train_mode: Callable[[], None]
+
+    def mine(self, model, folder: Path | None = None) -> dict[str, list[str]]:
+        """Top-``topk`` non-positive documents of every training query under ``model``
+        (:func:`~hardneg.train.methods.mining.mine_with_model`)."""
+        return mine_with_model(self, model, folder=folder)
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """One rank's share of a global micro-batch, and the layout of its score matrix.
+
+    ``scores`` (``B × M``) holds this rank's queries (rows ``row_offset …`` of the global batch of
+    ``global_batch`` examples) against every document of the global batch, ``doc_list`` (columns:
+    the global batch's positives, then the negatives of example 0, 1, …)."""
+
+    examples: list  # this rank's examples (hardneg.train.trainer.Example)
+    negatives: list[list[str]]  # their sampled negatives
+    doc_list: list[str]
+    row_offset: int = 0
+    global_batch: int = 0
+
+
+class Method:
+    """Base of every method: no negatives of its own; subclasses define :meth:`loss`."""
+
+    name = ""
+    n_negatives = 0
+    #: True: the trainer loads separate towers and freezes the document tower (ADORE)
+    frozen_doc = False
+
+    def __init__(self, ctx: MethodContext) -> None:
+        self.ctx = ctx
+        self.config = ctx.config
+
+    # negatives -----------------------------------------------------------------
+    def negatives(self, examples, start: int) -> list[list[str]]:
+        return [[] for _ in examples]
+
+    def after_step(self, step: int) -> None:
+        """Called after every optimiser step (ANCE re-mines here)."""
+
+    def state_files(self) -> dict[str, Path]:
+        """Files a checkpoint must keep to resume this method exactly."""
+        return {}
+
+    def restore(self, checkpoint: Path) -> None:
+        """Restore from :meth:`state_files` copies in ``checkpoint``."""
+
+    def train_examples(self, examples: list) -> list:
+        """The examples the data order runs over (default: one per (query, positive) pair)."""
+        return examples
+
+    def batch_loss(self, batch: StepBatch) -> tuple[torch.Tensor, dict] | None:
+        """``(loss, parts)`` to compute the whole step's loss here; ``None``: the trainer's default
+        (encode queries and documents, then :meth:`loss` over the score matrix)."""
+        return None
+
+    def evaluate_dev(self) -> dict[str, float] | None:
+        """Dev metrics computed by the method; ``None``: the trainer's default dev evaluation."""
+        return None
+
+    def after_save(self, folder: Path) -> None:
+        """Called after the trainer saved the best model into ``folder``."""
+
+    # loss ----------------------------------------------------------------------
+    def positive_scores(self, scores: torch.Tensor, batch: StepBatch) -> torch.Tensor:
+        """``(B,)``: each row's score of its own positive (column ``row_offset + i``)."""
+        rows = torch.arange(scores.shape[0], device=scores.device)
+        return scores[rows, rows + batch.row_offset]
+
+    def masks(self, scores: torch.Tensor, batch: StepBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boolean ``(B, M)`` masks ``(own negatives, other documents)``, both without collisions
+        (:func:`~hardneg.train.layout.layout_masks`)."""
+        return layout_masks([self.ctx.positives[e.qid] for e in batch.examples], batch.doc_list,
+                            self.n_negatives, row_offset=batch.row_offset, global_batch=batch.global_batch,
+                            device=scores.device)
+
+    def loss(self, scores: torch.Tensor, batch: StepBatch) -> tuple[torch.Tensor, dict]:
+        """``(loss, parts)`` over ``scores = scale · q @ docs.T`` (``parts``: logged counts)."""
+        raise NotImplementedError(f"method {self.name!r} defines no loss over the score matrix")

@@ -1,0 +1,28 @@
+"""``rand``: random corpus documents (and the rest of the batch, equally random) as negatives."""
+
+from __future__ import annotations
+
+from hardneg.train.losses import pairwise_loss
+from hardneg.train.methods.base import Method, MethodContext
+
+
+class RandNeg(Method):
+    """``n`` random corpus documents per query, plus every other document of the batch."""
+
+    name = "rand"
+
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
+        from hardneg.train.negatives import RandomNegatives
+
+        self.n_negatives = self.config.n_negatives
+        self.source = RandomNegatives(ctx.doc_ids, ctx.train_qrels, seed=self.config.seed)
+
+    def negatives(self, examples, start: int) -> list[list[str]]:
+        return [self.source.sample(e.qid, self.n_negatives, start + i) for i, e in enumerate(examples)]
+
+    def loss(self, scores, batch):
+        pos = self.positive_scores(scores, batch)
+        own, other = self.masks(scores, batch)
+        mask = own | other
+        return pairwise_loss(pos, scores, mask, loss=self.config.loss), {"pairs": float(mask.sum())}
