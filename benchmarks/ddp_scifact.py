@@ -59,7 +59,8 @@ def main() -> None:
     if args.method in ("star", "static") and "--negatives" not in extra:
         hard = out / "hard.tsv"
         if not hard.is_file():  # the start model's negatives, once, outside the timing
-            run([*hn, "mine", f"{args.data}:train", "--model", args.model, "--topk", str(args.topk), "--max-length", "128",
+            run([*hn, "mine", f"{args.data}:train", "--model", args.model, "--topk", str(args.topk),
+                 "--max-length", "128",
                  "--out", str(hard)], args.cores)
         extra += ["--negatives", str(hard)]
     common = ["train", args.method, "--data", args.data, "--model", args.model, "--preset", "cpu-demo",

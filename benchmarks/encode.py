@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hardneg.data.readers import load_dataset
+from hardneg.artifacts import corpus_embeddings
+from hardneg.data.load import load_dataset
 from hardneg.index.faiss_index import set_threads
 from hardneg.model.encoder import DualEncoder
-from hardneg.retrieval.dense import corpus_embeddings
 
 
 class _Subset:

@@ -47,7 +47,8 @@ def test_retrieve_writes_run_and_metrics_and_reuses_cache(tiny_beir, tiny_st_dir
 
 
 def test_encode_index_search_equals_retrieve(tiny_beir, tiny_st_dir, env):
-    assert invoke("retrieve", f"{tiny_beir}:test", "--model", tiny_st_dir, "--out", env / "r", "--k", "5").exit_code == 0
+    result = invoke("retrieve", f"{tiny_beir}:test", "--model", tiny_st_dir, "--out", env / "r", "--k", "5")
+    assert result.exit_code == 0
     assert invoke("encode", tiny_beir, "--model", tiny_st_dir, "--out", env / "emb").exit_code == 0
     assert invoke("index", env / "emb", "--kind", "flat", "--out", env / "idx").exit_code == 0
     result = invoke("search", env / "idx", f"{tiny_beir}:test", "--model", tiny_st_dir, "--out", env / "s", "--k", "5")

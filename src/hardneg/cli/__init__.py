@@ -1,0 +1,51 @@
+"""The ``hardneg`` command line: a thin layer over the library.
+
+Every command takes datasets as one string, ``path[:split]`` (a BEIR or MS MARCO
+folder) or ``irds:<id>``; bad input ends with a one-line message naming the
+file and line, and a non-zero exit (``--debug`` shows the traceback).
+
+One module per group of commands (:mod:`.retrieve`, :mod:`.data_cmds`,
+:mod:`.index_cmds`, :mod:`.evaluate`, :mod:`.train`, :mod:`.experiment`), sharing
+:mod:`.common`; this module assembles them into :data:`app` in help order.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from hardneg.cli import data_cmds, evaluate, experiment, index_cmds, retrieve, train
+from hardneg.cli.common import global_options as _global_options
+from hardneg.cli.common import run_app
+
+app = typer.Typer(
+    name="hardneg",
+    help="Train and evaluate dense retrievers with hard negatives (STAR, ADORE).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    add_completion=False,
+)
+app.callback()(_global_options)
+
+app.command()(retrieve.bm25)
+app.command()(retrieve.retrieve)
+app.command()(data_cmds.tokenize)
+app.command()(index_cmds.encode)
+app.command("encode-merge")(index_cmds.encode_merge)
+app.command("index")(index_cmds.index_cmd)
+app.command()(retrieve.search)
+app.command()(evaluate.evaluate)
+app.command()(evaluate.compare)
+app.command()(train.export)
+app.command()(data_cmds.mine)
+app.command("train", context_settings={"help_option_names": ["-h", "--help"]})(train.train)
+app.command()(experiment.experiment)
+app.command()(experiment.report)
+
+
+def main() -> None:
+    """Console entry point: run the app, turning HardnegError into a clean message and exit code."""
+    run_app(app)
+
+
+__all__ = ["app", "main"]

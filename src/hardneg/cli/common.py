@@ -1,0 +1,180 @@
+"""What every command shares: consoles, run state, option types, small helpers, error handling."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from hardneg import __version__
+from hardneg.errors import HardnegError
+
+err = Console(stderr=True)
+out = Console(width=None if sys.stdout.isatty() else 160)
+
+#: set by the global options (``--debug``, ``--quiet``); ranks other than 0 under torchrun are quiet
+STATE = {"debug": False, "quiet": False}
+
+# ----------------------------------------------------------------------------- shared options
+DataArg = Annotated[str, typer.Argument(help="Dataset: `path[:split]` (BEIR or MS MARCO folder) or `irds:<id>`.")]
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="`minilm` (default, offline), a model folder or a hub id.")
+]
+QrelsOpt = Annotated[
+    Path | None, typer.Option("--qrels", help="Qrels file replacing the split's (e.g. graded TREC qrels).")
+]
+QueriesOpt = Annotated[Path | None, typer.Option("--queries", help="Queries file replacing the dataset's.")]
+MeasuresOpt = Annotated[
+    list[str] | None,
+    typer.Option("--measure", "-M", help="ir-measures name, repeatable (default: RR@10 R@100 R@1000 nDCG@10)."),
+]
+CacheOpt = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="Where tokenized stores, embeddings and indexes are cached "
+                 "(default $HARDNEG_CACHE_DIR or ~/.cache/hardneg)."),
+]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Texts per encoding batch.")]
+KOpt = Annotated[int, typer.Option("--k", "-k", help="Documents retrieved per query.")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads",
+    help="CPU threads for torch and Faiss (default: all cores).")]
+MaxLenOpt = Annotated[int | None, typer.Option("--max-length",
+    help="Document max length in tokens (default: the model's).")]
+QMaxLenOpt = Annotated[int | None, typer.Option("--query-max-length", help="Query max length in tokens (default: 64).")]
+PoolingOpt = Annotated[str | None, typer.Option("--pooling",
+    help="`cls` or `mean` (default: the model's, else cls).")]
+NormOpt = Annotated[bool | None, typer.Option("--normalize/--no-normalize",
+    help="L2-normalise embeddings (default: the model's).")]
+
+
+def progress() -> bool:
+    return not STATE["quiet"]
+
+
+def info(msg: str) -> None:
+    if not STATE["quiet"]:
+        err.print(msg, highlight=False)
+
+
+def open_dataset(spec: str, queries: Path | None = None, qrels: Path | None = None):
+    from hardneg.data.load import load_dataset
+
+    return load_dataset(spec, queries=queries, qrels=qrels)
+
+
+def open_model(name: str, pooling=None, normalize=None, max_length=None, query_max_length=None):
+    from hardneg.model.encoder import DualEncoder
+
+    return DualEncoder.from_pretrained(
+        name, pooling=pooling, normalize=normalize, doc_max_length=max_length,
+        query_max_length=query_max_length,
+    )
+
+
+def use_threads(n: int | None) -> None:
+    from hardneg.index.faiss_index import set_threads
+
+    set_threads(n)
+
+
+def default_out(*parts: str) -> Path:
+    safe = [p.replace("/", "_").replace(":", "-") for p in parts if p]
+    return Path("runs") / "-".join(safe)
+
+
+def model_tag(model: str) -> str:
+    """A short name for a model: `minilm`, a hub id's last part, or the run folder of `.../NAME/model`."""
+    path = Path(model)
+    return path.parent.name if path.name == "model" and path.parent.name else path.name
+
+
+def dataset_tag(dataset) -> str:
+    return f"{dataset.name}-{dataset.split}" if dataset.split else dataset.name
+
+
+def save_and_report(run, dataset, out_dir: Path, tag: str, measures, settings: dict, fmt: str) -> dict:
+    from hardneg.evaluate.metrics import format_table
+    from hardneg.retrieval.results import save_run_and_metrics
+
+    metrics = save_run_and_metrics(run, out_dir, tag=tag, fmt=fmt, qrels=dataset.qrels() or None,
+                                   measures=measures or None, settings=settings).metrics
+    if metrics is None:
+        info(f"no qrels for {dataset_tag(dataset)}: run written to {out_dir}, not evaluated")
+        return {}
+    out.print(format_table({tag: metrics}))
+    info(f"run and metrics written to {out_dir}/")
+    return metrics
+
+
+def join_torchrun() -> bool:
+    """Join the process group when started by torchrun (RANK / WORLD_SIZE set); ranks other than 0
+    log warnings only and show no progress bars."""
+    from hardneg import distributed as dist
+
+    if not dist.init_from_env():
+        return False
+    if not dist.is_main():
+        STATE["quiet"] = True
+        logging.getLogger().setLevel(logging.WARNING)
+    return True
+
+
+FormatOpt = Annotated[str, typer.Option("--format", help="Run file format: `trec`, `msmarco` or `both`.")]
+
+
+def side_kind(side: str) -> str:
+    if side in ("docs", "doc", "corpus"):
+        return "doc"
+    if side in ("queries", "query"):
+        return "query"
+    raise HardnegError(f"--side must be 'docs' or 'queries', not {side!r}")
+
+
+def global_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks on errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info messages.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """hardneg: dense retrieval with hard negatives.
+
+    Example: `hardneg retrieve ../shared/data/scifact:test --model minilm`
+    """
+    if version:
+        out.print(f"hardneg {__version__}")
+        raise typer.Exit()
+    STATE["debug"] = debug
+    STATE["quiet"] = quiet
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "httpcore", "huggingface_hub", "transformers", "sentence_transformers", "faiss", "bm25s"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def run_app(app: typer.Typer) -> None:
+    """Run ``app``, turning a HardnegError into a one-line message and its exit code (no traceback
+    unless ``--debug``)."""
+    try:
+        app()
+    except HardnegError as exc:
+        if STATE["debug"]:
+            raise
+        err.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        sys.exit(130)
+    except OSError as exc:  # a storage failure no artifact writer turned into a WriteError
+        from hardneg.io import is_write_failure, write_error
+
+        if STATE["debug"] or not is_write_failure(exc):
+            raise
+        message = str(write_error(exc, exc.filename or "output"))
+        err.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
+        sys.exit(HardnegError.exit_code)

@@ -1,0 +1,64 @@
+"""Experiment commands: ``experiment`` (a recipe's stages) and ``report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hardneg.cli.common import (
+    STATE,
+    ThreadsOpt,
+    info,
+    out,
+    use_threads,
+)
+
+
+def experiment(
+    recipe: Annotated[Path, typer.Argument(help="A recipe YAML (see configs/).")],
+    data_dir: Annotated[str | None, typer.Option("--data-dir",
+        help="Replaces {data_dir} in the recipe (default $HARDNEG_DATA_DIR or ../shared/data).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o",
+        help="Experiment folder (default runs/experiments/<name>).")] = None,
+    only: Annotated[list[str] | None, typer.Option("--only",
+        help="Run only stages matching this name or glob (and what they need); repeatable.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run",
+        help="Check the recipe and list the stages with their status; compute nothing.")] = False,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Run a recipe's stages in order (train, test, transfer, analyses, report); done stages are skipped.
+
+    Interrupted? Run the same command again: finished stages are cached, training resumes from its
+    last checkpoint. Example: `hardneg experiment configs/demo.yaml`
+    """
+    from hardneg.experiment import Experiment, Recipe
+
+    use_threads(threads)
+    exp = Experiment(Recipe.from_yaml(recipe, data_dir), out_dir, quiet=STATE["quiet"])
+    if dry_run:
+        for name, state in exp.status():
+            out.print(f"{state:>24}  {name}", highlight=False)
+        info(f"{len(exp.stages)} stages; recipe OK; folder {exp.out}")
+        return
+    exp.run(only=only, echo=lambda msg: info(msg))
+    report = exp.out / "report.md"
+    if report.is_file():
+        from hardneg.experiment import main_table
+
+        out.print(main_table(exp.out))
+        info(f"report: {report}")
+
+
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="An experiment folder (written by `hardneg experiment`).")],
+) -> None:
+    """Write RUN_DIR/report.md and its figures from the finished stages of an experiment.
+
+    Example: `hardneg report runs/experiments/scifact`
+    """
+    from hardneg.experiment import write_report
+
+    path = write_report(run_dir)
+    info(f"report: {path}")

@@ -1,0 +1,131 @@
+"""Embeddings and indexes: ``encode`` (resumable, sharded), ``encode-merge`` and ``index``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hardneg.cli.common import (
+    BatchOpt,
+    CacheOpt,
+    DataArg,
+    MaxLenOpt,
+    ModelOpt,
+    NormOpt,
+    PoolingOpt,
+    ThreadsOpt,
+    dataset_tag,
+    default_out,
+    info,
+    join_torchrun,
+    model_tag,
+    open_dataset,
+    open_model,
+    progress,
+    side_kind,
+    use_threads,
+)
+from hardneg.errors import HardnegError
+
+
+def encode(
+    data: DataArg,
+    model: ModelOpt = "minilm",
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o",
+        help="Embeddings folder (default runs/<data>-<model>-emb).")] = None,
+    side: Annotated[str, typer.Option(help="`docs` (the corpus) or `queries` (the split's queries).")] = "docs",
+    batch_size: BatchOpt = 64,
+    max_length: MaxLenOpt = None,
+    pooling: PoolingOpt = None,
+    normalize: NormOpt = None,
+    cache_dir: CacheOpt = None,
+    threads: ThreadsOpt = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="Encode only shard `i/n` (0-based) into "
+                                              "OUT.shards/ (job arrays); join them with `hardneg encode-merge OUT`. "
+                                              "Under torchrun each rank encodes its shard and rank 0 merges.")] = None,
+) -> None:
+    """Encode a corpus (or a split's queries) into a float32 embeddings folder; resumes if interrupted.
+
+    Example: `hardneg encode ../shared/data/scifact --model minilm --out runs/scifact-emb`
+
+    Sharded: `torchrun --nproc_per_node 4 -m hardneg encode DATA --out OUT`, or one job per
+    `--shard i/4` and then `hardneg encode-merge OUT`.
+    """
+    from hardneg import distributed as dist
+    from hardneg.artifacts import side_store
+    from hardneg.index.encode import encode_store
+
+    use_threads(threads)
+    launched = join_torchrun()
+    if launched and shard:
+        raise HardnegError("--shard is for separate jobs; under torchrun every rank encodes its own shard")
+    dataset = open_dataset(data)
+    encoder = open_model(model, pooling, normalize, max_length)
+    if launched:
+        encoder.to(dist.device_of_group())  # NCCL: this rank's GPU
+    kind = side_kind(side)
+    out_dir = out_dir or default_out(dataset_tag(dataset), model_tag(model), f"{kind}-emb")
+    with dist.main_first():
+        store = side_store(encoder, dataset, kind, cache_dir, show_progress=progress())
+    if shard is None and not dist.is_distributed():
+        emb = encode_store(encoder, store, kind, out_dir, batch_size=batch_size, show_progress=progress())
+        info(f"{len(emb)} x {emb.dim} embeddings in {out_dir}")
+        return
+    from hardneg.index.shards import encode_shard, merge_shards, parse_shard
+
+    i, n = parse_shard(shard) if shard else (dist.rank(), dist.world_size())
+    folder = encode_shard(encoder, store, kind, out_dir, i, n, batch_size=batch_size, show_progress=progress())
+    if not launched:
+        info(f"shard {i}/{n} in {folder}; when all {n} are done: hardneg encode-merge {out_dir}")
+        return
+    dist.barrier()
+    if dist.is_main():
+        emb = merge_shards(out_dir)
+        info(f"{len(emb)} x {emb.dim} embeddings in {out_dir} (merged from {n} shards)")
+    dist.barrier()
+
+
+def encode_merge(
+    out_dir: Annotated[Path, typer.Argument(help="The embeddings folder given to `hardneg encode --shard i/n --out`.")],
+    keep_shards: Annotated[bool, typer.Option("--keep-shards", help="Keep OUT.shards/ after merging.")] = False,
+) -> None:
+    """Join the shards of `hardneg encode --shard i/n` into one embeddings folder, after checking that
+    every shard is complete and made by the same encoder from the same texts.
+
+    Example: `hardneg encode-merge runs/msmarco-emb`
+    """
+    from hardneg.index.shards import merge_shards
+
+    emb = merge_shards(out_dir, keep_shards=keep_shards)
+    info(f"{len(emb)} x {emb.dim} embeddings in {out_dir}")
+
+
+
+def index_cmd(
+    embeddings: Annotated[Path, typer.Argument(help="Embeddings folder written by `hardneg encode`.")],
+    kind: Annotated[str, typer.Option("--kind",
+        help="flat, pq<M> (pq48, pq96), ivfpq, ivf<L>pq<M>, hnsw, factory:<string>.")] = "flat",
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o",
+        help="Index folder (default <embeddings>-<kind>).")] = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Build a Faiss index over an embeddings folder and save it with its manifest.
+
+    Example: `hardneg index runs/scifact-emb --kind pq48 --out runs/scifact-pq48`
+    """
+    from hardneg.index.encode import Embeddings
+    from hardneg.index.faiss_index import FaissIndex
+
+    use_threads(threads)
+    emb = Embeddings(embeddings)
+    out_dir = out_dir or Path(f"{embeddings}-{kind.replace(':', '_').replace(',', '_')}")
+    start = time.perf_counter()
+    index = FaissIndex.from_embeddings(emb, kind)
+    index.save(out_dir)
+    flat_bytes = len(emb) * emb.dim * 4
+    info(f"{kind} index of {len(index)} vectors in {out_dir} "
+          f"({index.manifest['bytes'] / 1e6:.2f} MB, {index.manifest['bytes'] / flat_bytes:.1%} of flat float32; "
+          f"{time.perf_counter() - start:.1f}s)")

@@ -1,0 +1,156 @@
+"""``hardneg train`` (its flags generated from :class:`~hardneg.train.config.TrainConfig`) and ``export``.
+
+Every TrainConfig field with a CLI flag becomes a ``typer.Option`` here: its help text is
+the field's description, its help panel the field's ``panel`` and its type the field's,
+with default ``None`` meaning "not given". The command merges a preset, a ``--config``
+YAML file and the given flags (later ones win) into one TrainConfig.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hardneg.cli.common import (
+    STATE,
+    ThreadsOpt,
+    default_out,
+    info,
+    join_torchrun,
+    open_model,
+    use_threads,
+)
+from hardneg.errors import HardnegError
+from hardneg.train.config import ADORE, PRESETS, TrainConfig, resolve_config
+from hardneg.train.methods import method_help, method_names
+
+#: options of the command that are not TrainConfig settings, by name: (annotation, put before field)
+_COMMAND_OPTIONS: dict[str, tuple[Any, str | None]] = {
+    "config": (Annotated[Path | None, typer.Option("--config", help="YAML file of settings (flags override it).")],
+               "max_steps"),
+    "preset": (Annotated[str | None, typer.Option("--preset", help=f"{', '.join(list(PRESETS)[:-1])} or "
+                                                                 f"{list(PRESETS)[-1]}.")], "max_steps"),
+    "resume": (Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --out.")],
+               "max_steps"),
+    "print_config": (Annotated[bool, typer.Option(
+        "--print-config", help="Print the resolved settings (preset + YAML + flags) as YAML and exit.")],
+        "max_steps"),
+    "doc_model": (Annotated[str | None, typer.Option(
+        "--doc-model", help="adore: the fixed document encoder (same as --model; an ADORE output continues "
+        "its query tower).", rich_help_panel=ADORE)], "index"),
+    "threads": (ThreadsOpt, None),
+}
+_FALSE_DEFAULT = {"resume", "print_config"}
+
+
+def _flag_type(annotation: Any) -> type:
+    """``int | None`` → ``int``: the one non-None type of a setting."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return inner
+    return annotation
+
+
+def setting_options() -> list[inspect.Parameter]:
+    """One keyword parameter (a ``typer.Option``, default None) per TrainConfig setting with a flag."""
+    params = []
+    for name, field in TrainConfig.model_fields.items():
+        meta = field.json_schema_extra or {}
+        if not meta.get("cli", True):
+            continue
+        kind = Path if meta.get("path") else _flag_type(field.annotation)
+        flags = list(meta.get("flags") or ["--" + name.replace("_", "-")])
+        if kind is bool:
+            flags[0] = f"{flags[0]}/--no-{flags[0][2:]}"
+        option = typer.Option(*flags, help=field.description, rich_help_panel=meta.get("panel"))
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[kind | None, option]))
+    return params
+
+
+def _signature() -> inspect.Signature:
+    method_doc = "; ".join(f"{n}: {method_help(n)}" for n in method_names()) + "."
+    params = [inspect.Parameter("method", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                annotation=Annotated[str, typer.Argument(help=method_doc)])]
+    settings = setting_options()
+    for param in settings:
+        for name, (annotation, before) in _COMMAND_OPTIONS.items():
+            if before == param.name:
+                params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                                default=False if name in _FALSE_DEFAULT else None))
+        params.append(param)
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=None)
+               for name, (annotation, before) in _COMMAND_OPTIONS.items() if before is None]
+    return inspect.Signature(params)
+
+
+def train(**kwargs: Any) -> None:
+    """Train a dense retriever with one of the paper's negative-sampling methods (one shared loop).
+
+    Example: `hardneg train star --data ../shared/data/scifact --preset cpu-demo --out runs/star`
+
+    Several GPUs / nodes: `torchrun --nproc_per_node 4 -m hardneg train star …` (--batch-size is per
+    process; --resume needs the same number of processes).
+
+    ADORE (query tower only, fixed index): `hardneg train adore --doc-model runs/star/model
+    --data ../shared/data/scifact --index pq48 --metric mrr@200 --out runs/adore`
+
+    Settings come from --preset, then --config (YAML, the same names with underscores), then the flags;
+    `--print-config` shows the result.
+    """
+    method = kwargs.pop("method")
+    command = {name: kwargs.pop(name) for name in _COMMAND_OPTIONS}
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items() if v is not None}
+    doc = command["doc_model"]
+    if doc is not None:  # adore's name for the one `model` setting
+        if method != "adore":
+            raise HardnegError(f"--doc-model is for adore (its fixed document encoder); {method} takes --model")
+        if given.get("model", doc) != doc:
+            raise HardnegError("give adore's document encoder once: --doc-model or --model")
+        given["model"] = doc
+    cfg, explicit = resolve_config(command["preset"], command["config"],
+                                   {**given, "method": method, "quiet": STATE["quiet"]})
+    if "out" not in explicit:
+        cfg.out = str(default_out("train", Path(cfg.data).name, method))
+    if command["print_config"]:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end="")
+        return
+    from hardneg import distributed as dist
+    from hardneg.train.trainer import Trainer
+
+    use_threads(command["threads"])
+    join_torchrun()  # under torchrun: N processes with --batch-size B train like one with N·B
+    cfg.quiet = STATE["quiet"]  # ranks other than 0 are quiet
+    trainer = Trainer(cfg)
+    trainer.setup()
+    model_dir = trainer.train(resume=command["resume"])
+    info(f"model in {model_dir}; logs in {cfg.out}/train_log.jsonl")
+    dist.destroy()
+
+
+train.__signature__ = _signature()  # type: ignore[attr-defined]  # what typer builds the command from
+
+
+def export(
+    model: Annotated[str, typer.Argument(help="A hardneg model folder (e.g. runs/adore/model).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="sentence-transformers folder to write.")],
+) -> None:
+    """Export a model as one sentence-transformers folder (separate towers become a Router model).
+
+    Example: `hardneg export runs/adore/model --out runs/adore-st` then
+    `SentenceTransformer("runs/adore-st").encode_query([...])`
+    """
+    encoder = open_model(model)
+    encoder.export_sentence_transformers(out)
+    kind = "shared encoder" if encoder.config.shared else "query/document Router"
+    info(f"sentence-transformers model ({kind}) in {out}")
+
+
+__all__ = ["export", "setting_options", "train"]

@@ -1,0 +1,60 @@
+"""Device resolution: --device auto|cpu|cuda|cuda:N, and a clear error where CUDA is missing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hardneg.devices import DeviceError, faiss_placement, resolve_device
+
+
+def test_cpu_and_auto_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device(None) == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("spec", ["cuda", "cuda:0", "CUDA:1"])
+def test_cuda_without_cuda_says_what_was_found(monkeypatch, spec):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="no CUDA device") as err:
+        resolve_device(spec)
+    assert err.value.exit_code == 2 and "--device cpu" in str(err.value)
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cuda:x", "cpu:0", "auto:1", ""])
+def test_bad_spelling(monkeypatch, spec):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if spec == "":
+        assert resolve_device(spec) == torch.device("cpu")  # empty means auto
+        return
+    with pytest.raises(DeviceError, match="auto, cpu, cuda or cuda:N"):
+        resolve_device(spec)
+
+
+def test_cuda_present(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"Fake{i}")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(DeviceError, match=r"found 2 CUDA device\(s\): cuda:0 Fake0, cuda:1 Fake1"):
+        resolve_device("cuda:2")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun chose the rank's GPU
+    assert resolve_device("auto") == torch.device("cuda", 1)
+
+
+def test_faiss_placement_never_silent(monkeypatch, caplog):
+    import faiss
+
+    assert faiss_placement(torch.device("cpu")) == "cpu"
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0, raising=False)
+    with caplog.at_level("WARNING"):
+        assert faiss_placement(torch.device("cuda", 0)) == "cpu"
+    assert "no GPU support" in caplog.text
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1, raising=False)
+    assert faiss_placement(torch.device("cuda", 0)) == "gpu"
