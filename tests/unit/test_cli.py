@@ -147,3 +147,30 @@ def test_tokenize_and_encode_query_side(tiny_beir, tiny_st_dir, env):
     import numpy as np
 
     np.testing.assert_allclose(np.asarray(emb.vectors)[0], expected[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("command", ["retrieve", "encode", "mine"])
+def test_device_cuda_without_cuda_is_refused_before_any_work(tiny_beir, tiny_st_dir, env, monkeypatch, command):
+    import torch
+
+    from hardneg.devices import DeviceError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = env / "out"
+    extra = ["--topk", "5"] if command == "mine" else []
+    result = invoke(command, f"{tiny_beir}:test", "--model", tiny_st_dir, "--device", "cuda", "--out", out, *extra)
+    assert isinstance(result.exception, DeviceError), result.output
+    assert "--device cuda was asked for, but this machine has no CUDA device" in str(result.exception)
+    assert not out.exists()
+
+
+def test_retrieve_device_cuda_without_cuda_exits_2_with_one_line(tiny_beir, tiny_st_dir, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "hardneg", "retrieve", f"{tiny_beir}:test", "--model",
+                           str(tiny_st_dir), "--device", "cuda", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True,
+                          env={"HARDNEG_CACHE_DIR": str(tmp_path / "c"), "PATH": "/usr/bin:/bin",
+                               "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 2, proc.stderr
+    assert "no CUDA device" in proc.stderr and "Traceback" not in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1, proc.stderr
+    assert not (tmp_path / "o").exists()

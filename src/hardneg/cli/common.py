@@ -47,6 +47,8 @@ MaxLenOpt = Annotated[int | None, typer.Option("--max-length",
 QMaxLenOpt = Annotated[int | None, typer.Option("--query-max-length", help="Query max length in tokens (default: 64).")]
 PoolingOpt = Annotated[str | None, typer.Option("--pooling",
     help="`cls` or `mean` (default: the model's, else cls).")]
+DeviceOpt = Annotated[str, typer.Option("--device",
+    help="Where the encoder runs: auto (CUDA when present), cpu, cuda or cuda:N.")]
 NormOpt = Annotated[bool | None, typer.Option("--normalize/--no-normalize",
     help="L2-normalise embeddings (default: the model's).")]
 
@@ -66,13 +68,20 @@ def open_dataset(spec: str, queries: Path | None = None, qrels: Path | None = No
     return load_dataset(spec, queries=queries, qrels=qrels)
 
 
-def open_model(name: str, pooling=None, normalize=None, max_length=None, query_max_length=None):
+def open_model(name: str, pooling=None, normalize=None, max_length=None, query_max_length=None,
+               device: str | None = None):
+    """Load the encoder; with ``device`` (``--device``) it is resolved first, so a missing GPU fails fast."""
+    from hardneg.devices import resolve_device
     from hardneg.model.encoder import DualEncoder
 
-    return DualEncoder.from_pretrained(
+    target = resolve_device(device) if device is not None else None
+    encoder = DualEncoder.from_pretrained(
         name, pooling=pooling, normalize=normalize, doc_max_length=max_length,
         query_max_length=query_max_length,
     )
+    if target is not None and target.type != "cpu":
+        encoder.to(target)
+    return encoder
 
 
 def use_threads(n: int | None) -> None:

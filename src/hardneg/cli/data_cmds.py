@@ -11,6 +11,7 @@ from hardneg.cli.common import (
     BatchOpt,
     CacheOpt,
     DataArg,
+    DeviceOpt,
     MaxLenOpt,
     ModelOpt,
     ThreadsOpt,
@@ -55,6 +56,7 @@ def mine(
     batch_size: BatchOpt = 64,
     cache_dir: CacheOpt = None,
     threads: ThreadsOpt = None,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Mine hard negatives: the top-k non-positive documents of every training query (dense model or BM25).
 
@@ -78,7 +80,7 @@ def mine(
     else:
         from hardneg.retrieval.dense import retrieve as dense_retrieve
 
-        encoder = open_model(model, max_length=max_length)
+        encoder = open_model(model, max_length=max_length, device=device)
         run = dense_retrieve(encoder, dataset, k=k, cache_dir=cache, batch_size=batch_size,
                              show_progress=progress())
     negatives = mine_negatives(run, qrels, topk)

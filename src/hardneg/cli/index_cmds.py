@@ -12,6 +12,7 @@ from hardneg.cli.common import (
     BatchOpt,
     CacheOpt,
     DataArg,
+    DeviceOpt,
     MaxLenOpt,
     ModelOpt,
     NormOpt,
@@ -43,6 +44,7 @@ def encode(
     normalize: NormOpt = None,
     cache_dir: CacheOpt = None,
     threads: ThreadsOpt = None,
+    device: DeviceOpt = "auto",
     shard: Annotated[str | None, typer.Option("--shard", help="Encode only shard `i/n` (0-based) into "
                                               "OUT.shards/ (job arrays); join them with `hardneg encode-merge OUT`. "
                                               "Under torchrun each rank encodes its shard and rank 0 merges.")] = None,
@@ -63,7 +65,7 @@ def encode(
     if launched and shard:
         raise HardnegError("--shard is for separate jobs; under torchrun every rank encodes its own shard")
     dataset = open_dataset(data)
-    encoder = open_model(model, pooling, normalize, max_length)
+    encoder = open_model(model, pooling, normalize, max_length, device=device)
     if launched:
         encoder.to(dist.device_of_group())  # NCCL: this rank's GPU
     kind = side_kind(side)

@@ -12,6 +12,7 @@ from hardneg.cli.common import (
     BatchOpt,
     CacheOpt,
     DataArg,
+    DeviceOpt,
     FormatOpt,
     KOpt,
     MaxLenOpt,
@@ -84,6 +85,7 @@ def retrieve(
     measure: MeasuresOpt = None,
     cache_dir: CacheOpt = None,
     threads: ThreadsOpt = None,
+    device: DeviceOpt = "auto",
     fmt: FormatOpt = "trec",
 ) -> None:
     """Dense retrieval in one go: tokenize + encode the corpus (cached, resumable), index, search, evaluate.
@@ -94,7 +96,7 @@ def retrieve(
 
     use_threads(threads)
     dataset = open_dataset(data, queries, qrels)
-    encoder = open_model(model, pooling, normalize, max_length, query_max_length)
+    encoder = open_model(model, pooling, normalize, max_length, query_max_length, device=device)
     start = time.perf_counter()
     run = dense_retrieve(encoder, dataset, index_kind=index, k=k, cache_dir=cache_dir,
                          batch_size=batch_size, show_progress=progress())
@@ -118,6 +120,7 @@ def search(
     qrels: QrelsOpt = None,
     measure: MeasuresOpt = None,
     threads: ThreadsOpt = None,
+    device: DeviceOpt = "auto",
     fmt: FormatOpt = "trec",
     force: Annotated[bool, typer.Option("--force",
         help="Search even if the index was built by another model.")] = False,
@@ -132,7 +135,7 @@ def search(
 
     use_threads(threads)
     dataset = open_dataset(data, queries, qrels)
-    encoder = open_model(model, query_max_length=query_max_length)
+    encoder = open_model(model, query_max_length=query_max_length, device=device)
     from hardneg.artifacts import index_mismatches
     from hardneg.io import read_json
 
