@@ -64,6 +64,13 @@ _RUNNER_KEYS = {"data", "out", "quiet", "cache_dir"}
 _NAME = re.compile(r"[\w.+-]+")
 
 
+def _check_name(name: str, what: str) -> str:
+    """A recipe or system name: it names folders, so letters, digits, '.', '+', '-', '_' only."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"{what} {name!r} must be letters, digits, '.', '+', '-' or '_'")
+    return name
+
+
 # ----------------------------------------------------------------------------- schema
 class _Section(BaseModel):
     """A mapping with a fixed set of keys: an unknown one is an error with a "did you mean"."""
@@ -152,9 +159,7 @@ class System(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
-        if not _NAME.fullmatch(name):
-            raise ValueError(f"system name {name!r} must be letters, digits, '.', '+', '-' or '_'")
-        return name
+        return _check_name(name, "system name")
 
     @field_validator("method")
     @classmethod
@@ -237,9 +242,7 @@ class Recipe(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
-        if not _NAME.fullmatch(name):
-            raise ValueError(f"name {name!r} must be letters, digits, '.', '+', '-' or '_'")
-        return name
+        return _check_name(name, "name")
 
     def system(self, name: str, where: str = "") -> System:
         for s in self.systems:
