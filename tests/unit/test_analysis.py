@@ -29,6 +29,25 @@ def test_pairwise_errors_hand_computed():
     assert res["mean_total"] == pytest.approx(3.5) and res["queries"] == 2  # q3 has no scores: not counted
 
 
+def test_top_k_errors_count_the_top_k_negatives_as_eq_6():
+    """A query with relevant documents in its top K still has K negatives to lose against (Eq. 6)."""
+    docs = ["r1", "r2", "n1", "n2", "n3"]
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.95]])  # n3 first, then both relevant, then n1, n2
+    qrels = {"q": {"r1": 1, "r2": 1}}
+    eq6 = pairwise_errors(scores, ["q"], docs, qrels, topk=2)
+    # the top-2 negatives are n3 (.95) and n1 (.7): r1 and r2 each lose to n3 only → 2
+    assert eq6["top"]["q"] == 2 and eq6["top_of"] == "negatives"
+    # the top-2 retrieved are n3 and r1: one negative, n3 → r1 and r2 lose to it → 2 as well here …
+    assert pairwise_errors(scores, ["q"], docs, qrels, topk=2, top_of="retrieved")["top"]["q"] == 2
+    # … but at K=3, Eq. 6 sees n3, n1, n2 (r2 .8 and r1 .9 still lose to n3 only: 2), while the retrieved
+    # top 3 (n3, r1, r2) hold one negative; with a low relevant document the two differ:
+    scores = np.array([[0.9, 0.1, 0.7, 0.6, 0.95]])  # r2 is last: it loses to every negative
+    assert pairwise_errors(scores, ["q"], docs, qrels, topk=3)["top"]["q"] == 1 + 3
+    assert pairwise_errors(scores, ["q"], docs, qrels, topk=3, top_of="retrieved")["top"]["q"] == 1 + 2
+    with pytest.raises(ValueError, match="top_of"):
+        pairwise_errors(scores, ["q"], docs, qrels, top_of="top")
+
+
 def test_error_concentration_curve():
     x, y = error_concentration({"q1": 6, "q2": 3, "q3": 1, "q4": 0})
     assert x.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]

@@ -3,10 +3,14 @@
 Pairwise errors (Zhan et al. 2021, Table 1 and Fig. 3). For a query with
 relevant set R (grade >= 1) and the model's score ``s`` over the whole corpus,
 a *pairwise error* is a pair (r, d) with r in R, d not in R and ``s_d > s_r``
-(ties are not errors). The *total* count sums over every non-relevant document
-of the corpus; the *top-K* count only over the non-relevant documents among the
-model's top-K retrieved documents. Random-negative training minimises the first;
-what ranking metrics see is mostly the second.
+(ties are not errors). The *total* count (Eq. 5) sums over every non-relevant
+document of the corpus; the *top-K* count (Eq. 6) over the K highest-scored
+non-relevant documents, the query's top-K *negatives* (``top_of="negatives"``,
+the default). ``top_of="retrieved"`` counts instead the non-relevant documents
+among the top-K retrieved, which has fewer than K negatives for a query with
+relevant documents in its top K and so undercounts multi-relevant queries (the
+count reported before Eq. 6 was followed). Random-negative training minimises the
+total; what ranking metrics see is mostly the top-K.
 """
 
 from __future__ import annotations
@@ -34,9 +38,17 @@ def score_matrix(model, dataset, cache_dir: Path | None = None, *, show_progress
     return qids, list(emb.ids), qv.astype(np.float32) @ docs.T
 
 
+TOP_OF = ("negatives", "retrieved")
+
+
 def pairwise_errors(scores: np.ndarray, qids: Sequence[str], doc_ids: Sequence[str], qrels: Qrels,
-                    topk: int = 200) -> dict[str, Any]:
-    """Per-query total and top-``topk`` pairwise errors, and their means over the judged queries."""
+                    topk: int = 200, top_of: str = "negatives") -> dict[str, Any]:
+    """Per-query total and top-``topk`` pairwise errors, and their means over the judged queries.
+
+    ``top_of``: ``negatives`` (Eq. 6: the ``topk`` highest-scored non-relevant documents) or
+    ``retrieved`` (the non-relevant documents among the ``topk`` retrieved)."""
+    if top_of not in TOP_OF:
+        raise ValueError(f"top_of must be one of {TOP_OF}, not {top_of!r}")
     row = {d: i for i, d in enumerate(doc_ids)}
     total: dict[str, int] = {}
     top: dict[str, int] = {}
@@ -52,11 +64,14 @@ def pairwise_errors(scores: np.ndarray, qids: Sequence[str], doc_ids: Sequence[s
         rel_scores = s[rel]
         # non-relevant documents scoring strictly above each relevant one
         total[qid] = int(sum(len(neg) - np.searchsorted(neg, r, side="right") for r in rel_scores))
-        top_rows = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
-        top_neg = np.sort(s[top_rows[~is_rel[top_rows]]])
+        if top_of == "negatives":  # neg is sorted ascending: its last k are the top-k negatives
+            top_neg = neg[-k:] if k < len(neg) else neg
+        else:
+            top_rows = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
+            top_neg = np.sort(s[top_rows[~is_rel[top_rows]]])
         top[qid] = int(sum(len(top_neg) - np.searchsorted(top_neg, r, side="right") for r in rel_scores))
     n = max(1, len(total))
-    return {"topk": k, "queries": len(total), "mean_total": sum(total.values()) / n,
+    return {"topk": k, "top_of": top_of, "queries": len(total), "mean_total": sum(total.values()) / n,
             "mean_topk": sum(top.values()) / n, "total": total, "top": top}
 
 
