@@ -1,15 +1,19 @@
 # Two set-up commands (see README): `make demo` (main job) and `make test` (test suite).
 # Both create .venv and install everything on first use.
 #
-# CPU machines (default): torch is pinned by constraints/cpu.txt so pip never pulls the
-# multi-GB CUDA build. GPU machines: `make install TORCH=torch CONSTRAINTS=` (or install
-# your CUDA torch first, then `pip install -e .[dev]`).
+# CPU machines (default): torch is pinned by constraints/cpu.txt; on a stock machine add
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu so pip takes PyTorch's CPU wheel, not the
+# multi-GB CUDA build. GPU machines: `make install TORCH=torch CONSTRAINTS= EXTRAS=gpu,dev`
+# (torch's default wheel is the CUDA build; Faiss from the [gpu] extra).
 
 PYTHON      ?= python3
 VENV        ?= .venv
 DATA        ?= ../shared/data
 TORCH       ?= torch==2.13.0
 CONSTRAINTS ?= constraints/cpu.txt
+EXTRAS      ?= cpu,dev
+# a stock CPU machine: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu (PyTorch's CPU wheels)
+TORCH_INDEX ?=
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.hardneg-installed
 PIPC        := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
@@ -21,8 +25,8 @@ export TOKENIZERS_PARALLELISM ?= false
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(PIPC) "$(TORCH)"
-	$(BIN)/python -m pip install --quiet $(PIPC) -e '.[dev]'
+	$(BIN)/python -m pip install --quiet $(PIPC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	$(BIN)/python -m pip install --quiet $(PIPC) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP)

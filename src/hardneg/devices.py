@@ -65,10 +65,9 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
 
 def faiss_gpus() -> int:
     """How many GPUs the installed Faiss can use (0 for faiss-cpu)."""
-    import faiss
+    from hardneg.index.faiss_index import gpu_count
 
-    get = getattr(faiss, "get_num_gpus", None)
-    return int(get()) if get is not None else 0
+    return gpu_count()
 
 
 def faiss_placement(device: torch.device, *, quiet: bool = False) -> str:

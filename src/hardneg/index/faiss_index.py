@@ -30,12 +30,25 @@ from hardneg.io import commit_dir, read_json, write_json, writing
 
 INDEX_VERSION = 1
 
+FAISS_MISSING = ("Faiss is not installed: pip install 'hardneg[cpu]' (faiss-cpu) or 'hardneg[gpu]' "
+                 "(faiss-gpu-cu12), or make install")
+
+
+def import_faiss():
+    """The ``faiss`` module, or a HardnegError saying which extra installs it (it is not a hard dependency,
+    so that faiss-cpu and faiss-gpu never undo each other)."""
+    try:
+        import faiss
+    except ImportError as exc:
+        raise HardnegError(FAISS_MISSING) from exc
+    return faiss
+
 
 def set_threads(n: int | None = None) -> int:
     """Use ``n`` (default: all) cores for Faiss and torch."""
     import os
 
-    import faiss
+    faiss = import_faiss()
     import torch
 
     n = n or os.cpu_count() or 1
@@ -78,9 +91,9 @@ def _check_pq(sub: int, dim: int) -> None:
 
 
 def gpu_count() -> int:
-    import faiss
-
-    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    """How many GPUs the installed Faiss can use (0 for faiss-cpu)."""
+    get = getattr(import_faiss(), "get_num_gpus", None)
+    return int(get()) if get is not None else 0
 
 
 class FaissIndex:
@@ -105,7 +118,7 @@ class FaissIndex:
         seed: int = 0,
         train_size: int | None = 262_144,
     ) -> FaissIndex:
-        import faiss
+        faiss = import_faiss()
 
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n, dim = vectors.shape
@@ -153,7 +166,7 @@ class FaissIndex:
 
     # ---------------------------------------------------------------- persistence
     def save(self, folder: str | Path) -> Path:
-        import faiss
+        faiss = import_faiss()
 
         folder = Path(folder)
         with writing(folder, "index"):
@@ -177,7 +190,7 @@ class FaissIndex:
 
     @classmethod
     def load(cls, folder: str | Path, expect_key: str | None = None) -> FaissIndex:
-        import faiss
+        faiss = import_faiss()
 
         folder = Path(folder)
         if not (folder / "manifest.json").is_file():
@@ -207,7 +220,7 @@ class FaissIndex:
 
     def to_gpu(self) -> bool:
         """Move search to all GPUs when Faiss has GPU support; returns whether it did."""
-        import faiss
+        faiss = import_faiss()
 
         if gpu_count() == 0:
             return False
