@@ -174,3 +174,22 @@ def test_retrieve_device_cuda_without_cuda_exits_2_with_one_line(tiny_beir, tiny
     assert "no CUDA device" in proc.stderr and "Traceback" not in proc.stderr
     assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1, proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_every_command_takes_dash_h_and_keeps_angle_brackets_and_panels():
+    """``-h`` works on every command; help keeps ``pq<M>`` and ``path[:split]`` (markdown mode ate ``<M>``);
+    train's settings sit in their panels."""
+    import typer.main
+
+    names = sorted(typer.main.get_command(app).commands)
+    assert {"retrieve", "index", "train", "experiment", "export", "mine"} <= set(names)
+    texts = {}
+    for name in names:
+        result = runner.invoke(app, [name, "-h"], terminal_width=200)
+        assert result.exit_code == 0, (name, result.output)
+        texts[name] = result.output
+    assert runner.invoke(app, ["-h"]).exit_code == 0
+    assert "pq<M>" in texts["index"] and "ivf<L>pq<M>" in texts["index"]
+    assert "path[:split]" in texts["retrieve"] and "irds:<id>" in texts["retrieve"]
+    for panel in ("Optimisation", "Encoder", "Negatives and loss", "ADORE", "Evaluation", "Checkpoints"):
+        assert f"─ {panel} ─" in texts["train"]

@@ -17,30 +17,34 @@ from hardneg.cli import data_cmds, evaluate, experiment, index_cmds, retrieve, t
 from hardneg.cli.common import global_options as _global_options
 from hardneg.cli.common import run_app
 
+#: ``-h`` as well as ``--help``, on the app and on every command
+HELP = {"help_option_names": ["-h", "--help"]}
+
 app = typer.Typer(
     name="hardneg",
+    context_settings=HELP,
     help="Train and evaluate dense retrievers with hard negatives (STAR, ADORE).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",
+    rich_markup_mode="rich",  # markdown mode would drop `<M>` in `pq<M>` as an HTML tag
     add_completion=False,
 )
 app.callback()(_global_options)
 
-app.command()(retrieve.bm25)
-app.command()(retrieve.retrieve)
-app.command()(data_cmds.tokenize)
-app.command()(index_cmds.encode)
-app.command("encode-merge")(index_cmds.encode_merge)
-app.command("index")(index_cmds.index_cmd)
-app.command()(retrieve.search)
-app.command()(evaluate.evaluate)
-app.command()(evaluate.compare)
-app.command()(train.export)
-app.command()(data_cmds.mine)
-app.command("train", context_settings={"help_option_names": ["-h", "--help"]})(train.train)
-app.command()(experiment.experiment)
-app.command()(experiment.report)
+app.command(context_settings=HELP)(retrieve.bm25)
+app.command(context_settings=HELP)(retrieve.retrieve)
+app.command(context_settings=HELP)(data_cmds.tokenize)
+app.command(context_settings=HELP)(index_cmds.encode)
+app.command("encode-merge", context_settings=HELP)(index_cmds.encode_merge)
+app.command("index", context_settings=HELP)(index_cmds.index_cmd)
+app.command(context_settings=HELP)(retrieve.search)
+app.command(context_settings=HELP)(evaluate.evaluate)
+app.command(context_settings=HELP)(evaluate.compare)
+app.command(context_settings=HELP)(train.export)
+app.command(context_settings=HELP)(data_cmds.mine)
+app.command("train", context_settings=HELP)(train.train)
+app.command(context_settings=HELP)(experiment.experiment)
+app.command(context_settings=HELP)(experiment.report)
 
 
 def main() -> None:
