@@ -141,13 +141,26 @@ train.__signature__ = _signature()  # type: ignore[attr-defined]  # what typer b
 def export(
     model: Annotated[str, typer.Argument(help="A hardneg model folder (e.g. runs/adore/model).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="sentence-transformers folder to write.")],
+    query_model: Annotated[str | None, typer.Option(
+        "--query-model", help="A separate query encoder; MODEL is then the document encoder (e.g. DRhard's "
+        "released ADORE query encoder with its STAR document encoder).")] = None,
+    tokenizer: Annotated[str | None, typer.Option(
+        "--tokenizer", help="Tokenizer folder or name when MODEL has none (DRhard checkpoints: "
+        "roberta-base).")] = None,
 ) -> None:
     """Export a model as one sentence-transformers folder (separate towers become a Router model).
 
     Example: `hardneg export runs/adore/model --out runs/adore-st` then
-    `SentenceTransformer("runs/adore-st").encode_query([...])`
+    `SentenceTransformer("runs/adore-st").encode_query([...])`. DRhard's released pair:
+    `hardneg export star --query-model adore-star --tokenizer roberta-base --out adore-st`
+    (its projection head becomes Dense → LayerNorm modules).
     """
-    encoder = open_model(model)
+    if query_model is None and tokenizer is None:
+        encoder = open_model(model)
+    else:
+        from hardneg.model.encoder import DualEncoder
+
+        encoder = DualEncoder.from_pretrained(model, query_model=query_model, tokenizer=tokenizer)
     encoder.export_sentence_transformers(out)
     kind = "shared encoder" if encoder.config.shared else "query/document Router"
     info(f"sentence-transformers model ({kind}) in {out}")

@@ -8,9 +8,22 @@ pooling, normalisation, max length and prompts automatically; a plain
 transformers folder defaults to CLS pooling without normalisation (the
 paper's RoBERTa setting).
 
+A tower may carry a projection head (:class:`~hardneg.model.drhard.HeadTower`:
+pooled vector → Dense → LayerNorm): DRhard's ``RobertaDot`` checkpoints (STAR,
+ADORE) and sentence-transformers folders with Dense / LayerNorm modules load
+with it; a checkpoint whose weights do not all fit is refused (the rule is in
+:mod:`hardneg.model.drhard`).
+
 ``save`` writes a folder that ``transformers.AutoModel`` and
 ``sentence_transformers.SentenceTransformer`` both load (the document tower
-at the root; a separate query tower, when there is one, in ``query_tower/``).
+at the root; a separate query tower, when there is one, in ``query_tower/``;
+a head as sentence-transformers ``2_Dense`` / ``3_LayerNorm`` modules).
+
+ADORE's released pair (a query-encoder folder and the STAR document encoder)::
+
+    DualEncoder.from_pretrained("star", query_model="adore-star", tokenizer="roberta-base")
+
+gives separate towers; ``.save(dir)`` once makes a folder every ``--model`` takes.
 """
 
 from __future__ import annotations
@@ -31,6 +44,17 @@ from torch import nn
 
 from hardneg.errors import HardnegError
 from hardneg.io import commit_dir, write_json, writing
+from hardneg.model.drhard import (
+    HeadTower,
+    attach_sentence_transformers_head,
+    check_keys,
+    drop_missing_pooler,
+    is_drhard_checkpoint,
+    load_drhard,
+    logger,
+    split_tolerated_unexpected,
+    weights_file,
+)
 from hardneg.model.registry import resolve_model
 
 Side = Literal["query", "doc"]
@@ -124,13 +148,40 @@ def read_sentence_transformers_config(folder: Path) -> dict:
 
 
 def _auto_load(folder: Path, dtype: torch.dtype | None) -> nn.Module:
+    """``AutoModel`` with every checkpoint key accounted for (the rule in :mod:`hardneg.model.drhard`)."""
     from transformers import AutoModel
 
     kwargs = {"dtype": dtype} if dtype is not None else {}
     try:
-        return AutoModel.from_pretrained(str(folder), local_files_only=True, **kwargs)
+        model, info = AutoModel.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
+                                                **kwargs)
     except Exception as exc:
         raise HardnegError(f"{folder}: could not load the transformer: {exc}") from exc
+    file = weights_file(folder)
+    if info.get("error_msgs"):
+        raise HardnegError(f"{file}: could not load the weights: {'; '.join(map(str, info['error_msgs']))}")
+    tolerated, unexpected = split_tolerated_unexpected(info.get("unexpected_keys") or (), model.base_model_prefix)
+    if tolerated:
+        logger.info("%s: skipped %d weights hardneg does not use: %s", file, len(tolerated),
+                    ", ".join(sorted(tolerated)[:5]))
+    missing = drop_missing_pooler(model, info.get("missing_keys") or (), file)
+    mismatched = [f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in (info.get("mismatched_keys") or ())]
+    check_keys(file, unexpected=unexpected, missing=missing, mismatched=mismatched,
+               what=f"{type(model).__name__}")
+    return model
+
+
+def load_tower(folder: Path, dtype: torch.dtype | None = None) -> nn.Module:
+    """One tower from a folder: a DRhard RobertaDot checkpoint, or a transformer plus any
+    sentence-transformers Dense / LayerNorm modules its ``modules.json`` lists."""
+    if is_drhard_checkpoint(folder):
+        return load_drhard(folder, dtype)
+    return attach_sentence_transformers_head(_auto_load(folder, dtype), folder)
+
+
+def tower_dim(model: nn.Module) -> int:
+    """A tower's output size: the head's, else the transformer's hidden size."""
+    return model.out_dim if isinstance(model, HeadTower) else int(model.config.hidden_size)
 
 
 class DualEncoder(nn.Module):
@@ -170,8 +221,16 @@ class DualEncoder(nn.Module):
         query_prefix: str | None = None,
         doc_prefix: str | None = None,
         dtype: torch.dtype | None = None,
+        query_model: str | os.PathLike[str] | None = None,
+        tokenizer: str | os.PathLike[str] | None = None,
     ) -> DualEncoder:
-        """Load from ``minilm``, a local folder or a hub id; explicit arguments win over the folder."""
+        """Load from ``minilm``, a local folder or a hub id; explicit arguments win over the folder.
+
+        ``query_model``: a second model (name or folder) as a separate query tower, ``name_or_path``
+        being the document tower (ADORE's released query encoder with its STAR document encoder);
+        implies ``shared=False``. ``tokenizer``: where the tokenizer comes from when the model
+        folder has none (DRhard checkpoints ship without one: ``tokenizer="roberta-base"``).
+        """
         from transformers import AutoTokenizer
 
         folder = resolve_model(name_or_path)
@@ -195,14 +254,23 @@ class DualEncoder(nn.Module):
         }
         settings.update({k: v for k, v in overrides.items() if v is not None})
         saved_shared = settings.get("shared", True)
+        if query_model is not None:
+            if shared:
+                raise HardnegError("query_model gives a separate query tower; it cannot be shared=True")
+            shared = False
         if shared is not None:
             settings["shared"] = shared
         config = EncoderConfig.from_dict(settings)
+        tok_dir = folder if tokenizer is None else _tokenizer_dir(tokenizer)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            if not _has_vocabulary(tok_dir):  # transformers 5 would build an empty tokenizer from config.json
+                raise HardnegError("the folder has no tokenizer files (tokenizer.json, vocab.txt, vocab.json, ...)")
+            tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
         except Exception as exc:
-            raise HardnegError(f"{folder}: could not load the tokenizer: {exc}") from exc
-        doc_model = _auto_load(folder, dtype)
+            hint = ("; DRhard checkpoints ship without a tokenizer: pass tokenizer='roberta-base' "
+                    "(or a folder holding it)") if tokenizer is None and is_drhard_checkpoint(folder) else ""
+            raise HardnegError(f"{tok_dir}: could not load the tokenizer: {exc}{hint}") from exc
+        doc_model = load_tower(folder, dtype)
         limit = getattr(doc_model.config, "max_position_embeddings", None)
         if limit:
             # RoBERTa reserves two positions for the padding offset
@@ -210,16 +278,32 @@ class DualEncoder(nn.Module):
             for name in ("query_max_length", "doc_max_length"):
                 if getattr(config, name) > limit - offset:
                     setattr(config, name, limit - offset)
-        query_model = None
-        if not config.shared:
+        query_tower = None
+        source = str(name_or_path or folder)
+        if query_model is not None:
+            qfolder = resolve_model(query_model)
+            if _has_vocabulary(qfolder):  # both towers read one tokenizer's ids
+                try:
+                    qtok = AutoTokenizer.from_pretrained(str(qfolder), local_files_only=True)
+                except Exception as exc:
+                    raise HardnegError(f"{qfolder}: could not load the tokenizer: {exc}") from exc
+                if tokenizer_fingerprint(qtok) != tokenizer_fingerprint(tok):
+                    raise HardnegError(f"{qfolder}: its tokenizer differs from {tok_dir}'s; the two towers "
+                                       "must share one tokenizer")
+            query_tower = load_tower(qfolder, dtype)
+            if tower_dim(query_tower) != tower_dim(doc_model):
+                raise HardnegError(f"{query_model}: query vectors of size {tower_dim(query_tower)} cannot score "
+                                   f"{name_or_path}'s documents of size {tower_dim(doc_model)}")
+            source = f"query={query_model},doc={source}"
+        elif not config.shared:
             qdir = folder / QUERY_TOWER_DIR
-            query_model = _auto_load(qdir, dtype) if (not saved_shared and qdir.is_dir()) else None
-        return cls(doc_model, tokenizer, config, query_model=query_model, source=str(name_or_path or folder))
+            query_tower = load_tower(qdir, dtype) if (not saved_shared and qdir.is_dir()) else None
+        return cls(doc_model, tok, config, query_model=query_tower, source=source)
 
     # ------------------------------------------------------------------ forward
     @property
     def dim(self) -> int:
-        return int(self.doc_model.config.hidden_size)
+        return tower_dim(self.doc_model)
 
     @property
     def device(self) -> torch.device:
@@ -232,19 +316,23 @@ class DualEncoder(nn.Module):
             return self.doc_model
         raise ValueError(f"side must be 'query' or 'doc', not {side!r}")
 
-    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor, tower: nn.Module | None = None) -> torch.Tensor:
+        """Pooling, then ``tower``'s head if it has one, then L2 normalisation (sentence-transformers' order)."""
         if self.config.pooling == "cls":
             emb = hidden[:, 0]
         else:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        if isinstance(tower, HeadTower):
+            emb = tower.head(emb)
         if self.config.normalize:
             emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
         return emb
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, side: Side = "doc") -> torch.Tensor:
-        out = self.tower(side)(input_ids=input_ids, attention_mask=attention_mask)
-        return self.pool(out.last_hidden_state, attention_mask)
+        tower = self.tower(side)
+        out = tower(input_ids=input_ids, attention_mask=attention_mask)
+        return self.pool(out.last_hidden_state, attention_mask, tower)
 
     # ------------------------------------------------------------------ texts
     def max_length(self, side: Side) -> int:
@@ -361,7 +449,9 @@ class DualEncoder(nn.Module):
 
     def _save_tower(self, model: nn.Module, folder: Path, side: Side) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(folder), safe_serialization=True)
+        head = model.save_head(folder) if isinstance(model, HeadTower) else []
+        transformer = model.transformer if isinstance(model, HeadTower) else model
+        transformer.save_pretrained(str(folder), safe_serialization=True)
         max_len = self.max_length(side)
         old_max = self.tokenizer.model_max_length
         self.tokenizer.model_max_length = max_len
@@ -372,6 +462,7 @@ class DualEncoder(nn.Module):
         write_sentence_transformers_files(
             folder,
             dim=int(model.config.hidden_size),
+            head=head,
             pooling=self.config.pooling,
             normalize=self.config.normalize,
             max_length=max_len,
@@ -389,17 +480,23 @@ def write_sentence_transformers_files(
     max_length: int,
     query_prefix: str = "",
     doc_prefix: str = "",
+    head: Sequence[tuple[str, str]] = (),
 ) -> None:
-    """The module files sentence-transformers reads (legacy layout, read by 2.x–6.x)."""
+    """The module files sentence-transformers reads (legacy layout, read by 2.x–6.x).
+
+    ``head``: ``(path, type)`` of modules already written after the Pooling (Dense, LayerNorm).
+    """
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
     ]
+    for path, kind in head:
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": path, "type": kind})
     if normalize:
-        modules.append(
-            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
-        )
-        (folder / "2_Normalize").mkdir(exist_ok=True)
+        norm_dir = f"{len(modules)}_Normalize"
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": norm_dir,
+                        "type": "sentence_transformers.models.Normalize"})
+        (folder / norm_dir).mkdir(exist_ok=True)
     write_json(folder / "modules.json", modules)
     write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
     write_json(
@@ -420,6 +517,22 @@ def write_sentence_transformers_files(
             "similarity_fn_name": "cosine" if normalize else "dot",
         },
     )
+
+
+_VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                "tokenizer.model")
+
+
+def _has_vocabulary(folder: Path) -> bool:
+    """Whether a folder holds a tokenizer's vocabulary (not only its config)."""
+    return any((folder / name).is_file() for name in _VOCAB_FILES) or any(
+        p.suffix in (".model", ".spm", ".tiktoken") for p in folder.iterdir() if p.is_file())
+
+
+def _tokenizer_dir(name: str | os.PathLike[str]) -> Path:
+    """A tokenizer's folder: a local folder as is (it needs no config.json), else a model name."""
+    path = Path(name).expanduser()
+    return path.resolve() if path.is_dir() else resolve_model(name)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
