@@ -180,6 +180,7 @@ def softmax_by_hand(scores, mask):
     ("inbatch", {}),
     ("inbatch", {"loss": "softmax"}),
     ("rand", {}),
+    ("rand", {"rand_batch_positives": False}),  # DRhard's randneg_train: the batch's sampled negatives only
     ("bm25neg", {}),
     ("static", {}),
     ("ance", {"refresh_every": 1}),
@@ -222,7 +223,11 @@ def test_the_step_trains_on_the_paper_loss_function(method, kw, tmp_path, tiny_t
     if method == "inbatch":
         pure, hand = pairwise_loss(pos, scores, other, loss=loss_kind), other
     elif method == "rand":
-        pure, hand = pairwise_loss(pos, scores, own | other, loss=loss_kind), own | other
+        hand = own | other
+        if not cfg.rand_batch_positives:  # no column of the batch's positives (the first 8)
+            hand = hand.clone()
+            hand[:, :8] = False
+        pure = pairwise_loss(pos, scores, hand, loss=loss_kind)
     elif method in ("bm25neg", "static", "ance"):
         pure, hand = pairwise_loss(pos, scores, own, loss=loss_kind), own
     else:

@@ -220,6 +220,7 @@ class Adore(Method):
         self.embeddings_key = source.get("key")
         self.embeddings_folder = source.get("embeddings")
         self.index_folder = self.index.folder
+        self.place_index(model.device)
         row_of = {d: i for i, d in enumerate(self.index.ids)}
         # per training query: index rows of its relevant documents -> grade (sorted rows), counts, IDCG@k
         self.relevant: dict[str, dict[int, int]] = {}
@@ -232,6 +233,21 @@ class Adore(Method):
                 self.idcg[q] = ideal_dcg([int(g) for g in docs.values()], self.metric_k)
         logger.info("adore: %s index of %d documents (%s), metric %s, top-%d", cfg.index, len(self.index),
                     self.index_folder, cfg.metric, self.k)
+
+    def place_index(self, device: torch.device) -> None:
+        """Search on GPU Faiss when the encoder is on CUDA and the installed Faiss has GPUs (one process;
+        ``reconstruct`` keeps reading the CPU index). Under torchrun every rank keeps a CPU copy, since
+        :meth:`FaissIndex.to_gpu` would replicate the index onto every GPU from every rank."""
+        from hardneg import distributed as dist
+        from hardneg.devices import faiss_placement
+
+        if faiss_placement(device, quiet=True) != "gpu":  # the trainer's setup already warned once
+            return
+        if dist.is_distributed():
+            logger.warning("adore: under torchrun the index is searched on the CPU (one copy per rank)")
+        elif not self.index.to_gpu():
+            logger.warning("adore: the %s index has no GPU version in Faiss; searches run on the CPU",
+                           self.config.index)
 
     # data ----------------------------------------------------------------------
     def train_examples(self, examples: list) -> list:
@@ -257,7 +273,8 @@ class Adore(Method):
         ctx, cfg = self.ctx, self.config
         examples = batch.examples
         qids = [e.qid for e in examples]
-        q = encode_rows(ctx.model, [ctx.query_tokens[x] for x in qids], "query", cfg.train_chunk)
+        # autocast around the query encoder only: q is fp32, so the scores and the loss are fp32
+        q = encode_rows(ctx.model, [ctx.query_tokens[x] for x in qids], "query", cfg.train_chunk, cfg.precision)
         _, retrieved = self.index.search(q.detach().float().cpu().numpy(), self.k)
         pairs = build_pairs(retrieved, [self.relevant.get(x, {}) for x in qids], cfg.metric,
                             idcg=[self.idcg.get(x, 0.0) for x in qids] if self.metric_name == "ndcg" else None,

@@ -1,9 +1,9 @@
 """Checkpoints and training logs of the one training loop.
 
 A checkpoint folder holds the model's unique tensors (``model.safetensors``),
-optimiser, scheduler and RNG state (loaded with ``weights_only=True``), any
-extra files (mined negatives) and ``trainer_state.json``; it is written to a
-temporary folder and renamed, so a kill never leaves a half-written one that
+optimiser, scheduler, fp16 loss-scaler (``scaler.pt``) and RNG state (loaded
+with ``weights_only=True``), any extra files (mined negatives) and
+``trainer_state.json``; it is written to a temporary folder and renamed, so a kill never leaves a half-written one that
 looks complete. ``train_log.jsonl`` (plus TensorBoard) is cut back to the
 resumed step so a resumed run's log equals an uninterrupted one's.
 """
@@ -11,6 +11,7 @@ resumed step so a resumed run's log equals an uninterrupted one's.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import shutil
@@ -24,6 +25,8 @@ from hardneg.errors import HardnegError, MismatchError
 from hardneg.io import atomic_write, commit_dir, read_json, write_json, writing
 
 CHECKPOINT_VERSION = 1
+
+logger = logging.getLogger("hardneg.train")
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -42,11 +45,11 @@ def _load_unique_state_dict(model, state: dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, extra_files: dict[str, Path],
-                    rng_extra: dict | None = None) -> None:
+                    rng_extra: dict | None = None, scaler=None) -> None:
     """Write a checkpoint folder atomically (temp folder, then rename).
 
     ``rng_extra`` is stored in ``rng.pt`` beside this process's RNG state (under DDP: ``ranks``, the
-    RNG state of every rank)."""
+    RNG state of every rank); an enabled ``scaler`` (fp16's ``GradScaler``) in ``scaler.pt``."""
     from safetensors.torch import save_file
 
     with writing(folder, "checkpoint"):
@@ -57,6 +60,8 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, extr
             save_file(_unique_state_dict(model), str(tmp / "model.safetensors"))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            if scaler is not None and scaler.is_enabled():
+                torch.save(scaler.state_dict(), tmp / "scaler.pt")
             torch.save({"torch": torch.get_rng_state(), "python": random.getstate()[1], **(rng_extra or {})},
                        tmp / "rng.pt")
             for name, src in extra_files.items():
@@ -74,7 +79,11 @@ def latest_checkpoint(out: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str) -> dict:
+def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str, scaler=None) -> dict:
+    """Restore a checkpoint into the given objects; returns its ``trainer_state.json``.
+
+    An enabled ``scaler`` gets the saved loss scale; a checkpoint without ``scaler.pt`` (written
+    before hardneg saved it) resumes with a fresh scale, said in a warning."""
     from safetensors.torch import load_file
 
     state = read_json(folder / "trainer_state.json")
@@ -86,7 +95,7 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str)
     if state.get("config_fingerprint") != fingerprint:
         raise HardnegError(
             f"{folder}: this checkpoint was written with other training settings; resume with the "
-            "same settings (only max_steps, dev_every, save_every, keep_checkpoints may change) "
+            "same settings (only max_steps, dev_every, save_every, keep_checkpoints, device may change) "
             "or train into a new --out folder"
         )
     try:  # tensors only: weights_only refuses any pickled code in a checkpoint
@@ -94,6 +103,13 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str)
         optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
         rng = torch.load(folder / "rng.pt", weights_only=True)
+        scaler_file = folder / "scaler.pt"
+        if scaler is not None and scaler.is_enabled():
+            if scaler_file.is_file():
+                scaler.load_state_dict(torch.load(scaler_file, weights_only=True))
+            else:
+                logger.warning("%s: no fp16 loss-scaler state (an older checkpoint); resuming with a fresh "
+                               "scale of %g", folder, scaler.get_scale())
     except Exception as exc:  # another architecture, damaged or unsafe files
         raise MismatchError(
             f"{folder}: the checkpoint does not fit this model or is damaged or unsafe "

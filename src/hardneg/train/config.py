@@ -39,9 +39,12 @@ ADORE_DEFAULTS: dict[str, Any] = {"index": "flat", "metric": "mrr@200", "adore_t
                                   "adore_loss": "lambda", "adore_positives": "missing",
                                   "adore_reduction": "query"}
 
+#: settings added after the first checkpoints were written, and their defaults (see ``fingerprint``)
+LATER_DEFAULTS: dict[str, Any] = {"rand_batch_positives": True}
+
 #: settings that may change between a run and its ``--resume`` (they do not change the math so far)
 RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
-                     "track_queries"}
+                     "track_queries", "device"}
 
 #: help panels of ``hardneg train --help`` (a setting without one is listed under "Options")
 OPTIMISATION, ENCODER, NEGATIVES, ADORE, EVALUATION, CHECKPOINTS = (
@@ -85,8 +88,11 @@ class TrainConfig(BaseModel):
     weight_decay: float = setting(0.01, "Weight decay.", panel=OPTIMISATION)
     warmup_ratio: float = setting(0.1, "Share of steps in linear warm-up.", panel=OPTIMISATION)
     max_grad_norm: float = setting(1.0, "Gradient clipping norm.", panel=OPTIMISATION)
-    precision: str = setting("fp32", "fp32, bf16 or fp16 (bf16 is ~7x slower on most CPUs).",
-                             panel=OPTIMISATION)
+    precision: str = setting(
+        "fp32", "fp32, bf16 or fp16: autocast around the encoder forward passes only, scores and losses in "
+        "fp32; fp16 adds dynamic loss scaling (bf16 is ~7x slower on most CPUs).", panel=OPTIMISATION)
+    device: str = setting("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N; under torchrun "
+                          "each rank's GPU. May change on --resume.", panel=OPTIMISATION)
     gradient_checkpointing: bool = setting(False, "Trade compute for memory.", panel=OPTIMISATION)
     seed: int = setting(42, "Seed of data order, sampling and dropout.", panel=OPTIMISATION)
     # encoder
@@ -107,6 +113,9 @@ class TrainConfig(BaseModel):
     star_mixing: str = setting("alpha", "STAR: alpha (L_s + a L_r) or pairmean (DRhard's formula).",
                                panel=NEGATIVES)
     refresh_every: int = setting(0, "ance: re-mine negatives every N steps.", panel=NEGATIVES)
+    rand_batch_positives: bool = setting(
+        True, "rand: the batch's other positives are negatives too (default), or only the sampled "
+        "negatives of the batch (DRhard's RobertaDot_Rand: --no-rand-batch-positives).", panel=NEGATIVES)
     # adore: ``model`` (CLI --model or --doc-model) is the fixed document encoder; training starts the
     # query tower from it (or from its query_tower/ when it is itself an ADORE output)
     index: str = setting("flat", "adore: the fixed index searched every step: flat, pq<M>, ivfpq, ... "
@@ -198,6 +207,8 @@ class TrainConfig(BaseModel):
             raise HardnegError("ance re-mines its negatives every N steps: give --refresh-every N (N >= 1)")
         if self.method != "ance" and self.refresh_every:
             raise HardnegError(f"--refresh-every is for the ance method, not {self.method}")
+        if not self.rand_batch_positives and self.method != "rand":
+            raise HardnegError(f"--no-rand-batch-positives is for the rand method, not {self.method}")
         if self.negatives and self.method not in ("static", "star"):
             raise HardnegError(f"--negatives is for the static and star methods, not {self.method}")
         if self.negatives and not Path(self.negatives).is_file():
@@ -227,6 +238,8 @@ class TrainConfig(BaseModel):
         data = {k: v for k, v in self.to_dict().items() if k not in RESUMABLE_CHANGES}
         if self.method != "adore":
             data = {k: v for k, v in data.items() if k not in ADORE_DEFAULTS}
+        # settings added after checkpoints existed: left out at their default, so those still resume
+        data = {k: v for k, v in data.items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @classmethod
@@ -333,17 +346,29 @@ def parse_adore_metric(metric: object) -> tuple[str, int]:
 
 #: The paper's settings (Zhan et al. 2021, section 6.1), as named presets.
 PRESETS: dict[str, dict[str, Any]] = {
-    # MS MARCO passage, STAR: RoBERTa-base, CLS pooling, q/d lengths 24/120, batch 256, LAMB lr 1e-4
+    # MS MARCO passage, STAR as DRhard trains it. README "Train/STAR" command: --max_query_length 24
+    # --max_doc_length 120 --optimizer_str lamb --learning_rate 1e-4 --gradient_checkpointing --fp16;
+    # star/train.py defaults: per_device_train_batch_size 256, weight_decay 0.01, max_grad_norm 1.0,
+    # hard_num=1 (one static hard negative per query); star/prepare_hardneg.py --topk 200; model.py
+    # RobertaDot: CLS embedding, inner product; model.py inbatch_train: RankNet over the hard negative and
+    # the batch's other documents, one mean over all pairs (star_mixing pairmean). Warm-up: star/train.py
+    # warmup_steps 1000 (a step count: the recipe turns it into warmup_ratio for its max_steps).
     "paper-passage": {
         "model": "roberta-base", "pooling": "cls", "normalize": False, "query_max_length": 24,
-        "doc_max_length": 120, "batch_size": 256, "optimizer": "lamb", "lr": 1e-4, "topk": 200,
-        "loss": "ranknet", "score_scale": 1.0, "star_mixing": "alpha", "alpha": 1.0,
+        "doc_max_length": 120, "batch_size": 256, "optimizer": "lamb", "lr": 1e-4, "weight_decay": 0.01,
+        "max_grad_norm": 1.0, "precision": "fp16", "gradient_checkpointing": True, "topk": 200,
+        "n_negatives": 1, "loss": "ranknet", "score_scale": 1.0, "star_mixing": "pairmean",
     },
-    # MS MARCO document (first 512 tokens), STAR
+    # MS MARCO document (title + first 512 tokens), STAR. DRhard's README trains passage only; its code has
+    # one STAR script for both: star/train.py's comment "max_doc_length: 512 for doc and 120 for passage"
+    # (query length: its comment "24"), its defaults batch 256, LAMB, lr 1e-4, warmup_steps 1000, and
+    # star/prepare_hardneg.py --topk 200 (no document override). A document-specific batch size, learning
+    # rate or top-k in the paper could not be confirmed from the sources read: these are DRhard's defaults.
     "paper-doc": {
-        "model": "roberta-base", "pooling": "cls", "normalize": False, "query_max_length": 32,
-        "doc_max_length": 512, "batch_size": 128, "optimizer": "lamb", "lr": 1e-4, "topk": 100,
-        "loss": "ranknet", "score_scale": 1.0,
+        "model": "roberta-base", "pooling": "cls", "normalize": False, "query_max_length": 24,
+        "doc_max_length": 512, "batch_size": 256, "optimizer": "lamb", "lr": 1e-4, "weight_decay": 0.01,
+        "max_grad_norm": 1.0, "precision": "fp16", "gradient_checkpointing": True, "topk": 200,
+        "n_negatives": 1, "loss": "ranknet", "score_scale": 1.0, "star_mixing": "pairmean",
     },
     # CPU-sized: MiniLM on SciFact in minutes on 2 cores
     "cpu-demo": {

@@ -2,8 +2,9 @@
 
 A method is a negative source plus a loss (see :mod:`hardneg.train.methods`);
 this module owns everything else: data order, batching without padding waste,
-optimiser and schedule, gradient accumulation and clipping, mixed precision,
-dev evaluation with best-model selection, JSONL + TensorBoard logs, and
+optimiser and schedule, gradient accumulation and clipping, the device
+(``--device``, resolved by :mod:`hardneg.devices`), mixed precision, dev
+evaluation with best-model selection, JSONL + TensorBoard logs, and
 checkpoints that ``--resume`` continues exactly (model, optimiser, scheduler,
 RNG state, data position, mined negatives; written and read by
 :mod:`hardneg.train.checkpoint`).
@@ -11,6 +12,14 @@ RNG state, data position, mined negatives; written and read by
 Data order is a pure function of ``(seed, step)`` (a seeded permutation per
 epoch), so resuming needs only the step number; negative sampling is
 counter-based for the same reason.
+
+Mixed precision follows DRhard (``train.py`` with ``--fp16``, ``model.py``'s
+``amp.autocast(enabled=False)`` around the scores): autocast covers only the
+encoder forward passes; embeddings are cast to fp32, and the score matrix and
+every loss are computed in fp32. fp16 adds dynamic loss scaling
+(``torch.amp.GradScaler``: gradients unscaled before clipping, a step with
+inf/NaN gradients is skipped and does not advance the LR schedule); the
+scaler's state is part of every checkpoint. bf16 needs no scaler.
 
 Under ``torchrun`` (see :mod:`hardneg.distributed`) N processes with
 ``batch_size`` B train like one process with batch N·B: the data order hands
@@ -109,20 +118,24 @@ class DataOrder:
 
 
 # ----------------------------------------------------------------------------- batching
-def encode_rows(model, token_rows: Sequence[Sequence[int]], side: str, chunk: int) -> torch.Tensor:
-    """Embeddings of token rows with gradients, in the rows' order.
+def encode_rows(model, token_rows: Sequence[Sequence[int]], side: str, chunk: int,
+                precision: str = "fp32") -> torch.Tensor:
+    """fp32 embeddings of token rows with gradients, in the rows' order (on the model's device).
 
     Rows are sorted by length and encoded in chunks, each padded to its own
     longest row, so a batch mixing short and long texts wastes no compute on
-    padding.
+    padding. With ``precision`` bf16/fp16 only the encoder forward passes run
+    under autocast; the output is cast to fp32 outside it (DRhard computes scores
+    under ``autocast(enabled=False)``).
     """
     from hardneg.index.encode import encode_batches, length_sorted_batches
 
     lengths = np.fromiter((len(r) for r in token_rows), dtype=np.int64, count=len(token_rows))
     batches = length_sorted_batches(lengths, chunk)
     order = np.concatenate(batches)
-    parts = encode_batches(model, lambda rows: [token_rows[i] for i in rows], batches, side)
-    emb = torch.cat([e for _, e in parts])
+    with autocast(precision, model.device):  # the generator runs the forward passes: consume it inside
+        parts = list(encode_batches(model, lambda rows: [token_rows[i] for i in rows], batches, side))
+    emb = torch.cat([e for _, e in parts]).float()  # a no-op in fp32
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.from_numpy(order)] = torch.arange(len(order))
     return emb[inverse.to(emb.device)]
@@ -150,11 +163,24 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
     return get_linear_schedule_with_warmup(optimizer, warmup, config.max_steps)
 
 
-def autocast(config: TrainConfig, device: torch.device):
-    if config.precision == "fp32":
+def autocast(precision: str, device: torch.device):
+    """Autocast for the encoder forward passes at ``precision`` (nothing for fp32)."""
+    if precision == "fp32":
         return nullcontext()
-    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """A clear error when ``device`` cannot run ``precision`` (before any work)."""
+    if precision == "fp32":
+        return
+    if not torch.amp.is_autocast_available(device.type):
+        raise HardnegError(f"--precision {precision}: torch {torch.__version__} has no autocast on {device}; "
+                           "use --precision fp32")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise HardnegError(f"--precision bf16: {device} ({torch.cuda.get_device_name(device)}) does not "
+                           "support bfloat16; use --precision fp16 or fp32")
 
 
 def set_seed(seed: int) -> None:
@@ -177,10 +203,19 @@ class Trainer:
     def setup(self) -> None:
         from hardneg.artifacts import corpus_store, default_cache_dir
         from hardneg.data.load import load_dataset, parse_spec
+        from hardneg.devices import faiss_placement, resolve_device
         from hardneg.model.encoder import DualEncoder
 
         cfg = self.config
         self.rank, self.world = dist.rank(), dist.world_size()
+        self.device = resolve_device(cfg.device)  # before any work: a DeviceError is exit 2
+        if dist.is_initialized():  # under torchrun the rank's device wins (NCCL: its GPU; gloo: the CPU)
+            group = dist.device_of_group()
+            if group != self.device:
+                logger.warning("--device %s: under torchrun this rank trains on %s", cfg.device, group)
+            self.device = group
+        check_precision(cfg.precision, self.device)
+        faiss_placement(self.device)  # says once when a GPU run has to search on CPU Faiss
         set_seed(cfg.seed)
         self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
         path, split = parse_spec(cfg.data)
@@ -219,8 +254,8 @@ class Trainer:
         if self.frozen_doc:
             model.doc_model.requires_grad_(False)
             model.doc_model.eval()
+        model.to(self.device)  # both towers (ADORE: the trained query tower and the frozen one)
         if dist.is_initialized():  # under torchrun (even with one process)
-            model.to(dist.device_of_group())  # NCCL: this rank's GPU; gloo: the CPU
             dist.broadcast_parameters(model)  # the same start on every rank
         self.model = model
         if cfg.gradient_checkpointing:
@@ -265,6 +300,8 @@ class Trainer:
         self.order = DataOrder(len(self.examples), self.global_batch, cfg.grad_accum, cfg.seed)
         self.optimizer = make_optimizer(model, cfg)
         self.scheduler = make_scheduler(self.optimizer, cfg)
+        # fp16: dynamic loss scaling (DRhard train.py's GradScaler); disabled, every call is a pass-through
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self._dev_pool: list[int] | None = None
         if self.world > 1:  # every rank its own dropout stream (the weights are already identical)
             torch.manual_seed(cfg.seed + 1_000_003 * self.rank)
@@ -297,9 +334,12 @@ class Trainer:
             return custom
         cfg = self.config
         model = self.model
-        q = encode_rows(model, [self.query_tokens[e.qid] for e in local], "query", cfg.train_chunk)
+        # autocast covers the encoders only: q and d come back fp32, so scores and losses are fp32
+        q = encode_rows(model, [self.query_tokens[e.qid] for e in local], "query", cfg.train_chunk,
+                        cfg.precision)
         local_docs = [e.pos for e in local] + [d for negs in local_negs for d in negs]
-        d = encode_rows(model, [self.store[self.doc_row[x]] for x in local_docs], "doc", cfg.train_chunk)
+        d = encode_rows(model, [self.store[self.doc_row[x]] for x in local_docs], "doc", cfg.train_chunk,
+                        cfg.precision)
         if self.world > 1:
             parts = dist.all_gather_with_grad(d).view(self.world, len(local_docs), -1)
             d = torch.cat([parts[:, :b].reshape(-1, d.shape[1]), parts[:, b:].reshape(-1, d.shape[1])])
@@ -311,19 +351,39 @@ class Trainer:
     def step_gradients(self, step: int) -> dict[str, float]:
         """Forward and backward every micro-batch of ``step``, then average the gradients over ranks.
 
-        Returns the step's logged values (loss and the method's parts), combined over ranks."""
+        Returns the step's logged values (loss and the method's parts), combined over ranks. Under
+        fp16 the gradients are those of the scaled loss (:meth:`optimizer_step` unscales them)."""
         cfg = self.config
-        device = self.model.device
         totals: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
             examples, negatives = self.micro_batch(step, micro)
-            with autocast(cfg, device):
-                loss, parts = self.batch_loss(examples, negatives)
-            (loss / cfg.grad_accum).backward()
+            loss, parts = self.batch_loss(examples, negatives)
+            self.scaler.scale(loss / cfg.grad_accum).backward()
             for key, value in {"loss": float(loss.detach()), **parts}.items():
                 totals[key] = totals.get(key, 0.0) + value / cfg.grad_accum
         dist.average_gradients([p for p in self.model.parameters() if p.requires_grad])
         return dist.reduce_records(totals, sums=ADDITIVE_PARTS)
+
+    def optimizer_step(self) -> dict[str, float]:
+        """Clip, step the optimiser and the LR schedule, zero the gradients; returns the logged values.
+
+        fp16 (the GradScaler recipe): unscale before clipping; a step with inf/NaN gradients is skipped
+        by the scaler, which halves the scale, and then the schedule does not advance either (as
+        accelerate / HF Trainer do), so the LR follows the optimiser steps actually taken."""
+        self.scaler.unscale_(self.optimizer)  # a no-op unless fp16
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        skipped = self.scaler.is_enabled() and self.scaler.get_scale() < scale
+        if not skipped:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        norm = float(grad_norm)
+        record = {"grad_norm": norm if math.isfinite(norm) else None}  # a skipped fp16 step: inf/NaN, logged null
+        if self.scaler.is_enabled():
+            record.update(loss_scale=scale, skipped_step=int(skipped))
+        return record
 
     # ------------------------------------------------------------------ dev evaluation
     @torch.no_grad()
@@ -398,7 +458,8 @@ class Trainer:
                 "or choose another --out"
             )
         if checkpoint is not None:
-            state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler, cfg.fingerprint())
+            state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler, cfg.fingerprint(),
+                                    scaler=self.scaler)
             if state.get("world_size", 1) != self.world:
                 raise HardnegError(
                     f"{checkpoint}: written by a run of {state.get('world_size', 1)} processes; resume it "
@@ -420,12 +481,9 @@ class Trainer:
             for step in range(start_step, cfg.max_steps):
                 tic = time.perf_counter()
                 totals = self.step_gradients(step)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                stepped = self.optimizer_step()
                 seconds = time.perf_counter() - tic
-                record = {"step": step + 1, **totals, "grad_norm": float(grad_norm),
+                record = {"step": step + 1, **totals, **stepped,
                           "lr": self.scheduler.get_last_lr()[0], "epoch": self.order.epoch_of(step + 1),
                           "queries_per_s": self.global_batch * cfg.grad_accum / seconds, "seconds": seconds}
                 log.write(record, "train")
@@ -479,7 +537,7 @@ class Trainer:
         if dist.is_main():
             folder = self.out / "checkpoints" / f"step-{step:07d}"
             save_checkpoint(folder, self.model, self.optimizer, self.scheduler, state, self.method.state_files(),
-                            rng_extra)
+                            rng_extra, scaler=self.scaler)
             old = sorted((self.out / "checkpoints").glob("step-*"))[: -cfg.keep_checkpoints]
             for path in old:
                 shutil.rmtree(path, ignore_errors=True)

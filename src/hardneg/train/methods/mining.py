@@ -16,8 +16,12 @@ def mine_with_model(ctx, model, folder: Path | None = None) -> dict[str, list[st
     same fields: ``config``, ``queries``, ``train_qrels``, ``positives``, ``dataset``, ``cache_dir``,
     ``store``, ``doc_ids``). With the current weights (``folder`` given) under torchrun, the corpus
     encoding is shared out over the ranks (every rank then holds the whole index), each rank searches
-    its share of the queries, and the mined lists are exchanged, so every rank returns all of them."""
+    its share of the queries, and the mined lists are exchanged, so every rank returns all of them.
+
+    Encoding runs on ``model``'s device (the trainer moved it to ``--device``); one process with the
+    encoder on CUDA searches on GPU Faiss when the installed Faiss has GPUs."""
     from hardneg.artifacts import corpus_index
+    from hardneg.devices import faiss_placement
     from hardneg.index.faiss_index import FaissIndex
     from hardneg.index.shards import sharded_encode_token_lists
     from hardneg.retrieval.dense import search
@@ -43,5 +47,8 @@ def mine_with_model(ctx, model, folder: Path | None = None) -> dict[str, list[st
             for part in dist.all_gather_object(mined):
                 merged.update(part)
             return {q: merged[q] for q in train_queries if q in merged}
+    # one process only: FaissIndex.to_gpu puts the index on every GPU, from every rank under torchrun
+    if not dist.is_distributed() and faiss_placement(model.device, quiet=True) == "gpu":
+        index.to_gpu()  # (the trainer's setup warned once when a GPU run has only CPU Faiss)
     run = search(index, model, train_queries, k)
     return mine_negatives(run, ctx.train_qrels, cfg.topk)

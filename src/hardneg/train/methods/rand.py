@@ -1,6 +1,12 @@
-"""``rand``: random corpus documents (and the rest of the batch, equally random) as negatives."""
+"""``rand``: random corpus documents (and the rest of the batch, equally random) as negatives.
+
+``rand_batch_positives`` (default on) also takes the batch's other positives as negatives; off, the
+negatives are only the sampled documents of the whole batch, every query's and the others', as DRhard's
+``randneg_train`` (model.py: ``other_doc_embs`` only, no in-batch positives)."""
 
 from __future__ import annotations
+
+import torch
 
 from hardneg.train.losses import pairwise_loss
 from hardneg.train.methods.base import Method, MethodContext
@@ -25,4 +31,7 @@ class RandNeg(Method):
         pos = self.positive_scores(scores, batch)
         own, other = self.masks(scores, batch)
         mask = own | other
+        if not self.config.rand_batch_positives:  # columns 0..G-1 hold the global batch's positives
+            g = batch.global_batch or len(batch.examples)
+            mask = mask & (torch.arange(scores.shape[1], device=scores.device) >= g)[None, :]
         return pairwise_loss(pos, scores, mask, loss=self.config.loss), {"pairs": float(mask.sum())}
