@@ -60,3 +60,17 @@ def test_missing_faiss_is_a_clear_error(monkeypatch):
 
     with pytest.raises(HardnegError, match="Faiss is not installed"):
         FaissIndex.build(np.zeros((4, 8), dtype=np.float32), [str(i) for i in range(4)], kind="flat")
+
+
+def test_both_router_import_paths_of_the_export_resolve():
+    """Two-tower export needs Router: sentence-transformers >= 6 (base.modules.router) or 5.x (.models)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from sentence_transformers.models import Router as legacy
+    try:
+        from sentence_transformers.base.modules.router import Router as current
+    except ImportError:  # 5.x: only the legacy path exists
+        current = legacy
+    assert current is legacy and hasattr(current, "for_query_document")

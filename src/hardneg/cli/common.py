@@ -69,15 +69,19 @@ def open_dataset(spec: str, queries: Path | None = None, qrels: Path | None = No
 
 
 def open_model(name: str, pooling=None, normalize=None, max_length=None, query_max_length=None,
-               device: str | None = None):
-    """Load the encoder; with ``device`` (``--device``) it is resolved first, so a missing GPU fails fast."""
+               device: str | None = None, query_model: str | None = None, tokenizer: str | None = None):
+    """Load the encoder; with ``device`` (``--device``) it is resolved first, so a missing GPU fails fast.
+
+    ``query_model``: a separate query tower (``name`` is then the document tower: DRhard's released
+    ADORE query encoder with its STAR document encoder); ``tokenizer``: for a folder without one
+    (DRhard checkpoints: ``roberta-base``)."""
     from hardneg.devices import resolve_device
     from hardneg.model.encoder import DualEncoder
 
     target = resolve_device(device) if device is not None else None
     encoder = DualEncoder.from_pretrained(
         name, pooling=pooling, normalize=normalize, doc_max_length=max_length,
-        query_max_length=query_max_length,
+        query_max_length=query_max_length, query_model=query_model, tokenizer=tokenizer,
     )
     if target is not None and target.type != "cpu":
         encoder.to(target)

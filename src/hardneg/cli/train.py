@@ -155,12 +155,7 @@ def export(
     `hardneg export star --query-model adore-star --tokenizer roberta-base --out adore-st`
     (its projection head becomes Dense → LayerNorm modules).
     """
-    if query_model is None and tokenizer is None:
-        encoder = open_model(model)
-    else:
-        from hardneg.model.encoder import DualEncoder
-
-        encoder = DualEncoder.from_pretrained(model, query_model=query_model, tokenizer=tokenizer)
+    encoder = open_model(model, query_model=query_model, tokenizer=tokenizer)
     encoder.export_sentence_transformers(out)
     kind = "shared encoder" if encoder.config.shared else "query/document Router"
     info(f"sentence-transformers model ({kind}) in {out}")

@@ -431,7 +431,11 @@ class DualEncoder(nn.Module):
         if self.config.shared:
             return self.save(directory)
         from sentence_transformers import SentenceTransformer
-        from sentence_transformers.base.modules.router import Router
+
+        try:  # sentence-transformers >= 6 moved the modules; 5.x has them under .models
+            from sentence_transformers.base.modules.router import Router
+        except ImportError:
+            from sentence_transformers.models import Router
 
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
