@@ -1,0 +1,270 @@
+"""What a GPU machine must show, in one go (run by benchmarks/gpu_check.sh; a few minutes).
+
+Each check prints one line ``PASS|FAIL|SKIP <name> (<seconds> s): <detail>`` and the script exits 1
+if any failed. Everything uses tiny random models built here with the packaged MiniLM tokenizer and a
+tiny BEIR folder written here, so nothing is downloaded.
+
+1. ``placement``: ``encode``, ``retrieve``, ``search``, ``mine`` and ``train`` run with ``--device D``
+   (exit 0) and give what ``--device cpu`` gives (embeddings within 1e-3, the same top documents);
+2. ``steps``: STAR and ADORE, bf16 and fp16, train 3 steps on D with finite losses, the model on D;
+3. ``resume-fp16``: an fp16 run killed after its checkpoint at step 2 and resumed ends with the weights
+   (and loss scale) of the uninterrupted run;
+4. ``faiss-gpu``: a flat index searched on GPU Faiss returns the CPU search's ids (scores within 1e-4);
+5. ``nccl``: with 2 GPUs, the 2-process-vs-1-process step tests of tests/unit/test_distributed.py
+   (NCCL backend).
+
+``python benchmarks/gpu_check.py [--device cuda]``; ``--device cpu`` runs the same code paths on a CPU
+machine (the GPU-only checks are then skipped), which is how this script itself is tested.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+RESULTS: list[tuple[str, str]] = []
+
+
+def check(name: str):
+    def wrap(fn):
+        def run(*args, **kw):
+            tic = time.perf_counter()
+            try:
+                detail = fn(*args, **kw)
+                status = "SKIP" if isinstance(detail, str) and detail.startswith("skipped") else "PASS"
+            except Exception as exc:  # report and go on: one line per check
+                status, detail = "FAIL", f"{type(exc).__name__}: {exc}"
+                traceback.print_exc(file=sys.stderr)
+            print(f"{status} {name} ({time.perf_counter() - tic:.1f} s): {detail}", flush=True)
+            RESULTS.append((name, status))
+        return run
+    return wrap
+
+
+def hardneg(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "hardneg", "--quiet", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:1])} exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
+    return proc
+
+
+def top_docs(run_file: Path, k: int = 3) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in run_file.read_text().splitlines():
+        qid, _, doc, rank, *_ = line.split()
+        if int(rank) <= k:
+            out.setdefault(qid, []).append(doc)
+    return out
+
+
+@check("environment")
+def environment(device: str) -> str:
+    import faiss
+    import torch
+    import transformers
+
+    from hardneg.devices import faiss_gpus, resolve_device
+
+    resolved = resolve_device(device)
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return (f"device {resolved}; torch {torch.__version__} (CUDA {torch.version.cuda}); transformers "
+            f"{transformers.__version__}; faiss {faiss.__version__} with {faiss_gpus()} GPU(s); GPUs: {gpus}")
+
+
+@check("placement")
+def placement(device: str, work: Path, model: Path, data: Path) -> str:
+    for dev in dict.fromkeys(("cpu", device)):  # once when --device cpu
+        out = work / f"place-{dev.replace(':', '-')}"
+        cache = str(out / "cache")
+        hardneg("encode", f"{data}:train", "-m", str(model), "-o", str(out / "emb"), "--cache-dir", cache,
+                "--device", dev)
+        hardneg("retrieve", f"{data}:train", "-m", str(model), "-o", str(out / "retrieve"), "-k", "10",
+                "--cache-dir", cache, "--device", dev)
+        hardneg("index", str(out / "emb"), "--kind", "flat", "-o", str(out / "index"))
+        hardneg("search", str(out / "index"), f"{data}:train", "-m", str(model), "-o", str(out / "search"),
+                "-k", "10", "--device", dev)
+        hardneg("mine", f"{data}:train", "-m", str(model), "--topk", "5", "-o", str(out / "negatives.tsv"),
+                "--cache-dir", cache, "--device", dev)
+        hardneg("train", "star", "--data", str(data), "--model", str(model), "--out", str(out / "train"),
+                "--max-steps", "2", "--batch-size", "4", "--dev-every", "2", "--save-every", "2",
+                "--cache-dir", cache, "--device", dev)
+    cpu, dev = work / "place-cpu", work / f"place-{device.replace(':', '-')}"
+    a = np.load(cpu / "emb" / "embeddings.npy")
+    b = np.load(dev / "emb" / "embeddings.npy")
+    diff = float(np.abs(a - b).max())
+    if diff > 1e-3:
+        raise AssertionError(f"encode: {device} and cpu embeddings differ by {diff:.2e}")
+    for name in ("retrieve", "search"):
+        if top_docs(cpu / name / "run.trec") != top_docs(dev / name / "run.trec"):
+            raise AssertionError(f"{name}: the top-3 documents differ between {device} and cpu")
+    log = [json.loads(x) for x in (dev / "train" / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if r.get("kind", "train") == "train" and "loss" in r]
+    if not losses or not all(math.isfinite(x) for x in losses):
+        raise AssertionError(f"train --device {device}: losses {losses}")
+    return f"encode/retrieve/index/search/mine/train ran on {device}; embeddings within {diff:.1e} of cpu"
+
+
+def train_config(tmp: Path, data: Path, model: Path, method: str, device: str, precision: str, **kw):
+    from hardneg.train.config import TrainConfig
+
+    base = dict(method=method, data=str(data), model=str(model), out=str(tmp), cache_dir=str(tmp / "cache"),
+                batch_size=4, max_steps=3, dev_every=3, save_every=3, n_negatives=2, topk=5,
+                device=device, precision=precision, quiet=True, dev_pool=5)
+    if method == "adore":
+        base.update(adore_topk=10, metric="mrr@10", index="flat", n_negatives=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@check("steps")
+def steps(device: str, work: Path, model: Path, data: Path) -> str:
+    import torch
+
+    from hardneg.train.trainer import Trainer
+
+    seen = []
+    for precision in ("bf16", "fp16"):
+        for method in ("star", "adore"):
+            trainer = Trainer(train_config(work / f"steps-{precision}-{method}", data, model, method, device,
+                                           precision))
+            trainer.setup()
+            where = {p.device.type for p in trainer.model.parameters()}
+            if where != {torch.device(device).type}:
+                raise AssertionError(f"{method} {precision}: parameters on {where}, not {device}")
+            trainer.train()
+            log = [json.loads(x) for x in (trainer.out / "train_log.jsonl").read_text().splitlines()]
+            losses = [r["loss"] for r in log if "loss" in r]
+            if len(losses) < 3 or not all(math.isfinite(x) for x in losses):
+                raise AssertionError(f"{method} {precision}: losses {losses}")
+            seen.append(f"{method}/{precision} loss {losses[-1]:.4f}")
+    return "; ".join(seen)
+
+
+@check("resume-fp16")
+def resume_fp16(device: str, work: Path, model: Path, data: Path) -> str:
+    import torch
+
+    from hardneg.train.trainer import Trainer
+
+    def make(name: str) -> Trainer:
+        return Trainer(train_config(work / f"resume-{name}", data, model, "star", device, "fp16", max_steps=4,
+                                    save_every=2, dev_every=2))
+
+    straight = make("a")
+    straight.setup()
+    straight.train()
+    original = Trainer._checkpoint
+
+    def killed_after_checkpoint(self, step, best, best_step):
+        original(self, step, best, best_step)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    Trainer._checkpoint = killed_after_checkpoint
+    try:
+        first = make("b")
+        first.setup()
+        try:
+            first.train()
+        except KeyboardInterrupt:
+            pass
+        else:
+            raise AssertionError("the run was not interrupted at step 2")
+    finally:
+        Trainer._checkpoint = original
+    resumed = make("b")
+    resumed.setup()
+    resumed.train(resume=True)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    bad = [k for k in a if not torch.equal(a[k], b[k])]
+    if bad:
+        raise AssertionError(f"{len(bad)} tensors differ after resume, e.g. {bad[:3]}")
+    scale = getattr(getattr(straight, "scaler", None), "get_scale", lambda: None)()
+    scale_b = getattr(getattr(resumed, "scaler", None), "get_scale", lambda: None)()
+    if scale != scale_b:
+        raise AssertionError(f"loss scale {scale} straight vs {scale_b} resumed")
+    return f"4 steps straight == 2 + kill + resume, bit for bit ({len(a)} tensors); loss scale {scale}"
+
+
+@check("faiss-gpu")
+def faiss_gpu(device: str) -> str:
+    import faiss
+
+    from hardneg.devices import faiss_gpus
+
+    if not device.startswith("cuda") or faiss_gpus() == 0:
+        return f"skipped: the installed faiss has {faiss_gpus()} GPU(s) (pip install faiss-gpu-cu12)"
+    rng = np.random.default_rng(0)
+    docs = rng.standard_normal((20000, 768)).astype(np.float32)
+    queries = rng.standard_normal((256, 768)).astype(np.float32)
+    cpu = faiss.IndexFlatIP(768)
+    cpu.add(docs)
+    d_cpu, i_cpu = cpu.search(queries, 100)
+    gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, cpu)
+    d_gpu, i_gpu = gpu.search(queries, 100)
+    same = float((i_cpu == i_gpu).mean())
+    diff = float(np.abs(d_cpu - d_gpu).max())
+    if same < 0.999 or diff > 1e-3:
+        raise AssertionError(f"ids agree on {same:.2%}, scores differ by {diff:.2e}")
+    return f"flat 20k x 768, 256 queries, top-100: ids agree on {same:.2%}, scores within {diff:.1e}"
+
+
+@check("nccl")
+def nccl(device: str) -> str:
+    import torch
+
+    if not device.startswith("cuda") or torch.cuda.device_count() < 2:
+        return f"skipped: {torch.cuda.device_count()} GPU(s); the NCCL check needs 2"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "tests/unit/test_distributed.py", "-k",
+                           "two_processes_equal_one"], cwd=REPO, capture_output=True, text=True)
+    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
+    if proc.returncode != 0:
+        raise AssertionError(tail + "\n" + proc.stdout[-3000:])
+    return f"2 NCCL processes x batch B == 1 process x 2B: {tail}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (to test this script)")
+    args = parser.parse_args()
+    from conftest import _tiny_bert, write_tiny_train
+    from hardneg.devices import DeviceError, resolve_device
+
+    try:
+        resolve_device(args.device)
+    except DeviceError as exc:
+        print(f"gpu_check: {exc}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with tempfile.TemporaryDirectory(prefix="hardneg-gpu-check-") as tmp:
+        work = Path(tmp)
+        model = _tiny_bert(work / "tiny-bert")
+        data = write_tiny_train(work / "data", filler=300)
+        environment(args.device)
+        placement(args.device, work, model, data)
+        steps(args.device, work, model, data)
+        resume_fp16(args.device, work, model, data)
+        faiss_gpu(args.device)
+        nccl(args.device)
+    failed = [n for n, s in RESULTS if s == "FAIL"]
+    print(f"gpu_check: {len(RESULTS) - len(failed)} of {len(RESULTS)} checks passed or skipped"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
