@@ -161,4 +161,24 @@ def export(
     info(f"sentence-transformers model ({kind}) in {out}")
 
 
-__all__ = ["export", "setting_options", "train"]
+def merge(
+    model_a: Annotated[str, typer.Argument(help="Model A (alpha 0), e.g. the start model.")],
+    model_b: Annotated[str, typer.Argument(help="Model B (alpha 1), e.g. the fine-tuned model.")],
+    alpha: Annotated[float, typer.Option("--alpha", "-a", help="Weight of B: (1-alpha)*A + alpha*B.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
+) -> None:
+    """Interpolate two models in weight space (WiSE-FT): theta = (1-alpha)*A + alpha*B.
+
+    Same architecture and tokenizer. With separate towers (an ADORE output) only the query towers
+    are interpolated and the fixed document tower is kept, so its cached index stays valid.
+    Example: `hardneg merge minilm runs/star/model --alpha 0.5 --out runs/star-wise-0.5`
+    """
+    from hardneg.model.merge import interpolate
+
+    merged = interpolate(open_model(model_a), open_model(model_b), alpha)
+    merged.save(out)
+    what = "encoders" if merged.config.shared else "query towers (document tower kept)"
+    info(f"{1 - alpha:g}*A + {alpha:g}*B of the {what} in {out}")
+
+
+__all__ = ["export", "merge", "setting_options", "train"]
