@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -265,3 +266,30 @@ def test_one_registry_names_every_method():
     for call in (method_help, method_class, lambda n: make_method(n, None)):
         with pytest.raises(HardnegError, match="unknown method 'dpr'; known: inbatch, rand"):
             call("dpr")
+
+
+def test_patience_stops_after_n_dev_evaluations_without_improvement_and_resume_keeps_it(
+        tmp_path, tiny_train, tiny_model_dir):
+    """lr 1e-12 (below float32 resolution) keeps every dev evaluation equal to step 0's: with patience 2 and
+    dev every step the run stops at step 2 of 10, keeps the step-0 model, and ``--resume`` of the stopped run
+    trains no further."""
+    import json
+
+    cfg = config(tmp_path, tiny_train, tiny_model_dir, "inbatch", lr=1e-12, max_steps=10, dev_every=1,
+                 save_every=5, patience=2)
+    Trainer(cfg).train()
+    out = Path(cfg.out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["stopped_early"], summary["best_step"]) == (2, 0)
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000002"]
+    Trainer(cfg).train(resume=True)
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2]  # nothing trained after the stop
+    assert json.loads((out / "summary.json").read_text())["stopped_early"] == 2
+    # without patience the same run goes to the cap
+    full = config(tmp_path, tiny_train, tiny_model_dir, "inbatch", lr=1e-12, max_steps=3, dev_every=1,
+                  out=str(tmp_path / "full"))
+    Trainer(full).train()
+    assert json.loads((tmp_path / "full" / "summary.json").read_text())["stopped_early"] is None

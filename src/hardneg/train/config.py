@@ -44,7 +44,7 @@ LATER_DEFAULTS: dict[str, Any] = {"rand_batch_positives": True}
 
 #: settings that may change between a run and its ``--resume`` (they do not change the math so far)
 RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
-                     "track_queries", "device"}
+                     "track_queries", "device", "patience"}
 
 #: help panels of ``hardneg train --help`` (a setting without one is listed under "Options")
 OPTIMISATION, ENCODER, NEGATIVES, ADORE, EVALUATION, CHECKPOINTS = (
@@ -139,6 +139,9 @@ class TrainConfig(BaseModel):
     dev_every: int = setting(50, "Evaluate on dev every N steps.", panel=EVALUATION)
     dev_metric: str = setting("RR@10", "ir-measures name selecting the best model.", panel=EVALUATION)
     dev_at_start: bool = setting(True, "Also evaluate the start model (step 0).", panel=EVALUATION)
+    patience: int = setting(
+        0, "Early stopping: stop after N dev evaluations without a better --dev-metric (the best model is "
+        "kept; --max-steps is the cap). 0 = off.", panel=EVALUATION)
     dev_pool: int = setting(20, "Dev ranks BM25 top-N per dev query + positives; 0 = full corpus.",
                             panel=EVALUATION)
     save_every: int = setting(50, "Checkpoint every N steps.", panel=CHECKPOINTS)

@@ -447,6 +447,7 @@ class Trainer:
         main = dist.is_main()
         self.out.mkdir(parents=True, exist_ok=True)
         start_step, best, best_step = 0, -math.inf, -1
+        self._stale, self._stopped = 0, None  # dev evaluations since the best one; where early stopping ended
         # rank 0 decides which checkpoint (if any) every rank restores: the folder is shared
         found = dist.broadcast_object(latest_checkpoint(self.out))
         checkpoint = found if resume else None
@@ -466,6 +467,7 @@ class Trainer:
                     f"with the same number of processes (this run has {self.world})"
                 )
             start_step, best, best_step = state["step"], state["best"], state["best_step"]
+            self._stale, self._stopped = state.get("stale_evals", 0), state.get("stopped_early")
             self.method.restore(checkpoint)
             logger.info("resumed from %s (step %d)", checkpoint, start_step)
         if main:
@@ -478,7 +480,7 @@ class Trainer:
         try:
             if checkpoint is None and cfg.dev_at_start:
                 best, best_step = self._dev_step(0, log, best, best_step)
-            for step in range(start_step, cfg.max_steps):
+            for step in range(start_step, cfg.max_steps if self._stopped is None else start_step):
                 tic = time.perf_counter()
                 totals = self.step_gradients(step)
                 stepped = self.optimizer_step()
@@ -497,14 +499,21 @@ class Trainer:
                 self.method.after_step(done)
                 if done % cfg.dev_every == 0 or done == cfg.max_steps:
                     best, best_step = self._dev_step(done, log, best, best_step)
-                if done % cfg.save_every == 0 or done == cfg.max_steps:
+                    if cfg.patience and self._stale >= cfg.patience and done < cfg.max_steps:
+                        self._stopped = done  # early stopping: the best model is already in OUT/model
+                        logger.info("early stopping at step %d: %d dev evaluations without a better %s than "
+                                    "%.4f (step %d)", done, self._stale, cfg.dev_metric, best, best_step)
+                if done % cfg.save_every == 0 or done == cfg.max_steps or self._stopped:
                     self._checkpoint(done, best, best_step)
+                if self._stopped:
+                    break
         finally:
             bar.close()
             log.close()
         if main:
             write_json(self.out / "summary.json", {
                 "method": cfg.method, "steps": cfg.max_steps, "best_step": best_step, "best_dev": best,
+                "stopped_early": self._stopped, "patience": cfg.patience,
                 "dev_metric": cfg.dev_metric, "train_pairs": len(self.examples), "dev_queries": len(self.dev_qrels),
                 "seconds_this_session": time.perf_counter() - t0, "score_scale": self.scale,
                 "world_size": self.world, "global_batch": self.global_batch,
@@ -518,8 +527,9 @@ class Trainer:
         log.write({"step": step, **metrics}, "dev")
         logger.info("step %d dev %s", step, json.dumps(metrics))
         value = metrics[self.config.dev_metric]
+        self._stale += 1
         if value > best:  # every rank computed the same metrics; rank 0 writes
-            best, best_step = value, step
+            best, best_step, self._stale = value, step, 0
             if dist.is_main():
                 self.model.save(self.out / "model")
                 self.method.after_save(self.out / "model")
@@ -529,7 +539,7 @@ class Trainer:
     def _checkpoint(self, step: int, best: float, best_step: int) -> None:
         cfg = self.config
         state = {"version": CHECKPOINT_VERSION, "step": step, "best": best, "best_step": best_step,
-                 "config_fingerprint": cfg.fingerprint()}
+                 "config_fingerprint": cfg.fingerprint(), "stale_evals": self._stale, "stopped_early": self._stopped}
         rng_extra = None
         if self.world > 1:  # every rank's RNG (dropout streams differ), gathered to rank 0
             state["world_size"] = self.world
