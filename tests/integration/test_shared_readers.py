@@ -159,11 +159,36 @@ def test_fiqa_qrels_only(data_dir: Path, split: str, lines: int, queries: int) -
         ds.iter_docs()
 
 
-@pytest.mark.parametrize(("name", "docs", "queries", "judged", "pairs"),
-                         [("med", 1033, 30, 30, 696), ("cisi", 1460, 112, 76, 3114)])
-def test_classic_smart(data_dir: Path, name: str, docs: int, queries: int, judged: int, pairs: int) -> None:
+#: (folder, docs, queries, judged queries, qrels pairs, BM25 nDCG@10 measured once with project defaults)
+CLASSIC = [
+    ("med", 1033, 30, 30, 696, 0.6710),
+    ("cisi", 1460, 112, 76, 3114, 0.3725),
+    ("cranfield", 1400, 225, 225, 1837, 0.5001),
+    ("cacm", 3204, 64, 52, 796, 0.4976),
+    ("vaswani-npl", 11_429, 93, 93, 2083, 0.4449),
+]
+
+
+@pytest.mark.parametrize(("name", "docs", "queries", "judged", "pairs", "ndcg"), CLASSIC)
+def test_classic_collections_load_and_score(data_dir: Path, name: str, docs: int, queries: int, judged: int,
+                                            pairs: int, ndcg: float) -> None:
+    """Every classic collection loads with its README counts, and BM25 scores as measured (±0.005)."""
+    from hardneg.evaluate import evaluate
+    from hardneg.retrieval.bm25 import BM25
+
     ds = load_dataset(str(data_dir / "classic" / name))
     assert ds.doc_count() == docs
     assert len(ds.all_queries()) == queries and len(ds.queries()) == judged
     assert sum(len(v) for v in ds.qrels().values()) == pairs
-    assert not ds.warnings
+    assert not ds.warnings  # every qrels query and document id matched (CACM padding, Cranfield numbering)
+    run = BM25.build(ds.docs()).search(ds.queries(), k=100, show_progress=False)
+    assert evaluate(run, ds.qrels(), ["nDCG@10"])["nDCG@10"] == pytest.approx(ndcg, abs=0.005)
+
+
+def test_cranfield_cranqrel_mapping_equals_the_corrected_trec_file(data_dir: Path) -> None:
+    from hardneg.data.formats.classic import read_cranfield_qrels
+
+    root = data_dir / "classic" / "cranfield"
+    mapped = {(q.query_id, q.doc_id, q.relevance) for q in read_cranfield_qrels(root / "cranqrel")}
+    assert mapped == {(q.query_id, q.doc_id, q.relevance) for q in read_qrels(root / "QRelsCorrectedforTRECeval")}
+    assert len(mapped) == 1837

@@ -12,8 +12,11 @@ an alarm). The number of inputs tried per reader is printed at the end of the se
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import json
+import lzma
 import os
 import signal
 import tempfile
@@ -39,7 +42,7 @@ from hardneg.data import (
     read_queries,
     read_trec_topics,
 )
-from hardneg.data.formats import beir, smart
+from hardneg.data.formats import beir, sgml, smart
 from hardneg.errors import HardnegError, InputError
 from hardneg.retrieval.runs import read_run
 from hardneg.train.negatives import read_negatives
@@ -53,7 +56,7 @@ LINE_LIMIT = 4096
 HANG_SECONDS = 20
 #: errors about the file as a whole carry no line number
 WHOLE_FILE = ("corpus contains no documents", "file not found", "has no documents", "not a dataset folder",
-              "dataset has no corpus")
+              "dataset has no corpus", "contains no queries")
 
 # --------------------------------------------------------------------------- strategies
 IDS = st.sampled_from(["1", "2", "3", "d1", "q1", "007", "7", " ", "", "a b", "x\ty", "é", "1.0", "-1"])
@@ -118,6 +121,53 @@ def topics_line(draw):
     if kind == "tsv":
         return draw(tsv_line())
     return kind
+
+
+@st.composite
+def sgml_line(draw):
+    """A line of a TREC SGML collection: DOC/DOCNO/TITLE/TEXT tags (some on one line), entities, stray tags."""
+    kind = draw(st.sampled_from(["<DOC>", "</DOC>", "docno", "docno", "title", "<TEXT>", "</TEXT>", "text",
+                                 "text", "oneline", "odd"]))
+    if kind == "docno":
+        return f"<DOCNO> {draw(IDS)} </DOCNO>"
+    if kind == "title":
+        return f"<{draw(st.sampled_from(['TITLE', 'HEADLINE', 'HEAD']))}>{draw(WORDS)}</TITLE>"
+    if kind == "text":
+        return draw(st.one_of(WORDS, st.sampled_from(["a &amp; b &hyph; c", "&#xD800; &#0; &bogus;", "<P>x</P>",
+                                                      "<F P=105>y", "<!-- c -->", "a < b > c"])))
+    if kind == "oneline":
+        return f"<DOC><DOCNO>{draw(IDS)}</DOCNO>{draw(WORDS)}</DOC>"
+    if kind == "odd":
+        return draw(st.sampled_from(["<DOCNO>", "</DOCNO>", "<doc>", "<DOC", "<>", "</>", "<DOCNO></DOCNO>"]))
+    return kind
+
+
+@st.composite
+def trec_topics_line(draw):
+    """Classic and Vaswani-style topic lines: closing tags, extra fields, padded numbers, labels."""
+    kind = draw(st.sampled_from(["plain", "plain", "num", "close", "extra"]))
+    if kind == "plain":
+        return draw(topics_line())
+    if kind == "num":
+        return f"<num>{draw(st.sampled_from(['051', '1', 'Number: 007', '', 'a b', '²']))}</num><title>"
+    if kind == "close":
+        return draw(st.sampled_from(["</title>", "</desc>", "</num>", "<narr> Narrative:", "<top><num>1</num>"]))
+    return f"<{draw(st.sampled_from(['dom', 'con', 'smry', 'head']))}> {draw(WORDS)}"
+
+
+@st.composite
+def compressed(draw, inner):
+    """File bytes gzip/bz2/xz-compressed, sometimes truncated or with a flipped byte."""
+    data = draw(inner)
+    kind = draw(st.sampled_from([".gz", ".bz2", ".xz"]))
+    packed = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}[kind](data)
+    damage = draw(st.sampled_from(["none", "none", "truncate", "flip"]))
+    if damage == "truncate":
+        packed = packed[: draw(st.integers(0, max(0, len(packed) - 1)))]
+    elif damage == "flip" and packed:
+        i = draw(st.integers(0, len(packed) - 1))
+        packed = packed[:i] + bytes([packed[i] ^ 0x55]) + packed[i + 1 :]
+    return kind, packed
 
 
 @st.composite
@@ -267,6 +317,11 @@ READERS = {
     "classic.read_smart_docs": (smart_line(), "X.ALL", smart.read_smart_docs, "docs"),
     "classic.read_smart_queries": (smart_line(), "X.QRY", smart.read_smart_queries, "queries"),
     "classic.read_smart_qrels": (smart_qrels_line(), "X.REL", smart.read_smart_qrels, "qrels"),
+    "sgml.read_trec_docs": (sgml_line(), "docs.trec", sgml.read_trec_docs, "docs"),
+    "read_corpus (sgml)": (sgml_line(), "docs.sgml", read_corpus, "docs"),
+    "sgml.read_trec_doc_topics": (sgml_line(), "topics.txt", sgml.read_trec_doc_topics, "queries"),
+    "read_trec_topics (title+desc)": (trec_topics_line(), "topics.txt",
+                                      lambda p: read_trec_topics(p, topic_field="title+desc"), "queries"),
     "runs.read_run": (run_line(), "run.trec", read_run, "run"),
     "negatives.read_negatives": (run_line(), "hard.tsv", read_negatives, "negatives"),
 }
@@ -286,6 +341,28 @@ def _make_test(name: str):
 @pytest.mark.parametrize("name", list(READERS))
 def test_reader_fuzz(name):
     _make_test(name)()
+
+
+#: compressed inputs: the reader sees ``<file><suffix>``; damage is an error at a line of that file
+COMPRESSED_READERS = {
+    "read_corpus (jsonl, compressed)": (beir_line(), "corpus.jsonl", read_corpus, "docs"),
+    "read_queries (tsv, compressed)": (tsv_line(), "queries.tsv", read_queries, "queries"),
+    "read_qrels (compressed)": (qrels_line(), "qrels.tsv", read_qrels, "qrels"),
+    "sgml.read_trec_docs (compressed)": (sgml_line(), "docs.trec", sgml.read_trec_docs, "docs"),
+}
+
+
+@pytest.mark.parametrize("name", list(COMPRESSED_READERS))
+def test_compressed_reader_fuzz(name):
+    strategy, filename, reader, kind = COMPRESSED_READERS[name]
+
+    @settings(FUZZ, max_examples=max(1, EXAMPLES // 3))
+    @given(packed=compressed(files(strategy)))
+    def test(packed):
+        suffix, content = packed
+        fuzz_one(name, content, filename + suffix, reader, kind)
+
+    test()
 
 
 # --------------------------------------------------------------------------- whole datasets
@@ -332,8 +409,15 @@ def fuzz_dataset(name: str, layout: dict[str, bytes], spec_suffix: str) -> None:
             assert set(judged) <= doc_ids
 
 
+@st.composite
+def trec_folder(draw):
+    return {"docs.trec": draw(files(sgml_line())), "topics.txt": draw(files(trec_topics_line())),
+            "qrels.txt": draw(files(qrels_line()))}
+
+
 @pytest.mark.parametrize("name, strategy, suffix", [
     ("load_dataset (BEIR folder)", beir_folder(), ":test"),
+    ("load_dataset (TREC folder)", trec_folder(), ""),
     ("load_dataset (MS MARCO folder)", msmarco_folder(), ":test"),
     ("load_dataset (SMART folder)", smart_folder(), ""),
 ])

@@ -22,6 +22,7 @@ from hardneg.cli.common import (
     side_kind,
     use_threads,
 )
+from hardneg.cli.retrieve import TopicFieldOpt
 
 
 def tokenize(
@@ -31,6 +32,7 @@ def tokenize(
     side: Annotated[str, typer.Option(help="`docs` (the corpus) or `queries` (the split's queries).")] = "docs",
     max_length: Annotated[int | None, typer.Option("--max-length",
         help="Max length in tokens (default: the model's for that side).")] = None,
+    topic_field: TopicFieldOpt = "title",
 ) -> None:
     """Tokenize a corpus or query set once into a memory-mapped store (reused by `encode`).
 
@@ -39,6 +41,7 @@ def tokenize(
     from hardneg.artifacts import side_store
 
     dataset = open_dataset(data)
+    dataset.topic_field = topic_field
     encoder = open_model(model)
     store = side_store(encoder, dataset, side_kind(side), folder=out_dir, max_length=max_length,
                        show_progress=progress())
@@ -57,6 +60,7 @@ def mine(
     cache_dir: CacheOpt = None,
     threads: ThreadsOpt = None,
     device: DeviceOpt = "auto",
+    topic_field: TopicFieldOpt = "title",
 ) -> None:
     """Mine hard negatives: the top-k non-positive documents of every training query (dense model or BM25).
 
@@ -69,6 +73,7 @@ def mine(
     use_threads(threads)
     path, split = parse_spec(data)
     dataset = open_dataset(f"{path}:{split or 'train'}")
+    dataset.topic_field = topic_field
     qrels, queries = dataset.qrels(), dataset.queries()
     check_topk(topk, dataset.doc_count())
     k = topk + max((len(v) for v in qrels.values()), default=0)

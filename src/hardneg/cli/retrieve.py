@@ -34,6 +34,10 @@ from hardneg.cli.common import (
     use_threads,
 )
 
+#: the query text of TREC <top> topic files (ignored for other query files)
+TopicFieldOpt = Annotated[str, typer.Option("--topic-field",
+    help="Query text of TREC <top> topics: `title`, `desc` or `title+desc`.")]
+
 
 def bm25(
     data: DataArg,
@@ -48,6 +52,7 @@ def bm25(
     measure: MeasuresOpt = None,
     cache_dir: CacheOpt = None,
     fmt: FormatOpt = "trec",
+    topic_field: TopicFieldOpt = "title",
 ) -> None:
     """BM25 (bm25s) over a dataset's corpus: index once (cached), retrieve top-k, evaluate.
 
@@ -57,6 +62,7 @@ def bm25(
     from hardneg.retrieval.bm25 import cached_bm25
 
     dataset = open_dataset(data, queries, qrels)
+    dataset.topic_field = topic_field
     params = {"k1": k1, "b": b, "stemmer": None if stemmer == "none" else stemmer,
               "stopwords": None if stopwords == "none" else stopwords}
     start = time.perf_counter()
@@ -87,6 +93,7 @@ def retrieve(
     threads: ThreadsOpt = None,
     device: DeviceOpt = "auto",
     fmt: FormatOpt = "trec",
+    topic_field: TopicFieldOpt = "title",
 ) -> None:
     """Dense retrieval in one go: tokenize + encode the corpus (cached, resumable), index, search, evaluate.
 
@@ -96,6 +103,7 @@ def retrieve(
 
     use_threads(threads)
     dataset = open_dataset(data, queries, qrels)
+    dataset.topic_field = topic_field
     encoder = open_model(model, pooling, normalize, max_length, query_max_length, device=device)
     start = time.perf_counter()
     run = dense_retrieve(encoder, dataset, index_kind=index, k=k, cache_dir=cache_dir,
@@ -122,6 +130,7 @@ def search(
     threads: ThreadsOpt = None,
     device: DeviceOpt = "auto",
     fmt: FormatOpt = "trec",
+    topic_field: TopicFieldOpt = "title",
     force: Annotated[bool, typer.Option("--force",
         help="Search even if the index was built by another model.")] = False,
 ) -> None:
@@ -135,6 +144,7 @@ def search(
 
     use_threads(threads)
     dataset = open_dataset(data, queries, qrels)
+    dataset.topic_field = topic_field
     encoder = open_model(model, query_max_length=query_max_length, device=device)
     from hardneg.artifacts import index_mismatches
     from hardneg.io import read_json

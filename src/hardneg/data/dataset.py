@@ -8,7 +8,8 @@ how to fix it. That covers malformed JSON, a JSON line that is not an object
 or lacks ``_id``/``text``, a wrong TSV column count, a non-integer relevance,
 duplicate document or query ids, qrels lines judging the same (query, doc)
 twice with different grades, bytes that are not UTF-8, an empty document
-(title and text both blank), an empty query, a missing file and an empty corpus.
+(title and text both blank), an empty query, a missing file, an empty corpus
+and an empty queries file.
 Things that are legitimate in published data but change what gets evaluated
 are WARNINGS: counted, kept in ``Dataset.warnings`` and logged once per kind
 on the ``hardneg`` logger. Qrels naming a document absent from the corpus or
@@ -28,15 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from hardneg.data.formats import read_corpus, read_queries
+from hardneg.data.formats.classic import is_archive, read_corpus_files, read_cranfield_qrels, unpad_id
 from hardneg.data.formats.irds import IrdsSource
 from hardneg.data.formats.smart import read_smart_docs, read_smart_qrels, read_smart_queries
-from hardneg.data.formats.trec import QrelsStats, read_qrels
+from hardneg.data.formats.trec import QrelsStats, parse_topic_field, read_qrels
 from hardneg.data.ids import IdSet
+from hardneg.data.lines import logical_name
 from hardneg.data.records import Doc, Qrel, Qrels, Query
 from hardneg.errors import InputError
 from hardneg.io import file_sha256
 
-__all__ = ["Dataset", "IrdsDataset", "SmartDataset"]
+__all__ = ["CranfieldDataset", "Dataset", "IrdsDataset", "SmartDataset", "TrecDataset"]
 
 logger = logging.getLogger("hardneg")
 
@@ -45,7 +48,8 @@ class Dataset:
     """A corpus with its queries and qrels, read lazily from files.
 
     Attributes: ``name``, ``split``, ``corpus_path`` (``None`` when the folder
-    has no corpus), ``queries_path``, ``qrels_path``, ``root`` and
+    has no corpus), ``queries_path``, ``qrels_path``, ``root``, ``topic_field``
+    (the text of TREC ``<top>`` topics: ``title``, ``desc`` or ``title+desc``) and
     ``warnings`` (human-readable counted warnings, filled as parts are loaded:
     qrels warnings appear once :meth:`qrels` or :meth:`queries` has run).
     """
@@ -74,6 +78,19 @@ class Dataset:
         self._all_queries: dict[str, Query] | None = None
         self._qrels: Qrels | None = None
         self._fingerprint: str | None = None
+        self._topic_field = "title"
+
+    @property
+    def topic_field(self) -> str:
+        return self._topic_field
+
+    @topic_field.setter
+    def topic_field(self, value: str) -> None:
+        """Validated; changing it drops the queries read so far."""
+        parse_topic_field(value)
+        if value != self._topic_field:
+            self._topic_field = value
+            self._all_queries = None
 
     def __repr__(self) -> str:
         split = f":{self.split}" if self.split else ""
@@ -99,7 +116,7 @@ class Dataset:
 
     def _query_source(self) -> Iterator[Query]:
         assert self.queries_path is not None
-        return read_queries(self.queries_path)
+        return read_queries(self.queries_path, topic_field=self.topic_field)
 
     def _qrels_source(self, stats: QrelsStats) -> Iterator[Qrel]:
         assert self.qrels_path is not None
@@ -294,7 +311,7 @@ class IrdsDataset(Dataset):
 
     def _query_source(self) -> Iterator[Query]:
         if self.queries_path is not None:
-            yield from read_queries(self.queries_path)
+            yield from read_queries(self.queries_path, topic_field=self.topic_field)
             return
         yield from self._source.queries()
 
@@ -332,3 +349,64 @@ class SmartDataset(Dataset):
         for qrel in read_smart_qrels(self.qrels_path):
             stats.lines += 1
             yield qrel
+
+
+class CranfieldDataset(SmartDataset):
+    """Cranfield: SMART documents and queries, queries renumbered 1..225 in file order (as the qrels
+    number them), qrels from ``QRelsCorrectedforTRECeval`` or the mapped ``cranqrel``
+    (see :mod:`hardneg.data.formats.classic`)."""
+
+    def _query_source(self) -> Iterator[Query]:
+        assert self.queries_path is not None
+        return read_smart_queries(self.queries_path, renumber=True)
+
+    def _qrels_source(self, stats: QrelsStats) -> Iterator[Qrel]:
+        assert self.qrels_path is not None
+        if logical_name(self.qrels_path).lower() == "cranqrel":
+            stats.layout = "cranqrel"
+            for qrel in read_cranfield_qrels(self.qrels_path):
+                stats.lines += 1
+                yield qrel
+            return
+        yield from read_qrels(self.qrels_path, stats=stats)
+
+
+class TrecDataset(Dataset):
+    """A folder of TREC ``<DOC>`` files and/or per-file document archives, with topics and qrels.
+
+    ``corpus_files`` are read in order as one corpus (ids unique across them). When the corpus
+    comes from an archive of per-file documents, qrels document ids lose their zero padding as
+    the document ids do (CACM: ``CACM-0115`` and ``CACM-115`` are one document).
+    """
+
+    def __init__(self, name: str, split: str | None = None, *, corpus_files: list[Path],
+                 queries_path: str | Path | None = None, qrels_path: str | Path | None = None,
+                 root: str | Path | None = None) -> None:
+        self.corpus_files = [Path(p) for p in corpus_files]
+        if not self.corpus_files:
+            raise InputError("TREC folder has no corpus files", path=root)
+        corpus = self.corpus_files[0] if len(self.corpus_files) == 1 else (root or self.corpus_files[0])
+        super().__init__(name, split, corpus_path=corpus, queries_path=queries_path,
+                         qrels_path=qrels_path, root=root)
+
+    def _doc_source(self, ids: set[str]) -> Iterator[Doc]:
+        return read_corpus_files(self.corpus_files, ids=ids)
+
+    def _qrels_source(self, stats: QrelsStats) -> Iterator[Qrel]:
+        assert self.qrels_path is not None
+        unpad = any(is_archive(p) for p in self.corpus_files)
+        for qrel in read_qrels(self.qrels_path, stats=stats):
+            yield Qrel(qrel.query_id, unpad_id(qrel.doc_id), qrel.relevance) if unpad else qrel
+
+    def fingerprint(self) -> str:
+        """sha256 over every corpus file's name, size and content hash."""
+        if self._fingerprint is None:
+            parts = []
+            for path in self.corpus_files:
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:
+                    raise InputError("file not found", path=path) from None
+                parts.append(f"{path.name}:{size}:{file_sha256(path)}")
+            self._fingerprint = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        return self._fingerprint

@@ -5,8 +5,12 @@ Which datasets a spec names (:func:`load_dataset`, :func:`parse_spec`)::
     path/to/beir-folder[:split]      corpus.jsonl, queries.jsonl, qrels/<split>.tsv
     path/to/msmarco-folder[:split]   collection.tsv, queries.<split>.tsv, qrels.<split>.tsv
     path/to/smart-folder             X.ALL, X.QRY, X.REL (one query set, no splits)
+    path/to/cranfield-folder         cran.all.1400, cran.qry, QRelsCorrectedforTRECeval|cranqrel
+    path/to/trec-folder              TREC <DOC> files or a document archive, *topic*|*quer*, *qrel*
+    path/to/archive.zip[:split]      a zipped/tarred dataset folder (unpacked once into the cache)
     irds:<ir_datasets id>            e.g. irds:beir/scifact/test (pip install 'hardneg[irds]')
 
+Every file may also be ``X.gz``/``X.bz2``/``X.xz`` (``corpus.jsonl.gz`` is found as the corpus).
 The folder layout is detected here; file contents are read on demand.
 """
 
@@ -14,9 +18,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hardneg.data.dataset import Dataset, IrdsDataset, SmartDataset
+from hardneg.data.dataset import CranfieldDataset, Dataset, IrdsDataset, SmartDataset, TrecDataset
+from hardneg.data.formats.archive import archive_stem, dataset_archive_folder
+from hardneg.data.formats.classic import cranfield_files, is_archive, trec_folder
 from hardneg.data.formats.irds import open_irds
-from hardneg.data.formats.smart import smart_stem
+from hardneg.data.formats.smart import smart_files
+from hardneg.data.formats.trec import parse_topic_field
+from hardneg.data.lines import find_variant, logical_name
 from hardneg.errors import InputError
 
 __all__ = ["load_dataset", "parse_spec"]
@@ -55,15 +63,16 @@ def _must_exist(path: str | Path, what: str) -> Path:
 def _beir_paths(
     root: Path, split: str | None, qrels_override: Path | None
 ) -> tuple[Path | None, Path | None, Path | None]:
-    corpus = root / "corpus.jsonl"
-    queries = root / "queries.jsonl"
+    corpus = find_variant(root, "corpus.jsonl")
+    queries = find_variant(root, "queries.jsonl")
     qrels = None
     if split is not None and qrels_override is None:
         qrels_dir = root / "qrels"
-        qrels = qrels_dir / f"{split}.tsv"
-        if not qrels.is_file():
+        qrels = find_variant(qrels_dir, f"{split}.tsv") if qrels_dir.is_dir() else None
+        if qrels is None:
             available = (
-                sorted(p.stem for p in qrels_dir.glob("*.tsv")) if qrels_dir.is_dir() else []
+                sorted({Path(n).stem for p in qrels_dir.iterdir() if (n := logical_name(p)).endswith(".tsv")})
+                if qrels_dir.is_dir() else []
             )
             raise InputError(
                 f"split {split!r} not found: no qrels/{split}.tsv",
@@ -74,11 +83,7 @@ def _beir_paths(
                     else "this folder has no qrels/ splits; omit ':split' or pass qrels="
                 ),
             )
-    return (
-        corpus if corpus.is_file() else None,
-        queries if queries.is_file() else None,
-        qrels,
-    )
+    return corpus, queries, qrels
 
 
 def _msmarco_split_name(name: str) -> str | None:
@@ -94,15 +99,19 @@ def _msmarco_split_name(name: str) -> str | None:
 def _msmarco_paths(
     root: Path, split: str | None, q_override: Path | None, r_override: Path | None
 ) -> tuple[Path | None, Path | None, Path | None]:
-    files = sorted(p for p in root.iterdir() if p.is_file())
-    names = {p.name: p for p in files}
+    # names without a compression suffix; the plain file wins over X.gz (sorted first)
+    files = sorted((p for p in root.iterdir() if p.is_file()), key=lambda p: (logical_name(p), p.name))
+    names: dict[str, Path] = {}
+    for p in files:
+        names.setdefault(logical_name(p), p)
+    files = list(names.values())
     query_files = [
         p
         for p in files
-        if p.name.startswith(("queries", "topics")) and p.suffix in {".tsv", ".txt"}
+        if logical_name(p).startswith(("queries", "topics")) and Path(logical_name(p)).suffix in {".tsv", ".txt"}
     ]
-    qrels_files = [p for p in files if "qrels" in p.name.lower()]
-    splits = sorted({s for p in files if (s := _msmarco_split_name(p.name)) is not None})
+    qrels_files = [p for p in files if "qrels" in logical_name(p).lower()]
+    splits = sorted({s for p in files if (s := _msmarco_split_name(logical_name(p))) is not None})
     corpus = names.get("collection.tsv")
 
     def by_split(candidates: list[str], prefixes: tuple[str, ...]) -> Path | None:
@@ -110,7 +119,7 @@ def _msmarco_paths(
         for c in candidates:
             if c in names:
                 return names[c]
-        loose = [p for p in files if p.name.startswith(tuple(f"{x}{split}" for x in prefixes))]
+        loose = [p for p in files if logical_name(p).startswith(tuple(f"{x}{split}" for x in prefixes))]
         return loose[0] if len(loose) == 1 else None
 
     def single(found: list[Path], preferred: str | None, what: str) -> Path | None:
@@ -154,21 +163,35 @@ def load_dataset(
     *,
     queries: str | Path | None = None,
     qrels: str | Path | None = None,
+    topic_field: str = "title",
 ) -> Dataset:
     """Resolve a dataset spec (``path[:split]`` or ``irds:<id>``) to a lazy :class:`Dataset`.
 
     ``queries=``/``qrels=`` replace the files the split would use (e.g. TREC
     DL's graded ``2019qrels-pass.txt`` for ``msmarco/dl19-subset``). File
     existence and the split are checked here; contents are read on demand.
+    ``topic_field`` (``title``, ``desc``, ``title+desc``) picks the query text of TREC
+    ``<top>`` topic files. A ``.zip``/``.tar.gz`` archive of a dataset folder is unpacked
+    once into the cache (:mod:`hardneg.data.formats.archive`) and loaded as that folder.
     """
+    parse_topic_field(topic_field)
     path_str, split = parse_spec(spec)
     q_override = _must_exist(queries, "queries") if queries is not None else None
     r_override = _must_exist(qrels, "qrels") if qrels is not None else None
     if path_str.startswith("irds:"):
         irds_id = path_str[len("irds:") :]
-        return IrdsDataset(
+        ds: Dataset = IrdsDataset(
             irds_id, open_irds(irds_id), queries_path=q_override, qrels_path=r_override
         )
+        ds.topic_field = topic_field
+        return ds
+    ds = _load_path(path_str, split, q_override, r_override)
+    ds.topic_field = topic_field
+    return ds
+
+
+def _load_path(path_str: str, split: str | None, q_override: Path | None, r_override: Path | None) -> Dataset:
+    """The dataset at a path (see :func:`load_dataset`)."""
     root = Path(path_str)
     if not root.exists():
         raise InputError(
@@ -177,6 +200,12 @@ def load_dataset(
             hint="give a BEIR folder (corpus.jsonl), an MS MARCO folder (collection.tsv),"
             " optionally with :split, or irds:<id>",
         )
+    if root.is_file() and is_archive(root):
+        folder = dataset_archive_folder(root)
+        ds = _load_path(str(folder), split, q_override, r_override)
+        if folder.name.startswith(f"{archive_stem(root)}-"):  # the archive's top level is the dataset
+            ds.name = archive_stem(root)
+        return ds
     if root.is_file():
         if split is not None:
             raise InputError(
@@ -193,17 +222,14 @@ def load_dataset(
             qrels_path=r_override,
             root=root.parent,
         )
-    stem = smart_stem(root)
-    if stem is not None and not (root / "corpus.jsonl").is_file():
-        if split is not None or r_override is not None or q_override is not None:
-            raise InputError("a SMART collection (X.ALL/X.QRY/X.REL) has one query set and no splits",
-                             path=root, hint="give the folder without :split or overrides")
-        return _smart_dataset(root, stem)
     is_beir = (
-        (root / "corpus.jsonl").is_file()
-        or (root / "queries.jsonl").is_file()
+        find_variant(root, "corpus.jsonl") is not None
+        or find_variant(root, "queries.jsonl") is not None
         or (root / "qrels").is_dir()
     )
+    classic = None if is_beir else _classic_dataset(root, split, q_override, r_override)
+    if classic is not None:
+        return classic
     if is_beir:
         corpus, q_path, r_path = _beir_paths(root, split, r_override)
         q_path = q_override or q_path
@@ -228,7 +254,29 @@ def load_dataset(
     )
 
 
-def _smart_dataset(root: Path, stem: str) -> Dataset:
-    """A lazy dataset over ``root/stem.{ALL,QRY,REL}``."""
-    return SmartDataset(root.resolve().name, None, corpus_path=root / f"{stem}.ALL",
-                        queries_path=root / f"{stem}.QRY", qrels_path=root / f"{stem}.REL", root=root)
+def _classic_dataset(
+    root: Path, split: str | None, q_override: Path | None, r_override: Path | None
+) -> Dataset | None:
+    """A SMART, Cranfield or TREC-folder dataset at ``root``, else ``None`` (one query set, no splits)."""
+    name = root.resolve().name
+    smart = smart_files(root)
+    cran = cranfield_files(root) if smart is None else None
+    trec = trec_folder(root) if smart is None and cran is None and find_variant(root, "collection.tsv") is None \
+        else None
+    if smart is None and cran is None and trec is None:
+        return None
+    kind = "SMART collection (X.ALL/X.QRY/X.REL)" if smart else "Cranfield collection" if cran else "TREC folder"
+    if split is not None:
+        raise InputError(f"a {kind} has one query set and no splits", path=root,
+                         hint="give the folder without :split")
+    if smart is not None or cran is not None:
+        if r_override is not None or q_override is not None:
+            raise InputError(f"a {kind} has one query set and no splits", path=root,
+                             hint="give the folder without :split or overrides")
+        docs, queries, qrels = smart or cran  # type: ignore[misc]
+        cls = SmartDataset if smart is not None else CranfieldDataset
+        return cls(name, None, corpus_path=docs, queries_path=queries, qrels_path=qrels, root=root)
+    assert trec is not None
+    corpus, queries, qrels = trec
+    return TrecDataset(name, None, corpus_files=corpus, queries_path=q_override or queries,
+                       qrels_path=r_override or qrels, root=root)

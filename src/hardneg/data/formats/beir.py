@@ -1,7 +1,7 @@
 """BEIR JSONL files: ``corpus.jsonl`` (``{"_id", "title", "text"}``) and ``queries.jsonl``.
 
 Malformed JSON, a line that is not an object or lacks ``_id``/``text``, a
-duplicate id, an empty document or query and an empty corpus are
+duplicate id, an empty document or query and an empty corpus or queries file are
 :class:`~hardneg.errors.InputError` naming ``file:line``.
 """
 
@@ -16,6 +16,7 @@ from hardneg.data.ids import IdSet, confirm_clashes, duplicate_error, note_id
 from hardneg.data.lines import (
     empty_corpus_error,
     empty_doc_error,
+    empty_queries_error,
     empty_query_error,
     iter_text_lines,
 )
@@ -151,3 +152,5 @@ def read_beir_queries(path: str | Path) -> Iterator[Query]:
             raise empty_query_error(path, lineno, qid)
         seen.add(qid)
         yield Query(qid, text)
+    if not seen:
+        raise empty_queries_error(path)

@@ -1,7 +1,7 @@
 """MS MARCO TSV files: ``collection.tsv`` (``pid<TAB>text``) and queries (``qid<TAB>text``).
 
 A wrong column count, an empty id, a duplicate id, an empty passage or query
-and an empty collection are :class:`~hardneg.errors.InputError` naming ``file:line``.
+and an empty collection or queries file are :class:`~hardneg.errors.InputError` naming ``file:line``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from hardneg.data.ids import IdSet, confirm_clashes, duplicate_error, note_id
 from hardneg.data.lines import (
     empty_corpus_error,
     empty_doc_error,
+    empty_queries_error,
     empty_query_error,
     iter_text_lines,
 )
@@ -77,3 +78,5 @@ def read_msmarco_queries(path: str | Path) -> Iterator[Query]:
             raise empty_query_error(path, lineno, qid)
         seen.add(qid)
         yield Query(qid, text)
+    if not seen:
+        raise empty_queries_error(path)

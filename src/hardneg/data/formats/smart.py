@@ -22,7 +22,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from hardneg.data.lines import iter_text_lines
+from hardneg.data.lines import (
+    empty_corpus_error,
+    empty_queries_error,
+    empty_query_error,
+    find_variant,
+    iter_text_lines,
+    logical_name,
+)
 from hardneg.data.records import Doc, Qrel, Query
 from hardneg.errors import InputError
 
@@ -30,28 +37,44 @@ from hardneg.errors import InputError
 _KEPT = {"T", "W"}
 
 
-def smart_stem(root: Path) -> str | None:
-    """The common stem ``X`` when ``root`` holds ``X.ALL``, ``X.QRY`` and ``X.REL``, else ``None``."""
+def smart_files(root: Path) -> tuple[Path, Path, Path] | None:
+    """``(X.ALL, X.QRY, X.REL)`` when ``root`` holds the three (each maybe ``.gz``/``.bz2``/``.xz``)."""
     if not root.is_dir():
         return None
-    for path in sorted(root.glob("*.ALL")):
-        stem = path.stem
-        if (root / f"{stem}.QRY").is_file() and (root / f"{stem}.REL").is_file():
-            return stem
+    for path in sorted(root.iterdir()):
+        name = logical_name(path)
+        if not name.endswith(".ALL") or not path.is_file():
+            continue
+        stem = name[: -len(".ALL")]
+        queries, qrels = find_variant(root, f"{stem}.QRY"), find_variant(root, f"{stem}.REL")
+        if queries is not None and qrels is not None:
+            return find_variant(root, name) or path, queries, qrels
     return None
+
+
+def smart_stem(root: Path) -> str | None:
+    """The common stem ``X`` when ``root`` holds ``X.ALL``, ``X.QRY`` and ``X.REL``, else ``None``."""
+    files = smart_files(root)
+    return logical_name(files[0])[: -len(".ALL")] if files is not None else None
 
 
 def read_smart(path: str | Path) -> Iterator[tuple[str, dict[str, str]]]:
     """Yield ``(id, {field: text})`` for every ``.I`` record of a SMART file."""
-    path = Path(path)
+    for record_id, _, fields in _read_smart(Path(path)):
+        yield record_id, fields
+
+
+def _read_smart(path: Path) -> Iterator[tuple[str, int, dict[str, str]]]:
+    """``(id, line of its .I, {field: text})`` for every record."""
+    start = 0
     record_id: str | None = None
     fields: dict[str, list[str]] = {}
     current: str | None = None
     seen: set[str] = set()
 
-    def finish() -> tuple[str, dict[str, str]]:
+    def finish() -> tuple[str, int, dict[str, str]]:
         assert record_id is not None
-        return record_id, {k: " ".join(" ".join(v).split()) for k, v in fields.items()}
+        return record_id, start, {k: " ".join(" ".join(v).split()) for k, v in fields.items()}
 
     # lines are decoded one by one (a bad byte is reported with its line); blank lines carry nothing
     for line_no, stripped in iter_text_lines(path):
@@ -67,7 +90,7 @@ def read_smart(path: str | Path) -> Iterator[tuple[str, dict[str, str]]]:
                 raise InputError(f"record id {record_id!r} appears twice", path=path, line=line_no,
                                  hint="ids must be unique")
             seen.add(record_id)
-            fields, current = {}, None
+            fields, current, start = {}, None, line_no
             continue
         if len(stripped) == 2 and stripped[0] == "." and stripped[1].isalpha():
             current = stripped[1]
@@ -84,16 +107,34 @@ def read_smart(path: str | Path) -> Iterator[tuple[str, dict[str, str]]]:
 
 
 def read_smart_docs(path: str | Path, ids: set[str] | None = None) -> Iterator[Doc]:
+    """Documents: ``.T`` the title, ``.W`` the text (either may be empty: Cranfield has 2 empty
+    documents, kept so the published counts hold); a file without records is an error."""
+    count = 0
     for doc_id, fields in read_smart(path):
         if ids is not None:
             ids.add(doc_id)
+        count += 1
         yield Doc(doc_id, fields.get("W", ""), fields.get("T", ""))
+    if count == 0:
+        raise empty_corpus_error(Path(path))
 
 
-def read_smart_queries(path: str | Path) -> Iterator[Query]:
-    for qid, fields in read_smart(path):
+def read_smart_queries(path: str | Path, *, renumber: bool = False) -> Iterator[Query]:
+    """Queries: ``.T`` and ``.W`` joined; ``renumber`` ids them 1, 2, … in file order (Cranfield).
+
+    A query without text and a file without records are errors.
+    """
+    count = 0
+    for qid, lineno, fields in _read_smart(Path(path)):
         text = " ".join(x for x in (fields.get("T", ""), fields.get("W", "")) if x)
+        count += 1
+        if renumber:
+            qid = str(count)
+        if not text:
+            raise empty_query_error(Path(path), lineno, qid)
         yield Query(qid, text)
+    if count == 0:
+        raise empty_queries_error(Path(path))
 
 
 def read_smart_qrels(path: str | Path) -> Iterator[Qrel]:

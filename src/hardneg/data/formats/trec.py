@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hardneg.data.formats.msmarco import read_msmarco_queries
-from hardneg.data.lines import empty_query_error, iter_text_lines
+from hardneg.data.lines import empty_queries_error, empty_query_error, iter_text_lines
 from hardneg.data.records import Qrel, Query
 from hardneg.errors import InputError
 
-__all__ = ["QrelsStats", "read_qrels", "read_trec_topics"]
+__all__ = ["TOPIC_FIELDS", "QrelsStats", "parse_topic_field", "read_qrels", "read_trec_topics"]
 
 _QRELS_HEADER_FIRST = {"query-id", "query_id", "queryid", "qid", "query"}
 _QRELS_LAYOUTS = {
@@ -30,27 +30,53 @@ _QRELS_LAYOUTS = {
 
 # --------------------------------------------------------------------------- topics
 
-_TAG = re.compile(r"<(/?)(top|num|title|desc|narr)>", re.IGNORECASE)
+#: any tag inside a topic; fields other than num/title/desc/narr (dom, con, smry …) are skipped
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)>")
+#: the labels TREC writes at the start of a field's text
+_LABELS = {"num": "number:", "title": "topic:", "desc": "description:", "narr": "narrative:"}
+TOPIC_FIELDS = ("title", "desc", "narr")
 
 
-def read_trec_topics(path: str | Path) -> Iterator[Query]:
+def parse_topic_field(value: str) -> tuple[str, ...]:
+    """``"title"``, ``"desc"``, ``"title+desc"`` … -> the fields whose text makes a TREC topic's query."""
+    parts = tuple(p.strip().lower() for p in str(value).split("+"))
+    if not parts or any(p not in TOPIC_FIELDS for p in parts) or len(set(parts)) != len(parts):
+        raise InputError(
+            f"unknown topic field {value!r}",
+            hint="use title, desc or title+desc (also narr, joined with '+')",
+        )
+    return parts
+
+
+def read_trec_topics(path: str | Path, *, topic_field: str = "title") -> Iterator[Query]:
     """Stream a TREC topics file as :class:`Query`.
 
     Anserini's DL topic files (``topics.dl19-passage.txt``, ``topics.dl20.txt``)
     are plain ``qid<TAB>text`` and are read like MS MARCO queries. Classic SGML
-    topics (``<top> <num> Number: 301 <title> ... </top>``) are read too; the
-    query text is the ``<title>``.
+    topics (``<top> <num> Number: 301 <title> ... <desc> Description: ... </top>``) are read
+    too: the query text is the ``topic_field`` (``title``, ``desc`` or ``title+desc``; the labels
+    ``Topic:``/``Description:`` dropped) and all-digit numbers lose their zero padding
+    (``Number: 051`` -> ``51``, as TREC's qrels write them). Topics written as TREC ``<DOC>``s
+    (CACM) are read by :func:`~hardneg.data.formats.sgml.read_trec_doc_topics`. An empty file
+    is an error naming it.
     """
+    from hardneg.data.formats.sgml import is_trec_sgml, read_trec_doc_topics
+
     path = Path(path)
+    fields = parse_topic_field(topic_field)
     lines = iter_text_lines(path)
     first = next(lines, None)
     if first is None:
-        return
-    if not first[1].lstrip().lower().startswith("<top>"):
+        raise empty_queries_error(path)
+    head = first[1].lstrip().lower()
+    if not head.startswith("<top>"):
         lines.close()
-        yield from read_msmarco_queries(path)
+        if is_trec_sgml(head):
+            yield from read_trec_doc_topics(path)
+        else:
+            yield from read_msmarco_queries(path)
         return
-    yield from _read_sgml_topics(path, _chain_first(first, lines))
+    yield from _read_sgml_topics(path, _chain_first(first, lines), fields)
 
 
 def _chain_first(
@@ -60,7 +86,7 @@ def _chain_first(
     yield from rest
 
 
-def _read_sgml_topics(path: Path, lines: Iterable[tuple[int, str]]) -> Iterator[Query]:
+def _read_sgml_topics(path: Path, lines: Iterable[tuple[int, str]], fields: tuple[str, ...]) -> Iterator[Query]:
     seen: set[str] = set()
     start = 0  # line of the open <top>, 0 when none is open
     field: str | None = None
@@ -70,6 +96,8 @@ def _read_sgml_topics(path: Path, lines: Iterable[tuple[int, str]]) -> Iterator[
         for m in _TAG.finditer(line):
             if field is not None:
                 parts.setdefault(field, []).append(line[pos : m.start()])
+            elif start == 0 and line[pos : m.start()].strip():
+                raise _outside_top(path, lineno)
             closing, tag = m.group(1), m.group(2).lower()
             pos = m.end()
             if tag == "top" and not closing:
@@ -84,14 +112,29 @@ def _read_sgml_topics(path: Path, lines: Iterable[tuple[int, str]]) -> Iterator[
                         line=lineno,
                         hint="every topic must be enclosed in <top> ... </top>",
                     )
-                yield _sgml_query(path, start, parts, seen)
+                yield _sgml_query(path, start, parts, seen, fields)
                 start, field, parts = 0, None, {}
+            elif not start:
+                raise _outside_top(path, lineno)
             else:
                 field = None if closing else tag
         if field is not None:
             parts.setdefault(field, []).append(line[pos:])
+        elif start == 0 and line[pos:].strip():
+            raise _outside_top(path, lineno)
     if start:
         raise _unclosed_top(path, start)
+    if not seen:
+        raise empty_queries_error(path)
+
+
+def _outside_top(path: Path, lineno: int) -> InputError:
+    return InputError(
+        "text outside a <top> ... </top> topic",
+        path=path,
+        line=lineno,
+        hint="every topic must be enclosed in <top> ... </top>",
+    )
 
 
 def _unclosed_top(path: Path, lineno: int) -> InputError:
@@ -103,16 +146,27 @@ def _unclosed_top(path: Path, lineno: int) -> InputError:
     )
 
 
-def _sgml_query(path: Path, lineno: int, parts: dict[str, list[str]], seen: set[str]) -> Query:
-    num = " ".join(" ".join(parts.get("num", [])).split())
-    if num.lower().startswith("number:"):
-        num = num[len("number:") :].strip()
-    title = " ".join(" ".join(parts.get("title", [])).split())
-    if title.lower().startswith("topic:"):
-        title = title[len("topic:") :].strip()
+def _field_text(parts: dict[str, list[str]], name: str) -> str:
+    text = " ".join(" ".join(parts.get(name, [])).split())
+    label = _LABELS[name]
+    if text.lower().startswith(label):
+        text = text[len(label) :].strip()
+    return text
+
+
+def _sgml_query(
+    path: Path, lineno: int, parts: dict[str, list[str]], seen: set[str], fields: tuple[str, ...]
+) -> Query:
+    num = _field_text(parts, "num")
+    if num.isascii() and num.isdigit():
+        num = str(int(num))
     if not num:
         raise InputError(
             "topic has no <num>", path=path, line=lineno, hint="give every <top> a <num> Number: N"
+        )
+    if len(num.split()) > 1:
+        raise InputError(
+            f"topic number {num!r} has spaces", path=path, line=lineno, hint="write <num> Number: N"
         )
     if num in seen:
         raise InputError(
@@ -121,10 +175,18 @@ def _sgml_query(path: Path, lineno: int, parts: dict[str, list[str]], seen: set[
             line=lineno,
             hint="topic numbers must be unique",
         )
-    if not title:
-        raise empty_query_error(path, lineno, num)
+    text = " ".join(t for name in fields if (t := _field_text(parts, name)))
+    if not text:
+        if fields == ("title",):
+            raise empty_query_error(path, lineno, num)
+        raise InputError(
+            f"topic {num!r} has no text in <{'>/<'.join(fields)}>",
+            path=path,
+            line=lineno,
+            hint="fill in the field or choose another --topic-field (title, desc, title+desc)",
+        )
     seen.add(num)
-    return Query(num, title)
+    return Query(num, text)
 
 
 # --------------------------------------------------------------------------- qrels
