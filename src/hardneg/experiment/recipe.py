@@ -6,6 +6,7 @@ A recipe names a dataset, a starting encoder and the systems to compare::
     data: "{data_dir}/scifact"          # {data_dir}: --data-dir, $HARDNEG_DATA_DIR or ../shared/data
     model: minilm                       # the starting encoder (zero-shot system, warm-up model)
     seed: 42
+    device: auto                        # auto | cpu | cuda | cuda:N: training, encoding and search
     train: {preset: cpu-demo}           # TrainConfig settings of every trained (non-ADORE) system
     adore: {max_steps: 100, batch_size: 32, lr: 1.0e-5}   # TrainConfig settings of every ADORE system
     eval: {split: test, max_length: 256, k: 1000, measures: [RR@10, R@100, nDCG@10],
@@ -16,10 +17,17 @@ A recipe names a dataset, a starting encoder and the systems to compare::
       - {name: zeroshot, kind: zeroshot}
       - {name: star, method: star, track_every: 30}     # any TrainConfig key overrides
       - {name: adore+star, method: adore, base: star}   # ADORE on top of another system's model
+      - {name: star2, method: star, base: star}         # starts from (and mines with) star's model
     analysis:
       pairwise: {topk: 200}                              # Table 1 / Fig. 3
       pq: {indexes: [flat, pq48], systems: [zeroshot, adore+zeroshot]}   # Table 3 / 5
       tsne: {before: zeroshot, after: adore+zeroshot}   # Fig. 6
+
+``base`` names the system whose trained model another trained system starts from: ADORE's fixed
+document encoder, or the start model of any other method (``static``/``star`` also mine their
+negatives with it, as DRhard's STAR mines with its warm-up model). Its training stage depends on
+the base's, so a changed base makes it stale. Model selection uses a dev set; a ``dev_split`` equal
+to the split the recipe reports (``eval.split``, or a transfer split of the same data) is refused.
 
 The top level, ``eval``, ``analysis`` and each system's ``name``/``kind``/``method``/``base``
 are typed here (pydantic): a wrong type, an unknown key or a bad value is a
@@ -48,6 +56,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from hardneg.data.load import parse_spec
 from hardneg.errors import HardnegError
 from hardneg.train.config import TrainConfig, apply_preset
 from hardneg.train.methods import method_names
@@ -143,7 +152,7 @@ class System(BaseModel):
     name: str
     method: str | None = None
     kind: str = Field(None, validate_default=True)  # bm25 | zeroshot | train (default with a method)
-    base: str | None = None  # ADORE: the system whose model is the fixed document encoder
+    base: str | None = None  # the system whose model this one starts from (ADORE: its fixed document encoder)
     settings: dict[str, Any] = Field(default_factory=dict)  # TrainConfig overrides
 
     @model_validator(mode="before")
@@ -185,8 +194,9 @@ class System(BaseModel):
     @field_validator("base")
     @classmethod
     def _base(cls, base: str | None, info: ValidationInfo) -> str | None:
-        if base is not None and "method" in info.data and info.data["method"] != "adore":
-            raise ValueError("'base' is for ADORE systems")
+        if base is not None and info.data.get("kind", "train") != "train":
+            raise ValueError("'base' is for ADORE systems and the other trained systems (a 'method'), "
+                             f"not a {info.data['kind']} system")
         return base
 
     @field_validator("settings")
@@ -214,14 +224,15 @@ class System(BaseModel):
 class Recipe(_Section):
     """A validated recipe; build one with :meth:`from_yaml` or :meth:`from_dict`."""
 
-    _input_keys: ClassVar[tuple[str, ...]] = ("name", "data", "model", "systems", "seed", "train", "adore", "eval",
-                                              "transfer", "analysis", "out", "cache_dir", "description")
+    _input_keys: ClassVar[tuple[str, ...]] = ("name", "data", "model", "systems", "seed", "device", "train", "adore",
+                                              "eval", "transfer", "analysis", "out", "cache_dir", "description")
 
     name: str
     data: str
     model: str = "minilm"
     systems: list[System]
     seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda | cuda:N: every training, encoding and search stage
     train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig settings of trained systems
     adore: dict[str, Any] = Field(default_factory=dict)  # TrainConfig settings of ADORE systems
     eval: EvalSettings = Field(default_factory=EvalSettings)
@@ -263,7 +274,8 @@ class Recipe(_Section):
         """The recipe as ``recipe.json`` records it (what the report reads)."""
         return {
             "name": self.name, "data": self.data, "model": self.model,
-            "systems": [s.to_dict() for s in self.systems], "seed": self.seed, "train": dict(self.train),
+            "systems": [s.to_dict() for s in self.systems], "seed": self.seed, "device": self.device,
+            "train": dict(self.train),
             "adore": dict(self.adore), "eval": self.eval.model_dump(), "transfer": list(self.transfer),
             "analysis": self.analysis.model_dump(exclude_unset=True), "out": self.out,
             "cache_dir": self.cache_dir, "source": self.source,
@@ -307,23 +319,28 @@ class Recipe(_Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise HardnegError(f"{self.source}: systems: system names must be unique: {', '.join(dupes)}")
+        self._check_device()
         for i, s in enumerate(self.systems):
-            if s.is_adore:
-                base = s.base or START_MODEL
-                if base != START_MODEL:
-                    b = self.system(base, f"systems[{i}].base")
-                    if self.systems.index(b) > i:
-                        raise HardnegError(f"{self.source}: systems[{i}].base: ADORE system {s.name!r} needs its "
-                                           f"base {base!r} listed before it")
-                    if b.kind == "bm25":
-                        raise HardnegError(f"{self.source}: systems[{i}].base: ADORE system {s.name!r} needs a "
-                                           "dense base, not BM25")
+            what = "ADORE system" if s.is_adore else "system"
+            if s.base is not None and s.base != START_MODEL:
+                b = self.system(s.base, f"systems[{i}].base")
+                if self.systems.index(b) >= i:
+                    raise HardnegError(f"{self.source}: systems[{i}].base: {what} {s.name!r} needs its "
+                                       f"base {s.base!r} listed before it")
+                if b.kind == "bm25":
+                    raise HardnegError(f"{self.source}: systems[{i}].base: {what} {s.name!r} needs a "
+                                       "dense base (a trained system or zeroshot), not BM25")
+                if "model" in s.settings:
+                    raise HardnegError(f"{self.source}: systems[{i}]: system {s.name!r} gives both 'base' and "
+                                       "'model'; its start model is its base's: drop one")
             if s.kind == "train":
                 bad = sorted(set(s.settings) & _RUNNER_KEYS)
                 if bad:
                     raise HardnegError(f"{self.source}: systems[{i}]: system {s.name!r}: {', '.join(bad)} are set "
                                        "by the runner")
-                self.train_config(s, Path("/nonexistent")).validate()
+                cfg = self.train_config(s, Path("/nonexistent"))
+                cfg.validate()
+                self._check_dev_split(i, s, cfg)
         for key in ("baselines", "transfer_systems"):
             for j, s in enumerate(getattr(self.eval, key)):
                 self.system(s, f"eval.{key}[{j}]")
@@ -335,6 +352,42 @@ class Recipe(_Section):
         for key in ("before", "after"):
             if tsne is not None and getattr(tsne, key) is not None:
                 self.system(getattr(tsne, key), f"analysis.tsne.{key}")
+
+    def _check_device(self) -> None:
+        """``device:`` names a device this machine has (resolved now, so a missing GPU fails before compute)."""
+        from hardneg.devices import resolve_device
+
+        try:
+            resolve_device(self.device)
+        except HardnegError as exc:
+            raise HardnegError(f"{self.source}: device: {exc}") from None
+        for section in ("train", "adore"):
+            if "device" in getattr(self, section):
+                raise HardnegError(f"{self.source}: {section}.device: the device is one recipe key for every "
+                                   "stage: give it at the top level (device: ...)")
+        for i, s in enumerate(self.systems):
+            if "device" in s.settings:
+                raise HardnegError(f"{self.source}: systems[{i}].device: the device is one recipe key for every "
+                                   "stage: give it at the top level (device: ...)")
+
+    def _check_dev_split(self, i: int, system: System, cfg: TrainConfig) -> None:
+        """Model selection must not look at the split the report is measured on."""
+        if cfg.dev_split is None:
+            return
+        data_path, _ = parse_spec(self.data)
+        reported = {self.eval.split: "eval.split"}
+        for j, spec in enumerate(self.transfer):
+            path, split = parse_spec(spec)
+            if split and Path(path.rstrip("/")) == Path(data_path.rstrip("/")):
+                reported.setdefault(split, f"transfer[{j}]")
+        if cfg.dev_split not in reported:
+            return
+        section = "adore" if system.is_adore else "train"
+        key = (f"systems[{i}].dev_split" if "dev_split" in system.settings
+               else f"{section}.dev_split" if "dev_split" in getattr(self, section) else f"{section}.preset")
+        raise HardnegError(f"{self.source}: {key}: system {system.name!r} selects on the split it reports "
+                           f"({cfg.dev_split!r} is {reported[cfg.dev_split]}); carve the dev set from the training "
+                           "queries instead (drop dev_split; dev_fraction sets its share) or name another split")
 
     def train_config(self, system: System, out: Path, model: str | None = None) -> TrainConfig:
         """The :class:`TrainConfig` of a trained system (its model path filled in by the runner)."""
@@ -360,6 +413,7 @@ class Recipe(_Section):
         elif "model" not in settings:
             cfg.model = self.model
         cfg.cache_dir = self.cache_dir
+        cfg.device = self.device  # one device for the whole recipe (the top-level ``device:``)
         return cfg
 
 

@@ -10,6 +10,12 @@ checkpoint, encoding from its partial file); one whose settings changed starts
 afresh. Hyper-parameters are tuned, if at all, on the dev split carved out of
 train (see :mod:`hardneg.train.trainer`); the test split is evaluated once per
 final model.
+
+A trained system with a ``base`` starts from the base's trained model (ADORE: its fixed
+document encoder; static/star: also the model that mines their negatives), and its
+training stage depends on the base's. The recipe's ``device`` is every training
+config's and every encoder's (tests, transfers, analyses); it is not part of the stage
+keys, so moving a half-done experiment to another device reruns nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 
 from hardneg.artifacts import corpus_index, default_cache_dir
 from hardneg.data.load import load_dataset, parse_spec
+from hardneg.devices import resolve_device
 from hardneg.errors import HardnegError
 from hardneg.evaluate.analysis import pairwise_errors, score_matrix, tsne_points
 from hardneg.evaluate.metrics import evaluate
@@ -50,6 +57,8 @@ from hardneg.train.config import TrainConfig
 from hardneg.train.trainer import Trainer
 
 logger = logging.getLogger("hardneg.experiment")
+#: TrainConfig settings left out of a training stage's key: where it writes and runs, not what it computes
+_NOT_KEYED = ("out", "quiet", "cache_dir", "device")
 
 
 class Experiment:
@@ -60,6 +69,7 @@ class Experiment:
         self.out = Path(out or recipe.out or Path("runs") / "experiments" / recipe.name)
         self.quiet = quiet
         self.stages: dict[str, Stage] = {}
+        self.device = resolve_device(recipe.device)  # the recipe check already refused a missing one
         self._build()
 
     # ------------------------------------------------------------------ paths
@@ -91,11 +101,11 @@ class Experiment:
         for s in r.systems:
             if s.kind != "train":
                 continue
-            base = r.system(s.base) if s.is_adore and s.base and s.base != START_MODEL else None
+            base = r.system(s.base) if s.base and s.base != START_MODEL else None
             deps = [train_stage(base.name)] if base is not None and base.kind == "train" else []
             cfg = r.train_config(s, self.stage_dir(train_stage(s.name)),
                                  model=self.model_path(base) if base is not None else None)
-            settings = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "quiet", "cache_dir")}
+            settings = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_KEYED}
             self._add(Stage(train_stage(s.name), settings, deps, self._train_fn(cfg)))
         eval_settings = {"max_length": ev.max_length, "query_max_length": ev.query_max_length, "k": ev.k,
                          "measures": ev.measures}
@@ -153,8 +163,9 @@ class Experiment:
 
     def _encoder(self, system: System) -> DualEncoder:
         ev = self.recipe.eval
-        return DualEncoder.from_pretrained(self.model_path(system), doc_max_length=int(ev.max_length),
-                                           query_max_length=int(ev.query_max_length))
+        encoder = DualEncoder.from_pretrained(self.model_path(system), doc_max_length=int(ev.max_length),
+                                              query_max_length=int(ev.query_max_length))
+        return encoder.to(self.device) if self.device.type != "cpu" else encoder
 
     def _retrieve_fn(self, system: System, spec: str, *, per_query: bool,
                      index: str | None = None) -> Callable[[Path], dict[str, Any]]:
@@ -167,7 +178,8 @@ class Experiment:
                 run_ = bm25.search(dataset.queries(), k=int(ev.k), show_progress=not self.quiet)
             else:
                 run_ = retrieve(self._encoder(system), dataset, index_kind=index or system.index, k=int(ev.k),
-                                cache_dir=self.cache_dir, show_progress=not self.quiet)
+                                cache_dir=self.cache_dir, show_progress=not self.quiet,
+                                use_gpu=self.device.type == "cuda")
             seconds = time.perf_counter() - tic
             metrics = save_run_and_metrics(run_, folder, tag=system.name, qrels=dataset.qrels(),
                                            measures=ev.measures, per_query=per_query).metrics
