@@ -168,7 +168,7 @@ def test_pq_scores_are_recomputed_from_the_vectors_the_index_ranks_with(tmp_path
     trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir, index="pq4", cache_dir=str(pq_cache)))
     trainer.setup()
     method = trainer.method
-    assert method.index.manifest["factory"] == "PQ4"
+    assert method.index.manifest["factory"] == "PQ4np"
     qids = list(trainer.train_qrels)
     q = encode_token_lists(trainer.model, [trainer.query_tokens[x] for x in qids], "query")
     scores, rows = method.index.search(q, 20)

@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -539,8 +540,27 @@ def _tokenizer_dir(name: str | os.PathLike[str]) -> Path:
     return path.resolve() if path.is_dir() else resolve_model(name)
 
 
+_TOKENIZER_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
-    """A stable hash of the tokenizer's vocabulary and normalisation rules."""
+    """A stable hash of the tokenizer's vocabulary and normalisation rules (cached per tokenizer object and
+    vocabulary size: serialising a fast tokenizer costs ~0.1 s, and cache keys ask for it often)."""
+    try:
+        size, cached = _TOKENIZER_FINGERPRINTS[tokenizer]
+        if size == len(tokenizer):
+            return cached
+    except (KeyError, TypeError):
+        pass
+    fingerprint = _tokenizer_fingerprint(tokenizer)
+    try:
+        _TOKENIZER_FINGERPRINTS[tokenizer] = (len(tokenizer), fingerprint)
+    except TypeError:  # not weak-referenceable: no cache
+        pass
+    return fingerprint
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
     import hashlib
 
     h = hashlib.sha256(type(tokenizer).__name__.encode())
