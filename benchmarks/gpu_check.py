@@ -156,39 +156,18 @@ def steps(device: str, work: Path, model: Path, data: Path) -> str:
 
 @check("resume-fp16")
 def resume_fp16(device: str, work: Path, model: Path, data: Path) -> str:
+    import pytest
     import torch
 
+    from conftest import straight_and_resumed
     from hardneg.train.trainer import Trainer
 
     def make(name: str) -> Trainer:
         return Trainer(train_config(work / f"resume-{name}", data, model, "star", device, "fp16", max_steps=4,
                                     save_every=2, dev_every=2))
 
-    straight = make("a")
-    straight.setup()
-    straight.train()
-    original = Trainer._checkpoint
-
-    def killed_after_checkpoint(self, step, best, best_step):
-        original(self, step, best, best_step)
-        if step == 2:
-            raise KeyboardInterrupt
-
-    Trainer._checkpoint = killed_after_checkpoint
-    try:
-        first = make("b")
-        first.setup()
-        try:
-            first.train()
-        except KeyboardInterrupt:
-            pass
-        else:
-            raise AssertionError("the run was not interrupted at step 2")
-    finally:
-        Trainer._checkpoint = original
-    resumed = make("b")
-    resumed.setup()
-    resumed.train(resume=True)
+    with pytest.MonkeyPatch.context() as patch:  # the tests' kill-after-checkpoint-then-resume helper
+        straight, resumed = straight_and_resumed(make, patch, kill_at=2)
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     bad = [k for k in a if not torch.equal(a[k], b[k])]
     if bad:
