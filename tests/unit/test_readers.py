@@ -553,7 +553,7 @@ def test_irds_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
     fake.load = lambda name: Handle()  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "ir_datasets", fake)
     ds = load_dataset("irds:beir/fake/test")
-    assert ds.name == "beir/fake/test"
+    assert ds.name == "beir_fake_test" and ds.irds_id == "beir/fake/test"
     assert ds.docs() == [Doc("1", "text one", "Title"), Doc("2", "body two", "")]
     assert ds.qrels() == {"a": {"1": 1}}  # doc 9 absent from the corpus: dropped, warned
     assert list(ds.queries()) == ["a"]

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hardneg.data.formats import read_corpus, read_queries
 from hardneg.data.formats.classic import is_archive, read_corpus_files, read_cranfield_qrels, unpad_id
+from hardneg.data.formats.hf import HfPart, fingerprint_parts, read_hf_corpus, read_hf_qrels, read_hf_queries
 from hardneg.data.formats.irds import IrdsSource
 from hardneg.data.formats.smart import read_smart_docs, read_smart_qrels, read_smart_queries
 from hardneg.data.formats.trec import QrelsStats, parse_topic_field, read_qrels
@@ -39,7 +41,7 @@ from hardneg.data.records import Doc, Qrel, Qrels, Query
 from hardneg.errors import InputError
 from hardneg.io import file_sha256
 
-__all__ = ["CranfieldDataset", "Dataset", "IrdsDataset", "SmartDataset", "TrecDataset"]
+__all__ = ["CranfieldDataset", "Dataset", "HfDataset", "IrdsDataset", "SmartDataset", "TrecDataset"]
 
 logger = logging.getLogger("hardneg")
 
@@ -273,7 +275,12 @@ class Dataset:
 
 
 class IrdsDataset(Dataset):
-    """A :class:`Dataset` backed by ``ir_datasets`` (local override files still win)."""
+    """A :class:`Dataset` backed by ``ir_datasets`` (local override files still win).
+
+    ``name`` is the id made file-safe (``beir/scifact`` -> ``beir_scifact``: it names cache folders);
+    ``irds_id`` is the id loaded. ``irds:beir/scifact:test`` loads ``beir/scifact/test`` with ``name``
+    ``beir_scifact`` and ``split`` ``test``, so every split of one corpus shares its cached artifacts.
+    """
 
     def __init__(
         self,
@@ -282,13 +289,22 @@ class IrdsDataset(Dataset):
         *,
         queries_path: Path | None = None,
         qrels_path: Path | None = None,
+        split: str | None = None,
+        base_id: str | None = None,
     ) -> None:
         super().__init__(
-            irds_id, None, corpus_path=None, queries_path=queries_path, qrels_path=qrels_path
+            re.sub(r"[^\w.+-]", "_", base_id or irds_id), split, corpus_path=None, queries_path=queries_path,
+            qrels_path=qrels_path,
         )
         self.irds_id = irds_id
         self._handle = handle
         self._source = IrdsSource(irds_id, handle)
+
+    def __repr__(self) -> str:
+        return f"IrdsDataset(irds:{self.irds_id})"
+
+    def _no_corpus(self) -> InputError:
+        return InputError(f"irds:{self.irds_id} has no documents", hint="choose an ir_datasets id with docs")
 
     @property
     def has_corpus(self) -> bool:
@@ -322,13 +338,64 @@ class IrdsDataset(Dataset):
         yield from self._source.qrels(stats)
 
     def fingerprint(self) -> str:
+        """sha256 over the handle's documents file, or (no file) over every document's id, title and text:
+        content, not the id, so the splits of one corpus share it and a changed corpus does not."""
         if self._fingerprint is None:
             path = self._source.docs_file()
             if path is not None:
                 payload = f"{path.stat().st_size}:{file_sha256(path)}"
             else:
-                payload = f"irds:{self.irds_id}:{self.doc_count()}"
+                h = hashlib.sha256()
+                for d in self.iter_docs():
+                    h.update(f"{len(d.doc_id)}:{d.doc_id}{len(d.title)}:{d.title}{len(d.text)}:{d.text}".encode())
+                payload = f"irds-docs:{self.doc_count()}:{h.hexdigest()}"
             self._fingerprint = hashlib.sha256(payload.encode()).hexdigest()
+        return self._fingerprint
+
+
+class HfDataset(Dataset):
+    """A :class:`Dataset` over a Hugging Face ``datasets`` folder (see :mod:`hardneg.data.formats.hf`).
+
+    ``corpus_path``/``queries_path`` are the saved folders; ``qrels_path`` a saved folder or a TSV
+    file. A ``queries=``/``qrels=`` override file is read as such.
+    """
+
+    def __init__(self, name: str, split: str | None = None, *, corpus: HfPart | None,
+                 queries: HfPart | Path | None, qrels: HfPart | Path | None, root: Path) -> None:
+        def path_of(part: HfPart | Path | None) -> Path | None:
+            return part.data_folder if isinstance(part, HfPart) else part
+
+        super().__init__(name, split, corpus_path=path_of(corpus), queries_path=path_of(queries),
+                         qrels_path=path_of(qrels), root=root)
+        self.hf_corpus = corpus
+        self.hf_queries = queries if isinstance(queries, HfPart) else None
+        self.hf_qrels = qrels if isinstance(qrels, HfPart) else None
+
+    def _describe(self, part: str) -> str:
+        hf = {"corpus": self.hf_corpus, "queries": self.hf_queries, "qrels": self.hf_qrels}[part]
+        return str(hf) if hf is not None else super()._describe(part)
+
+    def _no_corpus(self) -> InputError:
+        return InputError("Hugging Face datasets folder has no corpus", path=self.root,
+                          hint="save the corpus (columns _id, title, text) as corpus/ in it")
+
+    def _doc_source(self, ids: set[str]) -> Iterator[Doc]:
+        assert self.hf_corpus is not None
+        return read_hf_corpus(self.hf_corpus, ids=ids)
+
+    def _query_source(self) -> Iterator[Query]:
+        return read_hf_queries(self.hf_queries) if self.hf_queries is not None else super()._query_source()
+
+    def _qrels_source(self, stats: QrelsStats) -> Iterator[Qrel]:
+        return read_hf_qrels(self.hf_qrels, stats=stats) if self.hf_qrels is not None else \
+            super()._qrels_source(stats)
+
+    def fingerprint(self) -> str:
+        """sha256 over the corpus's Arrow files (names, sizes, content hashes)."""
+        if self._fingerprint is None:
+            if self.hf_corpus is None:
+                raise self._no_corpus()
+            self._fingerprint = hashlib.sha256("\n".join(fingerprint_parts(self.hf_corpus)).encode()).hexdigest()
         return self._fingerprint
 
 

@@ -8,7 +8,10 @@ Which datasets a spec names (:func:`load_dataset`, :func:`parse_spec`)::
     path/to/cranfield-folder         cran.all.1400, cran.qry, QRelsCorrectedforTRECeval|cranqrel
     path/to/trec-folder              TREC <DOC> files or a document archive, *topic*|*quer*, *qrel*
     path/to/archive.zip[:split]      a zipped/tarred dataset folder (unpacked once into the cache)
-    irds:<ir_datasets id>            e.g. irds:beir/scifact/test (pip install 'hardneg[irds]')
+    path/to/hf-folder[:split]        Hugging Face `datasets` save_to_disk folders with BEIR columns:
+                                     corpus/, queries/, qrels/ (DatasetDict of splits or <split>.tsv)
+    irds:<ir_datasets id>[:split]    e.g. irds:beir/scifact/test, or irds:beir/scifact:test for the
+                                     same id (pip install 'hardneg[irds]')
 
 Every file may also be ``X.gz``/``X.bz2``/``X.xz`` (``corpus.jsonl.gz`` is found as the corpus).
 The folder layout is detected here; file contents are read on demand.
@@ -18,27 +21,38 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hardneg.data.dataset import CranfieldDataset, Dataset, IrdsDataset, SmartDataset, TrecDataset
+from hardneg.data.dataset import CranfieldDataset, Dataset, HfDataset, IrdsDataset, SmartDataset, TrecDataset
 from hardneg.data.formats.archive import archive_stem, dataset_archive_folder
 from hardneg.data.formats.classic import cranfield_files, is_archive, trec_folder
+from hardneg.data.formats.hf import hf_layout
 from hardneg.data.formats.irds import open_irds
 from hardneg.data.formats.smart import smart_files
 from hardneg.data.formats.trec import parse_topic_field
 from hardneg.data.lines import find_variant, logical_name
 from hardneg.errors import InputError
 
-__all__ = ["load_dataset", "parse_spec"]
+__all__ = ["irds_split_id", "load_dataset", "parse_spec"]
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """Split ``"path[:split]"`` into ``(path, split)``; ``"irds:<id>"`` -> ``("irds:<id>", None)``.
 
     The colon is a split separator only when the part after it has no ``/``
-    and the whole string is not an existing path.
+    and the whole string is not an existing path. ``ir_datasets`` ids have no colon, so in
+    ``irds:<id>:<split>`` the first colon after the id starts the split (which may hold ``/``:
+    ``irds:msmarco-passage:dev/small``); see :func:`irds_split_id`.
     """
     spec = spec.strip()
     if spec.startswith("irds:"):
-        return spec, None
+        irds_id, sep, split = spec[len("irds:") :].partition(":")
+        if not sep:
+            return spec, None
+        if not split or not irds_id:
+            raise InputError(
+                f"dataset spec {spec!r} names no " + ("split after ':'" if irds_id else "ir_datasets id"),
+                hint="write irds:<id> (e.g. irds:beir/scifact/test) or irds:<id>:<split> (irds:beir/scifact:test)",
+            )
+        return f"irds:{irds_id}", split
     if ":" not in spec or Path(spec).exists():
         return spec, None
     path, split = spec.rsplit(":", 1)
@@ -50,6 +64,18 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
             hint="write path:split (e.g. scifact:test) or just the path",
         )
     return path, split
+
+
+def irds_split_id(irds_id: str, split: str | None) -> str:
+    """The ``ir_datasets`` id of ``split`` of ``irds_id``: ``beir/scifact`` + ``test`` -> ``beir/scifact/test``.
+
+    An id that already ends with the split is kept (``beir/scifact/train`` + ``train``), so a command that
+    appends its default split (training's ``:train``) to a one-split id still loads that id.
+    """
+    irds_id = irds_id.strip("/")
+    if split is None or irds_id == split or irds_id.endswith(f"/{split}"):
+        return irds_id
+    return f"{irds_id}/{split}"
 
 
 def _must_exist(path: str | Path, what: str) -> Path:
@@ -179,9 +205,11 @@ def load_dataset(
     q_override = _must_exist(queries, "queries") if queries is not None else None
     r_override = _must_exist(qrels, "qrels") if qrels is not None else None
     if path_str.startswith("irds:"):
-        irds_id = path_str[len("irds:") :]
+        base = path_str[len("irds:") :]
+        irds_id = irds_split_id(base, split)
         ds: Dataset = IrdsDataset(
-            irds_id, open_irds(irds_id), queries_path=q_override, qrels_path=r_override
+            irds_id, open_irds(irds_id), queries_path=q_override, qrels_path=r_override, split=split,
+            base_id=base.strip("/") if split is not None and irds_id != base.strip("/") else None,
         )
         ds.topic_field = topic_field
         return ds
@@ -222,6 +250,9 @@ def _load_path(path_str: str, split: str | None, q_override: Path | None, r_over
             qrels_path=r_override,
             root=root.parent,
         )
+    hf = _hf_dataset(root, split, q_override, r_override)
+    if hf is not None:
+        return hf
     is_beir = (
         find_variant(root, "corpus.jsonl") is not None
         or find_variant(root, "queries.jsonl") is not None
@@ -280,3 +311,13 @@ def _classic_dataset(
     corpus, queries, qrels = trec
     return TrecDataset(name, None, corpus_files=corpus, queries_path=q_override or queries,
                        qrels_path=r_override or qrels, root=root)
+
+
+def _hf_dataset(root: Path, split: str | None, q_override: Path | None, r_override: Path | None) -> Dataset | None:
+    """A Hugging Face ``datasets`` folder at ``root`` (:func:`~hardneg.data.formats.hf.hf_layout`), else ``None``."""
+    layout = hf_layout(root)
+    if layout is None:
+        return None
+    qrels = r_override or layout.qrels_for(split)
+    return HfDataset(root.resolve().name, split, corpus=layout.corpus, queries=q_override or layout.queries,
+                     qrels=qrels, root=root)

@@ -29,6 +29,12 @@ negatives with it, as DRhard's STAR mines with its warm-up model). Its training 
 the base's, so a changed base makes it stale. Model selection uses a dev set; a ``dev_split`` equal
 to the split the recipe reports (``eval.split``, or a transfer split of the same data) is refused.
 
+``data`` and ``transfer`` entries may be ``irds:<id>`` (``ir_datasets``). ``data`` is then the dataset without a
+split (``irds:beir/scifact``): training reads ``<id>/train``, tests ``<id>/<eval.split>``, a ``dev_split``
+``<id>/<dev_split>``; a transfer is a whole id (``irds:beir/nfcorpus/test``) or ``irds:<id>:<split>``. Every
+such id is opened (no download: ``ir_datasets.load`` is lazy) when the recipe is checked, so a typo or a missing
+``ir_datasets`` fails before any compute.
+
 The top level, ``eval``, ``analysis`` and each system's ``name``/``kind``/``method``/``base``
 are typed here (pydantic): a wrong type, an unknown key or a bad value is a
 :class:`~hardneg.errors.HardnegError` naming the file, the key path (``systems[2].method``)
@@ -56,8 +62,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from hardneg.data.load import parse_spec
+from hardneg.data.load import irds_split_id, parse_spec
 from hardneg.errors import HardnegError
+from hardneg.experiment.stages import dataset_tag
 from hardneg.train.config import TrainConfig, apply_preset
 from hardneg.train.methods import method_names
 
@@ -341,6 +348,8 @@ class Recipe(_Section):
                 cfg = self.train_config(s, Path("/nonexistent"))
                 cfg.validate()
                 self._check_dev_split(i, s, cfg)
+        self._check_transfers()
+        self._check_irds()
         for key in ("baselines", "transfer_systems"):
             for j, s in enumerate(getattr(self.eval, key)):
                 self.system(s, f"eval.{key}[{j}]")
@@ -370,15 +379,69 @@ class Recipe(_Section):
                 raise HardnegError(f"{self.source}: systems[{i}].device: the device is one recipe key for every "
                                    "stage: give it at the top level (device: ...)")
 
+    def _check_transfers(self) -> None:
+        """Each transfer set names its own stages (``transfer-<system>-<tag>``): two with one tag would clash."""
+        seen: dict[str, int] = {}
+        for j, spec in enumerate(self.transfer):
+            tag = dataset_tag(spec)
+            if tag in seen:
+                raise HardnegError(f"{self.source}: transfer[{j}]: {spec!r} and transfer[{seen[tag]}] "
+                                   f"{self.transfer[seen[tag]]!r} both name their stages transfer-<system>-{tag}; "
+                                   "give each set a distinct folder name (or irds:<id>:<split>, e.g. "
+                                   "irds:beir/nfcorpus:test)")
+            seen[tag] = j
+
+    def _irds_specs(self) -> list[tuple[str, str]]:
+        """``(key path, spec)`` of every ``irds:`` dataset the runner will load."""
+        out: list[tuple[str, str]] = []
+        data_path, data_split = parse_spec(self.data)
+        if data_path.startswith("irds:"):
+            out.append(("data", f"{data_path}:{self.eval.split}"))
+            trained = [s for s in self.systems if s.kind == "train"]
+            if trained:
+                out.append(("data", f"{data_path}:{data_split or 'train'}"))
+            for s in trained:
+                dev = self.train_config(s, Path("/nonexistent")).dev_split
+                if dev:
+                    out.append(("data", f"{data_path}:{dev}"))
+        out += [(f"transfer[{j}]", spec) for j, spec in enumerate(self.transfer) if spec.strip().startswith("irds:")]
+        return out
+
+    def _check_irds(self) -> None:
+        """Open every ``irds:`` id the recipe needs (lazy: nothing is downloaded), so a wrong one fails now."""
+        from hardneg.data.formats.irds import open_irds
+
+        checked: set[str] = set()
+        for key, spec in self._irds_specs():
+            path, split = parse_spec(spec)
+            irds_id = irds_split_id(path[len("irds:"):], split)
+            if irds_id in checked:
+                continue
+            checked.add(irds_id)
+            try:
+                open_irds(irds_id)
+            except HardnegError as exc:
+                hint = (f" (data is the dataset without a split: the runner loads {path}/<split> for training"
+                        ", eval.split and any dev_split)") if key == "data" else ""
+                raise HardnegError(f"{self.source}: {key}: {exc}{hint}") from None
+
+    def _reported_split(self, spec: str) -> str | None:
+        """The split of the recipe's own ``data`` that ``spec`` names, ``None`` for another dataset."""
+        data_path, _ = parse_spec(self.data)
+        path, split = parse_spec(spec)
+        if path.startswith("irds:") and data_path.startswith("irds:"):
+            full, base = irds_split_id(path[len("irds:"):], split), data_path[len("irds:"):].strip("/")
+            return full[len(base) + 1:] if full.startswith(f"{base}/") else None
+        return split if split and Path(path.rstrip("/")) == Path(data_path.rstrip("/")) else None
+
     def _check_dev_split(self, i: int, system: System, cfg: TrainConfig) -> None:
         """Model selection must not look at the split the report is measured on."""
         if cfg.dev_split is None:
             return
-        data_path, _ = parse_spec(self.data)
         reported = {self.eval.split: "eval.split"}
         for j, spec in enumerate(self.transfer):
-            path, split = parse_spec(spec)
-            if split and Path(path.rstrip("/")) == Path(data_path.rstrip("/")):
+            split = self._reported_split(spec)
+            if split:
                 reported.setdefault(split, f"transfer[{j}]")
         if cfg.dev_split not in reported:
             return

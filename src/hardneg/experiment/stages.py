@@ -38,9 +38,13 @@ def transfer_stage(system: str, tag: str) -> str:
 
 
 def dataset_tag(spec: str) -> str:
-    """A short, file-safe name for a dataset spec: ``.../nfcorpus:test`` → ``nfcorpus-test``."""
+    """A short, file-safe name for a dataset spec: ``.../nfcorpus:test`` → ``nfcorpus-test``,
+    ``irds:beir/nfcorpus/test`` → ``beir_nfcorpus_test``."""
     path, split = parse_spec(spec)
-    name = Path(path.rstrip("/")).name or path
+    if path.startswith("irds:"):  # the whole id: irds:beir/nfcorpus/test -> beir_nfcorpus_test
+        name = path[len("irds:"):].strip("/")
+    else:
+        name = Path(path.rstrip("/")).name or path
     return re.sub(r"[^\w.+-]", "_", f"{name}-{split}" if split else name)
 
 
