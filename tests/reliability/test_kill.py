@@ -44,7 +44,8 @@ KILLS = int(os.environ.get("HARDNEG_KILLS", "2"))
 SEED = int(os.environ.get("HARDNEG_KILL_SEED", str(random.SystemRandom().randrange(1 << 30))))
 
 #: files whose content legitimately differs between runs (timings, attempts, event files)
-VOLATILE = ["*/tensorboard/*", "*.lock", "*/summary.json", "*/stage.json", "*/train_log.jsonl", "*/report.md"]
+VOLATILE = ["*/tensorboard/*", "*.lock", "*/summary.json", "*/stage.json", "*/train_log.jsonl", "*/report.md",
+            "*/tables/table4_training_time.csv", "*/tables/table4_training_time.tex"]
 #: leftovers a kill may leave beside artifacts: temporary names, never taken as complete
 TEMP = ["*/.*.tmp-*", "*.tmp-*", "*/.*", "*.old-*", "*.partial", "*.partial/*", "*/.*/*"]
 #: files rewritten as training goes on (the best model so far, ANCE's latest negatives): checked only
@@ -134,6 +135,10 @@ def _same_volatile(a: Path, b: Path) -> bool:
                 out.append(re.sub(r"\d+(\.\d+)?", "#", line) if timing else line)
             return out
         return masked(a) == masked(b)
+    if a.suffix in (".csv", ".tex"):  # the report's training-time table holds wall-clock numbers
+        def masked_table(p):
+            return [re.sub(r"\d+(\.\d+)?(e-?\d+)?", "#", x) for x in _content(p).decode().splitlines()]
+        return masked_table(a) == masked_table(b)
     if a.suffix == ".jsonl":
         def rows(p):
             return [_strip_timing(json.loads(x)) for x in _content(p).decode().splitlines() if x.strip()]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,7 +109,8 @@ def test_report_has_tables_and_nonempty_figures(finished):
     for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         data = (exp.out / image).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, image
-    assert len(re.findall(r"!\[", text)) == 4  # Fig. 3, 4, 5, 6
+    # Fig. 3, 4, 5, 6 (rank scatter and t-SNE), training curves, per-query Δ, PQ size vs quality
+    assert len(re.findall(r"!\[", text)) == 8
     tables = _tables(text)
     assert len(tables) >= 6
     for header, rows in tables:
@@ -133,6 +136,158 @@ def _tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
                 rows.append([c.strip() for c in row.strip("|").split("|")])
             tables.append((header, rows))
     return tables
+
+
+NEW_FIGURES = ("training_curves", "per_query_delta", "pq_size_vs_quality", "fig6_rank_before_after")
+
+
+@pytest.fixture(scope="module")
+def records(finished, tmp_path_factory):
+    """The finished experiment's records without its models: a folder report tests may write into."""
+    dst = tmp_path_factory.mktemp("records") / "out"
+    shutil.copytree(finished[0].out, dst, ignore=shutil.ignore_patterns(
+        "model", "checkpoints", "tensorboard", "figures", "tables", "report.md"))
+    return dst
+
+
+def _number(text: str) -> tuple[float | None, int, str]:
+    """A markdown cell's number, its decimals and its markers ("–" and words: None)."""
+    m = re.fullmatch(r"(<?)([+-]?\d+(?:\.(\d+))?)([^\d]*)", text)
+    if not m or text in ("–", "n/a"):
+        return None, 0, ""
+    return float(m.group(2)), len(m.group(3) or ""), m.group(4)
+
+
+def test_report_cli_writes_png_svg_csv_and_latex(records):
+    """`hardneg report RUN --latex --svg`: every figure as PNG and SVG, every markdown table as a CSV whose numbers
+    are the table's (to its rounding) and a LaTeX tabular."""
+    from typer.testing import CliRunner
+
+    from hardneg.cli import app
+
+    result = CliRunner().invoke(app, ["--quiet", "report", str(records), "--latex", "--svg"])
+    assert result.exit_code == 0, result.output
+    text = (records / "report.md").read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert {f"figures/{n}.png" for n in NEW_FIGURES} <= set(images)
+    for image in images:
+        png = (records / image).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, image
+        svg = (records / image).with_suffix(".svg").read_text()
+        assert "<svg" in svg[:2000] and svg.rstrip().endswith("</svg>"), image
+    tables = _tables(text)
+    csvs = {p.stem: list(csv.reader(p.open(encoding="utf-8"))) for p in (records / "tables").glob("*.csv")}
+    assert len(csvs) == len(tables) and {"table2_effectiveness", "per_query_delta", "training_curves"} <= set(csvs)
+    for header, rows in tables:
+        name, data = next((n, c) for n, c in csvs.items() if [h for h in c[0] if not h.endswith(" marks")] == header)
+        assert len(data) == len(rows) + 1 and len(set(data[0])) == len(data[0]), name
+        for row, line in zip(rows, data[1:], strict=True):
+            cells = dict(zip(data[0], line, strict=True))
+            for h, cell in zip(header, row, strict=True):
+                value, digits, marks = _number(cell)
+                if value is None:
+                    assert cells[h] == ("" if cell in ("–", "n/a") else cell), (name, h)
+                    continue
+                assert float(cells[h]) == pytest.approx(value, abs=0.5 * 10**-digits + 1e-12), (name, h, cell)
+                if cell.startswith("<"):
+                    assert float(cells[h]) < value
+                assert cells.get(f"{h} marks", "") == marks, (name, h)
+        tex = (records / "tables" / f"{name}.tex").read_text()
+        assert "\\begin{tabular}" in tex and "\\toprule" in tex and "\\bottomrule" in tex
+        assert tex.count(r" \\") == len(rows) + 1  # header and rows
+    import pandas as pd
+
+    main = pd.read_csv(records / "tables" / "table2_effectiveness.csv")
+    test_metrics = json.loads((records / "stages" / "test-star" / "metrics.json").read_text())
+    assert main.set_index("system").loc["star", "nDCG@10"] == pytest.approx(test_metrics["nDCG@10"], abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def drawn(records, tmp_path_factory):
+    """A report written without --svg/--latex, and what each of its figures draws: {figure: {label: {colour, x, y}}}."""
+    from hardneg.experiment import ExperimentResults
+    from hardneg.experiment.report import Report
+
+    results = ExperimentResults(records)
+    report = Report(results, tmp_path_factory.mktemp("drawn"))
+    report.write()
+    return results, report.drawn, report.out
+
+
+def test_report_without_flags_writes_no_svg_or_latex(drawn):
+    out = drawn[2]
+    assert {p.stem for p in (out / "figures").glob("*.png")} >= set(NEW_FIGURES)
+    assert not list((out / "figures").glob("*.svg"))
+    assert list((out / "tables").glob("*.csv")) and not list((out / "tables").glob("*.tex"))
+
+
+def test_a_system_has_one_colour_in_every_figure(drawn):
+    from hardneg.experiment.figures import system_colours
+
+    results, figures, _ = drawn
+    colours = system_colours(results.names)
+    assert len(set(colours.values())) == len(results.names)  # distinct, and fixed by the recipe's order
+    assert system_colours(["a", "b"]) == {"a": colours[results.names[0]], "b": colours[results.names[1]]}
+    for fig in figures.values():
+        for label, item in fig.items():
+            if label.split(":", 1)[-1] in colours:
+                assert item["colour"] == colours[label.split(":", 1)[-1]], label
+    shared = [n for n in results.names if sum(n in f for f in figures.values()) >= 2]
+    assert {"star", "adore+star", "adore+zeroshot"} <= set(shared)
+    assert figures["training_curves.png"]["star"]["colour"] == figures["per_query_delta.png"]["star"]["colour"]
+
+
+def test_figures_plot_the_recorded_numbers(drawn):
+    """Training curves = train_log.jsonl; per-query bars = sorted per-query Δ against rand; PQ points = the grid
+    at 4·dim / M bytes; rank scatter = best ranks consistent with per-query RR@10."""
+    results, figures, _ = drawn
+    for name in ("rand", "star", "adore+star"):
+        log = results.train_log(name)
+        curves = figures["training_curves.png"]
+        assert curves[f"0:{name}"]["y"] == pytest.approx([r["loss"] for r in log if r["kind"] == "train"])
+        assert curves[f"1:{name}"]["y"] == pytest.approx([r["nDCG@10"] for r in log if r["kind"] == "dev"])
+        assert curves[f"1:{name}"]["x"] == [r["step"] for r in log if r["kind"] == "dev"]
+    star = results.per_query("star")["nDCG@10"]
+    rand = results.per_query("rand")["nDCG@10"]
+    ad = results.per_query("adore+star")["nDCG@10"]
+    assert figures["per_query_delta.png"]["adore+star"]["y"] == pytest.approx(
+        sorted((ad[q] - rand[q] for q in ad), reverse=True))
+    assert figures["per_query_delta.png"]["star"]["y"] == pytest.approx(
+        sorted((star[q] - rand[q] for q in star), reverse=True))
+    grid = results.stage("analysis-pq")["result"]
+    line = figures["pq_size_vs_quality.png"]["adore-pq8+zeroshot"]
+    dim = grid["dims"]["adore-pq8+zeroshot"]
+    assert dim == 32 and line["x"] == [8, 4 * dim]
+    assert line["y"] == pytest.approx([grid["metrics"]["adore-pq8+zeroshot"][k]["nDCG@10"] for k in ("pq8", "flat")])
+    from hardneg.experiment.report import Report
+
+    ranks = Report(results, results.dir)._best_ranks("adore+zeroshot", 50)
+    rr = results.per_query("adore+zeroshot")["RR@10"]
+    assert set(ranks) == set(rr)
+    for q, rank in ranks.items():  # RR@10 is 1/best rank within the top 10
+        assert rr[q] == pytest.approx(1 / rank if rank <= 10 else 0.0), q
+    pts = figures["fig6_rank_before_after.png"]["adore+zeroshot"]
+    before = Report(results, results.dir)._best_ranks("zeroshot", 50)
+    for (x, y), q in zip(zip(pts["x"], pts["y"], strict=True), sorted(ranks), strict=True):  # jittered by ±7%
+        assert 0.92 < x / before[q] < 1.08 and 0.92 < y / ranks[q] < 1.08, q
+
+
+def test_bytes_per_document_and_table_cells():
+    from hardneg.experiment.figures import bytes_per_doc
+    from hardneg.experiment.results import Table, cell_value, fmt, fmt_p, marked, signed
+
+    assert [bytes_per_doc(k, 768) for k in ("flat", "pq48", "PQ96", "ivf100pq16", "ivfpq", "hnsw32", "factory:X")] \
+        == [3072, 48, 96, 16, 96, 3072, None]
+    assert bytes_per_doc("flat", None) is None
+    t = Table("t", ["system", "m", "p", "Δ"], [["a_b", marked(fmt(0.12345), "†*"), fmt_p(0.0002), signed(-0.5)],
+                                               ["c", fmt(float("nan")), fmt_p(float("nan")), "7"]])
+    assert t.markdown.splitlines()[2] == "| a_b | 0.123†* | <0.001 | -0.500 |"
+    assert list(csv.reader(t.csv().splitlines())) == [["system", "m", "m marks", "p", "Δ"],
+                                                      ["a_b", "0.12345", "†*", "0.0002", "-0.5"],
+                                                      ["c", "", "", "", "7"]]
+    assert cell_value("7") == 7 and cell_value("wins") == "wins"
+    assert r"a\_b & 0.123$^{\dagger}$$^{*}$ & $<$0.001 & -0.500 \\" in t.latex()
+    assert r"system & m & p & $\Delta$ \\" in t.latex()
 
 
 def test_experiment_stage_survives_sigkill(tmp_path, tiny_model_dir):

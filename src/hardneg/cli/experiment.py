@@ -53,12 +53,16 @@ def experiment(
 
 def report(
     run_dir: Annotated[Path, typer.Argument(help="An experiment folder (written by `hardneg experiment`).")],
+    latex: Annotated[bool, typer.Option("--latex",
+        help="Also write every table as LaTeX (RUN_DIR/tables/NAME.tex, booktabs).")] = False,
+    svg: Annotated[bool, typer.Option("--svg",
+        help="Also write every figure as SVG (RUN_DIR/figures/NAME.svg).")] = False,
 ) -> None:
-    """Write RUN_DIR/report.md and its figures from the finished stages of an experiment.
+    """Write RUN_DIR/report.md, its figures (PNG) and its tables (CSV) from the finished stages of an experiment.
 
-    Example: `hardneg report runs/experiments/scifact`
+    Example: `hardneg report runs/experiments/scifact --latex --svg`
     """
     from hardneg.experiment import write_report
 
-    path = write_report(run_dir)
-    info(f"report: {path}")
+    path = write_report(run_dir, latex=latex, svg=svg)
+    info(f"report: {path}; tables: {path.parent / 'tables'}")

@@ -1,12 +1,15 @@
-"""The report's sections that draw a figure: Table 1 / Fig. 3, Fig. 4, Fig. 5 and Fig. 6.
+"""The report's sections that draw a figure: Table 1 / Fig. 3, Fig. 4, training curves, Fig. 5,
+per-query differences, Tables 3/5 (PQ size vs quality) and Fig. 6.
 
 Each section returns a :class:`~hardneg.experiment.results.Section`: its markdown and
-the facts the findings read (``concentration``, ``tracked``, ``lambda_rows``).
+the facts the findings read (``concentration``, ``tracked``, ``lambda_rows``). Every
+system keeps one colour in every figure (:func:`system_colours`, from the recipe's order).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +20,38 @@ from hardneg.experiment.results import (
     RANDOM_NEGATIVES,
     ExperimentResults,
     Section,
+    Table,
     fmt,
     fmt_p,
     mean,
-    table,
+    signed,
     ttest,
 )
 from hardneg.experiment.stages import PAIRWISE, TSNE
 from hardneg.io import read_json
+
+#: the figures' palette: tab10, then the light half of tab20 (matplotlib's own hex values)
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
+           "#dbdb8d", "#9edae5")
+
+
+def system_colours(names: list[str]) -> dict[str, str]:
+    """One colour per system, fixed by its position in the recipe (cycling after 20 systems)."""
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+
+
+def bytes_per_doc(kind: str, dim: int | None) -> int | None:
+    """Code bytes per document of an index kind: flat (and HNSW's vectors) 4·dim, pq<M> / ivf<L>pq<M> M bytes
+    (DRhard's Table 3 compares indexes by this); None when it cannot be told (a raw factory string)."""
+    low = kind.strip().lower()
+    if (low == "flat" or re.fullmatch(r"hnsw\d*", low)) and dim:
+        return 4 * int(dim)
+    if m := re.fullmatch(r"(?:ivf\d*)?pq(\d+)", low):
+        return int(m.group(1))
+    if re.fullmatch(r"ivf\d*pq", low) and dim:
+        return max(1, int(dim) // 8)  # hardneg's default sub-vector count (index/faiss_index.py)
+    return None
 
 
 def pyplot():
@@ -36,21 +63,75 @@ def pyplot():
     return plt
 
 
+def _smooth(values: list[float], window: int) -> np.ndarray:
+    """Trailing moving average (the first points average what there is)."""
+    x = np.asarray(values, dtype=float)
+    if window <= 1 or len(x) < 3:
+        return x
+    c = np.cumsum(np.insert(x, 0, 0.0))
+    n = np.arange(1, len(x) + 1)
+    lo = np.maximum(0, n - window)
+    return (c[n] - c[lo]) / (n - lo)
+
+
+def _drawn(fig) -> dict[str, dict[str, Any]]:
+    """Label → {colour, x, y} of what a figure draws (lines, scatters, bars), to check figures against their data."""
+    from matplotlib.colors import to_hex
+
+    out: dict[str, dict[str, Any]] = {}  # by label (its first panel), and by "<panel>:<label>"
+
+    def add(i: int, label: str, colour, x, y) -> None:
+        if not str(label).startswith("_"):
+            item = {"colour": to_hex(colour), "x": [float(v) for v in x], "y": [float(v) for v in y]}
+            out.setdefault(str(label), item)
+            out.setdefault(f"{i}:{label}", item)
+
+    for i, ax in enumerate(fig.axes):
+        for line in ax.get_lines():
+            add(i, line.get_label(), line.get_color(), line.get_xdata(), line.get_ydata())
+        for coll in ax.collections:
+            if len(coll.get_facecolor()):
+                xy = np.asarray(coll.get_offsets()).reshape(-1, 2)
+                add(i, coll.get_label(), coll.get_facecolor()[0], xy[:, 0], xy[:, 1])
+        for cont in ax.containers:
+            if len(cont.patches):
+                add(i, cont.get_label(), cont.patches[0].get_facecolor(),
+                    [p.get_x() + p.get_width() / 2 for p in cont], [p.get_height() for p in cont])
+    return out
+
+
 class FigureSections:
     """The figure-drawing sections of :class:`~hardneg.experiment.report.Report`."""
 
     r: ExperimentResults
     fig_dir: Path
     per_query: dict[str, dict[str, dict[str, float]]]
+    main_measure: str
+    svg: bool
+    #: every table of the report by name (written as tables/<name>.csv and .tex)
+    tables: dict[str, Table]
+    #: figure file → {label: {colour, x, y}} of what it draws
+    drawn: dict[str, dict[str, dict[str, Any]]]
+
+    @property
+    def colours(self) -> dict[str, str]:
+        return system_colours(self.r.names)
+
+    def _table(self, name: str, header: list[str], rows: list[list[str]]) -> str:
+        self.tables[name] = Table(name, header, rows)
+        return self.tables[name].markdown
 
     def _save(self, fig, name: str) -> str:
         self.fig_dir.mkdir(parents=True, exist_ok=True)
         path = self.fig_dir / name
-        tmp = path.with_suffix(".tmp.png")
         fig.tight_layout()
-        fig.savefig(tmp, dpi=110)
+        self.drawn[name] = _drawn(fig)
+        for suffix in (".png", ".svg") if self.svg else (".png",):
+            target = path.with_suffix(suffix)
+            tmp = path.with_suffix(".tmp" + suffix)
+            fig.savefig(tmp, dpi=110)
+            tmp.replace(target)
         pyplot().close(fig)
-        tmp.replace(path)
         return f"figures/{name}"
 
     # ------------------------------------------------------------------ Table 1 / Fig. 3
@@ -71,7 +152,7 @@ class FigureSections:
             f"Mean per query of the (relevant, non-relevant) pairs ranked the wrong way round over the whole corpus "
             f"(total), and over the non-relevant documents among the model's top {topk} (top-{topk}).",
             "",
-            table(["system", "total", f"top-{topk}"], rows),
+            self._table("table1_pairwise_errors", ["system", "total", f"top-{topk}"], rows),
             "",
             fig.markdown,
         ]), fig.facts)
@@ -119,7 +200,7 @@ class FigureSections:
                                                            and not s.get("settings", {}).get("negatives"))
             steps = ([0] if mined_by_start else []) + [r["step"] for r in recs]
             values = ([1.0] if mined_by_start else []) + [r[key] for r in recs]
-            axes[0].plot(steps, values, marker="o", label=name)
+            axes[0].plot(steps, values, marker="o", label=name, color=self.colours[name])
             text.append(f"- {name}: {key} of its static negatives with the current model's top negatives: "
                         + ", ".join(f"step {r['step']}: {r[key]:.2f}" for r in recs))
         axes[0].set_xlabel("training step")
@@ -133,7 +214,7 @@ class FigureSections:
         for name, recs in dev.items():
             style = "--" if self.r.is_adore(name) else "-"
             axes[1].plot([r["step"] for r in recs], [r.get(metric, math.nan) for r in recs], style, marker=".",
-                         label=name)
+                         label=name, color=self.colours[name])
         axes[1].set_xlabel("training step")
         axes[1].set_ylabel(f"dev {metric}")
         axes[1].set_title("(b) dev quality per step")
@@ -153,6 +234,69 @@ class FigureSections:
             return True
         base = self.r.base_of(name)
         return self.r.is_plain_adore(name) and (base == self.r.start or base in self.r.with_method("star"))
+
+    # ------------------------------------------------------------------ training curves
+    def training_curves(self) -> Section:
+        """Training loss and dev quality per step of every trained system (train_log.jsonl)."""
+        trained = [n for n in self.r.names if self.r.system(n).get("kind") == "train"]
+        logs = {n: self.r.train_log(n) for n in trained}
+        loss = {n: [x for x in recs if x.get("kind") == "train" and isinstance(x.get("loss"), (int, float))]
+                for n, recs in logs.items()}
+        loss = {n: v for n, v in loss.items() if v}
+        dev = {n: [x for x in recs if x.get("kind") == "dev"] for n, recs in logs.items()}
+        dev = {n: v for n, v in dev.items() if v}
+        if not loss and not dev:
+            return Section()
+        keys = {k for recs in dev.values() for x in recs for k in x}
+        metric = self.main_measure if self.main_measure in keys else "RR@10"
+        plt = pyplot()
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        longest = max((len(v) for v in loss.values()), default=0)
+        window = max(1, longest // 50)
+        for name, recs in loss.items():
+            steps, values = [x["step"] for x in recs], [float(x["loss"]) for x in recs]
+            style = "--" if self.r.is_adore(name) else "-"
+            if window > 1:  # raw values faint, their moving average drawn over them
+                axes[0].plot(steps, values, style, color=self.colours[name], alpha=0.25, linewidth=0.8)
+            axes[0].plot(steps, _smooth(values, window), style, color=self.colours[name], label=name)
+        if loss and all(float(x["loss"]) > 0 for v in loss.values() for x in v):
+            axes[0].set_yscale("log")  # the methods' losses differ by orders of magnitude
+        axes[0].set_xlabel("training step")
+        axes[0].set_ylabel("training loss" + (f" (moving average of {window} steps)" if window > 1 else ""))
+        axes[0].set_title("(a) training loss")
+        for name, recs in dev.items():
+            style = "--" if self.r.is_adore(name) else "-"
+            axes[1].plot([x["step"] for x in recs], [x.get(metric, math.nan) for x in recs], style, marker=".",
+                         color=self.colours[name], label=name)
+        axes[1].set_xlabel("training step")
+        axes[1].set_ylabel(f"dev {metric}")
+        axes[1].set_title(f"(b) dev {metric}")
+        for ax in axes:
+            if ax.get_lines():
+                ax.legend(fontsize=7)
+        path = self._save(fig, "training_curves.png")
+        rows = []
+        for name in trained:
+            last = loss.get(name, [{}])[-1].get("loss")
+            d = [x.get(metric) for x in dev.get(name, []) if isinstance(x.get(metric), (int, float))]
+            best = int(np.argmax(d)) if d else None
+            rows.append([name, self.r.system(name).get("method") or "", str(len(loss.get(name, []))), fmt(last, 4),
+                         fmt(d[0] if d else None), fmt(max(d) if d else None),
+                         str(dev[name][best]["step"]) if best is not None else "–"])
+        return Section("\n".join([
+            "## Training curves: loss and dev quality per step",
+            "",
+            f"Every trained system's training loss per optimiser step (log scale where every loss is positive) and "
+            f"its dev {metric} at each dev evaluation (step 0 = before training). Solid = document encoder trained, "
+            "dashed = ADORE (query encoder only, dev ranks the full fixed index); the losses of different methods "
+            "are different objectives, so compare their shapes, not their levels.",
+            "",
+            f"![Training curves]({path})",
+            "",
+            self._table("training_curves", ["system", "method", "steps", "last loss", f"dev {metric} at step 0",
+                                            f"best dev {metric}", "best step"], rows),
+            "",
+        ]))
 
     # ------------------------------------------------------------------ Fig. 5
     def _ranknet_pairs(self) -> list[tuple[str, str]]:
@@ -184,7 +328,7 @@ class FigureSections:
                 recs = [r for r in self.r.train_log(name) if r.get("kind") == "dev"]
                 if recs:
                     ax.plot([r["step"] for r in recs], [r.get("RR@10", math.nan) for r in recs], marker="o",
-                            label=f"{label}: {name}")
+                            label=f"{label}: {name}", color=self.colours[name])
             if lam in self.per_query and rank in self.per_query:
                 for m in self.r.measures:
                     a, b = self.per_query[lam][m], self.per_query[rank][m]
@@ -197,15 +341,152 @@ class FigureSections:
         text += [f"![Fig. 5 analogue]({path})", ""]
         if rows:
             text += [f"Test: {pairs[0][0]} (LambdaLoss) vs {pairs[0][1]} (RankNet), paired t-test.", "",
-                     table(["measure", "LambdaLoss", "RankNet", "p"], rows), ""]
+                     self._table("fig5_lambda_vs_ranknet", ["measure", "LambdaLoss", "RankNet", "p"], rows), ""]
         return Section("\n".join(text), facts)
 
+    # ------------------------------------------------------------------ per-query differences
+    def headline(self) -> tuple[str | None, list[str]]:
+        """The reference (the first random-negative system, else the first baseline, else the start model) and
+        the headline systems: STAR and plain ADORE on STAR (plain ADORE on the start model when there is no STAR)."""
+        have = list(self.per_query)
+        refs = [b for b in self.r.eval.get("baselines") or [] if b in self.per_query]
+        ref = self.r.first_with_method(RANDOM_NEGATIVES, among=have) or next(iter(refs), None)
+        ref = ref or (self.r.start if self.r.start in self.per_query else None)
+        stars = self.r.with_method("star")
+        star = self.r.first_with_method("star", among=have)
+        plain = [n for n in self.r.with_method("adore", among=have) if self.r.is_plain_adore(n)]
+        on_star = [n for n in plain if self.r.base_of(n) in stars]
+        heads = [star, *on_star[:1]] if star or on_star else [n for n in plain if self.r.base_of(n) == self.r.start][:1]
+        return ref, [h for h in heads if h and h != ref]
+
+    def per_query_delta(self) -> Section:
+        """Per-query Δ of the main measure, headline systems minus the reference, as sorted bars."""
+        ref, heads = self.headline()
+        if ref is None or not heads:
+            return Section()
+        m = self.main_measure
+        base = self.per_query[ref][m]
+        plt = pyplot()
+        fig, axes = plt.subplots(1, len(heads), figsize=(5.5 * len(heads), 3.8), sharey=True, squeeze=False)
+        rows = []
+        for ax, name in zip(axes[0], heads, strict=True):
+            pq = self.per_query[name][m]
+            qids = sorted(set(pq) & set(base))
+            delta = np.array(sorted((pq[q] - base[q] for q in qids), reverse=True))
+            wins, losses = int((delta > 1e-9).sum()), int((delta < -1e-9).sum())
+            ax.bar(np.arange(len(delta)), delta, width=1.0, linewidth=0, color=self.colours[name], label=name)
+            ax.axhline(0, color="black", linewidth=0.6)
+            ax.set_xlabel(f"test queries, sorted by Δ{m} ({len(delta)})")
+            ax.set_title(f"{name} − {ref}: {wins} better, {losses} worse", fontsize=9)
+            rows.append([name, ref, signed(float(delta.mean()) if len(delta) else math.nan), str(wins),
+                         str(len(delta) - wins - losses), str(losses), fmt_p(ttest(pq, base))])
+        axes[0][0].set_ylabel(f"Δ{m} per query")
+        path = self._save(fig, "per_query_delta.png")
+        return Section("\n".join([
+            f"## Per-query Δ{m} against {ref}",
+            "",
+            f"Each bar is one test query: {m} of the headline system minus {ref} (the random-negative reference), "
+            "sorted. A mean gain carried by a few queries shows as a short tall head and a long flat tail.",
+            "",
+            f"![Per-query Δ{m}]({path})",
+            "",
+            self._table("per_query_delta", ["system", "reference", f"mean Δ{m}", "better", "tied", "worse", "p"],
+                        rows),
+            "",
+        ]))
+
+    # ------------------------------------------------------------------ Tables 3 / 5 figure
+    def _pq_figure(self, st: dict[str, Any]) -> tuple[str, list[str]]:
+        """nDCG@10 (the main measure) against code bytes per document, one line per model; returns the figure's
+        path and the index kinds it could not place."""
+        grid, indexes = st["result"]["metrics"], st["settings"]["indexes"]
+        dims = st["result"].get("dims") or {}
+        m = self.main_measure
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(6, 4.2))
+        ticks: dict[int, list[str]] = {}
+        unplaced: list[str] = []
+        for name in st["settings"]["systems"]:
+            pts = []
+            for kind in indexes:
+                size = bytes_per_doc(kind, dims.get(name))
+                value = grid.get(name, {}).get(kind, {}).get(m)
+                if size is None:
+                    unplaced.append(kind)
+                elif value is not None:
+                    pts.append((size, value))
+                    ticks.setdefault(size, [])
+                    if kind not in ticks[size]:
+                        ticks[size].append(kind)
+            if pts:
+                pts.sort()
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "--" if self.r.is_adore(name) else "-",
+                        marker="o", color=self.colours[name], label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(ticks), [f"{'/'.join(ticks[s])}\n{s} B" for s in sorted(ticks)], fontsize=7)
+        ax.minorticks_off()
+        ax.set_xlabel("bytes per document (index codes)")
+        ax.set_ylabel(f"test {m}")
+        ax.set_title("Index size vs quality")
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+        return self._save(fig, "pq_size_vs_quality.png"), sorted(set(unplaced))
+
     # ------------------------------------------------------------------ Fig. 6
+    def _best_ranks(self, name: str, k: int) -> dict[str, int] | None:
+        """Best rank of a relevant document per judged test query in a system's test run (its top ``k``); a query
+        with none there gets k + 1 (censored: "not in the top k")."""
+        run, qrels = self.r.run(name), self.r.test_qrels()
+        if run is None or qrels is None or name not in self.per_query:
+            return None
+        out = {}
+        for q in self.per_query[name][self.r.measures[0]]:
+            rel = {d for d, g in qrels.get(q, {}).items() if g >= 1}
+            out[q] = next((i + 1 for i, (d, _) in enumerate(run.get(q, [])) if d in rel), k + 1)
+        return out
+
+    def _rank_scatter(self, before: str, after: str, marked: str | None) -> tuple[str, str] | None:
+        """Fig. 6 over all test queries: best rank of a relevant document before vs after (log-log)."""
+        k = int(self.r.eval.get("k") or 1000)
+        b, a = self._best_ranks(before, k), self._best_ranks(after, k)
+        if not b or not a:
+            return None
+        qids = sorted(set(b) & set(a))
+        x, y = np.array([b[q] for q in qids]), np.array([a[q] for q in qids])
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(4.8, 4.5))
+        jitter = np.random.default_rng(0).uniform(0.93, 1.07, size=(2, len(qids)))  # ties stay visible
+        ax.scatter(x * jitter[0], y * jitter[1], s=14, alpha=0.55, color=self.colours[after], label=after,
+                   edgecolors="none")
+        ax.plot([1, k + 1], [1, k + 1], ":", color="grey")
+        for line in (ax.axvline, ax.axhline):
+            line(k + 1, color="lightgrey", linewidth=0.8, linestyle="--")  # beyond it: not in the run's top k
+        if marked in qids:
+            i = qids.index(marked)
+            ax.scatter([x[i]], [y[i]], s=160, marker="*", color="tab:red", label=f"t-SNE query {marked}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"best rank of a relevant document, {before}")
+        ax.set_ylabel(f"best rank of a relevant document, {after}")
+        ax.set_title("all test queries (below the diagonal: improved)", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+        path = self._save(fig, "fig6_rank_before_after.png")
+        up, down = int((y < x).sum()), int((y > x).sum())
+        text = (f"Over all {len(qids)} test queries: the best relevant document moved up for {up}, down for {down} "
+                f"and stayed for {len(qids) - up - down}; median best rank {np.median(x):g} → {np.median(y):g}. "
+                f"Ranks are from the test runs (top {k}); a query with no relevant document there is drawn at {k + 1}.")
+        return path, text
+
     def tsne(self) -> Section:
         st = self.r.stage(TSNE)
         if st is None:
             return Section()
         pts = read_json(self.r.stage_file(TSNE, "points.json"))
+        scatter = self._rank_scatter(st["settings"]["before"], st["settings"]["after"], pts["query_id"])
+        if scatter is None:  # the single hand-picked query is never the only view
+            return Section("## Fig. 6 analogue: best ranks before and after ADORE\n\n(the test runs of "
+                           f"{st['settings']['before']} and {st['settings']['after']} or the test qrels are "
+                           "missing)\n")
         plt = pyplot()
         fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), sharex=True, sharey=True)
         labels = np.array(pts["labels"])
@@ -225,13 +506,18 @@ class FigureSections:
         axes[0].legend(fontsize=7)
         path = self._save(fig, "fig6_tsne.png")
         return Section("\n".join([
-            "## Fig. 6 analogue: t-SNE of one query before and after ADORE",
+            "## Fig. 6 analogue: best ranks before and after ADORE, and t-SNE of one query",
             "",
-            f"Query {pts['query_id']}: \"{pts['query'][:160]}\". Best rank of a relevant document: "
-            f"{pts['rank_before']} before, {pts['rank_after']} after (the test query whose best relevant document "
-            "gained most in reciprocal rank). One t-SNE over both query vectors and the documents "
+            scatter[1],
+            "",
+            f"![Fig. 6 analogue: best ranks]({scatter[0]})",
+            "",
+            f"t-SNE of query {pts['query_id']} (the red star above): \"{pts['query'][:160]}\". Best rank of a "
+            f"relevant document: {pts['rank_before']} before, {pts['rank_after']} after (the test query whose best "
+            "relevant document gained most in reciprocal rank: the most favourable single case, read it beside the "
+            "scatter). One t-SNE over both query vectors and the documents "
             + ("(the document vectors are identical: ADORE keeps the index fixed)." if pts["same_docs"] else "."),
             "",
-            f"![Fig. 6 analogue]({path})",
+            f"![Fig. 6 analogue: t-SNE]({path})",
             "",
         ]))

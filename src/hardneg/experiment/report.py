@@ -12,15 +12,20 @@ Sections, numbered after the paper (Zhan et al., SIGIR 2021):
 * generalisation: the same measures on the "unseen-document" stratum (test
   queries none of whose relevant documents is relevant to a training query)
   and zero-shot on the transfer collections;
+* per-query Δ of the main measure, STAR and ADORE+STAR against the random-negative reference;
 * Table 1 / Fig. 3: pairwise errors (total and top-K) and their concentration;
 * Fig. 4: static/dynamic negative overlap and dev quality per step;
+* training curves: loss and dev quality per step of every trained system;
 * Fig. 5: ADORE with LambdaLoss vs RankNet;
-* Table 4: training time; Tables 3/5: PQ index size vs quality;
-* Fig. 6: t-SNE of a query before and after ADORE;
+* Table 4: training time; Tables 3/5: PQ index size vs quality (and bytes per document vs quality);
+* Fig. 6: best rank of a relevant document before vs after ADORE over all test queries, beside the t-SNE
+  of one query;
 * findings: each of the paper's claims checked against the numbers above.
 
 Each section is a method returning a :class:`~hardneg.experiment.results.Section`
-(its markdown and its facts); the findings read those facts.
+(its markdown and its facts); the findings read those facts. Every table is also
+written as ``tables/<name>.csv`` (and ``.tex`` with ``latex``), every figure as
+``figures/<name>.png`` (and ``.svg`` with ``svg``).
 """
 
 from __future__ import annotations
@@ -41,9 +46,10 @@ from hardneg.experiment.results import (
     fmt,
     fmt_p,
     machine,
+    marked,
     mean,
     short_path,
-    table,
+    signed,
     ttest,
 )
 from hardneg.experiment.stages import PQ, train_stage, transfer_stage
@@ -51,10 +57,13 @@ from hardneg.io import atomic_write, read_json
 
 
 class Report(FigureSections):
-    def __init__(self, results: ExperimentResults, out: Path) -> None:
+    def __init__(self, results: ExperimentResults, out: Path, *, svg: bool = False) -> None:
         self.r = results
         self.out = out
         self.fig_dir = out / "figures"
+        self.svg = svg
+        self.tables = {}
+        self.drawn = {}
         self.per_query = {n: pq for n in results.names if (pq := results.per_query(n)) is not None}
         self.unseen = results.unseen()
         self.main_measure = "nDCG@10" if "nDCG@10" in results.measures else results.measures[-1]
@@ -104,11 +113,12 @@ class Report(FigureSections):
                 continue
             row = [name]
             for m in measures:
-                row.append(fmt(mean(self.per_query[name][m])) + self._marks(name, m, None))
+                row.append(marked(fmt(mean(self.per_query[name][m])), self._marks(name, m, None)))
             if strata:
                 for m in [self.main_measure, "RR@10"]:
                     if m in measures:
-                        row.append(fmt(mean(self.per_query[name][m], self.unseen)) + self._marks(name, m, self.unseen))
+                        row.append(marked(fmt(mean(self.per_query[name][m], self.unseen)),
+                                          self._marks(name, m, self.unseen)))
             for tag in transfer:
                 st = self.r.stage(transfer_stage(name, tag))
                 row.append(fmt(st["result"]["metrics"].get(self.main_measure)) if st else "–")
@@ -129,7 +139,7 @@ class Report(FigureSections):
             )
         if transfer:
             text.append("Transfer columns: the same model zero-shot on a collection it never trained on.")
-        text += ["", table(header, rows), ""]
+        text += ["", self._table("table2_effectiveness", header, rows), ""]
         return Section("\n".join(text))
 
     # ------------------------------------------------------------------ generalisation
@@ -142,7 +152,8 @@ class Report(FigureSections):
         all_q = list(zero)
         seen = sorted(set(all_q) - set(self.unseen))
         transfer = self.r.transfer_tags()
-        header = ["system", f"Δ{m} seen-doc ({len(seen)})", "p", f"Δ{m} unseen-doc ({len(self.unseen)})", "p",
+        header = ["system", f"Δ{m} seen-doc ({len(seen)})", "p seen-doc", f"Δ{m} unseen-doc ({len(self.unseen)})",
+                  "p unseen-doc",
                   *[f"Δ{m} {t}" for t in transfer], "verdict"]
         rows = []
         zero_transfer = {t: self._transfer_metric(start, t) for t in transfer}
@@ -158,7 +169,7 @@ class Report(FigureSections):
             for t in transfer:
                 st = self.r.stage(transfer_stage(name, t))
                 z = zero_transfer[t]
-                deltas.append(f"{st['result']['metrics'][m] - z:+.3f}" if st and z is not None else "–")
+                deltas.append(signed(st["result"]["metrics"][m] - z) if st and z is not None else signed(None))
             if d_seen > 0 and p_seen < ALPHA and not (d_unseen > 0 and p_unseen < ALPHA):
                 verdict = "wins on seen documents only"
             elif d_unseen > 0 and p_unseen < ALPHA:
@@ -167,7 +178,7 @@ class Report(FigureSections):
                 verdict = "worse than zero-shot"
             else:
                 verdict = "no significant change"
-            rows.append([name, f"{d_seen:+.3f}", fmt_p(p_seen), f"{d_unseen:+.3f}", fmt_p(p_unseen), *deltas, verdict])
+            rows.append([name, signed(d_seen), fmt_p(p_seen), signed(d_unseen), fmt_p(p_unseen), *deltas, verdict])
         return Section("\n".join([
             "## Generalisation: seen vs unseen documents, and transfer",
             "",
@@ -175,7 +186,7 @@ class Report(FigureSections):
             "and on the transfer collections. A method that only wins where the relevant documents were already "
             "training positives is steering towards seen documents, not ranking better in general.",
             "",
-            table(header, rows),
+            self._table("generalisation", header, rows),
             "",
         ]))
 
@@ -206,7 +217,8 @@ class Report(FigureSections):
             "negative-overlap tracking (all attempts when a stage was resumed; an attempt killed mid-way is not "
             "counted).",
             "",
-            table(["system", "method", "steps", "batch", "step time (s)", "training (min)", "stage (min)"], rows),
+            self._table("table4_training_time",
+                        ["system", "method", "steps", "batch", "step time (s)", "training (min)", "stage (min)"], rows),
             "",
         ]), {"times": times})
 
@@ -220,6 +232,8 @@ class Report(FigureSections):
         m = self.main_measure
         header = ["model \\ test index", *[f"{k} ({sizes.get(k, 0) / 2**20:.2f} MiB)" for k in indexes]]
         rows = [[name, *[fmt(grid[name][k].get(m)) for k in indexes]] for name in st["settings"]["systems"]]
+        path, unplaced = self._pq_figure(st)
+        note = (f" Not in the figure (bytes per document unknown): {', '.join(unplaced)}." if unplaced else "")
         return Section("\n".join([
             "## Tables 3 and 5 analogue: compressed indexes (test)",
             "",
@@ -227,14 +241,19 @@ class Report(FigureSections):
             "with the index file size). Flat = exact inner product; pq<M> = product quantisation with M bytes per "
             "document.",
             "",
-            table(header, rows),
+            self._table("table3_5_pq", header, rows),
+            "",
+            f"![Index size vs quality]({path})",
+            "",
+            f"The same grid against the bytes each document takes in the index (flat: 4·dim, pq<M>: M; dashed = "
+            f"ADORE).{note}",
             "",
         ]), {"pq_grid": (grid, indexes, m)})
 
     # ------------------------------------------------------------------ the whole report
     def sections(self) -> list[Section]:
-        return [self.effectiveness(), self.generalisation(), self.pairwise(), self.curves(),
-                self.lambda_vs_ranknet(), self.timing(), self.pq(), self.tsne()]
+        return [self.effectiveness(), self.generalisation(), self.per_query_delta(), self.pairwise(), self.curves(),
+                self.training_curves(), self.lambda_vs_ranknet(), self.timing(), self.pq(), self.tsne()]
 
     def render(self) -> str:
         r = self.r
@@ -262,18 +281,30 @@ class Report(FigureSections):
         parts = [findings, *sections]
         return "\n".join(head + [s.markdown for s in parts if s.markdown])
 
+    def write(self, *, latex: bool = False) -> Path:
+        """Render into ``out``: ``report.md``, its figures and ``tables/<name>.csv`` (and ``.tex``)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        text = self.render()
+        tables = self.out / "tables"
+        tables.mkdir(exist_ok=True)
+        for name, tab in self.tables.items():
+            with atomic_write(tables / f"{name}.csv") as fh:
+                fh.write(tab.csv())
+            if latex:
+                with atomic_write(tables / f"{name}.tex") as fh:
+                    fh.write(tab.latex())
+        path = self.out / "report.md"
+        with atomic_write(path) as fh:
+            fh.write(text)
+        return path
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write ``report.md`` (and ``figures/``) for an experiment folder; returns the report's path."""
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, *, latex: bool = False,
+                 svg: bool = False) -> Path:
+    """Write ``report.md``, ``figures/`` (PNG; also SVG with ``svg``) and ``tables/`` (CSV; also LaTeX with
+    ``latex``) for an experiment folder; returns the report's path."""
     results = ExperimentResults(run_dir)
-    out = Path(out) if out else results.dir
-    out.mkdir(parents=True, exist_ok=True)
-    report = Report(results, out)
-    text = report.render()
-    path = out / "report.md"
-    with atomic_write(path) as fh:
-        fh.write(text)
-    return path
+    return Report(results, Path(out) if out else results.dir, svg=svg).write(latex=latex)
 
 
 def main_table(run_dir: str | Path) -> str:

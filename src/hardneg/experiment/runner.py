@@ -208,15 +208,18 @@ class Experiment:
             dataset = load_dataset(self.test_spec())
             grid: dict[str, Any] = {}
             sizes: dict[str, int] = {}
+            dims: dict[str, int] = {}  # per model: the report's bytes per document (flat = 4·dim)
             for name in systems:
                 encoder = self._encoder(self.recipe.system(name))
+                dims[name] = int(encoder.dim)
                 for kind in indexes:
                     index = corpus_index(encoder, dataset, kind, self.cache_dir, show_progress=not self.quiet)
                     run_ = search(index, encoder, dataset.queries(), int(ev.k))
                     grid.setdefault(name, {})[kind] = evaluate(run_, dataset.qrels(), ev.measures)
                     sizes[kind] = int(index.manifest.get("bytes", 0)) if hasattr(index, "manifest") else 0
-            write_json(folder / "grid.json", {"metrics": grid, "bytes": sizes})
-            return {"metrics": grid, "bytes": sizes}
+            result = {"metrics": grid, "bytes": sizes, "dims": dims, "docs": dataset.doc_count()}
+            write_json(folder / "grid.json", result)
+            return result
 
         return run
 
