@@ -55,12 +55,34 @@ def mine(
         help="Non-positive documents kept per query.")] = 200,
     out: Annotated[Path, typer.Option("--out", "-o",
         help="Negatives file (qid, docid, rank TSV).")] = Path("runs/hard.tsv"),
+    file_format: Annotated[str, typer.Option("--format",
+        help="`tsv` (qid, docid, rank), `st` (sentence-transformers anchor/positive/negative_1..n: JSONL "
+             "for a .jsonl path, else a datasets folder) or `tevatron` (Tevatron JSONL).")] = "tsv",
     max_length: MaxLenOpt = None,
     batch_size: BatchOpt = 64,
     cache_dir: CacheOpt = None,
     threads: ThreadsOpt = None,
     device: DeviceOpt = "auto",
     topic_field: TopicFieldOpt = "title",
+    range_min: Annotated[int, typer.Option("--range-min", rich_help_panel="Selection rules",
+        help="Skip the first N negatives (after the score rules), as sentence-transformers.")] = 0,
+    range_max: Annotated[int | None, typer.Option("--range-max", rich_help_panel="Selection rules",
+        help="Consider only the first N candidates (default: range_min + num_negatives x (10 with a score "
+             "rule, else 1) + max positives).")] = None,
+    absolute_margin: Annotated[float | None, typer.Option("--absolute-margin", rich_help_panel="Selection rules",
+        help="Drop a negative scoring above (positive score - margin).")] = None,
+    relative_margin: Annotated[float | None, typer.Option("--relative-margin", rich_help_panel="Selection rules",
+        help="Drop a negative scoring above (1 - margin) x the positive's score (0.05: NV-Retriever).")] = None,
+    max_score: Annotated[float | None, typer.Option("--max-score", rich_help_panel="Selection rules",
+        help="Drop a negative scoring above this.")] = None,
+    sampling_strategy: Annotated[str, typer.Option("--sampling-strategy", rich_help_panel="Selection rules",
+        help="`top` (the first num_negatives) or `random` (drawn from the window, seeded).")] = "top",
+    num_negatives: Annotated[int | None, typer.Option("--num-negatives", rich_help_panel="Selection rules",
+        help="Negatives written per query (default --topk).")] = None,
+    teacher: Annotated[str | None, typer.Option("--teacher", rich_help_panel="Selection rules",
+        help="Rescore candidates first: a bi-encoder hardneg loads or a CrossEncoder folder.")] = None,
+    margin_against: Annotated[str, typer.Option("--margin-against", rich_help_panel="Selection rules",
+        help="Margins against the lowest-scored positive (`min`, ST's) or the highest (`max`).")] = "min",
 ) -> None:
     """Mine hard negatives: the top-k non-positive documents of every training query (dense model or BM25).
 
@@ -68,26 +90,26 @@ def mine(
     """
     from hardneg.artifacts import default_cache_dir
     from hardneg.data.load import parse_spec
-    from hardneg.train.negatives import check_topk, mine_negatives, write_negatives
+    from hardneg.train.negative_files import check_format
+    from hardneg.train.negatives import check_topk, write_negatives
 
+    check_format(file_format)
     use_threads(threads)
     path, split = parse_spec(data)
     dataset = open_dataset(f"{path}:{split or 'train'}")
     dataset.topic_field = topic_field
     qrels, queries = dataset.qrels(), dataset.queries()
     check_topk(topk, dataset.doc_count())
-    k = topk + max((len(v) for v in qrels.values()), default=0)
+    from hardneg.train.selection import NegativeRules, diagnostics_path_for, mine_selected
+
+    rules = NegativeRules(range_min=range_min, range_max=range_max, absolute_margin=absolute_margin,
+                          relative_margin=relative_margin, max_score=max_score, sampling_strategy=sampling_strategy,
+                          num_negatives=num_negatives, teacher=teacher, margin_against=margin_against)
     cache = Path(cache_dir or default_cache_dir())
-    if model == "bm25":
-        from hardneg.retrieval.bm25 import cached_bm25
-
-        run = cached_bm25(dataset, cache).search(queries, k=k, show_progress=progress())
-    else:
-        from hardneg.retrieval.dense import retrieve as dense_retrieve
-
-        encoder = open_model(model, max_length=max_length, device=device)
-        run = dense_retrieve(encoder, dataset, k=k, cache_dir=cache, batch_size=batch_size,
-                             show_progress=progress())
-    negatives = mine_negatives(run, qrels, topk)
-    write_negatives(out, negatives)
-    info(f"{sum(map(len, negatives.values()))} hard negatives for {len(negatives)} queries in {out}")
+    negatives = mine_selected(dataset, qrels, queries, model, rules, topk, cache, batch_size=batch_size,
+                              open_encoder=lambda: open_model(model, max_length=max_length, device=device),
+                              show_progress=progress(), device=None if device == "auto" else device,
+                              diagnostics_path=diagnostics_path_for(out))
+    stats = write_negatives(out, negatives, file_format, dataset=dataset, qrels=qrels)
+    rows = f" ({stats['rows']} rows)" if stats else ""
+    info(f"{sum(map(len, negatives.values()))} hard negatives for {len(negatives)} queries in {out}{rows}")

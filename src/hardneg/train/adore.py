@@ -159,6 +159,49 @@ def build_pairs(
                       weights, mask, skipped)
 
 
+def filter_ranked(
+    retrieved: np.ndarray,
+    scores: np.ndarray,
+    relevant: Sequence[Mapping[int, int]],
+    positive_scores: Sequence[Sequence[float]],
+    rules,
+    *,
+    rngs: Sequence[np.random.Generator | None] | None = None,
+    diagnostics=None,
+    qids: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Retrieved lists ``(B, K)`` with the documents that fail ``rules`` removed (issue 16).
+
+    The negative-selection rules (:class:`~hardneg.train.selection.NegativeRules`: margins against
+    the query's positives' ``positive_scores``, ``max_score``, the window and ``num_negatives``, default
+    the whole list) choose among each list's non-relevant documents by ``scores``. A document not
+    chosen is *dropped* from the list: the rows after it move up and the end is padded with ``-1``
+    (no result). :func:`build_pairs` then forms pairs and ranks from the shorter list, so a removed
+    document (possibly an unjudged relevant one) is neither a negative nor an error counted above a
+    positive by the ΔM weights. Relevant documents always stay.
+    """
+    from hardneg.train.selection import select_one
+
+    retrieved = np.asarray(retrieved, dtype=np.int64)
+    b, kk = retrieved.shape
+    max_pos = max((len(r) for r in relevant), default=0)
+    n, range_max = rules.resolve(kk, max_pos)
+    out = np.full_like(retrieved, -1)
+    for i in range(b):
+        found = retrieved[i] >= 0
+        rows = retrieved[i][found]
+        keys = [str(int(r)) for r in rows]
+        pos = [str(int(r)) for r in relevant[i]]
+        sel = select_one(keys, np.asarray(scores[i])[found].tolist(), pos, list(positive_scores[i]), rules, n,
+                         range_max, rngs[i] if rngs is not None else None)
+        keep = set(sel.kept) | set(pos)
+        kept_rows = [int(r) for r, key in zip(rows, keys, strict=True) if key in keep]
+        out[i, : len(kept_rows)] = kept_rows
+        if diagnostics is not None:
+            diagnostics.add(qids[i] if qids is not None else str(i), sel, list(positive_scores[i]), None)
+    return out
+
+
 def retrieval_metrics(relevant_retrieved: np.ndarray, n_relevant: Sequence[int], cut: int = 10) -> dict[str, float]:
     """MRR@cut and R@cut of ranked lists, from their ``(B, K)`` relevance mask (``n_relevant``: per query)."""
     top = relevant_retrieved[:, :cut]
@@ -233,6 +276,13 @@ class Adore(Method):
                 self.idcg[q] = ideal_dcg([int(g) for g in docs.values()], self.metric_k)
         logger.info("adore: %s index of %d documents (%s), metric %s, top-%d", cfg.index, len(self.index),
                     self.index_folder, cfg.metric, self.k)
+        from hardneg.train.selection import Diagnostics, TrainSelector
+
+        # negative-selection rules applied to every step's top-K (filter_ranked); inactive by default
+        self.selector = TrainSelector(ctx)
+        self.rules = self.selector.rules
+        self.diagnostics = Diagnostics(self.rules, "adore steps (totals since this process started)")
+        self._step = 0
 
     def place_index(self, device: torch.device) -> None:
         """Search on GPU Faiss when the encoder is on CUDA and the installed Faiss has GPUs (one process;
@@ -275,7 +325,11 @@ class Adore(Method):
         qids = [e.qid for e in examples]
         # autocast around the query encoder only: q is fp32, so the scores and the loss are fp32
         q = encode_rows(ctx.model, [ctx.query_tokens[x] for x in qids], "query", cfg.train_chunk, cfg.precision)
-        _, retrieved = self.index.search(q.detach().float().cpu().numpy(), self.k)
+        found_scores, retrieved = self.index.search(q.detach().float().cpu().numpy(), self.k)
+        rule_parts: dict[str, float] = {}
+        if self.rules.active:
+            retrieved, rule_parts = self.apply_rules(q.detach().float().cpu().numpy(), qids, retrieved,
+                                                     found_scores)
         pairs = build_pairs(retrieved, [self.relevant.get(x, {}) for x in qids], cfg.metric,
                             idcg=[self.idcg.get(x, 0.0) for x in qids] if self.metric_name == "ndcg" else None,
                             weighting=cfg.adore_loss, positives=cfg.adore_positives)
@@ -287,8 +341,57 @@ class Adore(Method):
         loss = lambda_pairwise(s_pos, s_neg, pairs.weights.to(device), pairs.mask.to(device),
                                reduction=cfg.adore_reduction)
         parts = {"pairs": float(pairs.n_pairs), "skipped_queries": float(pairs.skipped),
-                 **retrieval_metrics(pairs.relevant_retrieved, [self.n_relevant.get(x, 0) for x in qids])}
+                 **retrieval_metrics(pairs.relevant_retrieved, [self.n_relevant.get(x, 0) for x in qids]),
+                 **rule_parts}
         return loss, parts
+
+    def apply_rules(self, qv: np.ndarray, qids: list[str], retrieved: np.ndarray,
+                    scores: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """This step's lists with the rule-failing documents dropped (:func:`filter_ranked`), and the
+        step's log values: candidates and removals per rule. Scores: the teacher's when given, else the
+        current query tower's ``<q, v>`` (unscaled, the index's); positives scored the same way."""
+        from hardneg.train.selection import Diagnostics, selection_rng
+
+        relevant = [self.relevant.get(x, {}) for x in qids]
+        teacher = self.selector.teacher
+        if teacher is not None:
+            ids = self.index.ids
+            requests = {x: [ids[r] for r in row if r >= 0] + [ids[r] for r in rel]
+                        for x, row, rel in zip(qids, retrieved, relevant, strict=True)}
+            got = teacher.scores(requests, self.selector.query_text(), self.selector.doc_text)
+            scores = np.full(retrieved.shape, -np.inf)
+            pos_scores = []
+            for i, x in enumerate(qids):
+                n_found = int((retrieved[i] >= 0).sum())
+                found = np.flatnonzero(retrieved[i] >= 0)
+                scores[i, found] = got[x][:n_found]
+                pos_scores.append(got[x][n_found:].tolist())
+        else:
+            pos_scores = [(self.index.reconstruct(np.fromiter(rel, dtype=np.int64, count=len(rel))) @ qv[i]).tolist()
+                          if rel else [] for i, rel in enumerate(relevant)]
+        rngs = ([selection_rng(self.config.seed, self._step, x) for x in qids]
+                if self.rules.sampling_strategy == "random" else None)
+        step_diag = Diagnostics(self.rules, "adore step")
+        out = filter_ranked(retrieved, scores, relevant, pos_scores, self.rules, rngs=rngs, diagnostics=step_diag,
+                            qids=qids)
+        for key in ("queries", "candidates", "kept"):
+            setattr(self.diagnostics, key, getattr(self.diagnostics, key) + getattr(step_diag, key))
+        for rule, v in step_diag.removed.items():
+            self.diagnostics.removed[rule] += v
+        for key, v in step_diag.scores.items():
+            self.diagnostics.scores[key].extend(v)
+        self.diagnostics.no_positive_score += step_diag.no_positive_score
+        return out, step_diag.step_record()
+
+    def after_step(self, step: int) -> None:
+        self._step = step
+        if self.rules.active and (step % self.config.save_every == 0 or step >= self.config.max_steps):
+            self.selector.write([self.diagnostics])
+
+    def restore(self, checkpoint: Path) -> None:
+        name = Path(checkpoint).name  # step-0000050: random sampling is keyed by the step (exact resume)
+        if name.startswith("step-") and name[5:].isdigit():
+            self._step = int(name[5:])
 
     def scores(self, q: torch.Tensor, pos_rows: np.ndarray, neg_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``scale · <q, v>`` with gradients, ``v`` = the vectors the index ranks with."""

@@ -41,10 +41,18 @@ ADORE_DEFAULTS: dict[str, Any] = {"index": "flat", "metric": "mrr@200", "adore_t
 
 #: settings added after the first checkpoints were written, and their defaults (see ``fingerprint``)
 LATER_DEFAULTS: dict[str, Any] = {"rand_batch_positives": True}
+#: the negative-selection rules (issue 16) and their defaults (no rule active: today's behaviour)
+SELECTION_DEFAULTS: dict[str, Any] = {"range_min": 0, "range_max": None, "absolute_margin": None,
+                                      "relative_margin": None, "max_score": None, "sampling_strategy": "top",
+                                      "num_negatives": None, "teacher": None, "margin_against": "min"}
+LATER_DEFAULTS.update(SELECTION_DEFAULTS)
 
 #: settings that may change between a run and its ``--resume`` (they do not change the math so far)
 RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
-                     "track_queries", "device", "patience"}
+                     "track_queries", "device", "patience", "report_to"}
+
+#: where ``report_to`` may send the log's scalars (besides ``train_log.jsonl``, always written)
+REPORT_TO = ("tensorboard", "mlflow", "wandb")
 
 #: help panels of ``hardneg train --help`` (a setting without one is listed under "Options")
 OPTIMISATION, ENCODER, NEGATIVES, ADORE, EVALUATION, CHECKPOINTS = (
@@ -54,7 +62,7 @@ OPTIMISATION, ENCODER, NEGATIVES, ADORE, EVALUATION, CHECKPOINTS = (
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS, "optimizer": OPTIMIZERS, "loss": LOSSES, "precision": PRECISIONS,
     "star_mixing": STAR_MIXINGS, "adore_loss": ADORE_LOSSES, "adore_positives": ADORE_POSITIVES,
-    "adore_reduction": ADORE_REDUCTIONS,
+    "adore_reduction": ADORE_REDUCTIONS, "sampling_strategy": ("top", "random"), "margin_against": ("min", "max"),
 }
 #: whole-number settings that must be at least 1
 AT_LEAST_ONE = ("max_steps", "batch_size", "grad_accum", "n_negatives", "topk", "dev_every", "save_every",
@@ -108,7 +116,8 @@ class TrainConfig(BaseModel):
     n_negatives: int = setting(1, "Sampled negatives per query.", panel=NEGATIVES)
     topk: int = setting(200, "Hard negatives come from each query's top-k.", panel=NEGATIVES)
     negatives: str | None = setting(
-        None, "Negatives TSV or TREC run (static, star); default: mined with the start model.", panel=NEGATIVES)
+        None, "Negatives file (static, star): TSV, TREC run, Tevatron JSONL or sentence-transformers "
+        "JSONL/datasets folder; default: mined with the start model.", panel=NEGATIVES)
     alpha: float = setting(1.0, "STAR: weight of the random-negative loss.", panel=NEGATIVES)
     star_mixing: str = setting("alpha", "STAR: alpha (L_s + a L_r) or pairmean (DRhard's formula).",
                                panel=NEGATIVES)
@@ -116,6 +125,28 @@ class TrainConfig(BaseModel):
     rand_batch_positives: bool = setting(
         True, "rand: the batch's other positives are negatives too (default), or only the sampled "
         "negatives of the batch (DRhard's RobertaDot_Rand: --no-rand-batch-positives).", panel=NEGATIVES)
+    # negative-selection rules (hardneg.train.selection; sentence-transformers' mine_hard_negatives names)
+    range_min: int = setting(0, "Skip the first N negatives (after the score rules; ST's range_min).",
+                             panel=NEGATIVES)
+    range_max: int | None = setting(
+        None, "Consider only the first N candidates (default: range_min + num_negatives x (10 with a score "
+        "rule, else 1) + max positives, as ST).", panel=NEGATIVES)
+    absolute_margin: float | None = setting(
+        None, "Drop a negative scoring above (positive score - margin).", panel=NEGATIVES)
+    relative_margin: float | None = setting(
+        None, "Drop a negative scoring above (1 - margin) x the positive's score (0.05: NV-Retriever's "
+        "TopK-PercPos).", panel=NEGATIVES)
+    max_score: float | None = setting(None, "Drop a negative scoring above this.", panel=NEGATIVES)
+    sampling_strategy: str = setting("top", "top (the first num_negatives kept) or random (drawn from the "
+                                     "window).", panel=NEGATIVES)
+    num_negatives: int | None = setting(
+        None, "Negatives kept per query after the rules (static/star/ance: the pool; default --topk; adore: "
+        "the whole list).", panel=NEGATIVES)
+    teacher: str | None = setting(
+        None, "Rescore candidates before the rules: a bi-encoder hardneg loads or a CrossEncoder folder "
+        "(scores cached).", panel=NEGATIVES)
+    margin_against: str = setting("min", "Margins against the query's lowest-scored positive (min, ST's) or "
+                                  "its highest (max).", panel=NEGATIVES)
     # adore: ``model`` (CLI --model or --doc-model) is the fixed document encoder; training starts the
     # query tower from it (or from its query_tower/ when it is itself an ADORE output)
     index: str = setting("flat", "adore: the fixed index searched every step: flat, pq<M>, ivfpq, ... "
@@ -153,6 +184,9 @@ class TrainConfig(BaseModel):
     track_every: int = setting(0, "Log static/dynamic negative overlap and train MRR@10 every N steps "
                                "(costs a corpus encoding; 0 = off).", panel=EVALUATION)
     track_queries: int = setting(0, "Training queries sampled for --track-every (0 = all).", panel=EVALUATION)
+    report_to: list[str] = setting(
+        ["tensorboard"], "Also send the log's scalars to tensorboard, mlflow or wandb (repeat the flag for several; "
+        "none = train_log.jsonl only). Rank 0 only.", panel=EVALUATION)
     cache_dir: str | None = setting(None, "Where tokenized stores, embeddings and indexes are cached "
                                     "(default $HARDNEG_CACHE_DIR or ~/.cache/hardneg).", path=True)
     quiet: bool = setting(False, "No progress bars or info messages (the global --quiet).", cli=False)
@@ -183,6 +217,19 @@ class TrainConfig(BaseModel):
     def _in_range(cls, value: Any, info: ValidationInfo) -> Any:
         return _checked(info.field_name, value)
 
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_targets(cls, value: Any) -> Any:
+        if isinstance(value, str):  # YAML ``report_to: mlflow``, or ``mlflow,wandb``
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"report_to takes a list of {', '.join(REPORT_TO)} (or none), not {value!r}")
+        names = [v.strip().lower() for v in value]
+        bad = [v for v in names if v not in (*REPORT_TO, "none")]
+        if bad:
+            raise ValueError(f"report_to must be {', '.join(REPORT_TO)} or none, not {bad[0]!r}")
+        return list(dict.fromkeys(v for v in names if v != "none"))
+
     @field_validator("metric", mode="before")
     @classmethod
     def _metric_is_text(cls, value: Any) -> Any:
@@ -204,6 +251,9 @@ class TrainConfig(BaseModel):
                 raise HardnegError(str(exc)) from None
         if not self.data:
             raise HardnegError("no training data: give --data path[:split] (split defaults to train)")
+        from hardneg.train.report_to import check_installed
+
+        check_installed(self.report_to)  # a missing mlflow / wandb names the extra before any compute
         if not 0 < self.dev_fraction < 1 and self.dev_split is None:
             raise HardnegError(f"dev_fraction must be in (0, 1), not {self.dev_fraction}")
         if self.method == "ance" and self.refresh_every < 1:
@@ -214,8 +264,17 @@ class TrainConfig(BaseModel):
             raise HardnegError(f"--no-rand-batch-positives is for the rand method, not {self.method}")
         if self.negatives and self.method not in ("static", "star"):
             raise HardnegError(f"--negatives is for the static and star methods, not {self.method}")
-        if self.negatives and not Path(self.negatives).is_file():
+        if self.negatives and not Path(self.negatives).exists():
             raise HardnegError(f"{self.negatives}: negatives/run file not found (write one with 'hardneg mine')")
+        changed = [k for k, v in SELECTION_DEFAULTS.items() if getattr(self, k) != v]
+        if changed and self.method not in ("static", "star", "ance", "bm25neg", "adore"):
+            flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+            raise HardnegError(f"{flags}: negative-selection rules are for static, star, ance, bm25neg and "
+                               f"adore, not {self.method}")
+        if changed:
+            from hardneg.train.selection import NegativeRules
+
+            NegativeRules.from_config(self)  # its own checks (ranges, margins), as a HardnegError
         if self.method == "adore":
             parse_adore_metric(self.metric)
             if not self.index.strip():
@@ -299,7 +358,7 @@ def _where(source: str | Path | None) -> str:
     return f"{source}: " if source is not None else ""
 
 
-_KINDS = {int: "a whole number", float: "a number (e.g. 1e-4)", bool: "true or false", str: "a string",
+_KINDS = {int: "a whole number", float: "a number (e.g. 1e-4)", bool: "true or false", str: "a string", list: "a list",
           dict: "a mapping"}
 
 

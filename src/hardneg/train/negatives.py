@@ -312,14 +312,24 @@ def mine_negatives(run: Run, positives: Qrels, topk: int = 200) -> dict[str, lis
     return out
 
 
-def write_negatives(path: str | Path, negatives: Mapping[str, Sequence[str]]) -> None:
+def write_negatives(path: str | Path, negatives: Mapping[str, Sequence[str]], file_format: str = "tsv", *,
+                    dataset=None, qrels: Qrels | None = None) -> dict[str, int] | None:
     """Write ``qid<TAB>docid<TAB>rank`` lines (rank from 1, list order), atomically.
 
     The layout is an MS MARCO run's (:func:`hardneg.retrieval.runs.write_msmarco`).
     A query with an empty list writes no line (and so is absent when read back).
+    ``file_format`` ``st`` or ``tevatron`` writes those formats instead (they need ``dataset`` for the
+    texts; ``qrels`` default to its own): see :mod:`hardneg.train.negative_files`, which returns counts.
     """
+    if file_format != "tsv":
+        from hardneg.train.negative_files import write_negative_file
+
+        if dataset is None:
+            raise HardnegError(f"writing negatives as {file_format!r} needs the dataset (for the texts)")
+        return write_negative_file(path, negatives, file_format, dataset=dataset, qrels=qrels)
     write_msmarco({qid: [(d, -float(r)) for r, d in enumerate(docs)] for qid, docs in negatives.items()
                    if docs}, path)
+    return None
 
 
 def read_negatives(path: str | Path) -> dict[str, list[str]]:
@@ -333,17 +343,20 @@ def read_negatives(path: str | Path) -> dict[str, list[str]]:
 
 
 def load_candidates(
-    path: str | Path, topk: int, positives: Qrels | None = None
+    path: str | Path, topk: int, positives: Qrels | None = None, dataset=None
 ) -> dict[str, list[str]]:
-    """Candidate lists from a negatives TSV (3 columns) or a TREC run (6 columns).
+    """Candidate lists from a negatives TSV (3 columns), a TREC run (6 columns), a Tevatron JSONL or
+    sentence-transformers data (JSONL or a ``datasets`` folder; needs ``dataset``).
 
-    The format is detected from the first non-blank line's column count (an MS
-    MARCO run has our negatives layout and reads the same way). Each list keeps
-    rank order; if ``positives`` is given they are removed *before* keeping
-    the first ``topk`` (so the result is the top-``topk`` non-positives).
+    The format is detected from the path and content (:func:`hardneg.train.negative_files.detect_format`;
+    between TSV and TREC, from the first line's column count). With ``dataset`` every id is checked
+    against it (``file:line`` errors). Each list keeps rank order; if ``positives`` is given they are
+    removed *before* keeping the first ``topk`` (so the result is the top-``topk`` non-positives).
     """
+    from hardneg.train.negative_files import read_negative_file
+
     topk = check_topk(topk)
-    lists = read_negatives(path)
+    lists = read_negative_file(path, dataset)
     out: dict[str, list[str]] = {}
     for qid, docs in lists.items():
         pos = positive_ids(positives, qid) if positives is not None else set()

@@ -63,7 +63,9 @@ from hardneg.train.methods import MethodContext, StepBatch, make_method, method_
 logger = logging.getLogger("hardneg.train")
 
 #: logged per-step values that are counts over the batch: summed over ranks (the others are averaged)
-ADDITIVE_PARTS = ("pairs", "hard_pairs", "random_pairs", "skipped_queries")
+ADDITIVE_PARTS = ("pairs", "hard_pairs", "random_pairs", "skipped_queries", "candidates", "removed_positive",
+                  "removed_absolute_margin", "removed_relative_margin", "removed_max_score", "removed_range_min",
+                  "removed_range_max")
 
 
 # ----------------------------------------------------------------------------- data

@@ -24,9 +24,12 @@ class Ance(StaticNeg):
         self._file = Path(ctx.config.out) / "refresh" / "negatives.tsv"
 
     def initial_candidates(self) -> dict[str, list[str]]:
-        return self.ctx.mine(self.ctx.model)
+        from hardneg.train.methods.mining import mine_with_model
+
+        return mine_with_model(self.ctx, self.ctx.model, selector=self.selector)
 
     def after_step(self, step: int) -> None:
+        from hardneg.train.methods.mining import mine_with_model
         from hardneg.train.negatives import write_negatives
 
         if step % self.config.refresh_every or step >= self.config.max_steps:
@@ -34,7 +37,9 @@ class Ance(StaticNeg):
         model = self.ctx.model
         was_training = model.training
         model.eval()
-        candidates = self.ctx.mine(model, folder=Path(self.config.out) / "refresh" / "index")
+        # the same rules as the warm-up negatives; a teacher's scores come from its cache when already seen
+        candidates = mine_with_model(self.ctx, model, folder=Path(self.config.out) / "refresh" / "index",
+                                     selector=self.selector, step=step)
         if was_training:
             model.train()
         self.source.replace(candidates)

@@ -14,19 +14,27 @@ class StaticNeg(Method):
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
         from hardneg.train.negatives import StaticNegatives
+        from hardneg.train.selection import TrainSelector
 
         self.n_negatives = self.config.n_negatives
+        # the negative-selection rules (hardneg.train.selection): teacher, margins, window, sampling
+        self.selector = TrainSelector(ctx)
         candidates = self.initial_candidates()
         self.source = StaticNegatives(candidates, ctx.train_qrels, ctx.doc_ids,
-                                      topk=self.config.topk, seed=self.config.seed)
+                                      topk=self.config.num_negatives or self.config.topk, seed=self.config.seed)
         self.source.validate(self.n_negatives)
 
     def initial_candidates(self) -> dict[str, list[str]]:
+        from hardneg.train.methods.mining import mine_with_model, select_from_lists
         from hardneg.train.negatives import load_candidates
 
         if self.config.negatives:
-            return load_candidates(self.config.negatives, self.config.topk, positives=self.ctx.train_qrels)
-        return self.ctx.mine(self.ctx.model)
+            if self.selector.rules.active:  # the file's lists (up to the window's depth) go through the rules
+                lists = load_candidates(self.config.negatives, self.selector.depth(), dataset=self.ctx.dataset)
+                return select_from_lists(self.ctx, self.ctx.model, lists, self.selector)
+            return load_candidates(self.config.negatives, self.config.topk, positives=self.ctx.train_qrels,
+                                   dataset=self.ctx.dataset)
+        return mine_with_model(self.ctx, self.ctx.model, selector=self.selector)
 
     def negatives(self, examples, start: int) -> list[list[str]]:
         return [self.source.sample(e.qid, self.n_negatives, start + i) for i, e in enumerate(examples)]
@@ -50,5 +58,9 @@ class BM25Neg(StaticNeg):
         bm25 = cached_bm25(ctx.dataset, ctx.cache_dir)
         train_queries = {q: ctx.queries[q] for q in ctx.train_qrels}
         k = self.config.topk + max(len(p) for p in ctx.positives.values())
+        if self.selector.rules.active:  # BM25 scores (or the teacher's) under the rules
+            k = self.selector.depth()
         run = bm25.search(train_queries, k=k, show_progress=False)
+        if self.selector.rules.active:
+            return self.selector.select(run, "bm25")
         return mine_negatives(run, ctx.train_qrels, self.config.topk)
