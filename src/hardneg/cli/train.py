@@ -147,18 +147,46 @@ def export(
     tokenizer: Annotated[str | None, typer.Option(
         "--tokenizer", help="Tokenizer folder or name when MODEL has none (DRhard checkpoints: "
         "roberta-base).")] = None,
+    evals: Annotated[list[Path] | None, typer.Option(
+        "--eval", help="A `hardneg retrieve` / `search` output folder whose metrics go into the model card "
+        "(repeatable; an experiment's test and transfer metrics are found by themselves).")] = None,
+    card: Annotated[bool, typer.Option("--card/--no-card", help="Write README.md, the model card.")] = True,
+    push_to_hub: Annotated[str | None, typer.Option(
+        "--push-to-hub", help="Also upload the folder to this Hugging Face model repo (user/name), "
+        "creating it if needed.")] = None,
+    private: Annotated[bool, typer.Option("--private", help="--push-to-hub: create the repo private.")] = False,
+    token: Annotated[str | None, typer.Option(
+        "--token", help="--push-to-hub: a write token (default $HF_TOKEN, else `hf auth login`'s).")] = None,
 ) -> None:
     """Export a model as one sentence-transformers folder (separate towers become a Router model).
+
+    The folder gets a model card (README.md): base model, method and settings, training data,
+    steps, dev and test metrics, and the command that trained it, read from the training run
+    beside MODEL (OUT/model → OUT/config.json, summary.json, ...); its YAML says which datasets
+    the model trained on, so MTEB results on them are not taken as zero-shot.
 
     Example: `hardneg export runs/adore/model --out runs/adore-st` then
     `SentenceTransformer("runs/adore-st").encode_query([...])`. DRhard's released pair:
     `hardneg export star --query-model adore-star --tokenizer roberta-base --out adore-st`
     (its projection head becomes Dense → LayerNorm modules).
+    Publish: `hardneg export runs/star/model --out runs/star-st --push-to-hub me/star-scifact --private`
     """
+    from hardneg.model import card as model_card
+
+    if push_to_hub:
+        model_card.check_repo_id(push_to_hub)  # before any work
+    for folder in evals or []:
+        model_card.read_evaluation(folder)  # a bad --eval folder fails before the export
     encoder = open_model(model, query_model=query_model, tokenizer=tokenizer)
     encoder.export_sentence_transformers(out)
     kind = "shared encoder" if encoder.config.shared else "query/document Router"
     info(f"sentence-transformers model ({kind}) in {out}")
+    if card:
+        path = model_card.write_model_card(out, model, encoder=encoder, evals=evals or [], repo_id=push_to_hub)
+        info(f"model card in {path}")
+    if push_to_hub:
+        url = model_card.push_to_hub(out, push_to_hub, private=private, token=token)
+        info(f"uploaded {out} to {url}")
 
 
 def merge(

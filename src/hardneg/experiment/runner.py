@@ -58,7 +58,7 @@ from hardneg.train.trainer import Trainer
 
 logger = logging.getLogger("hardneg.experiment")
 #: TrainConfig settings left out of a training stage's key: where it writes and runs, not what it computes
-_NOT_KEYED = ("out", "quiet", "cache_dir", "device")
+_NOT_KEYED = ("out", "quiet", "cache_dir", "device", "report_to")
 
 
 class Experiment:

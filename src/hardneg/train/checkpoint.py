@@ -4,7 +4,7 @@ A checkpoint folder holds the model's unique tensors (``model.safetensors``),
 optimiser, scheduler, fp16 loss-scaler (``scaler.pt``) and RNG state (loaded
 with ``weights_only=True``), any extra files (mined negatives) and
 ``trainer_state.json``; it is written to a temporary folder and renamed, so a kill never leaves a half-written one that
-looks complete. ``train_log.jsonl`` (plus TensorBoard) is cut back to the
+looks complete. ``train_log.jsonl`` (and TensorBoard) is cut back to the
 resumed step so a resumed run's log equals an uninterrupted one's.
 """
 
@@ -134,9 +134,22 @@ def _log_step(line: str) -> float:
 
 
 class RunLog:
-    """JSONL log (one object per line) plus TensorBoard scalars."""
+    """JSONL log (one object per line) plus the ``report_to`` targets (TensorBoard by default).
 
-    def __init__(self, out: Path, resume_step: int | None) -> None:
+    ``report_to`` and ``params`` (the run's settings, for MLflow / W&B) default to those of
+    ``OUT/config.json``, which the trainer writes before it opens the log; see
+    :mod:`hardneg.train.report_to`."""
+
+    def __init__(self, out: Path, resume_step: int | None, report_to: list[str] | None = None,
+                 params: dict | None = None) -> None:
+        from hardneg.train.report_to import Reporters, open_reporters
+
+        if report_to is None or params is None:
+            saved = read_json(out / "config.json") if (out / "config.json").is_file() else {}
+            report_to = list(saved.get("report_to", ["tensorboard"])) if report_to is None else report_to
+            params = saved if params is None else params
+        # the targets first: a missing backend library fails before the log is touched
+        self.reporters = Reporters(open_reporters(out, list(report_to), resume_step, params))
         self.path = out / "train_log.jsonl"
         if resume_step is not None and self.path.is_file():
             kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
@@ -146,25 +159,17 @@ class RunLog:
         elif self.path.exists():
             self.path.unlink()
         self._fh = open(self.path, "a", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step)
-        except Exception:  # tensorboard missing: JSONL only
-            self.tb = None
 
     def write(self, record: dict, prefix: str) -> None:
+        from hardneg.train.report_to import scalars
+
         self._fh.write(json.dumps({**record, "kind": prefix}) + "\n")
         self._fh.flush()
-        if self.tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, int | float):
-                    self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+        self.reporters.log(scalars(record, prefix), record["step"])
 
     def close(self) -> None:
         self._fh.close()
-        if self.tb is not None:
-            self.tb.close()
+        self.reporters.close()
 
 
 class NullLog:
