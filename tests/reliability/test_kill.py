@@ -50,7 +50,7 @@ VOLATILE = ["*/tensorboard/*", "*.lock", "*/summary.json", "*/stage.json", "*/tr
 TEMP = ["*/.*.tmp-*", "*.tmp-*", "*/.*", "*.old-*", "*.partial", "*.partial/*", "*/.*/*"]
 #: files rewritten as training goes on (the best model so far, ANCE's latest negatives): checked only
 #: at the end
-MOVING = ["*/model/*", "*/dev_metrics.json", "*/config.json", "*/refresh/*"]
+MOVING = ["*/model/*", "*/dev_metrics.json", "*/config.json", "*/refresh/*", "*/negatives_diagnostics.json"]
 TIMING_KEYS = {"seconds", "queries_per_s", "seconds_this_session", "attempts"}
 
 

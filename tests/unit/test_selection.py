@@ -341,3 +341,25 @@ def test_static_training_uses_the_rules_end_to_end(tmp_path, tiny_model_dir):
     assert any(scores[q][d] > cut + 1e-4 for q, docs in before.items() for d in docs)  # the rule removed some
     diag = json.loads((tmp_path / "ruled" / "negatives_diagnostics.json").read_text())
     assert "max_score" in json.dumps(diag)
+
+
+def test_adore_trains_with_a_teacher_and_a_margin_rule(tmp_path, tiny_model_dir):
+    """ADORE with --relative-margin and a bi-encoder teacher: the steps run, log what the rule removed, and the
+    teacher's scores are cached on disk for the next step."""
+    import json
+
+    from conftest import write_tiny_train
+    from hardneg.train.config import TrainConfig
+    from hardneg.train.trainer import Trainer
+
+    data = write_tiny_train(tmp_path / "data", filler=20)
+    cfg = TrainConfig(method="adore", data=str(data), model=str(tiny_model_dir), out=str(tmp_path / "out"),
+                      max_steps=2, batch_size=4, dev_fraction=0.25, dev_every=2, save_every=2, quiet=True,
+                      query_max_length=16, doc_max_length=32, cache_dir=str(tmp_path / "cache"), adore_topk=10,
+                      metric="mrr@10", relative_margin=0.05, teacher=str(tiny_model_dir), dev_at_start=False)
+    Trainer(cfg).train()
+    log = [json.loads(x) for x in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if r["kind"] == "train"]
+    assert len(steps) == 2 and all(r["candidates"] > 0 for r in steps)
+    assert sum(r.get("removed_relative_margin", 0) for r in steps) > 0  # the rule did act
+    assert list((tmp_path / "cache" / "teacher_scores").rglob("*.tsv"))

@@ -210,12 +210,13 @@ def _load_file(file: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(file))
+    name = str(file)
     try:
-        return torch.load(str(file), map_location="cpu", weights_only=True, mmap=mmap)
+        return torch.load(name, map_location="cpu", weights_only=True, mmap=mmap)
     except RuntimeError:
         if not mmap:
             raise
-        return torch.load(str(file), map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        return torch.load(name, map_location="cpu", weights_only=True)  # legacy (non-zip) format
 
 
 def load_state(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:

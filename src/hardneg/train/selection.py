@@ -634,11 +634,29 @@ class TrainSelector:
             return (self.rules.num_negatives or cfg.topk) + max_pos
         return self.rules.depth(cfg.topk, max_pos)
 
+    @property
+    def path(self) -> Path:
+        return Path(self.ctx.config.out) / DIAGNOSTICS_FILE
+
     def write(self, extra: Sequence[Diagnostics] = ()) -> None:
         from hardneg import distributed as dist
 
         if dist.is_main():
-            write_diagnostics(Path(self.ctx.config.out) / DIAGNOSTICS_FILE, [*self.events, *extra])
+            write_diagnostics(self.path, [*self.events, *extra])
+
+    def state_files(self) -> dict[str, Path]:
+        """The diagnostics so far, kept by every checkpoint (so a resumed run's file equals a straight run's)."""
+        return {DIAGNOSTICS_FILE: self.path} if self.path.is_file() else {}
+
+    def restore(self, checkpoint: Path) -> None:
+        """The events recorded up to ``checkpoint`` replace those of this process (its setup's mining is
+        among them), and the file is rewritten from them."""
+        import json
+
+        saved = Path(checkpoint) / DIAGNOSTICS_FILE
+        if saved.is_file():
+            self.events = list(json.loads(saved.read_text(encoding="utf-8"))["events"])
+            self.write()
 
 
 # ----------------------------------------------------------------------------- hardneg mine

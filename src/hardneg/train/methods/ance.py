@@ -49,10 +49,12 @@ class Ance(StaticNeg):
         logger.info("step %d: re-mined hard negatives with the current model", step)
 
     def state_files(self) -> dict[str, Path]:
-        return {"negatives.tsv": self._file} if self._file.is_file() else {}
+        return {**super().state_files(), **({"negatives.tsv": self._file} if self._file.is_file() else {})}
 
     def restore(self, checkpoint: Path) -> None:
         from hardneg.train.negatives import read_negatives
+
+        super().restore(checkpoint)  # the diagnostics of the refreshes so far
 
         saved = checkpoint / "negatives.tsv"
         if saved.is_file():

@@ -24,6 +24,12 @@ class StaticNeg(Method):
                                       topk=self.config.num_negatives or self.config.topk, seed=self.config.seed)
         self.source.validate(self.n_negatives)
 
+    def state_files(self):
+        return self.selector.state_files()
+
+    def restore(self, checkpoint) -> None:
+        self.selector.restore(checkpoint)
+
     def initial_candidates(self) -> dict[str, list[str]]:
         from hardneg.train.methods.mining import mine_with_model, select_from_lists
         from hardneg.train.negatives import load_candidates
