@@ -23,11 +23,12 @@ from hardneg.experiment.results import (
     Table,
     fmt,
     fmt_p,
+    holm,
     mean,
     signed,
     ttest,
 )
-from hardneg.experiment.stages import PAIRWISE, TSNE
+from hardneg.experiment.stages import PAIRWISE, TSNE, wise_curve_stage, wise_name
 from hardneg.io import read_json
 
 #: the figures' palette: tab10, then the light half of tab20 (matplotlib's own hex values)
@@ -107,6 +108,7 @@ class FigureSections:
     fig_dir: Path
     per_query: dict[str, dict[str, dict[str, float]]]
     main_measure: str
+    unseen: list[str] | None
     svg: bool
     #: every table of the report by name (written as tables/<name>.csv and .tex)
     tables: dict[str, Table]
@@ -298,6 +300,82 @@ class FigureSections:
             "",
         ]))
 
+    # ------------------------------------------------------------------ interpolate: (WiSE-FT)
+    def interpolation(self) -> Section:
+        """The WiSE-FT curve of every interpolated system: dev (which picked the weight) and, apart, test."""
+        systems = [n for n in self.r.interpolated() if self.r.wise_pick(n)]
+        if not systems:
+            return Section()
+        m = self.main_measure
+        tags = self.r.transfer_tags()
+        strata = bool(self.unseen)
+        header = ["system", "α", "dev metric", "dev", "picked", f"test {m}"]
+        header += [f"test {m} seen-doc", f"test {m} unseen-doc"] if strata else []
+        header += [f"{m} {t}" for t in tags]
+        plt = pyplot()
+        fig, (ax_dev, ax_test) = plt.subplots(1, 2, figsize=(10, 4))
+        rows: list[list[str]] = []
+        styles = {"all": "-", "seen-doc": "--", "unseen-doc": ":"}
+        for name in systems:
+            pick = self.r.wise_pick(name) or {}
+            metric = pick["dev_metric"]
+            alphas = [c["alpha"] for c in pick["curve"]]
+            dev = [c.get(metric, math.nan) for c in pick["curve"]]
+            colour = self.colours[name]
+            ax_dev.plot(alphas, dev, marker="o", color=colour, label=f"{name} dev {metric}")
+            ax_dev.scatter([pick["alpha"]], [pick["dev"][metric]], s=120, facecolors="none", edgecolors=colour,
+                           label=f"_{name} pick")
+            curve = self.r.stage(wise_curve_stage(name))
+            test: dict[str, list[float]] = {k: [] for k in ([*styles] if strata else ["all"])}
+            transfer: dict[str, list[float]] = {t: [] for t in tags}
+            for a, d in zip(alphas, dev, strict=True):
+                row = [name, fmt(a, 2), metric, fmt(d), "✓" if a == pick["alpha"] else ""]
+                values: list[float] = []
+                if curve is not None:
+                    pq = read_json(self.r.stage_file(wise_curve_stage(name), f"a{a:g}/per_query.json"))[m]
+                    values = [mean(pq)]
+                    if strata:
+                        values += [mean(pq, sorted(set(pq) - set(self.unseen or []))), mean(pq, self.unseen)]
+                    for key, v in zip(test, values, strict=True):
+                        test[key].append(v)
+                    for t in tags:
+                        transfer[t].append(curve["result"]["transfer"].get(t, {}).get(f"{a:g}", {}).get(m, math.nan))
+                row += [fmt(v) for v in values] or ["–"] * (3 if strata else 1)
+                row += [fmt(transfer[t][-1]) if curve is not None else "–" for t in tags]
+                rows.append(row)
+            if curve is not None:
+                for key, ys in test.items():
+                    ax_test.plot(alphas, ys, styles[key], marker=".", color=colour, label=f"{name} test {key}")
+                for j, t in enumerate(tags):
+                    ax_test.plot(alphas, transfer[t], "-.", marker="sD^v<>"[j % 6], color=colour,
+                                 label=f"{name} {t}")
+        ax_dev.set_xlabel("α (0: start model, 1: trained system)")
+        ax_dev.set_ylabel("dev (the selection metric)")
+        ax_dev.set_title("dev: picks α (circled)", fontsize=9)
+        ax_test.set_xlabel("α (0: start model, 1: trained system)")
+        ax_test.set_ylabel(m)
+        ax_test.set_title("test and transfer: NOT used for selection", fontsize=9)
+        for ax in (ax_dev, ax_test):
+            ax.legend(fontsize=6)
+        path = self._save(fig, "wise_interpolation.png")
+        picks = "; ".join(f"{wise_name(n)}: α = {(self.r.wise_pick(n) or {})['alpha']:g}" for n in systems)
+        return Section("\n".join([
+            "## Weight interpolation (WiSE-FT): start model ↔ trained system",
+            "",
+            "(1 − α)·start + α·system, weight by weight (Wortsman et al. 2022; ADORE systems: the query tower only, "
+            "between the base's and ADORE's, the document tower and index kept). α is picked on the system's own "
+            f"dev set (the carve-out of train it selected its checkpoint on); the pick is the row `<system>+wise` "
+            f"of the tables above, tested once. Picks: {picks}.",
+            "",
+            f"![WiSE-FT curve]({path})",
+            "",
+            "The test and transfer columns (and the right panel) are every α on test: shown to see the trade-off, "
+            "**not used for selection**.",
+            "",
+            self._table("wise_interpolation", header, rows),
+            "",
+        ]))
+
     # ------------------------------------------------------------------ Fig. 5
     def _ranknet_pairs(self) -> list[tuple[str, str]]:
         """(LambdaLoss, RankNet) ADORE twins: same base and index, differing only in the loss."""
@@ -330,9 +408,13 @@ class FigureSections:
                     ax.plot([r["step"] for r in recs], [r.get("RR@10", math.nan) for r in recs], marker="o",
                             label=f"{label}: {name}", color=self.colours[name])
             if lam in self.per_query and rank in self.per_query:
+                pair_rows = []
                 for m in self.r.measures:
                     a, b = self.per_query[lam][m], self.per_query[rank][m]
-                    rows.append([m, fmt(mean(a)), fmt(mean(b)), fmt_p(ttest(a, b))])
+                    pair_rows.append([m, fmt(mean(a)), fmt(mean(b)), ttest(a, b)])
+                # Holm over the family of this pair's measures
+                for row, adj in zip(pair_rows, holm([r[3] for r in pair_rows]), strict=True):
+                    rows.append([*row[:3], fmt_p(row[3]), fmt_p(adj)])
                 facts["lambda_rows"] = (lam, rank, rows)
         ax.set_xlabel("training step")
         ax.set_ylabel("dev RR@10")
@@ -340,8 +422,10 @@ class FigureSections:
         path = self._save(fig, "fig5_lambda_vs_ranknet.png")
         text += [f"![Fig. 5 analogue]({path})", ""]
         if rows:
-            text += [f"Test: {pairs[0][0]} (LambdaLoss) vs {pairs[0][1]} (RankNet), paired t-test.", "",
-                     self._table("fig5_lambda_vs_ranknet", ["measure", "LambdaLoss", "RankNet", "p"], rows), ""]
+            text += [f"Test: {pairs[0][0]} (LambdaLoss) vs {pairs[0][1]} (RankNet), paired t-test; \"p Holm\": "
+                     "Holm–Bonferroni-corrected over the family of this table's measures.", "",
+                     self._table("fig5_lambda_vs_ranknet", ["measure", "LambdaLoss", "RankNet", "p", "p Holm"], rows),
+                     ""]
         return Section("\n".join(text), facts)
 
     # ------------------------------------------------------------------ per-query differences
@@ -379,19 +463,22 @@ class FigureSections:
             ax.set_xlabel(f"test queries, sorted by Δ{m} ({len(delta)})")
             ax.set_title(f"{name} − {ref}: {wins} better, {losses} worse", fontsize=9)
             rows.append([name, ref, signed(float(delta.mean()) if len(delta) else math.nan), str(wins),
-                         str(len(delta) - wins - losses), str(losses), fmt_p(ttest(pq, base))])
+                         str(len(delta) - wins - losses), str(losses), ttest(pq, base)])
+        for row, adj in zip(rows, holm([r[6] for r in rows]), strict=True):  # family: this table's rows
+            row[6:] = [fmt_p(row[6]), fmt_p(adj)]
         axes[0][0].set_ylabel(f"Δ{m} per query")
         path = self._save(fig, "per_query_delta.png")
         return Section("\n".join([
             f"## Per-query Δ{m} against {ref}",
             "",
             f"Each bar is one test query: {m} of the headline system minus {ref} (the random-negative reference), "
-            "sorted. A mean gain carried by a few queries shows as a short tall head and a long flat tail.",
+            "sorted. A mean gain carried by a few queries shows as a short tall head and a long flat tail. "
+            "p: paired t-test; p Holm: Holm–Bonferroni-corrected over the family of this table's rows.",
             "",
             f"![Per-query Δ{m}]({path})",
             "",
-            self._table("per_query_delta", ["system", "reference", f"mean Δ{m}", "better", "tied", "worse", "p"],
-                        rows),
+            self._table("per_query_delta", ["system", "reference", f"mean Δ{m}", "better", "tied", "worse", "p",
+                                             "p Holm"], rows),
             "",
         ]))
 

@@ -9,6 +9,7 @@ STAR ...) comes from the recipe's methods, bases and settings.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,10 +20,48 @@ from hardneg.experiment.results import (
     ExperimentResults,
     Section,
     fmt_p,
+    holm,
     mean,
     ttest,
 )
-from hardneg.experiment.stages import PAIRWISE
+from hardneg.experiment.stages import PAIRWISE, wise_name
+
+
+@dataclass
+class Claim:
+    """A findings line comparing two systems' test scores: ``res`` = (mean a, mean b, p) on all queries,
+    ``strata`` the same per stratum of test queries."""
+
+    label: str
+    claim: str
+    a: str
+    b: str
+    measure: str
+    res: tuple[float, float, float]
+    strata: dict[str, tuple[float, float, float]]
+    expect_better: bool = True
+
+    def pvalues(self) -> list[float]:
+        return [self.res[2], *(v[2] for v in self.strata.values())]
+
+    def _holds(self, x: float, y: float, p: float) -> bool:
+        return x > y and p < ALPHA if self.expect_better else not p < ALPHA
+
+    def render(self, adjusted: list[float]) -> str:
+        x, y, _ = self.res
+        p_all, *p_strata = adjusted
+        if self.expect_better:
+            verdict = ("**agrees**" if x > y and p_all < ALPHA else
+                       "**direction agrees, not significant**" if x > y else "**disagrees**")
+        else:
+            verdict = "**agrees**" if not (p_all < ALPHA) else "**disagrees**"
+        extra = "".join(f"; {name} stratum {u[0]:.3f} vs {u[1]:.3f} (p {fmt_p(u[2])}, Holm {fmt_p(h)})"
+                        for (name, u), h in zip(self.strata.items(), p_strata, strict=True))
+        held = {name: self._holds(u[0], u[1], h) for (name, u), h in zip(self.strata.items(), p_strata, strict=True)}
+        if self.expect_better and held.get("seen-doc") and "unseen-doc" in held and not held["unseen-doc"]:
+            verdict += " (in-domain only)"
+        return (f"- {self.label} — paper: {self.claim}. Here: {self.a} {self.measure} {x:.3f} vs {self.b} {y:.3f} "
+                f"(p {fmt_p(self.res[2])}, Holm {fmt_p(p_all)}){extra} → {verdict}.")
 
 
 class Findings:
@@ -40,41 +79,38 @@ class Findings:
         x, y = self.per_query[a][m], self.per_query[b][m]
         return mean(x, qids), mean(y, qids), ttest(x, y, qids)
 
-    def _claim(self, label: str, claim: str, a: str, b: str, expect_better: bool = True) -> list[str]:
+    def _claim(self, label: str, claim: str, a: str, b: str, expect_better: bool = True) -> list[Claim]:
+        """One test-metric comparison; rendered once every p of the list is known (Holm needs them all)."""
         res = self._cmp(a, b)
         if res is None:
             return []
-        x, y, p = res
-        m = self.main_measure
-        if expect_better:
-            if x > y and p < ALPHA:
-                verdict = "**agrees**"
-            elif x > y:
-                verdict = "**direction agrees, not significant**"
-            else:
-                verdict = "**disagrees**"
-        else:
-            verdict = "**agrees**" if not (p < ALPHA) else "**disagrees**"
-        extra = ""
+        strata = {}
         if self.unseen:
-            u = self._cmp(a, b, self.unseen)
-            if u is not None:
-                extra = f"; unseen-doc stratum {u[0]:.3f} vs {u[1]:.3f} (p {fmt_p(u[2])})"
-        return [f"- {label} — paper: {claim}. Here: {a} {m} {x:.3f} vs {b} {y:.3f} (p {fmt_p(p)}){extra} → {verdict}."]
+            seen = sorted(set(self.per_query[a][self.main_measure]) - set(self.unseen))
+            strata = {"seen-doc": self._cmp(a, b, seen), "unseen-doc": self._cmp(a, b, self.unseen)}
+        strata = {k: v for k, v in strata.items() if v}
+        return [Claim(label, claim, a, b, self.main_measure, res, strata, expect_better)]
 
     def section(self, facts: dict[str, Any]) -> Section:
         lines = [*self._effectiveness(facts), *self._efficiency(facts), *self._analyses(facts)]
         if not lines:
             return Section()
+        claims = [x for x in lines if isinstance(x, Claim)]
+        # the family: every paired t-test of this list (all queries and each stratum of every finding)
+        adjusted = iter(holm([p for c in claims for p in c.pvalues()]))
+        rendered = [x.render([next(adjusted) for _ in x.pvalues()]) if isinstance(x, Claim) else x for x in lines]
         return Section("\n".join(["## Findings: the paper's claims against these numbers", "",
                                   "Verdicts are mechanical: \"agrees\" needs the paper's direction and, for test "
-                                  f"metrics, p < {ALPHA} (paired t-test over test queries; no multiple-comparison "
-                                  "correction).", "", *lines, ""]))
+                                  f"metrics, a Holm–Bonferroni-corrected p < {ALPHA} (paired t-test over test queries; "
+                                  "the family is every t-test in this list: each finding on all queries and on the "
+                                  "seen-doc and unseen-doc strata; raw p first, then \"Holm\"). \"in-domain only\": "
+                                  "the finding holds on the seen-document queries but not on the unseen-document "
+                                  "stratum.", "", *rendered, ""]))
 
     # ------------------------------------------------------------------ RQ1, RQ2
-    def _effectiveness(self, facts: dict[str, Any]) -> list[str]:
+    def _effectiveness(self, facts: dict[str, Any]) -> list[Any]:
         r, names = self.r, list(self.per_query)
-        out: list[str] = []
+        out: list[Any] = []  # lines, and Claims rendered by section()
         rq1 = "RQ1 (effectiveness of hard negatives: STAR vs random negatives)"
         star = r.first_with_method("star", among=names)
         for method in RANDOM_NEGATIVES:
@@ -97,6 +133,7 @@ class Findings:
             # the paper's best: plain ADORE on a STAR model
             expected = {n for n in r.with_method("adore")
                         if r.is_plain_adore(n) and r.base_of(n) in r.with_method("star")}
+            expected |= {wise_name(n) for n in expected}  # ADORE+STAR interpolated with its base is ADORE+STAR too
             out.append(f"- {rq2} — paper: ADORE+STAR is the best system. Here the best dense system by "
                        f"{self.main_measure} is {best} → {'**agrees**' if best in expected else '**disagrees**'}.")
         lam = facts.get("lambda_rows")

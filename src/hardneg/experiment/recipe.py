@@ -22,6 +22,7 @@ A recipe names a dataset, a starting encoder and the systems to compare::
       pairwise: {topk: 200}                              # Table 1 / Fig. 3
       pq: {indexes: [flat, pq48], systems: [zeroshot, adore+zeroshot]}   # Table 3 / 5
       tsne: {before: zeroshot, after: adore+zeroshot}   # Fig. 6
+    interpolate: {alphas: [0.0, 0.25, 0.5, 0.75, 1.0], systems: [star]}   # WiSE-FT rows "<system>+wise"
 
 ``base`` names the system whose trained model another trained system starts from: ADORE's fixed
 document encoder, or the start model of any other method (``static``/``star`` also mine their
@@ -34,6 +35,11 @@ split (``irds:beir/scifact``): training reads ``<id>/train``, tests ``<id>/<eval
 ``<id>/<dev_split>``; a transfer is a whole id (``irds:beir/nfcorpus/test``) or ``irds:<id>:<split>``. Every
 such id is opened (no download: ``ir_datasets.load`` is lazy) when the recipe is checked, so a typo or a missing
 ``ir_datasets`` fails before any compute.
+
+``interpolate`` (WiSE-FT, Wortsman et al. 2022) merges each listed trained system S (default: every
+one) with its start, ``(1 − a)·start + a·S`` (start: the recipe's ``model`` for document-side methods;
+for ADORE its base's model, so only the query tower moves), picks ``a`` on S's own dev set and reports
+the pick as the row ``S+wise``.
 
 The top level, ``eval``, ``analysis`` and each system's ``name``/``kind``/``method``/``base``
 are typed here (pydantic): a wrong type, an unknown key or a bad value is a
@@ -64,7 +70,7 @@ from pydantic_core import PydanticCustomError
 
 from hardneg.data.load import irds_split_id, parse_spec
 from hardneg.errors import HardnegError
-from hardneg.experiment.stages import dataset_tag
+from hardneg.experiment.stages import dataset_tag, wise_name
 from hardneg.train.config import TrainConfig, apply_preset
 from hardneg.train.methods import method_names
 
@@ -138,6 +144,25 @@ class TsneSettings(_Section):
     after: str | None = None  # default: the first ADORE system
     top: int = 30
     query: str | None = None
+
+
+class InterpolateSettings(_Section):
+    """``interpolate:``: WiSE-FT weights and the systems merged with their start model."""
+
+    alphas: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    systems: list[str] | None = None  # empty: every trained system
+
+    @field_validator("alphas")
+    @classmethod
+    def _alphas(cls, alphas: list[float]) -> list[float]:
+        if len(alphas) < 2:
+            raise ValueError("give at least two weights, e.g. [0.0, 0.5, 1.0]")
+        bad = [a for a in alphas if not 0.0 <= a <= 1.0]
+        if bad:
+            raise ValueError(f"every weight must be in [0, 1] (0: the start model, 1: the trained one), not {bad}")
+        if len({f"{a:g}" for a in alphas}) != len(alphas):
+            raise ValueError(f"the weights must be distinct: {alphas}")
+        return [float(a) for a in alphas]
 
 
 class AnalysisSettings(_Section):
@@ -232,7 +257,8 @@ class Recipe(_Section):
     """A validated recipe; build one with :meth:`from_yaml` or :meth:`from_dict`."""
 
     _input_keys: ClassVar[tuple[str, ...]] = ("name", "data", "model", "systems", "seed", "device", "train", "adore",
-                                              "eval", "transfer", "analysis", "out", "cache_dir", "description")
+                                              "eval", "transfer", "analysis", "interpolate", "out", "cache_dir",
+                                              "description")
 
     name: str
     data: str
@@ -245,12 +271,13 @@ class Recipe(_Section):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     transfer: list[str] = Field(default_factory=list)
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    interpolate: InterpolateSettings | None = None
     out: str | None = None
     cache_dir: str | None = None
     description: str | None = None
     source: str = ""
 
-    @field_validator("train", "adore", "eval", "transfer", "analysis", mode="before")
+    @field_validator("train", "adore", "eval", "transfer", "analysis", "interpolate", mode="before")
     @classmethod
     def _empty_is_default(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None:  # `train:` with nothing under it
@@ -277,6 +304,21 @@ class Recipe(_Section):
     def dense(self) -> list[System]:
         return [s for s in self.systems if s.kind != "bm25"]
 
+    @property
+    def interpolated(self) -> list[System]:
+        """The trained systems ``interpolate:`` merges with their start model (none without the key)."""
+        if self.interpolate is None:
+            return []
+        names = self.interpolate.systems
+        return [s for s in self.systems if s.kind == "train" and (names is None or s.name in names)]
+
+    def start_of(self, system: System) -> str | None:
+        """The system whose model is A of ``system``'s interpolation: its ADORE base (the start model by
+        default), the start model for the document-side methods (None: the recipe's ``model``)."""
+        if system.is_adore and system.base not in (None, START_MODEL):
+            return system.base
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         """The recipe as ``recipe.json`` records it (what the report reads)."""
         return {
@@ -284,7 +326,8 @@ class Recipe(_Section):
             "systems": [s.to_dict() for s in self.systems], "seed": self.seed, "device": self.device,
             "train": dict(self.train),
             "adore": dict(self.adore), "eval": self.eval.model_dump(), "transfer": list(self.transfer),
-            "analysis": self.analysis.model_dump(exclude_unset=True), "out": self.out,
+            "analysis": self.analysis.model_dump(exclude_unset=True),
+            "interpolate": self.interpolate.model_dump() if self.interpolate is not None else None, "out": self.out,
             "cache_dir": self.cache_dir, "source": self.source,
         }
 
@@ -361,6 +404,23 @@ class Recipe(_Section):
         for key in ("before", "after"):
             if tsne is not None and getattr(tsne, key) is not None:
                 self.system(getattr(tsne, key), f"analysis.tsne.{key}")
+        self._check_interpolate()
+
+    def _check_interpolate(self) -> None:
+        """``interpolate.systems`` name trained systems; their ``<name>+wise`` rows clash with no system."""
+        if self.interpolate is None:
+            return
+        for j, name in enumerate(self.interpolate.systems or []):
+            s = self.system(name, f"interpolate.systems[{j}]")
+            if s.kind != "train":
+                raise HardnegError(f"{self.source}: interpolate.systems[{j}]: {name!r} is a {s.kind} system; "
+                                   "interpolation merges a trained system with its start model")
+        if not self.interpolated:
+            raise HardnegError(f"{self.source}: interpolate: the recipe has no trained system to interpolate")
+        for s in self.interpolated:
+            if wise_name(s.name) in self.names:
+                raise HardnegError(f"{self.source}: interpolate: the row {wise_name(s.name)!r} (system {s.name!r} "
+                                   "interpolated) clashes with a system of that name: rename the system")
 
     def _check_device(self) -> None:
         """``device:`` names a device this machine has (resolved now, so a missing GPU fails before compute)."""

@@ -25,11 +25,12 @@ Sections, numbered after the paper (Zhan et al., SIGIR 2021):
 Each section is a method returning a :class:`~hardneg.experiment.results.Section`
 (its markdown and its facts); the findings read those facts. Every table is also
 written as ``tables/<name>.csv`` (and ``.tex`` with ``latex``), every figure as
-``figures/<name>.png`` (and ``.svg`` with ``svg``).
+``figures/<name>.png`` (and ``.svg`` with ``svg``), and ``results.json`` holds each system's numbers.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from hardneg.experiment.results import (
     Section,
     fmt,
     fmt_p,
+    holm,
     machine,
     marked,
     mean,
@@ -152,19 +154,23 @@ class Report(FigureSections):
         all_q = list(zero)
         seen = sorted(set(all_q) - set(self.unseen))
         transfer = self.r.transfer_tags()
-        header = ["system", f"Δ{m} seen-doc ({len(seen)})", "p seen-doc", f"Δ{m} unseen-doc ({len(self.unseen)})",
-                  "p unseen-doc",
+        header = ["system", f"Δ{m} seen-doc ({len(seen)})", "p seen-doc", "p Holm seen-doc",
+                  f"Δ{m} unseen-doc ({len(self.unseen)})", "p unseen-doc", "p Holm unseen-doc",
                   *[f"Δ{m} {t}" for t in transfer], "verdict"]
         rows = []
         zero_transfer = {t: self._transfer_metric(start, t) for t in transfer}
         untrained = set(self.r.with_kind("zeroshot", "bm25"))
-        for name in self.r.names:
-            if name in untrained or name not in self.per_query:
-                continue
+        names = [n for n in self.r.names if n not in untrained and n in self.per_query]
+        raw = {n: (ttest(self.per_query[n][m], zero, seen), ttest(self.per_query[n][m], zero, self.unseen))
+               for n in names}
+        # the family: every comparison of this table (both strata of every system)
+        adjusted = holm([p for n in names for p in raw[n]])
+        holm_of = {n: (adjusted[2 * i], adjusted[2 * i + 1]) for i, n in enumerate(names)}
+        for name in names:
             pq = self.per_query[name][m]
             d_seen = mean(pq, seen) - mean(zero, seen)
             d_unseen = mean(pq, self.unseen) - mean(zero, self.unseen)
-            p_seen, p_unseen = ttest(pq, zero, seen), ttest(pq, zero, self.unseen)
+            p_seen, p_unseen = holm_of[name]  # the verdict reads the corrected p
             deltas = []
             for t in transfer:
                 st = self.r.stage(transfer_stage(name, t))
@@ -178,12 +184,15 @@ class Report(FigureSections):
                 verdict = "worse than zero-shot"
             else:
                 verdict = "no significant change"
-            rows.append([name, signed(d_seen), fmt_p(p_seen), signed(d_unseen), fmt_p(p_unseen), *deltas, verdict])
+            rows.append([name, signed(d_seen), fmt_p(raw[name][0]), fmt_p(p_seen), signed(d_unseen),
+                         fmt_p(raw[name][1]), fmt_p(p_unseen), *deltas, verdict])
         return Section("\n".join([
             "## Generalisation: seen vs unseen documents, and transfer",
             "",
-            f"Change in {m} against the zero-shot start model, per stratum of test queries (paired t-test p), "
-            "and on the transfer collections. A method that only wins where the relevant documents were already "
+            f"Change in {m} against the zero-shot start model, per stratum of test queries (paired t-test p, and "
+            "beside it the Holm–Bonferroni-corrected p over the family of every p in this table: both strata of "
+            "every system; the verdict uses the corrected p), and on the transfer collections. A method that only "
+            "wins where the relevant documents were already "
             "training positives is steering towards seen documents, not ranking better in general.",
             "",
             self._table("generalisation", header, rows),
@@ -252,7 +261,8 @@ class Report(FigureSections):
 
     # ------------------------------------------------------------------ the whole report
     def sections(self) -> list[Section]:
-        return [self.effectiveness(), self.generalisation(), self.per_query_delta(), self.pairwise(), self.curves(),
+        return [self.effectiveness(), self.generalisation(), self.interpolation(), self.per_query_delta(),
+                self.pairwise(), self.curves(),
                 self.training_curves(), self.lambda_vs_ranknet(), self.timing(), self.pq(), self.tsne()]
 
     def render(self) -> str:
@@ -293,10 +303,38 @@ class Report(FigureSections):
             if latex:
                 with atomic_write(tables / f"{name}.tex") as fh:
                     fh.write(tab.latex())
+        with atomic_write(self.out / "results.json") as fh:
+            fh.write(json.dumps(self.results(), indent=1, sort_keys=False) + "\n")
         path = self.out / "report.md"
         with atomic_write(path) as fh:
             fh.write(text)
         return path
+
+    def results(self) -> dict[str, Any]:
+        """``results.json``: per system the test numbers of the tables (Table 2, its strata and transfer columns),
+        the best dev metrics, training steps and the training stage's wall-clock seconds (Table 4's "stage")."""
+        m = self.main_measure
+        out: dict[str, Any] = {}
+        for name in self.r.names:
+            entry: dict[str, Any] = {}
+            pq = self.per_query.get(name)
+            for measure in self.r.measures:
+                entry[measure] = mean(pq[measure]) if pq else None
+            if self.unseen:
+                entry[f"{m}_unseen"] = mean(pq[m], self.unseen) if pq else None
+                entry[f"{m}_seen"] = mean(pq[m], sorted(set(pq[m]) - set(self.unseen))) if pq else None
+            entry["transfer"] = {t: self._transfer_metric(name, t) for t in self.r.transfer_tags()}
+            trained = self.r.system(name).get("wise_of", name)
+            st = self.r.stage(train_stage(trained))
+            dev_file = self.r.stage_file(train_stage(trained), "dev_metrics.json")
+            entry["dev"] = read_json(dev_file) if st and dev_file.is_file() else None
+            if name != trained:  # an interpolation: the picked weight's dev metrics
+                pick = self.r.wise_pick(trained)
+                entry["dev"] = {"alpha": pick["alpha"], **pick["dev"]} if pick else None
+            entry["steps"] = len([x for x in self.r.train_log(trained) if x.get("kind") == "train"]) if st else None
+            entry["train_seconds"] = float(st["seconds"]) if st else None
+            out[name] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in entry.items()}
+        return {"systems": out}
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, *, latex: bool = False,

@@ -30,7 +30,7 @@ from hardneg.errors import HardnegError
 from hardneg.evaluate.analysis import unseen_queries
 from hardneg.evaluate.metrics import paired_ttest
 from hardneg.experiment.recipe import START_MODEL, Recipe
-from hardneg.experiment.stages import dataset_tag, test_stage, train_stage
+from hardneg.experiment.stages import dataset_tag, test_stage, train_stage, wise_name, wise_stage
 from hardneg.io import read_json
 from hardneg.retrieval.runs import Run, read_run
 
@@ -56,7 +56,9 @@ class ExperimentResults:
         if not (self.dir / "stages").is_dir():
             raise HardnegError(f"{self.dir}: not an experiment folder (no stages/); run `hardneg experiment` first")
         self.recipe = self._recipe()
-        self.systems: list[dict[str, Any]] = self.recipe["systems"]
+        self.systems: list[dict[str, Any]] = list(self.recipe["systems"])
+        self.systems += [{"name": wise_name(s), "kind": "wise", "method": None, "base": None, "settings": {},
+                          "wise_of": s} for s in self.interpolated()]
         self.names = [s["name"] for s in self.systems]
         self.eval = self.recipe.get("eval", {})
         self.measures: list[str] = list(self.eval.get("measures") or ["RR@10", "R@100", "nDCG@10"])
@@ -69,6 +71,20 @@ class ExperimentResults:
         if "systems" not in data:  # written by an older runner: read the recipe file itself
             data = Recipe.from_yaml(data["source"]).to_dict()
         return data
+
+    def interpolated(self) -> list[str]:
+        """The systems ``interpolate:`` merged with their start model (their rows are ``<name>+wise``)."""
+        spec = self.recipe.get("interpolate")
+        if not spec:
+            return []
+        names = spec.get("systems")
+        return [s["name"] for s in self.recipe["systems"] if s.get("kind") == "train"
+                and (names is None or s["name"] in names)]
+
+    def wise_pick(self, system: str) -> dict[str, Any] | None:
+        """The ``wise-<system>`` stage's result: the dev-picked weight, its dev metrics and the dev curve."""
+        st = self.stage(wise_stage(system))
+        return st["result"] if st else None
 
     def system(self, name: str) -> dict[str, Any]:
         return next(s for s in self.systems if s["name"] == name)
@@ -174,6 +190,22 @@ def mean(values: dict[str, float], qids: list[str] | None = None) -> float:
 def ttest(a: dict[str, float], b: dict[str, float], qids: list[str] | None = None) -> float:
     keys = sorted(set(a) & set(b) if qids is None else set(qids) & set(a) & set(b))
     return paired_ttest([a[q] for q in keys], [b[q] for q in keys])
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (Holm 1979), in the input order; NaN stays NaN and is not counted.
+
+    Sorted ascending, p_(i) becomes max_{j ≤ i} min(1, (m − j + 1)·p_(j)) (1-based), so rejecting where the
+    adjusted p < α controls the family-wise error rate at α.
+    """
+    idx = [i for i, p in enumerate(pvalues) if not _missing(p)]
+    m = len(idx)
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: pvalues[i])):
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))
+        out[i] = running
+    return out
 
 
 class Num(str):

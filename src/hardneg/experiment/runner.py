@@ -16,6 +16,13 @@ document encoder; static/star: also the model that mines their negatives), and i
 training stage depends on the base's. The recipe's ``device`` is every training
 config's and every encoder's (tests, transfers, analyses); it is not part of the stage
 keys, so moving a half-done experiment to another device reruns nothing.
+
+``interpolate:`` (WiSE-FT, Wortsman et al. 2022) adds, per listed system S and weight a,
+``wise-S-a<a>``: the model (1 − a)·start + a·S (:func:`hardneg.model.merge.interpolate`; ADORE:
+the query towers only) and its metrics on S's own dev set (``dev_split``, or the seeded carve-out
+of :func:`hardneg.train.trainer.split_dev` with S's seed and ``dev_fraction``; never the test split);
+``wise-S``: the best a on dev (S's ``dev_metric``), whose model is the row ``S+wise`` (its own test and
+transfer stages); ``wise-S-curve``: every a on test and transfer, for the report's figure only.
 """
 
 from __future__ import annotations
@@ -47,6 +54,10 @@ from hardneg.experiment.stages import (
     test_stage,
     train_stage,
     transfer_stage,
+    wise_alpha_stage,
+    wise_curve_stage,
+    wise_name,
+    wise_stage,
 )
 from hardneg.io import read_json, write_json
 from hardneg.model.encoder import DualEncoder
@@ -54,7 +65,7 @@ from hardneg.retrieval.bm25 import cached_bm25
 from hardneg.retrieval.dense import retrieve, search
 from hardneg.retrieval.results import save_run_and_metrics
 from hardneg.train.config import TrainConfig
-from hardneg.train.trainer import Trainer
+from hardneg.train.trainer import Trainer, split_dev
 
 logger = logging.getLogger("hardneg.experiment")
 #: TrainConfig settings left out of a training stage's key: where it writes and runs, not what it computes
@@ -69,6 +80,8 @@ class Experiment:
         self.out = Path(out or recipe.out or Path("runs") / "experiments" / recipe.name)
         self.quiet = quiet
         self.stages: dict[str, Stage] = {}
+        #: the ``S+wise`` rows of ``interpolate:``: row name -> the interpolated system S
+        self.wise: dict[str, System] = {wise_name(s.name): s for s in recipe.interpolated}
         self.device = resolve_device(recipe.device)  # the recipe check already refused a missing one
         self._build()
 
@@ -78,9 +91,16 @@ class Experiment:
 
     def model_path(self, system: System) -> str:
         """Where a system's encoder lives: the starting model, or its training stage's best model."""
+        if system.name in self.wise:  # the dev pick of the interpolation, copied by its wise-S stage
+            return str(self.stage_dir(wise_stage(self.wise[system.name].name)) / "model")
         if system.kind == "zeroshot":
             return self.recipe.model
         return str(self.stage_dir(train_stage(system.name)) / "model")
+
+    def wise_system(self, row: str) -> System:
+        """The ``S+wise`` row as a system: S's method, index and settings, the dev-picked merged model."""
+        s = self.wise[row]
+        return System.model_validate({"name": row, "method": s.method, "base": s.base, **s.settings})
 
     @property
     def cache_dir(self) -> Path:
@@ -114,6 +134,8 @@ class Experiment:
             self._add(Stage(test_stage(s.name), {"system": s.name, "kind": s.kind, "data": self.test_spec(),
                                                  "index": s.index, "model": self.model_path(s), **eval_settings},
                             deps, self._retrieve_fn(s, self.test_spec(), per_query=True)))
+        for s in r.interpolated:
+            self._add_wise(s, eval_settings)
         analysis = r.analysis
         if analysis.enabled("pairwise"):
             topk = analysis.pairwise.topk if analysis.pairwise else 200
@@ -138,17 +160,57 @@ class Experiment:
             deps = [test_stage(before), test_stage(after)]
             self._add(Stage(TSNE, settings, deps, self._tsne_fn(settings)))
         for spec in r.transfer:
-            for s in r.systems:
-                if ev.transfer_systems and s.name not in ev.transfer_systems:
+            for s in [*r.systems, *(self.wise_system(n) for n in self.wise)]:
+                if ev.transfer_systems and (self.wise[s.name].name if s.name in self.wise else s.name) \
+                        not in ev.transfer_systems:
                     continue
                 name = transfer_stage(s.name, dataset_tag(spec))
                 self._add(Stage(name, {"system": s.name, "data": spec, "index": "flat",
                                        "model": self.model_path(s), **eval_settings},
                                 self._model_deps(s), self._retrieve_fn(s, spec, per_query=False, index="flat")))
+        for s in r.interpolated:
+            alphas = r.interpolate.alphas if r.interpolate else []
+            self._add(Stage(wise_curve_stage(s.name), {"system": s.name, "alphas": alphas, "data": self.test_spec(),
+                                                       "transfer": list(r.transfer), "index": s.index,
+                                                       **eval_settings},
+                            [wise_alpha_stage(s.name, a) for a in alphas], self._wise_curve_fn(s, alphas)))
         self._add(Stage(REPORT, {}, list(self.stages), self._report_fn, always=True))
 
     def _model_deps(self, system: System) -> list[str]:
+        if system.name in self.wise:
+            return [wise_stage(self.wise[system.name].name)]
         return [train_stage(system.name)] if system.kind == "train" else []
+
+    def _wise_start(self, system: System) -> tuple[str, list[str]]:
+        """Model A of ``system``'s interpolation and the stages it comes from (see merge.py: ADORE keeps its
+        base's document tower, so A is the base's model; the document-side methods start from the recipe's)."""
+        base = self.recipe.start_of(system)
+        if base is None:
+            return self.recipe.model, []
+        b = self.recipe.system(base)
+        return self.model_path(b), self._model_deps(b)
+
+    def _add_wise(self, s: System, eval_settings: dict[str, Any]) -> None:
+        """The stages of ``interpolate:`` for system ``s``: one merged model per weight (dev only), the pick,
+        and the pick's test row ``s+wise``."""
+        r = self.recipe
+        alphas = r.interpolate.alphas if r.interpolate else []
+        cfg = r.train_config(s, self.stage_dir(train_stage(s.name)))
+        dev = {"data": cfg.data, "dev_split": cfg.dev_split, "dev_fraction": cfg.dev_fraction, "seed": cfg.seed,
+               "dev_metric": cfg.dev_metric}
+        start, start_deps = self._wise_start(s)
+        deps = [*start_deps, *self._model_deps(s)]
+        for a in alphas:
+            self._add(Stage(wise_alpha_stage(s.name, a),
+                            {"system": s.name, "alpha": a, "start": start, "model": self.model_path(s),
+                             "index": s.index, "dev": dev, **eval_settings},
+                            deps, self._wise_alpha_fn(s, a, start, cfg)))
+        self._add(Stage(wise_stage(s.name), {"system": s.name, "alphas": alphas, "dev_metric": cfg.dev_metric},
+                        [wise_alpha_stage(s.name, a) for a in alphas], self._wise_pick_fn(s, alphas, cfg.dev_metric)))
+        row = self.wise_system(wise_name(s.name))
+        self._add(Stage(test_stage(row.name), {"system": row.name, "kind": "wise", "data": self.test_spec(),
+                                               "index": s.index, "model": self.model_path(row), **eval_settings},
+                        self._model_deps(row), self._retrieve_fn(row, self.test_spec(), per_query=True)))
 
     # ------------------------------------------------------------------ stage bodies
     def _train_fn(self, cfg: TrainConfig) -> Callable[[Path], dict[str, Any]]:
@@ -184,6 +246,83 @@ class Experiment:
             metrics = save_run_and_metrics(run_, folder, tag=system.name, qrels=dataset.qrels(),
                                            measures=ev.measures, per_query=per_query).metrics
             return {"metrics": metrics, "seconds": seconds, "queries": len(dataset.queries())}
+
+        return run
+
+    # ------------------------------------------------------------------ interpolate: (WiSE-FT)
+    def _load(self, path: str) -> DualEncoder:
+        ev = self.recipe.eval
+        encoder = DualEncoder.from_pretrained(path, doc_max_length=int(ev.max_length),
+                                              query_max_length=int(ev.query_max_length))
+        return encoder.to(self.device) if self.device.type != "cpu" else encoder
+
+    @staticmethod
+    def dev_set(cfg: TrainConfig) -> tuple[Any, dict[str, dict[str, int]], dict[str, Any]]:
+        """The dataset, qrels and queries of the dev set ``cfg``'s training selected on: its ``dev_split``, or
+        the trainer's seeded carve-out of the training queries (train/trainer.py ``setup``, same seed/fraction)."""
+        path, split = parse_spec(cfg.data)
+        if cfg.dev_split:
+            ds = load_dataset(f"{path}:{cfg.dev_split}")
+            qrels, queries = ds.qrels(), ds.queries()
+            qids = sorted(q for q in qrels if q in queries)
+        else:
+            ds = load_dataset(f"{path}:{split or 'train'}")
+            qrels, queries = ds.qrels(), ds.queries()
+            _, qids = split_dev([q for q in qrels if q in queries], cfg.dev_fraction, cfg.seed)
+        return ds, {q: qrels[q] for q in qids}, {q: queries[q] for q in qids}
+
+    def _wise_alpha_fn(self, system: System, alpha: float, start: str,
+                       cfg: TrainConfig) -> Callable[[Path], dict[str, Any]]:
+        def run(folder: Path) -> dict[str, Any]:
+            from hardneg.model.merge import interpolate
+
+            ev = self.recipe.eval
+            merged = interpolate(self._load(start), self._load(self.model_path(system)), alpha)
+            merged.save(folder / "model")
+            dataset, qrels, queries = self.dev_set(cfg)
+            index = corpus_index(merged, dataset, system.index, self.cache_dir, show_progress=not self.quiet)
+            if self.device.type == "cuda":
+                index.to_gpu()
+            run_ = search(index, merged, queries, int(ev.k))
+            metrics = evaluate(run_, qrels, list(dict.fromkeys([cfg.dev_metric, *ev.measures])))
+            return {"alpha": alpha, "dev": metrics, "dev_queries": len(qrels)}
+
+        return run
+
+    def _wise_pick_fn(self, system: System, alphas: list[float], metric: str) -> Callable[[Path], dict[str, Any]]:
+        def run(folder: Path) -> dict[str, Any]:
+            curve = {a: read_json(self.stage_dir(wise_alpha_stage(system.name, a)) / "stage.json")["result"]["dev"]
+                     for a in alphas}
+            # the best dev value; a tie goes to the smaller weight (closer to the start model)
+            best = min(alphas, key=lambda a: (-curve[a][metric], a))
+            target = folder / "model"
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(self.stage_dir(wise_alpha_stage(system.name, best)) / "model", target)
+            return {"alpha": best, "dev_metric": metric, "dev": curve[best],
+                    "curve": [{"alpha": a, **curve[a]} for a in alphas]}
+
+        return run
+
+    def _wise_curve_fn(self, system: System, alphas: list[float]) -> Callable[[Path], dict[str, Any]]:
+        def run(folder: Path) -> dict[str, Any]:
+            ev = self.recipe.eval
+            test = load_dataset(self.test_spec())
+            transfers = {dataset_tag(spec): load_dataset(spec) for spec in self.recipe.transfer}
+            out: dict[str, Any] = {"test": {}, "transfer": {t: {} for t in transfers}}
+            for a in alphas:
+                model = self._load(str(self.stage_dir(wise_alpha_stage(system.name, a)) / "model"))
+                for tag, dataset in [("test", test), *transfers.items()]:
+                    run_ = retrieve(model, dataset, index_kind=system.index if tag == "test" else "flat",
+                                    k=int(ev.k), cache_dir=self.cache_dir, show_progress=not self.quiet,
+                                    use_gpu=self.device.type == "cuda")
+                    if tag == "test":
+                        res = save_run_and_metrics(run_, folder / f"a{a:g}", tag=f"{system.name}-a{a:g}",
+                                                   qrels=dataset.qrels(), measures=ev.measures, per_query=True)
+                        out["test"][f"{a:g}"] = res.metrics
+                    else:
+                        out["transfer"][tag][f"{a:g}"] = evaluate(run_, dataset.qrels(), ev.measures)
+            return out
 
         return run
 

@@ -2,8 +2,10 @@
 
 Stage folders live under ``OUT/stages/<stage>/``: ``train-<system>``,
 ``test-<system>``, ``transfer-<system>-<set>``, ``analysis-pairwise``,
-``analysis-pq``, ``analysis-tsne`` and ``report``. A stage's *key* hashes its
-settings and the keys of the stages it depends on (:func:`stage_key`).
+``analysis-pq``, ``analysis-tsne`` and ``report``; with ``interpolate:`` also ``wise-<system>-a<alpha>``
+(a merged model and its dev metrics), ``wise-<system>`` (the dev pick, as the model of the
+``<system>+wise`` row) and ``wise-<system>-curve`` (test and transfer of every alpha, for the figure only).
+A stage's *key* hashes its settings and the keys of the stages it depends on (:func:`stage_key`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,23 @@ def test_stage(system: str) -> str:
 def transfer_stage(system: str, tag: str) -> str:
     """The transfer stage of ``system`` on the set whose :func:`dataset_tag` is ``tag``."""
     return f"transfer-{system}-{tag}"
+
+
+def wise_name(system: str) -> str:
+    """The report row of ``system``'s dev-picked interpolation with the start model."""
+    return f"{system}+wise"
+
+
+def wise_alpha_stage(system: str, alpha: float) -> str:
+    return f"wise-{system}-a{alpha:g}"
+
+
+def wise_stage(system: str) -> str:
+    return f"wise-{system}"
+
+
+def wise_curve_stage(system: str) -> str:
+    return f"wise-{system}-curve"
 
 
 def dataset_tag(spec: str) -> str:

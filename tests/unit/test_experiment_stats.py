@@ -1,0 +1,176 @@
+"""`interpolate:` (WiSE-FT rows picked on dev), Holm–Bonferroni p-values and ``results.json`` of `hardneg report`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+from test_experiment import ADORE, TRAIN, tiny_data
+
+from conftest import write_tiny_train
+from hardneg.errors import HardnegError
+from hardneg.experiment import Experiment, ExperimentResults, Recipe
+from hardneg.experiment.results import holm
+
+
+def _tiny_recipe(data, model, cache, transfer) -> dict:
+    return {
+        "name": "wise", "data": str(data), "model": str(model), "cache_dir": str(cache),
+        "train": dict(TRAIN), "adore": dict(ADORE),
+        "eval": {"max_length": 32, "query_max_length": 16, "k": 50, "baselines": ["rand"]},
+        "transfer": [f"{transfer}:test"],
+        "systems": [{"name": "zeroshot", "kind": "zeroshot"}, {"name": "rand", "method": "rand"},
+                    {"name": "adore+zeroshot", "method": "adore"}],
+        "interpolate": {"alphas": [0.0, 0.5, 1.0]},
+    }
+
+
+@pytest.fixture(scope="module")
+def wise(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("wise")
+    data = tiny_data(root / "data")
+    transfer = write_tiny_train(root / "transfer")
+    (transfer / "qrels" / "test.tsv").write_text("q0\td0-0\t1\nq1\td1-0\t1\n")
+    raw = _tiny_recipe(data, tiny_model_dir, root / "cache", transfer)
+    exp = Experiment(Recipe.from_dict(raw), root / "out", quiet=True)
+    exp.run()
+    return exp, raw
+
+
+def _csv(path) -> dict[str, dict[str, str]]:
+    rows = list(csv.DictReader(path.open(encoding="utf-8")))
+    return {r[next(iter(r))]: r for r in rows}
+
+
+def test_holm_matches_a_hand_computed_example():
+    # sorted 0.005, 0.01, 0.03, 0.04 → ×4, ×3, ×2, ×1 = 0.02, 0.03, 0.06, 0.04 → running max 0.02, 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    out = holm([0.02, math.nan, 0.5, 0.9])  # NaN is not counted: m = 3
+    assert out[0] == pytest.approx(0.06) and math.isnan(out[1]) and out[2:] == pytest.approx([1.0, 1.0])
+    assert holm([0.2, 0.4]) == pytest.approx([0.4, 0.4]) and holm([]) == []
+
+
+def test_interpolate_stages_pick_on_dev_and_test_the_pick_once(wise):
+    from hardneg.model.encoder import DualEncoder
+    from hardneg.train.trainer import split_dev
+
+    exp, _ = wise
+    assert {"wise-rand-a0", "wise-rand-a0.5", "wise-rand-a1", "wise-rand", "test-rand+wise",
+            "transfer-rand+wise-transfer-test", "wise-rand-curve", "test-adore+zeroshot+wise"} <= set(exp.stages)
+    start = DualEncoder.from_pretrained(exp.recipe.model).doc_model.state_dict()
+    trained = DualEncoder.from_pretrained(exp.stage_dir("train-rand") / "model").doc_model.state_dict()
+    a0 = DualEncoder.from_pretrained(exp.stage_dir("wise-rand-a0") / "model").doc_model.state_dict()
+    a1 = DualEncoder.from_pretrained(exp.stage_dir("wise-rand-a1") / "model").doc_model.state_dict()
+    half = DualEncoder.from_pretrained(exp.stage_dir("wise-rand-a0.5") / "model").doc_model.state_dict()
+    name = "encoder.layer.0.attention.self.query.weight"
+    name = name if name in start else next(k for k, v in start.items() if v.dtype == torch.float32 and v.dim() == 2)
+    assert all(torch.equal(a0[k], start[k]) for k in start) and all(torch.equal(a1[k], trained[k]) for k in trained)
+    assert torch.allclose(half[name], 0.5 * start[name] + 0.5 * trained[name], atol=1e-6)
+    # ADORE: only the query tower moves, half way; the document tower is the base's, bit for bit
+    ad = DualEncoder.from_pretrained(exp.stage_dir("wise-adore+zeroshot-a0.5") / "model")
+    q_end = DualEncoder.from_pretrained(exp.stage_dir("train-adore+zeroshot") / "model").query_model.state_dict()
+    assert not torch.equal(q_end[name], start[name])  # ADORE's best step moved the query tower
+    assert torch.allclose(ad.query_model.state_dict()[name], 0.5 * start[name] + 0.5 * q_end[name], atol=1e-6)
+    assert not ad.config.shared and all(torch.equal(v, start[k]) for k, v in ad.doc_model.state_dict().items())
+    # dev = the trainer's own carve-out (seed, dev_fraction), never the test queries
+    cfg = exp.recipe.train_config(exp.recipe.system("rand"), exp.stage_dir("train-rand"))
+    ds, qrels, queries = exp.dev_set(cfg)
+    _, expected = split_dev([q for q in ds.qrels() if q in ds.queries()], 0.25, 42)
+    assert sorted(qrels) == expected == sorted(queries)
+    state = json.loads((exp.stage_dir("wise-rand") / "stage.json").read_text())["result"]
+    curve = {c["alpha"]: c["RR@10"] for c in state["curve"]}
+    assert state["alpha"] == min(curve, key=lambda a: (-curve[a], a)) and state["dev"]["RR@10"] == curve[state["alpha"]]
+    alpha_stage = json.loads((exp.stage_dir(f"wise-rand-a{state['alpha']:g}") / "stage.json").read_text())
+    assert alpha_stage["result"]["dev_queries"] == len(expected)
+    # the pick's test row = the same model's test point on the curve
+    test = json.loads((exp.stage_dir("test-rand+wise") / "metrics.json").read_text())
+    on_curve = json.loads((exp.stage_dir("wise-rand-curve") / "stage.json").read_text())["result"]["test"]
+    assert test == pytest.approx(on_curve[f"{state['alpha']:g}"], abs=1e-9)
+
+
+def test_a_changed_endpoint_reruns_its_merged_models(wise):
+    exp, raw = wise
+    changed = json.loads(json.dumps(raw))
+    changed["systems"][1]["lr"] = 5e-4  # rand
+    status = dict(Experiment(Recipe.from_dict(changed), exp.out).status())
+    stale = {n for n, s in status.items() if s.startswith("stale")} - {"report"}
+    assert stale == {"train-rand", "test-rand", "transfer-rand-transfer-test", "wise-rand-a0", "wise-rand-a0.5",
+                     "wise-rand-a1", "wise-rand", "test-rand+wise", "transfer-rand+wise-transfer-test",
+                     "wise-rand-curve"}
+
+
+def test_report_curve_holm_columns_and_results_json(wise, tmp_path):
+    from hardneg.experiment.figures import system_colours
+    from hardneg.experiment.report import Report
+
+    exp, _ = wise
+    results = ExperimentResults(exp.out)
+    report = Report(results, tmp_path)
+    report.write()
+    text = (tmp_path / "report.md").read_text()
+    assert "## Weight interpolation (WiSE-FT)" in text and "not used for selection" in text.lower()
+    assert "| rand+wise |" in text and "Holm" in text
+    fig = report.drawn["wise_interpolation.png"]
+    pick = results.wise_pick("rand")
+    colour = system_colours(results.names)["rand"]
+    assert fig["rand dev RR@10"]["colour"] == colour and fig["rand dev RR@10"]["x"] == [0.0, 0.5, 1.0]
+    assert fig["rand dev RR@10"]["y"] == pytest.approx([c["RR@10"] for c in pick["curve"]])
+    curve = results.stage("wise-rand-curve")["result"]
+    assert fig["rand test all"]["y"] == pytest.approx([curve["test"][a]["nDCG@10"] for a in ("0", "0.5", "1")])
+    assert fig["rand transfer-test"]["y"] == pytest.approx(
+        [curve["transfer"]["transfer-test"][a]["nDCG@10"] for a in ("0", "0.5", "1")])
+    # results.json: the tables' numbers (CSV, full precision)
+    res = json.loads((tmp_path / "results.json").read_text())["systems"]
+    table2 = _csv(tmp_path / "tables" / "table2_effectiveness.csv")
+    assert set(res) == {"zeroshot", "rand", "adore+zeroshot", "rand+wise", "adore+zeroshot+wise"}
+    for name, row in table2.items():
+        for key, column in (("nDCG@10", "nDCG@10"), ("RR@10", "RR@10"), ("R@100", "R@100"),
+                            ("nDCG@10_unseen", "nDCG@10 unseen-doc")):
+            assert res[name][key] == pytest.approx(float(row[column]), abs=1e-12), (name, key)
+        assert res[name]["transfer"]["transfer-test"] == pytest.approx(float(row["nDCG@10 transfer-test"]), abs=1e-12)
+    gen = _csv(tmp_path / "tables" / "generalisation.csv")
+    zero_seen = res["zeroshot"]["nDCG@10_seen"]
+    assert res["rand"]["nDCG@10_seen"] - zero_seen == pytest.approx(float(gen["rand"]["ΔnDCG@10 seen-doc (6)"]))
+    table4 = _csv(tmp_path / "tables" / "table4_training_time.csv")
+    assert res["rand"]["train_seconds"] == pytest.approx(float(table4["rand"]["stage (min)"]) * 60)
+    assert res["rand"]["steps"] == 2 and res["zeroshot"]["steps"] is None and res["zeroshot"]["dev"] is None
+    assert res["rand"]["dev"]["step"] in (0, 1, 2) and "RR@10" in res["rand"]["dev"]
+    assert res["rand+wise"]["dev"]["alpha"] == pick["alpha"] and res["rand+wise"]["steps"] == 2
+    # Holm beside every raw p; family = the whole table
+    raw = [float(gen[n][c]) for n in gen for c in ("p seen-doc", "p unseen-doc")]
+    adj = [float(gen[n][c]) for n in gen for c in ("p Holm seen-doc", "p Holm unseen-doc")]
+    assert adj == pytest.approx(holm(raw))
+
+
+def test_findings_show_holm_and_say_in_domain_only():
+    from hardneg.experiment.findings import Claim
+
+    c = Claim("RQ1", "A beats B", "a", "b", "nDCG@10", (0.6, 0.5, 0.01),
+              {"seen-doc": (0.7, 0.5, 0.001), "unseen-doc": (0.5, 0.5, 0.9)})
+    assert c.pvalues() == [0.01, 0.001, 0.9]
+    line = c.render(holm(c.pvalues()))  # 0.02, 0.003, 0.9
+    assert "(p 0.010, Holm 0.020)" in line and "seen-doc stratum 0.700 vs 0.500 (p 0.001, Holm 0.003)" in line
+    assert line.endswith("→ **agrees** (in-domain only).")
+    both = Claim("RQ1", "A beats B", "a", "b", "nDCG@10", (0.6, 0.5, 0.01),
+                 {"seen-doc": (0.7, 0.5, 0.001), "unseen-doc": (0.6, 0.5, 0.001)})
+    assert "in-domain" not in both.render(holm(both.pvalues()))
+    # a raw p under 0.05 that Holm lifts above it no longer agrees
+    weak = Claim("RQ1", "A beats B", "a", "b", "nDCG@10", (0.6, 0.5, 0.03), {})
+    assert weak.render([0.06]).endswith("**direction agrees, not significant**.")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"interpolate": {"alphas": [0.0, 1.5]}}, "interpolate.alphas: every weight must be in [0, 1]"),
+    ({"interpolate": {"alphas": [0.5]}}, "interpolate.alphas: give at least two weights"),
+    ({"interpolate": {"systems": ["zeroshot"]}}, "interpolate.systems[0]: 'zeroshot' is a zeroshot system"),
+    ({"interpolate": {"systems": ["nope"]}}, "interpolate.systems[0]: no system named 'nope'"),
+    ({"interpolate": {"alpha": [0.5]}}, "interpolate: unknown key 'alpha' (did you mean 'alphas'?)"),
+])
+def test_bad_interpolate_keys_fail_before_compute(tmp_path, tiny_model_dir, change, message):
+    raw = {**_tiny_recipe(tmp_path, tiny_model_dir, tmp_path / "cache", tmp_path), **change}
+    with pytest.raises(HardnegError, match="^recipe: .*") as err:
+        Recipe.from_dict(raw)
+    assert message in str(err.value)
