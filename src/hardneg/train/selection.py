@@ -328,6 +328,10 @@ class Teacher:
         raise NotImplementedError
 
 
+#: document vectors a bi-encoder teacher keeps in memory (ADORE rescoring every step re-meets the same documents)
+DOC_VECTOR_MEMO = 1_000_000
+
+
 class BiEncoderTeacher(Teacher):
     """A :class:`~hardneg.model.encoder.DualEncoder`: ``<query vector, document vector>``."""
 
@@ -337,6 +341,7 @@ class BiEncoderTeacher(Teacher):
         from hardneg.model.encoder import weights_fingerprint
 
         self.model, self.batch_size = model, batch_size
+        self._doc_vectors: dict[str, np.ndarray] = {}  # by text: each document is encoded once per run
         ident = {"doc": model.side_identity("doc"), "query": model.side_identity("query"),
                  "query_weights": weights_fingerprint(model.query_model)}
         self.fingerprint = "bi-" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
@@ -347,13 +352,20 @@ class BiEncoderTeacher(Teacher):
         uq, ud = list(dict.fromkeys(queries)), list(dict.fromkeys(docs))
         was = self.model.training
         self.model.eval()
+        new = [t for t in ud if t not in self._doc_vectors]
+        if len(self._doc_vectors) + len(new) > DOC_VECTOR_MEMO:  # bounded: start over with this call's documents
+            self._doc_vectors.clear()
+            new = ud
         with torch.no_grad():
             qv = self.model.encode_queries(uq, batch_size=self.batch_size)
-            dv = self.model.encode_docs(ud, batch_size=self.batch_size)
+            if new:
+                self._doc_vectors.update(zip(new, self.model.encode_docs(new, batch_size=self.batch_size),
+                                             strict=True))
         if was:
             self.model.train()
-        qi, di = {t: i for i, t in enumerate(uq)}, {t: i for i, t in enumerate(ud)}
-        return np.einsum("nd,nd->n", qv[[qi[t] for t in queries]], dv[[di[t] for t in docs]]).astype(np.float64)
+        qi = {t: i for i, t in enumerate(uq)}
+        dv = np.stack([self._doc_vectors[t] for t in docs])
+        return np.einsum("nd,nd->n", qv[[qi[t] for t in queries]], dv).astype(np.float64)
 
 
 class CrossEncoderTeacher(Teacher):
