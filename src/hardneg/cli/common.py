@@ -47,6 +47,9 @@ MaxLenOpt = Annotated[int | None, typer.Option("--max-length",
 QMaxLenOpt = Annotated[int | None, typer.Option("--query-max-length", help="Query max length in tokens (default: 64).")]
 PoolingOpt = Annotated[str | None, typer.Option("--pooling",
     help="`cls` or `mean` (default: the model's, else cls).")]
+#: the query text of TREC <top> topic files (ignored for other query files)
+TopicFieldOpt = Annotated[str, typer.Option("--topic-field",
+    help="Query text of TREC <top> topics: `title`, `desc` or `title+desc`.")]
 DeviceOpt = Annotated[str, typer.Option("--device",
     help="Where the encoder runs: auto (CUDA when present), cpu, cuda or cuda:N.")]
 NormOpt = Annotated[bool | None, typer.Option("--normalize/--no-normalize",
@@ -62,10 +65,10 @@ def info(msg: str) -> None:
         err.print(msg, highlight=False)
 
 
-def open_dataset(spec: str, queries: Path | None = None, qrels: Path | None = None):
+def open_dataset(spec: str, queries: Path | None = None, qrels: Path | None = None, topic_field: str = "title"):
     from hardneg.data.load import load_dataset
 
-    return load_dataset(spec, queries=queries, qrels=qrels)
+    return load_dataset(spec, queries=queries, qrels=qrels, topic_field=topic_field)
 
 
 def open_model(name: str, pooling=None, normalize=None, max_length=None, query_max_length=None,

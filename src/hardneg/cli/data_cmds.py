@@ -15,6 +15,7 @@ from hardneg.cli.common import (
     MaxLenOpt,
     ModelOpt,
     ThreadsOpt,
+    TopicFieldOpt,
     info,
     open_dataset,
     open_model,
@@ -22,7 +23,6 @@ from hardneg.cli.common import (
     side_kind,
     use_threads,
 )
-from hardneg.cli.retrieve import TopicFieldOpt
 
 
 def tokenize(
@@ -40,8 +40,7 @@ def tokenize(
     """
     from hardneg.artifacts import side_store
 
-    dataset = open_dataset(data)
-    dataset.topic_field = topic_field
+    dataset = open_dataset(data, topic_field=topic_field)
     encoder = open_model(model)
     store = side_store(encoder, dataset, side_kind(side), folder=out_dir, max_length=max_length,
                        show_progress=progress())
@@ -96,8 +95,7 @@ def mine(
     check_format(file_format)
     use_threads(threads)
     path, split = parse_spec(data)
-    dataset = open_dataset(f"{path}:{split or 'train'}")
-    dataset.topic_field = topic_field
+    dataset = open_dataset(f"{path}:{split or 'train'}", topic_field=topic_field)
     qrels, queries = dataset.qrels(), dataset.queries()
     check_topk(topk, dataset.doc_count())
     from hardneg.train.selection import NegativeRules, diagnostics_path_for, mine_selected

@@ -24,6 +24,7 @@ from hardneg.cli.common import (
     QrelsOpt,
     QueriesOpt,
     ThreadsOpt,
+    TopicFieldOpt,
     dataset_tag,
     default_out,
     model_tag,
@@ -33,10 +34,6 @@ from hardneg.cli.common import (
     save_and_report,
     use_threads,
 )
-
-#: the query text of TREC <top> topic files (ignored for other query files)
-TopicFieldOpt = Annotated[str, typer.Option("--topic-field",
-    help="Query text of TREC <top> topics: `title`, `desc` or `title+desc`.")]
 
 
 def bm25(
@@ -61,8 +58,7 @@ def bm25(
     from hardneg.artifacts import default_cache_dir
     from hardneg.retrieval.bm25 import cached_bm25
 
-    dataset = open_dataset(data, queries, qrels)
-    dataset.topic_field = topic_field
+    dataset = open_dataset(data, queries, qrels, topic_field)
     params = {"k1": k1, "b": b, "stemmer": None if stemmer == "none" else stemmer,
               "stopwords": None if stopwords == "none" else stopwords}
     start = time.perf_counter()
@@ -102,8 +98,7 @@ def retrieve(
     from hardneg.retrieval.dense import retrieve as dense_retrieve
 
     use_threads(threads)
-    dataset = open_dataset(data, queries, qrels)
-    dataset.topic_field = topic_field
+    dataset = open_dataset(data, queries, qrels, topic_field)
     encoder = open_model(model, pooling, normalize, max_length, query_max_length, device=device)
     start = time.perf_counter()
     run = dense_retrieve(encoder, dataset, index_kind=index, k=k, cache_dir=cache_dir,
@@ -143,8 +138,7 @@ def search(
     from hardneg.retrieval.dense import search as dense_search
 
     use_threads(threads)
-    dataset = open_dataset(data, queries, qrels)
-    dataset.topic_field = topic_field
+    dataset = open_dataset(data, queries, qrels, topic_field)
     encoder = open_model(model, query_max_length=query_max_length, device=device)
     from hardneg.artifacts import index_mismatches
     from hardneg.io import read_json
