@@ -371,6 +371,15 @@ class DualEncoder(nn.Module):
     def encode_docs(self, texts: Sequence[str], batch_size: int = 64, **kw) -> np.ndarray:
         return self.encode(texts, "doc", batch_size=batch_size, **kw)
 
+    def with_separate_towers(self) -> DualEncoder:
+        """This encoder with separate towers: itself when they already are; for a shared encoder, the same
+        document tower and a copy of it as the query tower (the start of ADORE's trained query tower)."""
+        if not self.config.shared:
+            return self
+        from dataclasses import replace
+
+        return DualEncoder(self.doc_model, self.tokenizer, replace(self.config, shared=False), source=self.source)
+
     # ------------------------------------------------------------------ identity
     def identity(self) -> dict:
         """What manifests record about this encoder (checked when artifacts are reused)."""

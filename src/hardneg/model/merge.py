@@ -15,20 +15,11 @@ and indexes cached for it (keyed by its weights) stay valid: nothing is re-encod
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 
 import torch
 
 from hardneg.errors import HardnegError
 from hardneg.model.encoder import DualEncoder, tokenizer_fingerprint
-
-
-def _towers_apart(model: DualEncoder) -> DualEncoder:
-    """``model`` with separate towers (a shared encoder's query tower becomes a copy)."""
-    if not model.config.shared:
-        return model
-    return DualEncoder(model.doc_model, model.tokenizer, replace(model.config, shared=False),
-                       query_model=copy.deepcopy(model.doc_model), source=model.source)
 
 
 def _check_same_architecture(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:
@@ -55,7 +46,7 @@ def interpolate(a: DualEncoder, b: DualEncoder, alpha: float) -> DualEncoder:
                                f"{getattr(b.config, key)!r}); interpolation needs one encoder kind")
     shared = a.config.shared and b.config.shared
     if not shared:
-        a, b = _towers_apart(a), _towers_apart(b)
+        a, b = a.with_separate_towers(), b.with_separate_towers()
         doc_a, doc_b = a.doc_model.state_dict(), b.doc_model.state_dict()
         _check_same_architecture(doc_a, doc_b, "document towers")
         differ = [n for n in doc_a if not torch.equal(doc_a[n], doc_b[n])]

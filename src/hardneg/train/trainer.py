@@ -248,11 +248,8 @@ class Trainer:
                 query_max_length=cfg.query_max_length, doc_max_length=cfg.doc_max_length,
                 shared=False if self.frozen_doc else None,
             )
-        elif self.frozen_doc and model.config.shared:  # split a given shared encoder into two towers
-            from dataclasses import replace
-
-            model = DualEncoder(model.doc_model, model.tokenizer, replace(model.config, shared=False),
-                                source=model.source)
+        elif self.frozen_doc:  # split a given shared encoder into two towers
+            model = model.with_separate_towers()
         if self.frozen_doc:
             model.doc_model.requires_grad_(False)
             model.doc_model.eval()
