@@ -136,18 +136,14 @@ def _log_step(line: str) -> float:
 class RunLog:
     """JSONL log (one object per line) plus the ``report_to`` targets (TensorBoard by default).
 
-    ``report_to`` and ``params`` (the run's settings, for MLflow / W&B) default to those of
-    ``OUT/config.json``, which the trainer writes before it opens the log; see
-    :mod:`hardneg.train.report_to`."""
+    ``params``: the run's settings, for MLflow / W&B; see :mod:`hardneg.train.report_to`."""
 
     def __init__(self, out: Path, resume_step: int | None, report_to: list[str] | None = None,
                  params: dict | None = None) -> None:
         from hardneg.train.report_to import Reporters, open_reporters
 
-        if report_to is None or params is None:
-            saved = read_json(out / "config.json") if (out / "config.json").is_file() else {}
-            report_to = list(saved.get("report_to", ["tensorboard"])) if report_to is None else report_to
-            params = saved if params is None else params
+        report_to = ["tensorboard"] if report_to is None else report_to
+        params = {} if params is None else params
         # the targets first: a missing backend library fails before the log is touched
         self.reporters = Reporters(open_reporters(out, list(report_to), resume_step, params))
         self.path = out / "train_log.jsonl"

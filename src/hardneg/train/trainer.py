@@ -471,7 +471,8 @@ class Trainer:
             logger.info("resumed from %s (step %d)", checkpoint, start_step)
         if main:
             write_json(self.out / "config.json", cfg.to_dict())  # world_size: summary.json, checkpoints
-        log = RunLog(self.out, start_step if checkpoint is not None else None) if main else NullLog()
+        log = (RunLog(self.out, start_step if checkpoint is not None else None, report_to=cfg.report_to,
+                      params=cfg.to_dict()) if main else NullLog())
         self.train_mode()
         bar = tqdm(total=cfg.max_steps, initial=start_step, desc=f"train {cfg.method}", unit="step",
                    disable=cfg.quiet or not main, mininterval=1.0)
