@@ -356,6 +356,25 @@ def test_shipped_recipes_validate():
                                               for s in exp.stages)
 
 
+def test_settings_added_later_leave_stage_keys_unchanged_at_their_default(tmp_path):
+    """A setting added after experiments existed keys a training stage only when it is set: at its default
+    it computes what the stage did before, so finished stages stay finished: demo.yaml's train-star key equals
+    that of the version before those settings existed (computed there with data_dir /data)."""
+    from hardneg.train.config import LATER_DEFAULTS
+
+    path = Path(__file__).parents[2] / "configs" / "demo.yaml"
+    exp = Experiment(Recipe.from_yaml(path, data_dir="/data"), "/nonexistent/out")
+    assert exp.stages["train-star"].key == "51d08637c6cbccb0"
+    settings = exp.stages["train-star"].settings
+    assert not set(LATER_DEFAULTS) & set(settings) and "device" not in settings and "report_to" not in settings
+    text = path.read_text().replace("{name: star, method: star}", "{name: star, method: star, relative_margin: 0.05}")
+    assert "relative_margin" in text
+    changed_path = tmp_path / "demo.yaml"
+    changed_path.write_text(text)
+    changed = Experiment(Recipe.from_yaml(changed_path, data_dir="/data"), "/nonexistent/out").stages["train-star"]
+    assert changed.settings["relative_margin"] == 0.05 and changed.key != exp.stages["train-star"].key
+
+
 def _recipe_file(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "recipe.yaml"
     path.write_text(f"name: t\ndata: {tmp_path}\n{text}")

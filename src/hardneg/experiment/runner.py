@@ -64,7 +64,7 @@ from hardneg.model.encoder import DualEncoder
 from hardneg.retrieval.bm25 import cached_bm25
 from hardneg.retrieval.dense import retrieve, search
 from hardneg.retrieval.results import save_run_and_metrics
-from hardneg.train.config import TrainConfig
+from hardneg.train.config import LATER_DEFAULTS, TrainConfig
 from hardneg.train.trainer import Trainer, split_dev
 
 logger = logging.getLogger("hardneg.experiment")
@@ -125,7 +125,10 @@ class Experiment:
             deps = [train_stage(base.name)] if base is not None and base.kind == "train" else []
             cfg = r.train_config(s, self.stage_dir(train_stage(s.name)),
                                  model=self.model_path(base) if base is not None else None)
-            settings = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_KEYED}
+            # a setting added later, at its default, computes what the run did before it existed: left out,
+            # so an experiment's finished stages stay finished (as checkpoints stay resumable: fingerprint)
+            settings = {k: v for k, v in cfg.to_dict().items()
+                        if k not in _NOT_KEYED and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
             self._add(Stage(train_stage(s.name), settings, deps, self._train_fn(cfg)))
         eval_settings = {"max_length": ev.max_length, "query_max_length": ev.query_max_length, "k": ev.k,
                          "measures": ev.measures}

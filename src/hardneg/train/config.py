@@ -40,7 +40,7 @@ ADORE_DEFAULTS: dict[str, Any] = {"index": "flat", "metric": "mrr@200", "adore_t
                                   "adore_reduction": "query"}
 
 #: settings added after the first checkpoints were written, and their defaults (see ``fingerprint``)
-LATER_DEFAULTS: dict[str, Any] = {"rand_batch_positives": True}
+LATER_DEFAULTS: dict[str, Any] = {"rand_batch_positives": True, "patience": 0}
 #: the negative-selection rules (issue 16) and their defaults (no rule active: today's behaviour)
 SELECTION_DEFAULTS: dict[str, Any] = {"range_min": 0, "range_max": None, "absolute_margin": None,
                                       "relative_margin": None, "max_score": None, "sampling_strategy": "top",
