@@ -104,13 +104,14 @@ def test_report_has_tables_and_nonempty_figures(finished):
     exp, _, _ = finished
     text = (exp.out / "report.md").read_text()
     for heading in ("Table 2 analogue", "Generalisation", "Table 1 analogue", "Fig. 4 analogue", "Fig. 5 analogue",
-                    "Table 4 analogue", "Tables 3 and 5", "Fig. 6 analogue", "Findings"):
+                    "Table 4 analogue", "Tables 3 and 5", "Fig. 6 analogue", "Findings",
+                    "Negative selection: what the rules removed"):
         assert f"## {heading}" in text, heading
     for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         data = (exp.out / image).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, image
-    # Fig. 3, 4, 5, 6 (rank scatter and t-SNE), training curves, per-query Δ, PQ size vs quality
-    assert len(re.findall(r"!\[", text)) == 8
+    # Fig. 3, 4, 5, 6 (rank scatter and t-SNE), training curves, per-query Δ, PQ size vs quality, negatives
+    assert len(re.findall(r"!\[", text)) == 9
     tables = _tables(text)
     assert len(tables) >= 6
     for header, rows in tables:
@@ -122,6 +123,14 @@ def test_report_has_tables_and_nonempty_figures(finished):
     pairwise = json.loads((exp.stage_dir("analysis-pairwise") / "stage.json").read_text())["result"]
     table1 = next(t for t in tables if t[0] == ["system", "total", "top-20"])
     assert float(dict((r[0], r[1]) for r in table1[1])["rand"]) == pytest.approx(pairwise["rand"]["total"], abs=0.05)
+    # the negatives table sums every selection event of a system's diagnostics file
+    negatives = next(t for t in tables if t[0][:4] == ["system", "rules", "events", "candidates"])
+    by_name = {r[0]: r for r in negatives[1]}
+    assert "star" in by_name  # (plain ADORE filters nothing and records no events)
+    for name in ("star",):
+        events = json.loads((exp.stage_dir(f"train-{name}") / "negatives_diagnostics.json").read_text())["events"]
+        assert by_name[name][1] == "plain top-k" and by_name[name][2] == str(len(events))
+        assert by_name[name][3] == str(sum(e["candidates"] for e in events)) != "0"
 
 
 def _tables(text: str) -> list[tuple[list[str], list[list[str]]]]:

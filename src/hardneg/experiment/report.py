@@ -262,7 +262,7 @@ class Report(FigureSections):
     # ------------------------------------------------------------------ the whole report
     def sections(self) -> list[Section]:
         return [self.effectiveness(), self.generalisation(), self.interpolation(), self.per_query_delta(),
-                self.pairwise(), self.curves(),
+                self.pairwise(), self.curves(), self.negatives(),
                 self.training_curves(), self.lambda_vs_ranknet(), self.timing(), self.pq(), self.tsne()]
 
     def render(self) -> str:
