@@ -82,6 +82,9 @@ def mine(
         help="Rescore candidates first: a bi-encoder hardneg loads or a CrossEncoder folder.")] = None,
     margin_against: Annotated[str, typer.Option("--margin-against", rich_help_panel="Selection rules",
         help="Margins against the lowest-scored positive (`min`, ST's) or the highest (`max`).")] = "min",
+    chunk_size: Annotated[int, typer.Option("--chunk-size",
+        help="Queries mined per chunk; progress is committed after each, so a rerun resumes (dense models "
+             "round it up to a multiple of 4096).")] = 4096,
 ) -> None:
     """Mine hard negatives: the top-k non-positive documents of every training query (dense model or BM25).
 
@@ -89,8 +92,9 @@ def mine(
     """
     from hardneg.artifacts import default_cache_dir
     from hardneg.data.load import parse_spec
+    from hardneg.locks import output_lock
     from hardneg.train.negative_files import check_format
-    from hardneg.train.negatives import check_topk, write_negatives
+    from hardneg.train.negatives import check_topk
 
     check_format(file_format)
     use_threads(threads)
@@ -98,16 +102,19 @@ def mine(
     dataset = open_dataset(f"{path}:{split or 'train'}", topic_field=topic_field)
     qrels, queries = dataset.qrels(), dataset.queries()
     check_topk(topk, dataset.doc_count())
-    from hardneg.train.selection import NegativeRules, diagnostics_path_for, mine_selected
+    from hardneg.train.mine_stream import mine_streamed
+    from hardneg.train.selection import NegativeRules, diagnostics_path_for
 
     rules = NegativeRules(range_min=range_min, range_max=range_max, absolute_margin=absolute_margin,
                           relative_margin=relative_margin, max_score=max_score, sampling_strategy=sampling_strategy,
                           num_negatives=num_negatives, teacher=teacher, margin_against=margin_against)
     cache = Path(cache_dir or default_cache_dir())
-    negatives = mine_selected(dataset, qrels, queries, model, rules, topk, cache, batch_size=batch_size,
-                              open_encoder=lambda: open_model(model, max_length=max_length, device=device),
-                              show_progress=progress(), device=None if device == "auto" else device,
-                              diagnostics_path=diagnostics_path_for(out))
-    stats = write_negatives(out, negatives, file_format, dataset=dataset, qrels=qrels)
+    with output_lock(out):  # <out>.run.lock: one process per output (and its .partial)
+        done = mine_streamed(dataset, qrels, queries, model, rules, topk, cache, out, file_format,
+                             batch_size=batch_size, chunk_size=chunk_size,
+                             open_encoder=lambda: open_model(model, max_length=max_length, device=device),
+                             show_progress=progress(), device=None if device == "auto" else device,
+                             diagnostics_path=diagnostics_path_for(out), settings={"max_length": max_length})
+    stats = done["stats"]
     rows = f" ({stats['rows']} rows)" if stats else ""
-    info(f"{sum(map(len, negatives.values()))} hard negatives for {len(negatives)} queries in {out}{rows}")
+    info(f"{done['negatives']} hard negatives for {done['queries']} queries in {out}{rows}")

@@ -42,7 +42,10 @@ def experiment(
             out.print(f"{state:>24}  {name}", highlight=False)
         info(f"{len(exp.stages)} stages; recipe OK; folder {exp.out}")
         return
-    exp.run(only=only, echo=lambda msg: info(msg))
+    from hardneg.locks import output_lock
+
+    with output_lock(exp.out):  # <folder>.run.lock beside the experiment folder
+        exp.run(only=only, echo=lambda msg: info(msg))
     report = exp.out / "report.md"
     if report.is_file():
         from hardneg.experiment import main_table

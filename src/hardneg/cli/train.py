@@ -123,16 +123,18 @@ def train(**kwargs: Any) -> None:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end="")
         return
     from hardneg import distributed as dist
+    from hardneg.locks import output_lock
     from hardneg.train.trainer import Trainer
 
-    use_threads(command["threads"])
-    join_torchrun()  # under torchrun: N processes with --batch-size B train like one with N·B
-    cfg.quiet = STATE["quiet"]  # ranks other than 0 are quiet
-    trainer = Trainer(cfg)
-    trainer.setup()
-    model_dir = trainer.train(resume=command["resume"])
-    info(f"model in {model_dir}; logs in {cfg.out}/train_log.jsonl")
-    dist.destroy()
+    with output_lock(cfg.out):  # <out>.run.lock beside the folder; under torchrun rank 0 holds it for the job
+        use_threads(command["threads"])
+        join_torchrun()  # under torchrun: N processes with --batch-size B train like one with N·B
+        cfg.quiet = STATE["quiet"]  # ranks other than 0 are quiet
+        trainer = Trainer(cfg)
+        trainer.setup()
+        model_dir = trainer.train(resume=command["resume"])
+        info(f"model in {model_dir}; logs in {cfg.out}/train_log.jsonl")
+        dist.destroy()
 
 
 train.__signature__ = _signature()  # type: ignore[attr-defined]  # what typer builds the command from

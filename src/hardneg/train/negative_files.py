@@ -40,7 +40,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from hardneg.data.lines import COMPRESSED_SUFFIXES, iter_text_lines, logical_suf
 from hardneg.errors import HardnegError, InputError
 from hardneg.io import atomic_write, commit_dir, writing
 
-__all__ = ["FORMATS", "detect_format", "read_negative_file", "write_negative_file"]
+__all__ = ["FORMATS", "detect_format", "read_negative_file", "write_negative_file", "write_negative_file_streamed"]
 
 logger = logging.getLogger("hardneg")
 
@@ -114,6 +114,11 @@ def write_negative_file(path: str | Path, negatives: Mapping[str, Sequence[str]]
         _write_tevatron(Path(path), negatives, queries, qrels, docs, stats)
     else:
         _write_st(Path(path), negatives, queries, qrels, docs, stats)
+    _log_skipped(path, stats)
+    return stats
+
+
+def _log_skipped(path: str | Path, stats: dict[str, int]) -> None:
     if stats["no_positive"]:
         logger.warning("%d queries have no positive document in the corpus: not written to %s",
                        stats["no_positive"], path)
@@ -121,7 +126,6 @@ def write_negative_file(path: str | Path, negatives: Mapping[str, Sequence[str]]
         logger.warning("%d queries have fewer negatives than the others: no row in %s (every row of "
                        "sentence-transformers' n-tuple format has the same number of negatives)",
                        stats["short"], path)
-    return stats
 
 
 def _check_rows(path: Path, stats: dict[str, int]) -> None:
@@ -133,24 +137,30 @@ def _passage(doc: Any) -> dict[str, str]:
     return {"docid": doc.doc_id, "title": doc.title, "text": doc.text}
 
 
+def _tevatron_lines(negatives, queries, qrels, docs, stats) -> Iterator[str]:
+    for qid, negs in negatives.items():
+        pos = _positives(qrels, qid, docs)
+        if not pos:
+            stats["no_positive"] += 1
+            continue
+        line = {"query_id": qid, "query": queries[qid].text,
+                "positive_passages": [_passage(docs[d]) for d in pos],
+                "negative_passages": [_passage(docs[d]) for d in negs]}
+        stats["rows"] += 1
+        stats["queries"] += 1
+        yield json.dumps(line, ensure_ascii=False) + "\n"
+
+
 def _write_tevatron(path, negatives, queries, qrels, docs, stats) -> None:
     with atomic_write(path) as fh:
-        for qid, negs in negatives.items():
-            pos = _positives(qrels, qid, docs)
-            if not pos:
-                stats["no_positive"] += 1
-                continue
-            line = {"query_id": qid, "query": queries[qid].text,
-                    "positive_passages": [_passage(docs[d]) for d in pos],
-                    "negative_passages": [_passage(docs[d]) for d in negs]}
-            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
-            stats["rows"] += 1
-            stats["queries"] += 1
+        for line in _tevatron_lines(negatives, queries, qrels, docs, stats):
+            fh.write(line)
         _check_rows(path, stats)  # inside the block: nothing is committed
 
 
-def _st_rows(negatives, queries, qrels, docs, stats) -> Iterator[dict[str, str]]:
-    n = max((len(v) for v in negatives.values()), default=0)
+def _st_rows(negatives, queries, qrels, docs, stats, n: int | None = None) -> Iterator[dict[str, str]]:
+    if n is None:
+        n = max((len(v) for v in negatives.values()), default=0)
     for qid, negs in negatives.items():
         pos = _positives(qrels, qid, docs)
         if not pos:
@@ -167,7 +177,10 @@ def _st_rows(negatives, queries, qrels, docs, stats) -> Iterator[dict[str, str]]
 
 
 def _write_st(path: Path, negatives, queries, qrels, docs, stats) -> None:
-    rows = _st_rows(negatives, queries, qrels, docs, stats)
+    _write_st_rows(path, _st_rows(negatives, queries, qrels, docs, stats), stats)
+
+
+def _write_st_rows(path: Path, rows: Iterator[dict[str, str]], stats: dict[str, int]) -> None:
     if path.suffix.lower() in (".jsonl", ".json"):
         with atomic_write(path) as fh:
             for row in rows:
@@ -190,6 +203,129 @@ def _write_st(path: Path, negatives, queries, qrels, docs, stats) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class _DocTable:
+    """The documents a streamed write needs, in a temporary SQLite file (one pass over the corpus).
+
+    ``wanted(ids, negative)`` marks ids first; :meth:`fill` streams the corpus once and keeps those;
+    :meth:`docs` returns ``docid -> Doc`` for a few ids. Memory stays bounded however many there are."""
+
+    BATCH = 500
+
+    def __init__(self, path: Path) -> None:
+        import sqlite3
+
+        for suffix in ("", "-journal", "-wal"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(str(path))
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("CREATE TABLE wanted (id TEXT PRIMARY KEY, negative INTEGER) WITHOUT ROWID")
+        self.db.execute("CREATE TABLE docs (id TEXT PRIMARY KEY, text TEXT, title TEXT) WITHOUT ROWID")
+
+    def want(self, ids: Sequence[str], negative: bool) -> None:
+        self.db.executemany("INSERT INTO wanted VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET "
+                            "negative = max(negative, excluded.negative)", [(d, int(negative)) for d in ids])
+
+    def fill(self, dataset: Any) -> None:
+        def flush(batch: list[Any]) -> None:
+            marks = ",".join("?" * len(batch))
+            keep = {r[0] for r in self.db.execute(f"SELECT id FROM wanted WHERE id IN ({marks})",
+                                                  [d.doc_id for d in batch])}
+            self.db.executemany("INSERT OR REPLACE INTO docs VALUES (?, ?, ?)",
+                                [(d.doc_id, d.text, d.title) for d in batch if d.doc_id in keep])
+
+        batch: list[Any] = []
+        for doc in dataset.iter_docs():
+            batch.append(doc)
+            if len(batch) == self.BATCH:
+                flush(batch)
+                batch = []
+        if batch:
+            flush(batch)
+        missing = self.db.execute("SELECT count(*) FROM wanted WHERE negative = 1 AND id NOT IN "
+                                  "(SELECT id FROM docs)").fetchone()[0]
+        if missing:
+            first = [r[0] for r in self.db.execute("SELECT id FROM wanted WHERE negative = 1 AND id NOT IN "
+                                                   "(SELECT id FROM docs) ORDER BY id LIMIT 3")]
+            raise HardnegError(f"{missing} negative documents (e.g. {first}) are not in the corpus of "
+                               f"{dataset!r}; were the negatives mined from another collection?")
+
+    def docs(self, ids: Sequence[str]) -> dict[str, Any]:
+        from hardneg.data.records import Doc
+
+        ids = list(dict.fromkeys(ids))
+        out: dict[str, Any] = {}
+        for start in range(0, len(ids), self.BATCH):
+            part = ids[start:start + self.BATCH]
+            marks = ",".join("?" * len(part))
+            for d, text, title in self.db.execute(f"SELECT id, text, title FROM docs WHERE id IN ({marks})", part):
+                out[d] = Doc(d, text, title)
+        return out
+
+    def close(self) -> None:
+        self.db.close()
+        self.path.unlink(missing_ok=True)
+
+
+def write_negative_file_streamed(path: str | Path, records: Callable[[], Iterator[tuple[str, list[str]]]], fmt: str,
+                                 *, dataset: Any, qrels: Mapping[str, Mapping[str, int]], longest: int,
+                                 work_dir: str | Path, group: int = 256) -> dict[str, int]:
+    """:func:`write_negative_file` from a stream: ``records()`` yields ``(qid, doc ids)`` in order (it is
+    called twice), ``longest`` is the longest list (``st``'s ``n``). The same bytes as
+    :func:`write_negative_file` over the same negatives, without holding them or their texts: the
+    documents go through a temporary SQLite table in ``work_dir`` (one pass over the corpus).
+    A ``datasets`` folder (``st`` without a ``.jsonl`` suffix) is still built in memory from the rows."""
+    check_format(fmt)
+    if fmt == "tsv":
+        raise HardnegError("write the tsv format with hardneg.train.negatives.write_negatives")
+    path = Path(path)
+    if path.suffix.lower() in COMPRESSED_SUFFIXES:
+        raise HardnegError(f"{path}: compressed output is not written; give a .jsonl path")
+    queries = dataset.all_queries()
+    table = _DocTable(Path(work_dir) / "docs.sqlite")
+    try:
+        for qid, negs in records():
+            if qid not in queries:
+                raise HardnegError(f"query {qid!r} has negatives but is not a query of {dataset!r}")
+            table.want(negs, True)
+            table.want([d for d, g in qrels.get(qid, {}).items() if g >= 1], False)
+        table.fill(dataset)
+        stats = {"rows": 0, "queries": 0, "no_positive": 0, "short": 0}
+
+        def grouped() -> Iterator[tuple[dict[str, list[str]], dict[str, Any]]]:
+            batch: dict[str, list[str]] = {}
+            for qid, negs in records():
+                batch[qid] = negs
+                if len(batch) == group:
+                    yield batch, _group_docs(batch)
+                    batch = {}
+            if batch:
+                yield batch, _group_docs(batch)
+
+        def _group_docs(batch: dict[str, list[str]]) -> dict[str, Any]:
+            ids = [d for q, negs in batch.items() for d in
+                   [*negs, *(p for p, g in qrels.get(q, {}).items() if g >= 1)]]
+            return table.docs(ids)
+
+        if fmt == "tevatron":
+            with atomic_write(path) as fh:
+                for batch, docs in grouped():
+                    for line in _tevatron_lines(batch, queries, qrels, docs, stats):
+                        fh.write(line)
+                _check_rows(path, stats)
+        else:
+            def rows() -> Iterator[dict[str, str]]:
+                for batch, docs in grouped():
+                    yield from _st_rows(batch, queries, qrels, docs, stats, n=longest)
+
+            _write_st_rows(path, rows(), stats)
+    finally:
+        table.close()
+    _log_skipped(path, stats)
+    return stats
 
 
 # --------------------------------------------------------------------------- detection
