@@ -167,7 +167,7 @@ def test_pq_is_smaller_than_flat(tmp_path):
 def test_factory_strings_and_errors():
     assert factory_string("flat", 384, 10) == "Flat"
     assert factory_string("pq48", 384, 10) == "PQ48np"  # no polysemous training
-    assert factory_string("ivfpq", 384, 10_000) == "IVF100,PQ48"
+    assert factory_string("ivfpq", 384, 10_000) == "IVF100,PQ48np"  # no polysemous training
     assert factory_string("hnsw", 384, 10) == "HNSW32,Flat"
     with pytest.raises(HardnegError, match="must divide"):
         factory_string("pq50", 384, 10)

@@ -54,6 +54,17 @@ DeviceOpt = Annotated[str, typer.Option("--device",
     help="Where the encoder runs: auto (CUDA when present), cpu, cuda or cuda:N.")]
 NormOpt = Annotated[bool | None, typer.Option("--normalize/--no-normalize",
     help="L2-normalise embeddings (default: the model's).")]
+#: Faiss search parameters (IVF lists visited; HNSW search breadth); an index without one refuses it
+NprobeOpt = Annotated[int | None, typer.Option("--nprobe", min=1,
+    help="IVF indexes (ivfpq, ivf<L>pq<M>): inverted lists visited per query (default: the index's, "
+         "min(lists, 32)).")]
+EfSearchOpt = Annotated[int | None, typer.Option("--ef-search", min=1,
+    help="HNSW indexes: search breadth efSearch (default: the index's, Faiss 16).")]
+
+
+def gpu_asked(device: str | None) -> bool:
+    """Whether ``--device`` names CUDA explicitly (then a failed move of Faiss search to GPU is an error)."""
+    return (device or "auto").strip().lower().startswith("cuda")
 
 
 def progress() -> bool:

@@ -13,9 +13,11 @@ from hardneg.cli.common import (
     CacheOpt,
     DataArg,
     DeviceOpt,
+    EfSearchOpt,
     MaxLenOpt,
     ModelOpt,
     NormOpt,
+    NprobeOpt,
     PoolingOpt,
     ThreadsOpt,
     dataset_tag,
@@ -70,22 +72,30 @@ def encode(
         encoder.to(dist.device_of_group())  # NCCL: this rank's GPU
     kind = side_kind(side)
     out_dir = out_dir or default_out(dataset_tag(dataset), model_tag(model), f"{kind}-emb")
-    with dist.main_first():
-        store = side_store(encoder, dataset, kind, cache_dir, show_progress=progress())
+    from hardneg.locks import output_lock
+
     if shard is None and not dist.is_distributed():
-        emb = encode_store(encoder, store, kind, out_dir, batch_size=batch_size, show_progress=progress())
+        with output_lock(out_dir):  # <out>.run.lock beside the folder (published by a rename)
+            with dist.main_first():
+                store = side_store(encoder, dataset, kind, cache_dir, show_progress=progress())
+            emb = encode_store(encoder, store, kind, out_dir, batch_size=batch_size, show_progress=progress())
         info(f"{len(emb)} x {emb.dim} embeddings in {out_dir}")
         return
     from hardneg.index.shards import encode_shard, merge_shards, parse_shard
 
     i, n = parse_shard(shard) if shard else (dist.rank(), dist.world_size())
-    folder = encode_shard(encoder, store, kind, out_dir, i, n, batch_size=batch_size, show_progress=progress())
+    with output_lock(f"{out_dir}.shard-{i}-of-{n}", every_rank=True):  # each shard's writer, one at a time
+        with dist.main_first():
+            store = side_store(encoder, dataset, kind, cache_dir, show_progress=progress())
+        folder = encode_shard(encoder, store, kind, out_dir, i, n, batch_size=batch_size,
+                              show_progress=progress())
     if not launched:
         info(f"shard {i}/{n} in {folder}; when all {n} are done: hardneg encode-merge {out_dir}")
         return
     dist.barrier()
     if dist.is_main():
-        emb = merge_shards(out_dir)
+        with output_lock(out_dir):
+            emb = merge_shards(out_dir)
         info(f"{len(emb)} x {emb.dim} embeddings in {out_dir} (merged from {n} shards)")
     dist.barrier()
 
@@ -100,8 +110,10 @@ def encode_merge(
     Example: `hardneg encode-merge runs/msmarco-emb`
     """
     from hardneg.index.shards import merge_shards
+    from hardneg.locks import output_lock
 
-    emb = merge_shards(out_dir, keep_shards=keep_shards)
+    with output_lock(out_dir):
+        emb = merge_shards(out_dir, keep_shards=keep_shards)
     info(f"{len(emb)} x {emb.dim} embeddings in {out_dir}")
 
 
@@ -109,14 +121,21 @@ def encode_merge(
 def index_cmd(
     embeddings: Annotated[Path, typer.Argument(help="Embeddings folder written by `hardneg encode`.")],
     kind: Annotated[str, typer.Option("--kind",
-        help="flat, pq<M> (pq48, pq96), ivfpq, ivf<L>pq<M>, hnsw, factory:<string>.")] = "flat",
+        help="flat, pq<M> (pq48, pq96), ivfpq (IVF with sqrt(n) lists, PQ dim/8), ivf<L>pq<M> "
+             "(e.g. ivf4096pq96), hnsw, hnsw<L>, factory:<string>.")] = "flat",
     out_dir: Annotated[Path | None, typer.Option("--out", "-o",
         help="Index folder (default <embeddings>-<kind>).")] = None,
     threads: ThreadsOpt = None,
+    nprobe: NprobeOpt = None,
+    ef_search: EfSearchOpt = None,
 ) -> None:
     """Build a Faiss index over an embeddings folder and save it with its manifest.
 
-    Example: `hardneg index runs/scifact-emb --kind pq48 --out runs/scifact-pq48`
+    The embeddings are read from their memory map in batches (never copied whole into RAM);
+    `--nprobe` / `--ef-search` are stored as the index's search defaults (`hardneg search`
+    and `retrieve` can override them).
+
+    Example: `hardneg index runs/scifact-emb --kind ivf256pq48 --nprobe 16 --out runs/scifact-ivfpq`
     """
     from hardneg.index.encode import Embeddings
     from hardneg.index.faiss_index import FaissIndex
@@ -124,9 +143,13 @@ def index_cmd(
     use_threads(threads)
     emb = Embeddings(embeddings)
     out_dir = out_dir or Path(f"{embeddings}-{kind.replace(':', '_').replace(',', '_')}")
+    from hardneg.locks import output_lock
+
     start = time.perf_counter()
-    index = FaissIndex.from_embeddings(emb, kind)
-    index.save(out_dir)
+    with output_lock(out_dir):  # <out>.run.lock beside the folder (published by a rename)
+        index = FaissIndex.from_embeddings(emb, kind, nprobe=nprobe, ef_search=ef_search,
+                                           show_progress=progress())
+        index.save(out_dir)
     flat_bytes = len(emb) * emb.dim * 4
     info(f"{kind} index of {len(index)} vectors in {out_dir} "
           f"({index.manifest['bytes'] / 1e6:.2f} MB, {index.manifest['bytes'] / flat_bytes:.1%} of flat float32; "

@@ -13,12 +13,14 @@ from hardneg.cli.common import (
     CacheOpt,
     DataArg,
     DeviceOpt,
+    EfSearchOpt,
     FormatOpt,
     KOpt,
     MaxLenOpt,
     MeasuresOpt,
     ModelOpt,
     NormOpt,
+    NprobeOpt,
     PoolingOpt,
     QMaxLenOpt,
     QrelsOpt,
@@ -27,6 +29,7 @@ from hardneg.cli.common import (
     TopicFieldOpt,
     dataset_tag,
     default_out,
+    gpu_asked,
     model_tag,
     open_dataset,
     open_model,
@@ -73,7 +76,8 @@ def bm25(
 def retrieve(
     data: DataArg,
     model: ModelOpt = "minilm",
-    index: Annotated[str, typer.Option("--index", help="flat, pq<M>, ivfpq, hnsw, factory:<string>.")] = "flat",
+    index: Annotated[str, typer.Option("--index",
+        help="flat, pq<M>, ivfpq, ivf<L>pq<M>, hnsw, factory:<string>.")] = "flat",
     k: KOpt = 1000,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o",
         help="Run folder (default runs/<data>-<model>-<index>).")] = None,
@@ -90,11 +94,14 @@ def retrieve(
     device: DeviceOpt = "auto",
     fmt: FormatOpt = "trec",
     topic_field: TopicFieldOpt = "title",
+    nprobe: NprobeOpt = None,
+    ef_search: EfSearchOpt = None,
 ) -> None:
     """Dense retrieval in one go: tokenize + encode the corpus (cached, resumable), index, search, evaluate.
 
     Example: `hardneg retrieve ../shared/data/scifact:test --model minilm --index flat`
     """
+    from hardneg.devices import faiss_placement
     from hardneg.retrieval.dense import retrieve as dense_retrieve
 
     use_threads(threads)
@@ -102,11 +109,13 @@ def retrieve(
     encoder = open_model(model, pooling, normalize, max_length, query_max_length, device=device)
     start = time.perf_counter()
     run = dense_retrieve(encoder, dataset, index_kind=index, k=k, cache_dir=cache_dir,
-                         batch_size=batch_size, show_progress=progress())
+                         batch_size=batch_size, show_progress=progress(), nprobe=nprobe, ef_search=ef_search,
+                         use_gpu=faiss_placement(encoder.device) == "gpu", gpu_required=gpu_asked(device))
     elapsed = time.perf_counter() - start
     out_dir = out_dir or default_out(dataset_tag(dataset), model_tag(model), index)
     settings = {"command": "retrieve", "data": data, "model": model, "index": index, "k": k,
-                "encoder": encoder.identity(), "seconds": elapsed}
+                "encoder": encoder.identity(), "seconds": elapsed,
+                **{name: v for name, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None}}
     save_and_report(run, dataset, out_dir, model_tag(model), measure, settings, fmt)
 
 
@@ -128,6 +137,8 @@ def search(
     topic_field: TopicFieldOpt = "title",
     force: Annotated[bool, typer.Option("--force",
         help="Search even if the index was built by another model.")] = False,
+    nprobe: NprobeOpt = None,
+    ef_search: EfSearchOpt = None,
 ) -> None:
     """Encode a split's queries and search a saved index; write the run and evaluate it.
 
@@ -153,9 +164,14 @@ def search(
                 f"{index_dir}: the index was built by another model or corpus ({'; '.join(problems)}; "
                 f"built by {built_by.get('source')!r}); pass the model and corpus that built it, or --force"
             )
-    idx = FaissIndex.load(index_dir)
-    idx.to_gpu()
+    from hardneg.devices import faiss_placement
+
+    idx = FaissIndex.load(index_dir)  # with the search defaults stored by `hardneg index`
+    idx.set_search_params(nprobe=nprobe, ef_search=ef_search)
+    if faiss_placement(encoder.device) == "gpu":
+        idx.to_gpu(required=gpu_asked(device))
     run = dense_search(idx, encoder, dataset.queries(), k)
     out_dir = out_dir or default_out(dataset_tag(dataset), index_dir.name)
-    settings = {"command": "search", "index": str(index_dir), "data": data, "model": model, "k": k}
+    settings = {"command": "search", "index": str(index_dir), "data": data, "model": model, "k": k,
+                **idx.search_params()}
     save_and_report(run, dataset, out_dir, index_dir.name, measure, settings, fmt)

@@ -52,10 +52,17 @@ def retrieve(
     batch_size: int = 64,
     show_progress: bool = True,
     use_gpu: bool = True,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+    gpu_required: bool = False,
 ) -> Run:
-    """Encode + index + search in one: the run of ``dataset``'s queries over its corpus."""
+    """Encode + index + search in one: the run of ``dataset``'s queries over its corpus.
+
+    ``nprobe`` / ``ef_search`` override the index's search parameters (refused by a kind without
+    them); ``gpu_required``: a failed move of the search to GPU Faiss is an error, not a warning."""
     index = corpus_index(model, dataset, index_kind, cache_dir, batch_size=batch_size,
                          show_progress=show_progress)
+    index.set_search_params(nprobe=nprobe, ef_search=ef_search)
     if use_gpu:
-        index.to_gpu()
+        index.to_gpu(required=gpu_required)
     return search(index, model, dataset.queries(), k, show_progress=show_progress)

@@ -695,7 +695,10 @@ def mine_selected(dataset, qrels, queries, model: str, rules: NegativeRules, top
         encoder = open_encoder()
         index = corpus_index(encoder, dataset, "flat", cache_dir, batch_size=batch_size,
                              show_progress=show_progress)
-        index.to_gpu()
+        from hardneg.devices import faiss_placement  # the rule training's mining follows
+
+        if faiss_placement(encoder.device) == "gpu":
+            index.to_gpu()
         run, positive_scores = _searched(index, encoder, queries, k)
     teacher = None
     if rules.teacher is not None:
