@@ -11,6 +11,11 @@ among the top-K retrieved, which has fewer than K negatives for a query with
 relevant documents in its top K and so undercounts multi-relevant queries (the
 count reported before Eq. 6 was followed). Random-negative training minimises the
 total; what ranking metrics see is mostly the top-K.
+
+At corpus scale nothing here builds a queries × corpus score matrix: :func:`model_pairwise_errors`,
+:func:`pairwise_errors_chunked` and :func:`tsne_points` go through the chunked exact search of
+:mod:`hardneg.retrieval.exact` over the cached (memory-mapped) corpus embeddings. :func:`score_matrix`
+and the dense :func:`pairwise_errors` remain for small inputs and as the reference in tests.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from hardneg.data.records import Qrels
 
 def score_matrix(model, dataset, cache_dir: Path | None = None, *, show_progress: bool = False,
                  queries: Sequence[str] | None = None) -> tuple[list[str], list[str], np.ndarray]:
-    """``(query ids, doc ids, scores[q, d])``: exact inner products over the whole corpus (cached embeddings)."""
+    """``(query ids, doc ids, scores[q, d])``: exact inner products over the whole corpus (cached embeddings).
+
+    A dense matrix (``queries × documents × 4`` bytes): for small corpora only; see :func:`model_pairwise_errors`."""
     from hardneg.artifacts import corpus_embeddings
     from hardneg.retrieval.dense import encode_queries
 
@@ -67,12 +74,59 @@ def pairwise_errors(scores: np.ndarray, qids: Sequence[str], doc_ids: Sequence[s
         if top_of == "negatives":  # neg is sorted ascending: its last k are the top-k negatives
             top_neg = neg[-k:] if k < len(neg) else neg
         else:
-            top_rows = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
+            top_rows = np.argsort(-s, kind="stable")[:k]  # equal scores: the lower row is retrieved first
             top_neg = np.sort(s[top_rows[~is_rel[top_rows]]])
         top[qid] = int(sum(len(top_neg) - np.searchsorted(top_neg, r, side="right") for r in rel_scores))
     n = max(1, len(total))
     return {"topk": k, "top_of": top_of, "queries": len(total), "mean_total": sum(total.values()) / n,
             "mean_topk": sum(top.values()) / n, "total": total, "top": top}
+
+
+def _rel_rows(qids: Sequence[str], doc_ids: Sequence[str], qrels: Qrels) -> list[list[int]]:
+    row = {d: i for i, d in enumerate(doc_ids)}
+    return [[row[d] for d, g in qrels.get(q, {}).items() if g >= 1 and d in row] for q in qids]
+
+
+def pairwise_errors_chunked(query_vectors: np.ndarray, doc_vectors, qids: Sequence[str], doc_ids: Sequence[str],
+                            qrels: Qrels, topk: int = 200, top_of: str = "negatives", *,
+                            show_progress: bool = False, **chunks: int) -> dict[str, Any]:
+    """:func:`pairwise_errors` from the vectors (``doc_vectors`` may be a memmap), in bounded memory.
+
+    The same result as ``pairwise_errors(query_vectors @ doc_vectors.T, …)`` (up to float32 rounding
+    of near-ties, see :mod:`hardneg.retrieval.exact`); ``chunks``: ``query_chunk`` / ``doc_chunk``."""
+    from hardneg.retrieval.exact import pairwise_counts
+
+    if top_of not in TOP_OF:
+        raise ValueError(f"top_of must be one of {TOP_OF}, not {top_of!r}")
+    rels = _rel_rows(qids, doc_ids, qrels)
+    k = min(topk, len(doc_ids))
+    total: dict[str, int] = {}
+    top: dict[str, int] = {}
+    if any(rels):  # every query, as in the dense matrix (the same blocks), counted where judged
+        counts = pairwise_counts(query_vectors, doc_vectors, rels, topk, top_of, show_progress=show_progress,
+                                 **chunks)
+        for i, q in enumerate(qids):
+            if rels[i]:
+                total[q], top[q] = int(counts["total"][i]), int(counts["top"][i])
+    n = max(1, len(total))
+    return {"topk": k, "top_of": top_of, "queries": len(total), "mean_total": sum(total.values()) / n,
+            "mean_topk": sum(top.values()) / n, "total": total, "top": top}
+
+
+def model_pairwise_errors(model, dataset, cache_dir: Path | None = None, topk: int = 200,
+                          top_of: str = "negatives", *, qrels: Qrels | None = None,
+                          show_progress: bool = False) -> dict[str, Any]:
+    """:func:`pairwise_errors` of ``model`` on ``dataset`` (all its queries, the whole corpus), chunked.
+
+    ``qrels``: the dataset's (read again when not given)."""
+    from hardneg.artifacts import corpus_embeddings
+    from hardneg.retrieval.dense import encode_queries
+
+    emb = corpus_embeddings(model, dataset, cache_dir, show_progress=show_progress)
+    qids, qv = encode_queries(model, dataset.queries())
+    qrels = dataset.qrels() if qrels is None else qrels
+    return pairwise_errors_chunked(qv, emb.vectors, qids, emb.ids, qrels, topk, top_of,
+                                   show_progress=show_progress)
 
 
 def error_concentration(per_query: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -104,12 +158,18 @@ def most_improved_query(qids: list[str], s_before: np.ndarray, s_after: np.ndarr
     Reciprocal rank, not raw positions: a relevant document rising from rank 40 to 1 is the change a
     reader should see, not one moving from 3,000 to 1,700. Ties go to the larger rise in positions.
     """
-    best = None
+    ranks = {}
     for i, q in enumerate(qids):
         rels = rel_rows.get(q) or []
-        if not rels:
-            continue
-        rb, ra = best_rank(s_before[i], rels), best_rank(s_after[i], rels)
+        if rels:
+            ranks[q] = (best_rank(s_before[i], rels), best_rank(s_after[i], rels))
+    return most_improved_of_ranks(ranks)
+
+
+def most_improved_of_ranks(ranks: Mapping[str, tuple[int, int]]) -> str:
+    """:func:`most_improved_query` from each query's ``(best rank before, best rank after)``, 0-based."""
+    best = None
+    for q, (rb, ra) in ranks.items():
         key = (1.0 / (ra + 1) - 1.0 / (rb + 1), rb - ra, q)
         if best is None or key > best:
             best = key
@@ -128,28 +188,34 @@ def tsne_points(before, after, dataset, cache_dir: Path | None = None, *, top: i
     """
     from sklearn.manifold import TSNE
 
-    qrels = dataset.qrels()
-    qids_b, doc_ids, s_before = score_matrix(before, dataset, cache_dir)
-    qids_a, doc_ids_a, s_after = score_matrix(after, dataset, cache_dir)
-    assert qids_a == qids_b and doc_ids_a == doc_ids
-    row = {d: i for i, d in enumerate(doc_ids)}
-
-    if qid is None:
-        rel_rows = {q: [row[d] for d, g in qrels.get(q, {}).items() if g >= 1 and d in row] for q in qids_b}
-        qid = most_improved_query(qids_b, s_before, s_after, rel_rows)
-    i = qids_b.index(qid)
-    rels = [row[d] for d, g in qrels.get(qid, {}).items() if g >= 1 and d in row]
-    top_b = list(np.argsort(-s_before[i], kind="stable")[:top])
-    top_a = list(np.argsort(-s_after[i], kind="stable")[:top])
-    rows = list(dict.fromkeys(rels + top_b + top_a))
-
     from hardneg.artifacts import corpus_embeddings
     from hardneg.retrieval.dense import encode_queries
+    from hardneg.retrieval.exact import pairwise_counts
 
-    vecs = []
-    for model in (before, after):
-        emb = corpus_embeddings(model, dataset, cache_dir, show_progress=False)
-        vecs.append(np.asarray(emb.vectors[rows], dtype=np.float32))
+    qrels = dataset.qrels()
+    queries = dataset.queries()
+    embs = [corpus_embeddings(m, dataset, cache_dir, show_progress=False) for m in (before, after)]
+    doc_ids = embs[0].ids
+    assert len(embs[1]) == len(doc_ids) and embs[1].ids == doc_ids
+    qids, qv_b = encode_queries(before, queries)
+    qv_a = encode_queries(after, queries)[1]
+    rel_rows = _rel_rows(qids, doc_ids, qrels)
+    # one chunked pass per model over the memory-mapped embeddings (no queries × corpus matrix): every
+    # query's best relevant rank and top rows, from the same blocks of scores
+    b, a = (pairwise_counts(qv, e.vectors, rel_rows, top, "retrieved") for qv, e in ((qv_b, embs[0]), (qv_a, embs[1])))
+    if qid is None:
+        qid = most_improved_of_ranks({q: (int(b["best_rank"][i]), int(a["best_rank"][i]))
+                                      for i, q in enumerate(qids) if rel_rows[i]})
+    i = qids.index(qid)
+    rels = rel_rows[i]
+    if not rels:
+        raise ValueError(f"query {qid!r} has no relevant document in the corpus")
+    rank_b, rank_a = int(b["best_rank"][i]), int(a["best_rank"][i])
+    top_b = [int(r) for r in b["top_rows"][i]]
+    top_a = [int(r) for r in a["top_rows"][i]]
+    rows = list(dict.fromkeys(rels + top_b + top_a))
+
+    vecs = [np.asarray(emb.vectors[rows], dtype=np.float32) for emb in embs]
     same_docs = bool(np.array_equal(vecs[0], vecs[1]))
     q_vecs = [encode_queries(m, {qid: dataset.queries()[qid]})[1][0] for m in (before, after)]
     points = np.vstack(([vecs[0]] if same_docs else vecs) + [np.stack(q_vecs)])
@@ -165,5 +231,5 @@ def tsne_points(before, after, dataset, cache_dir: Path | None = None, *, top: i
         "in_top_before": [r in top_b for r in rows], "in_top_after": [r in top_a for r in rows],
         "docs_before": docs_b.tolist(), "docs_after": docs_a.tolist(),
         "query_before": xy[-2].tolist(), "query_after": xy[-1].tolist(),
-        "rank_before": best_rank(s_before[i], rels) + 1, "rank_after": best_rank(s_after[i], rels) + 1,
+        "rank_before": rank_b + 1, "rank_after": rank_a + 1,
     }

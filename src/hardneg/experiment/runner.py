@@ -39,7 +39,7 @@ from hardneg.artifacts import corpus_index, default_cache_dir
 from hardneg.data.load import load_dataset, parse_spec
 from hardneg.devices import resolve_device
 from hardneg.errors import HardnegError
-from hardneg.evaluate.analysis import pairwise_errors, score_matrix, tsne_points
+from hardneg.evaluate.analysis import model_pairwise_errors, tsne_points
 from hardneg.evaluate.metrics import evaluate
 from hardneg.experiment.recipe import START_MODEL, Recipe, System
 from hardneg.experiment.report import write_report
@@ -335,9 +335,9 @@ class Experiment:
             qrels = dataset.qrels()
             result: dict[str, Any] = {}
             for name in systems:
-                qids, doc_ids, scores = score_matrix(self._encoder(self.recipe.system(name)), dataset,
-                                                     self.cache_dir, show_progress=not self.quiet)
-                errors = pairwise_errors(scores, qids, doc_ids, qrels, topk)
+                # chunked over the cached corpus embeddings (a memmap): no queries × corpus matrix
+                errors = model_pairwise_errors(self._encoder(self.recipe.system(name)), dataset, self.cache_dir,
+                                               topk, qrels=qrels, show_progress=not self.quiet)
                 write_json(folder / f"{name}.json", errors)
                 result[name] = {"total": errors["mean_total"], f"top{topk}": errors["mean_topk"]}
             return result

@@ -389,7 +389,6 @@ class Trainer:
     def evaluate_dev(self) -> dict[str, float]:
         from hardneg.evaluate.metrics import evaluate
         from hardneg.index.encode import encode_token_lists
-        from hardneg.index.shards import sharded_encode_token_lists
         from hardneg.retrieval.runs import run_from_arrays
 
         custom = self.method.evaluate_dev()  # ADORE evaluates on its fixed index
@@ -402,20 +401,67 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         rows = self._dev_pool
-        # the batches are shared out over the ranks; every rank gets all rows (bit-identical to one process)
-        docs = sharded_encode_token_lists(self.model, self.store.rows(rows), "doc",
-                                          batch_size=cfg.batch_encode_size)
         dev_qids = list(self.dev_qrels)
         qv = encode_token_lists(self.model, [self.query_tokens[q] for q in dev_qids], "query",
                                 batch_size=cfg.batch_encode_size)
-        scores = qv @ docs.T
-        k = min(100, scores.shape[1])
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        run = run_from_arrays(dev_qids, [self.doc_ids[r] for r in rows], np.take_along_axis(scores, top, 1), top)
+        # exact top-100 by chunks (hardneg.retrieval.exact): no dev queries × pool score matrix
+        scores, top = self._dev_top(qv, rows, 100)
+        ids = self.doc_ids if len(rows) == len(self.doc_ids) else [self.doc_ids[r] for r in rows]
+        run = run_from_arrays(dev_qids, ids, scores, top)
         if was_training:
             self.train_mode()
         measures = list(dict.fromkeys([cfg.dev_metric, "RR@10", "nDCG@10", "R@100"]))
         return evaluate(run, self.dev_qrels, measures)
+
+    #: dev pools whose embeddings take at most this many bytes are encoded in memory (one process) or in
+    #: one piece (torchrun); larger ones into a temporary float32 memmap / in pieces of this size
+    _dev_ram_bytes = 1 << 30
+    #: chunk sizes of the exact dev search (``query_chunk``, ``doc_chunk``; the defaults when empty)
+    _dev_chunks: dict[str, int] = {}
+
+    @torch.inference_mode()
+    def _dev_top(self, qv: np.ndarray, rows: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact ``(scores, positions in rows)`` of the top ``k`` of ``rows`` for every dev query, by chunks.
+
+        The pool's embeddings are those of ``encode_token_lists`` over the whole pool (the same
+        length-sorted batches), held in memory when small, else written to a temporary float32
+        memmap (in the run's folder, deleted afterwards). Under torchrun the batches are shared out
+        over the ranks and every rank gets all rows (bit-identical to one process) for a pool up to
+        ``_dev_ram_bytes``; a larger pool is encoded and searched in row pieces of that size (each
+        piece batched on its own), so no rank holds the whole pool's embeddings."""
+        import tempfile
+
+        from hardneg.index.encode import encode_batches, encode_token_lists, length_sorted_batches
+        from hardneg.index.shards import sharded_encode_token_lists
+        from hardneg.retrieval.exact import TopKSearch
+
+        cfg = self.config
+        search = TopKSearch(qv, k, **self._dev_chunks)
+        piece = max(1, self._dev_ram_bytes // (4 * self.model.dim))
+        progress = not cfg.quiet and dist.is_main() and len(rows) > piece
+        if dist.is_distributed():
+            for a in range(0, len(rows), piece):
+                search.add(sharded_encode_token_lists(self.model, self.store.rows(rows[a : a + piece]), "doc",
+                                                      batch_size=cfg.batch_encode_size, show_progress=progress),
+                           show_progress=progress)
+            return search.result()
+        if len(rows) <= piece:
+            search.add(encode_token_lists(self.model, self.store.rows(rows), "doc", batch_size=cfg.batch_encode_size))
+            return search.result()
+        # encode_token_lists's batches, written into a memmap; token rows are read batch by batch
+        self.model.eval()
+        pool = np.asarray(rows, dtype=np.int64)
+        batches = length_sorted_batches(self.store.lengths[pool], cfg.batch_encode_size)
+        where = self.out if self.out.is_dir() else None
+        with tempfile.TemporaryDirectory(prefix=".dev-embeddings-", dir=where) as tmp:
+            docs = np.lib.format.open_memmap(Path(tmp) / "docs.npy", mode="w+", dtype=np.float32,
+                                             shape=(len(rows), self.model.dim))
+            for b, emb in encode_batches(self.model, lambda idx: self.store.rows(pool[idx]), batches, "doc",
+                                         desc="encode dev pool", show_progress=progress):
+                docs[batches[b]] = emb.float().cpu().numpy()
+            search.add(docs, show_progress=progress)
+            del docs
+        return search.result()
 
     def train_mode(self) -> None:
         """Training mode (dropout on), except a frozen document tower, which stays in eval mode."""
