@@ -437,3 +437,33 @@ def test_adore_defaults_do_not_break_on_multi_positive_queries(tmp_path, tiny_mo
     # the same data under the former behaviour: the bug this test guards against
     former = dev_curve("former", adore_positives="always", adore_reduction="global")
     assert former[0][1] == pytest.approx(start) and former[-1][1] < start, former
+
+
+# ----------------------------------------------------------------------------- step time split
+ADORE_SPLIT = ("t_query_encode", "t_search", "t_reconstruct", "t_loss", "t_backward", "t_optimizer")
+
+
+def test_adore_log_records_carry_the_step_time_split(tmp_path, tiny_train, tiny_model_dir, monkeypatch):
+    """Every step record has the split; its parts are disjoint (sum <= the step's wall time) and summed
+    over micro-batches: a search slowed by 30 ms shows as >= 60 ms with two micro-batches."""
+    import time
+
+    trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir, max_steps=2, grad_accum=2, batch_size=2,
+                             dev_every=2, save_every=2))
+    trainer.setup()
+    index, search = trainer.method.index, trainer.method.index.search
+
+    def slow_search(*args, **kw):
+        time.sleep(0.03)
+        return search(*args, **kw)
+
+    monkeypatch.setattr(index, "search", slow_search)
+    trainer.train()
+    log = [json.loads(line) for line in (tmp_path / "out-adore" / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if r["kind"] == "train"]
+    assert len(steps) == 2
+    for r in steps:
+        assert all(r[k] >= 0 for k in ADORE_SPLIT), r
+        assert sum(r[k] for k in ADORE_SPLIT) <= r["seconds"]
+        assert r["t_search"] >= 0.06  # two micro-batches' searches, summed
+        assert "t_negatives" not in r and "t_doc_encode" not in r

@@ -293,3 +293,32 @@ def test_patience_stops_after_n_dev_evaluations_without_improvement_and_resume_k
                   out=str(tmp_path / "full"))
     Trainer(full).train()
     assert json.loads((tmp_path / "full" / "summary.json").read_text())["stopped_early"] is None
+
+
+DOC_SPLIT = ("t_negatives", "t_query_encode", "t_doc_encode", "t_loss", "t_backward", "t_optimizer")
+
+
+def test_star_log_records_carry_the_step_time_split(tmp_path, tiny_train, tiny_model_dir, monkeypatch):
+    """Every step record has the split; the parts are disjoint (sum <= the step's wall time) and summed
+    over micro-batches: negatives slowed by 30 ms show as >= 60 ms with two micro-batches."""
+    import time
+
+    trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir, "star", max_steps=2, grad_accum=2,
+                             batch_size=2, dev_every=2, save_every=2))
+    trainer.setup()
+    draw = trainer.method.negatives
+
+    def slow_negatives(*args, **kw):
+        time.sleep(0.03)
+        return draw(*args, **kw)
+
+    monkeypatch.setattr(trainer.method, "negatives", slow_negatives)
+    trainer.train()
+    log = [json.loads(x) for x in (tmp_path / "out-star" / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if r["kind"] == "train"]
+    assert len(steps) == 2
+    for r in steps:
+        assert all(r[k] >= 0 for k in DOC_SPLIT), r
+        assert sum(r[k] for k in DOC_SPLIT) <= r["seconds"]
+        assert r["t_negatives"] >= 0.06
+        assert "t_search" not in r

@@ -237,6 +237,8 @@ class Adore(Method):
 
     name = "adore"
     frozen_doc = True
+    #: running total of the reconstruction time inside :meth:`scores` (a step logs its share as t_reconstruct)
+    _reconstruct_seconds = 0.0
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
@@ -318,21 +320,27 @@ class Adore(Method):
 
     # loss ----------------------------------------------------------------------
     def batch_loss(self, batch: StepBatch) -> tuple[torch.Tensor, dict]:
-        from hardneg.train.trainer import encode_rows
+        from hardneg.train.trainer import Laps, encode_rows
 
         ctx, cfg = self.ctx, self.config
         examples = batch.examples
         qids = [e.qid for e in examples]
+        # the step's time split (logged as t_*): query forward, search, rules, reconstruction, weights + loss
+        laps = Laps(ctx.model.device)
         # autocast around the query encoder only: q is fp32, so the scores and the loss are fp32
         q = encode_rows(ctx.model, [ctx.query_tokens[x] for x in qids], "query", cfg.train_chunk, cfg.precision)
+        laps.lap("t_query_encode")
         found_scores, retrieved = self.index.search(q.detach().float().cpu().numpy(), self.k)
+        laps.lap("t_search")
         rule_parts: dict[str, float] = {}
         if self.rules.active:
             retrieved, rule_parts = self.apply_rules(q.detach().float().cpu().numpy(), qids, retrieved,
                                                      found_scores)
+            laps.lap("t_negatives")
         pairs = build_pairs(retrieved, [self.relevant.get(x, {}) for x in qids], cfg.metric,
                             idcg=[self.idcg.get(x, 0.0) for x in qids] if self.metric_name == "ndcg" else None,
                             weighting=cfg.adore_loss, positives=cfg.adore_positives)
+        reconstructed = self._reconstruct_seconds
         s_pos, s_neg = self.scores(q, pairs.pos_rows, pairs.neg_rows)
         device = q.device
         # lambda_pairwise as a mean over the global batch's pairs or queries (adore_reduction; under
@@ -340,9 +348,13 @@ class Adore(Method):
         # over ranks)
         loss = lambda_pairwise(s_pos, s_neg, pairs.weights.to(device), pairs.mask.to(device),
                                reduction=cfg.adore_reduction)
+        laps.lap("t_loss")
+        t_reconstruct = self._reconstruct_seconds - reconstructed  # timed inside scores()
+        laps.seconds["t_loss"] -= t_reconstruct
+        laps.seconds["t_reconstruct"] = t_reconstruct
         parts = {"pairs": float(pairs.n_pairs), "skipped_queries": float(pairs.skipped),
                  **retrieval_metrics(pairs.relevant_retrieved, [self.n_relevant.get(x, 0) for x in qids]),
-                 **rule_parts}
+                 **rule_parts, **laps.seconds}
         return loss, parts
 
     def apply_rules(self, qv: np.ndarray, qids: list[str], retrieved: np.ndarray,
@@ -395,9 +407,13 @@ class Adore(Method):
 
     def scores(self, q: torch.Tensor, pos_rows: np.ndarray, neg_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``scale · <q, v>`` with gradients, ``v`` = the vectors the index ranks with."""
+        from hardneg.train.trainer import clock
+
         scale = self.ctx.scale
+        tic = clock(q.device)
         v_pos = torch.from_numpy(self.index.reconstruct(pos_rows)).to(q.device, q.dtype)
         v_neg = torch.from_numpy(self.index.reconstruct(neg_rows)).to(q.device, q.dtype)
+        self._reconstruct_seconds += clock(q.device) - tic  # the step's t_reconstruct
         return scale * torch.einsum("bd,bpd->bp", q, v_pos), scale * torch.einsum("bd,bkd->bk", q, v_neg)
 
     # dev -----------------------------------------------------------------------

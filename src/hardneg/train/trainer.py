@@ -143,6 +143,37 @@ def encode_rows(model, token_rows: Sequence[Sequence[int]], side: str, chunk: in
     return emb[inverse.to(emb.device)]
 
 
+# ----------------------------------------------------------------------------- step timing
+def clock(device: torch.device) -> float:
+    """``time.perf_counter()``; on CUDA after the device's queued work has finished (no sync elsewhere)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+class Laps:
+    """Consecutive stretches of a step, timed: ``lap(key)`` adds the seconds since the previous lap (or the
+    start) to ``seconds[key]``. The laps of one object never overlap, so their sum is at most the wall time.
+
+    Logged per step as ``t_<part>`` (:data:`TIMING_PREFIX`), summed over micro-batches."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self._last = clock(device)
+
+    def lap(self, key: str) -> float:
+        now = clock(self.device)
+        spent = now - self._last
+        self.seconds[key] = self.seconds.get(key, 0.0) + spent
+        self._last = now
+        return spent
+
+
+#: logged per-step values that are seconds of a part of the step: summed over micro-batches
+TIMING_PREFIX = "t_"
+
+
 # ----------------------------------------------------------------------------- optimiser
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     decay, no_decay = [], []
@@ -328,14 +359,16 @@ class Trainer:
         local, local_negs = examples[lo : lo + b], negatives[lo : lo + b]
         doc_list = [e.pos for e in examples] + [x for negs in negatives for x in negs]
         batch = StepBatch(local, local_negs, doc_list, row_offset=lo, global_batch=len(examples))
-        custom = self.method.batch_loss(batch)  # a method may compute the whole loss (ADORE)
+        custom = self.method.batch_loss(batch)  # a method may compute the whole loss (ADORE), timed by itself
         if custom is not None:
             return custom
         cfg = self.config
         model = self.model
+        laps = Laps(self.device)
         # autocast covers the encoders only: q and d come back fp32, so scores and losses are fp32
         q = encode_rows(model, [self.query_tokens[e.qid] for e in local], "query", cfg.train_chunk,
                         cfg.precision)
+        laps.lap("t_query_encode")
         local_docs = [e.pos for e in local] + [d for negs in local_negs for d in negs]
         d = encode_rows(model, [self.store[self.doc_row[x]] for x in local_docs], "doc", cfg.train_chunk,
                         cfg.precision)
@@ -344,8 +377,11 @@ class Trainer:
             d = torch.cat([parts[:, :b].reshape(-1, d.shape[1]), parts[:, b:].reshape(-1, d.shape[1])])
         if len(doc_list) != d.shape[0]:
             raise HardnegError("ranks drew different numbers of negatives per example; cannot gather the batch")
+        laps.lap("t_doc_encode")
         scores = self.scale * (q @ d.T)
-        return self.method.loss(scores, batch)
+        loss, parts = self.method.loss(scores, batch)
+        laps.lap("t_loss")
+        return loss, {**parts, **laps.seconds}
 
     def step_gradients(self, step: int) -> dict[str, float]:
         """Forward and backward every micro-batch of ``step``, then average the gradients over ranks.
@@ -355,12 +391,21 @@ class Trainer:
         cfg = self.config
         totals: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
+            tic = clock(self.device)
             examples, negatives = self.micro_batch(step, micro)
+            drawn = clock(self.device)
             loss, parts = self.batch_loss(examples, negatives)
+            laps = Laps(self.device)
             self.scaler.scale(loss / cfg.grad_accum).backward()
-            for key, value in {"loss": float(loss.detach()), **parts}.items():
-                totals[key] = totals.get(key, 0.0) + value / cfg.grad_accum
+            laps.lap("t_backward")
+            if not self.method.frozen_doc:  # drawing/selecting negatives (ADORE's are its t_search)
+                laps.seconds["t_negatives"] = drawn - tic
+            for key, value in {"loss": float(loss.detach()), **parts, **laps.seconds}.items():
+                share = value if key.startswith(TIMING_PREFIX) else value / cfg.grad_accum  # seconds add up
+                totals[key] = totals.get(key, 0.0) + share
+        tic = clock(self.device)
         dist.average_gradients([p for p in self.model.parameters() if p.requires_grad])
+        totals["t_backward"] = totals.get("t_backward", 0.0) + clock(self.device) - tic  # + the all-reduce
         return dist.reduce_records(totals, sums=ADDITIVE_PARTS)
 
     def optimizer_step(self) -> dict[str, float]:
@@ -527,10 +572,13 @@ class Trainer:
             if checkpoint is None and cfg.dev_at_start:
                 best, best_step = self._dev_step(0, log, best, best_step)
             for step in range(start_step, cfg.max_steps if self._stopped is None else start_step):
-                tic = time.perf_counter()
+                tic = clock(self.device)
                 totals = self.step_gradients(step)
+                stepped_at = clock(self.device)
                 stepped = self.optimizer_step()
-                seconds = time.perf_counter() - tic
+                done_at = clock(self.device)
+                seconds = done_at - tic
+                totals["t_optimizer"] = done_at - stepped_at
                 record = {"step": step + 1, **totals, **stepped,
                           "lr": self.scheduler.get_last_lr()[0], "epoch": self.order.epoch_of(step + 1),
                           "queries_per_s": self.global_batch * cfg.grad_accum / seconds, "seconds": seconds}
