@@ -42,8 +42,15 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
+# every ratio in one run (about 25 minutes on 2 cores): encode and train vs sentence-transformers, ADORE's
+# step split, search vs raw Faiss, mining and dev-evaluation queries/s; then one table of them all
 bench: install
-	$(BIN)/python benchmarks/encode.py --data $(DATA)/scifact
+	$(BIN)/python benchmarks/encode.py --data $(DATA)/scifact --out benchmarks/results/encode.json
+	$(BIN)/python benchmarks/train.py --data $(DATA)/scifact --steps 3 --out benchmarks/results/train.json
+	$(BIN)/python benchmarks/adore_step.py --data $(DATA)/scifact --sizes 100000 --steps 2
+	$(BIN)/python benchmarks/search.py
+	$(BIN)/python benchmarks/scale.py --sizes 100000 --stages dev_eval mine --out benchmarks/results/scale-bench.json
+	$(BIN)/python benchmarks/summary.py
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
