@@ -117,7 +117,8 @@ def _same(a: Path, b: Path, approx: list[str]) -> bool:
 
 def _strip_timing(obj):
     if isinstance(obj, dict):
-        return {k: _strip_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
+        # t_*: the step's time split (seconds)
+        return {k: _strip_timing(v) for k, v in obj.items() if k not in TIMING_KEYS and not k.startswith("t_")}
     if isinstance(obj, list):
         return [_strip_timing(v) for v in obj]
     return obj

@@ -124,6 +124,8 @@ def test_two_processes_equal_one_with_the_double_batch(two_vs_one, name):
     one, two = two_vs_one[name]
     assert two["totals"].keys() == one["totals"].keys()
     for key, value in one["totals"].items():
+        if key.startswith("t_"):  # the step's time split (seconds): not a result
+            continue
         assert two["totals"][key] == pytest.approx(value, abs=1e-5, rel=1e-5), key
     assert one["totals"]["loss"] > 0
     assert two["grads"].keys() == one["grads"].keys() and one["grads"]
