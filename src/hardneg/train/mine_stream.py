@@ -272,15 +272,9 @@ def mine_streamed(dataset, qrels, queries, model: str, rules, topk: int, cache_d
         bm25 = cached_bm25(dataset, cache_dir)
         retriever_id: Any = {"bm25": "default"}
     else:
-        from hardneg.artifacts import corpus_index
+        from hardneg.train.selection import mining_index
 
-        encoder = open_encoder()
-        index = corpus_index(encoder, dataset, "flat", cache_dir, batch_size=batch_size,
-                             show_progress=show_progress)
-        from hardneg.devices import faiss_placement  # the rule training's mining follows (as mine_selected)
-
-        if faiss_placement(encoder.device) == "gpu":
-            index.to_gpu()
+        encoder, index = mining_index(open_encoder, dataset, cache_dir, batch_size, show_progress)
         retriever_id = {"query": encoder.side_identity("query"), "doc": encoder.side_identity("doc")}
         if chunk_size % SEARCH_BLOCK:  # Faiss must see the calls one search makes (module doc)
             chunk_size = -(-chunk_size // SEARCH_BLOCK) * SEARCH_BLOCK

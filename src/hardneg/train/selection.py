@@ -672,6 +672,20 @@ class TrainSelector:
 
 
 # ----------------------------------------------------------------------------- hardneg mine
+def mining_index(open_encoder: Callable[[], Any], dataset, cache_dir: Path, batch_size: int,
+                 show_progress: bool) -> tuple[Any, Any]:
+    """``hardneg mine``'s dense retriever: the encoder and its flat corpus index, searched on GPU Faiss by
+    the rule training's mining follows (:func:`hardneg.devices.faiss_placement`)."""
+    from hardneg.artifacts import corpus_index
+    from hardneg.devices import faiss_placement
+
+    encoder = open_encoder()
+    index = corpus_index(encoder, dataset, "flat", cache_dir, batch_size=batch_size, show_progress=show_progress)
+    if faiss_placement(encoder.device) == "gpu":
+        index.to_gpu()
+    return encoder, index
+
+
 def mine_selected(dataset, qrels, queries, model: str, rules: NegativeRules, topk: int, cache_dir: Path, *,
                   open_encoder: Callable[[], Any], batch_size: int = 64, show_progress: bool = False,
                   device: str | None = None, seed: int = 0,
@@ -689,16 +703,9 @@ def mine_selected(dataset, qrels, queries, model: str, rules: NegativeRules, top
 
         run = cached_bm25(dataset, cache_dir).search(queries, k=k, show_progress=show_progress)
     else:
-        from hardneg.artifacts import corpus_index
         from hardneg.train.methods.mining import _searched
 
-        encoder = open_encoder()
-        index = corpus_index(encoder, dataset, "flat", cache_dir, batch_size=batch_size,
-                             show_progress=show_progress)
-        from hardneg.devices import faiss_placement  # the rule training's mining follows
-
-        if faiss_placement(encoder.device) == "gpu":
-            index.to_gpu()
+        encoder, index = mining_index(open_encoder, dataset, cache_dir, batch_size, show_progress)
         run, positive_scores = _searched(index, encoder, queries, k)
     teacher = None
     if rules.teacher is not None:
