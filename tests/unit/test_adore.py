@@ -467,3 +467,27 @@ def test_adore_log_records_carry_the_step_time_split(tmp_path, tiny_train, tiny_
         assert sum(r[k] for k in ADORE_SPLIT) <= r["seconds"]
         assert r["t_search"] >= 0.06  # two micro-batches' searches, summed
         assert "t_negatives" not in r and "t_doc_encode" not in r
+
+
+def test_nprobe_and_ef_search_are_adore_settings_set_on_its_index(tmp_path, tiny_train, tiny_model_dir):
+    # an IVF index over the tiny corpus: with every list probed it ranks as the flat index does
+    cfg = config(tmp_path, tiny_train, tiny_model_dir, index="factory:IVF4,Flat", nprobe=4, max_steps=2,
+                 dev_every=100, save_every=100)
+    trainer = Trainer(cfg)
+    trainer.setup()
+    assert trainer.method.index.search_params() == {"nprobe": 4}
+    model_dir = trainer.train()
+    assert json.loads((model_dir / "adore.json").read_text())["search"] == {"nprobe": 4}
+    # a kind without the parameter is refused by name, before training
+    bad = Trainer(config(tmp_path, tiny_train, tiny_model_dir, index="flat", ef_search=16,
+                         out=str(tmp_path / "out-bad")))
+    with pytest.raises(HardnegError, match="--ef-search 16: the 'flat' index .* has no efSearch parameter"):
+        bad.setup()
+    with pytest.raises(HardnegError, match="nprobe must be at least 1"):
+        TrainConfig(method="adore", data="x", nprobe=0).validate()
+    with pytest.raises(HardnegError, match="--nprobe: for the adore method"):
+        TrainConfig(method="star", data="x", nprobe=8).validate()
+    # unset, they leave an ADORE run's fingerprint as it was before they existed (checkpoints still resume)
+    plain = TrainConfig(method="adore", data="x")
+    assert plain.fingerprint() == "7d20e4ecf29516f0"  # its value before nprobe / ef_search were settings
+    assert plain.fingerprint() != plain.replace(nprobe=4).fingerprint()

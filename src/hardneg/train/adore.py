@@ -266,6 +266,8 @@ class Adore(Method):
         self.embeddings_folder = source.get("embeddings")
         self.index_folder = self.index.folder
         self.place_index(model.device)
+        # --nprobe / --ef-search: refused (HardnegError naming the flag) when the index kind has no such parameter
+        self.index.set_search_params(nprobe=cfg.nprobe, ef_search=cfg.ef_search)
         row_of = {d: i for i, d in enumerate(self.index.ids)}
         # per training query: index rows of its relevant documents -> grade (sorted rows), counts, IDCG@k
         self.relevant: dict[str, dict[int, int]] = {}
@@ -456,6 +458,7 @@ class Adore(Method):
             "positives": self.config.adore_positives,
             "reduction": self.config.adore_reduction,
             "score_scale": self.ctx.scale,
+            **({"search": params} if (params := self.index.search_params()) else {}),
         }
 
     def after_save(self, folder: Path) -> None:

@@ -37,7 +37,7 @@ ADORE_REDUCTIONS = ("query", "global")
 #: are left out of other methods' fingerprints (so checkpoints written before ADORE existed still resume)
 ADORE_DEFAULTS: dict[str, Any] = {"index": "flat", "metric": "mrr@200", "adore_topk": 200,
                                   "adore_loss": "lambda", "adore_positives": "missing",
-                                  "adore_reduction": "query"}
+                                  "adore_reduction": "query", "nprobe": None, "ef_search": None}
 
 #: settings added after the first checkpoints were written, and their defaults (see ``fingerprint``)
 LATER_DEFAULTS: dict[str, Any] = {"rand_batch_positives": True, "patience": 0}
@@ -46,6 +46,7 @@ SELECTION_DEFAULTS: dict[str, Any] = {"range_min": 0, "range_max": None, "absolu
                                       "relative_margin": None, "max_score": None, "sampling_strategy": "top",
                                       "num_negatives": None, "teacher": None, "margin_against": "min"}
 LATER_DEFAULTS.update(SELECTION_DEFAULTS)
+LATER_DEFAULTS.update({"nprobe": None, "ef_search": None})  # ADORE's search parameters (the index's own if unset)
 
 #: settings that may change between a run and its ``--resume`` (they do not change the math so far)
 RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
@@ -66,7 +67,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 #: whole-number settings that must be at least 1
 AT_LEAST_ONE = ("max_steps", "batch_size", "grad_accum", "n_negatives", "topk", "dev_every", "save_every",
-                "keep_checkpoints", "query_max_length", "batch_encode_size", "train_chunk", "adore_topk")
+                "keep_checkpoints", "query_max_length", "batch_encode_size", "train_chunk", "adore_topk",
+                "nprobe", "ef_search")
 
 
 def setting(default: Any = None, help: str = "", *, panel: str | None = None, flags: tuple[str, ...] = (),
@@ -163,6 +165,10 @@ class TrainConfig(BaseModel):
     adore_reduction: str = setting(
         "query", "adore: query (DRhard, default: mean of each query's pair losses, then over queries) or "
         "global (mean over all pairs).", panel=ADORE)
+    nprobe: int | None = setting(
+        None, "adore: IVF lists visited per search (ivf/ivfpq indexes; default the index's own).", panel=ADORE)
+    ef_search: int | None = setting(
+        None, "adore: HNSW search breadth (hnsw indexes; default the index's own).", panel=ADORE)
     # development split and checkpoints
     dev_split: str | None = setting(None, "Use this split as dev instead of carving one out of train.",
                                     panel=EVALUATION)
@@ -341,7 +347,7 @@ def _checked(name: str, value: Any) -> Any:
     """``value`` if it is allowed for setting ``name`` (a one-of or range rule), else ValueError."""
     if name in CHOICES and value not in CHOICES[name]:
         raise ValueError(f"{name} must be one of {', '.join(CHOICES[name])}, not {value!r}")
-    if name in AT_LEAST_ONE and value < 1:
+    if name in AT_LEAST_ONE and value is not None and value < 1:
         raise ValueError(f"{name} must be at least 1, not {value}")
     if name in ("track_every", "track_queries") and value < 0:
         raise ValueError(f"{name} must be >= 0, not {value}")
