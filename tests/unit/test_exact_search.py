@@ -170,16 +170,27 @@ def dense_dev_metrics(trainer):
     scores = qv @ docs.T
     top = np.argsort(-scores, axis=1, kind="stable")[:, : min(100, scores.shape[1])]
     run = run_from_arrays(dev_qids, [trainer.doc_ids[r] for r in rows], np.take_along_axis(scores, top, 1), top)
-    return evaluate(run, trainer.dev_qrels, list(dict.fromkeys([cfg.dev_metric, "RR@10", "nDCG@10", "R@100"])))
+    ranked = -np.sort(-scores, axis=1)
+    gap = float((ranked[:, :-1] - ranked[:, 1:]).min() / np.abs(scores).max())  # closest two scores, relative
+    return evaluate(run, trainer.dev_qrels, list(dict.fromkeys([cfg.dev_metric, "RR@10", "nDCG@10", "R@100"]))), gap
+
+
+@pytest.fixture(scope="module")
+def spread_model_dir(tmp_path_factory):
+    """A tiny random BERT whose vectors differ enough that no two dev scores are within float32 rounding
+    (the default tiny model scores every document within 1e-6 of 32, so rankings there are rounding)."""
+    from conftest import _tiny_bert
+
+    return _tiny_bert(tmp_path_factory.mktemp("spread-bert"), init_range=0.5)
 
 
 @pytest.mark.parametrize("dev_pool", [0, 20])
-def test_evaluate_dev_chunked_equals_dense(dev_pool, tmp_path, tiny_model_dir, monkeypatch):
+def test_evaluate_dev_chunked_equals_dense(dev_pool, tmp_path, spread_model_dir, monkeypatch):
     from hardneg.train.config import TrainConfig
     from hardneg.train.trainer import Trainer
 
     data = write_tiny_train(tmp_path / "tiny-train", filler=60)
-    cfg = TrainConfig(method="inbatch", data=str(data), model=str(tiny_model_dir), out=str(tmp_path / "out"),
+    cfg = TrainConfig(method="inbatch", data=str(data), model=str(spread_model_dir), out=str(tmp_path / "out"),
                       max_steps=1, batch_size=4, lr=1e-3, topk=8, dev_fraction=0.5, dev_pool=dev_pool,
                       cache_dir=str(tmp_path / "cache"), quiet=True, query_max_length=16, doc_max_length=32,
                       batch_encode_size=16)
@@ -187,7 +198,8 @@ def test_evaluate_dev_chunked_equals_dense(dev_pool, tmp_path, tiny_model_dir, m
     trainer.setup()
     (tmp_path / "out").mkdir()
     in_memory = trainer.evaluate_dev()  # one block: the same product as the dense code
-    want = dense_dev_metrics(trainer)
+    want, gap = dense_dev_metrics(trainer)
+    assert gap > 1e-5  # the precondition of comparing rankings computed with other matrix shapes
     assert in_memory == want
     if dev_pool == 0:
         assert len(trainer._dev_pool) == len(trainer.doc_ids) == 108
@@ -196,3 +208,9 @@ def test_evaluate_dev_chunked_equals_dense(dev_pool, tmp_path, tiny_model_dir, m
     monkeypatch.setattr(Trainer, "_dev_chunks", {"query_chunk": 2, "doc_chunk": 7})
     assert trainer.evaluate_dev() == want
     assert list((tmp_path / "out").iterdir()) == []  # the temporary embeddings are gone
+    if dev_pool == 0:  # a killed run's memmap is removed when the next run in the folder starts
+        stale = tmp_path / "out" / ".dev-embeddings-killed"
+        stale.mkdir()
+        (stale / "docs.npy").write_bytes(b"\0" * 64)
+        trainer.train()
+        assert not stale.exists() and not list((tmp_path / "out").glob(".dev-embeddings-*"))

@@ -536,6 +536,9 @@ class Trainer:
             self.setup()
         main = dist.is_main()
         self.out.mkdir(parents=True, exist_ok=True)
+        if main:  # dev-pool memmaps a killed run left behind (the CLI's output lock rules out a live one)
+            for stale in self.out.glob(".dev-embeddings-*"):
+                shutil.rmtree(stale, ignore_errors=True)
         start_step, best, best_step = 0, -math.inf, -1
         self._stale, self._stopped = 0, None  # dev evaluations since the best one; where early stopping ended
         # rank 0 decides which checkpoint (if any) every rank restores: the folder is shared
