@@ -12,6 +12,7 @@ from test_experiment import ADORE, TRAIN, tiny_data
 
 from conftest import write_tiny_train
 from hardneg.errors import HardnegError
+from hardneg.evaluate.metrics import paired_ttest
 from hardneg.experiment import Experiment, ExperimentResults, Recipe
 from hardneg.experiment.results import holm
 
@@ -20,7 +21,8 @@ def _tiny_recipe(data, model, cache, transfer) -> dict:
     return {
         "name": "wise", "data": str(data), "model": str(model), "cache_dir": str(cache),
         "train": dict(TRAIN), "adore": dict(ADORE),
-        "eval": {"max_length": 32, "query_max_length": 16, "k": 50, "baselines": ["rand"]},
+        "eval": {"max_length": 32, "query_max_length": 16, "k": 50, "baselines": ["rand"],
+                 "pairs": [["rand", "adore+zeroshot"], ["zeroshot", "rand"]]},
         "transfer": [f"{transfer}:test"],
         "systems": [{"name": "zeroshot", "kind": "zeroshot"}, {"name": "rand", "method": "rand"},
                     {"name": "adore+zeroshot", "method": "adore"}],
@@ -143,6 +145,32 @@ def test_report_curve_holm_columns_and_results_json(wise, tmp_path):
     raw = [float(gen[n][c]) for n in gen for c in ("p seen-doc", "p unseen-doc")]
     adj = [float(gen[n][c]) for n in gen for c in ("p Holm seen-doc", "p Holm unseen-doc")]
     assert adj == pytest.approx(holm(raw))
+    # eval.pairs: system minus reference per stratum, the t-test of the per-query values, Holm over the table
+    assert "## Head-to-head" in text
+    pairs = list(csv.DictReader((tmp_path / "tables" / "pairs.csv").open(encoding="utf-8")))
+    assert [(r["system"], r["reference"]) for r in pairs] == [("adore+zeroshot", "rand"), ("rand", "zeroshot")]
+    row, per_query = pairs[0], {n: results.per_query(n)["nDCG@10"] for n in ("rand", "adore+zeroshot")}
+
+    def col(prefix):
+        return next(c for c in row if c.startswith(prefix))
+
+    def num(x):
+        return math.nan if x in ("", "n/a") else float(x)
+
+    assert float(row[col("ΔnDCG@10 all")]) == pytest.approx(res["adore+zeroshot"]["nDCG@10"] - res["rand"]["nDCG@10"])
+    assert float(row[col("ΔnDCG@10 unseen-doc")]) == pytest.approx(
+        res["adore+zeroshot"]["nDCG@10_unseen"] - res["rand"]["nDCG@10_unseen"])
+    qids = sorted(per_query["rand"])
+    want_p = paired_ttest([per_query["adore+zeroshot"][q] for q in qids], [per_query["rand"][q] for q in qids])
+    assert num(row["p all"]) == pytest.approx(want_p, abs=1e-12, nan_ok=True)
+    raw_p = [num(r[c]) for r in pairs for c in ("p all", "p seen-doc", "p unseen-doc")]
+    holm_p = [num(r[c]) for r in pairs for c in ("p Holm all", "p Holm seen-doc", "p Holm unseen-doc")]
+    assert holm_p == pytest.approx(holm(raw_p), nan_ok=True)
+    assert float(row["ΔnDCG@10 transfer-test"]) == pytest.approx(
+        res["adore+zeroshot"]["transfer"]["transfer-test"] - res["rand"]["transfer"]["transfer-test"])
+    assert float(row["Δ best dev nDCG@10"]) == pytest.approx(
+        res["adore+zeroshot"]["dev"]["nDCG@10"] - res["rand"]["dev"]["nDCG@10"])
+    assert pairs[1]["Δ best dev nDCG@10"] == "" and "| rand | zeroshot |" in text  # zero-shot has no dev curve
 
 
 def test_findings_show_holm_and_say_in_domain_only():
@@ -168,6 +196,8 @@ def test_findings_show_holm_and_say_in_domain_only():
     ({"interpolate": {"systems": ["zeroshot"]}}, "interpolate.systems[0]: 'zeroshot' is a zeroshot system"),
     ({"interpolate": {"systems": ["nope"]}}, "interpolate.systems[0]: no system named 'nope'"),
     ({"interpolate": {"alpha": [0.5]}}, "interpolate: unknown key 'alpha' (did you mean 'alphas'?)"),
+    ({"eval": {"pairs": [["rand", "nope"]]}}, "eval.pairs[0][1]: no system named 'nope'"),
+    ({"eval": {"pairs": [["rand", "rand"]]}}, "eval.pairs[0]: 'rand' against itself"),
 ])
 def test_bad_interpolate_keys_fail_before_compute(tmp_path, tiny_model_dir, change, message):
     raw = {**_tiny_recipe(tmp_path, tiny_model_dir, tmp_path / "cache", tmp_path), **change}

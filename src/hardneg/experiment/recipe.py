@@ -10,7 +10,8 @@ A recipe names a dataset, a starting encoder and the systems to compare::
     train: {preset: cpu-demo}           # TrainConfig settings of every trained (non-ADORE) system
     adore: {max_steps: 100, batch_size: 32, lr: 1.0e-5}   # TrainConfig settings of every ADORE system
     eval: {split: test, max_length: 256, k: 1000, measures: [RR@10, R@100, nDCG@10],
-           baselines: [rand, inbatch]}  # paired t-test references of the report
+           baselines: [rand, inbatch],  # paired t-test references of the report
+           pairs: [[star, star-pa]]}    # head-to-head rows: star-pa against star, per stratum
     transfer: ["{data_dir}/nfcorpus:test", "{data_dir}/classic/med"]   # zero-shot transfer sets
     systems:
       - {name: bm25, kind: bm25}
@@ -80,7 +81,7 @@ SYSTEM_KINDS = ("bm25", "zeroshot", "train")
 START_MODEL = "zeroshot"
 DEFAULT_EVAL: dict[str, Any] = {"split": "test", "max_length": 256, "query_max_length": 64, "k": 1000,
                                 "measures": ["RR@10", "R@100", "nDCG@10"], "baselines": [],
-                                "transfer_systems": []}
+                                "transfer_systems": [], "pairs": []}
 #: TrainConfig keys a recipe may not set: the runner owns them
 _RUNNER_KEYS = {"data", "out", "quiet", "cache_dir"}
 _NAME = re.compile(r"[\w.+-]+")
@@ -128,6 +129,7 @@ class EvalSettings(_Section):
     measures: list[str] = Field(default_factory=lambda: list(DEFAULT_EVAL["measures"]))
     baselines: list[str] = Field(default_factory=list)  # paired t-test references of the report
     transfer_systems: list[str] = Field(default_factory=list)  # empty: every system is transferred
+    pairs: list[tuple[str, str]] = Field(default_factory=list)  # [reference, system]: the report's head-to-head rows
 
 
 class PairwiseSettings(_Section):
@@ -396,6 +398,11 @@ class Recipe(_Section):
         for key in ("baselines", "transfer_systems"):
             for j, s in enumerate(getattr(self.eval, key)):
                 self.system(s, f"eval.{key}[{j}]")
+        for j, pair in enumerate(self.eval.pairs):
+            for k, s in enumerate(pair):
+                self.system(s, f"eval.pairs[{j}][{k}]")
+            if pair[0] == pair[1]:
+                raise HardnegError(f"{self.source}: eval.pairs[{j}]: {pair[0]!r} against itself; name two systems")
         pq = self.analysis.pq
         for j, s in enumerate((pq.systems or []) if pq else []):
             if self.system(s, f"analysis.pq.systems[{j}]").kind == "bm25":

@@ -259,10 +259,60 @@ class Report(FigureSections):
             "",
         ]), {"pq_grid": (grid, indexes, m)})
 
+    # ------------------------------------------------------------------ head-to-head (eval.pairs)
+    def _best_dev(self, name: str) -> float | None:
+        st = self.r.stage(train_stage(name)) if self.r.system(name).get("kind") == "train" else None
+        path = self.r.stage_file(train_stage(name), "dev_metrics.json")
+        return read_json(path).get(self.main_measure) if st and path.is_file() else None
+
+    def paired(self) -> Section:
+        """``eval.pairs``: each system against the reference it names, per query, on all test queries and on
+        the seen- and unseen-document strata (t-test p, Holm over every p of the table), the transfer sets
+        and the best dev value (what model selection saw)."""
+        pairs = [(a, b) for a, b in self.r.eval.get("pairs") or [] if a in self.per_query and b in self.per_query]
+        if not pairs:
+            return Section()
+        m = self.main_measure
+        first = self.per_query[pairs[0][0]][m]
+        strata: list[tuple[str, list[str] | None]] = [(f"all ({len(first)})", None)]
+        if self.unseen:
+            seen = sorted(set(first) - set(self.unseen))
+            strata += [(f"seen-doc ({len(seen)})", seen), (f"unseen-doc ({len(self.unseen)})", self.unseen)]
+        transfer = self.r.transfer_tags()
+        raw = [[ttest(self.per_query[b][m], self.per_query[a][m], q) for _, q in strata] for a, b in pairs]
+        flat = holm([p for row in raw for p in row])  # the family: every p of this table
+        header = ["system", "reference"]
+        for label, _ in strata:
+            header += [f"Δ{m} {label}", f"p {label.split(' ')[0]}", f"p Holm {label.split(' ')[0]}"]
+        header += [*[f"Δ{m} {t}" for t in transfer], f"Δ best dev {m}"]
+        rows = []
+        for i, (a, b) in enumerate(pairs):
+            row = [b, a]
+            for j, (_, q) in enumerate(strata):
+                d = mean(self.per_query[b][m], q) - mean(self.per_query[a][m], q)
+                row += [signed(d), fmt_p(raw[i][j]), fmt_p(flat[i * len(strata) + j])]
+            for t in transfer:
+                x, y = self._transfer_metric(b, t), self._transfer_metric(a, t)
+                row.append(signed(x - y) if x is not None and y is not None else signed(None))
+            x, y = self._best_dev(b), self._best_dev(a)
+            row.append(signed(x - y) if x is not None and y is not None else signed(None))
+            rows.append(row)
+        return Section("\n".join([
+            "## Head-to-head: each system against its reference",
+            "",
+            f"The recipe's `eval.pairs`: Δ{m} = system − reference, on every test query and per stratum (paired "
+            "two-sided t-test over queries; p Holm: Holm–Bonferroni-corrected over every p of this table), on the "
+            "transfer collections (difference of means) and on dev (each system's best dev value, the one model "
+            "selection picked).",
+            "",
+            self._table("pairs", header, rows),
+            "",
+        ]))
+
     # ------------------------------------------------------------------ the whole report
     def sections(self) -> list[Section]:
-        return [self.effectiveness(), self.generalisation(), self.interpolation(), self.per_query_delta(),
-                self.pairwise(), self.curves(), self.negatives(),
+        return [self.effectiveness(), self.generalisation(), self.paired(), self.interpolation(),
+                self.per_query_delta(), self.pairwise(), self.curves(), self.negatives(),
                 self.training_curves(), self.lambda_vs_ranknet(), self.timing(), self.pq(), self.tsne()]
 
     def render(self) -> str:
