@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -428,7 +429,7 @@ class FigureSections:
                     counts = np.asarray(hist.get(key, []), dtype=np.float64)
                     if counts.sum() > 0:
                         ax.stairs(counts / counts.sum(), edges, color=colour, label=f"{key} ({int(counts.sum())})")
-                ax.set_title(f"{name}: {big.get('where', '')}"[:60], fontsize=8)
+                ax.set_title(textwrap.fill(f"{name}: {big.get('where', '')}", 52), fontsize=8)  # wrapped, not cut
                 ax.set_xlabel("score (teacher's, or the retriever's)")
                 ax.legend(fontsize=6)
             axes[0][0].set_ylabel("share of its scores")
