@@ -196,6 +196,31 @@ def test_teacher_rescoring_changes_what_the_rules_see(tiny_ce):
     assert out["q"] == sorted(ts, key=lambda d: -ts[d])[:3]  # the teacher's order, not the student's
 
 
+def test_bi_encoder_teacher_scores_in_chunks_and_caches_per_query(tiny_st_dir, tmp_path, monkeypatch):
+    """Many pairs are scored PAIR_CHUNK at a time (no pairs x dim matrix of the whole request: that was 14 GB
+    for NFCorpus's training queries against its whole corpus) with the same values, one part file per chunk."""
+    from hardneg.train import selection
+
+    teacher = load_teacher(str(tiny_st_dir))
+    queries = {"q1": "apple orchard", "q2": "glacier ice"}
+    texts = {f"d{i}": f"document {i} about {'apples' if i % 2 else 'ice'}" for i in range(7)}
+    requests = {"q1": list(texts), "q2": list(texts)[::-1]}
+    qv = teacher.model.encode_queries(list(queries.values()))
+    dv = teacher.model.encode_docs(list(texts.values()))
+    want = {"q1": dv @ qv[0], "q2": (dv @ qv[1])[::-1]}
+    monkeypatch.setattr(selection, "PAIR_CHUNK", 3)
+    cache = TeacherScores.under(teacher, tmp_path, "corpus")
+    got = cache.scores(requests, queries, lambda ids: {d: texts[d] for d in ids})
+    for q in queries:
+        np.testing.assert_allclose(got[q], want[q], rtol=1e-5, atol=1e-6)
+    assert cache.scored == 14 and len(list((tmp_path / "teacher_scores").rglob("part-*.tsv"))) == 5  # ceil(14/3)
+    cache.forget(["q1"])
+    assert cache.scores({"q2": ["d3"]}, queries, lambda ids: pytest.fail("rescored"))["q2"][0] == got["q2"][3]
+    again = TeacherScores.under(teacher, tmp_path, "corpus")  # from the part files
+    np.testing.assert_array_equal(again.scores(requests, queries, lambda ids: pytest.fail("rescored"))["q1"],
+                                  got["q1"])
+
+
 # ----------------------------------------------------------------------------- ADORE
 def test_adore_drops_rule_failing_documents_from_pairs_and_ranks():
     from hardneg.train.adore import build_pairs, filter_ranked

@@ -364,9 +364,7 @@ def mine_streamed(dataset, qrels, queries, model: str, rules, topk: int, cache_d
             if teacher is not None:  # this chunk's pairs are never asked for again in this run
                 state["teacher"]["hits"] += teacher.hits - hits
                 state["teacher"]["scored"] += teacher.scored - scored
-                for q in run:
-                    for d in [*(d for d, _ in run[q]), *qrels.get(q, {})]:
-                        teacher.memory.pop((q, d), None)
+                teacher.forget(run)
             blob = records(selected).encode("utf-8")
             with writing(out, "negatives"):
                 with open(data_file, "ab") as fh:

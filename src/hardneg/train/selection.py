@@ -330,6 +330,9 @@ class Teacher:
 
 #: document vectors a bi-encoder teacher keeps in memory (ADORE rescoring every step re-meets the same documents)
 DOC_VECTOR_MEMO = 1_000_000
+#: (query, document) pairs scored at a time: a whole corpus per query (a deep rule window on a small corpus) for
+#: thousands of queries would otherwise be one (pairs x dim) matrix, 14 GB for NFCorpus's training queries
+PAIR_CHUNK = 65_536
 
 
 class BiEncoderTeacher(Teacher):
@@ -363,9 +366,12 @@ class BiEncoderTeacher(Teacher):
                                              strict=True))
         if was:
             self.model.train()
-        qi = {t: i for i, t in enumerate(uq)}
-        dv = np.stack([self._doc_vectors[t] for t in docs])
-        return np.einsum("nd,nd->n", qv[[qi[t] for t in queries]], dv).astype(np.float64)
+        qi = np.array([{t: i for i, t in enumerate(uq)}[t] for t in queries], dtype=np.int64)
+        out = np.empty(len(docs), dtype=np.float64)
+        for a in range(0, len(docs), PAIR_CHUNK):  # never a (pairs x dim) matrix of the whole request
+            dv = np.stack([self._doc_vectors[t] for t in docs[a:a + PAIR_CHUNK]])
+            out[a:a + len(dv)] = np.einsum("nd,nd->n", qv[qi[a:a + PAIR_CHUNK]], dv)
+        return out
 
 
 class CrossEncoderTeacher(Teacher):
@@ -449,19 +455,20 @@ class TeacherScores:
     """A teacher behind a cache keyed by (teacher fingerprint, corpus, query id, doc id).
 
     Memory first, then ``folder`` (part files written once each, so concurrent writers never
-    collide). ``scored`` counts pairs the teacher actually scored, ``hits`` cache hits."""
+    collide). In memory the scores sit per (query id, hash of the query's text): a changed query text
+    is a miss. ``scored`` counts pairs the teacher actually scored, ``hits`` cache hits."""
 
     def __init__(self, teacher: Teacher, folder: str | Path | None = None) -> None:
         self.teacher = teacher
         self.folder = Path(folder) if folder else None
-        self.memory: dict[tuple[str, str], tuple[str, float]] = {}
+        self.memory: dict[tuple[str, str], dict[str, float]] = {}
         self.scored = self.hits = 0
         if self.folder is not None and self.folder.is_dir():
             for part in sorted(self.folder.glob("part-*.tsv")):
                 for line in part.read_text(encoding="utf-8").splitlines():
                     bits = line.split("\t")
                     if len(bits) == 4:
-                        self.memory[(bits[0], bits[1])] = (bits[2], float(bits[3]))
+                        self.memory.setdefault((bits[0], bits[2]), {})[bits[1]] = float(bits[3])
 
     @classmethod
     def under(cls, teacher: Teacher, cache_dir: str | Path | None, corpus_key: str) -> TeacherScores:
@@ -471,30 +478,38 @@ class TeacherScores:
             folder = Path(cache_dir) / "teacher_scores" / f"{teacher.fingerprint}-{corpus_key[:16]}"
         return cls(teacher, folder)
 
+    def forget(self, qids: Iterable[str]) -> None:
+        """Drop these queries' scores from memory (the files keep them)."""
+        drop = set(qids)
+        for key in [k for k in self.memory if k[0] in drop]:
+            del self.memory[key]
+
     def scores(self, requests: Mapping[str, Sequence[str]], query_text: Mapping[str, str],
                doc_text: Callable[[Sequence[str]], Mapping[str, str]]) -> dict[str, np.ndarray]:
-        """Scores of every ``(qid, docid)`` in ``requests``; only the pairs not cached are scored."""
+        """Scores of every ``(qid, docid)`` in ``requests``; only the pairs not cached are scored, in chunks
+        of :data:`PAIR_CHUNK` pairs (each written as one part file)."""
+        hashes = {q: _text_hash(query_text[q]) for q in requests}
         missing: list[tuple[str, str]] = []
         for qid, docs in requests.items():
-            h = _text_hash(query_text[qid])
-            for d in docs:
-                hit = self.memory.get((qid, d))
-                if hit is not None and hit[0] == h:
+            known = self.memory.get((qid, hashes[qid]), {})
+            for d in dict.fromkeys(docs):
+                if d in known:
                     self.hits += 1
                 else:
                     missing.append((qid, d))
-        missing = list(dict.fromkeys(missing))
         if missing:
             texts = doc_text(sorted({d for _, d in missing}))
-            values = self.teacher.score_pairs([query_text[q] for q, _ in missing], [texts[d] for _, d in missing])
-            new = []
-            for (q, d), v in zip(missing, values, strict=True):
-                entry = (_text_hash(query_text[q]), float(v))
-                self.memory[(q, d)] = entry
-                new.append(f"{q}\t{d}\t{entry[0]}\t{entry[1]!r}\n")
-            self.scored += len(missing)
-            self._write(new)
-        return {q: np.array([self.memory[(q, d)][1] for d in docs], dtype=np.float64) for q, docs in requests.items()}
+            for a in range(0, len(missing), PAIR_CHUNK):
+                chunk = missing[a:a + PAIR_CHUNK]
+                values = self.teacher.score_pairs([query_text[q] for q, _ in chunk], [texts[d] for _, d in chunk])
+                new = []
+                for (q, d), v in zip(chunk, values, strict=True):
+                    self.memory.setdefault((q, hashes[q]), {})[d] = float(v)
+                    new.append(f"{q}\t{d}\t{hashes[q]}\t{float(v)!r}\n")
+                self.scored += len(chunk)
+                self._write(new)
+        return {q: np.array([self.memory[(q, hashes[q])][d] for d in docs], dtype=np.float64)
+                for q, docs in requests.items()}
 
     def _write(self, lines: list[str]) -> None:
         if self.folder is None or not lines:
