@@ -128,6 +128,31 @@ def test_split_dev_is_seeded_and_disjoint():
     assert split_dev(qids, 0.2, seed=2)[1] != dev
 
 
+def test_split_dev_by_documents_keeps_dev_positives_out_of_train():
+    # q0-q9 share d-shared (one group); the rest are pairs sharing a document, or alone
+    qrels = {f"q{i}": {"d-shared": 1, f"d{i}": 1} for i in range(10)}
+    qrels.update({f"q{i}": {f"p{i // 2}": 1} for i in range(10, 40)})
+    qrels.update({f"q{i}": {f"s{i}": 1, "judged-0": 0} for i in range(40, 60)})
+    qrels["q40"]["judged-0"] = 0  # a grade-0 judgement links nothing
+    qids = sorted(qrels)
+    for seed in range(5):
+        train, dev = split_dev(qids, 0.2, seed=seed, carve="documents", qrels=qrels)
+        assert len(dev) >= 12 and not set(train) & set(dev) and set(train) | set(dev) == set(qids)
+        train_pos = {d for q in train for d, g in qrels[q].items() if g >= 1}
+        assert not train_pos & {d for q in dev for d, g in qrels[q].items() if g >= 1}
+        assert split_dev(qids, 0.2, seed=seed, carve="documents", qrels=qrels) == (train, dev)
+    # a random carve-out of the same queries does share positives with train (what this option avoids)
+    shared = 0
+    for seed in range(5):
+        train, dev = split_dev(qids, 0.2, seed=seed)
+        train_pos = {d for q in train for d, g in qrels[q].items() if g >= 1}
+        shared += bool(train_pos & {d for q in dev for d, g in qrels[q].items() if g >= 1})
+    assert shared > 0
+    one_group = {f"q{i}": {"d": 1} for i in range(10)}
+    with pytest.raises(HardnegError, match="too few groups"):
+        split_dev(sorted(one_group), 0.2, seed=0, carve="documents", qrels=one_group)
+
+
 @pytest.mark.parametrize("method", ["static", "ance"])
 def test_tracking_overlap(tmp_path, tiny_train, tiny_model_dir, method):
     """Unchanged weights: the static negatives *are* the dynamic ones (overlap 1); trained: logged per step."""

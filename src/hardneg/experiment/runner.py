@@ -271,7 +271,8 @@ class Experiment:
         else:
             ds = load_dataset(f"{path}:{split or 'train'}")
             qrels, queries = ds.qrels(), ds.queries()
-            _, qids = split_dev([q for q in qrels if q in queries], cfg.dev_fraction, cfg.seed)
+            _, qids = split_dev([q for q in qrels if q in queries], cfg.dev_fraction, cfg.seed,
+                                carve=cfg.dev_carve, qrels=qrels)
         return ds, {q: qrels[q] for q in qids}, {q: queries[q] for q in qids}
 
     def _wise_alpha_fn(self, system: System, alpha: float, start: str,

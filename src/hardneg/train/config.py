@@ -40,7 +40,7 @@ ADORE_DEFAULTS: dict[str, Any] = {"index": "flat", "metric": "mrr@200", "adore_t
                                   "adore_reduction": "query", "nprobe": None, "ef_search": None}
 
 #: settings added after the first checkpoints were written, and their defaults (see ``fingerprint``)
-LATER_DEFAULTS: dict[str, Any] = {"rand_batch_positives": True, "patience": 0}
+LATER_DEFAULTS: dict[str, Any] = {"rand_batch_positives": True, "patience": 0, "dev_carve": "queries"}
 #: the negative-selection rules (issue 16) and their defaults (no rule active: today's behaviour)
 SELECTION_DEFAULTS: dict[str, Any] = {"range_min": 0, "range_max": None, "absolute_margin": None,
                                       "relative_margin": None, "max_score": None, "sampling_strategy": "top",
@@ -64,6 +64,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS, "optimizer": OPTIMIZERS, "loss": LOSSES, "precision": PRECISIONS,
     "star_mixing": STAR_MIXINGS, "adore_loss": ADORE_LOSSES, "adore_positives": ADORE_POSITIVES,
     "adore_reduction": ADORE_REDUCTIONS, "sampling_strategy": ("top", "random"), "margin_against": ("min", "max"),
+    "dev_carve": ("queries", "documents"),
 }
 #: whole-number settings that must be at least 1
 AT_LEAST_ONE = ("max_steps", "batch_size", "grad_accum", "n_negatives", "topk", "dev_every", "save_every",
@@ -173,6 +174,10 @@ class TrainConfig(BaseModel):
     dev_split: str | None = setting(None, "Use this split as dev instead of carving one out of train.",
                                     panel=EVALUATION)
     dev_fraction: float = setting(0.1, "Share of training queries carved out as dev.", panel=EVALUATION)
+    dev_carve: str = setting(
+        "queries", "How dev is carved out of train: queries (a seeded share) or documents (whole groups of "
+        "queries sharing a relevant document, so dev's relevant documents are never training positives).",
+        panel=EVALUATION)
     dev_every: int = setting(50, "Evaluate on dev every N steps.", panel=EVALUATION)
     dev_metric: str = setting("RR@10", "ir-measures name selecting the best model.", panel=EVALUATION)
     dev_at_start: bool = setting(True, "Also evaluate the start model (step 0).", panel=EVALUATION)

@@ -69,14 +69,53 @@ ADDITIVE_PARTS = ("pairs", "hard_pairs", "random_pairs", "skipped_queries", "can
 
 
 # ----------------------------------------------------------------------------- data
-def split_dev(qids: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded carve-out: ``(train_qids, dev_qids)``, dev = ``round(fraction * n)`` queries (at least 1)."""
+def split_dev(qids: Sequence[str], fraction: float, seed: int, *, carve: str = "queries",
+              qrels: Qrels | None = None) -> tuple[list[str], list[str]]:
+    """Seeded carve-out: ``(train_qids, dev_qids)``, dev = ``round(fraction * n)`` queries (at least 1).
+
+    ``carve="documents"``: dev takes whole groups of queries linked by a shared relevant document (from
+    ``qrels``), in a seeded order, until it has at least that many, so no dev query's relevant document is
+    relevant to a training query. Dev then measures what the unseen-document test stratum measures (ranking
+    documents training never saw as positives) instead of rewarding memorised positives."""
     qids = sorted(qids)
     n_dev = max(1, round(fraction * len(qids)))
     if n_dev >= len(qids):
         raise HardnegError(f"cannot carve a dev split of {n_dev} queries out of {len(qids)} training queries")
     order = np.random.default_rng([seed, 7]).permutation(len(qids))
-    dev = sorted(qids[i] for i in order[:n_dev])
+    if carve == "queries":
+        dev = sorted(qids[i] for i in order[:n_dev])
+    elif carve == "documents":
+        if qrels is None:
+            raise HardnegError("dev_carve documents needs the training qrels")
+        parent = list(range(len(qids)))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        owner: dict[str, int] = {}
+        for i, q in enumerate(qids):
+            for d, g in qrels.get(q, {}).items():
+                if g >= 1:
+                    j = owner.setdefault(d, i)
+                    parent[root(i)] = root(j)
+        groups: dict[int, list[str]] = {}
+        for i in order:  # a group enters dev at its first member's seeded position
+            groups.setdefault(root(int(i)), []).append(qids[int(i)])
+        dev = []
+        for members in groups.values():
+            if len(dev) >= n_dev:
+                break
+            if len(dev) + len(members) < len(qids):
+                dev += members
+        if len(dev) < n_dev:
+            raise HardnegError(f"cannot carve {n_dev} dev queries by document: the training queries form too few "
+                               "groups without shared relevant documents; use --dev-carve queries")
+        dev = sorted(dev)
+    else:
+        raise HardnegError(f"dev_carve must be queries or documents, not {carve!r}")
     dev_set = set(dev)
     return [q for q in qids if q not in dev_set], dev
 
@@ -263,7 +302,8 @@ class Trainer:
             train_qids = sorted(q for q in qrels if q in queries)
             dev_qids = sorted(q for q in dev_qrels if q in dev_queries)
         else:
-            train_qids, dev_qids = split_dev([q for q in qrels if q in queries], cfg.dev_fraction, cfg.seed)
+            train_qids, dev_qids = split_dev([q for q in qrels if q in queries], cfg.dev_fraction, cfg.seed,
+                                             carve=cfg.dev_carve, qrels=qrels)
             dev_qrels, dev_queries = qrels, queries
         self.train_qrels = {q: qrels[q] for q in train_qids}
         self.dev_qrels = {q: dev_qrels[q] for q in dev_qids}
