@@ -104,11 +104,11 @@ def split_dev(qids: Sequence[str], fraction: float, seed: int, *, carve: str = "
         groups: dict[int, list[str]] = {}
         for i in order:  # a group enters dev at its first member's seeded position
             groups.setdefault(root(int(i)), []).append(qids[int(i)])
-        dev = []
+        dev, most = [], n_dev + max(1, n_dev // 2)  # a group that would overfill dev (a giant one) is skipped
         for members in groups.values():
             if len(dev) >= n_dev:
                 break
-            if len(dev) + len(members) < len(qids):
+            if len(dev) + len(members) <= most:
                 dev += members
         if len(dev) < n_dev:
             raise HardnegError(f"cannot carve {n_dev} dev queries by document: the training queries form too few "
