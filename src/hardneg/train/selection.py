@@ -366,7 +366,8 @@ class BiEncoderTeacher(Teacher):
                                              strict=True))
         if was:
             self.model.train()
-        qi = np.array([{t: i for i, t in enumerate(uq)}[t] for t in queries], dtype=np.int64)
+        row = {t: i for i, t in enumerate(uq)}
+        qi = np.array([row[t] for t in queries], dtype=np.int64)
         out = np.empty(len(docs), dtype=np.float64)
         for a in range(0, len(docs), PAIR_CHUNK):  # never a (pairs x dim) matrix of the whole request
             dv = np.stack([self._doc_vectors[t] for t in docs[a:a + PAIR_CHUNK]])
