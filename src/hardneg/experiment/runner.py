@@ -19,8 +19,8 @@ keys, so moving a half-done experiment to another device reruns nothing.
 
 ``interpolate:`` (WiSE-FT, Wortsman et al. 2022) adds, per listed system S and weight a,
 ``wise-S-a<a>``: the model (1 − a)·start + a·S (:func:`hardneg.model.merge.interpolate`; ADORE:
-the query towers only) and its metrics on S's own dev set (``dev_split``, or the seeded carve-out
-of :func:`hardneg.train.trainer.split_dev` with S's seed and ``dev_fraction``; never the test split);
+the query towers only) and its metrics on S's own dev set (``dev_split``, or the seeded carve-out of
+:func:`hardneg.train.trainer.carve_dev` with S's seed, ``dev_fraction`` and ``dev_carve``; never the test split);
 ``wise-S``: the best a on dev (S's ``dev_metric``), whose model is the row ``S+wise`` (its own test and
 transfer stages); ``wise-S-curve``: every a on test and transfer, for the report's figure only.
 """
@@ -65,7 +65,7 @@ from hardneg.retrieval.bm25 import cached_bm25
 from hardneg.retrieval.dense import retrieve, search
 from hardneg.retrieval.results import save_run_and_metrics
 from hardneg.train.config import LATER_DEFAULTS, TrainConfig
-from hardneg.train.trainer import Trainer, split_dev
+from hardneg.train.trainer import Trainer, carve_dev
 
 logger = logging.getLogger("hardneg.experiment")
 #: TrainConfig settings left out of a training stage's key: where it writes and runs, not what it computes
@@ -271,8 +271,7 @@ class Experiment:
         else:
             ds = load_dataset(f"{path}:{split or 'train'}")
             qrels, queries = ds.qrels(), ds.queries()
-            _, qids = split_dev([q for q in qrels if q in queries], cfg.dev_fraction, cfg.seed,
-                                carve=cfg.dev_carve, qrels=qrels)
+            _, qids = carve_dev(cfg, qrels, queries)
         return ds, {q: qrels[q] for q in qids}, {q: queries[q] for q in qids}
 
     def _wise_alpha_fn(self, system: System, alpha: float, start: str,

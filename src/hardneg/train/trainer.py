@@ -37,7 +37,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,11 +96,10 @@ def split_dev(qids: Sequence[str], fraction: float, seed: int, *, carve: str = "
             return i
 
         owner: dict[str, int] = {}
+        positives = positives_of(qrels)
         for i, q in enumerate(qids):
-            for d, g in qrels.get(q, {}).items():
-                if g >= 1:
-                    j = owner.setdefault(d, i)
-                    parent[root(i)] = root(j)
+            for d in positives.get(q, ()):
+                parent[root(i)] = root(owner.setdefault(d, i))
         groups: dict[int, list[str]] = {}
         for i in order:  # a group enters dev at its first member's seeded position
             groups.setdefault(root(int(i)), []).append(qids[int(i)])
@@ -118,6 +117,13 @@ def split_dev(qids: Sequence[str], fraction: float, seed: int, *, carve: str = "
         raise HardnegError(f"dev_carve must be queries or documents, not {carve!r}")
     dev_set = set(dev)
     return [q for q in qids if q not in dev_set], dev
+
+
+def carve_dev(cfg, qrels: Qrels, queries: Mapping) -> tuple[list[str], list[str]]:
+    """``cfg``'s seeded carve-out of the training queries that have text: ``(train_qids, dev_qids)`` (the one
+    rule the trainer and the experiment's dev evaluations share)."""
+    return split_dev([q for q in qrels if q in queries], cfg.dev_fraction, cfg.seed, carve=cfg.dev_carve,
+                     qrels=qrels)
 
 
 def positives_of(qrels: Qrels) -> dict[str, set[str]]:
@@ -302,8 +308,7 @@ class Trainer:
             train_qids = sorted(q for q in qrels if q in queries)
             dev_qids = sorted(q for q in dev_qrels if q in dev_queries)
         else:
-            train_qids, dev_qids = split_dev([q for q in qrels if q in queries], cfg.dev_fraction, cfg.seed,
-                                             carve=cfg.dev_carve, qrels=qrels)
+            train_qids, dev_qids = carve_dev(cfg, qrels, queries)
             dev_qrels, dev_queries = qrels, queries
         self.train_qrels = {q: qrels[q] for q in train_qids}
         self.dev_qrels = {q: dev_qrels[q] for q in dev_qids}
