@@ -260,10 +260,10 @@ class Report(FigureSections):
         ]), {"pq_grid": (grid, indexes, m)})
 
     # ------------------------------------------------------------------ head-to-head (eval.pairs)
-    def _best_dev(self, name: str) -> float | None:
-        st = self.r.stage(train_stage(name)) if self.r.system(name).get("kind") == "train" else None
-        path = self.r.stage_file(train_stage(name), "dev_metrics.json")
-        return read_json(path).get(self.main_measure) if st and path.is_file() else None
+    def _dev_metrics(self, trained: str) -> dict[str, Any] | None:
+        """The best dev metrics of a trained system (its ``dev_metrics.json``); None for an untrained one."""
+        path = self.r.stage_file(train_stage(trained), "dev_metrics.json")
+        return read_json(path) if self.r.stage(train_stage(trained)) and path.is_file() else None
 
     def paired(self) -> Section:
         """``eval.pairs``: each system against the reference it names, per query, on all test queries and on
@@ -291,11 +291,9 @@ class Report(FigureSections):
             for j, (_, q) in enumerate(strata):
                 d = mean(self.per_query[b][m], q) - mean(self.per_query[a][m], q)
                 row += [signed(d), fmt_p(raw[i][j]), fmt_p(flat[i * len(strata) + j])]
-            for t in transfer:
-                x, y = self._transfer_metric(b, t), self._transfer_metric(a, t)
+            dev = [(self._dev_metrics(n) or {}).get(m) for n in (b, a)]
+            for x, y in [*((self._transfer_metric(b, t), self._transfer_metric(a, t)) for t in transfer), dev]:
                 row.append(signed(x - y) if x is not None and y is not None else signed(None))
-            x, y = self._best_dev(b), self._best_dev(a)
-            row.append(signed(x - y) if x is not None and y is not None else signed(None))
             rows.append(row)
         return Section("\n".join([
             "## Head-to-head: each system against its reference",
@@ -376,8 +374,7 @@ class Report(FigureSections):
             entry["transfer"] = {t: self._transfer_metric(name, t) for t in self.r.transfer_tags()}
             trained = self.r.system(name).get("wise_of", name)
             st = self.r.stage(train_stage(trained))
-            dev_file = self.r.stage_file(train_stage(trained), "dev_metrics.json")
-            entry["dev"] = read_json(dev_file) if st and dev_file.is_file() else None
+            entry["dev"] = self._dev_metrics(trained)
             if name != trained:  # an interpolation: the picked weight's dev metrics
                 pick = self.r.wise_pick(trained)
                 entry["dev"] = {"alpha": pick["alpha"], **pick["dev"]} if pick else None
