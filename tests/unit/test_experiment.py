@@ -365,13 +365,46 @@ def test_shipped_recipes_validate():
                                               for s in exp.stages)
 
 
+STAR_DEMO = """\
+name: demo
+description: a short STAR + ADORE run on SciFact (CPU, minutes), ending with the comparison table
+data: "{data_dir}/scifact"
+model: minilm
+seed: 42
+train:
+  preset: cpu-demo           # batch 16, 60 steps, q/d 64/128 tokens
+  dev_every: 30
+  save_every: 30
+adore:
+  max_steps: 60
+  batch_size: 32
+  lr: 1.0e-5
+  query_max_length: 64
+  doc_max_length: 256
+  dev_every: 30
+  save_every: 30
+eval:
+  split: test
+  max_length: 256
+  k: 1000
+  measures: [RR@10, R@100, nDCG@10]
+  baselines: [zeroshot]
+systems:
+  - {name: bm25, kind: bm25}
+  - {name: zeroshot, kind: zeroshot}
+  - {name: star, method: star}
+  - {name: adore+star, method: adore, base: star}
+"""  # configs/demo.yaml as it was when the stage key below was recorded
+
+
 def test_settings_added_later_leave_stage_keys_unchanged_at_their_default(tmp_path):
     """A setting added after experiments existed keys a training stage only when it is set: at its default
-    it computes what the stage did before, so finished stages stay finished: demo.yaml's train-star key equals
-    that of the version before those settings existed (computed there with data_dir /data)."""
+    it computes what the stage did before, so finished stages stay finished: the STAR demo recipe's train-star
+    key equals that of the version before those settings existed (computed there with data_dir /data)."""
     from hardneg.train.config import LATER_DEFAULTS
 
-    path = Path(__file__).parents[2] / "configs" / "demo.yaml"
+    path = tmp_path / "star-demo.yaml"
+    path.write_text(STAR_DEMO)
     exp = Experiment(Recipe.from_yaml(path, data_dir="/data"), "/nonexistent/out")
     assert exp.stages["train-star"].key == "51d08637c6cbccb0"
     settings = exp.stages["train-star"].settings

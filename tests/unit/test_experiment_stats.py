@@ -22,7 +22,7 @@ def _tiny_recipe(data, model, cache, transfer) -> dict:
         "name": "wise", "data": str(data), "model": str(model), "cache_dir": str(cache),
         "train": dict(TRAIN), "adore": dict(ADORE),
         "eval": {"max_length": 32, "query_max_length": 16, "k": 50, "baselines": ["rand"],
-                 "pairs": [["rand", "adore+zeroshot"], ["zeroshot", "rand"]]},
+                 "pairs": [["rand", "adore+zeroshot"], ["zeroshot", "rand"], ["zeroshot", "rand+wise"]]},
         "transfer": [f"{transfer}:test"],
         "systems": [{"name": "zeroshot", "kind": "zeroshot"}, {"name": "rand", "method": "rand"},
                     {"name": "adore+zeroshot", "method": "adore"}],
@@ -148,7 +148,11 @@ def test_report_curve_holm_columns_and_results_json(wise, tmp_path):
     # eval.pairs: system minus reference per stratum, the t-test of the per-query values, Holm over the table
     assert "## Head-to-head" in text
     pairs = list(csv.DictReader((tmp_path / "tables" / "pairs.csv").open(encoding="utf-8")))
-    assert [(r["system"], r["reference"]) for r in pairs] == [("adore+zeroshot", "rand"), ("rand", "zeroshot")]
+    assert [(r["system"], r["reference"]) for r in pairs] == [("adore+zeroshot", "rand"), ("rand", "zeroshot"),
+                                                              ("rand+wise", "zeroshot")]
+    # an interpolation's row can be paired: its delta is that of its own test row
+    assert float(pairs[2][next(c for c in pairs[2] if c.startswith("ΔnDCG@10 all"))]) == pytest.approx(
+        res["rand+wise"]["nDCG@10"] - res["zeroshot"]["nDCG@10"])
     row, per_query = pairs[0], {n: results.per_query(n)["nDCG@10"] for n in ("rand", "adore+zeroshot")}
 
     def col(prefix):
@@ -198,6 +202,7 @@ def test_findings_show_holm_and_say_in_domain_only():
     ({"interpolate": {"alpha": [0.5]}}, "interpolate: unknown key 'alpha' (did you mean 'alphas'?)"),
     ({"eval": {"pairs": [["rand", "nope"]]}}, "eval.pairs[0][1]: no system named 'nope'"),
     ({"eval": {"pairs": [["rand", "rand"]]}}, "eval.pairs[0]: 'rand' against itself"),
+    ({"eval": {"pairs": [["rand", "zeroshot+wise"]]}}, "eval.pairs[0][1]: no system named 'zeroshot+wise'"),
 ])
 def test_bad_interpolate_keys_fail_before_compute(tmp_path, tiny_model_dir, change, message):
     raw = {**_tiny_recipe(tmp_path, tiny_model_dir, tmp_path / "cache", tmp_path), **change}

@@ -395,12 +395,15 @@ class Recipe(_Section):
                 self._check_dev_split(i, s, cfg)
         self._check_transfers()
         self._check_irds()
+        self._check_interpolate()  # before eval.pairs, which may name its "<system>+wise" rows
         for key in ("baselines", "transfer_systems"):
             for j, s in enumerate(getattr(self.eval, key)):
                 self.system(s, f"eval.{key}[{j}]")
+        wise_rows = {wise_name(s.name) for s in self.interpolated}
         for j, pair in enumerate(self.eval.pairs):
             for k, s in enumerate(pair):
-                self.system(s, f"eval.pairs[{j}][{k}]")
+                if s not in wise_rows:  # an interpolation's "<system>+wise" row is a row of the report too
+                    self.system(s, f"eval.pairs[{j}][{k}]")
             if pair[0] == pair[1]:
                 raise HardnegError(f"{self.source}: eval.pairs[{j}]: {pair[0]!r} against itself; name two systems")
         pq = self.analysis.pq
@@ -411,7 +414,6 @@ class Recipe(_Section):
         for key in ("before", "after"):
             if tsne is not None and getattr(tsne, key) is not None:
                 self.system(getattr(tsne, key), f"analysis.tsne.{key}")
-        self._check_interpolate()
 
     def _check_interpolate(self) -> None:
         """``interpolate.systems`` name trained systems; their ``<name>+wise`` rows clash with no system."""
