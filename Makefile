@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP)
 
-# Main job: the demo recipe (configs/demo.yaml): BM25, zero-shot MiniLM, STAR and ADORE+STAR on SciFact,
+# Main job: the demo recipe (configs/demo.yaml): BM25, zero-shot MiniLM, ADORE and WiSE-FT on SciFact,
 # ending with the comparison table; stages are cached, so a second `make demo` only prints the table.
 demo: install
 	$(BIN)/hardneg experiment configs/demo.yaml --data-dir $(DATA)

@@ -361,8 +361,8 @@ def test_shipped_recipes_validate():
     assert {p.stem for p in configs} >= {"demo", "scifact"}
     for path in configs:
         exp = Experiment(Recipe.from_yaml(path, data_dir="/data"), "/nonexistent/out")
-        assert "report" in exp.stages and all(s.startswith(("train-", "test-", "transfer-", "analysis-", "report"))
-                                              for s in exp.stages)
+        kinds = ("train-", "test-", "transfer-", "analysis-", "wise-", "report")
+        assert "report" in exp.stages and all(s.startswith(kinds) for s in exp.stages)
 
 
 STAR_DEMO = """\
