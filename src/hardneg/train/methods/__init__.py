@@ -64,37 +64,84 @@ __all__ = [
     "Method",
     "MethodContext",
     "StepBatch",
+    "MethodSpec",
     "make_method",
     "method_class",
     "method_help",
     "method_names",
+    "method_spec",
+    "method_specs",
     "mine_with_model",
 ]
 
 
 @dataclass(frozen=True)
-class _Entry:
+class MethodSpec:
+    """What a method is and what it needs, declared once (read without importing torch).
+
+    Config validation, the CLI, the experiment runner and the report ask these, never a method's name."""
+
+    name: str
     target: str  # "module:Class", imported when the method is asked for
     help: str  # one line, for CLI help
+    #: where the query's own hard negatives come from: None (none), "random" (sampled from the corpus),
+    #: "bm25" (BM25's top-k), "start-model" (a file, or mined once with the start model), "refreshed"
+    #: (re-mined with the current model), "index" (searched every step in a fixed index)
+    hard_negatives: str | None = None
+    #: the batch's other documents are negatives too (In-Batch, Rand, STAR)
+    batch_negatives: bool = False
+    #: takes ``--negatives FILE`` (else mines with the start model)
+    negatives_file: bool = False
+    #: takes the negative-selection rules (hardneg.negatives.rules.NegativeRules)
+    selection_rules: bool = False
+    #: separate towers, the document tower frozen with its index (ADORE)
+    frozen_doc: bool = False
+    #: TrainConfig fields only this method takes (any other method refuses a non-default value)
+    settings: tuple[str, ...] = ()
 
+    @property
+    def random_negatives(self) -> bool:
+        """Its negatives are random (the paper's baselines for hard negatives: In-Batch, Rand)."""
+        return self.hard_negatives in (None, "random")
+
+
+_ADORE_SETTINGS = ("index", "metric", "adore_topk", "adore_loss", "adore_positives", "adore_reduction",
+                   "nprobe", "ef_search")
 
 #: THE registry of training methods, in CLI order
-_REGISTRY: dict[str, _Entry] = {
-    "inbatch": _Entry("hardneg.train.methods.inbatch:InBatch",
-                      "in-batch negatives: the other queries' positives"),
-    "rand": _Entry("hardneg.train.methods.rand:RandNeg",
-                   "random corpus negatives (plus the rest of the batch)"),
-    "bm25neg": _Entry("hardneg.train.methods.static:BM25Neg",
-                      "hard negatives sampled from BM25's top-k"),
-    "static": _Entry("hardneg.train.methods.static:StaticNeg",
-                     "hard negatives from a fixed run (a file, or mined once with the start model)"),
-    "ance": _Entry("hardneg.train.methods.ance:Ance",
-                   "hard negatives re-mined with the current model every refresh_every steps"),
-    "star": _Entry("hardneg.train.methods.star:Star",
-                   "static hard negatives + the batch's other documents as random negatives (STAR)"),
-    "adore": _Entry("hardneg.train.adore:Adore",
-                    "only the query tower trains, on its own top-K in a fixed document index (ADORE)"),
-}
+_REGISTRY: dict[str, MethodSpec] = {s.name: s for s in (
+    MethodSpec("inbatch", "hardneg.train.methods.inbatch:InBatch",
+               "in-batch negatives: the other queries' positives", batch_negatives=True),
+    MethodSpec("rand", "hardneg.train.methods.rand:RandNeg",
+               "random corpus negatives (plus the rest of the batch)", hard_negatives="random",
+               batch_negatives=True, settings=("rand_batch_positives",)),
+    MethodSpec("bm25neg", "hardneg.train.methods.static:BM25Neg",
+               "hard negatives sampled from BM25's top-k", hard_negatives="bm25", selection_rules=True),
+    MethodSpec("static", "hardneg.train.methods.static:StaticNeg",
+               "hard negatives from a fixed run (a file, or mined once with the start model)",
+               hard_negatives="start-model", negatives_file=True, selection_rules=True),
+    MethodSpec("ance", "hardneg.train.methods.ance:Ance",
+               "hard negatives re-mined with the current model every refresh_every steps",
+               hard_negatives="refreshed", selection_rules=True, settings=("refresh_every",)),
+    MethodSpec("star", "hardneg.train.methods.star:Star",
+               "static hard negatives + the batch's other documents as random negatives (STAR)",
+               hard_negatives="start-model", batch_negatives=True, negatives_file=True, selection_rules=True),
+    MethodSpec("adore", "hardneg.train.adore:Adore",
+               "only the query tower trains, on its own top-K in a fixed document index (ADORE)",
+               hard_negatives="index", selection_rules=True, frozen_doc=True, settings=_ADORE_SETTINGS),
+)}
+
+
+def method_spec(name: str) -> MethodSpec:
+    """What method ``name`` is and needs (a clear error for an unknown name)."""
+    if name not in _REGISTRY:
+        raise HardnegError(f"unknown method {name!r}; known: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def method_specs() -> tuple[MethodSpec, ...]:
+    """Every method's spec, in CLI order."""
+    return tuple(_REGISTRY.values())
 
 
 def method_names() -> tuple[str, ...]:
@@ -102,19 +149,13 @@ def method_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def _entry(name: str) -> _Entry:
-    if name not in _REGISTRY:
-        raise HardnegError(f"unknown method {name!r}; known: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
-
-
 def method_help(name: str) -> str:
     """One line describing method ``name`` (for CLI help)."""
-    return _entry(name).help
+    return method_spec(name).help
 
 
 def method_class(name: str) -> type[Method]:
-    module, attr = _entry(name).target.split(":")
+    module, attr = method_spec(name).target.split(":")
     return getattr(importlib.import_module(module), attr)
 
 
