@@ -52,8 +52,11 @@ bench: install
 	$(BIN)/python benchmarks/scale.py --sizes 100000 --stages dev_eval mine --out benchmarks/results/scale-bench.json
 	$(BIN)/python benchmarks/summary.py
 
+# ruff, then the import contracts of pyproject.toml ([tool.importlinter]: layers, no cycles, methods apart
+# from the loop), which count imports inside functions too
 lint: install
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
