@@ -16,11 +16,12 @@ EXTRAS      ?= cpu,dev
 TORCH_INDEX ?=
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.hardneg-installed
+DOCS_STAMP  := $(VENV)/.hardneg-docs-installed
 PIPC        := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-slow bench lint clean
+.PHONY: install demo test test-slow bench lint docs clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,5 +59,14 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports --no-cache
 
+# the documentation site (mkdocs.yml, docs/): the [docs] extra is installed into .venv on first use, then a
+# strict build into site/ (a broken link, a page missing from the nav or an unrenderable docstring fails)
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet $(PIPC) -e '.[$(EXTRAS),docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache
