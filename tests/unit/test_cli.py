@@ -138,12 +138,12 @@ def test_tokenize_and_encode_query_side(tiny_beir, tiny_st_dir, env):
     assert TokenizedStore(env / "qtok").ids == [f"q{i}" for i in range(6)]
     result = invoke("encode", f"{tiny_beir}:test", "--model", tiny_st_dir, "--side", "queries", "--out", env / "qemb")
     assert result.exit_code == 0, result.output
-    from hardneg.index.encode import Embeddings
+    from hardneg.index.encode import Embeddings, encode_texts
     from hardneg.model.encoder import DualEncoder
 
     emb = Embeddings(env / "qemb")
     model = DualEncoder.from_pretrained(tiny_st_dir)
-    expected = model.encode_queries([f"what about {t}" for t in ["apple orchard harvest"]])
+    expected = encode_texts(model, [f"what about {t}" for t in ["apple orchard harvest"]], "query")
     import numpy as np
 
     np.testing.assert_allclose(np.asarray(emb.vectors)[0], expected[0], atol=1e-5)

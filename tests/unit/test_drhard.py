@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from hardneg.errors import HardnegError
+from hardneg.index.encode import encode_texts
 from hardneg.model.drhard import HeadTower
 from hardneg.model.encoder import DualEncoder
 
@@ -86,10 +87,10 @@ def test_drhard_checkpoint_encodes_like_robertadot(star):
     model = DualEncoder.from_pretrained(folder, tokenizer=_minilm())
     assert isinstance(model.doc_model, HeadTower) and model.config.shared
     assert (model.config.pooling, model.config.normalize, model.dim) == ("cls", False, OUT)
-    np.testing.assert_allclose(model.encode_docs(TEXTS, batch_size=3), _expected(state, TEXTS, 512), atol=1e-5)
-    np.testing.assert_allclose(model.encode_queries(TEXTS), _expected(state, TEXTS, 64), atol=1e-5)
+    np.testing.assert_allclose(encode_texts(model, TEXTS, "doc", batch_size=3), _expected(state, TEXTS, 512), atol=1e-5)
+    np.testing.assert_allclose(encode_texts(model, TEXTS, "query"), _expected(state, TEXTS, 64), atol=1e-5)
     # without the head the vectors would be the hidden size: the head is really used
-    assert model.encode_docs(TEXTS[:1]).shape == (1, OUT)
+    assert encode_texts(model, TEXTS[:1], "doc").shape == (1, OUT)
 
 
 def test_drhard_save_reload_and_sentence_transformers_export(star, tmp_path):
@@ -105,7 +106,7 @@ def test_drhard_save_reload_and_sentence_transformers_export(star, tmp_path):
     again = DualEncoder.from_pretrained(saved)
     assert isinstance(again.doc_model, HeadTower) and again.config == model.config
     assert again.identity()["weights"] == model.identity()["weights"]
-    np.testing.assert_allclose(again.encode_docs(TEXTS), expected, atol=1e-5)
+    np.testing.assert_allclose(encode_texts(again, TEXTS, "doc"), expected, atol=1e-5)
 
     result = CliRunner().invoke(app, ["export", str(saved), "--out", str(tmp_path / "st")])
     assert result.exit_code == 0, result.output
@@ -115,7 +116,8 @@ def test_drhard_save_reload_and_sentence_transformers_export(star, tmp_path):
     assert dense_cfg["activation_function"] == "torch.nn.modules.linear.Identity"
     st = SentenceTransformer(str(tmp_path / "st"), device="cpu")
     np.testing.assert_allclose(st.encode(TEXTS, convert_to_numpy=True), expected, atol=1e-5)
-    np.testing.assert_allclose(DualEncoder.from_pretrained(tmp_path / "st").encode_docs(TEXTS), expected, atol=1e-5)
+    reloaded = DualEncoder.from_pretrained(tmp_path / "st")
+    np.testing.assert_allclose(encode_texts(reloaded, TEXTS, "doc"), expected, atol=1e-5)
 
 
 def test_sentence_transformers_dense_and_layer_norm_load(tmp_path):
@@ -144,7 +146,7 @@ def test_sentence_transformers_dense_and_layer_norm_load(tmp_path):
     st.save(str(tmp_path / "st"))
     ours = DualEncoder.from_pretrained(tmp_path / "st")
     assert isinstance(ours.doc_model, HeadTower) and ours.config.normalize and ours.dim == OUT
-    np.testing.assert_allclose(ours.encode_docs(TEXTS), st.encode(TEXTS, convert_to_numpy=True), atol=1e-5)
+    np.testing.assert_allclose(encode_texts(ours, TEXTS, "doc"), st.encode(TEXTS, convert_to_numpy=True), atol=1e-5)
 
 
 def test_stray_or_missing_keys_are_refused(star, tmp_path):
@@ -179,8 +181,8 @@ def test_plain_checkpoint_keys_rule(tmp_path):
     AutoTokenizer.from_pretrained(str(_minilm())).save_pretrained(folder)
     model = DualEncoder.from_pretrained(folder)
     assert model.doc_model.pooler is None and model.dim == HIDDEN  # the random pooler is removed
-    a = model.encode_docs(TEXTS[:2])
-    np.testing.assert_array_equal(DualEncoder.from_pretrained(folder).encode_docs(TEXTS[:2]), a)
+    a = encode_texts(model, TEXTS[:2], "doc")
+    np.testing.assert_array_equal(encode_texts(DualEncoder.from_pretrained(folder), TEXTS[:2], "doc"), a)
 
     save_file({**state, "classifier.weight": torch.zeros(2, HIDDEN)}, folder / "model.safetensors",
               metadata={"format": "pt"})
@@ -202,13 +204,13 @@ def test_adore_pair_loads_each_towers_weights(star, tmp_path):
     pair = DualEncoder.from_pretrained(doc_dir, query_model=query_dir, tokenizer=_minilm())
     assert not pair.config.shared and pair.query_model is not pair.doc_model
     q_expected, d_expected = _expected(query_state, TEXTS, 64), _expected(doc_state, TEXTS, 512)
-    np.testing.assert_allclose(pair.encode_queries(TEXTS), q_expected, atol=1e-5)
-    np.testing.assert_allclose(pair.encode_docs(TEXTS), d_expected, atol=1e-5)
+    np.testing.assert_allclose(encode_texts(pair, TEXTS, "query"), q_expected, atol=1e-5)
+    np.testing.assert_allclose(encode_texts(pair, TEXTS, "doc"), d_expected, atol=1e-5)
     assert not np.allclose(q_expected, _expected(doc_state, TEXTS, 64), atol=1e-3)
     again = DualEncoder.from_pretrained(pair.save(tmp_path / "saved"))
     assert not again.config.shared
-    np.testing.assert_allclose(again.encode_queries(TEXTS), q_expected, atol=1e-5)
-    np.testing.assert_allclose(again.encode_docs(TEXTS), d_expected, atol=1e-5)
+    np.testing.assert_allclose(encode_texts(again, TEXTS, "query"), q_expected, atol=1e-5)
+    np.testing.assert_allclose(encode_texts(again, TEXTS, "doc"), d_expected, atol=1e-5)
     from typer.testing import CliRunner
 
     from hardneg.cli import app

@@ -5,7 +5,7 @@ import pytest
 
 from hardneg.data.tokenized import StoreSpec, build_store, texts_fingerprint
 from hardneg.errors import HardnegError, MismatchError
-from hardneg.index.encode import Embeddings, encode_store, length_sorted_batches
+from hardneg.index.encode import Embeddings, encode_store, encode_texts, length_sorted_batches
 from hardneg.index.faiss_index import FaissIndex, factory_string
 from hardneg.model.encoder import DualEncoder, tokenizer_fingerprint
 
@@ -36,7 +36,7 @@ def test_length_sorted_batches_cover_every_row_once():
 def test_encode_store_matches_direct_encoding(model, store, tmp_path):
     emb = encode_store(model, store, "doc", tmp_path / "emb", batch_size=5, show_progress=False)
     assert emb.ids == [r for r, _ in RECORDS]
-    direct = model.encode_docs([t for _, t in RECORDS], batch_size=1)
+    direct = encode_texts(model, [t for _, t in RECORDS], "doc", batch_size=1)
     # max_length 32 store vs model default 512: compare on texts short enough to be untruncated
     short = [i for i, n in enumerate(store.lengths) if n < 32]
     np.testing.assert_allclose(np.asarray(emb.vectors)[short], direct[short], rtol=1e-4, atol=1e-5)

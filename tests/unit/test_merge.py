@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from conftest import _tiny_bert
 from hardneg.cli import app
 from hardneg.errors import HardnegError
+from hardneg.index.encode import encode_texts
 from hardneg.model.encoder import DualEncoder
 from hardneg.model.merge import interpolate
 
@@ -37,8 +38,8 @@ def test_interpolation_is_the_weighted_mean_of_every_tensor(pair):
             if torch.is_floating_point(tensor):
                 assert torch.allclose(tensor, 0.7 * sa[name] + 0.3 * sb[name], atol=1e-7) if alpha == 0.3 \
                     else torch.equal(tensor, (sa if alpha == 0.0 else sb)[name]), (alpha, name)
-    assert torch.equal(torch.from_numpy(interpolate(a, b, 0.0).encode_docs(TEXTS)),
-                       torch.from_numpy(a.encode_docs(TEXTS)))
+    assert torch.equal(torch.from_numpy(encode_texts(interpolate(a, b, 0.0), TEXTS, "doc")),
+                       torch.from_numpy(encode_texts(a, TEXTS, "doc")))
     assert not torch.equal(a.doc_model.embeddings.word_embeddings.weight, b.doc_model.embeddings.word_embeddings.weight)
 
 
@@ -75,4 +76,5 @@ def test_merge_command_writes_a_loadable_model(tmp_path):
     assert result.exit_code == 0, result.output
     merged = DualEncoder.from_pretrained(tmp_path / "m")
     expected = interpolate(DualEncoder.from_pretrained(a), DualEncoder.from_pretrained(b), 0.5)
-    assert torch.equal(torch.from_numpy(merged.encode_docs(TEXTS)), torch.from_numpy(expected.encode_docs(TEXTS)))
+    assert torch.equal(torch.from_numpy(encode_texts(merged, TEXTS, "doc")),
+                       torch.from_numpy(encode_texts(expected, TEXTS, "doc")))

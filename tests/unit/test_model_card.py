@@ -15,14 +15,8 @@ from typer.testing import CliRunner
 from conftest import write_tiny_train
 from hardneg.cli import app
 from hardneg.errors import HardnegError
-from hardneg.model.card import (
-    Dataset,
-    find_run,
-    metric_id,
-    read_front_matter,
-    train_command,
-    write_model_card,
-)
+from hardneg.export.card import metric_id, read_front_matter, train_command, write_model_card
+from hardneg.export.sources import Dataset, find_run
 from hardneg.train.config import TrainConfig
 
 runner = CliRunner()

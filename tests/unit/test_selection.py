@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hardneg.errors import HardnegError
+from hardneg.index.encode import encode_texts
 from hardneg.train.selection import (
     Diagnostics,
     NegativeRules,
@@ -205,8 +206,8 @@ def test_bi_encoder_teacher_scores_in_chunks_and_caches_per_query(tiny_st_dir, t
     queries = {"q1": "apple orchard", "q2": "glacier ice"}
     texts = {f"d{i}": f"document {i} about {'apples' if i % 2 else 'ice'}" for i in range(7)}
     requests = {"q1": list(texts), "q2": list(texts)[::-1]}
-    qv = teacher.model.encode_queries(list(queries.values()))
-    dv = teacher.model.encode_docs(list(texts.values()))
+    qv = encode_texts(teacher.model, list(queries.values()), "query")
+    dv = encode_texts(teacher.model, list(texts.values()), "doc")
     want = {"q1": dv @ qv[0], "q2": (dv @ qv[1])[::-1]}
     monkeypatch.setattr(selection, "PAIR_CHUNK", 3)
     cache = TeacherScores.under(teacher, tmp_path, "corpus")
@@ -353,9 +354,9 @@ def test_static_training_uses_the_rules_end_to_end(tmp_path, tiny_model_dir):
     plain.setup()
     model, ids = plain.model, plain.doc_ids
     qids = sorted(plain.train_qrels)
-    qv = model.encode_queries([plain.queries[q].text for q in qids])
+    qv = encode_texts(model, [plain.queries[q].text for q in qids], "query")
     texts = {d.doc_id: d.full_text() for d in plain.dataset.iter_docs()}
-    dv = model.encode_docs([texts[d] for d in ids])
+    dv = encode_texts(model, [texts[d] for d in ids], "doc")
     scores = {q: dict(zip(ids, (qv[i] @ dv.T).tolist(), strict=True)) for i, q in enumerate(qids)}
     cut = float(np.median([s for q in qids for s in scores[q].values()]))
     ruled = Trainer(TrainConfig(**base, out=str(tmp_path / "ruled"), max_score=cut))

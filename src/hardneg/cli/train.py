@@ -173,21 +173,25 @@ def export(
     (its projection head becomes Dense → LayerNorm modules).
     Publish: `hardneg export runs/star/model --out runs/star-st --push-to-hub me/star-scifact --private`
     """
-    from hardneg.model import card as model_card
+    from hardneg.export.card import write_model_card
+    from hardneg.export.hub import check_repo_id
+    from hardneg.export.hub import push_to_hub as upload
+    from hardneg.export.sources import read_evaluation
+    from hardneg.export.st_model import export_sentence_transformers
 
     if push_to_hub:
-        model_card.check_repo_id(push_to_hub)  # before any work
+        check_repo_id(push_to_hub)  # before any work
     for folder in evals or []:
-        model_card.read_evaluation(folder)  # a bad --eval folder fails before the export
+        read_evaluation(folder)  # a bad --eval folder fails before the export
     encoder = open_model(model, query_model=query_model, tokenizer=tokenizer)
-    encoder.export_sentence_transformers(out)
+    export_sentence_transformers(encoder, out)
     kind = "shared encoder" if encoder.config.shared else "query/document Router"
     info(f"sentence-transformers model ({kind}) in {out}")
     if card:
-        path = model_card.write_model_card(out, model, encoder=encoder, evals=evals or [], repo_id=push_to_hub)
+        path = write_model_card(out, model, encoder=encoder, evals=evals or [], repo_id=push_to_hub)
         info(f"model card in {path}")
     if push_to_hub:
-        url = model_card.push_to_hub(out, push_to_hub, private=private, token=token)
+        url = upload(out, push_to_hub, private=private, token=token)
         info(f"uploaded {out} to {url}")
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from hardneg.data.tokenized import TokenizedStore
 from hardneg.errors import HardnegError, MismatchError
@@ -73,8 +74,6 @@ def encode_batches(
     tensors (in whatever grad mode the caller runs: inference for corpus encoding, with gradients
     in training); the model's train/eval mode is the caller's too.
     """
-    from tqdm.auto import tqdm
-
     pad = pad_id(model)
     device = model.device
     with tqdm(total=len(batches), initial=start, desc=desc, unit="batch",
@@ -85,7 +84,8 @@ def encode_batches(
             bar.update(1)
 
 
-def _desc(side: str) -> str:
+def progress_label(side: str) -> str:
+    """The progress bar's label for encoding ``side``."""
     return f"encode {'queries' if side == 'query' else 'docs'}"
 
 
@@ -106,9 +106,17 @@ def encode_token_lists(
     lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
     batches = length_sorted_batches(lengths, batch_size)
     for b, emb in encode_batches(model, lambda rows: [token_lists[i] for i in rows], batches, side,
-                                 desc=_desc(side), show_progress=show_progress):
+                                 desc=progress_label(side), show_progress=show_progress):
         out[batches[b]] = emb.float().cpu().numpy()
     return out
+
+
+def encode_texts(model, texts: Sequence[str], side: str, *, batch_size: int = 64,
+                 show_progress: bool = False) -> np.ndarray:
+    """Encode a list of texts with ``model``'s ``side`` tower (``"query"`` or ``"doc"``): tokenized with
+    that side's prefix and max length, then :func:`encode_token_lists`; float32 ``(n, dim)`` in input order."""
+    ids = model.tokenize(texts, side)["input_ids"]
+    return encode_token_lists(model, ids, side, batch_size=batch_size, show_progress=show_progress)
 
 
 def embeddings_key(encoder_identity: dict, store_manifest: dict, side: str) -> str:
@@ -246,7 +254,7 @@ def _encode_store_unsafe(model, store, side, out: Path, key: str, batch_size: in
     encode_batches_resumable(
         model, store, side, batches, batches, len(store), partial,
         {"key": key, "batch_size": batch_size, "n_batches": len(batches)},
-        desc=_desc(side), show_progress=show_progress,
+        desc=progress_label(side), show_progress=show_progress,
         checkpoint_seconds=checkpoint_seconds)
     _copy_ids(store, partial / "ids.json")
     write_json(

@@ -4,9 +4,13 @@ A tower is a transformer plus pooling (``cls`` or ``mean``) and optional L2
 normalisation; the two towers are the same module (``shared``) or separate
 copies (ADORE trains the query side only). A sentence-transformers folder
 (``modules.json``, ``1_Pooling``, ``sentence_bert_config.json``) supplies
-pooling, normalisation, max length and prompts automatically; a plain
-transformers folder defaults to CLS pooling without normalisation (the
-paper's RoBERTa setting).
+pooling, normalisation, max length and prompts automatically
+(:mod:`hardneg.model.st_format`); a plain transformers folder defaults to CLS
+pooling without normalisation (the paper's RoBERTa setting).
+
+The encoder turns token ids into vectors (``forward``) and texts into token ids
+(``tokenize``); encoding lists of texts in batches is the index layer's
+(:func:`hardneg.index.encode.encode_texts`).
 
 A tower may carry a projection head (:class:`~hardneg.model.drhard.HeadTower`:
 pooled vector → Dense → LayerNorm): DRhard's ``RobertaDot`` checkpoints (STAR,
@@ -24,22 +28,24 @@ ADORE's released pair (a query-encoder folder and the STAR document encoder)::
     DualEncoder.from_pretrained("star", query_model="adore-star", tokenizer="roberta-base")
 
 gives separate towers; ``.save(dir)`` once makes a folder every ``--model`` takes.
+``hardneg export`` (:mod:`hardneg.export`) turns a saved encoder into one sentence-transformers
+folder (separate towers as a ``Router`` model).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 import weakref
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -57,9 +63,9 @@ from hardneg.model.drhard import (
     weights_file,
 )
 from hardneg.model.registry import resolve_model
+from hardneg.model.st_format import POOLINGS, read_sentence_transformers_config, write_sentence_transformers_files
 
 Side = Literal["query", "doc"]
-POOLINGS = ("cls", "mean")
 HARDNEG_CONFIG = "hardneg_encoder.json"
 QUERY_TOWER_DIR = "query_tower"
 
@@ -89,68 +95,9 @@ class EncoderConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def read_sentence_transformers_config(folder: Path) -> dict:
-    """Pooling, normalisation, max length and prompts of a sentence-transformers folder.
-
-    Reads both the legacy layout (``pooling_mode_mean_tokens`` …, ``max_seq_length``)
-    and the sentence-transformers 6 layout (``pooling_mode``, tokenizer ``model_max_length``).
-    Returns only what the folder states.
-    """
-    out: dict = {}
-    modules_file = folder / "modules.json"
-    if not modules_file.is_file():
-        return out
-    modules = json.loads(modules_file.read_text(encoding="utf-8"))
-    for module in modules:
-        kind = module.get("type", "")
-        path = folder / module.get("path", "")
-        if kind.endswith("Pooling"):
-            cfg_file = path / "config.json"
-            if cfg_file.is_file():
-                cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-                mode = cfg.get("pooling_mode")
-                if mode is None:
-                    if cfg.get("pooling_mode_cls_token"):
-                        mode = "cls"
-                    elif cfg.get("pooling_mode_mean_tokens"):
-                        mode = "mean"
-                    else:
-                        mode = next((k[len("pooling_mode_"):] for k, v in cfg.items()
-                                     if k.startswith("pooling_mode_") and v), None)
-                if mode in ("mean_tokens", "cls_token"):
-                    mode = mode.split("_")[0]
-                if mode not in POOLINGS:
-                    raise HardnegError(
-                        f"{cfg_file}: pooling mode {mode!r} is not supported (use cls or mean)"
-                    )
-                out["pooling"] = mode
-        elif kind.endswith("Normalize"):
-            out["normalize"] = True
-    sbert = folder / "sentence_bert_config.json"
-    if sbert.is_file():
-        max_len = json.loads(sbert.read_text(encoding="utf-8")).get("max_seq_length")
-        if max_len:
-            out["max_length"] = int(max_len)
-    if "max_length" not in out:
-        tok_cfg = folder / "tokenizer_config.json"
-        if tok_cfg.is_file():
-            max_len = json.loads(tok_cfg.read_text(encoding="utf-8")).get("model_max_length")
-            if isinstance(max_len, int) and max_len < 100_000:
-                out["max_length"] = max_len
-    st_cfg = folder / "config_sentence_transformers.json"
-    if st_cfg.is_file():
-        prompts = json.loads(st_cfg.read_text(encoding="utf-8")).get("prompts") or {}
-        if prompts.get("query"):
-            out["query_prefix"] = prompts["query"]
-        doc_prompt = prompts.get("document") or prompts.get("passage")
-        if doc_prompt:
-            out["doc_prefix"] = doc_prompt
-    return out
-
-
 def _auto_load(folder: Path, dtype: torch.dtype | None) -> nn.Module:
     """``AutoModel`` with every checkpoint key accounted for (the rule in :mod:`hardneg.model.drhard`)."""
-    from transformers import AutoModel
+    from transformers import AutoModel  # heavy: imported when a model is loaded
 
     kwargs = {"dtype": dtype} if dtype is not None else {}
     try:
@@ -183,6 +130,68 @@ def load_tower(folder: Path, dtype: torch.dtype | None = None) -> nn.Module:
 def tower_dim(model: nn.Module) -> int:
     """A tower's output size: the head's, else the transformer's hidden size."""
     return model.out_dim if isinstance(model, HeadTower) else int(model.config.hidden_size)
+
+
+def _folder_settings(folder: Path) -> dict:
+    """The encoder settings a model folder states: its ``hardneg_encoder.json``, else what its
+    sentence-transformers files say (the max length for documents, at most 64 of it for queries)."""
+    saved = folder / HARDNEG_CONFIG
+    if saved.is_file():
+        return json.loads(saved.read_text(encoding="utf-8"))
+    settings = read_sentence_transformers_config(folder)
+    max_len = settings.pop("max_length", None)
+    if max_len:
+        settings["doc_max_length"] = max_len
+        settings["query_max_length"] = min(64, max_len)
+    return settings
+
+
+def _load_tokenizer(folder: Path, tokenizer: str | os.PathLike[str] | None):
+    """``(tokenizer, its folder)``: the model folder's, or ``tokenizer``'s (a folder or a model name)."""
+    from transformers import AutoTokenizer  # heavy: imported when a model is loaded
+
+    tok_dir = folder if tokenizer is None else _tokenizer_dir(tokenizer)
+    try:
+        if not _has_vocabulary(tok_dir):  # transformers 5 would build an empty tokenizer from config.json
+            raise HardnegError("the folder has no tokenizer files (tokenizer.json, vocab.txt, vocab.json, ...)")
+        return AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True), tok_dir
+    except Exception as exc:
+        hint = ("; DRhard checkpoints ship without a tokenizer: pass tokenizer='roberta-base' "
+                "(or a folder holding it)") if tokenizer is None and is_drhard_checkpoint(folder) else ""
+        raise HardnegError(f"{tok_dir}: could not load the tokenizer: {exc}{hint}") from exc
+
+
+def _fit_lengths(config: EncoderConfig, model: nn.Module) -> None:
+    """Cap the max lengths at what the model's position embeddings hold."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit:
+        # RoBERTa reserves two positions for the padding offset
+        offset = 2 if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta") else 0
+        for name in ("query_max_length", "doc_max_length"):
+            if getattr(config, name) > limit - offset:
+                setattr(config, name, limit - offset)
+
+
+def _separate_query_tower(query_model: str | os.PathLike[str], tok, tok_dir: Path, doc_model: nn.Module,
+                          doc_name: str, dtype: torch.dtype | None) -> nn.Module:
+    """The query tower loaded from ``query_model``: it must read the document tower's tokenizer ids
+    and give vectors of the documents' size."""
+    from transformers import AutoTokenizer  # heavy: imported when a model is loaded
+
+    qfolder = resolve_model(query_model)
+    if _has_vocabulary(qfolder):  # both towers read one tokenizer's ids
+        try:
+            qtok = AutoTokenizer.from_pretrained(str(qfolder), local_files_only=True)
+        except Exception as exc:
+            raise HardnegError(f"{qfolder}: could not load the tokenizer: {exc}") from exc
+        if tokenizer_fingerprint(qtok) != tokenizer_fingerprint(tok):
+            raise HardnegError(f"{qfolder}: its tokenizer differs from {tok_dir}'s; the two towers "
+                               "must share one tokenizer")
+    query_tower = load_tower(qfolder, dtype)
+    if tower_dim(query_tower) != tower_dim(doc_model):
+        raise HardnegError(f"{query_model}: query vectors of size {tower_dim(query_tower)} cannot score "
+                           f"{doc_name}'s documents of size {tower_dim(doc_model)}")
+    return query_tower
 
 
 class DualEncoder(nn.Module):
@@ -232,19 +241,8 @@ class DualEncoder(nn.Module):
         implies ``shared=False``. ``tokenizer``: where the tokenizer comes from when the model
         folder has none (DRhard checkpoints ship without one: ``tokenizer="roberta-base"``).
         """
-        from transformers import AutoTokenizer
-
         folder = resolve_model(name_or_path)
-        saved = folder / HARDNEG_CONFIG
-        if saved.is_file():
-            settings = json.loads(saved.read_text(encoding="utf-8"))
-        else:
-            st = read_sentence_transformers_config(folder)
-            max_len = st.pop("max_length", None)
-            settings = {**st}
-            if max_len:
-                settings["doc_max_length"] = max_len
-                settings["query_max_length"] = min(64, max_len)
+        settings = _folder_settings(folder)
         overrides = {
             "pooling": pooling,
             "normalize": normalize,
@@ -262,39 +260,13 @@ class DualEncoder(nn.Module):
         if shared is not None:
             settings["shared"] = shared
         config = EncoderConfig.from_dict(settings)
-        tok_dir = folder if tokenizer is None else _tokenizer_dir(tokenizer)
-        try:
-            if not _has_vocabulary(tok_dir):  # transformers 5 would build an empty tokenizer from config.json
-                raise HardnegError("the folder has no tokenizer files (tokenizer.json, vocab.txt, vocab.json, ...)")
-            tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-        except Exception as exc:
-            hint = ("; DRhard checkpoints ship without a tokenizer: pass tokenizer='roberta-base' "
-                    "(or a folder holding it)") if tokenizer is None and is_drhard_checkpoint(folder) else ""
-            raise HardnegError(f"{tok_dir}: could not load the tokenizer: {exc}{hint}") from exc
+        tok, tok_dir = _load_tokenizer(folder, tokenizer)
         doc_model = load_tower(folder, dtype)
-        limit = getattr(doc_model.config, "max_position_embeddings", None)
-        if limit:
-            # RoBERTa reserves two positions for the padding offset
-            offset = 2 if getattr(doc_model.config, "model_type", "") in ("roberta", "xlm-roberta") else 0
-            for name in ("query_max_length", "doc_max_length"):
-                if getattr(config, name) > limit - offset:
-                    setattr(config, name, limit - offset)
+        _fit_lengths(config, doc_model)
         query_tower = None
         source = str(name_or_path or folder)
         if query_model is not None:
-            qfolder = resolve_model(query_model)
-            if _has_vocabulary(qfolder):  # both towers read one tokenizer's ids
-                try:
-                    qtok = AutoTokenizer.from_pretrained(str(qfolder), local_files_only=True)
-                except Exception as exc:
-                    raise HardnegError(f"{qfolder}: could not load the tokenizer: {exc}") from exc
-                if tokenizer_fingerprint(qtok) != tokenizer_fingerprint(tok):
-                    raise HardnegError(f"{qfolder}: its tokenizer differs from {tok_dir}'s; the two towers "
-                                       "must share one tokenizer")
-            query_tower = load_tower(qfolder, dtype)
-            if tower_dim(query_tower) != tower_dim(doc_model):
-                raise HardnegError(f"{query_model}: query vectors of size {tower_dim(query_tower)} cannot score "
-                                   f"{name_or_path}'s documents of size {tower_dim(doc_model)}")
+            query_tower = _separate_query_tower(query_model, tok, tok_dir, doc_model, str(name_or_path), dtype)
             source = f"query={query_model},doc={source}"
         elif not config.shared:
             qdir = folder / QUERY_TOWER_DIR
@@ -355,29 +327,11 @@ class DualEncoder(nn.Module):
             return_token_type_ids=False,
         )
 
-    @torch.inference_mode()
-    def encode(
-        self, texts: Sequence[str], side: Side, batch_size: int = 64, show_progress: bool = False
-    ) -> np.ndarray:
-        """Encode a list of texts (length-sorted batches); rows follow ``texts``' order."""
-        from hardneg.index.encode import encode_token_lists
-
-        ids = self.tokenize(texts, side)["input_ids"]
-        return encode_token_lists(self, ids, side, batch_size=batch_size, show_progress=show_progress)
-
-    def encode_queries(self, texts: Sequence[str], batch_size: int = 64, **kw) -> np.ndarray:
-        return self.encode(texts, "query", batch_size=batch_size, **kw)
-
-    def encode_docs(self, texts: Sequence[str], batch_size: int = 64, **kw) -> np.ndarray:
-        return self.encode(texts, "doc", batch_size=batch_size, **kw)
-
     def with_separate_towers(self) -> DualEncoder:
         """This encoder with separate towers: itself when they already are; for a shared encoder, the same
         document tower and a copy of it as the query tower (the start of ADORE's trained query tower)."""
         if not self.config.shared:
             return self
-        from dataclasses import replace
-
         return DualEncoder(self.doc_model, self.tokenizer, replace(self.config, shared=False), source=self.source)
 
     # ------------------------------------------------------------------ identity
@@ -431,36 +385,6 @@ class DualEncoder(nn.Module):
             raise
         return directory
 
-    def export_sentence_transformers(self, directory: str | os.PathLike[str]) -> Path:
-        """A folder ``SentenceTransformer(directory)`` loads with both towers.
-
-        A shared encoder is its :meth:`save` folder. Separate towers (ADORE) become a
-        sentence-transformers ``Router`` model: ``encode_query`` runs the query tower,
-        ``encode_document`` (and plain ``encode``) the document tower.
-        """
-        if self.config.shared:
-            return self.save(directory)
-        from sentence_transformers import SentenceTransformer
-
-        try:  # sentence-transformers >= 6 moved the modules; 5.x has them under .models
-            from sentence_transformers.base.modules.router import Router
-        except ImportError:
-            from sentence_transformers.models import Router
-
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
-            self.save(work / "pair")
-            query = SentenceTransformer(str(work / "pair" / QUERY_TOWER_DIR), device="cpu")
-            doc = SentenceTransformer(str(work / "pair"), device="cpu")
-            router = Router.for_query_document(query_modules=list(query), document_modules=list(doc))
-            SentenceTransformer(modules=[router], device="cpu").save(str(work / "st"))
-            commit_dir(work / "st", directory)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        return directory
-
     def _save_tower(self, model: nn.Module, folder: Path, side: Side) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         head = model.save_head(folder) if isinstance(model, HeadTower) else []
@@ -483,54 +407,6 @@ class DualEncoder(nn.Module):
             query_prefix=self.config.query_prefix,
             doc_prefix=self.config.doc_prefix,
         )
-
-
-def write_sentence_transformers_files(
-    folder: Path,
-    *,
-    dim: int,
-    pooling: str,
-    normalize: bool,
-    max_length: int,
-    query_prefix: str = "",
-    doc_prefix: str = "",
-    head: Sequence[tuple[str, str]] = (),
-) -> None:
-    """The module files sentence-transformers reads (legacy layout, read by 2.x–6.x).
-
-    ``head``: ``(path, type)`` of modules already written after the Pooling (Dense, LayerNorm).
-    """
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ]
-    for path, kind in head:
-        modules.append({"idx": len(modules), "name": str(len(modules)), "path": path, "type": kind})
-    if normalize:
-        norm_dir = f"{len(modules)}_Normalize"
-        modules.append({"idx": len(modules), "name": str(len(modules)), "path": norm_dir,
-                        "type": "sentence_transformers.models.Normalize"})
-        (folder / norm_dir).mkdir(exist_ok=True)
-    write_json(folder / "modules.json", modules)
-    write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
-    write_json(
-        folder / "1_Pooling" / "config.json",
-        {
-            "word_embedding_dimension": dim,
-            "pooling_mode_cls_token": pooling == "cls",
-            "pooling_mode_mean_tokens": pooling == "mean",
-            "pooling_mode_max_tokens": False,
-            "pooling_mode_mean_sqrt_len_tokens": False,
-        },
-    )
-    write_json(
-        folder / "config_sentence_transformers.json",
-        {
-            "prompts": {"query": query_prefix, "document": doc_prefix},
-            "default_prompt_name": None,
-            "similarity_fn_name": "cosine" if normalize else "dot",
-        },
-    )
 
 
 _VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
@@ -570,8 +446,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
-    import hashlib
-
     h = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -587,8 +461,6 @@ def _tokenizer_fingerprint(tokenizer) -> str:
 
 def weights_fingerprint(model: nn.Module) -> str:
     """A hash of every parameter and buffer (changes whenever training changes the weights)."""
-    import hashlib
-
     h = hashlib.sha1()
     with torch.no_grad():
         for name, tensor in model.state_dict().items():

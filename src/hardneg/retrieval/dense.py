@@ -14,6 +14,7 @@ import numpy as np
 
 from hardneg.artifacts import corpus_index
 from hardneg.data.records import Query
+from hardneg.index.encode import encode_texts
 from hardneg.index.faiss_index import FaissIndex
 from hardneg.retrieval.runs import Run, run_from_arrays
 
@@ -21,9 +22,10 @@ from hardneg.retrieval.runs import Run, run_from_arrays
 def encode_queries(
     model, queries: Mapping[str, Query], *, batch_size: int = 128, show_progress: bool = False
 ) -> tuple[list[str], np.ndarray]:
+    """``(query ids, their vectors)``: ``queries`` encoded with the query tower, in their order."""
     qids = list(queries)
-    vectors = model.encode_queries([queries[q].text for q in qids], batch_size=batch_size,
-                                   show_progress=show_progress)
+    vectors = encode_texts(model, [queries[q].text for q in qids], "query", batch_size=batch_size,
+                           show_progress=show_progress)
     return qids, vectors
 
 

@@ -197,7 +197,7 @@ def _encode_queries_to(folder: Path, encoder, qids: Sequence[str], queries, key:
     :func:`~hardneg.retrieval.dense.encode_queries` call makes (resumable)."""
     import torch
 
-    from hardneg.index.encode import _desc, encode_batches_resumable, length_sorted_batches
+    from hardneg.index.encode import encode_batches_resumable, length_sorted_batches, progress_label
 
     texts = _QueryTexts(encoder, lambda i: queries[qids[i]].text)
     lengths = np.zeros(len(qids), dtype=np.int64)
@@ -213,7 +213,7 @@ def _encode_queries_to(folder: Path, encoder, qids: Sequence[str], queries, key:
             return np.load(folder / "embeddings.npy", mmap_mode="r")
     with torch.inference_mode():
         encode_batches_resumable(encoder, texts, "query", batches, batches, len(qids), folder, state,
-                                 desc=_desc("query"), show_progress=show_progress,
+                                 desc=progress_label("query"), show_progress=show_progress,
                                  checkpoint_seconds=_encode_checkpoint_seconds())
     return np.load(folder / "embeddings.npy", mmap_mode="r")
 

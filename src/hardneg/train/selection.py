@@ -352,6 +352,8 @@ class BiEncoderTeacher(Teacher):
     def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
         import torch
 
+        from hardneg.index.encode import encode_texts
+
         uq, ud = list(dict.fromkeys(queries)), list(dict.fromkeys(docs))
         was = self.model.training
         self.model.eval()
@@ -360,9 +362,9 @@ class BiEncoderTeacher(Teacher):
             self._doc_vectors.clear()
             new = ud
         with torch.no_grad():
-            qv = self.model.encode_queries(uq, batch_size=self.batch_size)
+            qv = encode_texts(self.model, uq, "query", batch_size=self.batch_size)
             if new:
-                self._doc_vectors.update(zip(new, self.model.encode_docs(new, batch_size=self.batch_size),
+                self._doc_vectors.update(zip(new, encode_texts(self.model, new, "doc", batch_size=self.batch_size),
                                              strict=True))
         if was:
             self.model.train()
