@@ -185,7 +185,7 @@ def test_save_run_and_metrics_writes_run_settings_and_metrics(tmp_path: Path) ->
     import json
 
     from hardneg.evaluate.metrics import evaluate, evaluate_per_query
-    from hardneg.retrieval.results import evaluate_run, save_run_and_metrics
+    from hardneg.evaluate.results import evaluate_run, save_run_and_metrics
 
     run = {"q1": [("d1", 2.0), ("d2", 1.0)], "q2": [("d3", 0.5), ("d1", 0.25)]}
     qrels = {"q1": {"d2": 1}, "q2": {"d3": 1}}

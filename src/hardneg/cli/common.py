@@ -125,7 +125,7 @@ def dataset_tag(dataset) -> str:
 
 def save_and_report(run, dataset, out_dir: Path, tag: str, measures, settings: dict, fmt: str) -> dict:
     from hardneg.evaluate.metrics import format_table
-    from hardneg.retrieval.results import save_run_and_metrics
+    from hardneg.evaluate.results import save_run_and_metrics
 
     metrics = save_run_and_metrics(run, out_dir, tag=tag, fmt=fmt, qrels=dataset.qrels() or None,
                                    measures=measures or None, settings=settings).metrics

@@ -41,6 +41,7 @@ from hardneg.devices import resolve_device
 from hardneg.errors import HardnegError
 from hardneg.evaluate.analysis import model_pairwise_errors, tsne_points
 from hardneg.evaluate.metrics import evaluate
+from hardneg.evaluate.results import save_run_and_metrics
 from hardneg.experiment.recipe import START_MODEL, Recipe, System
 from hardneg.experiment.report import write_report
 from hardneg.experiment.stages import (
@@ -63,7 +64,6 @@ from hardneg.io import read_json, write_json
 from hardneg.model.encoder import DualEncoder
 from hardneg.retrieval.bm25 import cached_bm25
 from hardneg.retrieval.dense import retrieve, search
-from hardneg.retrieval.results import save_run_and_metrics
 from hardneg.train.config import LATER_DEFAULTS, TrainConfig
 from hardneg.train.trainer import Trainer, carve_dev
 

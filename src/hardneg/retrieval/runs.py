@@ -28,18 +28,24 @@ from pathlib import Path
 
 import numpy as np
 
+from hardneg.data.lines import iter_text_lines
 from hardneg.errors import HardnegError, InputError
 from hardneg.io import atomic_write
 
 Run = dict[str, list[tuple[str, float]]]
+#: what :func:`write_run` writes: ``run.trec``, ``run.msmarco.tsv`` or both
+RUN_FORMATS = ("trec", "msmarco", "both")
 
 __all__ = [
+    "RUN_FORMATS",
     "Run",
+    "check_run_format",
     "read_run",
     "run_from_arrays",
     "sort_run",
     "truncate",
     "write_msmarco",
+    "write_run",
     "write_trec",
 ]
 
@@ -94,6 +100,21 @@ def write_msmarco(run: Run, path: str | Path) -> None:
                 fh.write(f"{qid}\t{docid}\t{rank}\n")
 
 
+def check_run_format(fmt: str) -> None:
+    """A HardnegError unless ``fmt`` is one of :data:`RUN_FORMATS`."""
+    if fmt not in RUN_FORMATS:
+        raise HardnegError(f"run format must be one of {', '.join(RUN_FORMATS)}, not {fmt!r}")
+
+
+def write_run(run: Run, folder: Path, *, tag: str = "hardneg", fmt: str = "trec") -> None:
+    """``folder/run.trec`` (``fmt`` ``trec`` or ``both``) and/or ``folder/run.msmarco.tsv``."""
+    check_run_format(fmt)
+    if fmt in ("trec", "both"):
+        write_trec(run, folder / "run.trec", tag=tag)
+    if fmt in ("msmarco", "both"):
+        write_msmarco(run, folder / "run.msmarco.tsv")
+
+
 def _parse_rank(token: str, path: Path, line_no: int) -> int:
     try:
         rank = int(token)
@@ -114,6 +135,93 @@ def _parse_rank(token: str, path: Path, line_no: int) -> int:
     return rank
 
 
+_LAYOUTS = {"trec": "'qid Q0 docid rank score tag'", "msmarco": "'qid<TAB>docid<TAB>rank'"}
+_COLUMNS = {"trec": 6, "msmarco": 3}
+
+
+def _detect_format(cols: list[str], path: Path, line_no: int) -> str:
+    """``trec`` or ``msmarco`` from the number of columns of the first line."""
+    fmt = next((f for f, n in _COLUMNS.items() if n == len(cols)), None)
+    if fmt is None:
+        raise InputError(
+            f"cannot tell the run format from a line with {len(cols)} columns",
+            path=path,
+            line=line_no,
+            hint="expected TREC 'qid Q0 docid rank score tag' (6 columns) "
+            "or MS MARCO 'qid<TAB>docid<TAB>rank' (3 columns)",
+        )
+    return fmt
+
+
+def _trec_score(token: str, path: Path, line_no: int) -> float:
+    try:
+        score = float(token)
+    except ValueError:
+        raise InputError(
+            f"score {token!r} is not a number",
+            path=path,
+            line=line_no,
+            hint="the 5th column of a TREC run is the score",
+        ) from None
+    if not math.isfinite(score):
+        raise InputError(
+            f"score {token!r} is not a finite number",
+            path=path,
+            line=line_no,
+            hint="scores must be finite (no nan/inf)",
+        )
+    return score
+
+
+class _RunReader:
+    """The lines of one run file, checked line by line, gathered per query."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fmt: str | None = None
+        self.first_line: dict[tuple[str, str], int] = {}
+        self.first_rank: dict[tuple[str, int], int] = {}
+        # qid -> [(-score, rank, line, docid, score)]: sorted, the run's order
+        self.rows: dict[str, list[tuple[float, int, int, str, float]]] = {}
+
+    def add(self, cols: list[str], line_no: int) -> None:
+        if self.fmt is None:
+            self.fmt = _detect_format(cols, self.path, line_no)
+        if len(cols) != _COLUMNS[self.fmt]:
+            raise InputError(
+                f"expected {_COLUMNS[self.fmt]} columns ({self.fmt} run, detected from the first line) "
+                f"but found {len(cols)}",
+                path=self.path,
+                line=line_no,
+                hint=f"every line must be {_LAYOUTS[self.fmt]}",
+            )
+        if self.fmt == "trec":
+            qid, _q0, docid, rank_s, score_s, _tag = cols
+            rank = _parse_rank(rank_s, self.path, line_no)
+            score = _trec_score(score_s, self.path, line_no)
+        else:
+            qid, docid, rank_s = cols
+            rank = _parse_rank(rank_s, self.path, line_no)
+            score = 1.0 / rank
+            self._once(self.first_rank, (qid, rank), line_no, f"rank {rank} appears twice for query {qid!r}",
+                       "ranks of one query must be distinct in an MS MARCO run")
+        self._once(self.first_line, (qid, docid), line_no, f"document {docid!r} appears twice for query {qid!r}",
+                   "each (query, document) pair may occur once in a run")
+        self.rows.setdefault(qid, []).append((-score, rank, line_no, docid, score))
+
+    def _once(self, first: dict, key: tuple, line_no: int, what: str, hint: str) -> None:
+        if key in first:
+            raise InputError(f"{what} (first on line {first[key]})", path=self.path, line=line_no, hint=hint)
+        first[key] = line_no
+
+    def run(self) -> Run:
+        run: Run = {}
+        for qid, entries in self.rows.items():
+            entries.sort(key=lambda e: (e[0], e[1], e[2]))
+            run[qid] = [(docid, score) for *_k, docid, score in entries]
+        return run
+
+
 def read_run(path: str | Path) -> Run:
     """Read a TREC (6 columns) or MS MARCO (3 columns) run; the format is detected.
 
@@ -128,95 +236,17 @@ def read_run(path: str | Path) -> Run:
     ``(qid, docid)`` pair. A missing file raises :class:`InputError` too.
     """
     path = Path(path)
-    fmt: str | None = None
-    first_line: dict[tuple[str, str], int] = {}
-    first_rank: dict[tuple[str, int], int] = {}
-    # qid -> [(sort_key..., docid, score)]
-    rows: dict[str, list[tuple[float, int, int, str, float]]] = {}
-    from hardneg.data.lines import iter_text_lines
-
     if not path.exists():
         raise InputError("run file not found", path=path)
     if path.is_dir():
         raise InputError("expected a run file but found a directory", path=path)
+    reader = _RunReader(path)
     # lines are decoded one by one: a bad byte or an enormous line is an InputError at file:line
     for line_no, line in iter_text_lines(path):
         cols = line.split()
-        if not cols:
-            continue
-        if fmt is None:
-            if len(cols) == 6:
-                fmt = "trec"
-            elif len(cols) == 3:
-                fmt = "msmarco"
-            else:
-                raise InputError(
-                    f"cannot tell the run format from a line with {len(cols)} columns",
-                    path=path,
-                    line=line_no,
-                    hint="expected TREC 'qid Q0 docid rank score tag' (6 columns) "
-                    "or MS MARCO 'qid<TAB>docid<TAB>rank' (3 columns)",
-                )
-        expected = 6 if fmt == "trec" else 3
-        if len(cols) != expected:
-            layout = (
-                "'qid Q0 docid rank score tag'" if fmt == "trec" else "'qid<TAB>docid<TAB>rank'"
-            )
-            raise InputError(
-                f"expected {expected} columns ({fmt} run, detected from the first line) "
-                f"but found {len(cols)}",
-                path=path,
-                line=line_no,
-                hint=f"every line must be {layout}",
-            )
-        if fmt == "trec":
-            qid, _q0, docid, rank_s, score_s, _tag = cols
-            rank = _parse_rank(rank_s, path, line_no)
-            try:
-                score = float(score_s)
-            except ValueError:
-                raise InputError(
-                    f"score {score_s!r} is not a number",
-                    path=path,
-                    line=line_no,
-                    hint="the 5th column of a TREC run is the score",
-                ) from None
-            if not math.isfinite(score):
-                raise InputError(
-                    f"score {score_s!r} is not a finite number",
-                    path=path,
-                    line=line_no,
-                    hint="scores must be finite (no nan/inf)",
-                )
-        else:
-            qid, docid, rank_s = cols
-            rank = _parse_rank(rank_s, path, line_no)
-            score = 1.0 / rank
-            if (qid, rank) in first_rank:
-                raise InputError(
-                    f"rank {rank} appears twice for query {qid!r} "
-                    f"(first on line {first_rank[qid, rank]})",
-                    path=path,
-                    line=line_no,
-                    hint="ranks of one query must be distinct in an MS MARCO run",
-                )
-            first_rank[qid, rank] = line_no
-        key = (qid, docid)
-        if key in first_line:
-            raise InputError(
-                f"document {docid!r} appears twice for query {qid!r} "
-                f"(first on line {first_line[key]})",
-                path=path,
-                line=line_no,
-                hint="each (query, document) pair may occur once in a run",
-            )
-        first_line[key] = line_no
-        rows.setdefault(qid, []).append((-score, rank, line_no, docid, score))
-    run: Run = {}
-    for qid, entries in rows.items():
-        entries.sort(key=lambda e: (e[0], e[1], e[2]))
-        run[qid] = [(docid, score) for *_k, docid, score in entries]
-    return run
+        if cols:
+            reader.add(cols, line_no)
+    return reader.run()
 
 
 def run_from_arrays(

@@ -4,7 +4,8 @@
 and writes the folder every retrieval leaves (the CLI's ``bm25`` / ``retrieve`` /
 ``search``, an experiment's test and transfer stages):
 
-* ``run.trec`` (and/or ``run.msmarco.tsv``: ``fmt`` is ``trec``, ``msmarco`` or ``both``);
+* ``run.trec`` (and/or ``run.msmarco.tsv``: ``fmt`` is ``trec``, ``msmarco`` or ``both``,
+  :func:`hardneg.retrieval.runs.write_run`);
 * ``settings.json`` when settings are given;
 * ``metrics.json`` when the run is evaluated (qrels given), and ``per_query.json`` on request.
 """
@@ -17,12 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from hardneg.data.records import Qrels
-from hardneg.errors import HardnegError
 from hardneg.evaluate.metrics import DEFAULT_MEASURES, evaluate, evaluate_per_query
 from hardneg.io import write_json
-from hardneg.retrieval.runs import Run, write_msmarco, write_trec
-
-RUN_FORMATS = ("trec", "msmarco", "both")
+from hardneg.retrieval.runs import Run, check_run_format, write_run
 
 
 @dataclass
@@ -52,20 +50,6 @@ def evaluate_run(
                            evaluate_per_query(run, qrels, measures) if per_query else None)
 
 
-def _check_format(fmt: str) -> None:
-    if fmt not in RUN_FORMATS:
-        raise HardnegError(f"run format must be one of {', '.join(RUN_FORMATS)}, not {fmt!r}")
-
-
-def write_run(run: Run, folder: Path, *, tag: str = "hardneg", fmt: str = "trec") -> None:
-    """``folder/run.trec`` (``fmt`` ``trec`` or ``both``) and/or ``folder/run.msmarco.tsv``."""
-    _check_format(fmt)
-    if fmt in ("trec", "both"):
-        write_trec(run, folder / "run.trec", tag=tag)
-    if fmt in ("msmarco", "both"):
-        write_msmarco(run, folder / "run.msmarco.tsv")
-
-
 def save_run_and_metrics(
     run: Run,
     folder: str | Path,
@@ -81,7 +65,7 @@ def save_run_and_metrics(
     and write ``metrics.json`` (and ``per_query.json`` with ``per_query``); returns the result.
 
     The run and settings are on disk before the evaluation starts."""
-    _check_format(fmt)
+    check_run_format(fmt)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_run(run, folder, tag=tag, fmt=fmt)
@@ -93,3 +77,6 @@ def save_run_and_metrics(
     if result.per_query is not None:
         write_json(folder / "per_query.json", result.per_query)
     return result
+
+
+__all__ = ["RetrievalResult", "evaluate_run", "save_run_and_metrics"]
