@@ -106,3 +106,18 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci = [line.split("#", 1)[0].strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     assert test_command in ci
     assert "make docs" in ci and ci.index("make lint") < ci.index("make docs") < ci.index(test_command)
+
+
+def test_rst_docstrings_become_markdown_on_the_api_pages():
+    """The griffe extension the API pages load (docs/griffe_rst.py, named in mkdocs.yml) rewrites reST."""
+    pytest.importorskip("griffe")  # the [docs] extra (make docs installs it before CI's make test)
+    assert "docs/griffe_rst.py" in (REPO / "mkdocs.yml").read_text()
+    spec = importlib.util.spec_from_file_location("griffe_rst", REPO / "docs" / "griffe_rst.py")
+    griffe_rst = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(griffe_rst)
+    text = ("See :func:`~hardneg.x.evaluate`, :mod:`.rules`, :meth:`A.b <hardneg.a.A.b>` and "
+            "`bm25s <https://x.org>`_.\nThe pipeline::\n\n    a -> b\n\n"
+            "=====  ======\nname   what\n=====  ======\na      one\n       more\nb      two|x\n=====  ======\n")
+    assert griffe_rst.rst_to_markdown(text).splitlines() == [
+        "See `evaluate`, `rules`, `A.b` and [bm25s](https://x.org).", "The pipeline:", "", "    a -> b", "", "",
+        "| name | what |", "|---|---|", "| a | one more |", "| b | two\\|x |"]
