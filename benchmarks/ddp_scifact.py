@@ -4,7 +4,7 @@ Both runs train the same method from the same start model with the same settings
 MiniLM, 60 steps, global batch 16, dev every 30 steps); only the split over processes differs. The
 warm-up hard negatives (STAR) are mined once beforehand, outside the timing. Dropout draws differ between
 the two layouts, so the dev metric agrees within noise, not bit for bit (the bit-level equivalence of a
-step is what tests/unit/test_distributed.py checks).
+step is what tests/reliability/test_distributed.py checks).
 
     python benchmarks/ddp_scifact.py --data ../shared/data/scifact [--method star] [--steps 60]
     python benchmarks/ddp_scifact.py --data DIR --model MODEL_DIR --steps 2 --batch-size 4 --topk 8   # smoke test

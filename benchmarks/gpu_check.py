@@ -10,7 +10,7 @@ tiny BEIR folder written here, so nothing is downloaded.
 3. ``resume-fp16``: an fp16 run killed after its checkpoint at step 2 and resumed ends with the weights
    (and loss scale) of the uninterrupted run;
 4. ``faiss-gpu``: a flat index searched on GPU Faiss returns the CPU search's ids (scores within 1e-4);
-5. ``nccl``: with 2 GPUs, the 2-process-vs-1-process step tests of tests/unit/test_distributed.py
+5. ``nccl``: with 2 GPUs, the 2-process-vs-1-process step tests of tests/reliability/test_distributed.py
    (NCCL backend).
 
 ``python benchmarks/gpu_check.py [--device cuda]``; ``--device cpu`` runs the same code paths on a CPU
@@ -208,7 +208,7 @@ def nccl(device: str) -> str:
 
     if not device.startswith("cuda") or torch.cuda.device_count() < 2:
         return f"skipped: {torch.cuda.device_count()} GPU(s); the NCCL check needs 2"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "tests/unit/test_distributed.py", "-k",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "tests/reliability/test_distributed.py", "-k",
                            "two_processes_equal_one"], cwd=REPO, capture_output=True, text=True)
     tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
     if proc.returncode != 0:

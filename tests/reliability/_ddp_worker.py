@@ -1,6 +1,6 @@
 """Run by ``torchrun`` from test_distributed.py (one process per rank); not a test module.
 
-``python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_worker.py MODE ARGS.json``
+``python -m torch.distributed.run --standalone --nproc_per_node 2 _ddp_worker.py MODE ARGS.json``
 
 * ``step``: for each job of ARGS.json, set up a Trainer from its config (``batch_size`` per rank), compute
   the gradients of the job's step with dropout off, apply the optimiser step, and (rank 0) save the loss, the

@@ -27,7 +27,7 @@ from hardneg.index.encode import encode_token_lists
 from hardneg.train.config import TrainConfig
 from hardneg.train.trainer import Trainer
 
-WORKER = Path(__file__).with_name("ddp_worker.py")
+WORKER = Path(__file__).with_name("_ddp_worker.py")
 B = 2  # per rank; the single-process reference uses 2 * B
 
 #: name -> (method, extra settings)
