@@ -11,9 +11,9 @@ its peak anonymous memory (``RssAnon``, sampled every 20 ms) and its wall time:
 - ``index_build``: :meth:`hardneg.index.faiss_index.FaissIndex.build` from the memory map (the
   codebooks trained on a seeded sample, vectors added in batches), then saved;
 - ``dev_eval``: the chunked exact top-100 search full-corpus dev evaluation uses
-  (:func:`hardneg.retrieval.exact.topk_search`) of ``--dev-queries`` queries over the memory map, and
+  (:class:`hardneg.retrieval.exact.TopKSearch`) of ``--dev-queries`` queries over the memory map, and
   the MRR@10 of the planted positives;
-- ``mine``: :func:`hardneg.retrieval.exact.topk_search` in query chunks of ``--mine-queries``
+- ``mine``: :class:`hardneg.retrieval.exact.TopKSearch` in query chunks of ``--mine-queries``
   queries, top-200 minus the positive written to a negatives TSV chunk by chunk (what the streaming
   ``hardneg mine`` does per chunk, without the text side);
 - ``adore_step``: ADORE's training step against the saved index — the query tower (a BERT-base-shaped
@@ -141,8 +141,14 @@ def stage_index_build(args, docs: np.ndarray) -> dict:
             "index_bytes": int(index.manifest.get("bytes", 0))}
 
 
-def stage_dev_eval(args, docs: np.ndarray) -> dict:
-    from hardneg.retrieval.exact import topk_search
+def topk_search(q: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top-``k`` of every query over ``docs``, as the dev evaluation and the miner search."""
+    from hardneg.retrieval.exact import TopKSearch
+
+    search = TopKSearch(q, k)
+    search.add(docs)
+    return search.result()
+
 
     q, pos = make_queries(docs, args.dev_queries, seed=1)
     start = time.perf_counter()
@@ -155,8 +161,6 @@ def stage_dev_eval(args, docs: np.ndarray) -> dict:
 
 
 def stage_mine(args, docs: np.ndarray) -> dict:
-    from hardneg.retrieval.exact import topk_search
-
     q, pos = make_queries(docs, args.mine_queries, seed=2)
     out = args.work / f"mined-{len(docs)}.tsv"
     chunk = 4096  # the streaming miner's query chunk

@@ -1,4 +1,5 @@
-"""Chunked exact search and pairwise counts against dense argsort / the dense functions, and memory bounds."""
+"""Chunked exact search (what the trainer's dev evaluation runs) and pairwise counts against a plain numpy
+brute force / the dense functions, and memory bounds."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 
 from conftest import write_tiny_train
 from hardneg.evaluate.analysis import best_rank, pairwise_errors, pairwise_errors_chunked
-from hardneg.retrieval.exact import best_ranks, pairwise_counts, score_row, topk_search
+from hardneg.evaluate.pairwise import pairwise_counts
+from hardneg.retrieval.exact import TopKSearch
 
 
 def integer_data(seed: int, n_queries: int, n_docs: int, dim: int, duplicates: int = 0):
@@ -24,9 +26,19 @@ def integer_data(seed: int, n_queries: int, n_docs: int, dim: int, duplicates: i
 
 
 def dense_top(q, d, k):
+    """The brute force: every score, a stable argsort (equal scores: the lower row first)."""
     scores = q @ d.T
     rows = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(scores, rows, 1), rows
+
+
+def chunked_top(q, d, k, *, parts=1, **chunks):
+    """:class:`TopKSearch` fed the documents in ``parts`` consecutive pieces (as the trainer adds them)."""
+    search = TopKSearch(q, k, **chunks)
+    for piece in np.array_split(np.arange(len(d)), parts):
+        search.add(d[piece[0] : piece[-1] + 1] if len(piece) else d[:0])
+    assert search.rows_seen == len(d)
+    return search.result()
 
 
 def blocked_scores(q, d, query_chunk, doc_chunk):
@@ -44,7 +56,7 @@ def test_topk_equals_stable_argsort_with_ties(k, query_chunk, doc_chunk):
     q, d = integer_data(0, 23, 257, 6, duplicates=60)
     want_s, want_r = dense_top(q, d, k)
     assert (np.diff(np.sort(q @ d.T, axis=1), axis=1) == 0).sum() > 1000  # plenty of ties to break
-    got_s, got_r = topk_search(q, d, k, query_chunk=query_chunk, doc_chunk=doc_chunk)
+    got_s, got_r = chunked_top(q, d, k, parts=parts, query_chunk=query_chunk, doc_chunk=doc_chunk)
     assert got_r.shape == (23, min(k, 257)) and got_r.dtype == np.int64
     np.testing.assert_array_equal(got_r, want_r)
     np.testing.assert_array_equal(got_s, want_s)
@@ -57,7 +69,7 @@ def test_topk_on_float_data_and_memmap(tmp_path):
     d[:] = rng.standard_normal((1000, 16))
     d[500:520] = d[100:120]  # exact duplicates
     d = np.load(tmp_path / "d.npy", mmap_mode="r")
-    s, r = topk_search(q, d, 30, query_chunk=8, doc_chunk=97)
+    s, r = chunked_top(q, d, 30, query_chunk=8, doc_chunk=97)
     want_s, want_r = dense_top(q, np.asarray(d), 30)
     # against the block-computed scores: identical; against one dense product: up to float32 rounding
     blocked = blocked_scores(q, np.asarray(d), 8, 97)
@@ -92,7 +104,7 @@ def test_chunked_pairwise_errors_equal_dense(top_of, topk, query_chunk, doc_chun
 
 def test_pairwise_counts_float_data_near_ties():
     """Float data with documents within an ulp of relevant ones: counts equal the dense functions on the
-    block-computed scores (the rounding window logic), and best ranks equal ``best_rank``."""
+    block-computed scores (the rounding window logic), and best ranks equal ``best_rank`` on them."""
     rng = np.random.default_rng(4)
     q = rng.standard_normal((25, 24)).astype(np.float32)
     d = rng.standard_normal((600, 24)).astype(np.float32)
@@ -109,8 +121,7 @@ def test_pairwise_counts_float_data_near_ties():
         dense = pairwise_errors(blocked, qids, ids, qrels, 50, top_of)
         assert counts["total"].tolist() == [dense["total"][x] for x in qids]
         assert counts["top"].tolist() == [dense["top"][x] for x in qids]
-    assert best_ranks(q, d, rels, query_chunk=4, doc_chunk=64).tolist() == [
-        best_rank(blocked[i], rel) for i, rel in enumerate(rels)]
+        assert counts["best_rank"].tolist() == [best_rank(blocked[i], rel) for i, rel in enumerate(rels)]
 
 
 def test_pairwise_counts_reject_bad_input():
@@ -138,7 +149,7 @@ def test_memory_stays_far_below_the_score_matrix(tmp_path):
     matrix = n_queries * n_docs * 4  # 480 MB
     tracemalloc.start()
     try:
-        s, r = topk_search(q, docs, 100, query_chunk=256, doc_chunk=8192)
+        s, r = chunked_top(q, docs, 100, query_chunk=256, doc_chunk=8192)
         _, peak_search = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
         counts = pairwise_counts(q, docs, rels, 200, query_chunk=256, doc_chunk=8192)

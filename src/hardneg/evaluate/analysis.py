@@ -13,8 +13,8 @@ count reported before Eq. 6 was followed). Random-negative training minimises th
 total; what ranking metrics see is mostly the top-K.
 
 At corpus scale nothing here builds a queries × corpus score matrix: :func:`model_pairwise_errors`,
-:func:`pairwise_errors_chunked` and :func:`tsne_points` go through the chunked exact search of
-:mod:`hardneg.retrieval.exact` over the cached (memory-mapped) corpus embeddings. :func:`score_matrix`
+:func:`pairwise_errors_chunked` and :func:`tsne_points` go through the chunked counts of
+:mod:`hardneg.evaluate.pairwise` over the cached (memory-mapped) corpus embeddings. :func:`score_matrix`
 and the dense :func:`pairwise_errors` remain for small inputs and as the reference in tests.
 """
 
@@ -26,7 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from hardneg.artifacts import corpus_embeddings
 from hardneg.data.records import Qrels
+from hardneg.evaluate.pairwise import TOP_OF, pairwise_counts
+from hardneg.retrieval.dense import encode_queries
 
 
 def score_matrix(model, dataset, cache_dir: Path | None = None, *, show_progress: bool = False,
@@ -34,18 +37,12 @@ def score_matrix(model, dataset, cache_dir: Path | None = None, *, show_progress
     """``(query ids, doc ids, scores[q, d])``: exact inner products over the whole corpus (cached embeddings).
 
     A dense matrix (``queries × documents × 4`` bytes): for small corpora only; see :func:`model_pairwise_errors`."""
-    from hardneg.artifacts import corpus_embeddings
-    from hardneg.retrieval.dense import encode_queries
-
     emb = corpus_embeddings(model, dataset, cache_dir, show_progress=show_progress)
     all_queries = dataset.queries()
     wanted = {q: all_queries[q] for q in (queries if queries is not None else all_queries)}
     qids, qv = encode_queries(model, wanted)
     docs = np.asarray(emb.vectors, dtype=np.float32)
     return qids, list(emb.ids), qv.astype(np.float32) @ docs.T
-
-
-TOP_OF = ("negatives", "retrieved")
 
 
 def pairwise_errors(scores: np.ndarray, qids: Sequence[str], doc_ids: Sequence[str], qrels: Qrels,
@@ -94,8 +91,6 @@ def pairwise_errors_chunked(query_vectors: np.ndarray, doc_vectors, qids: Sequen
 
     The same result as ``pairwise_errors(query_vectors @ doc_vectors.T, …)`` (up to float32 rounding
     of near-ties, see :mod:`hardneg.retrieval.exact`); ``chunks``: ``query_chunk`` / ``doc_chunk``."""
-    from hardneg.retrieval.exact import pairwise_counts
-
     if top_of not in TOP_OF:
         raise ValueError(f"top_of must be one of {TOP_OF}, not {top_of!r}")
     rels = _rel_rows(qids, doc_ids, qrels)
@@ -119,9 +114,6 @@ def model_pairwise_errors(model, dataset, cache_dir: Path | None = None, topk: i
     """:func:`pairwise_errors` of ``model`` on ``dataset`` (all its queries, the whole corpus), chunked.
 
     ``qrels``: the dataset's (read again when not given)."""
-    from hardneg.artifacts import corpus_embeddings
-    from hardneg.retrieval.dense import encode_queries
-
     emb = corpus_embeddings(model, dataset, cache_dir, show_progress=show_progress)
     qids, qv = encode_queries(model, dataset.queries())
     qrels = dataset.qrels() if qrels is None else qrels
@@ -186,11 +178,7 @@ def tsne_points(before, after, dataset, cache_dir: Path | None = None, *, top: i
     both models and the two query vectors) goes through one t-SNE so the pictures are
     comparable; for ADORE the document vectors are the same under both models.
     """
-    from sklearn.manifold import TSNE
-
-    from hardneg.artifacts import corpus_embeddings
-    from hardneg.retrieval.dense import encode_queries
-    from hardneg.retrieval.exact import pairwise_counts
+    from sklearn.manifold import TSNE  # heavy (seconds): only for this figure
 
     qrels = dataset.qrels()
     queries = dataset.queries()

@@ -52,12 +52,6 @@ def smart_files(root: Path) -> tuple[Path, Path, Path] | None:
     return None
 
 
-def smart_stem(root: Path) -> str | None:
-    """The common stem ``X`` when ``root`` holds ``X.ALL``, ``X.QRY`` and ``X.REL``, else ``None``."""
-    files = smart_files(root)
-    return logical_name(files[0])[: -len(".ALL")] if files is not None else None
-
-
 def read_smart(path: str | Path) -> Iterator[tuple[str, dict[str, str]]]:
     """Yield ``(id, {field: text})`` for every ``.I`` record of a SMART file."""
     for record_id, _, fields in _read_smart(Path(path)):
