@@ -32,7 +32,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    from hardneg.artifacts import corpus_embeddings, default_cache_dir
+    from hardneg.artifacts import corpus_embeddings
+    from hardneg.data.cache import default_cache_dir
     from hardneg.data.load import load_dataset
     from hardneg.index.faiss_index import set_threads
     from hardneg.model.encoder import DualEncoder

@@ -1,7 +1,7 @@
 """The artifact cache: tokenized stores, corpus embeddings and Faiss indexes, keyed by what made them.
 
-Each artifact lives under the cache folder (``$HARDNEG_CACHE_DIR``, else
-``~/.cache/hardneg``) in a folder named by a key of its inputs (tokenizer, max
+Each artifact lives under the cache folder (``cache_dir``, else
+:func:`hardneg.data.cache.default_cache_dir`) in a folder named by a key of its inputs (tokenizer, max
 length, prefix, corpus fingerprint, encoder weights), so a second request with
 the same model and corpus reuses it; building one is locked, resumable where it
 is long (encoding), and committed atomically.
@@ -9,20 +9,14 @@ is long (encoding), and committed atomically.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from hardneg.data.cache import cache_dir_or_default
 from hardneg.data.tokenized import StoreSpec, open_or_build_store, texts_fingerprint
 from hardneg.index.encode import Embeddings, embeddings_key, encode_store
 from hardneg.index.faiss_index import FaissIndex
 from hardneg.io import file_lock
 from hardneg.model.encoder import tokenizer_fingerprint
-
-
-def default_cache_dir() -> Path:
-    """``$HARDNEG_CACHE_DIR``, else ``~/.cache/hardneg``."""
-    env = os.environ.get("HARDNEG_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "hardneg"
 
 
 def side_store(
@@ -50,7 +44,7 @@ def side_store(
         content=content,
     )
     name = "docs" if side == "doc" else "queries"
-    folder = Path(folder) if folder else Path(cache_dir or default_cache_dir()) / "tokenized" / (
+    folder = Path(folder) if folder else cache_dir_or_default(cache_dir) / "tokenized" / (
         f"{dataset.name}-{name}-{spec.key()}")
     return open_or_build_store(records, model.tokenizer, spec, folder, show_progress=show_progress,
                                description=f"tokenize {dataset.name} {name}")
@@ -71,7 +65,7 @@ def corpus_embeddings(
     out: Path | None = None,
 ) -> Embeddings:
     """Encode ``dataset``'s corpus with the document tower (cached and resumable)."""
-    cache_dir = Path(cache_dir or default_cache_dir())
+    cache_dir = cache_dir_or_default(cache_dir)
     store = corpus_store(model, dataset, cache_dir, show_progress=show_progress)
     key = embeddings_key(model.side_identity("doc"), store.manifest, "doc")
     out = Path(out) if out else cache_dir / "embeddings" / f"{dataset.name}-{key}"
@@ -88,7 +82,7 @@ def corpus_index(
     show_progress: bool = True,
 ) -> FaissIndex:
     """The Faiss index of ``dataset``'s corpus under ``model`` (built once, then loaded)."""
-    cache_dir = Path(cache_dir or default_cache_dir())
+    cache_dir = cache_dir_or_default(cache_dir)
     emb = corpus_embeddings(model, dataset, cache_dir, batch_size=batch_size, show_progress=show_progress)
     key = emb.manifest["key"]
     folder = cache_dir / "indexes" / f"{dataset.name}-{key}-{kind.replace(':', '_').replace(',', '_')}"

@@ -147,6 +147,33 @@ def test_zip_and_tar_archives_load_as_the_folder(tmp_path: Path, monkeypatch: py
     assert leftovers == []  # the temporary unpack folders are gone
 
 
+def test_an_archive_unpacks_under_the_given_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--cache-dir X`` is where a zipped dataset is unpacked (the default cache folder stays untouched)."""
+    from typer.testing import CliRunner
+
+    from hardneg.cli import app
+
+    default = tmp_path / "default-cache"
+    monkeypatch.setenv("HARDNEG_CACHE_DIR", str(default))
+    zipped = zip_folder(beir_folder(tmp_path / "mini"), tmp_path / "mini.zip", "mini/")
+    given = tmp_path / "given-cache"
+    result = CliRunner().invoke(app, ["--quiet", "bm25", f"{zipped}:test", "--k", "2", "--cache-dir", str(given),
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    (unpacked,) = [p for p in (given / "archives").iterdir() if not p.name.startswith(".")]
+    assert unpacked.name.startswith("mini-") and (unpacked / "mini" / "corpus.jsonl").is_file()
+    assert (given / "bm25").is_dir()  # the index beside it, in the same cache
+    assert not (default / "archives").exists()
+    assert (tmp_path / "run" / "run.trec").is_file()
+    # the loader the commands call: the same folder again (no second unpack), and another cache gets its own
+    monkeypatch.setattr(archive_mod, "unpack_archive", lambda *a: pytest.fail("unpacked twice"))
+    ds = load_dataset(f"{zipped}:test", cache_dir=given)
+    assert ds.name == "mini" and Path(ds.corpus_path).is_relative_to(unpacked)
+    monkeypatch.undo()
+    ds = load_dataset(f"{zipped}:test", cache_dir=tmp_path / "other")
+    assert Path(ds.corpus_path).is_relative_to(tmp_path / "other" / "archives")
+
+
 def test_unsafe_and_corrupt_archives_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HARDNEG_CACHE_DIR", str(tmp_path / "cache"))
     for i, name in enumerate(["../evil.txt", "/etc/evil.txt", "ok/../../evil.txt"]):

@@ -76,10 +76,12 @@ def info(msg: str) -> None:
         err.print(msg, highlight=False)
 
 
-def open_dataset(spec: str, queries: Path | None = None, qrels: Path | None = None, topic_field: str = "title"):
+def open_dataset(spec: str, queries: Path | None = None, qrels: Path | None = None, topic_field: str = "title",
+                 cache_dir: Path | None = None):
+    """The dataset ``spec`` names; a dataset archive is unpacked under ``cache_dir`` (``--cache-dir``)."""
     from hardneg.data.load import load_dataset
 
-    return load_dataset(spec, queries=queries, qrels=qrels, topic_field=topic_field)
+    return load_dataset(spec, queries=queries, qrels=qrels, topic_field=topic_field, cache_dir=cache_dir)
 
 
 def open_model(name: str, pooling=None, normalize=None, max_length=None, query_max_length=None,

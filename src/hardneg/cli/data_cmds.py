@@ -90,7 +90,7 @@ def mine(
 
     Example: `hardneg mine ../shared/data/scifact:train --model minilm --topk 200 --out runs/hard.tsv`
     """
-    from hardneg.artifacts import default_cache_dir
+    from hardneg.data.cache import cache_dir_or_default
     from hardneg.data.load import parse_spec
     from hardneg.locks import output_lock
     from hardneg.train.negative_files import check_format
@@ -99,7 +99,8 @@ def mine(
     check_format(file_format)
     use_threads(threads)
     path, split = parse_spec(data)
-    dataset = open_dataset(f"{path}:{split or 'train'}", topic_field=topic_field)
+    cache = cache_dir_or_default(cache_dir)
+    dataset = open_dataset(f"{path}:{split or 'train'}", topic_field=topic_field, cache_dir=cache)
     qrels, queries = dataset.qrels(), dataset.queries()
     check_topk(topk, dataset.doc_count())
     from hardneg.train.mine_stream import mine_streamed
@@ -108,7 +109,6 @@ def mine(
     rules = NegativeRules(range_min=range_min, range_max=range_max, absolute_margin=absolute_margin,
                           relative_margin=relative_margin, max_score=max_score, sampling_strategy=sampling_strategy,
                           num_negatives=num_negatives, teacher=teacher, margin_against=margin_against)
-    cache = Path(cache_dir or default_cache_dir())
     with output_lock(out):  # <out>.run.lock: one process per output (and its .partial)
         done = mine_streamed(dataset, qrels, queries, model, rules, topk, cache, out, file_format,
                              batch_size=batch_size, chunk_size=chunk_size,

@@ -66,7 +66,7 @@ def encode(
     launched = join_torchrun()
     if launched and shard:
         raise HardnegError("--shard is for separate jobs; under torchrun every rank encodes its own shard")
-    dataset = open_dataset(data)
+    dataset = open_dataset(data, cache_dir=cache_dir)
     encoder = open_model(model, pooling, normalize, max_length, device=device)
     if launched:
         encoder.to(dist.device_of_group())  # NCCL: this rank's GPU

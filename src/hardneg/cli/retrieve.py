@@ -58,14 +58,14 @@ def bm25(
 
     Example: `hardneg bm25 ../shared/data/scifact:test --k 1000`
     """
-    from hardneg.artifacts import default_cache_dir
+    from hardneg.data.cache import cache_dir_or_default
     from hardneg.retrieval.bm25 import cached_bm25
 
-    dataset = open_dataset(data, queries, qrels, topic_field)
+    dataset = open_dataset(data, queries, qrels, topic_field, cache_dir)
     params = {"k1": k1, "b": b, "stemmer": None if stemmer == "none" else stemmer,
               "stopwords": None if stopwords == "none" else stopwords}
     start = time.perf_counter()
-    index = cached_bm25(dataset, cache_dir or default_cache_dir(), **params)
+    index = cached_bm25(dataset, cache_dir_or_default(cache_dir), **params)
     run = index.search(dataset.queries(), k=k, show_progress=progress())
     elapsed = time.perf_counter() - start
     out_dir = out_dir or default_out(dataset_tag(dataset), "bm25")
@@ -105,7 +105,7 @@ def retrieve(
     from hardneg.retrieval.dense import retrieve as dense_retrieve
 
     use_threads(threads)
-    dataset = open_dataset(data, queries, qrels, topic_field)
+    dataset = open_dataset(data, queries, qrels, topic_field, cache_dir)
     encoder = open_model(model, pooling, normalize, max_length, query_max_length, device=device)
     start = time.perf_counter()
     run = dense_retrieve(encoder, dataset, index_kind=index, k=k, cache_dir=cache_dir,

@@ -1,8 +1,9 @@
 """Reading collections, queries and qrels into typed records.
 
-Modules, each importing only those before it: ``lines`` (strict line reading),
-``ids`` (the compact id set), ``formats`` (one reader module per format: BEIR, MS MARCO,
-TREC topics/qrels, TREC SGML, SMART, classic collections, archives, ir_datasets),
+Modules, each importing only those before it: ``cache`` (where the cache folder is),
+``lines`` (strict line reading), ``ids`` (the compact id set), ``formats`` (one reader module
+per format: BEIR, MS MARCO, TREC topics/qrels, TREC SGML, SMART, classic collections, archives,
+ir_datasets),
 ``dataset`` (:class:`Dataset`) and ``load`` (dataset specs, :func:`load_dataset`).
 Every file may be ``.gz``/``.bz2``/``.xz`` compressed.
 """

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hardneg.data.cache import cache_dir_or_default
 from hardneg.data.dataset import CranfieldDataset, Dataset, HfDataset, IrdsDataset, SmartDataset, TrecDataset
 from hardneg.data.formats.archive import archive_stem, dataset_archive_folder
 from hardneg.data.formats.classic import cranfield_files, is_archive, trec_folder
@@ -190,6 +191,7 @@ def load_dataset(
     queries: str | Path | None = None,
     qrels: str | Path | None = None,
     topic_field: str = "title",
+    cache_dir: str | Path | None = None,
 ) -> Dataset:
     """Resolve a dataset spec (``path[:split]`` or ``irds:<id>``) to a lazy :class:`Dataset`.
 
@@ -198,7 +200,8 @@ def load_dataset(
     existence and the split are checked here; contents are read on demand.
     ``topic_field`` (``title``, ``desc``, ``title+desc``) picks the query text of TREC
     ``<top>`` topic files. A ``.zip``/``.tar.gz`` archive of a dataset folder is unpacked
-    once into the cache (:mod:`hardneg.data.formats.archive`) and loaded as that folder.
+    once into ``cache_dir`` (default :func:`~hardneg.data.cache.default_cache_dir`;
+    :mod:`hardneg.data.formats.archive`) and loaded as that folder.
     """
     parse_topic_field(topic_field)
     path_str, split = parse_spec(spec)
@@ -213,13 +216,14 @@ def load_dataset(
         )
         ds.topic_field = topic_field
         return ds
-    ds = _load_path(path_str, split, q_override, r_override)
+    ds = _load_path(path_str, split, q_override, r_override, cache_dir_or_default(cache_dir))
     ds.topic_field = topic_field
     return ds
 
 
-def _load_path(path_str: str, split: str | None, q_override: Path | None, r_override: Path | None) -> Dataset:
-    """The dataset at a path (see :func:`load_dataset`)."""
+def _load_path(path_str: str, split: str | None, q_override: Path | None, r_override: Path | None,
+               cache_dir: Path) -> Dataset:
+    """The dataset at a path (see :func:`load_dataset`); an archive is unpacked under ``cache_dir``."""
     root = Path(path_str)
     if not root.exists():
         raise InputError(
@@ -229,8 +233,8 @@ def _load_path(path_str: str, split: str | None, q_override: Path | None, r_over
             " optionally with :split, or irds:<id>",
         )
     if root.is_file() and is_archive(root):
-        folder = dataset_archive_folder(root)
-        ds = _load_path(str(folder), split, q_override, r_override)
+        folder = dataset_archive_folder(root, cache_dir)
+        ds = _load_path(str(folder), split, q_override, r_override, cache_dir)
         if folder.name.startswith(f"{archive_stem(root)}-"):  # the archive's top level is the dataset
             ds.name = archive_stem(root)
         return ds

@@ -120,7 +120,8 @@ class ExperimentResults:
         if not hasattr(self, "_test_qrels"):
             path, _ = parse_spec(self.recipe["data"])
             try:
-                self._test_qrels = load_dataset(f"{path}:{self.eval.get('split', 'test')}").qrels()
+                self._test_qrels = load_dataset(f"{path}:{self.eval.get('split', 'test')}",
+                                                cache_dir=self.recipe.get("cache_dir")).qrels()
             except HardnegError:
                 self._test_qrels = None
         return self._test_qrels
@@ -129,8 +130,9 @@ class ExperimentResults:
         """Test queries whose relevant documents are never relevant to a training query."""
         path, _ = parse_spec(self.recipe["data"])
         try:
-            train = load_dataset(f"{path}:train").qrels()
-            test = load_dataset(f"{path}:{self.eval.get('split', 'test')}").qrels()
+            cache_dir = self.recipe.get("cache_dir")  # where the experiment unpacked a dataset archive
+            train = load_dataset(f"{path}:train", cache_dir=cache_dir).qrels()
+            test = load_dataset(f"{path}:{self.eval.get('split', 'test')}", cache_dir=cache_dir).qrels()
         except HardnegError:
             return None
         return unseen_queries(test, train)

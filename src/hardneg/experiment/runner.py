@@ -35,7 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hardneg.artifacts import corpus_index, default_cache_dir
+from hardneg.artifacts import corpus_index
+from hardneg.data.cache import cache_dir_or_default
 from hardneg.data.load import load_dataset, parse_spec
 from hardneg.devices import resolve_device
 from hardneg.errors import HardnegError
@@ -104,7 +105,7 @@ class Experiment:
 
     @property
     def cache_dir(self) -> Path:
-        return Path(self.recipe.cache_dir) if self.recipe.cache_dir else default_cache_dir()
+        return cache_dir_or_default(self.recipe.cache_dir)
 
     def test_spec(self) -> str:
         path, _ = parse_spec(self.recipe.data)
@@ -236,7 +237,7 @@ class Experiment:
                      index: str | None = None) -> Callable[[Path], dict[str, Any]]:
         def run(folder: Path) -> dict[str, Any]:
             ev = self.recipe.eval
-            dataset = load_dataset(spec)
+            dataset = load_dataset(spec, cache_dir=self.cache_dir)
             tic = time.perf_counter()
             if system.kind == "bm25":
                 bm25 = cached_bm25(dataset, self.cache_dir)
@@ -265,11 +266,11 @@ class Experiment:
         the trainer's seeded carve-out of the training queries (train/trainer.py ``setup``, same seed/fraction)."""
         path, split = parse_spec(cfg.data)
         if cfg.dev_split:
-            ds = load_dataset(f"{path}:{cfg.dev_split}")
+            ds = load_dataset(f"{path}:{cfg.dev_split}", cache_dir=cfg.cache_dir)
             qrels, queries = ds.qrels(), ds.queries()
             qids = sorted(q for q in qrels if q in queries)
         else:
-            ds = load_dataset(f"{path}:{split or 'train'}")
+            ds = load_dataset(f"{path}:{split or 'train'}", cache_dir=cfg.cache_dir)
             qrels, queries = ds.qrels(), ds.queries()
             _, qids = carve_dev(cfg, qrels, queries)
         return ds, {q: qrels[q] for q in qids}, {q: queries[q] for q in qids}
@@ -310,8 +311,9 @@ class Experiment:
     def _wise_curve_fn(self, system: System, alphas: list[float]) -> Callable[[Path], dict[str, Any]]:
         def run(folder: Path) -> dict[str, Any]:
             ev = self.recipe.eval
-            test = load_dataset(self.test_spec())
-            transfers = {dataset_tag(spec): load_dataset(spec) for spec in self.recipe.transfer}
+            test = load_dataset(self.test_spec(), cache_dir=self.cache_dir)
+            transfers = {dataset_tag(spec): load_dataset(spec, cache_dir=self.cache_dir)
+                         for spec in self.recipe.transfer}
             out: dict[str, Any] = {"test": {}, "transfer": {t: {} for t in transfers}}
             for a in alphas:
                 model = self._load(str(self.stage_dir(wise_alpha_stage(system.name, a)) / "model"))
@@ -331,7 +333,7 @@ class Experiment:
 
     def _pairwise_fn(self, systems: list[str], topk: int) -> Callable[[Path], dict[str, Any]]:
         def run(folder: Path) -> dict[str, Any]:
-            dataset = load_dataset(self.test_spec())
+            dataset = load_dataset(self.test_spec(), cache_dir=self.cache_dir)
             qrels = dataset.qrels()
             result: dict[str, Any] = {}
             for name in systems:
@@ -347,7 +349,7 @@ class Experiment:
     def _pq_fn(self, systems: list[str], indexes: list[str]) -> Callable[[Path], dict[str, Any]]:
         def run(folder: Path) -> dict[str, Any]:
             ev = self.recipe.eval
-            dataset = load_dataset(self.test_spec())
+            dataset = load_dataset(self.test_spec(), cache_dir=self.cache_dir)
             grid: dict[str, Any] = {}
             sizes: dict[str, int] = {}
             dims: dict[str, int] = {}  # per model: the report's bytes per document (flat = 4·dim)
@@ -367,7 +369,7 @@ class Experiment:
 
     def _tsne_fn(self, settings: dict[str, Any]) -> Callable[[Path], dict[str, Any]]:
         def run(folder: Path) -> dict[str, Any]:
-            dataset = load_dataset(self.test_spec())
+            dataset = load_dataset(self.test_spec(), cache_dir=self.cache_dir)
             before = self._encoder(self.recipe.system(settings["before"]))
             after = self._encoder(self.recipe.system(settings["after"]))
             points = tsne_points(before, after, dataset, self.cache_dir, top=settings["top"], qid=settings["query"],

@@ -279,7 +279,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        from hardneg.artifacts import corpus_store, default_cache_dir
+        from hardneg.artifacts import corpus_store
+        from hardneg.data.cache import cache_dir_or_default
         from hardneg.data.load import load_dataset, parse_spec
         from hardneg.devices import faiss_placement, resolve_device
         from hardneg.model.encoder import DualEncoder
@@ -295,15 +296,15 @@ class Trainer:
         check_precision(cfg.precision, self.device)
         faiss_placement(self.device)  # says once when a GPU run has to search on CPU Faiss
         set_seed(cfg.seed)
-        self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+        self.cache_dir = cache_dir_or_default(cfg.cache_dir)
         path, split = parse_spec(cfg.data)
-        self.dataset = load_dataset(f"{path}:{split or 'train'}")
+        self.dataset = load_dataset(f"{path}:{split or 'train'}", cache_dir=self.cache_dir)
         qrels = self.dataset.qrels()
         queries = self.dataset.queries()
         if not qrels:
             raise HardnegError(f"{cfg.data}: the training split has no qrels")
         if cfg.dev_split:
-            dev_ds = load_dataset(f"{path}:{cfg.dev_split}")
+            dev_ds = load_dataset(f"{path}:{cfg.dev_split}", cache_dir=self.cache_dir)
             dev_qrels, dev_queries = dev_ds.qrels(), dev_ds.queries()
             train_qids = sorted(q for q in qrels if q in queries)
             dev_qids = sorted(q for q in dev_qrels if q in dev_queries)

@@ -1,7 +1,8 @@
 """Dataset archives: a zipped or tarred dataset folder (``scifact.zip`` holding ``scifact/corpus.jsonl``
 …) given as the data path is unpacked once into the cache and loaded as the folder.
 
-The unpacked copy lives in ``<cache>/archives/<stem>-<key>``, the key a hash of the archive's
+The unpacked copy lives in ``<cache>/archives/<stem>-<key>`` (``<cache>``: the cache folder the
+caller passes down, ``--cache-dir``), the key a hash of the archive's
 resolved path, size and modification time, so an unchanged archive is unpacked once and a
 replaced one again. Unpacking goes to a temporary folder beside it, renamed into place when
 complete (a crash leaves no half-unpacked dataset). Members with an absolute path or ``..``,
@@ -21,15 +22,11 @@ from pathlib import Path, PurePosixPath
 
 from hardneg.errors import InputError
 
-__all__ = ["archive_stem", "dataset_archive_folder", "unpack_archive"]
+__all__ = ["ARCHIVES", "archive_stem", "dataset_archive_folder", "unpack_archive"]
 
 _CHUNK = 1 << 20
-
-
-def _cache_root() -> Path:
-    from hardneg.artifacts import default_cache_dir  # lazily: artifacts imports the model stack
-
-    return default_cache_dir() / "archives"
+#: the folder under the cache folder that holds unpacked archives
+ARCHIVES = "archives"
 
 
 def archive_stem(path: Path) -> str:
@@ -101,11 +98,13 @@ def unpack_archive(archive: Path, dest: Path) -> None:
         if exc.strerror is None:  # a decompressor's complaint, not the file system's
             raise _corrupt(archive, exc) from None
         raise InputError(f"cannot unpack the archive: {exc.strerror}", path=exc.filename or archive,
-                         hint="check free space and permissions of the cache folder (HARDNEG_CACHE_DIR)") from None
+                         hint="check free space and permissions of the cache folder (--cache-dir, "
+                         "HARDNEG_CACHE_DIR)") from None
 
 
-def dataset_archive_folder(archive: Path, cache_root: Path | None = None) -> Path:
-    """The dataset folder inside the unpacked copy of ``archive`` (unpacking it first if needed).
+def dataset_archive_folder(archive: Path, cache_dir: Path) -> Path:
+    """The dataset folder inside the unpacked copy of ``archive`` under ``cache_dir/archives``
+    (unpacking it first if needed).
 
     When the archive holds a single top-level folder (``scifact/…``) that folder is the
     dataset; otherwise the archive's top level is.
@@ -116,7 +115,7 @@ def dataset_archive_folder(archive: Path, cache_root: Path | None = None) -> Pat
     except OSError:
         raise InputError("archive not found", path=archive) from None
     key = hashlib.sha256(f"{archive.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    root = Path(cache_root) if cache_root is not None else _cache_root()
+    root = Path(cache_dir) / ARCHIVES
     final = root / f"{archive_stem(archive)}-{key}"
     if not final.is_dir():
         root.mkdir(parents=True, exist_ok=True)
