@@ -150,6 +150,7 @@ def topk_search(q: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np
     return search.result()
 
 
+def stage_dev_eval(args, docs: np.ndarray) -> dict:
     q, pos = make_queries(docs, args.dev_queries, seed=1)
     start = time.perf_counter()
     _, rows = topk_search(q, docs, 100)
