@@ -2,14 +2,14 @@
 
 Published reference points: BEIR (Elasticsearch) nDCG@10 0.665, Pyserini flat
 0.672, bm25s with an English stemmer ~0.68. Nothing is tuned on this split.
-Takes a few seconds (tokenize + index 5,183 docs, 300 queries).
+Takes a few seconds (tokenize + index 5,183 docs, 300 queries); its speed is measured by
+``benchmarks/bm25.py``, not here.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -58,18 +58,18 @@ def _load() -> tuple[list[Doc], dict[str, Query], Qrels]:
     return ds.docs(), ds.queries(), ds.qrels()
 
 
-def test_bm25_scifact_test_ndcg() -> None:
+def test_bm25_scifact_test_ndcg(tmp_path: Path) -> None:
     docs, queries, qrels = _load()
     assert len(docs) == 5183
     assert len(qrels) == 300 and len(queries) == 300
 
-    start = time.perf_counter()
     index = BM25.build(docs)  # project defaults, nothing tuned on test
     run = index.search(queries, k=1000, show_progress=False)
-    elapsed = time.perf_counter() - start
 
     scores = evaluate(run, qrels, ["nDCG@10", "RR@10", "R@100", "R@1000"])
-    print(f"BM25 SciFact test: {scores} ({elapsed:.1f}s build+search)")
+    print(f"BM25 SciFact test: {scores}")
     assert scores["nDCG@10"] >= 0.65
     assert scores["R@100"] >= 0.85
-    assert elapsed < 60
+    # what a second `hardneg bm25` reads back from the cache ranks exactly the same
+    index.save(tmp_path / "bm25")
+    assert BM25.load(tmp_path / "bm25").search(queries, k=1000, show_progress=False) == run

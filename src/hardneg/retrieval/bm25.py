@@ -25,6 +25,7 @@ broken by corpus order (earlier document first), so runs are deterministic.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import Stemmer
+from tqdm.auto import tqdm
 
 from hardneg.data.records import Doc, Query
 from hardneg.errors import HardnegError
@@ -59,7 +62,7 @@ MAX_THREADS = 2
 
 
 def _bm25s() -> Any:
-    import bm25s
+    import bm25s  # heavy (numba/scipy setup): imported when an index is built, loaded or checked
 
     return bm25s
 
@@ -67,8 +70,6 @@ def _bm25s() -> Any:
 def _make_stemmer(name: str | None) -> Any:
     if name is None:
         return None
-    import Stemmer
-
     try:
         return Stemmer.Stemmer(name)
     except KeyError:
@@ -106,13 +107,8 @@ class BM25:
         self.stopwords = list(stopwords) if isinstance(stopwords, list | tuple) else stopwords
         self._stemmer = _make_stemmer(stemmer)
         if isinstance(self.stopwords, str):
-            try:  # bm25s's own lookup of named lists (a private helper; skip if it moves)
-                from bm25s.tokenization import _infer_stopwords
-            except ImportError:  # pragma: no cover
-                _infer_stopwords = None
-            try:
-                if _infer_stopwords is not None:
-                    _infer_stopwords(self.stopwords)
+            try:  # bm25s's public tokenizer looks the named list up first (a ValueError for an unknown name)
+                _bm25s().tokenize([], stopwords=self.stopwords, show_progress=False)
             except ValueError:
                 raise HardnegError(
                     f"unknown stopword list {self.stopwords!r}; use None, a list of words, "
@@ -267,8 +263,6 @@ class BM25:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             results_iter = pool.map(one, token_ids)
             if show_progress:
-                from tqdm.auto import tqdm
-
                 results_iter = tqdm(results_iter, total=len(token_ids), desc="BM25 search")
             results = list(results_iter)
         run: Run = {}
@@ -394,9 +388,6 @@ def cached_bm25(dataset: Any, cache_dir: str | Path, **params: Any) -> BM25:
     Keyed by the corpus fingerprint and the parameters, so a changed corpus or
     setting gets its own index.
     """
-    import hashlib
-    import json
-
     fingerprint = dataset.fingerprint()
     key = json.dumps([fingerprint, BM25(**params).params], sort_keys=True)
     folder = Path(cache_dir) / "bm25" / f"{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
