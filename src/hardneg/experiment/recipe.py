@@ -42,140 +42,50 @@ one) with its start, ``(1 − a)·start + a·S`` (start: the recipe's ``model`` 
 for ADORE its base's model, so only the query tower moves), picks ``a`` on S's own dev set and reports
 the pick as the row ``S+wise``.
 
-The top level, ``eval``, ``analysis`` and each system's ``name``/``kind``/``method``/``base``
-are typed here (pydantic): a wrong type, an unknown key or a bad value is a
-:class:`~hardneg.errors.HardnegError` naming the file, the key path (``systems[2].method``)
-and what is allowed. The ``train:``/``adore:`` sections and a system's other keys are
-TrainConfig settings, checked by :class:`~hardneg.train.config.TrainConfig`.
+The top level and each system's ``name``/``kind``/``method``/``base`` are typed here, ``eval``,
+``analysis`` and ``interpolate`` in :mod:`hardneg.experiment.schema` (pydantic): a wrong type, an unknown key
+or a bad value is a :class:`~hardneg.errors.HardnegError` naming the file, the key path
+(``systems[2].method``) and what is allowed. The ``train:``/``adore:`` sections and a system's other keys are
+TrainConfig settings, checked by :class:`~hardneg.train.config.TrainConfig`; which section a system reads
+comes from its method's spec (:class:`~hardneg.train.methods.MethodSpec`), never from its name.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
 from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from hardneg.data.formats.irds import open_irds
 from hardneg.data.load import irds_split_id, parse_spec
+from hardneg.devices import resolve_device
 from hardneg.errors import HardnegError
+from hardneg.experiment.schema import (
+    AnalysisSettings,
+    EvalSettings,
+    InterpolateSettings,
+    StrictSection,
+    check_name,
+    schema_problems,
+    substitute,
+)
 from hardneg.experiment.stages import dataset_tag, wise_name
 from hardneg.train.config import TrainConfig, apply_preset
-from hardneg.train.methods import method_names
+from hardneg.train.methods import MethodSpec, method_names, method_spec, method_specs
 
 DEFAULT_DATA_DIR = "../shared/data"
 SYSTEM_KINDS = ("bm25", "zeroshot", "train")
 #: the ``base`` of an ADORE system that means the recipe's starting encoder
 START_MODEL = "zeroshot"
-DEFAULT_EVAL: dict[str, Any] = {"split": "test", "max_length": 256, "query_max_length": 64, "k": 1000,
-                                "measures": ["RR@10", "R@100", "nDCG@10"], "baselines": [],
-                                "transfer_systems": [], "pairs": []}
 #: TrainConfig keys a recipe may not set: the runner owns them
 _RUNNER_KEYS = {"data", "out", "quiet", "cache_dir"}
-_NAME = re.compile(r"[\w.+-]+")
-
-
-def _check_name(name: str, what: str) -> str:
-    """A recipe or system name: it names folders, so letters, digits, '.', '+', '-', '_' only."""
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"{what} {name!r} must be letters, digits, '.', '+', '-' or '_'")
-    return name
-
-
-# ----------------------------------------------------------------------------- schema
-class _Section(BaseModel):
-    """A mapping with a fixed set of keys: an unknown one is an error with a "did you mean"."""
-
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, protected_namespaces=())
-    _input_keys: ClassVar[tuple[str, ...] | None] = None  # the keys a recipe file may give (default: the fields)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            allowed = cls._input_keys or tuple(cls.model_fields)
-            unknown = [k for k in data if k not in allowed]
-            if unknown:
-                raise PydanticCustomError("unknown_key", "{keys}; allowed: {allowed}",
-                                          {"keys": ", ".join(_with_suggestion(str(k), allowed) for k in unknown),
-                                           "allowed": ", ".join(allowed)})
-        return data
-
-
-def _with_suggestion(key: str, allowed: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(key, allowed, n=1)
-    return f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key)
-
-
-class EvalSettings(_Section):
-    """``eval:``: the test retrieval and the report's references."""
-
-    split: str = DEFAULT_EVAL["split"]
-    max_length: int = DEFAULT_EVAL["max_length"]
-    query_max_length: int = DEFAULT_EVAL["query_max_length"]
-    k: int = DEFAULT_EVAL["k"]
-    measures: list[str] = Field(default_factory=lambda: list(DEFAULT_EVAL["measures"]))
-    baselines: list[str] = Field(default_factory=list)  # paired t-test references of the report
-    transfer_systems: list[str] = Field(default_factory=list)  # empty: every system is transferred
-    pairs: list[tuple[str, str]] = Field(default_factory=list)  # [reference, system]: the report's head-to-head rows
-
-
-class PairwiseSettings(_Section):
-    topk: int = 200
-
-
-class PQSettings(_Section):
-    indexes: list[str] | None = None  # empty: flat, pq48
-    systems: list[str] | None = None  # empty: every dense system
-
-
-class TsneSettings(_Section):
-    before: str | None = None  # default: the start model's system name, "zeroshot"
-    after: str | None = None  # default: the first ADORE system
-    top: int = 30
-    query: str | None = None
-
-
-class InterpolateSettings(_Section):
-    """``interpolate:``: WiSE-FT weights and the systems merged with their start model."""
-
-    alphas: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    systems: list[str] | None = None  # empty: every trained system
-
-    @field_validator("alphas")
-    @classmethod
-    def _alphas(cls, alphas: list[float]) -> list[float]:
-        if len(alphas) < 2:
-            raise ValueError("give at least two weights, e.g. [0.0, 0.5, 1.0]")
-        bad = [a for a in alphas if not 0.0 <= a <= 1.0]
-        if bad:
-            raise ValueError(f"every weight must be in [0, 1] (0: the start model, 1: the trained one), not {bad}")
-        if len({f"{a:g}" for a in alphas}) != len(alphas):
-            raise ValueError(f"the weights must be distinct: {alphas}")
-        return [float(a) for a in alphas]
-
-
-class AnalysisSettings(_Section):
-    """``analysis:``: which analyses run (a key given, even empty, turns one on)."""
-
-    pairwise: PairwiseSettings | None = None
-    pq: PQSettings | None = None
-    tsne: TsneSettings | None = None
-
-    def enabled(self, name: str) -> bool:
-        return name in self.model_fields_set
+#: the recipe sections of shared TrainConfig settings: ``train:`` (every trained system), and one per method
+#: that freezes the document tower, named after it (``adore:``), for the systems of that method
+SETTINGS_SECTIONS = ("train", *(s.name for s in method_specs() if s.frozen_doc))
 
 
 class System(BaseModel):
@@ -202,7 +112,7 @@ class System(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
-        return _check_name(name, "system name")
+        return check_name(name, "system name")
 
     @field_validator("method")
     @classmethod
@@ -242,20 +152,32 @@ class System(BaseModel):
         return settings
 
     @property
-    def is_adore(self) -> bool:
-        return self.method == "adore"
+    def spec(self) -> MethodSpec | None:
+        """What the system's training method is and needs (None for a BM25 or zero-shot system)."""
+        return method_spec(self.method) if self.method else None
+
+    @property
+    def frozen_doc(self) -> bool:
+        """Its method trains the query tower only, against a fixed document index (ADORE)."""
+        return self.spec is not None and self.spec.frozen_doc
+
+    @property
+    def section(self) -> str:
+        """The recipe section of its shared TrainConfig settings (see :data:`SETTINGS_SECTIONS`)."""
+        spec = self.spec
+        return spec.name if spec is not None and spec.frozen_doc else "train"
 
     @property
     def index(self) -> str:
-        """The index the system is tested on: ADORE's own training index, flat otherwise."""
-        return str(self.settings.get("index", "flat")) if self.is_adore else "flat"
+        """The index the system is tested on: a frozen-document method's own training index, flat otherwise."""
+        return str(self.settings.get("index", "flat")) if self.frozen_doc else "flat"
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "method": self.method, "base": self.base,
                 "settings": dict(self.settings)}
 
 
-class Recipe(_Section):
+class Recipe(StrictSection):
     """A validated recipe; build one with :meth:`from_yaml` or :meth:`from_dict`."""
 
     _input_keys: ClassVar[tuple[str, ...]] = ("name", "data", "model", "systems", "seed", "device", "train", "adore",
@@ -289,7 +211,7 @@ class Recipe(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
-        return _check_name(name, "name")
+        return check_name(name, "name")
 
     def system(self, name: str, where: str = "") -> System:
         for s in self.systems:
@@ -317,7 +239,7 @@ class Recipe(_Section):
     def start_of(self, system: System) -> str | None:
         """The system whose model is A of ``system``'s interpolation: its ADORE base (the start model by
         default), the start model for the document-side methods (None: the recipe's ``model``)."""
-        if system.is_adore and system.base not in (None, START_MODEL):
+        if system.frozen_doc and system.base not in (None, START_MODEL):
             return system.base
         return None
 
@@ -348,7 +270,7 @@ class Recipe(_Section):
         if not isinstance(data, dict):
             raise HardnegError(f"{path}: a recipe is a mapping (name, data, model, systems, ...)")
         data_dir = data_dir or os.environ.get("HARDNEG_DATA_DIR") or DEFAULT_DATA_DIR
-        return cls.from_dict(_substitute(data, {"data_dir": str(data_dir).rstrip("/")}), source=str(path))
+        return cls.from_dict(substitute(data, {"data_dir": str(data_dir).rstrip("/")}), source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> Recipe:
@@ -373,7 +295,7 @@ class Recipe(_Section):
             raise HardnegError(f"{self.source}: systems: system names must be unique: {', '.join(dupes)}")
         self._check_device()
         for i, s in enumerate(self.systems):
-            what = "ADORE system" if s.is_adore else "system"
+            what = f"{s.method.upper()} system" if s.method and s.frozen_doc else "system"
             if s.base is not None and s.base != START_MODEL:
                 b = self.system(s.base, f"systems[{i}].base")
                 if self.systems.index(b) >= i:
@@ -433,13 +355,11 @@ class Recipe(_Section):
 
     def _check_device(self) -> None:
         """``device:`` names a device this machine has (resolved now, so a missing GPU fails before compute)."""
-        from hardneg.devices import resolve_device
-
         try:
             resolve_device(self.device)
         except HardnegError as exc:
             raise HardnegError(f"{self.source}: device: {exc}") from None
-        for section in ("train", "adore"):
+        for section in SETTINGS_SECTIONS:
             if "device" in getattr(self, section):
                 raise HardnegError(f"{self.source}: {section}.device: the device is one recipe key for every "
                                    "stage: give it at the top level (device: ...)")
@@ -478,8 +398,6 @@ class Recipe(_Section):
 
     def _check_irds(self) -> None:
         """Open every ``irds:`` id the recipe needs (lazy: nothing is downloaded), so a wrong one fails now."""
-        from hardneg.data.formats.irds import open_irds
-
         checked: set[str] = set()
         for key, spec in self._irds_specs():
             path, split = parse_spec(spec)
@@ -514,7 +432,7 @@ class Recipe(_Section):
                 reported.setdefault(split, f"transfer[{j}]")
         if cfg.dev_split not in reported:
             return
-        section = "adore" if system.is_adore else "train"
+        section = system.section
         key = (f"systems[{i}].dev_split" if "dev_split" in system.settings
                else f"{section}.dev_split" if "dev_split" in getattr(self, section) else f"{section}.preset")
         raise HardnegError(f"{self.source}: {key}: system {system.name!r} selects on the split it reports "
@@ -523,7 +441,7 @@ class Recipe(_Section):
 
     def train_config(self, system: System, out: Path, model: str | None = None) -> TrainConfig:
         """The :class:`TrainConfig` of a trained system (its model path filled in by the runner)."""
-        common = dict(self.adore if system.is_adore else self.train)
+        common = dict(getattr(self, system.section))
         preset = common.pop("preset", None)
         settings = {**common, **system.settings}
         preset = settings.pop("preset", preset)
@@ -547,45 +465,3 @@ class Recipe(_Section):
         cfg.cache_dir = self.cache_dir
         cfg.device = self.device  # one device for the whole recipe (the top-level ``device:``)
         return cfg
-
-
-# ----------------------------------------------------------------------------- errors
-def schema_problems(exc: ValidationError) -> str:
-    """Every problem pydantic found, as ``key.path: what is wrong (what is allowed)``, one per line."""
-    problems = [_problem(err) for err in exc.errors(include_url=False)]
-    return problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n  " + "\n  ".join(problems)
-
-
-def _problem(err: Any) -> str:
-    loc = tuple(err["loc"])
-    path = key_path(loc)
-    kind = err["type"]
-    if kind == "unknown_key":
-        return f"unknown recipe key {err['msg']}" if not loc else f"{path}: unknown key {err['msg']}"
-    if kind == "missing":
-        parent = key_path(loc[:-1])
-        return f"the recipe needs {loc[-1]!r}" if not parent else f"{parent}: needs {loc[-1]!r}"
-    if kind == "value_error":
-        return f"{path}: {err['ctx']['error']}"
-    got = repr(err.get("input"))
-    got = got if len(got) <= 60 else got[:57] + "..."
-    msg = err["msg"][:1].lower() + err["msg"][1:]
-    return f"{path or 'recipe'}: {msg}; got {got}"
-
-
-def key_path(loc: tuple[Any, ...]) -> str:
-    """``("systems", 2, "method")`` → ``systems[2].method``."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _substitute(value: Any, names: dict[str, str]) -> Any:
-    if isinstance(value, str):
-        return value.replace("{data_dir}", names["data_dir"])
-    if isinstance(value, list):
-        return [_substitute(v, names) for v in value]
-    if isinstance(value, dict):
-        return {k: _substitute(v, names) for k, v in value.items()}
-    return value

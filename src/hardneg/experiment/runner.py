@@ -63,6 +63,7 @@ from hardneg.experiment.stages import (
 )
 from hardneg.io import read_json, write_json
 from hardneg.model.encoder import DualEncoder
+from hardneg.model.merge import interpolate
 from hardneg.retrieval.bm25 import cached_bm25
 from hardneg.retrieval.dense import retrieve, search
 from hardneg.train.config import LATER_DEFAULTS, TrainConfig
@@ -158,7 +159,7 @@ class Experiment:
             start = next((s.name for s in r.systems if s.kind == "zeroshot"), START_MODEL)
             before = cfg.before if cfg and "before" in cfg.model_fields_set else start
             after = (cfg.after if cfg and "after" in cfg.model_fields_set
-                     else next((s.name for s in r.systems if s.is_adore), before))
+                     else next((s.name for s in r.systems if s.frozen_doc), before))
             settings = {"before": before, "after": after, "top": cfg.top if cfg else 30,
                         "query": cfg.query if cfg else None, "seed": r.seed, **eval_settings}
             deps = [test_stage(before), test_stage(after)]
@@ -278,8 +279,6 @@ class Experiment:
     def _wise_alpha_fn(self, system: System, alpha: float, start: str,
                        cfg: TrainConfig) -> Callable[[Path], dict[str, Any]]:
         def run(folder: Path) -> dict[str, Any]:
-            from hardneg.model.merge import interpolate
-
             ev = self.recipe.eval
             merged = interpolate(self._load(start), self._load(self.model_path(system)), alpha)
             merged.save(folder / "model")
