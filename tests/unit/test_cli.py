@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
 import subprocess
 import sys
 
@@ -188,8 +191,97 @@ def test_every_command_takes_dash_h_and_keeps_angle_brackets_and_panels():
         result = runner.invoke(app, [name, "-h"], terminal_width=200)
         assert result.exit_code == 0, (name, result.output)
         texts[name] = result.output
-    assert runner.invoke(app, ["-h"]).exit_code == 0
+    texts[""] = runner.invoke(app, ["-h"], terminal_width=200).output
     assert "pq<M>" in texts["index"] and "ivf<L>pq<M>" in texts["index"]
     assert "path[:split]" in texts["retrieve"] and "irds:<id>" in texts["retrieve"]
     for panel in ("Optimisation", "Encoder", "Negatives and loss", "ADORE", "Evaluation", "Checkpoints"):
         assert f"─ {panel} ─" in texts["train"]
+    flagged = [name for name, text in texts.items() if "<bool>" in text]
+    assert not flagged, f"a flag shows a value type in the help of: {flagged}"
+
+
+def test_flags_read_as_flags_in_help():
+    """A flag or a ``--x/--no-x`` pair shows no value type (it was ``--quiet -q <bool>``, as if ``-q`` took
+    a value); an option that takes a value keeps its type."""
+
+    def help_of(*argv: str) -> str:
+        result = runner.invoke(app, [*argv, "--help"], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    top, train, experiment = help_of(), help_of("train", "star"), help_of("experiment")
+    assert re.search(r"--quiet +-q +No progress bars", top), top
+    assert re.search(r"--resume +Continue from", train), train
+    assert re.search(r"--normalize +--no-normalize +L2-normalise", train), train
+    assert re.search(r"--max-steps +<int> +Optimiser steps", train), train
+    assert re.search(r"--dry-run +Check the recipe", experiment), experiment
+    assert re.search(r"--threads +<int> +CPU threads", experiment), experiment
+
+
+# ----------------------------------------------------------------------------- quiet libraries
+#: what transformers (a bar per model loaded / saved) and bm25s (a DEBUG log line) printed on every run
+NOISE = re.compile(r"Loading weights|Writing model shards|DEBUG")
+
+
+def hardneg_process(tmp_path, *args, **env_extra: str) -> subprocess.CompletedProcess:
+    """``python -m hardneg ARGS`` in a fresh process (its own logging set-up, as a user's shell gets)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    env.update(HARDNEG_CACHE_DIR=str(tmp_path / "cache"), HF_HUB_OFFLINE="1", **env_extra)
+    return subprocess.run([sys.executable, "-m", "hardneg", *map(str, args)], capture_output=True, text=True, env=env)
+
+
+def test_libraries_print_no_bars_or_debug_lines_beside_hardnegs_progress(tiny_beir, tiny_model_dir, tmp_path):
+    """A command that loads a model, one that loads two and saves one, and BM25: transformers' bars and
+    bm25s's DEBUG line are gone, hardneg's own progress and messages stay."""
+    proc = hardneg_process(tmp_path, "retrieve", f"{tiny_beir}:test", "--model", tiny_model_dir,
+                           "--out", tmp_path / "r")
+    assert proc.returncode == 0, proc.stderr
+    assert "encode docs" in proc.stderr and "run and metrics written" in proc.stderr
+    assert not NOISE.search(proc.stderr), proc.stderr
+    merge = ["merge", tiny_model_dir, tiny_model_dir, "--alpha", "0.5", "--out"]
+    proc = hardneg_process(tmp_path, *merge, tmp_path / "m")
+    assert proc.returncode == 0 and "0.5*A + 0.5*B" in proc.stderr, proc.stderr
+    assert not NOISE.search(proc.stderr), proc.stderr
+    proc = hardneg_process(tmp_path, "bm25", f"{tiny_beir}:test", "--out", tmp_path / "b")
+    assert proc.returncode == 0 and "run and metrics written" in proc.stderr, proc.stderr
+    assert not NOISE.search(proc.stderr), proc.stderr
+    # the user's own setting wins, and it is what the bars looked like
+    proc = hardneg_process(tmp_path, *merge, tmp_path / "m2", HF_HUB_DISABLE_PROGRESS_BARS="0")
+    assert proc.returncode == 0 and "Loading weights" in proc.stderr and "Writing model shards" in proc.stderr
+
+
+def test_quiet_prints_nothing_but_errors(tiny_beir, tiny_model_dir, tmp_path):
+    for argv in (["retrieve", f"{tiny_beir}:test", "--model", tiny_model_dir, "--out", tmp_path / "r"],
+                 ["merge", tiny_model_dir, tiny_model_dir, "--alpha", "0.5", "--out", tmp_path / "m"],
+                 ["bm25", f"{tiny_beir}:test", "--out", tmp_path / "b"]):
+        proc = hardneg_process(tmp_path, "-q", *argv)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr == "", proc.stderr
+    assert (tmp_path / "r" / "run.trec").is_file() and (tmp_path / "b" / "run.trec").is_file()
+    proc = hardneg_process(tmp_path, "-q", "bm25", f"{tiny_beir}:dev")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "dev" in proc.stderr, proc.stderr
+
+
+def test_quiet_libraries_for_a_library_caller(caplog, monkeypatch):
+    """Called from code after the libraries are imported: bm25s's logger, reset to DEBUG by its import,
+    passes on errors only; transformers' bars are off; huggingface_hub's download bars stay unless asked."""
+    import bm25s  # noqa: F401
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as transformers_logging
+
+    from hardneg.logs import quiet_libraries
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
+    transformers_logging.enable_progress_bar()
+    quiet_libraries()
+    assert not transformers_logging.is_progress_bar_enabled()
+    assert are_progress_bars_disabled() and not are_progress_bars_disabled("huggingface_hub.http_get")
+    bm25_log = logging.getLogger("bm25s")
+    bm25_log.setLevel(logging.DEBUG)  # what `import bm25s` does
+    with caplog.at_level(logging.DEBUG):
+        bm25_log.debug("Building index from IDs objects")
+        bm25_log.error("a real error")
+    assert "Building index" not in caplog.text and "a real error" in caplog.text
+    quiet_libraries(downloads=False)
+    assert are_progress_bars_disabled("huggingface_hub.http_get")

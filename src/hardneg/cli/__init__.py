@@ -11,16 +11,14 @@ One module per group of commands (:mod:`.retrieve`, :mod:`.data_cmds`,
 
 from __future__ import annotations
 
-import typer
-
 from hardneg.cli import data_cmds, evaluate, experiment, index_cmds, retrieve, train
+from hardneg.cli.common import App, run_app
 from hardneg.cli.common import global_options as _global_options
-from hardneg.cli.common import run_app
 
 #: ``-h`` as well as ``--help``, on the app and on every command
 HELP = {"help_option_names": ["-h", "--help"]}
 
-app = typer.Typer(
+app = App(  # typer.Typer whose --help shows flags as flags (no `<bool>` value type)
     name="hardneg",
     context_settings=HELP,
     help="Train and evaluate dense retrievers with hard negatives (STAR, ADORE).",

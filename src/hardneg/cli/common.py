@@ -10,15 +10,54 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from hardneg import __version__
 from hardneg.errors import HardnegError
+from hardneg.logs import quiet_libraries
 
 err = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)
 
 #: set by the global options (``--debug``, ``--quiet``); ranks other than 0 under torchrun are quiet
 STATE = {"debug": False, "quiet": False}
+
+# ----------------------------------------------------------------------------- flags read as flags
+def _flags_take_no_value(params: list) -> list:
+    """Typer's rich help prints a value type for every option, flags included (``--quiet -q <bool>``, as if
+    ``-q`` took a value); an empty metavar leaves that column blank for flags and ``--x/--no-x`` pairs,
+    while options that take a value keep theirs (``--k -k <int>``)."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class FlagCommand(TyperCommand):
+    """A command whose ``--help`` shows flags without a value type."""
+
+    def get_params(self, ctx):
+        return _flags_take_no_value(super().get_params(ctx))
+
+
+class FlagGroup(TyperGroup):
+    """The app's group: its global flags (``--quiet``, ``--debug``) without a value type."""
+
+    def get_params(self, ctx):
+        return _flags_take_no_value(super().get_params(ctx))
+
+
+class App(typer.Typer):
+    """``typer.Typer`` whose group and commands are :class:`FlagGroup` / :class:`FlagCommand` unless told."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("cls", FlagGroup)
+        super().__init__(**kwargs)
+
+    def command(self, name: str | None = None, **kwargs):
+        kwargs.setdefault("cls", FlagCommand)
+        return super().command(name, **kwargs)
+
 
 # ----------------------------------------------------------------------------- shared options
 DataArg = Annotated[str, typer.Argument(help="Dataset: `path[:split]` (BEIR or MS MARCO folder) or `irds:<id>`.")]
@@ -149,6 +188,7 @@ def join_torchrun() -> bool:
     if not dist.is_main():
         STATE["quiet"] = True
         logging.getLogger().setLevel(logging.WARNING)
+        quiet_libraries(downloads=False)
     return True
 
 
@@ -182,8 +222,7 @@ def global_options(
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "httpcore", "huggingface_hub", "transformers", "sentence_transformers", "faiss", "bm25s"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    quiet_libraries(downloads=not quiet)
 
 
 def run_app(app: typer.Typer) -> None:
