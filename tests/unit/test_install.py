@@ -4,9 +4,12 @@ Faiss is an extra whose absence is a clear error, and the optional import paths 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 import sys
 import tomllib
+import types
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 
 import pytest
@@ -62,15 +65,33 @@ def test_missing_faiss_is_a_clear_error(monkeypatch):
         FaissIndex.build(np.zeros((4, 8), dtype=np.float32), [str(i) for i in range(4)], kind="flat")
 
 
-def test_both_router_import_paths_of_the_export_resolve():
-    """Two-tower export needs Router: sentence-transformers >= 6 (base.modules.router) or 5.x (.models)."""
-    import warnings
+ROUTER = "sentence_transformers.base.modules.router"  # sentence-transformers >= 6
+LEGACY = "sentence_transformers.models"  # 5.x (still an alias in 6.x)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from sentence_transformers.models import Router as legacy
-    try:
-        from sentence_transformers.base.modules.router import Router as current
-    except ImportError:  # 5.x: only the legacy path exists
-        current = legacy
-    assert current is legacy and hasattr(current, "for_query_document")
+
+@pytest.mark.parametrize("path", ["current", "legacy"])
+def test_two_tower_export_finds_router_on_either_import_path(tiny_model_dir, tmp_path, monkeypatch, path):
+    """``hardneg export`` of separate towers imports Router from where sentence-transformers >= 6 has it, and
+    from 5.x's place when that import fails; either way the folder loads as one Router model. Each case takes
+    Router away from the other path, so the export can only succeed through the path under test."""
+    from sentence_transformers import SentenceTransformer
+
+    from hardneg.export.st_model import export_sentence_transformers
+    from hardneg.model.encoder import DualEncoder
+
+    if path == "current":
+        if importlib.util.find_spec(ROUTER) is None:
+            pytest.skip("sentence-transformers 5.x: only the legacy import path exists")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            legacy = importlib.import_module(LEGACY)
+        without_router = types.ModuleType(LEGACY)  # the legacy module, less Router
+        without_router.__dict__.update({k: v for k, v in vars(legacy).items() if k != "Router"})
+        monkeypatch.setitem(sys.modules, LEGACY, without_router)
+    else:
+        monkeypatch.setitem(sys.modules, ROUTER, None)  # importing it fails, as on 5.x
+    encoder = DualEncoder.from_pretrained(tiny_model_dir, shared=False)
+    out = export_sentence_transformers(encoder, tmp_path / "st")
+    monkeypatch.undo()
+    model = SentenceTransformer(str(out), device="cpu")
+    assert type(model[0]).__name__ == "Router" and len(model) == 1
