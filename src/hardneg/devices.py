@@ -15,6 +15,7 @@ import re
 import torch
 
 from hardneg.errors import HardnegError
+from hardneg.index import faiss_index
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,7 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
 
 def faiss_gpus() -> int:
     """How many GPUs the installed Faiss can use (0 for faiss-cpu)."""
-    from hardneg.index.faiss_index import gpu_count
-
-    return gpu_count()
+    return faiss_index.gpu_count()
 
 
 def faiss_placement(device: torch.device, *, quiet: bool = False) -> str:

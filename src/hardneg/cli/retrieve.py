@@ -144,16 +144,16 @@ def search(
 
     Example: `hardneg search runs/scifact-pq48 ../shared/data/scifact:test --model minilm`
     """
+    from hardneg.artifacts import index_mismatches
+    from hardneg.devices import faiss_placement
     from hardneg.errors import MismatchError
     from hardneg.index.faiss_index import FaissIndex
+    from hardneg.io import read_json
     from hardneg.retrieval.dense import search as dense_search
 
     use_threads(threads)
     dataset = open_dataset(data, queries, qrels, topic_field)
     encoder = open_model(model, query_max_length=query_max_length, device=device)
-    from hardneg.artifacts import index_mismatches
-    from hardneg.io import read_json
-
     manifest_file = index_dir / "manifest.json"
     if manifest_file.is_file() and not force:  # checked from the manifest, before the index is read
         manifest = read_json(manifest_file)
@@ -164,8 +164,6 @@ def search(
                 f"{index_dir}: the index was built by another model or corpus ({'; '.join(problems)}; "
                 f"built by {built_by.get('source')!r}); pass the model and corpus that built it, or --force"
             )
-    from hardneg.devices import faiss_placement
-
     idx = FaissIndex.load(index_dir)  # with the search defaults stored by `hardneg index`
     idx.set_search_params(nprobe=nprobe, ef_search=ef_search)
     if faiss_placement(encoder.device) == "gpu":

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from hardneg.errors import HardnegError, MismatchError
 from hardneg.io import commit_dir, file_lock, read_json, write_json, writing
@@ -189,8 +190,6 @@ def build_store(
 def _write_store_files(records, tokenizer, spec: StoreSpec, tmp: Path, chunk: int, total: int | None,
                        show_progress: bool, description: str) -> tuple[int, int]:
     """Stream ``records`` into ``tmp``: memory stays bounded by one chunk whatever the corpus size."""
-    from tqdm.auto import tqdm
-
     count = n_tokens = 0
     raw_tokens, raw_offsets = tmp / "tokens.raw", tmp / "offsets.raw"
     with open(raw_tokens, "wb") as tok_out, open(raw_offsets, "wb") as off_out, \

@@ -39,6 +39,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from hardneg.errors import HardnegError, MismatchError
 from hardneg.io import commit_dir, read_json, write_json, writing
@@ -76,11 +78,7 @@ def import_faiss():
 
 def set_threads(n: int | None = None) -> int:
     """Use ``n`` (default: all) cores for Faiss and torch."""
-    import os
-
     faiss = import_faiss()
-    import torch
-
     n = n or os.cpu_count() or 1
     faiss.omp_set_num_threads(n)
     torch.set_num_threads(n)
@@ -186,8 +184,6 @@ class FaissIndex:
             del train
         starts = range(0, n, ADD_BATCH)
         if show_progress and len(starts) > 1:
-            from tqdm.auto import tqdm
-
             starts = tqdm(starts, desc=f"index {kind}", unit="batch")
         for start in starts:
             index.add(np.ascontiguousarray(vectors[start : start + ADD_BATCH], dtype=np.float32))
@@ -432,8 +428,6 @@ def index_nbytes(index) -> int:
 def gpu_free_memory(ngpu: int) -> list[int] | None:
     """Free bytes on each of the first ``ngpu`` CUDA devices (torch's view), or ``None`` when unknown."""
     try:
-        import torch
-
         if not torch.cuda.is_available():
             return None
         return [int(torch.cuda.mem_get_info(i)[0]) for i in range(min(ngpu, torch.cuda.device_count()))] or None

@@ -32,6 +32,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from hardneg.errors import HardnegError
@@ -97,8 +99,6 @@ class HeadTower(nn.Module):
 
         Returns ``(path, type)`` of each module for ``modules.json``.
         """
-        from safetensors.torch import save_file
-
         dense_dir = folder / DENSE_DIR
         dense_dir.mkdir(parents=True, exist_ok=True)
         write_json(dense_dir / "config.json", {
@@ -190,8 +190,6 @@ def checkpoint_keys(folder: Path) -> list[str]:
     file = weights_file(folder)
     try:
         if file.name == "model.safetensors":
-            from safetensors import safe_open
-
             with safe_open(str(file), "pt") as fh:
                 return list(fh.keys())
         if file.name.endswith(".index.json"):
@@ -207,8 +205,6 @@ def checkpoint_keys(folder: Path) -> list[str]:
 
 def _load_file(file: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
     if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(file))
     name = str(file)
     try:
@@ -248,7 +244,7 @@ def load_drhard(folder: Path, dtype: torch.dtype | None = None) -> HeadTower:
 
     Every key must fit (module rule above); ``norm.*`` and ``embeddingHead.*`` are required.
     """
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig, AutoModel  # heavy: imported when a model is loaded
 
     file, state = load_state(folder)
     try:

@@ -41,7 +41,7 @@ def _packaged_model_dir(module: str) -> Path:
 def _hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
         return False
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # the hub client: imported only for a hub id
 
     host = urlparse(constants.ENDPOINT).hostname or ""
     port = 443 if constants.ENDPOINT.startswith("https") else 80
@@ -70,7 +70,7 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None) -> Path:
             f"{name}: no such model folder (give an existing folder, a hub id such as "
             f"'BAAI/bge-small-en-v1.5', or '{DEFAULT_MODEL}')"
         )
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # the hub client (~1 s): imported only for a hub id
 
     try:
         return Path(snapshot_download(name, local_files_only=True))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hardneg.data.formats.msmarco import read_msmarco_queries
+from hardneg.data.formats.sgml import is_trec_sgml, read_trec_doc_topics
 from hardneg.data.lines import empty_queries_error, empty_query_error, iter_text_lines
 from hardneg.data.records import Qrel, Query
 from hardneg.errors import InputError
@@ -60,8 +61,6 @@ def read_trec_topics(path: str | Path, *, topic_field: str = "title") -> Iterato
     (CACM) are read by :func:`~hardneg.data.formats.sgml.read_trec_doc_topics`. An empty file
     is an error naming it.
     """
-    from hardneg.data.formats.sgml import is_trec_sgml, read_trec_doc_topics
-
     path = Path(path)
     fields = parse_topic_field(topic_field)
     lines = iter_text_lines(path)
