@@ -229,23 +229,13 @@ def read_qrels(path: str | Path, *, stats: QrelsStats | None = None) -> Iterator
     first = True
     seen: dict[tuple[str, str], tuple[int, int]] = {}
     for lineno, line in iter_text_lines(path):
-        if "\t" in line:
-            fields = [f.strip() for f in line.split("\t")]
-        else:
-            fields = line.split()
+        fields = [f.strip() for f in line.split("\t")] if "\t" in line else line.split()
         if first:
             first = False
             if _is_header(fields):
                 continue
         if not ncols:
-            ncols, layout_line = len(fields), lineno
-            if ncols not in _QRELS_LAYOUTS:
-                raise InputError(
-                    f"unrecognised qrels layout: {ncols} columns",
-                    path=path,
-                    line=lineno,
-                    hint="expected " + ", ".join(_QRELS_LAYOUTS[n] for n in sorted(_QRELS_LAYOUTS)),
-                )
+            ncols, layout_line = _qrels_layout(fields, path, lineno), lineno
             st.layout = ("msmarco", "beir", "trec")[ncols - 2]
         elif len(fields) != ncols:
             raise InputError(
@@ -255,28 +245,7 @@ def read_qrels(path: str | Path, *, stats: QrelsStats | None = None) -> Iterator
                 line=lineno,
                 hint="fix or remove the line; one file must use one layout",
             )
-        if ncols == 2:
-            qid, doc_id, grade_s = fields[0], fields[1], "1"
-        elif ncols == 3:
-            qid, doc_id, grade_s = fields
-        else:
-            qid, _, doc_id, grade_s = fields
-        if not qid or not doc_id:
-            raise InputError(
-                "empty query id or document id",
-                path=path,
-                line=lineno,
-                hint=f"lines must follow the {_QRELS_LAYOUTS[ncols]} layout",
-            )
-        try:
-            grade = int(grade_s)
-        except ValueError:
-            raise InputError(
-                f"relevance {grade_s!r} is not an integer",
-                path=path,
-                line=lineno,
-                hint="qrels grades must be integers such as 0, 1, 2; use 1 for plain 'relevant'",
-            ) from None
+        qid, doc_id, grade = _qrels_judgement(fields, path, lineno)
         st.lines += 1
         key = (qid, doc_id)
         prev = seen.get(key)
@@ -295,3 +264,42 @@ def read_qrels(path: str | Path, *, stats: QrelsStats | None = None) -> Iterator
         if ncols == 3 and grade == 0:
             st.zero_scores += 1
         yield Qrel(qid, doc_id, grade)
+
+
+def _qrels_layout(fields: list[str], path: Path, lineno: int) -> int:
+    """The number of columns of the file's layout, from its first data line."""
+    if len(fields) not in _QRELS_LAYOUTS:
+        raise InputError(
+            f"unrecognised qrels layout: {len(fields)} columns",
+            path=path,
+            line=lineno,
+            hint="expected " + ", ".join(_QRELS_LAYOUTS[n] for n in sorted(_QRELS_LAYOUTS)),
+        )
+    return len(fields)
+
+
+def _qrels_judgement(fields: list[str], path: Path, lineno: int) -> tuple[str, str, int]:
+    """``(query id, document id, grade)`` of one qrels line of 2, 3 or 4 columns."""
+    ncols = len(fields)
+    if ncols == 2:
+        qid, doc_id, grade_s = fields[0], fields[1], "1"
+    elif ncols == 3:
+        qid, doc_id, grade_s = fields
+    else:
+        qid, _, doc_id, grade_s = fields
+    if not qid or not doc_id:
+        raise InputError(
+            "empty query id or document id",
+            path=path,
+            line=lineno,
+            hint=f"lines must follow the {_QRELS_LAYOUTS[ncols]} layout",
+        )
+    try:
+        return qid, doc_id, int(grade_s)
+    except ValueError:
+        raise InputError(
+            f"relevance {grade_s!r} is not an integer",
+            path=path,
+            line=lineno,
+            hint="qrels grades must be integers such as 0, 1, 2; use 1 for plain 'relevant'",
+        ) from None
