@@ -245,17 +245,28 @@ class _Exploit2:
         return (os.system, ("touch /tmp/hardneg-pwned-model",))
 
 
-def test_model_config_asking_for_remote_code_is_refused(tiny_model_dir, tmp_path):
+def test_model_config_asking_for_remote_code_loads_the_plain_class_and_runs_nothing(tiny_model_dir, tmp_path):
+    """A config.json whose ``auto_map`` points at a model class in the folder's own ``evil.py``: without
+    ``trust_remote_code`` transformers ignores it and builds the plain BERT class of ``model_type`` from the
+    folder's weights; evil.py is never imported (with ``trust_remote_code=True`` it would be, and the tower
+    would be its EvilModel)."""
+    from transformers import BertModel
+
     folder = tmp_path / "remote"
     shutil.copytree(tiny_model_dir, folder)
     config = json.loads((folder / "config.json").read_text())
     config["auto_map"] = {"AutoModel": "evil.EvilModel"}
     (folder / "config.json").write_text(json.dumps(config))
-    (folder / "evil.py").write_text("raise SystemExit('remote code ran')\n")
-    try:
-        DualEncoder.from_pretrained(folder)  # loads the plain BERT class, ignoring auto_map...
-    except HardnegError:
-        pass  # ...or refuses: either way evil.py never runs (a SystemExit would end the test run)
+    marker = tmp_path / "remote-code-ran"
+    (folder / "evil.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "from transformers import BertModel\n\n\nclass EvilModel(BertModel):\n    pass\n")
+    loaded = DualEncoder.from_pretrained(folder)
+    assert not marker.exists(), "code named by a model's config was executed"
+    assert type(loaded.doc_model) is BertModel
+    plain = DualEncoder.from_pretrained(tiny_model_dir).doc_model.state_dict()
+    weights = loaded.doc_model.state_dict()
+    assert weights.keys() == plain.keys() and all(torch.equal(weights[k], plain[k]) for k in plain)
 
 
 @pytest.mark.parametrize("loader", ["recipe", "train-config"])
