@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hardneg.data.formats.beir import _load_json_object
+from hardneg.data.formats.beir import load_json_object
 from hardneg.data.lines import COMPRESSED_SUFFIXES, iter_text_lines, logical_suffix
 from hardneg.errors import HardnegError, InputError
 from hardneg.io import atomic_write, commit_dir, writing
@@ -351,7 +351,7 @@ def detect_format(path: str | Path) -> str:
     for lineno, line in iter_text_lines(path):
         if not line.lstrip().startswith("{") and logical_suffix(path) not in (".jsonl", ".json"):
             return "tsv"
-        obj = _load_json_object(line, path, lineno, f"{_TEVATRON_EXAMPLE} or {_ST_EXAMPLE}")
+        obj = load_json_object(line, path, lineno, f"{_TEVATRON_EXAMPLE} or {_ST_EXAMPLE}")
         if "query_id" in obj or "negative_passages" in obj:
             return "tevatron"
         if "anchor" in obj:
@@ -414,7 +414,7 @@ def _read_tevatron(path: Path, dataset: Any) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     first: dict[str, int] = {}
     for lineno, line in iter_text_lines(path):
-        obj = _load_json_object(line, path, lineno, _TEVATRON_EXAMPLE)
+        obj = load_json_object(line, path, lineno, _TEVATRON_EXAMPLE)
         missing = [k for k in _TEVATRON_KEYS if k not in obj]
         if missing:
             raise InputError(f"Tevatron line has no {', '.join(repr(k) for k in missing)}", path=path, line=lineno,
@@ -469,7 +469,7 @@ def _st_rows_of(path: Path) -> Iterator[tuple[str, int, dict]]:
             yield "row", i, row
         return
     for lineno, line in iter_text_lines(path):
-        yield "line", lineno, _load_json_object(line, path, lineno, _ST_EXAMPLE)
+        yield "line", lineno, load_json_object(line, path, lineno, _ST_EXAMPLE)
 
 
 def _read_st(path: Path, dataset: Any) -> dict[str, list[str]]:

@@ -23,7 +23,7 @@ from hardneg.data.lines import (
 from hardneg.data.records import Doc, Query
 from hardneg.errors import InputError
 
-__all__ = ["read_beir_corpus", "read_beir_queries"]
+__all__ = ["json_id", "load_json_object", "read_beir_corpus", "read_beir_queries"]
 
 
 def json_id(line: str) -> str | None:
@@ -32,7 +32,8 @@ def json_id(line: str) -> str | None:
     return str(value) if value is not None else None
 
 
-def _load_json_object(line: str, path: Path, lineno: int, example: str) -> dict[str, Any]:
+def load_json_object(line: str, path: Path, lineno: int, example: str) -> dict[str, Any]:
+    """One JSON object from a JSONL line; an InputError naming ``path:lineno`` (with ``example``) otherwise."""
     try:
         obj = json.loads(line)
     except (ValueError, RecursionError) as exc:
@@ -122,7 +123,7 @@ def read_beir_corpus(path: str | Path, *, ids: set[str] | None = None) -> Iterat
     example = '{"_id": "d1", "title": "...", "text": "..."}'
     count = 0
     for lineno, line in iter_text_lines(path):
-        obj = _load_json_object(line, path, lineno, example)
+        obj = load_json_object(line, path, lineno, example)
         doc_id = _get_id(obj, path, lineno, "document")
         text = _get_str(obj, "text", path, lineno, required=True)
         title = _get_str(obj, "title", path, lineno, required=False)
@@ -143,7 +144,7 @@ def read_beir_queries(path: str | Path) -> Iterator[Query]:
     seen: set[str] = set()
     example = '{"_id": "q1", "text": "..."}'
     for lineno, line in iter_text_lines(path):
-        obj = _load_json_object(line, path, lineno, example)
+        obj = load_json_object(line, path, lineno, example)
         qid = _get_id(obj, path, lineno, "query")
         text = _get_str(obj, "text", path, lineno, required=True)
         if qid in seen:
