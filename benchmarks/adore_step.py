@@ -10,7 +10,7 @@ query given one random relevant row; the index kinds are hardneg's
 (``--kinds``, default flat, pq48 and ivfpq; PQ / IVF codebooks trained on a
 sample of ``--train-size`` vectors, default 40k: enough for IVF1000 at 1M and
 short to train). The step runs the method's own ``batch_loss``
-(:class:`hardneg.train.adore.Adore`) on a bare method object (no dataset or
+(:class:`hardneg.train.methods.adore.Adore`) on a bare method object (no dataset or
 Trainer needed), so the split is the one ``train_log.jsonl``
 records (``t_query_encode``, ``t_search``, ``t_reconstruct``, ``t_loss``,
 ``t_backward``, ``t_optimizer``).
@@ -35,9 +35,12 @@ import numpy as np
 import torch
 
 from hardneg.index.faiss_index import FaissIndex, factory_string, set_threads
-from hardneg.train.adore import Adore
 from hardneg.train.config import TrainConfig
-from hardneg.train.trainer import Example, Trainer, make_optimizer, make_scheduler
+from hardneg.train.methods.adore import Adore
+from hardneg.train.methods.base import StepBatch
+from hardneg.train.order import Example
+from hardneg.train.steps import Laps, make_optimizer, make_scheduler
+from hardneg.train.trainer import Trainer
 
 SPLIT = ("t_query_encode", "t_search", "t_reconstruct", "t_loss", "t_backward", "t_optimizer")
 
@@ -87,9 +90,6 @@ def step_state(model, cfg: TrainConfig) -> SimpleNamespace:
 
 def time_steps(method: Adore, trainer: SimpleNamespace, qids: list[str], batch: int, warmup: int,
                steps: int) -> dict[str, float]:
-    from hardneg.train.methods.base import StepBatch
-    from hardneg.train.trainer import Laps
-
     model = trainer.model
     model.query_model.train()
     totals = dict.fromkeys(SPLIT, 0.0)

@@ -42,7 +42,8 @@ import torch
 
 from hardneg.index.faiss_index import set_threads
 from hardneg.train.config import TrainConfig
-from hardneg.train.trainer import Trainer, encode_rows
+from hardneg.train.steps import encode_rows
+from hardneg.train.trainer import Trainer
 
 
 def hardneg_side(args, cache: str) -> tuple[Trainer, dict]:

@@ -209,3 +209,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     report = os.environ.get("HARDNEG_RELIABILITY_REPORT")
     if report:
         Path(report).write_text(json.dumps({"fuzz": FUZZ_COUNTS, "kill": KILL_COUNTS}, indent=2, sort_keys=True))
+
+
+# ----------------------------------------------------------------------------- the trainer tests' run
+def train_config(tmp_path: Path, data: Path, model: Path, method: str = "star", **kw):
+    """The tiny training run the trainer tests share (a TrainConfig): 4 steps of 4 queries, dev (a quarter of the
+    queries) at steps 0, 2 and 4, checkpoints every 2 steps, short texts, no warm-up, in ``tmp_path/out-<method>``
+    with its own cache. A method that draws hard negatives takes them from the top 8 and ranks dev on the whole
+    corpus; ADORE searches the top 20 of a flat index with ΔMRR@10 weights. ``kw`` overrides any setting."""
+    from hardneg.train.config import TrainConfig
+
+    base = dict(method=method, data=str(data), model=str(model), out=str(tmp_path / f"out-{method}"), max_steps=4,
+                batch_size=4, lr=1e-3, dev_fraction=0.25, dev_every=2, save_every=2, cache_dir=str(tmp_path / "cache"),
+                quiet=True, query_max_length=16, doc_max_length=32, warmup_ratio=0.0)
+    if method == "adore":
+        base.update(adore_topk=20, metric="mrr@10", index="flat")
+    else:
+        base.update(topk=8, dev_pool=0)
+    return TrainConfig(**{**base, **kw})

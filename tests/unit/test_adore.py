@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -10,10 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import write_tiny_train
+from conftest import train_config, write_tiny_train
 from hardneg.errors import HardnegError
-from hardneg.train.adore import build_pairs, retrieval_metrics
-from hardneg.train.config import TrainConfig, parse_adore_metric
+from hardneg.train.config import TrainConfig
+from hardneg.train.methods.adore import build_pairs, retrieval_metrics
+from hardneg.train.methods.settings import parse_adore_metric
 from hardneg.train.trainer import Trainer
 
 
@@ -31,13 +33,8 @@ def pq_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("pq-cache")
 
 
-def config(tmp_path, data, model, **kw):
-    base = dict(method="adore", data=str(data), model=str(model), out=str(tmp_path / "out-adore"),
-                max_steps=4, batch_size=4, lr=1e-3, dev_fraction=0.25, dev_every=2, save_every=2,
-                cache_dir=str(tmp_path / "cache"), quiet=True, query_max_length=16, doc_max_length=32,
-                warmup_ratio=0.0, adore_topk=20, metric="mrr@10", index="flat")
-    base.update(kw)
-    return TrainConfig(**base)
+#: test_adore's runs: the shared tiny run as ADORE
+adore_config = functools.partial(train_config, method="adore")
 
 
 def tower(module):
@@ -118,7 +115,7 @@ def test_queries_without_a_positive_are_skipped_and_missing_results_ignored():
 @pytest.mark.parametrize("metric", ["mrr", "mrr@0", "ndcg@x", None, "map@10", "mrr@-3", "ndcg@", 10])
 def test_bad_metric_strings_fail_before_compute(metric, tmp_path, tiny_train, tiny_model_dir):
     with pytest.raises(HardnegError, match="metric must be mrr@k or ndcg@k"):
-        Trainer(config(tmp_path, tiny_train, tiny_model_dir, metric=metric))  # validation, no setup
+        Trainer(adore_config(tmp_path, tiny_train, tiny_model_dir, metric=metric))  # validation, no setup
     with pytest.raises(HardnegError, match="metric must be"):
         build_pairs(np.array([[0, 1]]), [{0: 1}], metric)
 
@@ -136,7 +133,7 @@ def test_metric_parsing_and_adore_only_settings():
 
 # ----------------------------------------------------------------------------- the method in the loop
 def test_no_gradient_reaches_the_document_side(tmp_path, tiny_train, tiny_model_dir):
-    trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir, max_steps=2, dev_every=100, save_every=100))
+    trainer = Trainer(adore_config(tmp_path, tiny_train, tiny_model_dir, max_steps=2, dev_every=100, save_every=100))
     trainer.setup()
     model = trainer.model
     assert model.query_model is not model.doc_model and not model.config.shared
@@ -165,7 +162,7 @@ def test_pq_scores_are_recomputed_from_the_vectors_the_index_ranks_with(tmp_path
                                                                         pq_cache):
     from hardneg.index.encode import encode_token_lists
 
-    trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir, index="pq4", cache_dir=str(pq_cache)))
+    trainer = Trainer(adore_config(tmp_path, tiny_train, tiny_model_dir, index="pq4", cache_dir=str(pq_cache)))
     trainer.setup()
     method = trainer.method
     assert method.index.manifest["factory"] == "PQ4np"
@@ -193,7 +190,7 @@ def test_adore_trains_saves_and_the_model_searches_its_index(kind, tmp_path, tin
     from hardneg.cli import app
 
     pq = kind.startswith("pq")
-    cfg = config(tmp_path, tiny_train, tiny_model_dir, index=kind, metric="ndcg@10" if pq else "mrr@10",
+    cfg = adore_config(tmp_path, tiny_train, tiny_model_dir, index=kind, metric="ndcg@10" if pq else "mrr@10",
                  cache_dir=str(pq_cache if pq else tmp_path / "cache"))
     trainer = Trainer(cfg)
     trainer.setup()
@@ -239,12 +236,12 @@ def test_zero_shot_adore_reuses_the_cached_index_and_an_adore_output_continues(t
     cache = tmp_path / "cache"
     encoder = DualEncoder.from_pretrained(str(tiny_model_dir), query_max_length=16, doc_max_length=32)
     index = corpus_index(encoder, load_dataset(f"{tiny_train}:train"), "flat", cache, show_progress=False)
-    first = Trainer(config(tmp_path, tiny_train, tiny_model_dir, max_steps=2))
+    first = Trainer(adore_config(tmp_path, tiny_train, tiny_model_dir, max_steps=2))
     first.setup()
     assert first.method.embeddings_key == index.manifest["source"]["key"]  # what `retrieve` cached
     model_dir = first.train()
     # an ADORE output as --doc-model: its query tower continues, its doc tower (and cached index) is kept
-    second = Trainer(config(tmp_path, tiny_train, model_dir, out=str(tmp_path / "second")))
+    second = Trainer(adore_config(tmp_path, tiny_train, model_dir, out=str(tmp_path / "second")))
     second.setup()
     assert second.method.embeddings_key == index.manifest["source"]["key"]
     assert second.method.doc_source == str(tiny_model_dir)
@@ -256,7 +253,7 @@ def test_zero_shot_adore_reuses_the_cached_index_and_an_adore_output_continues(t
 
 def test_kill_and_resume_gives_identical_query_tower(tmp_path, tiny_train, tiny_model_dir, kill_and_resume):
     def make(name):
-        return Trainer(config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / name)))
+        return Trainer(adore_config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / name)))
 
     straight, resumed = kill_and_resume(make)
     reference = tower(straight.model.query_model)
@@ -291,10 +288,10 @@ def test_the_adore_step_trains_on_the_lambda_loss_function(reduction, tmp_path, 
     """One real ADORE step: the loss it used is losses.lambda_pairwise (the function the paper-formula
     tests check) on the scores and pairs the step produced, and the ΔMRR@10-weighted pairwise
     logistic loss written out by hand."""
-    import hardneg.train.adore as adore_module
+    import hardneg.train.methods.adore as adore_module
     from hardneg.train.losses import lambda_pairwise
 
-    trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir, adore_reduction=reduction))
+    trainer = Trainer(adore_config(tmp_path, tiny_train, tiny_model_dir, adore_reduction=reduction))
     trainer.setup()
     method = trainer.method
     seen = {}
@@ -420,7 +417,7 @@ def test_adore_defaults_do_not_break_on_multi_positive_queries(tmp_path, tiny_mo
     data = write_multi_positive(tmp_path / "multi")
 
     def dev_curve(name, **kw):
-        cfg = config(tmp_path, data, tiny_model_dir, out=str(tmp_path / name), max_steps=10, batch_size=8,
+        cfg = adore_config(tmp_path, data, tiny_model_dir, out=str(tmp_path / name), max_steps=10, batch_size=8,
                      lr=5e-4, dev_split="dev", dev_every=5, save_every=100, dev_metric="nDCG@10",
                      pooling="mean", normalize=True, adore_topk=20, metric="mrr@20", seed=1, **kw)
         trainer = Trainer(cfg)
@@ -448,7 +445,7 @@ def test_adore_log_records_carry_the_step_time_split(tmp_path, tiny_train, tiny_
     over micro-batches: a search slowed by 30 ms shows as >= 60 ms with two micro-batches."""
     import time
 
-    trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir, max_steps=2, grad_accum=2, batch_size=2,
+    trainer = Trainer(adore_config(tmp_path, tiny_train, tiny_model_dir, max_steps=2, grad_accum=2, batch_size=2,
                              dev_every=2, save_every=2))
     trainer.setup()
     index, search = trainer.method.index, trainer.method.index.search
@@ -471,7 +468,7 @@ def test_adore_log_records_carry_the_step_time_split(tmp_path, tiny_train, tiny_
 
 def test_nprobe_and_ef_search_are_adore_settings_set_on_its_index(tmp_path, tiny_train, tiny_model_dir):
     # an IVF index over the tiny corpus: with every list probed it ranks as the flat index does
-    cfg = config(tmp_path, tiny_train, tiny_model_dir, index="factory:IVF4,Flat", nprobe=4, max_steps=2,
+    cfg = adore_config(tmp_path, tiny_train, tiny_model_dir, index="factory:IVF4,Flat", nprobe=4, max_steps=2,
                  dev_every=100, save_every=100)
     trainer = Trainer(cfg)
     trainer.setup()
@@ -479,7 +476,7 @@ def test_nprobe_and_ef_search_are_adore_settings_set_on_its_index(tmp_path, tiny
     model_dir = trainer.train()
     assert json.loads((model_dir / "adore.json").read_text())["search"] == {"nprobe": 4}
     # a kind without the parameter is refused by name, before training
-    bad = Trainer(config(tmp_path, tiny_train, tiny_model_dir, index="flat", ef_search=16,
+    bad = Trainer(adore_config(tmp_path, tiny_train, tiny_model_dir, index="flat", ef_search=16,
                          out=str(tmp_path / "out-bad")))
     with pytest.raises(HardnegError, match="--ef-search 16: the 'flat' index .* has no efSearch parameter"):
         bad.setup()

@@ -217,7 +217,7 @@ def test_every_encoding_path_runs_the_same_batches_bit_for_bit(model, store, tmp
 
     from hardneg.index.encode import encode_batches, encode_token_lists
     from hardneg.index.shards import sharded_encode_token_lists
-    from hardneg.train.trainer import encode_rows
+    from hardneg.train.steps import encode_rows
 
     rows = store.rows(range(len(store)))
     in_memory = encode_token_lists(model, rows, "doc", batch_size=5)

@@ -174,7 +174,7 @@ def dense_dev_metrics(trainer):
     from hardneg.index.encode import encode_token_lists
     from hardneg.retrieval.runs import run_from_arrays
 
-    cfg, rows = trainer.config, trainer._dev_pool
+    cfg, rows = trainer.config, trainer.dev_index.rows
     docs = encode_token_lists(trainer.model, trainer.store.rows(rows), "doc", batch_size=cfg.batch_encode_size)
     dev_qids = list(trainer.dev_qrels)
     qv = encode_token_lists(trainer.model, [trainer.query_tokens[x] for x in dev_qids], "query",
@@ -199,6 +199,7 @@ def spread_model_dir(tmp_path_factory):
 @pytest.mark.parametrize("dev_pool", [0, 20])
 def test_evaluate_dev_chunked_equals_dense(dev_pool, tmp_path, spread_model_dir, monkeypatch):
     from hardneg.train.config import TrainConfig
+    from hardneg.train.dev import DevPool
     from hardneg.train.trainer import Trainer
 
     data = write_tiny_train(tmp_path / "tiny-train", filler=60)
@@ -214,10 +215,10 @@ def test_evaluate_dev_chunked_equals_dense(dev_pool, tmp_path, spread_model_dir,
     assert gap > 1e-5  # the precondition of comparing rankings computed with other matrix shapes
     assert in_memory == want
     if dev_pool == 0:
-        assert len(trainer._dev_pool) == len(trainer.doc_ids) == 108
+        assert len(trainer.dev_index.rows) == len(trainer.doc_ids) == 108
     # a temporary memmap and small chunks
-    monkeypatch.setattr(Trainer, "_dev_ram_bytes", 4 * trainer.model.dim * 50)
-    monkeypatch.setattr(Trainer, "_dev_chunks", {"query_chunk": 2, "doc_chunk": 7})
+    monkeypatch.setattr(DevPool, "ram_bytes", 4 * trainer.model.dim * 50)
+    monkeypatch.setattr(DevPool, "chunks", {"query_chunk": 2, "doc_chunk": 7})
     assert trainer.evaluate_dev() == want
     assert list((tmp_path / "out").iterdir()) == []  # the temporary embeddings are gone
     if dev_pool == 0:  # a killed run's memmap is removed when the next run in the folder starts

@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 
-from conftest import write_tiny_train
+from conftest import train_config, write_tiny_train
 from hardneg.train.checkpoint import load_checkpoint
-from hardneg.train.config import TrainConfig
-from hardneg.train.trainer import Trainer, encode_rows
+from hardneg.train.steps import encode_rows
+from hardneg.train.trainer import Trainer
 
 LOW = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -24,16 +24,8 @@ def tiny_train(tmp_path):
     return write_tiny_train(tmp_path / "tiny-train")
 
 
-def config(tmp_path, data, model, method="star", **kw):
-    base = dict(method=method, data=str(data), model=str(model), out=str(tmp_path / f"out-{method}"),
-                max_steps=4, batch_size=4, lr=1e-3, topk=8, n_negatives=2, dev_fraction=0.25, dev_every=2,
-                save_every=2, dev_pool=0, cache_dir=str(tmp_path / "cache"), quiet=True, query_max_length=16,
-                doc_max_length=32, warmup_ratio=0.0, dev_at_start=False)
-    if method == "adore":
-        base.update(adore_topk=20, metric="mrr@10", index="flat")
-        del base["topk"], base["n_negatives"]
-    base.update(kw)
-    return TrainConfig(**base)
+#: test_precision's runs: the shared tiny run with 2 negatives per query and no step-0 dev evaluation
+precision_config = functools.partial(train_config, n_negatives=2, dev_at_start=False)
 
 
 def linear_dtypes(model) -> list[torch.dtype]:
@@ -54,7 +46,7 @@ def params(model):
 # ----------------------------------------------------------------------------- autocast scope
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_encoders_run_low_precision_but_scores_and_loss_are_fp32(precision, tmp_path, tiny_train, tiny_model_dir):
-    trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir, precision=precision))
+    trainer = Trainer(precision_config(tmp_path, tiny_train, tiny_model_dir, precision=precision))
     trainer.setup()
     assert trainer.scaler.is_enabled() == (precision == "fp16")
     linear = linear_dtypes(trainer.model)
@@ -89,9 +81,9 @@ def test_encoders_run_low_precision_but_scores_and_loss_are_fp32(precision, tmp_
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_adore_encodes_queries_low_precision_and_scores_fp32(precision, tmp_path, tiny_train, tiny_model_dir,
                                                               monkeypatch):
-    import hardneg.train.adore as adore
+    import hardneg.train.methods.adore as adore
 
-    trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir, method="adore", precision=precision))
+    trainer = Trainer(precision_config(tmp_path, tiny_train, tiny_model_dir, method="adore", precision=precision))
     trainer.setup()
     linear = linear_dtypes(trainer.model)
     seen = []
@@ -117,7 +109,7 @@ def test_adore_encodes_queries_low_precision_and_scores_fp32(precision, tmp_path
 def test_fp32_runs_no_autocast_and_no_scaler(tmp_path, tiny_train, tiny_model_dir):
     """fp32 is today's path: the encoder output is the plain forward pass, bit for bit, and no scale is logged
     (test_train's test_the_step_trains_on_the_paper_loss_function checks the loss bit for bit)."""
-    trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir))
+    trainer = Trainer(precision_config(tmp_path, tiny_train, tiny_model_dir))
     trainer.setup()
     assert not trainer.scaler.is_enabled()
     model = trainer.model.eval()
@@ -146,7 +138,8 @@ def test_fp16_scaler_state_is_checkpointed_and_resumes_exactly(tmp_path, tiny_tr
                                                                    growth_interval=1))
 
     def make(name):
-        return Trainer(config(tmp_path, tiny_train, tiny_model_dir, precision="fp16", out=str(tmp_path / name)))
+        return Trainer(precision_config(tmp_path, tiny_train, tiny_model_dir, precision="fp16",
+                                        out=str(tmp_path / name)))
 
     straight, resumed = kill_and_resume(make)
     ref = {k: v.detach().clone() for k, v in straight.model.doc_model.state_dict().items()}
@@ -169,7 +162,7 @@ def test_fp16_scaler_state_is_checkpointed_and_resumes_exactly(tmp_path, tiny_tr
 
 
 def test_checkpoint_without_scaler_state_still_resumes(tmp_path, tiny_train, tiny_model_dir, caplog):
-    cfg = config(tmp_path, tiny_train, tiny_model_dir, precision="fp16", max_steps=2)
+    cfg = precision_config(tmp_path, tiny_train, tiny_model_dir, precision="fp16", max_steps=2)
     first = Trainer(cfg)
     first.train()
     folder = tmp_path / "out-star" / "checkpoints" / "step-0000002"
@@ -184,7 +177,7 @@ def test_checkpoint_without_scaler_state_still_resumes(tmp_path, tiny_train, tin
 
 
 def test_device_is_not_part_of_the_resume_fingerprint(tmp_path, tiny_train, tiny_model_dir):
-    cfg = config(tmp_path, tiny_train, tiny_model_dir)
+    cfg = precision_config(tmp_path, tiny_train, tiny_model_dir)
     assert cfg.replace(device="cuda:1").fingerprint() == cfg.fingerprint()
     assert cfg.replace(precision="fp16").fingerprint() != cfg.fingerprint()
 
@@ -218,8 +211,8 @@ def test_train_device_cuda_without_cuda_exits_2_with_one_line(tmp_path, tiny_tra
 def test_train_device_flag_and_bad_spelling(tmp_path, tiny_train, tiny_model_dir):
     from hardneg.devices import DeviceError
 
-    trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir, device="cpu", max_steps=1))
+    trainer = Trainer(precision_config(tmp_path, tiny_train, tiny_model_dir, device="cpu", max_steps=1))
     trainer.setup()
     assert trainer.device == torch.device("cpu") == trainer.model.device
     with pytest.raises(DeviceError, match="auto, cpu, cuda or cuda:N"):
-        Trainer(config(tmp_path, tiny_train, tiny_model_dir, device="gpu")).setup()
+        Trainer(precision_config(tmp_path, tiny_train, tiny_model_dir, device="gpu")).setup()

@@ -9,25 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_tiny_train
+from conftest import train_config, write_tiny_train
 from hardneg.errors import HardnegError
-from hardneg.train.config import TrainConfig
 from hardneg.train.losses import pairwise_loss, star_loss
-from hardneg.train.trainer import DataOrder, Trainer, split_dev
+from hardneg.train.order import DataOrder, split_dev
+from hardneg.train.trainer import Trainer
 
 
 @pytest.fixture
 def tiny_train(tmp_path):
     return write_tiny_train(tmp_path / "tiny-train")
-
-
-def config(tmp_path, data, model, method="star", **kw):
-    base = dict(method=method, data=str(data), model=str(model), out=str(tmp_path / f"out-{method}"),
-                max_steps=4, batch_size=4, lr=1e-3, topk=8, dev_fraction=0.25, dev_every=2, save_every=2,
-                dev_pool=0, cache_dir=str(tmp_path / "cache"), quiet=True, query_max_length=16,
-                doc_max_length=32, warmup_ratio=0.0)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def params(model):
@@ -36,7 +27,7 @@ def params(model):
 
 @pytest.mark.parametrize("method", ["inbatch", "rand", "bm25neg", "static", "star"])
 def test_every_method_trains_and_saves(method, tmp_path, tiny_train, tiny_model_dir):
-    cfg = config(tmp_path, tiny_train, tiny_model_dir, method)
+    cfg = train_config(tmp_path, tiny_train, tiny_model_dir, method)
     trainer = Trainer(cfg)
     trainer.setup()
     before = params(trainer.model)
@@ -56,7 +47,7 @@ def test_every_method_trains_and_saves(method, tmp_path, tiny_train, tiny_model_
 
 def test_kill_and_resume_gives_identical_parameters(tmp_path, tiny_train, tiny_model_dir, kill_and_resume):
     def make(name):
-        return Trainer(config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / name)))
+        return Trainer(train_config(tmp_path, tiny_train, tiny_model_dir, out=str(tmp_path / name)))
 
     straight, resumed = kill_and_resume(make)
     reference = params(straight.model)
@@ -67,27 +58,27 @@ def test_kill_and_resume_gives_identical_parameters(tmp_path, tiny_train, tiny_m
 
 
 def test_existing_checkpoints_need_resume(tmp_path, tiny_train, tiny_model_dir):
-    first = Trainer(config(tmp_path, tiny_train, tiny_model_dir, max_steps=2))
+    first = Trainer(train_config(tmp_path, tiny_train, tiny_model_dir, max_steps=2))
     first.setup()
     first.train()
-    again = Trainer(config(tmp_path, tiny_train, tiny_model_dir, max_steps=2))
+    again = Trainer(train_config(tmp_path, tiny_train, tiny_model_dir, max_steps=2))
     again.setup()
     with pytest.raises(HardnegError, match="--resume"):
         again.train()
 
 
 def test_resume_refuses_changed_settings(tmp_path, tiny_train, tiny_model_dir):
-    trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir, max_steps=2))
+    trainer = Trainer(train_config(tmp_path, tiny_train, tiny_model_dir, max_steps=2))
     trainer.setup()
     trainer.train()
-    other = Trainer(config(tmp_path, tiny_train, tiny_model_dir, max_steps=4, lr=5e-4))
+    other = Trainer(train_config(tmp_path, tiny_train, tiny_model_dir, max_steps=4, lr=5e-4))
     other.setup()
     with pytest.raises(HardnegError, match="other training settings"):
         other.train(resume=True)
 
 
 def test_ance_refreshes_its_negatives(tmp_path, tiny_train, tiny_model_dir):
-    trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir, "ance", refresh_every=2, lr=5e-3))
+    trainer = Trainer(train_config(tmp_path, tiny_train, tiny_model_dir, "ance", refresh_every=2, lr=5e-3))
     trainer.setup()
     first = {q: trainer.method.source.pool(q) for q in trainer.train_qrels}
     trainer.train()
@@ -108,7 +99,7 @@ def test_ance_refreshes_its_negatives(tmp_path, tiny_train, tiny_model_dir):
 ])
 def test_bad_configurations_fail_before_compute(change, message, tmp_path, tiny_train, tiny_model_dir):
     with pytest.raises(HardnegError, match=message):
-        Trainer(config(tmp_path, tiny_train, tiny_model_dir, **change)).setup()
+        Trainer(train_config(tmp_path, tiny_train, tiny_model_dir, **change)).setup()
 
 
 def test_data_order_is_a_function_of_seed_and_step():
@@ -159,14 +150,14 @@ def test_split_dev_by_documents_keeps_dev_positives_out_of_train():
 def test_tracking_overlap(tmp_path, tiny_train, tiny_model_dir, method):
     """Unchanged weights: the static negatives *are* the dynamic ones (overlap 1); trained: logged per step."""
     extra = {"refresh_every": 2} if method == "ance" else {}
-    frozen = Trainer(config(tmp_path, tiny_train, tiny_model_dir, method=method, lr=1e-30, track_every=2,
+    frozen = Trainer(train_config(tmp_path, tiny_train, tiny_model_dir, method=method, lr=1e-30, track_every=2,
                             out=str(tmp_path / "frozen"), **extra))
     frozen.train()
     log = [json.loads(x) for x in (tmp_path / "frozen" / "train_log.jsonl").read_text().splitlines()]
     tracked = [r for r in log if r["kind"] == "track"]
     assert [r["step"] for r in tracked] == [2, 4]
     assert all(r["overlap@8"] == 1.0 and 0 <= r["train_RR@10"] <= 1 for r in tracked)
-    moved = Trainer(config(tmp_path, tiny_train, tiny_model_dir, method=method, lr=5e-2, track_every=1,
+    moved = Trainer(train_config(tmp_path, tiny_train, tiny_model_dir, method=method, lr=5e-2, track_every=1,
                            out=str(tmp_path / "moved"), **extra))
     moved.train()
     log = [json.loads(x) for x in (tmp_path / "moved" / "train_log.jsonl").read_text().splitlines()]
@@ -220,7 +211,7 @@ def test_the_step_trains_on_the_paper_loss_function(method, kw, tmp_path, tiny_t
     """One real training step per method: the loss it used equals the pure loss function of
     hardneg.train.losses (the one the paper-formula tests check) on the scores the step produced,
     with the batch layout's masks written out by hand, and the paper's formula itself."""
-    cfg = config(tmp_path, tiny_train, tiny_model_dir, method, batch_size=8, n_negatives=2, max_steps=3, **kw)
+    cfg = train_config(tmp_path, tiny_train, tiny_model_dir, method, batch_size=8, n_negatives=2, max_steps=3, **kw)
     trainer = Trainer(cfg)
     trainer.setup()
     seen = {}
@@ -281,7 +272,7 @@ def test_the_step_trains_on_the_paper_loss_function(method, kw, tmp_path, tiny_t
 
 
 def test_one_registry_names_every_method():
-    from hardneg.train.methods import make_method, method_class, method_help, method_names
+    from hardneg.train.methods import make_method, method_class, method_help, method_names, method_spec
 
     names = method_names()
     assert names == ("inbatch", "rand", "bm25neg", "static", "ance", "star", "adore")
@@ -289,7 +280,7 @@ def test_one_registry_names_every_method():
         assert method_class(name).name == name
         text = method_help(name)
         assert text and "\n" not in text and len(text) < 100
-    assert method_class("adore").frozen_doc and not method_class("star").frozen_doc
+    assert method_spec("adore").frozen_doc and not method_spec("star").frozen_doc
     for call in (method_help, method_class, lambda n: make_method(n, None)):
         with pytest.raises(HardnegError, match="unknown method 'dpr'; known: inbatch, rand"):
             call("dpr")
@@ -302,7 +293,7 @@ def test_patience_stops_after_n_dev_evaluations_without_improvement_and_resume_k
     trains no further."""
     import json
 
-    cfg = config(tmp_path, tiny_train, tiny_model_dir, "inbatch", lr=1e-12, max_steps=10, dev_every=1,
+    cfg = train_config(tmp_path, tiny_train, tiny_model_dir, "inbatch", lr=1e-12, max_steps=10, dev_every=1,
                  save_every=5, patience=2)
     Trainer(cfg).train()
     out = Path(cfg.out)
@@ -316,7 +307,7 @@ def test_patience_stops_after_n_dev_evaluations_without_improvement_and_resume_k
     assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2]  # nothing trained after the stop
     assert json.loads((out / "summary.json").read_text())["stopped_early"] == 2
     # without patience the same run goes to the cap
-    full = config(tmp_path, tiny_train, tiny_model_dir, "inbatch", lr=1e-12, max_steps=3, dev_every=1,
+    full = train_config(tmp_path, tiny_train, tiny_model_dir, "inbatch", lr=1e-12, max_steps=3, dev_every=1,
                   out=str(tmp_path / "full"))
     Trainer(full).train()
     assert json.loads((tmp_path / "full" / "summary.json").read_text())["stopped_early"] is None
@@ -330,7 +321,7 @@ def test_star_log_records_carry_the_step_time_split(tmp_path, tiny_train, tiny_m
     over micro-batches: negatives slowed by 30 ms show as >= 60 ms with two micro-batches."""
     import time
 
-    trainer = Trainer(config(tmp_path, tiny_train, tiny_model_dir, "star", max_steps=2, grad_accum=2,
+    trainer = Trainer(train_config(tmp_path, tiny_train, tiny_model_dir, "star", max_steps=2, grad_accum=2,
                              batch_size=2, dev_every=2, save_every=2))
     trainer.setup()
     draw = trainer.method.negatives
@@ -349,3 +340,27 @@ def test_star_log_records_carry_the_step_time_split(tmp_path, tiny_train, tiny_m
         assert sum(r[k] for k in DOC_SPLIT) <= r["seconds"]
         assert r["t_negatives"] >= 0.06
         assert "t_search" not in r
+
+
+# ----------------------------------------------------------------------------- dev evaluation
+@pytest.fixture(scope="module")
+def spread_model_dir(tmp_path_factory):
+    """A tiny random BERT whose vectors differ a lot from text to text (relevant documents land anywhere)."""
+    from conftest import _tiny_bert
+
+    return _tiny_bert(tmp_path_factory.mktemp("spread-bert"), init_range=0.5)
+
+
+@pytest.mark.parametrize("method", ["inbatch", "adore"])
+def test_dev_is_ranked_as_deep_as_the_dev_metric_needs(method, tmp_path, spread_model_dir):
+    """``--dev-metric R@1000`` ranks dev 1000 deep (here: the whole corpus) for every method, in the dev pool
+    (inbatch) or the method's own index (adore): on 448 documents the start model ranks a relevant dev
+    document below 100 (R@100 < 1) and R@1000 is exactly 1; a top-100 ranking would give R@1000 = R@100."""
+    data = write_tiny_train(tmp_path / "tiny-train", filler=400)
+    trainer = Trainer(train_config(tmp_path, data, spread_model_dir, method, dev_metric="R@1000", dev_pool=0))
+    trainer.setup()
+    assert len(trainer.doc_ids) == 448 and len(trainer.dev_qrels) == 3
+    metrics = trainer.evaluate_dev()
+    assert metrics["R@100"] < 1.0
+    assert metrics["R@1000"] == 1.0
+    assert len(trainer.dev_index) == 448

@@ -27,7 +27,10 @@ from hardneg.cli.common import (
 )
 from hardneg.errors import HardnegError
 from hardneg.train.config import ADORE, PRESETS, TrainConfig, resolve_config
-from hardneg.train.methods import method_help, method_names
+from hardneg.train.methods import method_help, method_names, method_specs, methods_that
+
+#: the methods with a fixed document encoder (ADORE), which --doc-model names
+_FROZEN_DOC = methods_that(lambda s: s.frozen_doc)
 
 #: options of the command that are not TrainConfig settings, by name: (annotation, put before field)
 _COMMAND_OPTIONS: dict[str, tuple[Any, str | None]] = {
@@ -41,8 +44,8 @@ _COMMAND_OPTIONS: dict[str, tuple[Any, str | None]] = {
         "--print-config", help="Print the resolved settings (preset + YAML + flags) as YAML and exit.")],
         "max_steps"),
     "doc_model": (Annotated[str | None, typer.Option(
-        "--doc-model", help="adore: the fixed document encoder (same as --model; an ADORE output continues "
-        "its query tower).", rich_help_panel=ADORE)], "index"),
+        "--doc-model", help=f"{_FROZEN_DOC}: the fixed document encoder (same as --model; an ADORE output "
+        "continues its query tower).", rich_help_panel=ADORE)], "index"),
     "threads": (ThreadsOpt, None),
 }
 _FALSE_DEFAULT = {"resume", "print_config"}
@@ -107,11 +110,12 @@ def train(**kwargs: Any) -> None:
     command = {name: kwargs.pop(name) for name in _COMMAND_OPTIONS}
     given = {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items() if v is not None}
     doc = command["doc_model"]
-    if doc is not None:  # adore's name for the one `model` setting
-        if method != "adore":
-            raise HardnegError(f"--doc-model is for adore (its fixed document encoder); {method} takes --model")
+    if doc is not None:  # a frozen-document method's (ADORE's) name for the one `model` setting
+        if not any(s.frozen_doc for s in method_specs() if s.name == method):
+            raise HardnegError(f"--doc-model is for {_FROZEN_DOC} (its fixed document encoder); {method} takes "
+                               "--model")
         if given.get("model", doc) != doc:
-            raise HardnegError("give adore's document encoder once: --doc-model or --model")
+            raise HardnegError(f"give {method}'s document encoder once: --doc-model or --model")
         given["model"] = doc
     cfg, explicit = resolve_config(command["preset"], command["config"],
                                    {**given, "method": method, "quiet": STATE["quiet"]})

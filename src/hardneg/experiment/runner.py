@@ -20,7 +20,7 @@ keys, so moving a half-done experiment to another device reruns nothing.
 ``interpolate:`` (WiSE-FT, Wortsman et al. 2022) adds, per listed system S and weight a,
 ``wise-S-a<a>``: the model (1 − a)·start + a·S (:func:`hardneg.model.merge.interpolate`; ADORE:
 the query towers only) and its metrics on S's own dev set (``dev_split``, or the seeded carve-out of
-:func:`hardneg.train.trainer.carve_dev` with S's seed, ``dev_fraction`` and ``dev_carve``; never the test split);
+:func:`hardneg.train.order.carve_dev` with S's seed, ``dev_fraction`` and ``dev_carve``; never the test split);
 ``wise-S``: the best a on dev (S's ``dev_metric``), whose model is the row ``S+wise`` (its own test and
 transfer stages); ``wise-S-curve``: every a on test and transfer, for the report's figure only.
 """
@@ -67,7 +67,8 @@ from hardneg.model.merge import interpolate
 from hardneg.retrieval.bm25 import cached_bm25
 from hardneg.retrieval.dense import retrieve, search
 from hardneg.train.config import LATER_DEFAULTS, TrainConfig
-from hardneg.train.trainer import Trainer, carve_dev
+from hardneg.train.order import carve_dev
+from hardneg.train.trainer import Trainer
 
 logger = logging.getLogger("hardneg.experiment")
 #: TrainConfig settings left out of a training stage's key: where it writes and runs, not what it computes

@@ -15,14 +15,15 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from hardneg.errors import HardnegError
-from hardneg.train.methods import method_names
+from hardneg.train.methods import method_names, method_spec, method_specs, methods_that
+from hardneg.train.methods.settings import parse_adore_metric
+from hardneg.train.report_to import check_installed
 
 METHODS = method_names()
 OPTIMIZERS = ("adamw", "lamb")
@@ -32,12 +33,6 @@ STAR_MIXINGS = ("alpha", "pairmean")
 ADORE_LOSSES = ("lambda", "ranknet")
 ADORE_POSITIVES = ("missing", "always")
 ADORE_REDUCTIONS = ("query", "global")
-
-#: ADORE's own settings and their defaults; any other method refuses a non-default value, and they
-#: are left out of other methods' fingerprints (so checkpoints written before ADORE existed still resume)
-ADORE_DEFAULTS: dict[str, Any] = {"index": "flat", "metric": "mrr@200", "adore_topk": 200,
-                                  "adore_loss": "lambda", "adore_positives": "missing",
-                                  "adore_reduction": "query", "nprobe": None, "ef_search": None}
 
 #: settings added after the first checkpoints were written, and their defaults (see ``fingerprint``)
 LATER_DEFAULTS: dict[str, Any] = {"rand_batch_positives": True, "patience": 0, "dev_carve": "queries"}
@@ -262,41 +257,37 @@ class TrainConfig(BaseModel):
                 raise HardnegError(str(exc)) from None
         if not self.data:
             raise HardnegError("no training data: give --data path[:split] (split defaults to train)")
-        from hardneg.train.report_to import check_installed
-
         check_installed(self.report_to)  # a missing mlflow / wandb names the extra before any compute
         if not 0 < self.dev_fraction < 1 and self.dev_split is None:
             raise HardnegError(f"dev_fraction must be in (0, 1), not {self.dev_fraction}")
-        if self.method == "ance" and self.refresh_every < 1:
-            raise HardnegError("ance re-mines its negatives every N steps: give --refresh-every N (N >= 1)")
-        if self.method != "ance" and self.refresh_every:
-            raise HardnegError(f"--refresh-every is for the ance method, not {self.method}")
-        if not self.rand_batch_positives and self.method != "rand":
-            raise HardnegError(f"--no-rand-batch-positives is for the rand method, not {self.method}")
-        if self.negatives and self.method not in ("static", "star"):
-            raise HardnegError(f"--negatives is for the static and star methods, not {self.method}")
+        spec = method_spec(self.method)  # what the method takes and needs: the registry says, not its name
+        self._refuse_others_settings()
+        if self.negatives and not spec.negatives_file:
+            raise HardnegError(f"--negatives is for the {methods_that(lambda s: s.negatives_file)} methods, "
+                               f"not {self.method}")
         if self.negatives and not Path(self.negatives).exists():
             raise HardnegError(f"{self.negatives}: negatives/run file not found (write one with 'hardneg mine')")
         changed = [k for k, v in SELECTION_DEFAULTS.items() if getattr(self, k) != v]
-        if changed and self.method not in ("static", "star", "ance", "bm25neg", "adore"):
-            flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-            raise HardnegError(f"{flags}: negative-selection rules are for static, star, ance, bm25neg and "
-                               f"adore, not {self.method}")
+        if changed and not spec.selection_rules:
+            flags = ", ".join(_flag(k, getattr(self, k)) for k in changed)
+            raise HardnegError(f"{flags}: negative-selection rules are for "
+                               f"{methods_that(lambda s: s.selection_rules)}, not {self.method}")
         if changed:
             from hardneg.train.selection import NegativeRules
 
             NegativeRules.from_config(self)  # its own checks (ranges, margins), as a HardnegError
-        if self.method == "adore":
-            parse_adore_metric(self.metric)
-            if not self.index.strip():
-                raise HardnegError("adore needs an index kind: --index flat, pq<M>, ivfpq, ...")
-            if self.loss != "ranknet":
-                raise HardnegError("adore's loss is chosen with --adore-loss (lambda or ranknet), not --loss")
-        else:
-            changed = [k for k, v in ADORE_DEFAULTS.items() if getattr(self, k) != v]
+        if spec.check is not None:
+            spec.check(self)  # the method's own settings together (e.g. ance's --refresh-every, adore's --metric)
+
+    def _refuse_others_settings(self) -> None:
+        """A setting another method takes alone (its spec's ``settings``) must keep its default here."""
+        for other in method_specs():
+            if other.name == self.method:
+                continue
+            changed = [k for k in other.settings if getattr(self, k) != _default(k)]
             if changed:
-                flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-                raise HardnegError(f"{flags}: for the adore method, not {self.method}")
+                flags = ", ".join(_flag(k, getattr(self, k)) for k in changed)
+                raise HardnegError(f"{flags}: for the {other.name} method, not {self.method}")
 
     # ------------------------------------------------------------------ io
     def to_dict(self) -> dict[str, Any]:
@@ -309,8 +300,9 @@ class TrainConfig(BaseModel):
     def fingerprint(self) -> str:
         """Hash of the settings that must not change across ``--resume``."""
         data = {k: v for k, v in self.to_dict().items() if k not in RESUMABLE_CHANGES}
-        if self.method != "adore":
-            data = {k: v for k, v in data.items() if k not in ADORE_DEFAULTS}
+        for spec in method_specs():  # another method's later settings (ADORE's): not in this run's hash
+            if spec.later_settings and spec.name != self.method:
+                data = {k: v for k, v in data.items() if k not in spec.settings}
         # settings added after checkpoints existed: left out at their default, so those still resume
         data = {k: v for k, v in data.items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -365,6 +357,16 @@ def _checked(name: str, value: Any) -> Any:
     return value
 
 
+def _default(name: str) -> Any:
+    return TrainConfig.model_fields[name].get_default(call_default_factory=True)
+
+
+def _flag(name: str, value: Any) -> str:
+    """The flag that sets ``name`` to ``value``: ``--refresh-every``, ``--no-rand-batch-positives``."""
+    flag = name.replace("_", "-")
+    return f"--no-{flag}" if value is False else f"--{flag}"
+
+
 def _where(source: str | Path | None) -> str:
     return f"{source}: " if source is not None else ""
 
@@ -401,20 +403,6 @@ def config_error(exc: ValidationError, source: str | Path | None = None) -> Hard
             takes = f"; {key} takes {_takes(key)}" if key in TrainConfig.model_fields else ""
             problems.append(f"{key}: {message} (got {error['input']!r}){takes}")
     return HardnegError(_where(source) + "; ".join(problems))
-
-
-def parse_adore_metric(metric: object) -> tuple[str, int]:
-    """``"mrr@200"`` → ``("mrr", 200)``; ``mrr@k`` or ``ndcg@k`` with an integer ``k >= 1``, else HardnegError.
-
-    There is no cut-off-free form: DRhard's default ``metric_cut=None`` silently zeroed every weight.
-    """
-    match = re.fullmatch(r"(mrr|ndcg)@(\d+)", metric.strip().lower()) if isinstance(metric, str) else None
-    if match is None or int(match.group(2)) < 1:
-        raise HardnegError(
-            f"metric must be mrr@k or ndcg@k with an integer cut-off k >= 1 (e.g. mrr@200, ndcg@10), "
-            f"not {metric!r}"
-        )
-    return match.group(1), int(match.group(2))
 
 
 #: The paper's settings (Zhan et al. 2021, section 6.1), as named presets.

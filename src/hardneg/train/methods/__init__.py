@@ -34,12 +34,15 @@ or softmax cross-entropy: ``--loss``), STAR's is
 against the paper's equations are the ones training calls.
 
 One file per method (:mod:`.inbatch`, :mod:`.rand`, :mod:`.static` with
-``bm25neg``, :mod:`.ance`, :mod:`.star`; ADORE is :mod:`hardneg.train.adore`), all
-named in one registry here (:func:`method_names`, :func:`method_help`,
-:func:`method_class`). A method gets a :class:`MethodContext` (not the trainer)
-and a :class:`StepBatch` with every loss call. ADORE computes the whole batch
-loss itself (hook :meth:`Method.batch_loss`) and evaluates dev on its fixed
-index (:meth:`Method.evaluate_dev`).
+``bm25neg``, :mod:`.ance`, :mod:`.star`, :mod:`.adore`), all declared in one
+registry here: a :class:`MethodSpec` per method says what it needs (hard-negative
+source, a negatives file, selection rules, a frozen document tower, its own
+settings and their check), and config validation, the CLI and the trainer ask
+:func:`method_spec`, never a method's name. A method gets a :class:`MethodContext`
+(not the trainer; nothing here imports :mod:`hardneg.train.trainer`) and a
+:class:`StepBatch` with every loss call. ADORE computes the whole batch loss itself
+(hook :meth:`Method.batch_loss`) and has dev ranked in its fixed index
+(:meth:`Method.dev_index`; the one dev evaluation is :mod:`hardneg.train.dev`).
 
 Under torchrun (:mod:`hardneg.distributed`) a rank's ``scores`` hold only
 its own queries, rows ``batch.row_offset …`` of the global batch, against every
@@ -51,12 +54,15 @@ over the global batch (:func:`~hardneg.distributed.global_mean`).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hardneg.errors import HardnegError
+from hardneg.train.methods.settings import check_adore, check_ance
 
 if TYPE_CHECKING:
+    from hardneg.train.config import TrainConfig
     from hardneg.train.methods.base import Method, MethodContext, StepBatch
     from hardneg.train.methods.mining import mine_with_model
 
@@ -71,6 +77,7 @@ __all__ = [
     "method_names",
     "method_spec",
     "method_specs",
+    "methods_that",
     "mine_with_model",
 ]
 
@@ -98,11 +105,22 @@ class MethodSpec:
     frozen_doc: bool = False
     #: TrainConfig fields only this method takes (any other method refuses a non-default value)
     settings: tuple[str, ...] = ()
+    #: checks its settings together (a HardnegError naming the flag), run by TrainConfig.validate
+    check: Callable[[TrainConfig], None] | None = None
+    #: its ``settings`` were added after other methods' checkpoints existed: they are left out of the other
+    #: methods' config fingerprints, so those checkpoints still resume (False: hashed at their defaults)
+    later_settings: bool = False
 
     @property
     def random_negatives(self) -> bool:
         """Its negatives are random (the paper's baselines for hard negatives: In-Batch, Rand)."""
         return self.hard_negatives in (None, "random")
+
+    @property
+    def takes_topk(self) -> bool:
+        """The shared ``topk`` setting (the depth hard negatives are drawn from) applies; a method searching
+        its own fixed index every step has its own depth setting instead."""
+        return self.hard_negatives != "index"
 
 
 _ADORE_SETTINGS = ("index", "metric", "adore_topk", "adore_loss", "adore_positives", "adore_reduction",
@@ -122,13 +140,14 @@ _REGISTRY: dict[str, MethodSpec] = {s.name: s for s in (
                hard_negatives="start-model", negatives_file=True, selection_rules=True),
     MethodSpec("ance", "hardneg.train.methods.ance:Ance",
                "hard negatives re-mined with the current model every refresh_every steps",
-               hard_negatives="refreshed", selection_rules=True, settings=("refresh_every",)),
+               hard_negatives="refreshed", selection_rules=True, settings=("refresh_every",), check=check_ance),
     MethodSpec("star", "hardneg.train.methods.star:Star",
                "static hard negatives + the batch's other documents as random negatives (STAR)",
                hard_negatives="start-model", batch_negatives=True, negatives_file=True, selection_rules=True),
-    MethodSpec("adore", "hardneg.train.adore:Adore",
+    MethodSpec("adore", "hardneg.train.methods.adore:Adore",
                "only the query tower trains, on its own top-K in a fixed document index (ADORE)",
-               hard_negatives="index", selection_rules=True, frozen_doc=True, settings=_ADORE_SETTINGS),
+               hard_negatives="index", selection_rules=True, frozen_doc=True, settings=_ADORE_SETTINGS,
+               check=check_adore, later_settings=True),
 )}
 
 
@@ -142,6 +161,12 @@ def method_spec(name: str) -> MethodSpec:
 def method_specs() -> tuple[MethodSpec, ...]:
     """Every method's spec, in CLI order."""
     return tuple(_REGISTRY.values())
+
+
+def methods_that(needs: Callable[[MethodSpec], bool]) -> str:
+    """The names of the methods whose spec ``needs``, in words (``"static and star"``), for messages."""
+    names = [s.name for s in _REGISTRY.values() if needs(s)]
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def method_names() -> tuple[str, ...]:

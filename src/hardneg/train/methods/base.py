@@ -21,6 +21,7 @@ from hardneg.train.methods.mining import mine_with_model
 
 if TYPE_CHECKING:
     from hardneg.train.config import TrainConfig
+    from hardneg.train.dev import DevIndex
 
 
 @dataclass
@@ -59,7 +60,7 @@ class StepBatch:
     ``global_batch`` examples) against every document of the global batch, ``doc_list`` (columns:
     the global batch's positives, then the negatives of example 0, 1, …)."""
 
-    examples: list  # this rank's examples (hardneg.train.trainer.Example)
+    examples: list  # this rank's examples (hardneg.train.order.Example)
     negatives: list[list[str]]  # their sampled negatives
     doc_list: list[str]
     row_offset: int = 0
@@ -67,12 +68,13 @@ class StepBatch:
 
 
 class Method:
-    """Base of every method: no negatives of its own; subclasses define :meth:`loss`."""
+    """Base of every method: no negatives of its own; subclasses define :meth:`loss`.
+
+    What a method needs from the run (a frozen document tower, a negatives file, ...) is declared in its
+    :class:`~hardneg.train.methods.MethodSpec`, not here."""
 
     name = ""
     n_negatives = 0
-    #: True: the trainer loads separate towers and freezes the document tower (ADORE)
-    frozen_doc = False
 
     def __init__(self, ctx: MethodContext) -> None:
         self.ctx = ctx
@@ -101,8 +103,9 @@ class Method:
         (encode queries and documents, then :meth:`loss` over the score matrix)."""
         return None
 
-    def evaluate_dev(self) -> dict[str, float] | None:
-        """Dev metrics computed by the method; ``None``: the trainer's default dev evaluation."""
+    def dev_index(self) -> DevIndex | None:
+        """Where the one dev evaluation (:mod:`hardneg.train.dev`) ranks dev: the method's own index (ADORE:
+        its fixed one); ``None``: the current model's dev pool (BM25's top-N + positives, or the corpus)."""
         return None
 
     def after_save(self, folder: Path) -> None:

@@ -28,8 +28,9 @@ tower trains. Every step, for a batch of training queries:
 The index comes from :func:`hardneg.artifacts.corpus_index`, whose cache
 key depends on the document side alone (:meth:`DualEncoder.side_identity`): ADORE on a
 zero-shot model reuses the embeddings and index a ``hardneg
-retrieve --model <same model>`` left in the cache. Dev evaluation searches the
-same index (so training on a PQ index is evaluated on that PQ index).
+retrieve --model <same model>`` left in the cache. Dev is ranked in the same
+index (:meth:`Adore.dev_index`, read by the one dev evaluation,
+:mod:`hardneg.train.dev`), so training on a PQ index is evaluated on that PQ index.
 
 The saved model folder holds the trained query tower (``query_tower/``), the
 frozen document tower (root) and ``adore.json`` (document model, index kind and
@@ -46,11 +47,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hardneg import distributed as dist
+from hardneg.artifacts import corpus_index
+from hardneg.devices import faiss_placement
 from hardneg.errors import HardnegError
-from hardneg.io import write_json
-from hardneg.train.config import parse_adore_metric
+from hardneg.index.faiss_index import FaissIndex, factory_string
+from hardneg.io import read_json, write_json
+from hardneg.model.encoder import weights_fingerprint
+from hardneg.model.registry import resolve_model
 from hardneg.train.losses import delta_mrr, delta_ndcg, ideal_dcg, lambda_pairwise
-from hardneg.train.methods import Method, MethodContext, StepBatch
+from hardneg.train.methods.base import Method, MethodContext, StepBatch
+from hardneg.train.methods.settings import parse_adore_metric
+from hardneg.train.steps import Laps, clock, encode_rows
 
 logger = logging.getLogger("hardneg.train")
 
@@ -216,10 +224,6 @@ def retrieval_metrics(relevant_retrieved: np.ndarray, n_relevant: Sequence[int],
 def doc_source(model_name: str, model) -> str:
     """The name the document tower is known by: ``model_name``, or the document model an ADORE
     output at ``model_name`` was trained on (when its document tower is unchanged)."""
-    from hardneg.io import read_json
-    from hardneg.model.encoder import weights_fingerprint
-    from hardneg.model.registry import resolve_model
-
     try:
         info_file = resolve_model(model_name) / ADORE_FILE
     except Exception:  # a model passed in directly, not by name
@@ -236,16 +240,11 @@ class Adore(Method):
     """ADORE: a frozen document tower and index; the query tower learns from its own top-K each step."""
 
     name = "adore"
-    frozen_doc = True
     #: running total of the reconstruction time inside :meth:`scores` (a step logs its share as t_reconstruct)
     _reconstruct_seconds = 0.0
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
-        from hardneg.artifacts import corpus_index
-        from hardneg.index.faiss_index import factory_string
-        from hardneg.model.encoder import weights_fingerprint
-
         cfg = self.config
         self.metric_name, self.metric_k = parse_adore_metric(cfg.metric)
         self.k = int(cfg.adore_topk)
@@ -292,9 +291,6 @@ class Adore(Method):
         """Search on GPU Faiss when the encoder is on CUDA and the installed Faiss has GPUs (one process;
         ``reconstruct`` keeps reading the CPU index). Under torchrun every rank keeps a CPU copy, since
         :meth:`FaissIndex.to_gpu` would replicate the index onto every GPU from every rank."""
-        from hardneg import distributed as dist
-        from hardneg.devices import faiss_placement
-
         if faiss_placement(device, quiet=True) != "gpu":  # the trainer's setup already warned once
             return
         if dist.is_distributed():
@@ -322,8 +318,6 @@ class Adore(Method):
 
     # loss ----------------------------------------------------------------------
     def batch_loss(self, batch: StepBatch) -> tuple[torch.Tensor, dict]:
-        from hardneg.train.trainer import Laps, encode_rows
-
         ctx, cfg = self.ctx, self.config
         examples = batch.examples
         qids = [e.qid for e in examples]
@@ -409,8 +403,6 @@ class Adore(Method):
 
     def scores(self, q: torch.Tensor, pos_rows: np.ndarray, neg_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``scale · <q, v>`` with gradients, ``v`` = the vectors the index ranks with."""
-        from hardneg.train.trainer import clock
-
         scale = self.ctx.scale
         tic = clock(q.device)
         v_pos = torch.from_numpy(self.index.reconstruct(pos_rows)).to(q.device, q.dtype)
@@ -419,33 +411,14 @@ class Adore(Method):
         return scale * torch.einsum("bd,bpd->bp", q, v_pos), scale * torch.einsum("bd,bkd->bk", q, v_neg)
 
     # dev -----------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate_dev(self) -> dict[str, float]:
-        """Dev queries through the current query tower, searched on the fixed index (full corpus)."""
-        import re
-
-        from hardneg.evaluate.metrics import evaluate
-        from hardneg.index.encode import encode_token_lists
-        from hardneg.retrieval.runs import run_from_arrays
-
-        ctx, cfg = self.ctx, self.config
-        model = ctx.model
-        was_training = model.training
-        dev_qids = list(ctx.dev_qrels)
-        qv = encode_token_lists(model, [ctx.query_tokens[x] for x in dev_qids], "query",
-                                batch_size=cfg.batch_encode_size)
-        if was_training:
-            ctx.train_mode()
-        measures = list(dict.fromkeys([cfg.dev_metric, "RR@10", "nDCG@10", "R@100"]))
-        depth = max([100, *(int(c) for m in measures for c in re.findall(r"@(\d+)", m))])
-        scores, rows = self.index.search(qv, min(depth, len(self.index)))
-        run = run_from_arrays(dev_qids, self.index.ids, scores, rows)
-        return evaluate(run, ctx.dev_qrels, measures)
+    def dev_index(self) -> FaissIndex:
+        """Dev is ranked in the fixed index (the whole corpus, as the steps search it)."""
+        return self.index
 
     # output --------------------------------------------------------------------
     def info(self) -> dict:
         return {
-            "method": "adore",
+            "method": self.name,
             "doc_model": self.doc_source,
             "doc_weights": self.doc_weights,
             "index_kind": self.config.index,
