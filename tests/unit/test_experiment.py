@@ -1,16 +1,12 @@
-"""`hardneg experiment` (stage caching, staleness, resume after a SIGKILL) and `hardneg report`."""
+"""`hardneg experiment` (stage caching, staleness) and `hardneg report` (its registered sections, the systems'
+roles from the method specs). The SIGKILL-and-resume test is tests/reliability/test_experiment_kill.py."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +14,13 @@ import yaml
 
 from conftest import write_tiny_train
 from hardneg.errors import HardnegError
-from hardneg.experiment import Experiment, Recipe
+from hardneg.experiment import Experiment, ExperimentResults, Recipe
+from hardneg.experiment import report as report_module
+from hardneg.experiment.context import ReportContext
+from hardneg.experiment.figures import system_colours
+from hardneg.experiment.sections.indexes import bytes_per_doc
+from hardneg.experiment.sections.ranks import best_ranks
+from hardneg.experiment.tables import Table, cell_value, fmt, fmt_p, marked, signed
 
 TRAIN = {"max_steps": 2, "batch_size": 4, "topk": 8, "dev_fraction": 0.25, "dev_every": 1, "save_every": 1,
          "dev_pool": 0, "query_max_length": 16, "doc_max_length": 32, "warmup_ratio": 0.0, "lr": 1e-3}
@@ -214,13 +216,10 @@ def test_report_cli_writes_png_svg_csv_and_latex(records):
 @pytest.fixture(scope="module")
 def drawn(records, tmp_path_factory):
     """A report written without --svg/--latex, and what each of its figures draws: {figure: {label: {colour, x, y}}}."""
-    from hardneg.experiment import ExperimentResults
-    from hardneg.experiment.report import Report
-
     results = ExperimentResults(records)
-    report = Report(results, tmp_path_factory.mktemp("drawn"))
-    report.write()
-    return results, report.drawn, report.out
+    ctx = ReportContext(results, tmp_path_factory.mktemp("drawn"))
+    report_module.write(ctx)
+    return results, ctx.drawn, ctx.out
 
 
 def test_report_without_flags_writes_no_svg_or_latex(drawn):
@@ -231,8 +230,6 @@ def test_report_without_flags_writes_no_svg_or_latex(drawn):
 
 
 def test_a_system_has_one_colour_in_every_figure(drawn):
-    from hardneg.experiment.figures import system_colours
-
     results, figures, _ = drawn
     colours = system_colours(results.names)
     assert len(set(colours.values())) == len(results.names)  # distinct, and fixed by the recipe's order
@@ -268,23 +265,97 @@ def test_figures_plot_the_recorded_numbers(drawn):
     dim = grid["dims"]["adore-pq8+zeroshot"]
     assert dim == 32 and line["x"] == [8, 4 * dim]
     assert line["y"] == pytest.approx([grid["metrics"]["adore-pq8+zeroshot"][k]["nDCG@10"] for k in ("pq8", "flat")])
-    from hardneg.experiment.report import Report
-
-    ranks = Report(results, results.dir)._best_ranks("adore+zeroshot", 50)
+    ctx = ReportContext(results, results.dir)
+    ranks = best_ranks(ctx, "adore+zeroshot", 50)
     rr = results.per_query("adore+zeroshot")["RR@10"]
     assert set(ranks) == set(rr)
     for q, rank in ranks.items():  # RR@10 is 1/best rank within the top 10
         assert rr[q] == pytest.approx(1 / rank if rank <= 10 else 0.0), q
     pts = figures["fig6_rank_before_after.png"]["adore+zeroshot"]
-    before = Report(results, results.dir)._best_ranks("zeroshot", 50)
+    before = best_ranks(ctx, "zeroshot", 50)
     for (x, y), q in zip(zip(pts["x"], pts["y"], strict=True), sorted(ranks), strict=True):  # jittered by ±7%
         assert 0.92 < x / before[q] < 1.08 and 0.92 < y / ranks[q] < 1.08, q
 
 
-def test_bytes_per_document_and_table_cells():
-    from hardneg.experiment.figures import bytes_per_doc
-    from hardneg.experiment.results import Table, cell_value, fmt, fmt_p, marked, signed
+def test_report_sections_come_from_the_registry_in_order(records, tmp_path, monkeypatch):
+    """The report is the registered sections in their order: a section registered at 125 lands between Tables 3/5
+    (120) and Fig. 6 (130), its facts reach the findings' input, and a clashing name or order is refused."""
+    from hardneg.experiment.sections import Section, registered, registry, section
 
+    names = [s.name for s in registered()]
+    assert names[:3] == ["effectiveness", "generalisation", "pairs"] and names[-2:] == ["pq", "ranks"]
+    assert [s.order for s in registered()] == sorted(s.order for s in registered())
+    monkeypatch.setattr(registry, "_SECTIONS", dict(registry._SECTIONS))  # the probe is gone after the test
+    seen: dict = {}
+    monkeypatch.setattr(report_module.Findings, "section", lambda self, facts: seen.update(facts) or Section())
+
+    @section("probe", 125)
+    def probe(ctx: ReportContext) -> Section:
+        return Section(f"## Probe\n\n{len(ctx.per_query)} systems with test scores\n", {"probe": ctx.main_measure})
+
+    with pytest.raises(ValueError, match="clashes with 'probe'"):
+        section("probe", 126)(probe)
+    with pytest.raises(ValueError, match="clashes with 'pq'"):
+        section("other", 120)(probe)
+    text = report_module.render(ReportContext(ExperimentResults(records), tmp_path))
+    heads = [line for line in text.splitlines() if line.startswith("## ")]
+    i = heads.index("## Probe")
+    assert heads[i - 1].startswith("## Tables 3 and 5") and heads[i + 1].startswith("## Fig. 6 analogue")
+    assert "\n8 systems with test scores\n" in text and seen["probe"] == "nDCG@10" and "times" in seen
+
+
+def _results_folder(tmp_path: Path, systems: list[dict], per_query: dict[str, dict[str, float]]) -> ExperimentResults:
+    """A bare experiment folder: recipe.json with ``systems`` and a done test stage for each of ``per_query``."""
+    folder = tmp_path / "exp"
+    (folder / "stages").mkdir(parents=True)
+    full = [{"kind": "train" if s.get("method") else s["kind"], "method": None, "base": None, "settings": {}, **s}
+            for s in systems]
+    (folder / "recipe.json").write_text(json.dumps({"name": "roles", "data": str(tmp_path / "no-data"),
+                                                    "systems": full, "eval": {"measures": ["nDCG@10"]}}))
+    for name, scores in per_query.items():
+        stage = folder / "stages" / f"test-{name}"
+        stage.mkdir()
+        (stage / "stage.json").write_text(json.dumps({"status": "done"}))
+        (stage / "per_query.json").write_text(json.dumps({"nDCG@10": scores}))
+    return ExperimentResults(folder)
+
+
+def test_roles_come_from_the_method_specs_not_the_names(tmp_path, monkeypatch):
+    """A method the report has never heard of, declared with STAR's traits, plays STAR; Rand (sampled random
+    negatives) is preferred as the random-negative reference over In-Batch even when listed after it."""
+    from dataclasses import replace
+
+    from hardneg.experiment.results import RANDOM_NEGATIVES, is_frozen_doc, is_refreshed, is_star
+    from hardneg.experiment.sections.per_query import headline
+    from hardneg.train import methods
+
+    monkeypatch.setitem(methods._REGISTRY, "mystar", replace(methods.method_spec("star"), name="mystar"))
+    systems = [{"name": "z", "kind": "zeroshot"}, {"name": "ib", "method": "inbatch"}, {"name": "r", "method": "rand"},
+               {"name": "s", "method": "mystar"}, {"name": "a", "method": "adore", "base": "s"},
+               {"name": "a-rn", "method": "adore", "base": "s", "settings": {"adore_loss": "ranknet"}},
+               {"name": "a0", "method": "adore"}]
+    scores = {q: 0.5 for q in ("q1", "q2")}
+    results = _results_folder(tmp_path, systems, {n: scores for n in ("z", "ib", "r", "s", "a", "a-rn")})
+    assert results.first_with(*RANDOM_NEGATIVES) == "r" and results.first_with(*RANDOM_NEGATIVES, among={"ib"}) == "ib"
+    assert results.with_trait(is_star) == ["s"] and results.with_trait(is_refreshed) == []
+    assert results.with_trait(is_frozen_doc) == ["a", "a-rn", "a0"] and not results.frozen_doc("s")
+    assert [results.base_of(n) for n in ("a", "a0", "s", "z")] == ["s", "z", None, None]
+    assert [results.is_plain_adore(n) for n in ("a", "a-rn")] == [True, False]
+    assert headline(ReportContext(results, tmp_path / "report")) == ("r", ["s", "a"])
+
+
+def test_settings_sections_are_recipe_keys():
+    """Each method that freezes the document tower reads its own recipe section, named after it (adore:)."""
+    from hardneg.experiment.recipe import SETTINGS_SECTIONS
+
+    assert SETTINGS_SECTIONS == ("train", "adore")
+    assert set(SETTINGS_SECTIONS) <= set(Recipe.model_fields) and set(SETTINGS_SECTIONS) <= set(Recipe._input_keys)
+    system = Recipe.from_dict({"name": "t", "data": "/nonexistent", "systems": [{"name": "a", "method": "adore"},
+                                                                                {"name": "s", "method": "star"}]})
+    assert [s.section for s in system.systems] == ["adore", "train"] and system.system("a").frozen_doc
+
+
+def test_bytes_per_document_and_table_cells():
     assert [bytes_per_doc(k, 768) for k in ("flat", "pq48", "PQ96", "ivf100pq16", "ivfpq", "hnsw32", "factory:X")] \
         == [3072, 48, 96, 16, 96, 3072, None]
     assert bytes_per_doc("flat", None) is None
@@ -297,45 +368,6 @@ def test_bytes_per_document_and_table_cells():
     assert cell_value("7") == 7 and cell_value("wins") == "wins"
     assert r"a\_b & 0.123$^{\dagger}$$^{*}$ & $<$0.001 & -0.500 \\" in t.latex()
     assert r"system & m & p & $\Delta$ \\" in t.latex()
-
-
-def test_experiment_stage_survives_sigkill(tmp_path, tiny_model_dir):
-    """A real SIGKILL in the middle of a training stage; the same command again finishes it, from the checkpoint,
-    with the same weights as an uninterrupted run."""
-    data = tiny_data(tmp_path / "data")
-    raw = recipe_dict(data, tiny_model_dir, tmp_path / "cache")
-    raw["systems"] = [{"name": "rand", "method": "rand", "max_steps": 6, "save_every": 2, "dev_every": 6}]
-    raw["analysis"], raw["eval"]["baselines"] = {}, []
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
-
-    def command(out: str) -> list[str]:
-        return [sys.executable, "-m", "hardneg", "--quiet", "experiment", str(recipe), "--out", str(tmp_path / out),
-                "--only", "train-rand"]
-
-    subprocess.run(command("straight"), env=env, check=True, timeout=300)
-    child = subprocess.Popen(command("killed"), env=env)
-    checkpoints = tmp_path / "killed" / "stages" / "train-rand" / "checkpoints"
-    deadline = time.time() + 240
-    while not any(checkpoints.glob("step-*")) and time.time() < deadline and child.poll() is None:
-        time.sleep(0.05)
-    assert child.poll() is None, "the run finished before it could be killed; give it more steps"
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    stage = tmp_path / "killed" / "stages" / "train-rand"
-    assert json.loads((stage / "stage.json").read_text())["status"] == "running"
-    subprocess.run(command("killed"), env=env, check=True, timeout=300)
-    state = json.loads((stage / "stage.json").read_text())
-    assert state["status"] == "done" and state["attempts"] == 2
-    log = [json.loads(x) for x in (stage / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
-    from safetensors.torch import load_file
-
-    last = sorted(checkpoints.glob("step-*"))[-1].name
-    a = load_file(tmp_path / "straight" / "stages" / "train-rand" / "checkpoints" / last / "model.safetensors")
-    b = load_file(checkpoints / last / "model.safetensors")
-    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
 @pytest.mark.parametrize(("change", "message"), [

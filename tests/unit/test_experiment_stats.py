@@ -14,7 +14,10 @@ from conftest import write_tiny_train
 from hardneg.errors import HardnegError
 from hardneg.evaluate.metrics import paired_ttest
 from hardneg.experiment import Experiment, ExperimentResults, Recipe
-from hardneg.experiment.results import holm
+from hardneg.experiment import report as report_module
+from hardneg.experiment.context import ReportContext
+from hardneg.experiment.figures import system_colours
+from hardneg.experiment.stats import holm
 
 
 def _tiny_recipe(data, model, cache, transfer) -> dict:
@@ -57,7 +60,7 @@ def test_holm_matches_a_hand_computed_example():
 
 def test_interpolate_stages_pick_on_dev_and_test_the_pick_once(wise):
     from hardneg.model.encoder import DualEncoder
-    from hardneg.train.order import split_dev
+    from hardneg.train.trainer import split_dev
 
     exp, _ = wise
     assert {"wise-rand-a0", "wise-rand-a0.5", "wise-rand-a1", "wise-rand", "test-rand+wise",
@@ -105,13 +108,10 @@ def test_a_changed_endpoint_reruns_its_merged_models(wise):
 
 
 def test_report_curve_holm_columns_and_results_json(wise, tmp_path):
-    from hardneg.experiment.figures import system_colours
-    from hardneg.experiment.report import Report
-
     exp, _ = wise
     results = ExperimentResults(exp.out)
-    report = Report(results, tmp_path)
-    report.write()
+    report = ReportContext(results, tmp_path)
+    report_module.write(report)
     text = (tmp_path / "report.md").read_text()
     assert "## Weight interpolation (WiSE-FT)" in text and "not used for selection" in text.lower()
     assert "| rand+wise |" in text and "Holm" in text

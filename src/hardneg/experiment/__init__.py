@@ -3,8 +3,10 @@
 * :mod:`.recipe` (with :mod:`.schema`): the recipe's schema and checks (:class:`Recipe`, :class:`System`);
 * :mod:`.stages`: stage names and keys (:class:`Stage`, :func:`dataset_tag`);
 * :mod:`.runner`: running the stages with caching and resume (:class:`Experiment`);
-* :mod:`.report` (with :mod:`.results`, :mod:`.figures`, :mod:`.findings`): ``report.md``
-  and its figures from the finished stages (:func:`write_report`, :func:`main_table`).
+* :mod:`.report`: ``report.md``, its figures and tables from the finished stages (:func:`write_report`,
+  :func:`main_table`), from :mod:`.results` (what the folder holds, the systems' roles), :mod:`.context`
+  (what a section reads and writes), the registered :mod:`.sections`, :mod:`.findings`, and the helpers
+  :mod:`.stats`, :mod:`.tables` and :mod:`.figures`.
 """
 
 from hardneg.experiment.recipe import DEFAULT_DATA_DIR, SYSTEM_KINDS, Recipe, System

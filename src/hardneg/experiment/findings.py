@@ -3,7 +3,7 @@
 The findings read the test scores and the facts the sections returned
 (``times``, ``lambda_rows``, ``pq_grid``, ``concentration``, ``tracked``); which
 system plays which part (STAR, a random-negative baseline, ANCE, plain ADORE on
-STAR ...) comes from the recipe's methods, bases and settings.
+STAR ...) comes from what the recipe's methods are (their specs), bases and settings.
 """
 
 from __future__ import annotations
@@ -14,17 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from hardneg.experiment.results import (
-    ALPHA,
-    RANDOM_NEGATIVES,
-    ExperimentResults,
-    Section,
-    fmt_p,
-    holm,
-    mean,
-    ttest,
-)
+from hardneg.experiment.context import ReportContext
+from hardneg.experiment.results import RANDOM_NEGATIVES, is_bm25_negatives, is_frozen_doc, is_refreshed, is_star
+from hardneg.experiment.sections import Section
 from hardneg.experiment.stages import PAIRWISE, wise_name
+from hardneg.experiment.stats import ALPHA, holm, mean, ttest
+from hardneg.experiment.tables import fmt_p
 
 
 @dataclass
@@ -65,12 +60,13 @@ class Claim:
 
 
 class Findings:
-    def __init__(self, results: ExperimentResults, per_query: dict[str, dict[str, dict[str, float]]],
-                 unseen: list[str] | None, main_measure: str) -> None:
-        self.r = results
-        self.per_query = per_query
-        self.unseen = unseen
-        self.main_measure = main_measure
+    """The findings of one report: the paper's claims, each checked against the context's numbers."""
+
+    def __init__(self, ctx: ReportContext) -> None:
+        self.r = ctx.r
+        self.per_query = ctx.per_query
+        self.unseen = ctx.unseen
+        self.main_measure = ctx.main_measure
 
     def _cmp(self, a: str, b: str, qids: list[str] | None = None) -> tuple[float, float, float] | None:
         if a not in self.per_query or b not in self.per_query:
@@ -112,12 +108,12 @@ class Findings:
         r, names = self.r, list(self.per_query)
         out: list[Any] = []  # lines, and Claims rendered by section()
         rq1 = "RQ1 (effectiveness of hard negatives: STAR vs random negatives)"
-        star = r.first_with_method("star", among=names)
-        for method in RANDOM_NEGATIVES:
-            ref = r.first_with_method(method, among=names)
+        star = r.first_with(is_star, among=names)
+        for trait in RANDOM_NEGATIVES:
+            ref = r.first_with(trait, among=names)
             if star and ref:
                 out += self._claim(rq1, f"STAR beats {ref} (random negatives)", star, ref)
-        bm25neg = r.first_with_method("bm25neg", among=names)
+        bm25neg = r.first_with(is_bm25_negatives, among=names)
         if star and bm25neg:
             out += self._claim(rq1, "STAR (static hard + random negatives) beats static BM25 hard negatives alone",
                                star, bm25neg)
@@ -126,13 +122,13 @@ class Findings:
             base = r.base_of(s["name"])
             if base in self.per_query and r.is_plain_adore(s["name"]):
                 out += self._claim(rq2, f"ADORE improves its base model {base}", s["name"], base)
-        if r.with_method("adore", among=names):
+        if r.with_trait(is_frozen_doc, among=names):
             bm25 = set(r.with_kind("bm25"))
             best = max((n for n in names if n not in bm25),
                        key=lambda n: mean(self.per_query[n][self.main_measure]))
             # the paper's best: plain ADORE on a STAR model
-            expected = {n for n in r.with_method("adore")
-                        if r.is_plain_adore(n) and r.base_of(n) in r.with_method("star")}
+            expected = {n for n in r.with_trait(is_frozen_doc)
+                        if r.is_plain_adore(n) and r.base_of(n) in r.with_trait(is_star)}
             expected |= {wise_name(n) for n in expected}  # ADORE+STAR interpolated with its base is ADORE+STAR too
             out.append(f"- {rq2} — paper: ADORE+STAR is the best system. Here the best dense system by "
                        f"{self.main_measure} is {best} → {'**agrees**' if best in expected else '**disagrees**'}.")
@@ -146,7 +142,7 @@ class Findings:
         r, out = self.r, []
         rq3 = "RQ3 (efficiency and compressed indexes)"
         times: dict[str, float] = facts.get("times", {})
-        star, ance = r.first_with_method("star", among=times), r.first_with_method("ance", among=times)
+        star, ance = r.first_with(is_star, among=times), r.first_with(is_refreshed, among=times)
         if star and ance:
             verdict = "**agrees**" if times[star] < times[ance] else "**disagrees**"
             out.append(f"- {rq3} — paper: STAR trains faster than ANCE-style periodic refresh. Here "
@@ -156,8 +152,8 @@ class Findings:
         def per_step(n: str) -> float:
             return times[n] / max(1, len([x for x in r.train_log(n) if x.get("kind") == "train"]))
 
-        adore_t = [per_step(n) for n in times if r.is_adore(n)]
-        doc_t = [per_step(n) for n in times if not r.is_adore(n)]
+        adore_t = [per_step(n) for n in times if r.frozen_doc(n)]
+        doc_t = [per_step(n) for n in times if not r.frozen_doc(n)]
         if adore_t and doc_t:
             out.append(f"- {rq3} — paper: an ADORE step is cheap (no document encoder). Here "
                        f"{np.mean(adore_t):.2f} s/step (batch of queries only) vs {np.mean(doc_t):.2f} s/step "
@@ -166,7 +162,7 @@ class Findings:
         grid = facts.get("pq_grid")
         if grid:
             g, indexes, m = grid
-            adore = [n for n in g if r.is_adore(n)]
+            adore = [n for n in g if r.frozen_doc(n)]
             # ADORE trained against the exact index (plain), and against each compressed one
             flat_trained = next((n for n in adore if r.is_plain_adore(n)), None)
             for kind in indexes:
@@ -186,8 +182,8 @@ class Findings:
         if pw is not None:
             res = pw["result"]
             topk = pw["settings"]["topk"]
-            rand_like = r.first_with_method(RANDOM_NEGATIVES, among=res)
-            star = r.first_with_method("star", among=res)
+            rand_like = r.first_with(*RANDOM_NEGATIVES, among=res)
+            star = r.first_with(is_star, among=res)
             if rand_like and star:
                 a, b = res[star], res[rand_like]
                 out.append(

@@ -1,0 +1,237 @@
+"""Training: Fig. 4 (static negatives going stale, dev quality per step), the training curves (loss and dev
+per step), Fig. 5 (ADORE with LambdaLoss vs RankNet) and Table 4 (training time)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from hardneg.experiment.context import ReportContext, machine
+from hardneg.experiment.figures import pyplot, smooth
+from hardneg.experiment.results import is_star
+from hardneg.experiment.sections.registry import Section, section
+from hardneg.experiment.stages import train_stage
+from hardneg.experiment.stats import holm, mean, ttest
+from hardneg.experiment.tables import fmt, fmt_p
+
+
+@section("negative-drift", 70)
+def curves(ctx: ReportContext) -> Section:
+    """Fig. 4 analogue: (a) overlap of static negatives with the current model's top negatives per tracked step,
+    (b) dev RR@10 per step."""
+    plt = pyplot()
+    tracked = {n: [r for r in ctx.r.train_log(n) if r.get("kind") == "track"] for n in ctx.r.names}
+    tracked = {n: v for n, v in tracked.items() if v and any(k.startswith("overlap@") for k in v[0])}
+    dev = {n: [r for r in ctx.r.train_log(n) if r.get("kind") == "dev"] for n in ctx.r.names}
+    dev = {n: v for n, v in dev.items() if v and _curve_worthy(ctx, n)}
+    if not tracked and not dev:
+        return Section()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    text = ["## Fig. 4 analogue: static negatives go stale; quality per step", ""]
+    for name, recs in tracked.items():
+        key = next(k for k in recs[0] if k.startswith("overlap@"))
+        mined_by_start = _mined_by_start(ctx, name)
+        steps = ([0] if mined_by_start else []) + [r["step"] for r in recs]
+        values = ([1.0] if mined_by_start else []) + [r[key] for r in recs]
+        axes[0].plot(steps, values, marker="o", label=name, color=ctx.colours[name])
+        text.append(f"- {name}: {key} of its static negatives with the current model's top negatives: "
+                    + ", ".join(f"step {r['step']}: {r[key]:.2f}" for r in recs))
+    axes[0].set_xlabel("training step")
+    keys = sorted({next(k for k in recs[0] if k.startswith("overlap@")) for recs in tracked.values()})
+    axes[0].set_ylabel(f"{'/'.join(keys) or 'overlap'}, static vs dynamic negatives")
+    axes[0].set_ylim(0, 1.05)
+    axes[0].set_title("(a) overlap with dynamic hard negatives")
+    if tracked:
+        axes[0].legend()
+    metric = "RR@10"
+    for name, recs in dev.items():
+        style = "--" if ctx.r.frozen_doc(name) else "-"
+        axes[1].plot([r["step"] for r in recs], [r.get(metric, math.nan) for r in recs], style, marker=".",
+                     label=name, color=ctx.colours[name])
+    axes[1].set_xlabel("training step")
+    axes[1].set_ylabel(f"dev {metric}")
+    axes[1].set_title("(b) dev quality per step")
+    axes[1].legend(fontsize=7)
+    path = ctx.save(fig, "fig4_overlap_and_dev.png")
+    text += ["", f"![Fig. 4 analogue]({path})", "",
+             "Overlap at step 0 is 1 by construction where the start model mined the static negatives itself. "
+             "Dev curves: solid = document encoder trained (dev ranks a BM25 top-20 pool per dev query plus "
+             "its positives), dashed = ADORE (dev ranks the full fixed index), so the two families' levels are "
+             "not comparable with each other, only their trends.", ""]
+    return Section("\n".join(text), {"tracked": tracked})
+
+
+def _mined_by_start(ctx: ReportContext, name: str) -> bool:
+    """The start model mined the system's static negatives itself (overlap 1 at step 0 by construction): a method
+    that re-mines with the current model, or one with the start model's negatives and no negatives file given."""
+    spec = ctx.r.spec(name)
+    if spec is None:
+        return False
+    given = spec.negatives_file and bool(ctx.r.system(name).get("settings", {}).get("negatives"))
+    return spec.hard_negatives == "refreshed" or (spec.hard_negatives == "start-model" and not given)
+
+
+def _curve_worthy(ctx: ReportContext, name: str) -> bool:
+    """Fig. 4b shows every document-trained system, and only the plain ADORE variants (flat, LambdaLoss)
+    on the zero-shot model and on STAR, to stay readable."""
+    if not ctx.r.frozen_doc(name):
+        return True
+    base = ctx.r.base_of(name)
+    return ctx.r.is_plain_adore(name) and (base == ctx.r.start or base in ctx.r.with_trait(is_star))
+
+
+@section("training-curves", 90)
+def training_curves(ctx: ReportContext) -> Section:
+    """Training loss and dev quality per step of every trained system (train_log.jsonl)."""
+    trained = [n for n in ctx.r.names if ctx.r.system(n).get("kind") == "train"]
+    logs = {n: ctx.r.train_log(n) for n in trained}
+    loss = {n: [x for x in recs if x.get("kind") == "train" and isinstance(x.get("loss"), (int, float))]
+            for n, recs in logs.items()}
+    loss = {n: v for n, v in loss.items() if v}
+    dev = {n: [x for x in recs if x.get("kind") == "dev"] for n, recs in logs.items()}
+    dev = {n: v for n, v in dev.items() if v}
+    if not loss and not dev:
+        return Section()
+    keys = {k for recs in dev.values() for x in recs for k in x}
+    metric = ctx.main_measure if ctx.main_measure in keys else "RR@10"
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    longest = max((len(v) for v in loss.values()), default=0)
+    window = max(1, longest // 50)
+    for name, recs in loss.items():
+        steps, values = [x["step"] for x in recs], [float(x["loss"]) for x in recs]
+        style = "--" if ctx.r.frozen_doc(name) else "-"
+        if window > 1:  # raw values faint, their moving average drawn over them
+            axes[0].plot(steps, values, style, color=ctx.colours[name], alpha=0.25, linewidth=0.8)
+        axes[0].plot(steps, smooth(values, window), style, color=ctx.colours[name], label=name)
+    if loss and all(float(x["loss"]) > 0 for v in loss.values() for x in v):
+        axes[0].set_yscale("log")  # the methods' losses differ by orders of magnitude
+    axes[0].set_xlabel("training step")
+    axes[0].set_ylabel("training loss" + (f" (moving average of {window} steps)" if window > 1 else ""))
+    axes[0].set_title("(a) training loss")
+    for name, recs in dev.items():
+        style = "--" if ctx.r.frozen_doc(name) else "-"
+        axes[1].plot([x["step"] for x in recs], [x.get(metric, math.nan) for x in recs], style, marker=".",
+                     color=ctx.colours[name], label=name)
+    axes[1].set_xlabel("training step")
+    axes[1].set_ylabel(f"dev {metric}")
+    axes[1].set_title(f"(b) dev {metric}")
+    for ax in axes:
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+    path = ctx.save(fig, "training_curves.png")
+    rows = []
+    for name in trained:
+        last = loss.get(name, [{}])[-1].get("loss")
+        d = [x.get(metric) for x in dev.get(name, []) if isinstance(x.get(metric), (int, float))]
+        best = int(np.argmax(d)) if d else None
+        rows.append([name, ctx.r.system(name).get("method") or "", str(len(loss.get(name, []))), fmt(last, 4),
+                     fmt(d[0] if d else None), fmt(max(d) if d else None),
+                     str(dev[name][best]["step"]) if best is not None else "–"])
+    return Section("\n".join([
+        "## Training curves: loss and dev quality per step",
+        "",
+        f"Every trained system's training loss per optimiser step (log scale where every loss is positive) and "
+        f"its dev {metric} at each dev evaluation (step 0 = before training). Solid = document encoder trained, "
+        "dashed = ADORE (query encoder only, dev ranks the full fixed index); the losses of different methods "
+        "are different objectives, so compare their shapes, not their levels.",
+        "",
+        f"![Training curves]({path})",
+        "",
+        ctx.table("training_curves", ["system", "method", "steps", "last loss", f"dev {metric} at step 0",
+                                        f"best dev {metric}", "best step"], rows),
+        "",
+    ]))
+
+
+def _ranknet_pairs(ctx: ReportContext) -> list[tuple[str, str]]:
+    """(LambdaLoss, RankNet) ADORE twins: same base and index, differing only in the loss."""
+    pairs = []
+    for s in ctx.r.systems:
+        settings = s.get("settings", {})
+        if not ctx.r.frozen_doc(s["name"]) or settings.get("adore_loss") != "ranknet":
+            continue
+        twin = next((t["name"] for t in ctx.r.systems if ctx.r.frozen_doc(t["name"])
+                     and ctx.r.base_of(t["name"]) == ctx.r.base_of(s["name"])
+                     and t.get("settings", {}).get("adore_loss", "lambda") == "lambda"
+                     and ctx.r.adore_index(t["name"]) == settings.get("index", "flat")), None)
+        if twin:
+            pairs.append((twin, s["name"]))
+    return pairs
+
+
+@section("lambda-vs-ranknet", 100)
+def lambda_vs_ranknet(ctx: ReportContext) -> Section:
+    """Fig. 5 analogue: the dev curves of each LambdaLoss/RankNet ADORE twin pair, and their test t-tests."""
+    pairs = _ranknet_pairs(ctx)
+    if not pairs:
+        return Section()
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    text = ["## Fig. 5 analogue: ADORE with LambdaLoss vs RankNet", ""]
+    rows: list[list[str]] = []
+    facts: dict[str, Any] = {}
+    for lam, rank in pairs:
+        for name, label in ((lam, "LambdaLoss (ΔMRR-weighted)"), (rank, "RankNet (unweighted)")):
+            recs = [r for r in ctx.r.train_log(name) if r.get("kind") == "dev"]
+            if recs:
+                ax.plot([r["step"] for r in recs], [r.get("RR@10", math.nan) for r in recs], marker="o",
+                        label=f"{label}: {name}", color=ctx.colours[name])
+        if lam in ctx.per_query and rank in ctx.per_query:
+            pair_rows = []
+            for m in ctx.r.measures:
+                a, b = ctx.per_query[lam][m], ctx.per_query[rank][m]
+                pair_rows.append([m, fmt(mean(a)), fmt(mean(b)), ttest(a, b)])
+            # Holm over the family of this pair's measures
+            for row, adj in zip(pair_rows, holm([r[3] for r in pair_rows]), strict=True):
+                rows.append([*row[:3], fmt_p(row[3]), fmt_p(adj)])
+            facts["lambda_rows"] = (lam, rank, rows)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("dev RR@10")
+    ax.legend(fontsize=7)
+    path = ctx.save(fig, "fig5_lambda_vs_ranknet.png")
+    text += [f"![Fig. 5 analogue]({path})", ""]
+    if rows:
+        text += [f"Test: {pairs[0][0]} (LambdaLoss) vs {pairs[0][1]} (RankNet), paired t-test; \"p Holm\": "
+                 "Holm–Bonferroni-corrected over the family of this table's measures.", "",
+                 ctx.table("fig5_lambda_vs_ranknet", ["measure", "LambdaLoss", "RankNet", "p", "p Holm"], rows),
+                 ""]
+    return Section("\n".join(text), facts)
+
+
+@section("training-time", 110)
+def timing(ctx: ReportContext) -> Section:
+    """Table 4 analogue: steps, median step time, summed step time and stage wall-clock of every trained system."""
+    rows = []
+    times: dict[str, float] = {}
+    for s in ctx.r.systems:
+        st = ctx.r.stage(train_stage(s["name"]))
+        if st is None:
+            continue
+        log = [r for r in ctx.r.train_log(s["name"]) if r.get("kind") == "train"]
+        step_s = [r["seconds"] for r in log]
+        steps = len(step_s)
+        cfg = st["settings"]
+        times[s["name"]] = float(sum(step_s))
+        rows.append([s["name"], s.get("method") or "", str(steps), str(cfg.get("batch_size")),
+                     fmt(float(np.median(step_s)) if step_s else math.nan, 2), fmt(sum(step_s) / 60, 1),
+                     fmt(st["seconds"] / 60, 1)])
+    if not rows:
+        return Section(facts={"times": times})
+    return Section("\n".join([
+        "## Table 4 analogue: training time on this machine",
+        "",
+        f"Machine: {machine()}. \"step time\": median seconds per optimiser step (forward, backward, update, "
+        "and for ADORE the per-step retrieval); \"training\": the sum of step times; \"stage\": the whole stage "
+        "wall-clock including dev evaluation, mining the static negatives, ANCE-style re-mining and "
+        "negative-overlap tracking (all attempts when a stage was resumed; an attempt killed mid-way is not "
+        "counted).",
+        "",
+        ctx.table("table4_training_time",
+                    ["system", "method", "steps", "batch", "step time (s)", "training (min)", "stage (min)"], rows),
+        "",
+    ]), {"times": times})
+
+
