@@ -60,7 +60,7 @@ def test_holm_matches_a_hand_computed_example():
 
 def test_interpolate_stages_pick_on_dev_and_test_the_pick_once(wise):
     from hardneg.model.encoder import DualEncoder
-    from hardneg.train.trainer import split_dev
+    from hardneg.train.order import split_dev
 
     exp, _ = wise
     assert {"wise-rand-a0", "wise-rand-a0.5", "wise-rand-a1", "wise-rand", "test-rand+wise",
