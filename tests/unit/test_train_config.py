@@ -161,3 +161,39 @@ def test_train_help_is_generated_from_the_settings():
             assert "--" + name.replace("_", "-") in result.output, name
     assert TrainConfig.model_fields["warmup_ratio"].description in result.output
     assert "--print-config" in result.output and "--doc-model" in result.output
+
+
+def test_validation_asks_the_method_registry(tmp_path, monkeypatch):
+    """What a method takes is its MethodSpec's say, not its name's: a spec that declares a negatives file, a
+    setting of its own or a check changes what TrainConfig accepts, and the messages name the methods from the
+    specs."""
+    import dataclasses
+
+    from hardneg.train import methods
+
+    run = tmp_path / "run.tsv"
+    run.write_text("q1\td1\n")
+    with pytest.raises(HardnegError, match=r"--negatives is for the static and star methods, not inbatch"):
+        TrainConfig(method="inbatch", data="x", negatives=str(run)).validate()
+    inbatch = methods.method_spec("inbatch")
+
+    def no_alpha(cfg):
+        if cfg.alpha > 1:
+            raise HardnegError("alpha above 1 refused by inbatch's check")
+
+    monkeypatch.setitem(methods._REGISTRY, "inbatch", dataclasses.replace(
+        inbatch, negatives_file=True, settings=("alpha",), check=no_alpha))
+    TrainConfig(method="inbatch", data="x", negatives=str(run), alpha=0.5).validate()
+    with pytest.raises(HardnegError, match=r"--negatives is for the inbatch, static and star methods, not rand"):
+        TrainConfig(method="rand", data="x", negatives=str(run)).validate()
+    with pytest.raises(HardnegError, match=r"--alpha: for the inbatch method, not star"):
+        TrainConfig(method="star", data="x", alpha=0.5).validate()
+    with pytest.raises(HardnegError, match="refused by inbatch's check"):
+        TrainConfig(method="inbatch", data="x", alpha=2.0).validate()
+    # a later method's settings stay out of the others' fingerprints (ADORE's: old checkpoints still resume)
+    star = TrainConfig(method="star", data="x")
+    monkeypatch.setitem(methods._REGISTRY, "inbatch", dataclasses.replace(inbatch, settings=("lr",),
+                                                                          later_settings=True))
+    assert star.fingerprint() == star.replace(lr=1.0).fingerprint()
+    assert TrainConfig(method="inbatch", data="x").fingerprint() != TrainConfig(method="inbatch", data="x",
+                                                                                 lr=1.0).fingerprint()

@@ -19,10 +19,12 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from hardneg import distributed as dist
 from hardneg.errors import HardnegError, MismatchError
 from hardneg.io import atomic_write, commit_dir, read_json, write_json, writing
+from hardneg.train.report_to import Reporters, open_reporters, scalars
 
 CHECKPOINT_VERSION = 1
 
@@ -50,8 +52,6 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, extr
 
     ``rng_extra`` is stored in ``rng.pt`` beside this process's RNG state (under DDP: ``ranks``, the
     RNG state of every rank); an enabled ``scaler`` (fp16's ``GradScaler``) in ``scaler.pt``."""
-    from safetensors.torch import save_file
-
     with writing(folder, "checkpoint"):
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -84,8 +84,6 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str,
 
     An enabled ``scaler`` gets the saved loss scale; a checkpoint without ``scaler.pt`` (written
     before hardneg saved it) resumes with a fresh scale, said in a warning."""
-    from safetensors.torch import load_file
-
     state = read_json(folder / "trainer_state.json")
     if state.get("version") != CHECKPOINT_VERSION:
         raise HardnegError(
@@ -140,8 +138,6 @@ class RunLog:
 
     def __init__(self, out: Path, resume_step: int | None, report_to: list[str] | None = None,
                  params: dict | None = None) -> None:
-        from hardneg.train.report_to import Reporters, open_reporters
-
         report_to = ["tensorboard"] if report_to is None else report_to
         params = {} if params is None else params
         # the targets first: a missing backend library fails before the log is touched
@@ -157,8 +153,6 @@ class RunLog:
         self._fh = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict, prefix: str) -> None:
-        from hardneg.train.report_to import scalars
-
         self._fh.write(json.dumps({**record, "kind": prefix}) + "\n")
         self._fh.flush()
         self.reporters.log(scalars(record, prefix), record["step"])

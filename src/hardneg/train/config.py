@@ -174,7 +174,8 @@ class TrainConfig(BaseModel):
         "queries sharing a relevant document, so dev's relevant documents are never training positives).",
         panel=EVALUATION)
     dev_every: int = setting(50, "Evaluate on dev every N steps.", panel=EVALUATION)
-    dev_metric: str = setting("RR@10", "ir-measures name selecting the best model.", panel=EVALUATION)
+    dev_metric: str = setting("RR@10", "ir-measures name selecting the best model (dev is ranked as deep as its "
+                              "cut-off needs, at least 100: R@1000 ranks 1000 deep).", panel=EVALUATION)
     dev_at_start: bool = setting(True, "Also evaluate the start model (step 0).", panel=EVALUATION)
     patience: int = setting(
         0, "Early stopping: stop after N dev evaluations without a better --dev-metric (the best model is "

@@ -182,43 +182,11 @@ def star_scores(
     equals DRhard's STAR loss exactly.
     """
     b = q.shape[0]
-    if hard_docs.dim() == 3:
-        if hard_docs.shape[0] != b:
-            raise HardnegError(
-                f"star_scores: hard_docs (B, H, d) has B={hard_docs.shape[0]}, expected {b}"
-            )
-        h = hard_docs.shape[1]
-        hard_flat = hard_docs.reshape(b * h, hard_docs.shape[2])
-    elif hard_docs.dim() == 2:
-        if b == 0 or hard_docs.shape[0] % b:
-            raise HardnegError(
-                f"star_scores: {hard_docs.shape[0]} hard-negative rows cannot be split "
-                f"evenly over {b} queries"
-            )
-        h = hard_docs.shape[0] // b
-        hard_flat = hard_docs
-    else:
-        raise HardnegError(
-            f"star_scores: hard_docs must be (B, H, d) or (B*H, d); got {tuple(hard_docs.shape)}"
-        )
+    hard_flat, flat_hard_ids, h = _flat_hard_negatives(b, hard_docs, hard_doc_ids)
     if pos_docs.shape[0] != b or len(pos_doc_ids) != b or len(query_positives) != b:
         raise HardnegError(
             f"star_scores: {b} queries but {pos_docs.shape[0]} positive docs, "
             f"{len(pos_doc_ids)} positive ids and {len(query_positives)} positive sets"
-        )
-    flat_hard_ids: list[str] = []
-    if hard_doc_ids and not isinstance(hard_doc_ids[0], str):
-        for i, ids in enumerate(hard_doc_ids):
-            if len(ids) != h:
-                raise HardnegError(
-                    f"star_scores: example {i} has {len(ids)} hard-negative ids, expected {h}"
-                )
-            flat_hard_ids.extend(ids)  # type: ignore[arg-type]
-    else:
-        flat_hard_ids = list(hard_doc_ids)  # type: ignore[arg-type]
-    if len(flat_hard_ids) != b * h:
-        raise HardnegError(
-            f"star_scores: {len(flat_hard_ids)} hard-negative ids for {b * h} hard-negative rows"
         )
     extra_ids: list[str] = []
     docs = [pos_docs, hard_flat]
@@ -240,3 +208,45 @@ def star_scores(
     hard = scores.gather(1, own_hard)
     hard_mask = own.gather(1, own_hard)
     return StarScores(pos, hard, scores, hard_mask, other, tuple(all_ids))
+
+
+def _flat_hard_negatives(
+    b: int, hard_docs: Tensor, hard_doc_ids: Sequence[Sequence[str]] | Sequence[str]
+) -> tuple[Tensor, list[str], int]:
+    """``(rows, ids, H)``: :func:`star_scores`' hard negatives of ``b`` queries as ``(B*H, d)`` rows (example
+    ``i``'s are rows ``i*H … i*H+H-1``) and their ``B*H`` ids, from ``(B, H, d)`` or ``(B*H, d)`` rows and
+    ``B`` lists of ``H`` ids or a flat list; a clear error for a shape that does not fit."""
+    if hard_docs.dim() == 3:
+        if hard_docs.shape[0] != b:
+            raise HardnegError(
+                f"star_scores: hard_docs (B, H, d) has B={hard_docs.shape[0]}, expected {b}"
+            )
+        h = hard_docs.shape[1]
+        hard_flat = hard_docs.reshape(b * h, hard_docs.shape[2])
+    elif hard_docs.dim() == 2:
+        if b == 0 or hard_docs.shape[0] % b:
+            raise HardnegError(
+                f"star_scores: {hard_docs.shape[0]} hard-negative rows cannot be split "
+                f"evenly over {b} queries"
+            )
+        h = hard_docs.shape[0] // b
+        hard_flat = hard_docs
+    else:
+        raise HardnegError(
+            f"star_scores: hard_docs must be (B, H, d) or (B*H, d); got {tuple(hard_docs.shape)}"
+        )
+    flat_hard_ids: list[str] = []
+    if hard_doc_ids and not isinstance(hard_doc_ids[0], str):
+        for i, ids in enumerate(hard_doc_ids):
+            if len(ids) != h:
+                raise HardnegError(
+                    f"star_scores: example {i} has {len(ids)} hard-negative ids, expected {h}"
+                )
+            flat_hard_ids.extend(ids)  # type: ignore[arg-type]
+    else:
+        flat_hard_ids = list(hard_doc_ids)  # type: ignore[arg-type]
+    if len(flat_hard_ids) != b * h:
+        raise HardnegError(
+            f"star_scores: {len(flat_hard_ids)} hard-negative ids for {b * h} hard-negative rows"
+        )
+    return hard_flat, flat_hard_ids, h

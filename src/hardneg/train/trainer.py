@@ -325,6 +325,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self, resume: bool = False) -> Path:
+        """Train to ``max_steps`` (or until early stopping), evaluating dev every ``dev_every`` steps and
+        checkpointing every ``save_every``; ``resume`` continues the latest checkpoint in OUT. Returns
+        ``OUT/model``, the best model on dev."""
         cfg = self.config
         if not hasattr(self, "model"):
             self.setup()
@@ -333,30 +336,7 @@ class Trainer:
         if main:  # dev-pool memmaps a killed run left behind (the CLI's output lock rules out a live one)
             for stale in self.out.glob(DEV_EMBEDDINGS + "*"):
                 shutil.rmtree(stale, ignore_errors=True)
-        start_step, best, best_step = 0, -math.inf, -1
-        self._stale, self._stopped = 0, None  # dev evaluations since the best one; where early stopping ended
-        # rank 0 decides which checkpoint (if any) every rank restores: the folder is shared
-        found = dist.broadcast_object(latest_checkpoint(self.out))
-        checkpoint = found if resume else None
-        if resume and checkpoint is None:
-            logger.info("no checkpoint in %s: starting from step 0", self.out)
-        if not resume and found is not None:
-            raise HardnegError(
-                f"{self.out} already holds checkpoints of a run: pass --resume to continue it, "
-                "or choose another --out"
-            )
-        if checkpoint is not None:
-            state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler, cfg.fingerprint(),
-                                    scaler=self.scaler)
-            if state.get("world_size", 1) != self.world:
-                raise HardnegError(
-                    f"{checkpoint}: written by a run of {state.get('world_size', 1)} processes; resume it "
-                    f"with the same number of processes (this run has {self.world})"
-                )
-            start_step, best, best_step = state["step"], state["best"], state["best_step"]
-            self._stale, self._stopped = state.get("stale_evals", 0), state.get("stopped_early")
-            self.method.restore(checkpoint)
-            logger.info("resumed from %s (step %d)", checkpoint, start_step)
+        checkpoint, start_step, best, best_step = self._restore(resume)
         if main:
             write_json(self.out / "config.json", cfg.to_dict())  # world_size: summary.json, checkpoints
         log = (RunLog(self.out, start_step if checkpoint is not None else None, report_to=cfg.report_to,
@@ -411,6 +391,36 @@ class Trainer:
             })
         dist.barrier()  # the other ranks return once rank 0 has written everything
         return self.out / "model"
+
+    def _restore(self, resume: bool) -> tuple[Path | None, int, float, int]:
+        """``(checkpoint, step, best dev value, its step)`` to start from: the latest checkpoint in OUT,
+        restored into the model, optimiser, scheduler, scaler and method when ``resume`` (else OUT must hold
+        none); also the early-stopping state."""
+        start_step, best, best_step = 0, -math.inf, -1
+        self._stale, self._stopped = 0, None  # dev evaluations since the best one; where early stopping ended
+        # rank 0 decides which checkpoint (if any) every rank restores: the folder is shared
+        found = dist.broadcast_object(latest_checkpoint(self.out))
+        checkpoint = found if resume else None
+        if resume and checkpoint is None:
+            logger.info("no checkpoint in %s: starting from step 0", self.out)
+        if not resume and found is not None:
+            raise HardnegError(
+                f"{self.out} already holds checkpoints of a run: pass --resume to continue it, "
+                "or choose another --out"
+            )
+        if checkpoint is not None:
+            state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler,
+                                    self.config.fingerprint(), scaler=self.scaler)
+            if state.get("world_size", 1) != self.world:
+                raise HardnegError(
+                    f"{checkpoint}: written by a run of {state.get('world_size', 1)} processes; resume it "
+                    f"with the same number of processes (this run has {self.world})"
+                )
+            start_step, best, best_step = state["step"], state["best"], state["best_step"]
+            self._stale, self._stopped = state.get("stale_evals", 0), state.get("stopped_early")
+            self.method.restore(checkpoint)
+            logger.info("resumed from %s (step %d)", checkpoint, start_step)
+        return checkpoint, start_step, best, best_step
 
     def _dev_step(self, step: int, log: RunLog, best: float, best_step: int) -> tuple[float, int]:
         """Evaluate on dev, log it, and save the model to ``OUT/model`` when it is the best so far."""
