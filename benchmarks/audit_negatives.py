@@ -3,7 +3,7 @@
 
 For each training query the model's top-``K`` non-positive documents are the plain hard negatives;
 those scoring above ``(1 - M)`` times the query's lowest-scored positive are what the rule removes
-(hardneg.train.selection, ``margin_against min``). A sample of them is printed with text excerpts,
+(hardneg.negatives.rules, ``margin_against min``). A sample of them is printed with text excerpts,
 to be judged by hand: how many look relevant (an unjudged positive) rather than a true negative?
 
     python benchmarks/audit_negatives.py --data ../shared/data/nfcorpus --n 30 [--out audit.md]

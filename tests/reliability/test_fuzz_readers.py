@@ -44,8 +44,8 @@ from hardneg.data import (
 )
 from hardneg.data.formats import beir, sgml, smart
 from hardneg.errors import HardnegError, InputError
+from hardneg.negatives.formats.tsv import read_negatives
 from hardneg.retrieval.runs import read_run
-from hardneg.train.negatives import read_negatives
 
 EXAMPLES = int(os.environ.get("HARDNEG_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=2000, derandomize=False,

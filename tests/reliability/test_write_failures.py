@@ -170,7 +170,7 @@ def _write(kind: str, out: Path, model, store) -> Path:
         write_trec({"q1": [(f"d{i}", 1.0 / (i + 1)) for i in range(500)]}, out / "run.trec")
         return out / "run.trec"
     if kind == "write_negatives":
-        from hardneg.train.negatives import write_negatives
+        from hardneg.negatives.formats.files import write_negatives
 
         write_negatives(out / "hard.tsv", {"q1": [f"d{i}" for i in range(500)]})
         return out / "hard.tsv"

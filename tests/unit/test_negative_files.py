@@ -13,8 +13,9 @@ from conftest import write_tiny_train
 from hardneg.cli import app
 from hardneg.data.load import load_dataset
 from hardneg.errors import HardnegError, InputError
-from hardneg.train.negative_files import detect_format, read_negative_file
-from hardneg.train.negatives import load_candidates, read_negatives, write_negatives
+from hardneg.negatives.formats.files import detect_format, read_negative_file, write_negatives
+from hardneg.negatives.formats.tsv import read_negatives
+from hardneg.negatives.sources import load_candidates
 
 datasets = pytest.importorskip("datasets")
 

@@ -7,17 +7,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hardneg.errors import HardnegError, InputError
-from hardneg.retrieval.runs import write_trec
-from hardneg.train.negatives import (
+from hardneg.negatives.formats.files import write_negatives
+from hardneg.negatives.formats.tsv import read_negatives
+from hardneg.negatives.sampling import (
     RandomNegatives,
     StaticNegatives,
     check_sample_size,
     check_topk,
-    load_candidates,
     mine_negatives,
-    read_negatives,
-    write_negatives,
 )
+from hardneg.negatives.sources import load_candidates
+from hardneg.retrieval.runs import write_trec
 
 CORPUS = [f"d{i}" for i in range(1000)]
 QRELS = {"q1": {"d1": 1, "d2": 2, "d3": 0}, "q2": {"d10": 1}, "q3": {"d5": 0}}

@@ -1,4 +1,4 @@
-"""Negative-selection rules (hardneg.train.selection): each rule on hand-made scores, properties,
+"""Negative-selection rules (hardneg.negatives): each rule on hand-made scores, properties,
 parity with sentence-transformers' mine_hard_negatives, a CrossEncoder teacher, ADORE with a rule."""
 
 from __future__ import annotations
@@ -13,16 +13,11 @@ from hypothesis import strategies as st
 
 from hardneg.errors import HardnegError
 from hardneg.index.encode import encode_texts
-from hardneg.train.selection import (
-    Diagnostics,
-    NegativeRules,
-    TeacherScores,
-    is_cross_encoder,
-    load_teacher,
-    select_negatives,
-    select_one,
-    selection_rng,
-)
+from hardneg.negatives import teachers
+from hardneg.negatives.diagnostics import Diagnostics
+from hardneg.negatives.rules import NegativeRules
+from hardneg.negatives.selection import select_negatives, select_one, selection_rng
+from hardneg.negatives.teachers import TeacherScores, is_cross_encoder, load_teacher
 
 DOCS = ["p", "a", "b", "c", "d", "e"]
 SCORES = [0.90, 0.95, 0.86, 0.80, 0.50, 0.10]  # p is the positive (0.90); a scores above it
@@ -200,8 +195,6 @@ def test_teacher_rescoring_changes_what_the_rules_see(tiny_ce):
 def test_bi_encoder_teacher_scores_in_chunks_and_caches_per_query(tiny_st_dir, tmp_path, monkeypatch):
     """Many pairs are scored PAIR_CHUNK at a time (no pairs x dim matrix of the whole request: that was 14 GB
     for NFCorpus's training queries against its whole corpus) with the same values, one part file per chunk."""
-    from hardneg.train import selection
-
     teacher = load_teacher(str(tiny_st_dir))
     queries = {"q1": "apple orchard", "q2": "glacier ice"}
     texts = {f"d{i}": f"document {i} about {'apples' if i % 2 else 'ice'}" for i in range(7)}
@@ -209,7 +202,7 @@ def test_bi_encoder_teacher_scores_in_chunks_and_caches_per_query(tiny_st_dir, t
     qv = encode_texts(teacher.model, list(queries.values()), "query")
     dv = encode_texts(teacher.model, list(texts.values()), "doc")
     want = {"q1": dv @ qv[0], "q2": (dv @ qv[1])[::-1]}
-    monkeypatch.setattr(selection, "PAIR_CHUNK", 3)
+    monkeypatch.setattr(teachers, "PAIR_CHUNK", 3)
     cache = TeacherScores.under(teacher, tmp_path, "corpus")
     got = cache.scores(requests, queries, lambda ids: {d: texts[d] for d in ids})
     for q in queries:
@@ -259,6 +252,7 @@ def test_rules_in_config_and_fingerprint():
     assert NegativeRules.from_config(TrainConfig(data="x", teacher="t")).teacher == "t"
 
 
+
 # ----------------------------------------------------------------------------- parity with ST
 SCIFACT = Path("/work/shared/data/scifact")
 
@@ -299,7 +293,7 @@ def test_parity_with_sentence_transformers_mine_hard_negatives(tmp_path, n_docs,
     from typer.testing import CliRunner
 
     from hardneg.cli import app
-    from hardneg.train.negatives import read_negatives
+    from hardneg.negatives.formats.tsv import read_negatives
 
     data = _scifact_sample(tmp_path / "sf", n_docs=n_docs)
     docs = [json.loads(x) for x in (data / "corpus.jsonl").read_text().splitlines()]
@@ -361,9 +355,9 @@ def test_static_training_uses_the_rules_end_to_end(tmp_path, tiny_model_dir):
     cut = float(np.median([s for q in qids for s in scores[q].values()]))
     ruled = Trainer(TrainConfig(**base, out=str(tmp_path / "ruled"), max_score=cut))
     ruled.train()
-    kept = ruled.method.source._pools  # the pools the run sampled from
+    kept = {q: ruled.method.source.pool(q) for q in ruled.train_qrels}  # the pools the run sampled from
     assert kept and all(scores[q][d] <= cut + 1e-4 for q, docs in kept.items() for d in docs)
-    before = plain.method.source._pools
+    before = {q: plain.method.source.pool(q) for q in plain.train_qrels}
     assert any(scores[q][d] > cut + 1e-4 for q, docs in before.items() for d in docs)  # the rule removed some
     diag = json.loads((tmp_path / "ruled" / "negatives_diagnostics.json").read_text())
     assert "max_score" in json.dumps(diag)

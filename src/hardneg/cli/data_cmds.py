@@ -93,8 +93,8 @@ def mine(
     from hardneg.data.cache import cache_dir_or_default
     from hardneg.data.load import parse_spec
     from hardneg.locks import output_lock
-    from hardneg.train.negative_files import check_format
-    from hardneg.train.negatives import check_topk
+    from hardneg.negatives.formats.common import check_format
+    from hardneg.negatives.sampling import check_topk
 
     check_format(file_format)
     use_threads(threads)
@@ -103,8 +103,9 @@ def mine(
     dataset = open_dataset(f"{path}:{split or 'train'}", topic_field=topic_field, cache_dir=cache)
     qrels, queries = dataset.qrels(), dataset.queries()
     check_topk(topk, dataset.doc_count())
-    from hardneg.train.mine_stream import mine_streamed
-    from hardneg.train.selection import NegativeRules, diagnostics_path_for
+    from hardneg.negatives.diagnostics import diagnostics_path_for
+    from hardneg.negatives.rules import NegativeRules
+    from hardneg.negatives.stream import mine_streamed
 
     rules = NegativeRules(range_min=range_min, range_max=range_max, absolute_margin=absolute_margin,
                           relative_margin=relative_margin, max_score=max_score, sampling_strategy=sampling_strategy,

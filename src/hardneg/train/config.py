@@ -21,6 +21,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from hardneg.errors import HardnegError
+from hardneg.negatives.rules import NegativeRules
 from hardneg.train.methods import method_names, method_spec, method_specs, methods_that
 from hardneg.train.methods.settings import parse_adore_metric
 from hardneg.train.report_to import check_installed
@@ -123,7 +124,7 @@ class TrainConfig(BaseModel):
     rand_batch_positives: bool = setting(
         True, "rand: the batch's other positives are negatives too (default), or only the sampled "
         "negatives of the batch (DRhard's RobertaDot_Rand: --no-rand-batch-positives).", panel=NEGATIVES)
-    # negative-selection rules (hardneg.train.selection; sentence-transformers' mine_hard_negatives names)
+    # negative-selection rules (hardneg.negatives.rules; sentence-transformers' mine_hard_negatives names)
     range_min: int = setting(0, "Skip the first N negatives (after the score rules; ST's range_min).",
                              panel=NEGATIVES)
     range_max: int | None = setting(
@@ -274,8 +275,6 @@ class TrainConfig(BaseModel):
             raise HardnegError(f"{flags}: negative-selection rules are for "
                                f"{methods_that(lambda s: s.selection_rules)}, not {self.method}")
         if changed:
-            from hardneg.train.selection import NegativeRules
-
             NegativeRules.from_config(self)  # its own checks (ranges, margins), as a HardnegError
         if spec.check is not None:
             spec.check(self)  # the method's own settings together (e.g. ance's --refresh-every, adore's --metric)

@@ -364,7 +364,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{totals['loss']:.4f}", qps=f"{record['queries_per_s']:.1f}")
                 done = step + 1
                 if cfg.track_every and done % cfg.track_every == 0:
-                    from hardneg.train.tracking import track
+                    from hardneg.negatives.drift import track
 
                     log.write(track(self, done), "track")  # before a refresh, which would reset the overlap
                 self.method.after_step(done)

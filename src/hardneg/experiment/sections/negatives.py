@@ -14,7 +14,8 @@ from hardneg.experiment.figures import pyplot
 from hardneg.experiment.sections.registry import Section, section
 from hardneg.experiment.stages import train_stage
 from hardneg.io import read_json
-from hardneg.train.selection import DIAGNOSTICS_FILE, NegativeRules
+from hardneg.negatives.diagnostics import DIAGNOSTICS_FILE
+from hardneg.negatives.rules import NegativeRules
 
 
 def _rules_text(rules: dict[str, Any] | None) -> str:

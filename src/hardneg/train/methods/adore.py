@@ -180,7 +180,7 @@ def filter_ranked(
 ) -> np.ndarray:
     """Retrieved lists ``(B, K)`` with the documents that fail ``rules`` removed (issue 16).
 
-    The negative-selection rules (:class:`~hardneg.train.selection.NegativeRules`: margins against
+    The negative-selection rules (:class:`~hardneg.negatives.rules.NegativeRules`: margins against
     the query's positives' ``positive_scores``, ``max_score``, the window and ``num_negatives``, default
     the whole list) choose among each list's non-relevant documents by ``scores``. A document not
     chosen is *dropped* from the list: the rows after it move up and the end is padded with ``-1``
@@ -188,7 +188,7 @@ def filter_ranked(
     document (possibly an unjudged relevant one) is neither a negative nor an error counted above a
     positive by the ΔM weights. Relevant documents always stay.
     """
-    from hardneg.train.selection import select_one
+    from hardneg.negatives.selection import select_one
 
     retrieved = np.asarray(retrieved, dtype=np.int64)
     b, kk = retrieved.shape
@@ -279,7 +279,8 @@ class Adore(Method):
                 self.idcg[q] = ideal_dcg([int(g) for g in docs.values()], self.metric_k)
         logger.info("adore: %s index of %d documents (%s), metric %s, top-%d", cfg.index, len(self.index),
                     self.index_folder, cfg.metric, self.k)
-        from hardneg.train.selection import Diagnostics, TrainSelector
+        from hardneg.negatives.diagnostics import Diagnostics
+        from hardneg.train.methods.mining import TrainSelector
 
         # negative-selection rules applied to every step's top-K (filter_ranked); inactive by default
         self.selector = TrainSelector(ctx)
@@ -358,7 +359,8 @@ class Adore(Method):
         """This step's lists with the rule-failing documents dropped (:func:`filter_ranked`), and the
         step's log values: candidates and removals per rule. Scores: the teacher's when given, else the
         current query tower's ``<q, v>`` (unscaled, the index's); positives scored the same way."""
-        from hardneg.train.selection import Diagnostics, selection_rng
+        from hardneg.negatives.diagnostics import Diagnostics
+        from hardneg.negatives.selection import selection_rng
 
         relevant = [self.relevant.get(x, {}) for x in qids]
         teacher = self.selector.teacher

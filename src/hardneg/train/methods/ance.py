@@ -7,7 +7,10 @@ import shutil
 from pathlib import Path
 
 from hardneg import distributed as dist
+from hardneg.negatives.formats.files import write_negatives
+from hardneg.negatives.formats.tsv import read_negatives
 from hardneg.train.methods.base import MethodContext
+from hardneg.train.methods.mining import mine_with_model
 from hardneg.train.methods.static import StaticNeg
 
 logger = logging.getLogger("hardneg.train")
@@ -24,14 +27,9 @@ class Ance(StaticNeg):
         self._file = Path(ctx.config.out) / "refresh" / "negatives.tsv"
 
     def initial_candidates(self) -> dict[str, list[str]]:
-        from hardneg.train.methods.mining import mine_with_model
-
         return mine_with_model(self.ctx, self.ctx.model, selector=self.selector)
 
     def after_step(self, step: int) -> None:
-        from hardneg.train.methods.mining import mine_with_model
-        from hardneg.train.negatives import write_negatives
-
         if step % self.config.refresh_every or step >= self.config.max_steps:
             return
         model = self.ctx.model
@@ -52,8 +50,6 @@ class Ance(StaticNeg):
         return {**super().state_files(), **({"negatives.tsv": self._file} if self._file.is_file() else {})}
 
     def restore(self, checkpoint: Path) -> None:
-        from hardneg.train.negatives import read_negatives
-
         super().restore(checkpoint)  # the diagnostics of the refreshes so far
 
         saved = checkpoint / "negatives.tsv"

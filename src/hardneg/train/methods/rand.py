@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from hardneg.negatives.sampling import RandomNegatives
 from hardneg.train.losses import pairwise_loss
 from hardneg.train.methods.base import Method, MethodContext
 
@@ -19,8 +20,6 @@ class RandNeg(Method):
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
-        from hardneg.train.negatives import RandomNegatives
-
         self.n_negatives = self.config.n_negatives
         self.source = RandomNegatives(ctx.doc_ids, ctx.train_qrels, seed=self.config.seed)
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from hardneg.negatives.sampling import StaticNegatives, mine_negatives
+from hardneg.negatives.sources import load_candidates
+from hardneg.retrieval.bm25 import cached_bm25
 from hardneg.train.losses import pairwise_loss
 from hardneg.train.methods.base import Method, MethodContext
+from hardneg.train.methods.mining import TrainSelector, mine_with_model, select_from_lists
 
 
 class StaticNeg(Method):
@@ -13,11 +17,8 @@ class StaticNeg(Method):
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
-        from hardneg.train.negatives import StaticNegatives
-        from hardneg.train.selection import TrainSelector
-
         self.n_negatives = self.config.n_negatives
-        # the negative-selection rules (hardneg.train.selection): teacher, margins, window, sampling
+        # the negative-selection rules (hardneg.negatives.rules): teacher, margins, window, sampling
         self.selector = TrainSelector(ctx)
         candidates = self.initial_candidates()
         self.source = StaticNegatives(candidates, ctx.train_qrels, ctx.doc_ids,
@@ -31,9 +32,6 @@ class StaticNeg(Method):
         self.selector.restore(checkpoint)
 
     def initial_candidates(self) -> dict[str, list[str]]:
-        from hardneg.train.methods.mining import mine_with_model, select_from_lists
-        from hardneg.train.negatives import load_candidates
-
         if self.config.negatives:
             if self.selector.rules.active:  # the file's lists (up to the window's depth) go through the rules
                 lists = load_candidates(self.config.negatives, self.selector.depth(), dataset=self.ctx.dataset)
@@ -57,9 +55,6 @@ class BM25Neg(StaticNeg):
     name = "bm25neg"
 
     def initial_candidates(self) -> dict[str, list[str]]:
-        from hardneg.retrieval.bm25 import cached_bm25
-        from hardneg.train.negatives import mine_negatives
-
         ctx = self.ctx
         bm25 = cached_bm25(ctx.dataset, ctx.cache_dir)
         train_queries = {q: ctx.queries[q] for q in ctx.train_qrels}

@@ -1,4 +1,4 @@
-"""Sources of negative documents for training; none ever returns a positive.
+"""Sampling negatives for training (random, and from each query's top-k); none ever returns a positive.
 
 Positives
 ---------
@@ -18,35 +18,31 @@ always gives the same sample, independent of call order, process or how many
 draws came before, so a run resumed at step ``s`` sees exactly the negatives
 the uninterrupted run would have seen.
 
-Files
+Top-k
 -----
-Mined negatives are stored as ``qid<TAB>docid<TAB>rank`` lines (rank from 1),
-the same layout as an MS MARCO run; :func:`load_candidates` also accepts a TREC
-run (``qid Q0 docid rank score tag``) and tells the two apart by column count.
+:func:`mine_negatives` keeps the first ``topk`` non-positive documents of each
+query of a run, in rank order: the plain hard negatives, when no selection rule
+(:mod:`hardneg.negatives.rules`) is active.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
 from hardneg.data.records import Qrels
 from hardneg.errors import HardnegError
-from hardneg.retrieval.runs import Run, read_run, write_msmarco
+from hardneg.retrieval.runs import Run
 
 __all__ = [
     "RandomNegatives",
     "StaticNegatives",
     "check_sample_size",
     "check_topk",
-    "load_candidates",
     "mine_negatives",
     "positive_ids",
-    "read_negatives",
-    "write_negatives",
 ]
 
 _STREAM_RANDOM = 1
@@ -187,7 +183,7 @@ class StaticNegatives:
     """Hard negatives drawn from each query's top-``topk`` retrieved documents (STAR).
 
     ``candidates`` maps a query id to its retrieved doc ids in rank order (e.g.
-    from :func:`mine_negatives` or :func:`load_candidates`). Positives (grade
+    from :func:`mine_negatives` or :func:`hardneg.negatives.sources.load_candidates`). Positives (grade
     ``>= 1``) and repeated ids are removed first, then the first ``topk`` are
     kept: the pool is the top-``topk`` *non-positive* documents.
 
@@ -285,7 +281,7 @@ class StaticNegatives:
         return chosen + self._random._sample(qid, missing, step, chosen, _STREAM_FILL)
 
 
-# --------------------------------------------------------------------------- mining and files
+# --------------------------------------------------------------------------- top-k
 
 
 def mine_negatives(run: Run, positives: Qrels, topk: int = 200) -> dict[str, list[str]]:
@@ -309,56 +305,4 @@ def mine_negatives(run: Run, positives: Qrels, topk: int = 200) -> dict[str, lis
             if len(negs) == topk:
                 break
         out[qid] = negs
-    return out
-
-
-def write_negatives(path: str | Path, negatives: Mapping[str, Sequence[str]], file_format: str = "tsv", *,
-                    dataset=None, qrels: Qrels | None = None) -> dict[str, int] | None:
-    """Write ``qid<TAB>docid<TAB>rank`` lines (rank from 1, list order), atomically.
-
-    The layout is an MS MARCO run's (:func:`hardneg.retrieval.runs.write_msmarco`).
-    A query with an empty list writes no line (and so is absent when read back).
-    ``file_format`` ``st`` or ``tevatron`` writes those formats instead (they need ``dataset`` for the
-    texts; ``qrels`` default to its own): see :mod:`hardneg.train.negative_files`, which returns counts.
-    """
-    if file_format != "tsv":
-        from hardneg.train.negative_files import write_negative_file
-
-        if dataset is None:
-            raise HardnegError(f"writing negatives as {file_format!r} needs the dataset (for the texts)")
-        return write_negative_file(path, negatives, file_format, dataset=dataset, qrels=qrels)
-    write_msmarco({qid: [(d, -float(r)) for r, d in enumerate(docs)] for qid, docs in negatives.items()
-                   if docs}, path)
-    return None
-
-
-def read_negatives(path: str | Path) -> dict[str, list[str]]:
-    """Read a ``qid docid rank`` file (an MS MARCO run); lists ordered by rank.
-
-    Errors (:class:`InputError` with ``file:line``) are :func:`~hardneg.retrieval.runs.read_run`'s:
-    wrong column count, a non-integer or non-positive rank, a repeated ``(qid, docid)``
-    or ``(qid, rank)``, a missing file.
-    """
-    return {qid: [d for d, _ in results] for qid, results in read_run(path).items()}
-
-
-def load_candidates(
-    path: str | Path, topk: int, positives: Qrels | None = None, dataset=None
-) -> dict[str, list[str]]:
-    """Candidate lists from a negatives TSV (3 columns), a TREC run (6 columns), a Tevatron JSONL or
-    sentence-transformers data (JSONL or a ``datasets`` folder; needs ``dataset``).
-
-    The format is detected from the path and content (:func:`hardneg.train.negative_files.detect_format`;
-    between TSV and TREC, from the first line's column count). With ``dataset`` every id is checked
-    against it (``file:line`` errors). Each list keeps rank order; if ``positives`` is given they are
-    removed *before* keeping the first ``topk`` (so the result is the top-``topk`` non-positives).
-    """
-    from hardneg.train.negative_files import read_negative_file
-
-    topk = check_topk(topk)
-    lists = read_negative_file(path, dataset)
-    out: dict[str, list[str]] = {}
-    for qid, docs in lists.items():
-        pos = positive_ids(positives, qid) if positives is not None else set()
-        out[qid] = [d for d in docs if d not in pos][:topk]
     return out

@@ -1,0 +1,244 @@
+"""Teachers: a second model that rescores candidates (and positives) before the rules apply.
+
+A teacher is a bi-encoder hardneg loads (:class:`BiEncoderTeacher`) or a sentence-transformers CrossEncoder
+folder (:class:`CrossEncoderTeacher`), named by ``--teacher`` (:func:`load_teacher`). Its scores are cached by
+(teacher fingerprint, corpus fingerprint, query id, doc id) in memory and on disk
+(``<cache>/teacher_scores/<key>/part-*.tsv``, each line also holding a hash of the query text, so a changed
+query is rescored): an ANCE refresh or the next ADORE step does not rescore (:class:`TeacherScores`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hardneg.errors import HardnegError
+
+__all__ = ["BiEncoderTeacher", "CrossEncoderTeacher", "Teacher", "TeacherScores", "doc_texts", "is_cross_encoder",
+           "load_teacher"]
+
+
+class Teacher:
+    """Scores ``(query text, document text)`` pairs; ``fingerprint`` names its weights."""
+
+    fingerprint: str = ""
+    kind: str = ""
+
+    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+
+#: document vectors a bi-encoder teacher keeps in memory (ADORE rescoring every step re-meets the same documents)
+DOC_VECTOR_MEMO = 1_000_000
+#: (query, document) pairs scored at a time: a whole corpus per query (a deep rule window on a small corpus) for
+#: thousands of queries would otherwise be one (pairs x dim) matrix, 14 GB for NFCorpus's training queries
+PAIR_CHUNK = 65_536
+
+
+class BiEncoderTeacher(Teacher):
+    """A :class:`~hardneg.model.encoder.DualEncoder`: ``<query vector, document vector>``."""
+
+    kind = "bi-encoder"
+
+    def __init__(self, model, batch_size: int = 64) -> None:
+        from hardneg.model.encoder import weights_fingerprint
+
+        self.model, self.batch_size = model, batch_size
+        self._doc_vectors: dict[str, np.ndarray] = {}  # by text: each document is encoded once per run
+        ident = {"doc": model.side_identity("doc"), "query": model.side_identity("query"),
+                 "query_weights": weights_fingerprint(model.query_model)}
+        self.fingerprint = "bi-" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        import torch
+
+        from hardneg.index.encode import encode_texts
+
+        uq, ud = list(dict.fromkeys(queries)), list(dict.fromkeys(docs))
+        was = self.model.training
+        self.model.eval()
+        new = [t for t in ud if t not in self._doc_vectors]
+        if len(self._doc_vectors) + len(new) > DOC_VECTOR_MEMO:  # bounded: start over with this call's documents
+            self._doc_vectors.clear()
+            new = ud
+        with torch.no_grad():
+            qv = encode_texts(self.model, uq, "query", batch_size=self.batch_size)
+            if new:
+                self._doc_vectors.update(zip(new, encode_texts(self.model, new, "doc", batch_size=self.batch_size),
+                                             strict=True))
+        if was:
+            self.model.train()
+        row = {t: i for i, t in enumerate(uq)}
+        qi = np.array([row[t] for t in queries], dtype=np.int64)
+        out = np.empty(len(docs), dtype=np.float64)
+        for a in range(0, len(docs), PAIR_CHUNK):  # never a (pairs x dim) matrix of the whole request
+            dv = np.stack([self._doc_vectors[t] for t in docs[a:a + PAIR_CHUNK]])
+            out[a:a + len(dv)] = np.einsum("nd,nd->n", qv[qi[a:a + PAIR_CHUNK]], dv)
+        return out
+
+
+class CrossEncoderTeacher(Teacher):
+    """A sentence-transformers ``CrossEncoder`` folder: ``CrossEncoder.predict`` (its activation included)."""
+
+    kind = "cross-encoder"
+
+    def __init__(self, folder: str | Path, device: str | None = None, batch_size: int = 32) -> None:
+        from sentence_transformers import CrossEncoder
+
+        from hardneg.model.encoder import weights_fingerprint
+
+        try:
+            self.model = CrossEncoder(str(folder), device=device, local_files_only=True)
+        except Exception as exc:  # a broken folder: say which and why
+            raise HardnegError(f"{folder}: cannot load this CrossEncoder teacher: {exc}") from exc
+        self.batch_size = batch_size
+        act = type(self.model.activation_fn).__name__
+        self.fingerprint = "ce-" + hashlib.sha256(
+            f"{weights_fingerprint(self.model)}:{act}:{self.model.max_length}".encode()).hexdigest()[:16]
+
+    def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        if not queries:
+            return np.zeros(0)
+        out = self.model.predict(list(zip(queries, docs, strict=True)), batch_size=self.batch_size,
+                                 show_progress_bar=False, convert_to_numpy=True)
+        return np.asarray(out, dtype=np.float64).reshape(len(queries))
+
+
+def is_cross_encoder(folder: str | Path) -> bool:
+    """A sentence-transformers CrossEncoder folder: ``config_sentence_transformers.json`` says
+    ``model_type: CrossEncoder`` (ST >= 4 saves), or ``config.json``'s architecture is a
+    ``…ForSequenceClassification`` (older saves; what ``CrossEncoder`` loads as a reranker)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    st = folder / "config_sentence_transformers.json"
+    if st.is_file():
+        try:
+            if json.loads(st.read_text(encoding="utf-8")).get("model_type") == "CrossEncoder":
+                return True
+        except (OSError, ValueError):
+            pass
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        archs = json.loads(cfg.read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError):
+        return False
+    return bool(archs) and str(archs[0]).endswith("ForSequenceClassification")
+
+
+def load_teacher(name: str, *, device: str | None = None, batch_size: int = 64, model=None) -> Teacher:
+    """``name``: a CrossEncoder folder, or any model :meth:`DualEncoder.from_pretrained` loads.
+
+    ``model``: an already loaded encoder to use when it is the one ``name`` names (the start model)."""
+    if is_cross_encoder(name):
+        return CrossEncoderTeacher(name, device=device, batch_size=batch_size)
+    if model is not None:
+        return BiEncoderTeacher(model, batch_size)
+    from hardneg.model.encoder import DualEncoder
+
+    try:
+        encoder = DualEncoder.from_pretrained(name)
+    except HardnegError:
+        raise
+    except Exception as exc:
+        raise HardnegError(f"--teacher {name}: not a CrossEncoder folder, and no bi-encoder loads from it "
+                           f"({exc})") from exc
+    if device is not None:
+        encoder.to(device)
+    return BiEncoderTeacher(encoder.eval(), batch_size)
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=6).hexdigest()
+
+
+class TeacherScores:
+    """A teacher behind a cache keyed by (teacher fingerprint, corpus, query id, doc id).
+
+    Memory first, then ``folder`` (part files written once each, so concurrent writers never
+    collide). In memory the scores sit per (query id, hash of the query's text): a changed query text
+    is a miss. ``scored`` counts pairs the teacher actually scored, ``hits`` cache hits."""
+
+    def __init__(self, teacher: Teacher, folder: str | Path | None = None) -> None:
+        self.teacher = teacher
+        self.folder = Path(folder) if folder else None
+        self.memory: dict[tuple[str, str], dict[str, float]] = {}
+        self.scored = self.hits = 0
+        if self.folder is not None and self.folder.is_dir():
+            for part in sorted(self.folder.glob("part-*.tsv")):
+                for line in part.read_text(encoding="utf-8").splitlines():
+                    bits = line.split("\t")
+                    if len(bits) == 4:
+                        self.memory.setdefault((bits[0], bits[2]), {})[bits[1]] = float(bits[3])
+
+    @classmethod
+    def under(cls, teacher: Teacher, cache_dir: str | Path | None, corpus_key: str) -> TeacherScores:
+        """The cache for ``teacher`` over the corpus ``corpus_key`` under ``cache_dir``."""
+        folder = None
+        if cache_dir is not None:
+            folder = Path(cache_dir) / "teacher_scores" / f"{teacher.fingerprint}-{corpus_key[:16]}"
+        return cls(teacher, folder)
+
+    def forget(self, qids: Iterable[str]) -> None:
+        """Drop these queries' scores from memory (the files keep them)."""
+        drop = set(qids)
+        for key in [k for k in self.memory if k[0] in drop]:
+            del self.memory[key]
+
+    def scores(self, requests: Mapping[str, Sequence[str]], query_text: Mapping[str, str],
+               doc_text: Callable[[Sequence[str]], Mapping[str, str]]) -> dict[str, np.ndarray]:
+        """Scores of every ``(qid, docid)`` in ``requests``; only the pairs not cached are scored, in chunks
+        of :data:`PAIR_CHUNK` pairs (each written as one part file)."""
+        hashes = {q: _text_hash(query_text[q]) for q in requests}
+        missing: list[tuple[str, str]] = []
+        for qid, docs in requests.items():
+            known = self.memory.get((qid, hashes[qid]), {})
+            for d in dict.fromkeys(docs):
+                if d in known:
+                    self.hits += 1
+                else:
+                    missing.append((qid, d))
+        if missing:
+            texts = doc_text(sorted({d for _, d in missing}))
+            for a in range(0, len(missing), PAIR_CHUNK):
+                chunk = missing[a:a + PAIR_CHUNK]
+                values = self.teacher.score_pairs([query_text[q] for q, _ in chunk], [texts[d] for _, d in chunk])
+                new = []
+                for (q, d), v in zip(chunk, values, strict=True):
+                    self.memory.setdefault((q, hashes[q]), {})[d] = float(v)
+                    new.append(f"{q}\t{d}\t{hashes[q]}\t{float(v)!r}\n")
+                self.scored += len(chunk)
+                self._write(new)
+        return {q: np.array([self.memory[(q, hashes[q])][d] for d in docs], dtype=np.float64)
+                for q, docs in requests.items()}
+
+    def _write(self, lines: list[str]) -> None:
+        if self.folder is None or not lines:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"part-{os.getpid()}-{uuid.uuid4().hex[:12]}.tsv"
+        tmp = self.folder / f".{name}.tmp"
+        tmp.write_text("".join(lines), encoding="utf-8")
+        os.replace(tmp, self.folder / name)
+
+
+def doc_texts(dataset) -> Callable[[Sequence[str]], dict[str, str]]:
+    """``ids -> {id: full text}`` over ``dataset``'s corpus (one pass over the corpus per call)."""
+
+    def lookup(ids: Sequence[str]) -> dict[str, str]:
+        want = set(ids)
+        out = {d.doc_id: d.full_text() for d in dataset.iter_docs() if d.doc_id in want}
+        if len(out) < len(want):
+            raise HardnegError(f"{len(want) - len(out)} candidate documents (e.g. "
+                               f"{sorted(want - set(out))[0]!r}) are not in the corpus of {dataset.name}")
+        return out
+
+    return lookup
