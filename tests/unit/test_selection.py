@@ -1,5 +1,6 @@
-"""Negative-selection rules (hardneg.negatives): each rule on hand-made scores, properties,
-parity with sentence-transformers' mine_hard_negatives, a CrossEncoder teacher, ADORE with a rule."""
+"""Negative-selection rules (hardneg.negatives): each rule on hand-made scores, properties, the one declaration
+the CLI and TrainConfig are generated from, parity with sentence-transformers' mine_hard_negatives, a
+CrossEncoder teacher, ADORE with a rule."""
 
 from __future__ import annotations
 
@@ -251,6 +252,54 @@ def test_rules_in_config_and_fingerprint():
         TrainConfig(data=__file__, method="star", relative_margin=2.0).validate()
     assert NegativeRules.from_config(TrainConfig(data="x", teacher="t")).teacher == "t"
 
+
+# a rule added to the one declaration, in a fresh interpreter (the CLI and TrainConfig are built on import)
+_NEW_RULE = """
+import dataclasses, json, sys
+from typer.testing import CliRunner
+from hardneg.negatives import rules
+
+rules.NegativeRules = dataclasses.make_dataclass(
+    "NegativeRules", [("min_gap", float | None, rules.rule(None, "Test rule: keep a gap of this much."))],
+    bases=(rules.NegativeRules,), frozen=True)
+
+from hardneg.cli import app
+from hardneg.train.config import TrainConfig
+
+runner = CliRunner()
+calls = {"mine": ["mine", "--help"], "train": ["train", "static", "--help"],
+         "print": ["train", "static", "--min-gap", "0.25", "--print-config"], "bad": ["mine", "x", "--min-gap", "far"]}
+out = {name: [(r := runner.invoke(app, args)).exit_code, r.output] for name, args in calls.items()}
+out["fingerprint"] = TrainConfig(data="x", method="star").fingerprint()
+out["rules"] = rules.NegativeRules.from_config(TrainConfig(data="x", min_gap=0.5)).describe()
+json.dump(out, sys.stdout)
+"""
+
+
+def test_a_rule_declared_once_is_a_mine_and_a_train_flag():
+    """A field added to NegativeRules (and nowhere else) is a ``hardneg mine`` flag and a ``hardneg train`` flag
+    with its help text, a TrainConfig setting whose value reaches the rules, and leaves the fingerprint of a run
+    at its default unchanged (older checkpoints resume)."""
+    import os
+    import subprocess
+    import sys
+
+    from hardneg.train.config import TrainConfig
+
+    env = {**os.environ, "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", _NEW_RULE], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    for command in ("mine", "train"):
+        code, text = out[command]
+        assert code == 0 and "--min-gap" in text and "Test rule: keep a gap" in text, text
+    code, text = out["print"]
+    assert code == 0 and "min_gap: 0.25" in text, text
+    code, text = out["bad"]
+    assert code != 0 and "--min-gap" in text  # typed by its declaration: not a number
+    assert out["rules"]["min_gap"] == 0.5
+    assert out["fingerprint"] == TrainConfig(data="x", method="star").fingerprint()
+    assert "min_gap" not in NegativeRules.defaults()  # the declaration of this process is untouched
 
 
 # ----------------------------------------------------------------------------- parity with ST

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -23,6 +24,10 @@ from hardneg.cli.common import (
     side_kind,
     use_threads,
 )
+from hardneg.negatives.rules import NegativeRules
+
+#: the help panel of ``hardneg mine``'s selection flags
+RULES_PANEL = "Selection rules"
 
 
 def tokenize(
@@ -63,28 +68,10 @@ def mine(
     threads: ThreadsOpt = None,
     device: DeviceOpt = "auto",
     topic_field: TopicFieldOpt = "title",
-    range_min: Annotated[int, typer.Option("--range-min", rich_help_panel="Selection rules",
-        help="Skip the first N negatives (after the score rules), as sentence-transformers.")] = 0,
-    range_max: Annotated[int | None, typer.Option("--range-max", rich_help_panel="Selection rules",
-        help="Consider only the first N candidates (default: range_min + num_negatives x (10 with a score "
-             "rule, else 1) + max positives).")] = None,
-    absolute_margin: Annotated[float | None, typer.Option("--absolute-margin", rich_help_panel="Selection rules",
-        help="Drop a negative scoring above (positive score - margin).")] = None,
-    relative_margin: Annotated[float | None, typer.Option("--relative-margin", rich_help_panel="Selection rules",
-        help="Drop a negative scoring above (1 - margin) x the positive's score (0.05: NV-Retriever).")] = None,
-    max_score: Annotated[float | None, typer.Option("--max-score", rich_help_panel="Selection rules",
-        help="Drop a negative scoring above this.")] = None,
-    sampling_strategy: Annotated[str, typer.Option("--sampling-strategy", rich_help_panel="Selection rules",
-        help="`top` (the first num_negatives) or `random` (drawn from the window, seeded).")] = "top",
-    num_negatives: Annotated[int | None, typer.Option("--num-negatives", rich_help_panel="Selection rules",
-        help="Negatives written per query (default --topk).")] = None,
-    teacher: Annotated[str | None, typer.Option("--teacher", rich_help_panel="Selection rules",
-        help="Rescore candidates first: a bi-encoder hardneg loads or a CrossEncoder folder.")] = None,
-    margin_against: Annotated[str, typer.Option("--margin-against", rich_help_panel="Selection rules",
-        help="Margins against the lowest-scored positive (`min`, ST's) or the highest (`max`).")] = "min",
     chunk_size: Annotated[int, typer.Option("--chunk-size",
         help="Queries mined per chunk; progress is committed after each, so a rerun resumes (dense models "
              "round it up to a multiple of 4096).")] = 4096,
+    **rules: Any,
 ) -> None:
     """Mine hard negatives: the top-k non-positive documents of every training query (dense model or BM25).
 
@@ -93,25 +80,21 @@ def mine(
     from hardneg.data.cache import cache_dir_or_default
     from hardneg.data.load import parse_spec
     from hardneg.locks import output_lock
+    from hardneg.negatives.diagnostics import diagnostics_path_for
     from hardneg.negatives.formats.common import check_format
     from hardneg.negatives.sampling import check_topk
+    from hardneg.negatives.stream import mine_streamed
 
     check_format(file_format)
+    selection = NegativeRules(**rules)
     use_threads(threads)
     path, split = parse_spec(data)
     cache = cache_dir_or_default(cache_dir)
     dataset = open_dataset(f"{path}:{split or 'train'}", topic_field=topic_field, cache_dir=cache)
     qrels, queries = dataset.qrels(), dataset.queries()
     check_topk(topk, dataset.doc_count())
-    from hardneg.negatives.diagnostics import diagnostics_path_for
-    from hardneg.negatives.rules import NegativeRules
-    from hardneg.negatives.stream import mine_streamed
-
-    rules = NegativeRules(range_min=range_min, range_max=range_max, absolute_margin=absolute_margin,
-                          relative_margin=relative_margin, max_score=max_score, sampling_strategy=sampling_strategy,
-                          num_negatives=num_negatives, teacher=teacher, margin_against=margin_against)
     with output_lock(out):  # <out>.run.lock: one process per output (and its .partial)
-        done = mine_streamed(dataset, qrels, queries, model, rules, topk, cache, out, file_format,
+        done = mine_streamed(dataset, qrels, queries, model, selection, topk, cache, out, file_format,
                              batch_size=batch_size, chunk_size=chunk_size,
                              open_encoder=lambda: open_model(model, max_length=max_length, device=device),
                              show_progress=progress(), device=None if device == "auto" else device,
@@ -119,3 +102,22 @@ def mine(
     stats = done["stats"]
     rows = f" ({stats['rows']} rows)" if stats else ""
     info(f"{done['negatives']} hard negatives for {done['queries']} queries in {out}{rows}")
+
+
+def rule_options() -> list[inspect.Parameter]:
+    """One option per :class:`~hardneg.negatives.rules.NegativeRules` setting (its flag, type, default and
+    help): ``hardneg mine``'s selection flags, generated from their one declaration."""
+    return [inspect.Parameter(s.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=s.default,
+                              annotation=Annotated[s.type, typer.Option(s.flag, help=s.help,
+                                                                        rich_help_panel=RULES_PANEL)])
+            for s in NegativeRules.settings()]
+
+
+def _mine_signature() -> inspect.Signature:
+    """``mine``'s own options, with the selection flags before ``--chunk-size`` (what typer builds it from)."""
+    own = [p for p in inspect.signature(mine, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    at = [p.name for p in own].index("chunk_size")
+    return inspect.Signature([*own[:at], *rule_options(), *own[at:]])
+
+
+mine.__signature__ = _mine_signature()  # type: ignore[attr-defined]

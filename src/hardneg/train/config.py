@@ -37,10 +37,10 @@ ADORE_REDUCTIONS = ("query", "global")
 
 #: settings added after the first checkpoints were written, and their defaults (see ``fingerprint``)
 LATER_DEFAULTS: dict[str, Any] = {"rand_batch_positives": True, "patience": 0, "dev_carve": "queries"}
-#: the negative-selection rules (issue 16) and their defaults (no rule active: today's behaviour)
-SELECTION_DEFAULTS: dict[str, Any] = {"range_min": 0, "range_max": None, "absolute_margin": None,
-                                      "relative_margin": None, "max_score": None, "sampling_strategy": "top",
-                                      "num_negatives": None, "teacher": None, "margin_against": "min"}
+#: the negative-selection rules (issue 16), declared once by hardneg.negatives.rules.NegativeRules: TrainConfig's
+#: fields of the same names are generated from them (their defaults: no rule active, today's behaviour)
+SELECTION_SETTINGS = NegativeRules.settings()
+SELECTION_DEFAULTS: dict[str, Any] = NegativeRules.defaults()
 LATER_DEFAULTS.update(SELECTION_DEFAULTS)
 LATER_DEFAULTS.update({"nprobe": None, "ef_search": None})  # ADORE's search parameters (the index's own if unset)
 
@@ -59,7 +59,7 @@ OPTIMISATION, ENCODER, NEGATIVES, ADORE, EVALUATION, CHECKPOINTS = (
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS, "optimizer": OPTIMIZERS, "loss": LOSSES, "precision": PRECISIONS,
     "star_mixing": STAR_MIXINGS, "adore_loss": ADORE_LOSSES, "adore_positives": ADORE_POSITIVES,
-    "adore_reduction": ADORE_REDUCTIONS, "sampling_strategy": ("top", "random"), "margin_against": ("min", "max"),
+    "adore_reduction": ADORE_REDUCTIONS, **{s.name: s.choices for s in SELECTION_SETTINGS if s.choices},
     "dev_carve": ("queries", "documents"),
 }
 #: whole-number settings that must be at least 1
@@ -124,28 +124,10 @@ class TrainConfig(BaseModel):
     rand_batch_positives: bool = setting(
         True, "rand: the batch's other positives are negatives too (default), or only the sampled "
         "negatives of the batch (DRhard's RobertaDot_Rand: --no-rand-batch-positives).", panel=NEGATIVES)
-    # negative-selection rules (hardneg.negatives.rules; sentence-transformers' mine_hard_negatives names)
-    range_min: int = setting(0, "Skip the first N negatives (after the score rules; ST's range_min).",
-                             panel=NEGATIVES)
-    range_max: int | None = setting(
-        None, "Consider only the first N candidates (default: range_min + num_negatives x (10 with a score "
-        "rule, else 1) + max positives, as ST).", panel=NEGATIVES)
-    absolute_margin: float | None = setting(
-        None, "Drop a negative scoring above (positive score - margin).", panel=NEGATIVES)
-    relative_margin: float | None = setting(
-        None, "Drop a negative scoring above (1 - margin) x the positive's score (0.05: NV-Retriever's "
-        "TopK-PercPos).", panel=NEGATIVES)
-    max_score: float | None = setting(None, "Drop a negative scoring above this.", panel=NEGATIVES)
-    sampling_strategy: str = setting("top", "top (the first num_negatives kept) or random (drawn from the "
-                                     "window).", panel=NEGATIVES)
-    num_negatives: int | None = setting(
-        None, "Negatives kept per query after the rules (static/star/ance: the pool; default --topk; adore: "
-        "the whole list).", panel=NEGATIVES)
-    teacher: str | None = setting(
-        None, "Rescore candidates before the rules: a bi-encoder hardneg loads or a CrossEncoder folder "
-        "(scores cached).", panel=NEGATIVES)
-    margin_against: str = setting("min", "Margins against the query's lowest-scored positive (min, ST's) or "
-                                  "its highest (max).", panel=NEGATIVES)
+    # negative-selection rules: one field per NegativeRules setting (name, type, default, help), generated here in
+    # declaration order from their one declaration (hardneg.negatives.rules; sentence-transformers' names)
+    __annotations__.update({s.name: s.type for s in SELECTION_SETTINGS})
+    locals().update({s.name: setting(s.default, s.help, panel=NEGATIVES) for s in SELECTION_SETTINGS})
     # adore: ``model`` (CLI --model or --doc-model) is the fixed document encoder; training starts the
     # query tower from it (or from its query_tower/ when it is itself an ADORE output)
     index: str = setting("flat", "adore: the fixed index searched every step: flat, pq<M>, ivfpq, ... "
