@@ -87,7 +87,7 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}")
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:
@@ -116,7 +116,7 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -151,7 +151,7 @@ def commit_dir(tmp_dir: str | Path, final_dir: str | Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp_dir, final_dir)
-    _fsync_dir(final_dir.parent)
+    fsync_dir(final_dir.parent)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -164,7 +164,7 @@ def _fsync_tree(folder: Path) -> None:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-        _fsync_dir(Path(root))
+        fsync_dir(Path(root))
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from hardneg.errors import HardnegError
-from hardneg.io import _fsync_dir, read_json, write_json, writing
+from hardneg.io import fsync_dir, read_json, write_json, writing
 from hardneg.negatives.diagnostics import Diagnostics, StreamDiagnostics, write_diagnostics
 from hardneg.negatives.formats.common import check_format, check_output
 from hardneg.negatives.formats.tsv import tsv_records
@@ -287,7 +287,7 @@ def _publish(job: _Job, state: dict, diag: StreamDiagnostics, teacher: TeacherSc
         with open(job.data_file, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(job.data_file, job.out)
-    _fsync_dir(job.out.parent)
+    fsync_dir(job.out.parent)
     return None
 
 

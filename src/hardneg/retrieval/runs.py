@@ -60,7 +60,8 @@ def sort_run(run: Run) -> Run:
     return {qid: _sorted_results(results) for qid, results in run.items()}
 
 
-def _check_id(kind: str, value: str) -> None:
+def check_run_id(kind: str, value: str) -> None:
+    """Refuse an id a whitespace-separated run file cannot hold (empty, or with white space)."""
     if not value or any(ch.isspace() for ch in value):
         raise HardnegError(
             f"cannot write {kind} {value!r} to a run file: ids must be non-empty and "
@@ -81,12 +82,12 @@ def write_trec(run: Run, path: str | Path, tag: str = "hardneg") -> None:
     Each query's list is (stably) sorted by score first, so the rank column
     always agrees with the scores.
     """
-    _check_id("run tag", tag)
+    check_run_id("run tag", tag)
     with atomic_write(path) as fh:
         for qid, results in run.items():
-            _check_id("query id", qid)
+            check_run_id("query id", qid)
             for rank, (docid, score) in enumerate(_sorted_results(results), start=1):
-                _check_id("doc id", docid)
+                check_run_id("doc id", docid)
                 fh.write(f"{qid} Q0 {docid} {rank} {_format_score(score)} {tag}\n")
 
 
@@ -94,9 +95,9 @@ def write_msmarco(run: Run, path: str | Path) -> None:
     """Write ``qid<TAB>docid<TAB>rank`` lines (rank from 1), atomically."""
     with atomic_write(path) as fh:
         for qid, results in run.items():
-            _check_id("query id", qid)
+            check_run_id("query id", qid)
             for rank, (docid, _score) in enumerate(_sorted_results(results), start=1):
-                _check_id("doc id", docid)
+                check_run_id("doc id", docid)
                 fh.write(f"{qid}\t{docid}\t{rank}\n")
 
 

@@ -9,19 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from hardneg.errors import HardnegError
 from hardneg.io import atomic_write
-from hardneg.retrieval.runs import read_run
+from hardneg.retrieval.runs import check_run_id, read_run
 
 __all__ = ["read_negatives", "tsv_lines", "tsv_records", "write_tsv"]
-
-
-def _check_id(kind: str, value: str) -> None:  # the rule of hardneg.retrieval.runs' writers
-    if not value or any(ch.isspace() for ch in value):
-        raise HardnegError(
-            f"cannot write {kind} {value!r} to a run file: ids must be non-empty and "
-            "contain no whitespace (the TREC and MS MARCO formats are whitespace separated)"
-        )
 
 
 def tsv_lines(negatives: Mapping[str, Sequence[str]]) -> Iterator[str]:
@@ -29,9 +20,9 @@ def tsv_lines(negatives: Mapping[str, Sequence[str]]) -> Iterator[str]:
     for qid, docs in negatives.items():
         if not docs:
             continue
-        _check_id("query id", qid)
+        check_run_id("query id", qid)
         for rank, d in enumerate(docs, start=1):
-            _check_id("doc id", d)
+            check_run_id("doc id", d)
             yield f"{qid}\t{d}\t{rank}\n"
 
 
