@@ -74,7 +74,7 @@ def _base_recipe(data: Path, model: Path, cache: Path) -> dict:
 def test_base_of_a_static_system_is_its_start_and_mining_model(tmp_path, tiny_model_dir, monkeypatch):
     from conftest import write_tiny_train
     from hardneg.model.encoder import DualEncoder
-    from hardneg.train.methods import mining
+    from hardneg.train.methods import static
 
     data = write_tiny_train(tmp_path / "data")
     raw = _base_recipe(data, tiny_model_dir, tmp_path / "cache")
@@ -84,13 +84,13 @@ def test_base_of_a_static_system_is_its_start_and_mining_model(tmp_path, tiny_mo
     assert stage.deps == ["train-rand"] and stage.settings["model"] == str(rand_model)
 
     mined_with = []
-    original = mining.mine_with_model
+    original = static.mine_with_model
 
     def recording(ctx, model, *args, **kwargs):
         mined_with.append(model.identity()["weights"]["doc"])
         return original(ctx, model, *args, **kwargs)
 
-    monkeypatch.setattr(mining, "mine_with_model", recording)  # static/star import it from mining when mining
+    monkeypatch.setattr(static, "mine_with_model", recording)  # what static calls to mine with the start model
     exp.run(only=["train-st"])
     assert mined_with, "static mined no negatives"
     assert mined_with[0] == DualEncoder.from_pretrained(str(rand_model)).identity()["weights"]["doc"]

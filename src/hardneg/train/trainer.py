@@ -47,6 +47,7 @@ from hardneg.devices import faiss_placement, resolve_device
 from hardneg.errors import HardnegError
 from hardneg.io import write_json
 from hardneg.model.encoder import DualEncoder
+from hardneg.negatives.drift import track
 from hardneg.train.checkpoint import (
     CHECKPOINT_VERSION,
     NullLog,
@@ -364,8 +365,6 @@ class Trainer:
                 bar.set_postfix(loss=f"{totals['loss']:.4f}", qps=f"{record['queries_per_s']:.1f}")
                 done = step + 1
                 if cfg.track_every and done % cfg.track_every == 0:
-                    from hardneg.negatives.drift import track
-
                     log.write(track(self, done), "track")  # before a refresh, which would reset the overlap
                 self.method.after_step(done)
                 if done % cfg.dev_every == 0 or done == cfg.max_steps:

@@ -55,8 +55,11 @@ from hardneg.index.faiss_index import FaissIndex, factory_string
 from hardneg.io import read_json, write_json
 from hardneg.model.encoder import weights_fingerprint
 from hardneg.model.registry import resolve_model
+from hardneg.negatives.diagnostics import Diagnostics
+from hardneg.negatives.selection import select_one, selection_rng
 from hardneg.train.losses import delta_mrr, delta_ndcg, ideal_dcg, lambda_pairwise
 from hardneg.train.methods.base import Method, MethodContext, StepBatch
+from hardneg.train.methods.mining import TrainSelector
 from hardneg.train.methods.settings import parse_adore_metric
 from hardneg.train.steps import Laps, clock, encode_rows
 
@@ -188,8 +191,6 @@ def filter_ranked(
     document (possibly an unjudged relevant one) is neither a negative nor an error counted above a
     positive by the ΔM weights. Relevant documents always stay.
     """
-    from hardneg.negatives.selection import select_one
-
     retrieved = np.asarray(retrieved, dtype=np.int64)
     b, kk = retrieved.shape
     max_pos = max((len(r) for r in relevant), default=0)
@@ -279,9 +280,6 @@ class Adore(Method):
                 self.idcg[q] = ideal_dcg([int(g) for g in docs.values()], self.metric_k)
         logger.info("adore: %s index of %d documents (%s), metric %s, top-%d", cfg.index, len(self.index),
                     self.index_folder, cfg.metric, self.k)
-        from hardneg.negatives.diagnostics import Diagnostics
-        from hardneg.train.methods.mining import TrainSelector
-
         # negative-selection rules applied to every step's top-K (filter_ranked); inactive by default
         self.selector = TrainSelector(ctx)
         self.rules = self.selector.rules
@@ -359,9 +357,6 @@ class Adore(Method):
         """This step's lists with the rule-failing documents dropped (:func:`filter_ranked`), and the
         step's log values: candidates and removals per rule. Scores: the teacher's when given, else the
         current query tower's ``<q, v>`` (unscaled, the index's); positives scored the same way."""
-        from hardneg.negatives.diagnostics import Diagnostics
-        from hardneg.negatives.selection import selection_rng
-
         relevant = [self.relevant.get(x, {}) for x in qids]
         teacher = self.selector.teacher
         if teacher is not None:
