@@ -50,7 +50,7 @@ Differences from ``mine_hard_negatives`` (deliberate):
   it (counted as ``no_positive_score``);
 - there is no ``min_score``.
 
-ADORE (:mod:`hardneg.train.adore`) applies the same rules to each step's top-K with the current query
+ADORE (:mod:`hardneg.train.methods.adore`) applies the same rules to each step's top-K with the current query
 tower's scores (or the teacher's): a removed document is dropped from the ranked list before pairs
 and ranks are formed (the list is compacted, padded with "no result"), so it is neither a negative
 nor counted as an error above a positive by the ΔM weights.
