@@ -22,6 +22,20 @@ keys must match the model exactly, except
 
 Anything else (an unknown or missing key, a shape mismatch) is a :class:`HardnegError`
 naming the file and the first keys.
+
+DRhard's text (``preprocess.py`` with ``star_tokenizer.py``, transformers 2.8's ``RobertaTokenizer``
+loaded with ``do_lower_case=True`` and called as ``encode(text, add_special_tokens=True,
+max_length=..., truncation=True)``): a space is put in front unless the text starts with
+whitespace, the text is lower-cased character by character, trailing whitespace is dropped, then
+roberta-base's byte-level BPE, ``<s> … </s>``, truncated to the max length with ``</s>`` kept.
+transformers 5 ignores ``do_lower_case`` for RoBERTa and adds no prefix space (DRhard's README
+warns that 3.x and 4.x differ too): a released checkpoint would read cased ids without the space.
+:func:`drhard_tokenizer` sets a byte-level BPE tokenizer to DRhard's rules in its own pipeline
+(normaliser ``Strip(right)`` + ``Lowercase``, ``ByteLevel(add_prefix_space=True)``), so every
+caller and every saved copy tokenises alike.
+
+DRhard's ``RobertaDot`` sets ``config.return_dict = False`` under transformers 4, so its
+``config.json`` may say so; :func:`load_drhard` turns it back on (hardneg reads named outputs).
 """
 
 from __future__ import annotations
@@ -251,6 +265,7 @@ def load_drhard(folder: Path, dtype: torch.dtype | None = None) -> HeadTower:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:
         raise HardnegError(f"{folder}: could not read config.json: {exc}") from exc
+    config.return_dict = True  # DRhard's RobertaDot writes "return_dict": false; the forward returns named outputs
     try:  # DRhard builds RobertaModel(config, add_pooling_layer=False)
         base = AutoModel.from_config(config, add_pooling_layer=False)
     except TypeError:
@@ -297,6 +312,57 @@ def load_drhard(folder: Path, dtype: torch.dtype | None = None) -> HeadTower:
         tower.to(dtype)
     logger.info("%s: DRhard RobertaDot checkpoint (CLS -> Linear %d->%d -> LayerNorm)", file, hidden, out_dim)
     return tower.eval()
+
+
+def _drhard_pipeline(backend_state: dict):
+    """A copy of a byte-level BPE ``tokenizers.Tokenizer`` (its JSON state) with DRhard's text rules."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers  # with transformers: when a model is loaded
+
+    backend = Tokenizer.from_str(json.dumps(backend_state))
+    backend.no_truncation()
+    backend.no_padding()
+    # transformers 2.8: ``split_on_token`` rstrips the text; ``do_lower_case`` lowers it one character at a time
+    # (``Lowercase`` maps each character too: Greek final sigma stays σ, as in DRhard)
+    backend.normalizer = normalizers.Sequence([normalizers.Strip(left=False, right=True), normalizers.Lowercase()])
+    trim = (backend_state.get("pre_tokenizer") or {}).get("trim_offsets", True)
+    # RobertaTokenizer.prepare_for_tokenization: a space in front when special tokens are added (DRhard: always)
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, trim_offsets=trim, use_regex=True)
+    return backend
+
+
+def drhard_tokenizer(tokenizer, source: Path | str = ""):
+    """``tokenizer`` set to tokenise as DRhard did (module docstring): lower-cased, a prefix space, trailing
+    whitespace dropped, ``<s> … </s>``.
+
+    Only a byte-level BPE tokenizer without a normaliser of its own (roberta-base's, which DRhard used) can be
+    set so; any other is returned unchanged with a warning. One already set is returned as is. The result is
+    a ``transformers`` fast tokenizer whose ``tokenizer.json`` carries the rules, so ``save_pretrained`` copies
+    (hardneg's saved encoders, sentence-transformers exports) load back with them through ``AutoTokenizer``.
+    Not reproduced (no MS MARCO text has them): a text starting with whitespace other than a space (DRhard
+    adds no space there), special-token strings such as ``<s>`` inside a text.
+    """
+    from transformers import PreTrainedTokenizerFast  # heavy: imported when a model is loaded
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    state = json.loads(backend.to_str()) if backend is not None else {}
+    pre = state.get("pre_tokenizer") or {}
+    if (state.get("model") or {}).get("type") != "BPE" or pre.get("type") != "ByteLevel":
+        logger.warning("%s: not a byte-level BPE tokenizer such as roberta-base's, which DRhard checkpoints were "
+                       "trained with; DRhard's tokenisation (lower-case, prefix space) is not applied", source)
+        return tokenizer
+    drhard = _drhard_pipeline(state)
+    new_state = json.loads(drhard.to_str())
+    if all(new_state.get(k) == state.get(k) for k in ("normalizer", "pre_tokenizer")):
+        return tokenizer
+    if state.get("normalizer") is not None:
+        logger.warning("%s: the tokenizer has a normaliser of its own (%s); roberta-base's, which DRhard checkpoints "
+                       "were trained with, has none: DRhard's tokenisation is not applied", source,
+                       state["normalizer"].get("type"))
+        return tokenizer
+    logger.info("%s: DRhard's tokenisation (lower-case, prefix space, trailing whitespace dropped)", source)
+    return PreTrainedTokenizerFast(tokenizer_object=drhard, model_max_length=tokenizer.model_max_length,
+                                   padding_side=tokenizer.padding_side, truncation_side=tokenizer.truncation_side,
+                                   **tokenizer.special_tokens_map)
 
 
 # ----------------------------------------------------------------------------- sentence-transformers heads
@@ -383,6 +449,7 @@ __all__ = [
     "HeadTower",
     "attach_sentence_transformers_head",
     "check_keys",
+    "drhard_tokenizer",
     "is_drhard_checkpoint",
     "load_drhard",
     "sentence_transformers_head",

@@ -55,6 +55,7 @@ from hardneg.model.drhard import (
     HeadTower,
     attach_sentence_transformers_head,
     check_keys,
+    drhard_tokenizer,
     drop_missing_pooler,
     is_drhard_checkpoint,
     load_drhard,
@@ -105,6 +106,7 @@ def _auto_load(folder: Path, dtype: torch.dtype | None) -> nn.Module:
                                                 **kwargs)
     except Exception as exc:
         raise HardnegError(f"{folder}: could not load the transformer: {exc}") from exc
+    model.config.return_dict = True  # a config.json saying "return_dict": false would make the forward a tuple
     file = weights_file(folder)
     if info.get("error_msgs"):
         raise HardnegError(f"{file}: could not load the weights: {'; '.join(map(str, info['error_msgs']))}")
@@ -146,19 +148,21 @@ def _folder_settings(folder: Path) -> dict:
     return settings
 
 
-def _load_tokenizer(folder: Path, tokenizer: str | os.PathLike[str] | None):
-    """``(tokenizer, its folder)``: the model folder's, or ``tokenizer``'s (a folder or a model name)."""
+def _load_tokenizer(folder: Path, tokenizer: str | os.PathLike[str] | None, drhard: bool = False):
+    """``(tokenizer, its folder)``: the model folder's, or ``tokenizer``'s (a folder or a model name);
+    ``drhard``: set to DRhard's tokenisation (:func:`~hardneg.model.drhard.drhard_tokenizer`)."""
     from transformers import AutoTokenizer  # heavy: imported when a model is loaded
 
     tok_dir = folder if tokenizer is None else _tokenizer_dir(tokenizer)
     try:
         if not _has_vocabulary(tok_dir):  # transformers 5 would build an empty tokenizer from config.json
             raise HardnegError("the folder has no tokenizer files (tokenizer.json, vocab.txt, vocab.json, ...)")
-        return AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True), tok_dir
+        tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
     except Exception as exc:
         hint = ("; DRhard checkpoints ship without a tokenizer: pass tokenizer='roberta-base' "
                 "(or a folder holding it)") if tokenizer is None and is_drhard_checkpoint(folder) else ""
         raise HardnegError(f"{tok_dir}: could not load the tokenizer: {exc}{hint}") from exc
+    return (drhard_tokenizer(tok, tok_dir) if drhard else tok), tok_dir
 
 
 def _fit_lengths(config: EncoderConfig, model: nn.Module) -> None:
@@ -173,9 +177,9 @@ def _fit_lengths(config: EncoderConfig, model: nn.Module) -> None:
 
 
 def _separate_query_tower(query_model: str | os.PathLike[str], tok, tok_dir: Path, doc_model: nn.Module,
-                          doc_name: str, dtype: torch.dtype | None) -> nn.Module:
+                          doc_name: str, dtype: torch.dtype | None, drhard: bool = False) -> nn.Module:
     """The query tower loaded from ``query_model``: it must read the document tower's tokenizer ids
-    and give vectors of the documents' size."""
+    and give vectors of the documents' size (``drhard``: both tokenise as DRhard did)."""
     from transformers import AutoTokenizer  # heavy: imported when a model is loaded
 
     qfolder = resolve_model(query_model)
@@ -184,6 +188,8 @@ def _separate_query_tower(query_model: str | os.PathLike[str], tok, tok_dir: Pat
             qtok = AutoTokenizer.from_pretrained(str(qfolder), local_files_only=True)
         except Exception as exc:
             raise HardnegError(f"{qfolder}: could not load the tokenizer: {exc}") from exc
+        if drhard:
+            qtok = drhard_tokenizer(qtok, qfolder)
         if tokenizer_fingerprint(qtok) != tokenizer_fingerprint(tok):
             raise HardnegError(f"{qfolder}: its tokenizer differs from {tok_dir}'s; the two towers "
                                "must share one tokenizer")
@@ -260,13 +266,17 @@ class DualEncoder(nn.Module):
         if shared is not None:
             settings["shared"] = shared
         config = EncoderConfig.from_dict(settings)
-        tok, tok_dir = _load_tokenizer(folder, tokenizer)
+        # a DRhard tower (STAR, ADORE's query encoder) reads ids as DRhard's preprocessing made them
+        drhard = is_drhard_checkpoint(folder) or (query_model is not None
+                                                   and is_drhard_checkpoint(resolve_model(query_model)))
+        tok, tok_dir = _load_tokenizer(folder, tokenizer, drhard)
         doc_model = load_tower(folder, dtype)
         _fit_lengths(config, doc_model)
         query_tower = None
         source = str(name_or_path or folder)
         if query_model is not None:
-            query_tower = _separate_query_tower(query_model, tok, tok_dir, doc_model, str(name_or_path), dtype)
+            query_tower = _separate_query_tower(query_model, tok, tok_dir, doc_model, str(name_or_path), dtype,
+                                                drhard)
             source = f"query={query_model},doc={source}"
         elif not config.shared:
             qdir = folder / QUERY_TOWER_DIR
@@ -305,7 +315,9 @@ class DualEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, side: Side = "doc") -> torch.Tensor:
         tower = self.tower(side)
         out = tower(input_ids=input_ids, attention_mask=attention_mask)
-        return self.pool(out.last_hidden_state, attention_mask, tower)
+        # a tuple when a tower's config says return_dict false (the loaders turn it on; a tower set up by hand may not)
+        hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
+        return self.pool(hidden, attention_mask, tower)
 
     # ------------------------------------------------------------------ texts
     def max_length(self, side: Side) -> int:
