@@ -4,6 +4,8 @@
 ``cuda:N``. Asking for CUDA where there is none is a :class:`DeviceError`
 (exit 2) that says what was found. Under torchrun the rank's GPU wins: the
 launcher already chose it (``LOCAL_RANK``), so ``auto``/``cuda`` map to it.
+:func:`place_index` puts a Faiss index beside the encoder: on the rank's own GPU
+under torchrun, on every GPU in one process.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import re
 import torch
 
 from hardneg.errors import HardnegError
-from hardneg.index import faiss_index
+from hardneg.index import faiss_gpu, faiss_index
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +85,24 @@ def faiss_placement(device: torch.device, *, quiet: bool = False) -> str:
         log.warning("the encoder runs on %s but the installed Faiss has no GPU support, so searches run "
                     "on the CPU (pip install faiss-gpu-cu12 for GPU search)", device)
     return "cpu"
+
+def place_index(index: faiss_index.FaissIndex, device: torch.device, *, fp16: bool = False,
+                required: bool = False, quiet: bool = True) -> bool:
+    """Search ``index`` on GPU Faiss when the encoder's ``device`` is CUDA and the installed Faiss has GPUs;
+    returns whether it does. The one call for every caller that holds an encoder and an index.
+
+    Under a multi-process launch (torchrun) the index goes on ``device``, the rank's own GPU, so that
+    ranks never stack copies on one GPU; in one process on every GPU (replicated, or sharded when it does
+    not fit one: :meth:`FaissIndex.to_gpu`). ``fp16``: a flat index stored in float16 (``--index-fp16``).
+    ``required``: a refusal (HNSW, a PQ size Faiss's GPU kernels lack, too big) or a CPU-only Faiss is a
+    :class:`HardnegError` rather than a warning. ``quiet``: the CPU-only-Faiss warning is left to
+    :func:`faiss_placement` called once elsewhere."""
+    if device.type != "cuda":
+        return False
+    if faiss_placement(device, quiet=quiet) != "gpu":
+        if required:
+            raise DeviceError(f"GPU search was asked for on {device}, but the installed Faiss has no GPU support "
+                              "(faiss-cpu); pip install faiss-gpu-cu12, or search on the CPU")
+        return False
+    target = device if faiss_gpu.multi_process() else None
+    return index.to_gpu(target, fp16=fp16, required=required)

@@ -56,3 +56,35 @@ def test_faiss_placement_never_silent(monkeypatch, caplog):
     assert "no GPU support" in caplog.text
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1, raising=False)
     assert faiss_placement(torch.device("cuda", 0)) == "gpu"
+
+
+def test_place_index_puts_the_index_beside_the_encoder(monkeypatch):
+    """Which GPU(s) :func:`place_index` hands to ``FaissIndex.to_gpu``: none for a CPU encoder; every GPU
+    (``None``) in one process; the encoder's own GPU under a multi-process launch; and a CPU-only Faiss is
+    a warning, or an error when GPU search is required."""
+    import faiss
+
+    from hardneg.devices import place_index
+    from hardneg.index import faiss_gpu
+
+    calls = []
+
+    class Index:
+        def to_gpu(self, device=None, *, fp16=False, required=False, mode=None):
+            calls.append((device, fp16, required))
+            return True
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2, raising=False)
+    for name in ("LOCAL_WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert place_index(Index(), torch.device("cpu")) is False and calls == []
+    assert place_index(Index(), torch.device("cuda", 1), fp16=True) is True
+    assert calls[-1] == (None, True, False)  # one process: every GPU
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert faiss_gpu.multi_process()
+    place_index(Index(), torch.device("cuda", 1), required=True)
+    assert calls[-1] == (torch.device("cuda", 1), False, True)  # torchrun: the rank's own GPU only
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0, raising=False)
+    assert place_index(Index(), torch.device("cuda", 0)) is False and len(calls) == 2
+    with pytest.raises(DeviceError, match="no GPU support"):
+        place_index(Index(), torch.device("cuda", 0), required=True)

@@ -21,10 +21,10 @@ by batch; peak memory is the index's own storage plus one batch.
 parameter is refused. Defaults given at build time are kept in the manifest (``search``).
 
 Rows keep the embeddings' order; original ids are stored beside the index
-(``ids.json``) and searches return them. :meth:`FaissIndex.to_gpu` moves search to the
-GPUs of a GPU Faiss build: the index is replicated on every GPU when it fits in one
-GPU's free memory, else sharded across them (:func:`gpu_plan`;
-``HARDNEG_FAISS_GPU=replicate|shard`` forces either). A failed move is never silent.
+(``ids.json``) and searches return them. :meth:`FaissIndex.to_gpu` moves search to GPU
+Faiss (:mod:`hardneg.index.faiss_gpu` decides how: ``pq<M>`` goes as ``IVF1,PQ<M>``, fp16
+lookup tables where Faiss needs them, ``fp16`` storage for flat; one GPU per rank under
+torchrun, else replicated or sharded over all GPUs). A failed move is never silent.
 """
 
 from __future__ import annotations
@@ -43,17 +43,14 @@ import torch
 from tqdm.auto import tqdm
 
 from hardneg.errors import HardnegError, MismatchError
+from hardneg.index import faiss_gpu
+from hardneg.index.faiss_gpu import GPU_MAX_K, GpuMove, GpuRefusal, faiss_message, index_nbytes, unwrap
 from hardneg.io import commit_dir, read_json, write_json, writing
 
 INDEX_VERSION = 1
 
 #: rows converted to float32 and added to an index at a time
 ADD_BATCH = 65_536
-#: environment variable forcing how :meth:`FaissIndex.to_gpu` spreads an index over several GPUs
-GPU_MODE_ENV = "HARDNEG_FAISS_GPU"
-GPU_MODES = ("auto", "replicate", "shard")
-#: share of a GPU's free memory an index may take (the rest: Faiss's scratch space, the encoder)
-GPU_HEADROOM = 0.8
 #: hardneg's names of Faiss's search parameters (CLI flag, Faiss name, which kinds have it)
 SEARCH_PARAMS = {
     "nprobe": ("--nprobe", "nprobe", "IVF indexes (ivfpq, ivf<L>pq<M>, factory:...IVF...)"),
@@ -76,10 +73,19 @@ def import_faiss():
     return faiss
 
 
+def default_threads() -> int:
+    """This process's share of the cores it may run on: all of them, divided by the processes a
+    launcher started on this machine (torchrun's ``LOCAL_WORLD_SIZE``), so that ranks' OpenMP threads
+    do not oversubscribe the cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    return max(1, cores // local)
+
+
 def set_threads(n: int | None = None) -> int:
-    """Use ``n`` (default: all) cores for Faiss and torch."""
+    """Use ``n`` (default: :func:`default_threads`) cores for Faiss and torch."""
     faiss = import_faiss()
-    n = n or os.cpu_count() or 1
+    n = n or default_threads()
     faiss.omp_set_num_threads(n)
     torch.set_num_threads(n)
     return n
@@ -126,6 +132,15 @@ def gpu_count() -> int:
     return int(get()) if get is not None else 0
 
 
+def gpu_kind_problem(kind: str, dim: int, n: int = 1, *, fp16: bool = False) -> str | None:
+    """Why an index of ``kind`` (``dim`` dimensions, ``n`` rows) could not be searched on a GPU, from the
+    kind alone (an empty index; nothing is encoded or trained); ``None`` when it can. For callers that
+    will need the GPU to refuse before encoding a corpus."""
+    faiss = import_faiss()
+    empty = faiss.index_factory(dim, factory_string(kind, dim, n), faiss.METRIC_INNER_PRODUCT)
+    return faiss_gpu.gpu_unsupported(empty, fp16=fp16)
+
+
 class FaissIndex:
     """A Faiss index plus the original ids of its rows and a manifest."""
 
@@ -134,6 +149,8 @@ class FaissIndex:
         self.ids = ids
         self.manifest = manifest
         self._search_index = index
+        self._gpu_resources: list = []  # Faiss's GPU resources, kept while the GPU copy is searched
+        self.placement: GpuMove | None = None  # where and how the GPU copy was made (to_gpu)
         self.folder: Path | None = None  # where it was saved or loaded from
 
     # ---------------------------------------------------------------- build
@@ -281,6 +298,9 @@ class FaissIndex:
             flag, name, kinds = SEARCH_PARAMS[key]
             if isinstance(value, bool) or int(value) != value or value < 1:
                 raise HardnegError(f"{flag} must be a whole number of at least 1, not {value!r}")
+            if key == "nprobe" and value > GPU_MAX_K and self.on_gpu:
+                raise HardnegError(f"{flag} {value}: a Faiss GPU search probes at most {GPU_MAX_K} lists; "
+                                   "lower it or search on the CPU (--device cpu)")
             try:
                 faiss.ParameterSpace().set_index_parameter(self.index, name, int(value))
             except RuntimeError:
@@ -298,7 +318,7 @@ class FaissIndex:
         faiss = import_faiss()
 
         out = {}
-        base = _unwrap(self.index)
+        base = unwrap(self.index)
         ivf = faiss.try_extract_index_ivf(self.index) if hasattr(faiss, "try_extract_index_ivf") else None
         if ivf is not None:
             out["nprobe"] = int(ivf.nprobe)
@@ -312,16 +332,27 @@ class FaissIndex:
             return int(self.manifest["bytes"])
         return index_nbytes(self.index)
 
-    def to_gpu(self, *, required: bool = False, mode: str | None = None) -> bool:
-        """Move search to the GPUs of a GPU Faiss build; returns whether it did.
+    @property
+    def on_gpu(self) -> bool:
+        """Whether searches run on a GPU copy (:meth:`to_gpu`)."""
+        return self._search_index is not self.index
 
-        Several GPUs: the index is replicated on each when it fits in one GPU's free memory, else sharded
-        (:func:`gpu_plan`; ``mode`` or ``$HARDNEG_FAISS_GPU`` = ``replicate``/``shard`` forces either), and
-        the choice is logged. No GPU Faiss: ``False``, or a :class:`HardnegError` when ``required``. A move
-        that fails (HNSW and plain PQ have no GPU version; too big) warns naming the reason and leaves
-        search on the CPU, or raises when ``required``."""
-        faiss = import_faiss()
+    def to_gpu(self, device: int | str | torch.device | None = None, *, fp16: bool = False,
+               required: bool = False, mode: str | None = None) -> bool:
+        """Move search to GPU Faiss; returns whether it did. The CPU index stays (``reconstruct`` reads it).
 
+        ``device``: that GPU alone (``3``, ``"cuda:3"``, a torch device); ``None``: under a multi-process
+        launch (torchrun) this rank's own GPU, else every GPU: replicated when the index fits in one GPU's
+        free memory, else sharded (``mode`` or ``$HARDNEG_FAISS_GPU`` = ``replicate``/``shard`` forces
+        either). ``fp16``: a flat index stored in float16 (half the memory), IVF-PQ with float16 lookup
+        tables. ``pq<M>`` is searched as ``IVF1,PQ<M>`` (same codes and scores; :func:`faiss_gpu.pq_as_ivf`)
+        with float16 lookup tables where Faiss needs them (``M`` > 48). Decisions:
+        :func:`faiss_gpu.plan_move`, logged.
+
+        No GPU Faiss: ``False``, or a :class:`HardnegError` when ``required``. An index that Faiss cannot
+        hold on a GPU (HNSW; PQ with an ``M`` its kernels lack; too big) or a move that fails is never
+        silent: a :class:`HardnegError` naming Faiss's limit and what to use instead when ``required``,
+        else that message as a warning, with search left on the CPU."""
         ngpu = gpu_count()
         kind = self.manifest.get("index_kind", "?")
 
@@ -336,23 +367,27 @@ class FaissIndex:
                 raise HardnegError("GPU search was asked for, but the installed Faiss has no GPU support "
                                    "(faiss-cpu); pip install faiss-gpu-cu12, or search on the CPU")
             return False
-        reason = gpu_unsupported(self.index)
-        if reason:
-            return fail(reason)
-        size = self.nbytes()
-        plan, why = gpu_plan(size, gpu_free_memory(ngpu), mode)
-        if plan == "none":
-            return fail(why)
+        self.release_gpu()  # a second move replaces the first (and never holds two GPU copies)
         try:
-            options = faiss.GpuMultipleClonerOptions()
-            options.shard = plan == "shard"
-            self._search_index = faiss.index_cpu_to_all_gpus(self.index, co=options)
+            move = faiss_gpu.plan_move(self.index, ngpu=ngpu, device=device, fp16=fp16, mode=mode)
+        except GpuRefusal as exc:
+            return fail(str(exc))
+        try:
+            self._search_index, self._gpu_resources = faiss_gpu.clone_to_gpus(move)
         except Exception as exc:  # noqa: BLE001 - Faiss raises RuntimeError, SWIG sometimes others
-            self._search_index = self.index
-            return fail(f"Faiss could not move it ({_faiss_message(exc)})")
-        log.info("faiss: %s the %r index (%s) on %d GPU(s): %s",
-                 "sharding" if plan == "shard" else "replicating", kind, _size(size), ngpu, why)
+            self.release_gpu()
+            return fail(f"Faiss could not move it ({faiss_message(exc)})")
+        move.source = None  # an IndexPQ's IVF form: on the GPU now, not kept twice on the CPU
+        self.placement = move
+        log.info("faiss: the %r index %s", kind, move.describe())
         return True
+
+    def release_gpu(self) -> bool:
+        """Drop the GPU copy and its GPU resources (search goes back to the CPU index); whether there was one.
+        Faiss frees the GPU memory once nothing else refers to the copy."""
+        had = self.on_gpu
+        self._search_index, self._gpu_resources, self.placement = self.index, [], None
+        return had
 
     def search(self, queries: np.ndarray, k: int, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(scores, row_indices)`` per query, searched in query batches."""
@@ -363,6 +398,9 @@ class FaissIndex:
                 "were they made by the model that built the index?"
             )
         k = max(1, min(k, len(self)))
+        if k > GPU_MAX_K and self.on_gpu:
+            raise HardnegError(f"a Faiss GPU search returns at most {GPU_MAX_K} neighbours, not {k}; lower k or "
+                               "search on the CPU (--device cpu)")
         scores = np.empty((len(queries), k), dtype=np.float32)
         rows = np.empty((len(queries), k), dtype=np.int64)
         for start in range(0, len(queries), batch_size):
@@ -387,87 +425,3 @@ class FaissIndex:
         return out.reshape(*rows.shape, self.dim)
 
 
-
-# ---------------------------------------------------------------------------- GPU placement
-def _unwrap(index):
-    """The innermost index under ``IDMap`` / ``PreTransform`` wrappers (downcast to its class)."""
-    faiss = import_faiss()
-
-    index = faiss.downcast_index(index)
-    while isinstance(index, faiss.IndexPreTransform | faiss.IndexIDMap | faiss.IndexIDMap2):
-        index = faiss.downcast_index(index.index)
-    return index
-
-
-def gpu_unsupported(index) -> str | None:
-    """Why Faiss has no GPU version of ``index`` (``None`` when it has one, as far as known)."""
-    faiss = import_faiss()
-
-    base = _unwrap(index)
-    if isinstance(base, faiss.IndexHNSW):
-        return "HNSW has no GPU version in Faiss (use flat or ivfpq for GPU search)"
-    if isinstance(base, faiss.IndexPQ):
-        return "a plain PQ index (IndexPQ) has no GPU version in Faiss (use ivfpq for GPU search)"
-    return None
-
-
-def index_nbytes(index) -> int:
-    """An estimate of the memory ``index`` takes: its codes (and IVF ids and centroids)."""
-    faiss = import_faiss()
-
-    ivf = faiss.try_extract_index_ivf(index) if hasattr(faiss, "try_extract_index_ivf") else None
-    if ivf is not None:
-        return int(ivf.ntotal) * (int(ivf.code_size) + 8) + int(ivf.nlist) * int(ivf.d) * 4
-    try:
-        per_row = int(index.sa_code_size())
-    except RuntimeError:
-        per_row = int(index.d) * 4
-    return int(index.ntotal) * per_row
-
-
-def gpu_free_memory(ngpu: int) -> list[int] | None:
-    """Free bytes on each of the first ``ngpu`` CUDA devices (torch's view), or ``None`` when unknown."""
-    try:
-        if not torch.cuda.is_available():
-            return None
-        return [int(torch.cuda.mem_get_info(i)[0]) for i in range(min(ngpu, torch.cuda.device_count()))] or None
-    except Exception:  # noqa: BLE001 - a broken CUDA set-up: the plan falls back to replicating
-        return None
-
-
-def gpu_plan(index_bytes: int, free: list[int] | None, mode: str | None = None,
-             *, headroom: float = GPU_HEADROOM) -> tuple[str, str]:
-    """How to spread an index of ``index_bytes`` over GPUs with ``free`` bytes each:
-    ``("replicate" | "shard" | "none", why)``.
-
-    ``replicate`` (a full copy per GPU, queries split between them) when it fits in the smallest
-    GPU's free memory (times ``headroom``), else ``shard`` (``IndexShards``: a slice per GPU, every
-    query searched on all), else ``none``. ``mode`` (default ``$HARDNEG_FAISS_GPU``, else ``auto``)
-    forces replicate or shard."""
-    mode = (mode or os.environ.get(GPU_MODE_ENV) or "auto").strip().lower()
-    if mode not in GPU_MODES:
-        raise HardnegError(f"{GPU_MODE_ENV}={mode!r}: use one of {', '.join(GPU_MODES)}")
-    ngpu = len(free) if free else 0
-    if mode == "replicate":
-        return "replicate", f"{GPU_MODE_ENV}=replicate"
-    if mode == "shard":
-        return ("shard", f"{GPU_MODE_ENV}=shard") if ngpu != 1 else ("replicate", "one GPU: nothing to shard")
-    if not free:
-        return "replicate", "free GPU memory unknown (torch sees no CUDA device)"
-    smallest = min(free)
-    if index_bytes <= headroom * smallest:
-        return "replicate", f"{_size(index_bytes)} fits in one GPU ({_size(smallest)} free)"
-    if ngpu > 1 and index_bytes / ngpu <= headroom * smallest:
-        return "shard", (f"{_size(index_bytes)} does not fit in one GPU ({_size(smallest)} free); "
-                         f"{_size(index_bytes / ngpu)} per GPU over {ngpu}")
-    return "none", (f"{_size(index_bytes)} does not fit in GPU memory ({ngpu} GPU(s), "
-                    f"{_size(smallest)} free on the smallest)")
-
-
-def _size(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
-def _faiss_message(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1].split("Error: ")[-1].strip() if text else type(exc).__name__
