@@ -9,7 +9,10 @@ tiny BEIR folder written here, so nothing is downloaded.
 2. ``steps``: STAR and ADORE, bf16 and fp16, train 3 steps on D with finite losses, the model on D;
 3. ``resume-fp16``: an fp16 run killed after its checkpoint at step 2 and resumed ends with the weights
    (and loss scale) of the uninterrupted run;
-4. ``faiss-gpu``: a flat index searched on GPU Faiss returns the CPU search's ids (scores within 1e-4);
+4. ``faiss-gpu``: ``FaissIndex.to_gpu`` on D's GPU for flat, fp16 flat (``to_gpu(fp16=True)``), IVF-PQ
+   (ivf64pq48: float32 lookup tables) and pq96 (searched as IVF1,PQ96 with float16 lookup tables), each
+   against the same index searched on the CPU: overlap of the top-100, top-1 hits on planted queries and
+   score differences, one ``PASS|FAIL`` line per index;
 5. ``nccl``: with 2 GPUs, the 2-process-vs-1-process step tests of tests/reliability/test_distributed.py
    (NCCL backend).
 
@@ -179,27 +182,59 @@ def resume_fp16(device: str, work: Path, model: Path, data: Path) -> str:
     return f"4 steps straight == 2 + kill + resume, bit for bit ({len(a)} tensors); loss scale {scale}"
 
 
+#: (hardneg index kind, to_gpu options, least top-100 overlap with the CPU search, largest score difference,
+#: whether the cloner must get useFloat16: fp16 storage for flat, fp16 lookup tables for PQ with M > 48)
+FAISS_CASES = [
+    ("flat", {}, 0.999, 1e-3, False),
+    ("flat", {"fp16": True}, 0.95, 5e-3, True),
+    ("ivf64pq48", {}, 0.98, 1e-3, False),
+    ("pq96", {}, 0.95, 5e-3, True),
+]
+
+
 @check("faiss-gpu")
 def faiss_gpu(device: str) -> str:
-    import faiss
-
-    from hardneg.devices import faiss_gpus
+    from hardneg.devices import faiss_gpus, resolve_device
+    from hardneg.index.faiss_index import FaissIndex
 
     if not device.startswith("cuda") or faiss_gpus() == 0:
         return f"skipped: the installed faiss has {faiss_gpus()} GPU(s) (pip install faiss-gpu-cu12)"
+    gpu = resolve_device(device).index or 0
     rng = np.random.default_rng(0)
-    docs = rng.standard_normal((20000, 768)).astype(np.float32)
-    queries = rng.standard_normal((256, 768)).astype(np.float32)
-    cpu = faiss.IndexFlatIP(768)
-    cpu.add(docs)
-    d_cpu, i_cpu = cpu.search(queries, 100)
-    gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, cpu)
-    d_gpu, i_gpu = gpu.search(queries, 100)
-    same = float((i_cpu == i_gpu).mean())
-    diff = float(np.abs(d_cpu - d_gpu).max())
-    if same < 0.999 or diff > 1e-3:
-        raise AssertionError(f"ids agree on {same:.2%}, scores differ by {diff:.2e}")
-    return f"flat 20k x 768, 256 queries, top-100: ids agree on {same:.2%}, scores within {diff:.1e}"
+    n, dim, k = 20000, 768, 100
+    docs = rng.standard_normal((n, dim)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    planted = rng.choice(n, 256, replace=False)  # each query is a noisy copy of one document
+    queries = docs[planted] + rng.standard_normal((256, dim)).astype(np.float32) / np.sqrt(dim)
+    ids = [f"d{i}" for i in range(n)]
+    lines, failed = [], []
+    for kind, options, min_overlap, max_diff, half in FAISS_CASES:
+        name = kind + ("-fp16" if options.get("fp16") else "")
+        index = FaissIndex.build(docs, ids, kind, train_size=10_000, nprobe=16 if kind.startswith("ivf") else None)
+        s_cpu, r_cpu = index.search(queries, k)
+        index.to_gpu(gpu, required=True, **options)
+        move = index.placement
+        s_gpu, r_gpu = index.search(queries, k)
+        overlap = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(r_cpu, r_gpu, strict=True)]))
+        hit_cpu, hit_gpu = float(np.mean(r_cpu[:, 0] == planted)), float(np.mean(r_gpu[:, 0] == planted))
+        diff = float(np.abs(s_cpu - s_gpu).max())
+        problems = [p for p, bad in (
+            (f"overlap {overlap:.4f} < {min_overlap}", overlap < min_overlap),
+            (f"scores differ by {diff:.1e} > {max_diff:.0e}", diff > max_diff),
+            (f"top-1 hits {hit_gpu:.3f} < cpu {hit_cpu:.3f}", hit_gpu < hit_cpu - 0.01),
+            (f"placed on {move.devices}, not ({gpu},)", move.devices != (gpu,)),
+            (f"useFloat16 {move.support.use_float16}, expected {half}", move.support.use_float16 != half),
+        ) if bad]
+        line = (f"{name}: top-{k} overlap {overlap:.4f}, top-1 {hit_gpu:.3f} (cpu {hit_cpu:.3f}), scores within "
+                f"{diff:.1e}; {move.describe()}")
+        verdict = f"FAIL faiss-gpu/{line} -- {'; '.join(problems)}" if problems else f"PASS faiss-gpu/{line}"
+        print(f"  {verdict}", flush=True)
+        lines.append(f"{name} {overlap:.3f}")
+        failed += [f"{name}: {p}" for p in problems]
+        index.release_gpu()
+    if failed:
+        raise AssertionError("; ".join(failed))
+    return f"FaissIndex.to_gpu on cuda:{gpu} against CPU search, {n} x {dim}, 256 queries: " + ", ".join(lines)
 
 
 @check("nccl")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU machine's check, in one go (under 5 minutes): device placement of every command, bf16/fp16
-# STAR and ADORE steps, fp16 kill + resume exactness, GPU Faiss == CPU Faiss, NCCL 2 vs 1 process.
+# STAR and ADORE steps, fp16 kill + resume exactness, FaissIndex.to_gpu (flat, fp16 flat, IVF-PQ, pq96)
+# against CPU search, NCCL 2 vs 1 process.
 # Needs hardneg installed with a CUDA torch (README "GPUs"): make install TORCH=torch CONSTRAINTS=
 #   benchmarks/gpu_check.sh [cuda|cuda:N]        PYTHON=/path/to/python to pick the interpreter
 # Exit 0: every check passed or was skipped (each says why); 1: a check failed; 2: no usable GPU.
