@@ -235,7 +235,7 @@ def test_to_gpu_never_falls_back_silently(vectors, fake_gpus, caplog, monkeypatc
         hnsw.to_gpu(required=True)
     flat = FaissIndex.build(vectors[:500], IDS[:500], "flat")
     fake_gpus.free = 1_000  # too big for both GPUs together
-    with pytest.raises(HardnegError, match="does not fit in GPU memory.*--index-fp16 halves"):
+    with pytest.raises(HardnegError, match="does not fit in GPU memory.*fp16 storage takes half"):
         flat.to_gpu(required=True)
 
     def broken(index, co=None, gpus=None, ngpu=-1):

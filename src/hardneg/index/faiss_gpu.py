@@ -53,7 +53,7 @@ GPU_MODES = ("auto", "replicate", "shard")
 #: share of a GPU's free memory an index may take (the rest: Faiss's scratch space, the encoder)
 GPU_HEADROOM = 0.8
 #: what to use instead, in every refusal
-GPU_KINDS = "flat (--index-fp16 halves its memory), pq<M> or ivf<L>pq<M> with M in {1..96, see docs/gpus.md}"
+GPU_KINDS = "flat (fp16 storage halves its memory), pq<M> or ivf<L>pq<M> (M up to 96; docs/gpus.md lists them)"
 
 
 class GpuRefusal(HardnegError):
@@ -316,7 +316,7 @@ def plan_move(index, *, ngpu: int, device: int | str | torch.device | None = Non
     plan, why = gpu_plan(nbytes, gpu_free_memory(devices), mode)
     if plan == "none":
         flat32 = not support.use_float16 and isinstance(unwrap(index), _faiss().IndexFlat)
-        raise GpuRefusal(why + ("; --index-fp16 halves a flat index" if flat32 else ""))
+        raise GpuRefusal(why + ("; a flat index in fp16 storage takes half" if flat32 else ""))
     if device is None and len(devices) == 1 and multi_process():
         why = f"this rank's own GPU; {why}"
     return GpuMove(source, tuple(devices), plan == "shard" and len(devices) > 1, support, nbytes, why)
@@ -338,7 +338,7 @@ def _clone_one(faiss, resources, device: int, move: GpuMove):
         return faiss.index_cpu_to_gpu(resources, device, move.source, options)
     # an fp16 flat: clone it empty, then add the vectors (GpuIndexFlat.add reserves once and converts
     # page by page; cloning the full index would first copy every fp32 vector to the GPU)
-    flat = move.source
+    flat = faiss.downcast_index(move.source)  # IndexFlat's get_xb (move.source keeps the object alive)
     gpu = faiss.index_cpu_to_gpu(resources, device, faiss.IndexFlat(int(flat.d), flat.metric_type), options)
     n, d = int(flat.ntotal), int(flat.d)
     if n:
