@@ -5,6 +5,11 @@ Each artifact lives under the cache folder (``cache_dir``, else
 length, prefix, corpus fingerprint, encoder weights), so a second request with
 the same model and corpus reuses it; building one is locked, resumable where it
 is long (encoding), and committed atomically.
+
+Under torchrun, ``over_ranks=True`` shares a corpus encoding out over the ranks (every rank calls it; each
+encodes its shard, one merges: :func:`hardneg.index.shards.encode_over_ranks`); everything else here is built
+once by whichever process takes its lock first while the others wait on that lock, never in a collective, and
+then load it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from hardneg.data.cache import cache_dir_or_default
 from hardneg.data.tokenized import StoreSpec, open_or_build_store, texts_fingerprint
 from hardneg.index.encode import Embeddings, embeddings_key, encode_store
 from hardneg.index.faiss_index import FaissIndex
+from hardneg.index.shards import encode_over_ranks
 from hardneg.io import file_lock
 from hardneg.model.encoder import tokenizer_fingerprint
 
@@ -63,12 +69,16 @@ def corpus_embeddings(
     batch_size: int = 64,
     show_progress: bool = True,
     out: Path | None = None,
+    over_ranks: bool = False,
 ) -> Embeddings:
-    """Encode ``dataset``'s corpus with the document tower (cached and resumable)."""
+    """Encode ``dataset``'s corpus with the document tower (cached and resumable). ``over_ranks``: under
+    torchrun every rank calls this and encodes its share (:func:`~hardneg.index.shards.encode_over_ranks`)."""
     cache_dir = cache_dir_or_default(cache_dir)
     store = corpus_store(model, dataset, cache_dir, show_progress=show_progress)
     key = embeddings_key(model.side_identity("doc"), store.manifest, "doc")
     out = Path(out) if out else cache_dir / "embeddings" / f"{dataset.name}-{key}"
+    if over_ranks:
+        return encode_over_ranks(model, store, "doc", out, batch_size=batch_size, show_progress=show_progress)
     return encode_store(model, store, "doc", out, batch_size=batch_size, show_progress=show_progress)
 
 
@@ -80,10 +90,14 @@ def corpus_index(
     *,
     batch_size: int = 64,
     show_progress: bool = True,
+    over_ranks: bool = False,
 ) -> FaissIndex:
-    """The Faiss index of ``dataset``'s corpus under ``model`` (built once, then loaded)."""
+    """The Faiss index of ``dataset``'s corpus under ``model`` (built once, then loaded). ``over_ranks``: under
+    torchrun every rank calls this, the corpus encoding is shared out over the ranks, and the index is built
+    by the first rank to take its lock while the others wait on the lock (not in a collective), then load it."""
     cache_dir = cache_dir_or_default(cache_dir)
-    emb = corpus_embeddings(model, dataset, cache_dir, batch_size=batch_size, show_progress=show_progress)
+    emb = corpus_embeddings(model, dataset, cache_dir, batch_size=batch_size, show_progress=show_progress,
+                            over_ranks=over_ranks)
     key = emb.manifest["key"]
     folder = cache_dir / "indexes" / f"{dataset.name}-{key}-{kind.replace(':', '_').replace(',', '_')}"
     with file_lock(f"{folder}.lock"):

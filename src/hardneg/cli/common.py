@@ -178,12 +178,13 @@ def save_and_report(run, dataset, out_dir: Path, tag: str, measures, settings: d
     return metrics
 
 
-def join_torchrun() -> bool:
-    """Join the process group when started by torchrun (RANK / WORLD_SIZE set); ranks other than 0
-    log warnings only and show no progress bars."""
+def join_torchrun(timeout_seconds: float | None = None) -> bool:
+    """Join the process group when started by torchrun (RANK / WORLD_SIZE set), with the collectives'
+    ``timeout_seconds`` (default an hour); ranks other than 0 log warnings only and show no progress bars."""
     from hardneg import distributed as dist
 
-    if not dist.init_from_env():
+    joined = dist.init_from_env() if timeout_seconds is None else dist.init_from_env(timeout_seconds / 60)
+    if not joined:
         return False
     if not dist.is_main():
         STATE["quiet"] = True

@@ -132,7 +132,7 @@ def train(**kwargs: Any) -> None:
 
     with output_lock(cfg.out):  # <out>.run.lock beside the folder; under torchrun rank 0 holds it for the job
         use_threads(command["threads"])
-        join_torchrun()  # under torchrun: N processes with --batch-size B train like one with N·B
+        join_torchrun(cfg.dist_timeout)  # under torchrun: N processes with --batch-size B train like one with N·B
         cfg.quiet = STATE["quiet"]  # ranks other than 0 are quiet
         trainer = Trainer(cfg)
         trainer.setup()

@@ -16,8 +16,12 @@ layout, row count and hash). :func:`merge_shards` checks that every shard of
 and that their rows cover the corpus exactly once, then writes ``OUT``
 atomically in the one-process layout.
 
-Under ``torchrun``, :func:`sharded_encode_token_lists` shares the same batches
-out over the ranks in memory and gathers the whole result on every rank.
+Under ``torchrun``, :func:`encode_over_ranks` is the same on disk inside one
+job: every rank encodes its shard (resumable), a barrier waits for the others'
+shares (equal by construction, so no rank waits in a collective on more than
+the difference), then one rank merges while the others wait on the output's
+file lock, not in a collective. :func:`sharded_encode_token_lists` shares the
+batches out in memory and gathers the whole result on every rank.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from hardneg.index.encode import (
     embeddings_key,
     encode_batches,
     encode_batches_resumable,
+    encode_store,
     encode_token_lists,
     length_sorted_batches,
 )
@@ -105,6 +110,30 @@ def sharded_encode_token_lists(model, token_lists: Sequence[Sequence[int]], side
             rows = rows_of[r][start:stop]
             out[rows] = part[: len(rows)].cpu().numpy()
     return out
+
+
+def encode_over_ranks(model, store, side: str, out: str | Path, *, batch_size: int = 64,
+                      show_progress: bool = True) -> Embeddings:
+    """``store`` encoded into the embeddings folder ``out``, the work shared by the ranks under torchrun.
+
+    One process: :func:`hardneg.index.encode.encode_store`. Under torchrun every rank must call it: rank
+    ``r`` of ``N`` encodes shard ``r`` into ``OUT.shards/`` (:func:`encode_shard`: resumable, and a finished
+    shard is kept, so a rerun after a crash encodes only what is left), a barrier waits for the other
+    shares, then the first rank to take ``OUT``'s lock merges (:func:`merge_shards`) while the others wait
+    on that lock, and every rank opens the result: bit-identical to the one-process encoding. A finished
+    ``OUT`` is opened at once (rank 0's view decides for all)."""
+    out = Path(out)
+    if not dist.is_distributed():
+        return encode_store(model, store, side, out, batch_size=batch_size, show_progress=show_progress)
+    key = embeddings_key(model.side_identity(side), store.manifest, side)
+    if not dist.broadcast_object((out / "manifest.json").is_file()):
+        shard, n = dist.rank(), dist.world_size()
+        with file_lock(f"{shard_folder(out, shard, n)}.lock"):  # another job's rank `shard` on the same cache
+            encode_shard(model, store, side, out, shard, n, batch_size=batch_size,
+                         show_progress=show_progress and dist.is_main())
+        dist.barrier()  # every shard is finished: the wait is the difference between equal shares
+        merge_shards(out, n_shards=n, exist_ok=True)
+    return Embeddings(out, expect_key=key)
 
 
 def shards_root(out: str | Path) -> Path:
@@ -179,8 +208,9 @@ def encode_shard(
     return folder
 
 
-def shard_status(out: str | Path) -> tuple[int | None, dict[int, dict], list[str]]:
-    """``(n_shards, {shard: manifest} of the complete shards, names of incomplete ones)``."""
+def shard_status(out: str | Path, n_shards: int | None = None) -> tuple[int | None, dict[int, dict], list[str]]:
+    """``(n_shards, {shard: manifest} of the complete shards, names of incomplete ones)``; with ``n_shards``
+    only the shards of that split count (another split's, left by an earlier run, are ignored)."""
     root = shards_root(out)
     if not root.is_dir():
         raise HardnegError(f"{root}: no shards here (encode with `hardneg encode --shard i/n --out {out}`)")
@@ -189,10 +219,12 @@ def shard_status(out: str | Path) -> tuple[int | None, dict[int, dict], list[str
     counts: set[int] = set()
     for entry in sorted(root.iterdir()):
         name = entry.name
+        match = _SHARD_NAME.match(name.removesuffix(".partial"))
+        if match and n_shards is not None and int(match.group(2)) != n_shards:
+            continue
         if name.endswith(".partial"):
             incomplete.append(name[: -len(".partial")])
             continue
-        match = _SHARD_NAME.match(name)
         if not match or not entry.is_dir():
             continue
         counts.add(int(match.group(2)))
@@ -206,13 +238,20 @@ def shard_status(out: str | Path) -> tuple[int | None, dict[int, dict], list[str
     return (counts.pop() if counts else None), complete, incomplete
 
 
-def merge_shards(out: str | Path, *, keep_shards: bool = False) -> Embeddings:
-    """Check every shard of ``OUT.shards/`` is complete and consistent, then write ``OUT`` atomically."""
+def merge_shards(out: str | Path, *, keep_shards: bool = False, n_shards: int | None = None,
+                 exist_ok: bool = False) -> Embeddings:
+    """Check every shard of ``OUT.shards/`` is complete and consistent, then write ``OUT`` atomically.
+
+    ``n_shards``: merge that split (another split's shards are ignored, and removed with the folder).
+    ``exist_ok``: a finished ``OUT`` (merged by another process while this one waited for the lock) is
+    opened instead of refused."""
     out = Path(out)
     with file_lock(f"{out}.lock"):
         if (out / "manifest.json").is_file():
+            if exist_ok:
+                return Embeddings(out)
             raise HardnegError(f"{out}: already holds finished embeddings; remove it to merge again")
-        n, complete, incomplete = shard_status(out)
+        n, complete, incomplete = shard_status(out, n_shards)
         if n is None:
             raise HardnegError(f"{shards_root(out)}: no shards here")
         missing = [i for i in range(n) if i not in complete]

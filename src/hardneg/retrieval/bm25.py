@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from hardneg.data.records import Doc, Query
 from hardneg.errors import HardnegError
-from hardneg.io import commit_dir, read_json, write_json, writing
+from hardneg.io import commit_dir, file_lock, read_json, write_json, writing
 from hardneg.retrieval.runs import Run
 
 FORMAT_NAME = "hardneg-bm25"
@@ -386,13 +386,15 @@ def cached_bm25(dataset: Any, cache_dir: str | Path, **params: Any) -> BM25:
     """The BM25 index of ``dataset``'s corpus with ``params``: loaded from ``cache_dir`` or built and saved there.
 
     Keyed by the corpus fingerprint and the parameters, so a changed corpus or
-    setting gets its own index.
+    setting gets its own index. Built under a lock: a second process (another torchrun rank) waits on it,
+    not in a collective, then loads the index.
     """
     fingerprint = dataset.fingerprint()
     key = json.dumps([fingerprint, BM25(**params).params], sort_keys=True)
     folder = Path(cache_dir) / "bm25" / f"{dataset.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-    if (folder / "manifest.json").is_file():
-        return BM25.load(folder)
-    index = BM25.build(dataset.iter_docs(), corpus_fingerprint=fingerprint, **params)
-    index.save(folder)
-    return index
+    with file_lock(f"{folder}.lock"):
+        if (folder / "manifest.json").is_file():
+            return BM25.load(folder)
+        index = BM25.build(dataset.iter_docs(), corpus_fingerprint=fingerprint, **params)
+        index.save(folder)
+        return index

@@ -46,7 +46,7 @@ LATER_DEFAULTS.update({"nprobe": None, "ef_search": None})  # ADORE's search par
 
 #: settings that may change between a run and its ``--resume`` (they do not change the math so far)
 RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
-                     "track_queries", "device", "patience", "report_to"}
+                     "track_queries", "device", "patience", "report_to", "dist_timeout"}
 
 #: where ``report_to`` may send the log's scalars (besides ``train_log.jsonl``, always written)
 REPORT_TO = ("tensorboard", "mlflow", "wandb")
@@ -100,6 +100,10 @@ class TrainConfig(BaseModel):
         "fp32; fp16 adds dynamic loss scaling (bf16 is ~7x slower on most CPUs).", panel=OPTIMISATION)
     device: str = setting("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N; under torchrun "
                           "each rank's GPU. May change on --resume.", panel=OPTIMISATION)
+    dist_timeout: float = setting(
+        3600.0, "Under torchrun: seconds a rank may wait in a collective for the others (the process group's "
+        "timeout). The long work (corpus encoding, mining) is shared by the ranks, so no rank waits for another's "
+        "whole share. May change on --resume.", panel=OPTIMISATION, gt=0)
     gradient_checkpointing: bool = setting(False, "Trade compute for memory.", panel=OPTIMISATION)
     seed: int = setting(42, "Seed of data order, sampling and dropout.", panel=OPTIMISATION)
     # encoder

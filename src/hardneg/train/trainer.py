@@ -177,8 +177,8 @@ class Trainer:
         """The tokenized corpus (cached), the training examples (one per (query, positive) in the corpus) and
         the tokenized queries."""
         cfg = self.config
-        with dist.main_first():  # rank 0 tokenizes (cached), the others then load the store
-            self.store = corpus_store(self.model, self.dataset, self.cache_dir, show_progress=not cfg.quiet)
+        # the first rank to take the store's lock tokenizes (cached); the others wait on the lock, then load it
+        self.store = corpus_store(self.model, self.dataset, self.cache_dir, show_progress=not cfg.quiet)
         self.doc_ids: list[str] = list(self.store.ids)
         self.doc_row = {d: i for i, d in enumerate(self.doc_ids)}
         self.examples = [Example(q, d) for q in train_qids for d in sorted(self.positives[q]) if d in self.doc_row]
@@ -209,8 +209,9 @@ class Trainer:
             train_qrels=self.train_qrels, dev_qrels=self.dev_qrels, positives=self.positives,
             scale=self.scale, train_mode=self.train_mode,
         )
-        with dist.main_first():  # mining with the start model / building ADORE's index: cached by rank 0
-            self.method = make_method(cfg.method, self.context)
+        # every rank builds the method together: the corpus encodings for mining and for ADORE's index are
+        # shared out over the ranks, and no rank waits in a collective on another's long work
+        self.method = make_method(cfg.method, self.context)
         self.examples = self.method.train_examples(self.examples)
         self._check_batch("examples")  # a method may train on fewer examples (ADORE)
 
@@ -314,8 +315,8 @@ class Trainer:
         if self.dev_index is None:
             self.dev_index = self.method.dev_index()
         if self.dev_index is None:
-            with dist.main_first():  # BM25 of the dev pool is cached by rank 0
-                self.dev_index = DevPool(dev_pool_rows(self.context, self.doc_row), self.context)
+            # BM25 of the dev pool: built by the first rank to take its cache lock, loaded by the others
+            self.dev_index = DevPool(dev_pool_rows(self.context, self.doc_row), self.context)
         return evaluate_dev(self.context, self.dev_index)
 
     def train_mode(self) -> None:

@@ -47,9 +47,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hardneg import distributed as dist
 from hardneg.artifacts import corpus_index
-from hardneg.devices import faiss_placement
+from hardneg.devices import place_index
 from hardneg.errors import HardnegError
 from hardneg.index.faiss_index import FaissIndex, factory_string
 from hardneg.io import read_json, write_json
@@ -257,8 +256,10 @@ class Adore(Method):
         self.doc_source = doc_source(cfg.model, model)
         self.doc_weights = weights_fingerprint(model.doc_model)
         try:  # cached by the document side alone (DualEncoder.side_identity), so X's cache is reused
+            # under torchrun every rank encodes its share of the corpus; the index is built once (one rank, while
+            # the others wait on its lock, not in a collective) and every rank loads it
             self.index = corpus_index(model, ctx.dataset, cfg.index, ctx.cache_dir,
-                                      batch_size=cfg.batch_encode_size, show_progress=not cfg.quiet)
+                                      batch_size=cfg.batch_encode_size, show_progress=not cfg.quiet, over_ranks=True)
         except RuntimeError as exc:  # Faiss, e.g. fewer documents than a PQ codebook's 256 centroids
             raise HardnegError(f"could not build the {cfg.index} index of {n_docs} documents: {exc}") from exc
         source = self.index.manifest.get("source", {})
@@ -287,16 +288,10 @@ class Adore(Method):
         self._step = 0
 
     def place_index(self, device: torch.device) -> None:
-        """Search on GPU Faiss when the encoder is on CUDA and the installed Faiss has GPUs (one process;
-        ``reconstruct`` keeps reading the CPU index). Under torchrun every rank keeps a CPU copy, since
-        :meth:`FaissIndex.to_gpu` would replicate the index onto every GPU from every rank."""
-        if faiss_placement(device, quiet=True) != "gpu":  # the trainer's setup already warned once
-            return
-        if dist.is_distributed():
-            logger.warning("adore: under torchrun the index is searched on the CPU (one copy per rank)")
-        elif not self.index.to_gpu():
-            logger.warning("adore: the %s index has no GPU version in Faiss; searches run on the CPU",
-                           self.config.index)
+        """Search on GPU Faiss when the encoder is on CUDA and the installed Faiss has GPUs: under torchrun each
+        rank's copy on its own GPU, in one process on every GPU (:func:`hardneg.devices.place_index`, which
+        warns when an index kind has no GPU version); ``reconstruct`` keeps reading the CPU index."""
+        place_index(self.index, device)
 
     # data ----------------------------------------------------------------------
     def train_examples(self, examples: list) -> list:

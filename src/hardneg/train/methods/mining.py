@@ -3,32 +3,60 @@ current weights), over :mod:`hardneg.negatives`.
 
 This is the adapter between a method's :class:`~hardneg.train.methods.base.MethodContext` and the
 negatives package, which knows nothing of training: :class:`TrainSelector` (the run's rules, teacher cache
-and diagnostics file), :func:`mine_with_model` (exact search of the corpus, shared out under torchrun) and
-:func:`select_from_lists` (the rules over given candidate lists).
+and diagnostics file), :func:`mine_with_model` (exact search of the corpus) and :func:`select_from_lists`
+(the rules over given candidate lists).
+
+Under torchrun the work is shared by the ranks and nobody waits in a collective on another rank's long work:
+the corpus is encoded shard by shard (:func:`hardneg.index.shards.encode_over_ranks`), the training queries
+are cut into search units (:func:`query_units`: whole length-sorted encoding batches, the same in any number
+of processes) and rank ``r`` encodes, searches (on its own GPU where Faiss has GPUs) and selects units
+``r, r + N, …``; each rank writes its share to a file, a barrier waits for the other shares (equal work) and
+every rank reads them all, in rank order. Every query's list is therefore bit for bit the one a single process
+finds. The start model's negatives are written once, to ``OUT/warmup/negatives.tsv`` (by rank 0), and a rerun or
+``--resume`` of the same run reads them back instead of mining again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+import pickle
+import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from hardneg import distributed as dist
 from hardneg.artifacts import corpus_index
-from hardneg.devices import faiss_placement
+from hardneg.devices import place_index
+from hardneg.index.encode import embeddings_key, encode_batches, encode_token_lists, length_sorted_batches
 from hardneg.index.faiss_index import FaissIndex
-from hardneg.index.shards import sharded_encode_token_lists
+from hardneg.index.shards import encode_over_ranks
+from hardneg.io import atomic_write, read_json, write_json
 from hardneg.negatives.diagnostics import DIAGNOSTICS_FILE, Diagnostics, write_diagnostics
+from hardneg.negatives.formats.files import write_negatives
+from hardneg.negatives.formats.tsv import read_negatives
 from hardneg.negatives.rules import NegativeRules
 from hardneg.negatives.sampling import mine_negatives
 from hardneg.negatives.selection import select_negatives
-from hardneg.negatives.sources import searched
+from hardneg.negatives.sources import QUERY_BATCH, positive_scorer
 from hardneg.negatives.teachers import TeacherScores, doc_texts, load_teacher
+from hardneg.retrieval.runs import run_from_arrays
 
-__all__ = ["TrainSelector", "mine_with_model", "select_from_lists"]
+__all__ = ["SEARCH_QUERIES", "TrainSelector", "WARMUP_DIR", "mine_with_model", "query_units", "select_from_lists"]
+
+#: queries per search call, in whole query-encoding batches of :data:`~hardneg.negatives.sources.QUERY_BATCH`: the
+#: units are the same in any number of processes, so each query's vector and list are those of one process
+SEARCH_QUERIES = 4096
+#: ``OUT/warmup/``: the start model's mined negatives (``negatives.tsv``) and what made them (``manifest.json``)
+WARMUP_DIR = "warmup"
+#: ``OUT/.mining/``: each rank's share of a mining under torchrun, exchanged through files (removed once read)
+PARTS_DIR = ".mining"
 
 
 class TrainSelector:
@@ -45,6 +73,8 @@ class TrainSelector:
         self.events: list[Diagnostics | dict] = []
         self._teacher: TeacherScores | None = None
         self._texts: dict[str, str] = {}
+        self._corpus: set[str] | None = None  # the corpus's ids, for the teacher's positives (made once)
+        self._query_text: dict[str, str] | None = None
 
     @property
     def teacher(self) -> TeacherScores | None:
@@ -58,7 +88,9 @@ class TrainSelector:
         return self._teacher
 
     def query_text(self) -> dict[str, str]:
-        return {q: self.ctx.queries[q].text for q in self.ctx.train_qrels if q in self.ctx.queries}
+        if self._query_text is None:
+            self._query_text = {q: self.ctx.queries[q].text for q in self.ctx.train_qrels if q in self.ctx.queries}
+        return self._query_text
 
     def doc_text(self, ids: Sequence[str]) -> dict[str, str]:
         missing = [d for d in ids if d not in self._texts]
@@ -69,23 +101,38 @@ class TrainSelector:
     def _max_positives(self) -> int:
         return max(map(len, self.ctx.positives.values()), default=0)
 
-    def select(self, candidates: Mapping[str, Sequence[tuple[str, float]]], where: str, *,
-               positive_scores: Callable[[str, list[str]], Sequence[float]] | None = None, step: int = 0,
-               default_n: int | None = None) -> dict[str, list[str]]:
-        """The negatives of ``candidates`` under the run's rules; records one diagnostics event."""
-        ctx = self.ctx
-        n = default_n or ctx.config.topk
+    def new_diagnostics(self, where: str, default_n: int | None = None) -> Diagnostics:
+        """An empty diagnostics event for :meth:`select` calls that are recorded as one (:meth:`record`)."""
+        n = default_n or self.ctx.config.topk
         diag = Diagnostics(self.rules, where, self.rules.num_negatives or n)
         diag.on_short = ("fewer in the pool; each training draw that needs more fills up with uniform random "
                          "negatives (StaticNegatives' fallback)")
+        return diag
+
+    def select(self, candidates: Mapping[str, Sequence[tuple[str, float]]], where: str, *,
+               positive_scores: Callable[[str, list[str]], Sequence[float]] | None = None, step: int = 0,
+               default_n: int | None = None, diagnostics: Diagnostics | None = None) -> dict[str, list[str]]:
+        """The negatives of ``candidates`` under the run's rules; records one diagnostics event, or adds to
+        ``diagnostics`` (from :meth:`new_diagnostics`; the caller records it)."""
+        ctx = self.ctx
+        n = default_n or ctx.config.topk
+        diag = diagnostics if diagnostics is not None else self.new_diagnostics(where, default_n)
+        teacher = self.rules.teacher is not None
+        if teacher and self._corpus is None:
+            self._corpus = set(ctx.doc_ids)
         out = select_negatives(candidates, ctx.train_qrels, self.rules, default_n=n,
                                positive_scores=positive_scores, teacher=self.teacher,
-                               query_text=self.query_text() if self.rules.teacher else None,
-                               doc_text=self.doc_text, corpus=set(ctx.doc_ids) if self.rules.teacher else None,
+                               query_text=self.query_text() if teacher else None,
+                               doc_text=self.doc_text, corpus=self._corpus if teacher else None,
                                seed=ctx.config.seed, step=step, diagnostics=diag, max_pos=self._max_positives())
-        self.events.append(diag)
-        self.write()
+        if diagnostics is None:
+            self.record(diag)
         return out
+
+    def record(self, event: Diagnostics | dict) -> None:
+        """Add one diagnostics event (a summary read back is a dict) and rewrite the file (rank 0)."""
+        self.events.append(event)
+        self.write()
 
     def depth(self) -> int:
         """Documents to retrieve per query."""
@@ -115,73 +162,220 @@ class TrainSelector:
             self.write()
 
 
-def _current_index(ctx: Any, model: Any) -> FaissIndex:
-    """The corpus encoded with the current weights, in memory, never cached (shared out under torchrun)."""
+# ----------------------------------------------------------------------------- queries, shared out
+def query_units(model: Any, texts: Sequence[str]) -> tuple[list[list[int]], list[list[np.ndarray]]]:
+    """The query tower's token ids of ``texts`` and the search units over them: the length-sorted encoding
+    batches of :data:`~hardneg.negatives.sources.QUERY_BATCH` (those one ``encode_queries`` call makes, so each
+    vector is bit for bit its own), :data:`SEARCH_QUERIES` queries (whole batches) per unit."""
+    tokens = model.tokenize(list(texts), "query")["input_ids"] if len(texts) else []
+    lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
+    batches = length_sorted_batches(lengths, QUERY_BATCH)
+    per = max(1, SEARCH_QUERIES // QUERY_BATCH)
+    return tokens, [batches[i : i + per] for i in range(0, len(batches), per)]
+
+
+def _my_vectors(model: Any, qids: Sequence[str], texts: Sequence[str], desc: str,
+                show_progress: bool) -> Iterator[tuple[list[str], np.ndarray]]:
+    """``(query ids, their vectors)`` of this rank's search units (units ``r, r + N, …``; all of them in one
+    process), encoded batch by batch in eval mode."""
+    tokens, units = query_units(model, texts)
+    model.eval()
+    mine = units[dist.rank() :: dist.world_size()]
+    for unit in tqdm(mine, desc=desc, unit="unit", disable=not show_progress or len(mine) < 2):
+        with torch.inference_mode():
+            parts = [emb.float().cpu().numpy() for _, emb in encode_batches(
+                model, lambda rows: [tokens[i] for i in rows], unit, "query")]
+        yield [qids[i] for i in np.concatenate(unit)], np.concatenate(parts)
+
+
+def _diagnostics_state(diag: Diagnostics | None) -> dict | None:
+    if diag is None:
+        return None
+    return {"queries": diag.queries, "candidates": diag.candidates, "kept": diag.kept, "removed": dict(diag.removed),
+            "short": dict(diag.short), "no_positive_score": diag.no_positive_score,
+            "scores": {k: np.asarray(v, dtype=np.float64) for k, v in diag.scores.items()}}
+
+
+def _merge_diagnostics(into: Diagnostics, states: Sequence[dict]) -> Diagnostics:
+    """``into`` (empty) holding every rank's share: the counts add up, the score lists are joined, so its summary
+    is that of one pass over every query (the histograms do not depend on the order)."""
+    for state in states:
+        into.queries += state["queries"]
+        into.candidates += state["candidates"]
+        into.kept += state["kept"]
+        for rule, v in state["removed"].items():
+            into.removed[rule] += v
+        into.short.update(state["short"])
+        into.no_positive_score += state["no_positive_score"]
+        for key, v in state["scores"].items():
+            into.scores[key].extend(v.tolist())
+    return into
+
+
+def _exchange(folder: Path, mine: dict[str, list[str]], diag: Diagnostics | None
+              ) -> tuple[dict[str, list[str]], list[dict]]:
+    """Every rank's share, on every rank: ``(lists of all queries, diagnostics states)``, the states on rank 0
+    only. Each rank writes its share to ``folder``; a barrier waits for the others' shares (the same number
+    of search units, so roughly the same work), then every rank reads them all in rank order; rank 0 removes
+    the files once everyone has read them."""
+    if not dist.is_distributed():
+        return mine, []
+    n, me = dist.world_size(), dist.rank()
+    with atomic_write(folder / f"part-{me}-of-{n}.pkl", "wb") as fh:
+        pickle.dump({"lists": mine, "diagnostics": _diagnostics_state(diag)}, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    dist.barrier()
+    merged: dict[str, list[str]] = {}
+    states: list[dict] = []
+    for r in range(n):
+        with open(folder / f"part-{r}-of-{n}.pkl", "rb") as fh:
+            part = pickle.load(fh)  # written just now by this run's rank r
+        merged.update(part["lists"])
+        if part["diagnostics"] is not None and dist.is_main():
+            states.append(part["diagnostics"])
+    dist.barrier()  # every rank has read every part
+    if dist.is_main():
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()  # OUT/.mining, when no other mining's parts are in it
+    return merged, states
+
+
+def _shared_selection(ctx: Any, qids: Sequence[str], mine: dict[str, list[str]], diag: Diagnostics | None,
+                      selector: TrainSelector | None, tag: str) -> dict[str, list[str]]:
+    """Every query's list (in ``qids`` order) from this rank's ``mine``; the diagnostics of all ranks recorded
+    as one event (rank 0)."""
+    merged, states = _exchange(Path(ctx.config.out) / PARTS_DIR / tag, mine, diag)
+    if selector is not None and diag is not None:
+        if dist.is_distributed():
+            diag = _merge_diagnostics(selector.new_diagnostics(diag.where), states) if dist.is_main() else diag
+        selector.record(diag)
+    return {q: merged[q] for q in qids if q in merged}
+
+
+# ----------------------------------------------------------------------------- the corpus
+def _current_index(ctx: Any, model: Any, folder: Path) -> FaissIndex:
+    """The corpus encoded with the current weights, never cached: in memory in one process; under torchrun
+    shard by shard into ``folder`` (removed after the refresh), merged once, every rank indexing the result."""
     cfg = ctx.config
-    with torch.no_grad():
-        vectors = sharded_encode_token_lists(
-            model, ctx.store.rows(range(len(ctx.store))), "doc", batch_size=cfg.batch_encode_size,
-            show_progress=not cfg.quiet)
-    return FaissIndex.build(vectors, ctx.doc_ids, "flat")
+    if not dist.is_distributed():
+        vectors = encode_token_lists(model, ctx.store.rows(range(len(ctx.store))), "doc",
+                                     batch_size=cfg.batch_encode_size, show_progress=not cfg.quiet)
+        return FaissIndex.build(vectors, ctx.doc_ids, "flat")
+    key = embeddings_key(model.side_identity("doc"), ctx.store.manifest, "doc")
+    emb = encode_over_ranks(model, ctx.store, "doc", folder / key, batch_size=cfg.batch_encode_size,
+                            show_progress=not cfg.quiet)
+    return FaissIndex.from_embeddings(emb, "flat")
 
 
+def _start_index(ctx: Any, model: Any) -> FaissIndex:
+    """The start model's flat corpus index: cached like any retrieval, its encoding shared out over the ranks."""
+    cfg = ctx.config
+    return corpus_index(model, ctx.dataset, "flat", ctx.cache_dir, batch_size=cfg.batch_encode_size,
+                        show_progress=not cfg.quiet, over_ranks=True)
+
+
+# ----------------------------------------------------------------------------- the warm-up's file
+def _warmup_key(ctx: Any, model: Any, k: int) -> str:
+    """What the start model's negatives depend on: the run's settings, both towers, the corpus, the training
+    qrels, the search depth and the search units."""
+    qrels = sorted((q, sorted((d, int(g)) for d, g in docs.items())) for q, docs in ctx.train_qrels.items())
+    raw = json.dumps([ctx.config.fingerprint(), model.side_identity("query"), model.side_identity("doc"),
+                      ctx.dataset.fingerprint(), qrels, k, QUERY_BATCH, SEARCH_QUERIES], sort_keys=True, default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _warmup_found(folder: Path, key: str) -> bool:
+    manifest = folder / "manifest.json"
+    return manifest.is_file() and (folder / "negatives.tsv").is_file() and read_json(manifest).get("key") == key
+
+
+def _write_warmup(folder: Path, key: str, lists: Mapping[str, Sequence[str]], diag: Diagnostics | None) -> None:
+    """``negatives.tsv``, then ``manifest.json`` (the mark that it is finished; removed first)."""
+    (folder / "manifest.json").unlink(missing_ok=True)
+    write_negatives(folder / "negatives.tsv", lists)
+    write_json(folder / "manifest.json", {"key": key, "queries": len(lists),
+                                          "diagnostics": diag.summary() if diag is not None else None})
+
+
+# ----------------------------------------------------------------------------- mining
 def mine_with_model(ctx: Any, model: Any, folder: Path | None = None, selector: TrainSelector | None = None,
                     step: int = 0) -> dict[str, list[str]]:
     """Top-``topk`` non-positive documents of every training query under ``model`` (dense, exact).
 
     ``ctx``: a :class:`~hardneg.train.methods.base.MethodContext` (or the trainer, which has the
     same fields: ``config``, ``queries``, ``train_qrels``, ``positives``, ``dataset``, ``cache_dir``,
-    ``store``, ``doc_ids``). With the current weights (``folder`` given) under torchrun, the corpus
-    encoding is shared out over the ranks (every rank then holds the whole index), each rank searches
-    its share of the queries, and the mined lists are exchanged, so every rank returns all of them.
+    ``store``, ``doc_ids``). ``folder`` given: the current weights (ANCE's refresh; under torchrun their
+    corpus encoding goes through ``folder``); else the start model, whose corpus index is cached and whose
+    negatives are written to ``OUT/warmup/`` and read back by a rerun of the same run.
+
+    Under torchrun every rank calls this: the corpus encoding and the queries are shared out over the ranks
+    (see the module's docstring) and every rank returns all the lists, equal to one process's.
 
     ``selector``: the negatives are chosen by its rules (teacher, margins, window, sampling;
     :mod:`hardneg.negatives.rules`) and diagnosed; without it, the first ``topk`` non-positives. ``step``
     keys ``random`` sampling and names the event.
 
-    Encoding runs on ``model``'s device (the trainer moved it to ``--device``); one process with the
-    encoder on CUDA searches on GPU Faiss when the installed Faiss has GPUs."""
+    Encoding runs on ``model``'s device (the trainer moved it to ``--device``); with the encoder on CUDA the
+    index is searched on GPU Faiss when the installed Faiss has GPUs (:func:`hardneg.devices.place_index`:
+    under torchrun each rank's index on its own GPU)."""
     cfg = ctx.config
-    train_queries = {q: ctx.queries[q] for q in ctx.train_qrels}
+    qids = list(ctx.train_qrels)
     k = selector.depth() if selector is not None else cfg.topk + max(len(p) for p in ctx.positives.values())
     where = "start model" if folder is None else f"refresh at step {step}"
+    warmup = Path(cfg.out) / WARMUP_DIR
+    key = _warmup_key(ctx, model, k) if folder is None else ""
+    if folder is None and dist.broadcast_object(_warmup_found(warmup, key)):  # rank 0's view decides for all
+        lists = read_negatives(warmup / "negatives.tsv")
+        summary = read_json(warmup / "manifest.json").get("diagnostics")
+        if selector is not None and summary is not None:
+            selector.record(summary)
+        return {q: lists.get(q, []) for q in qids}  # a query mined with no negative has no line in the file
 
-    def choose(run, qrels, positive_scores) -> dict[str, list[str]]:
-        if selector is None:
-            return mine_negatives(run, qrels, cfg.topk)
-        return selector.select(run, where, positive_scores=positive_scores, step=step)
-
-    if folder is None:  # the start model: cached like any retrieval, reused across runs
-        index = corpus_index(model, ctx.dataset, "flat", ctx.cache_dir,
-                             batch_size=cfg.batch_encode_size, show_progress=not cfg.quiet)
-    else:  # the current weights: encoded in memory, never cached
-        index = _current_index(ctx, model)
-        if dist.is_distributed():  # each rank searches its share of the queries; the lists are exchanged
-            qids = sorted(train_queries)[dist.rank() :: dist.world_size()]
-            run, pos_scores = searched(index, model, {q: train_queries[q] for q in qids}, k)
-            mined = choose(run, {q: ctx.train_qrels[q] for q in qids}, pos_scores)
-            merged: dict[str, list[str]] = {}
-            for part in dist.all_gather_object(mined):
-                merged.update(part)
-            return {q: merged[q] for q in train_queries if q in merged}
-    # one process only: FaissIndex.to_gpu puts the index on every GPU, from every rank under torchrun
-    if not dist.is_distributed() and faiss_placement(model.device, quiet=True) == "gpu":
-        index.to_gpu()  # (the trainer's setup warned once when a GPU run has only CPU Faiss)
-    run, pos_scores = searched(index, model, train_queries, k)
-    return choose(run, ctx.train_qrels, pos_scores)
+    index = _start_index(ctx, model) if folder is None else _current_index(ctx, model, Path(folder))
+    place_index(index, model.device)
+    diag = selector.new_diagnostics(where) if selector is not None else None
+    mine: dict[str, list[str]] = {}
+    try:
+        for unit_qids, qv in _my_vectors(model, qids, [ctx.queries[q].text for q in qids], "mine",
+                                         not cfg.quiet and dist.is_main()):
+            scores, rows = index.search(qv, k)
+            run = run_from_arrays(unit_qids, index.ids, scores, rows)
+            if selector is None:
+                mine.update(mine_negatives(run, ctx.train_qrels, cfg.topk))
+            else:
+                mine.update(selector.select(run, where, positive_scores=positive_scorer(index, unit_qids, qv),
+                                            step=step, diagnostics=diag))
+    finally:
+        index.release_gpu()
+    out = _shared_selection(ctx, qids, mine, diag, selector, "start" if folder is None else f"step-{step}")
+    if folder is not None and dist.is_distributed() and dist.is_main():
+        shutil.rmtree(folder, ignore_errors=True)  # the refresh's embeddings (every rank has indexed them)
+    if folder is None and dist.is_main():
+        event = selector.events[-1] if selector is not None else None
+        _write_warmup(warmup, key, out, event if isinstance(event, Diagnostics) else None)
+    return out
 
 
 def select_from_lists(ctx: Any, model: Any, lists: Mapping[str, Sequence[str]],
                       selector: TrainSelector) -> dict[str, list[str]]:
     """Apply ``selector``'s rules to given candidate lists (a ``--negatives`` file, BM25's run): the
-    candidates are scored by the teacher, or else by ``model`` (the start model) over its cached index."""
+    candidates are scored by the teacher, or else by ``model`` (the start model) over its cached index.
+    Under torchrun every rank calls this and selects its share of the queries."""
+    where = "given candidates"
+    diag = selector.new_diagnostics(where)
+    mine: dict[str, list[str]] = {}
     if selector.rules.teacher is not None:
-        return selector.select({q: [(d, 0.0) for d in docs] for q, docs in lists.items()}, "given candidates")
+        qids = list(lists)
+        share = qids[dist.rank() :: dist.world_size()]
+        mine = selector.select({q: [(d, 0.0) for d in lists[q]] for q in share}, where, diagnostics=diag)
+        return _shared_selection(ctx, qids, mine, diag, selector, "given")
     cfg = ctx.config
-    index = corpus_index(model, ctx.dataset, "flat", ctx.cache_dir, batch_size=cfg.batch_encode_size,
-                         show_progress=not cfg.quiet)
-    queries = {q: ctx.queries[q] for q in lists if q in ctx.queries}
-    _run, scorer = searched(index, model, queries, 1)
-    scored = {q: list(zip(docs, scorer(q, list(docs)).tolist(), strict=True)) for q, docs in lists.items()
-              if q in queries and docs}
-    return selector.select(scored, "given candidates", positive_scores=scorer)
+    index = _start_index(ctx, model)
+    qids = [q for q in lists if q in ctx.queries]
+    for unit_qids, qv in _my_vectors(model, qids, [ctx.queries[q].text for q in qids], "score candidates",
+                                     not cfg.quiet and dist.is_main()):
+        scorer = positive_scorer(index, unit_qids, qv)
+        scored = {q: list(zip(lists[q], scorer(q, list(lists[q])).tolist(), strict=True))
+                  for q in unit_qids if lists[q]}
+        mine.update(selector.select(scored, where, positive_scores=scorer, diagnostics=diag))
+    return _shared_selection(ctx, [q for q in qids if lists[q]], mine, diag, selector, "given")
