@@ -1,10 +1,13 @@
 """The shipped MS MARCO recipes follow the paper (Zhan et al. 2021; DRhard's code), ``base:`` for every trained
-method, the dev-split rule and the recipe's ``device`` key; and the passage recipe end to end on a tiny sample."""
+method, the dev-split rule and the recipe's ``device`` key; and the passage recipe end to end on a tiny sample.
+DRhard's behaviours that are options (LAMB variant, LR span, examples per query, mining lengths, document
+fields): tests/unit/test_drhard_options.py."""
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -38,7 +41,6 @@ def test_shipped_msmarco_recipes_follow_the_paper(name, split):
         assert exp.stages[f"train-{s}"].settings["model"] == "roberta-base" and exp.stages[f"train-{s}"].deps == []
     star = exp.stages["train-star"].settings
     assert star["star_mixing"] == "pairmean" and star["topk"] == 200 and star["n_negatives"] == 1
-    assert star["optimizer"] == "lamb" and star["lr"] == pytest.approx(1e-4)
     # model selection never looks at the reported split
     assert r.eval.split == split
     for stage_name, stage in exp.stages.items():
@@ -49,17 +51,82 @@ def test_shipped_msmarco_recipes_follow_the_paper(name, split):
         assert exp.stages[f"train-{s}"].settings["index"] == "flat", s
         assert exp.stages[f"test-{s}"].settings["index"] == "flat", s
     for s in r.dense:  # ... and so is every other system of the main table, except the Table 3 PQ-trained one
-        expected = "pq96" if s.name == "adore-pq96+star" else "flat"
+        expected = "pq96" if s.name == "adore-pq96+bm25neg" else "flat"
         assert exp.stages[f"test-{s.name}"].settings["index"] == expected, s.name
+    # Table 3 is on ADORE+BM25 Neg: the warm-up, ADORE on it, and ADORE trained on the PQ index
     pq = exp.stages["analysis-pq"].settings
-    assert "pq96" in pq["indexes"] and {"star", "adore+star", "adore-pq96+star"} <= set(pq["systems"])
+    assert "pq96" in pq["indexes"] and pq["systems"] == ["bm25neg", "adore+bm25neg", "adore-pq96+bm25neg"]
+    assert r.system("adore-pq96+bm25neg").base == "bm25neg"
+
+
+#: section 7.3 (and DRhard's README STAR command for STAR on passages): (optimizer, batch, lr) per method and task
+SECTION_7_3 = {("msmarco-passage", "star"): ("lamb", 256, 1e-4), ("msmarco-doc", "star"): ("adamw", 60, 2e-6),
+               **{(task, m): ("lamb", 256, 2e-4) for task in ("msmarco-passage", "msmarco-doc")
+                  for m in ("inbatch", "rand")}}
+#: section 7.3: ADORE's M per task; section 8.4.1: its 60k steps
+ADORE_METRIC = {"msmarco-passage": "mrr@200", "msmarco-doc": "mrr@10"}
+
+
+@pytest.mark.parametrize("name", ["msmarco-passage", "msmarco-doc"])
+def test_recipes_take_section_7_3s_values(name):
+    """Optimizer, batch and lr per method and task, ADORE's metric per task, In-Batch/Rand trained on passages
+    only, and every LAMB the DRhard variant, read from the configs each stage trains with."""
+    exp = _shipped(name)
+    passage = _shipped("msmarco-passage")
+    for method in ("star", "inbatch", "rand"):
+        cfg = exp.stages[f"train-{method}"].settings
+        optimizer, batch, lr = SECTION_7_3[name, method]
+        assert (cfg["optimizer"], cfg["batch_size"]) == (optimizer, batch) and cfg["lr"] == pytest.approx(lr), method
+        assert cfg["train_chunk"] >= cfg["batch_size"], method  # a whole batch per forward pass
+        assert cfg.get("lamb_variant", "decoupled") == ("drhard" if cfg["optimizer"] == "lamb" else "decoupled")
+        assert cfg["examples_per_query"] == "one" and cfg["schedule_epochs"] == 100  # star/train.py's dataset, span
+    for method in ("inbatch", "rand"):  # trained on the passage task: the very run of the passage recipe
+        assert exp.stages[f"train-{method}"].settings["data"] == "/data/msmarco/passage"
+        mine, theirs = dict(exp.stages[f"train-{method}"].settings), dict(passage.stages[f"train-{method}"].settings)
+        assert {k: v for k, v in mine.items() if k != "out"} == {k: v for k, v in theirs.items() if k != "out"}
+    for method in ("bm25neg", "ance", "star"):  # the others train on this task's data
+        assert exp.stages[f"train-{method}"].settings["data"] == f"/data/msmarco/{name.split('-')[1]}"
+    assert exp.stages["train-rand"].settings["rand_batch_positives"] is False  # model.py randneg_train
+    star = exp.stages["train-star"].settings
+    doc_len = 512 if name == "msmarco-doc" else 256
+    assert (star["mine_query_max_length"], star["mine_doc_max_length"]) == (32, doc_len)  # prepare_hardneg.py
+    for s in exp.recipe.systems:
+        if s.method == "adore":
+            cfg = exp.stages[f"train-{s.name}"].settings
+            assert cfg["metric"] == ADORE_METRIC[name] and cfg["max_steps"] == 60000, s.name
+            assert cfg["schedule_epochs"] == 6 and int(cfg["warmup_ratio"] * cfg["max_steps"]) == 2000, s.name
+            assert exp.query_length(s) == 64 == exp.stages[f"test-{s.name}"].settings["query_max_length"], s.name
+        elif s.kind != "bm25":
+            assert exp.query_length(s) == 32 == exp.stages[f"test-{s.name}"].settings["query_max_length"], s.name
+
+
+@pytest.mark.parametrize("name", ["msmarco-passage", "msmarco-doc"])
+def test_recipes_state_their_dev_cost(name):
+    """Dev runs on a BM25 pool, not the corpus, and the recipe's comment counts the evaluations its values make."""
+    exp = _shipped(name)
+    text = re.sub(r"\s*\n#\s*", " ", (CONFIGS / f"{name}.yaml").read_text())  # the comments as one text
+    for stage in ("train-star", "train-bm25neg"):
+        cfg = exp.stages[stage].settings
+        assert cfg["dev_pool"] > 0
+        evaluations = cfg["max_steps"] // cfg["dev_every"] + 1  # and the start model's (dev_at_start)
+        assert f"{evaluations} evaluations per trained system" in text, (stage, evaluations)
+    adore = exp.stages["train-adore+star"].settings
+    assert f"ADORE's dev is ranked in its fixed index: {adore['max_steps'] // adore['dev_every'] + 1} evaluations" \
+        in text
 
 
 def test_paper_presets_are_drhards():
     passage, doc = PRESETS["paper-passage"], PRESETS["paper-doc"]
     assert passage["star_mixing"] == doc["star_mixing"] == "pairmean"  # model.py inbatch_train's pair mean
     assert (passage["query_max_length"], passage["doc_max_length"], passage["batch_size"]) == (24, 120, 256)
+    assert (passage["optimizer"], passage["lamb_variant"], passage["lr"]) == ("lamb", "drhard", 1e-4)
+    assert (doc["optimizer"], doc["batch_size"], doc["lr"]) == ("adamw", 60, 2e-6) and "lamb_variant" not in doc
     assert doc["doc_max_length"] == 512 and "alpha" not in passage
+    for preset in (passage, doc):  # the whole batch in one encoder pass, DRhard's options on
+        assert preset["train_chunk"] == preset["batch_size"]
+        assert (preset["examples_per_query"], preset["schedule_epochs"], preset["mine_query_max_length"]) == \
+            ("one", 100, 32)
+    assert (passage["mine_doc_max_length"], doc["mine_doc_max_length"]) == (256, 512)
 
 
 # ----------------------------------------------------------------------------- base: on any trained method
@@ -226,5 +293,5 @@ def test_msmarco_passage_recipe_end_to_end_on_cpu(tmp_path, tiny_roberta_dir):
     metrics = json.loads((exp.stage_dir("test-adore+star") / "metrics.json").read_text())
     assert set(metrics) == {"RR@10", "R@100", "nDCG@10"} and 0 <= metrics["R@100"] <= 1
     grid = json.loads((exp.stage_dir("analysis-pq") / "grid.json").read_text())
-    assert set(grid["metrics"]["adore-pq96+star"]) == {"flat", "pq96", "pq48"}
+    assert set(grid["metrics"]["adore-pq96+bm25neg"]) == {"flat", "pq96", "pq48"}
     assert grid["bytes"]["pq96"] < grid["bytes"]["flat"]

@@ -19,6 +19,7 @@ A recipe names a dataset, a starting encoder and the systems to compare::
       - {name: star, method: star, track_every: 30}     # any TrainConfig key overrides
       - {name: adore+star, method: adore, base: star}   # ADORE on top of another system's model
       - {name: star2, method: star, base: star}         # starts from (and mines with) star's model
+      - {name: inb-p, method: inbatch, train_data: "{data_dir}/msmarco/passage"}   # trained on another dataset
     analysis:
       pairwise: {topk: 200}                              # Table 1 / Fig. 3
       pq: {indexes: [flat, pq48], systems: [zeroshot, adore+zeroshot]}   # Table 3 / 5
@@ -30,6 +31,10 @@ document encoder, or the start model of any other method (``static``/``star`` al
 negatives with it, as DRhard's STAR mines with its warm-up model). Its training stage depends on
 the base's, so a changed base makes it stale. Model selection uses a dev set; a ``dev_split`` equal
 to the split the recipe reports (``eval.split``, or a transfer split of the same data) is refused.
+
+``train_data`` trains a system on another dataset (its dev set carved from that one's training queries) and
+tests it directly on the recipe's ``data``, as the paper's In-Batch and Rand Neg are trained on MS MARCO
+passage and "directly evaluated on the document task" (section 7.3).
 
 ``data`` and ``transfer`` entries may be ``irds:<id>`` (``ir_datasets``). ``data`` is then the dataset without a
 split (``irds:beir/scifact``): training reads ``<id>/train``, tests ``<id>/<eval.split>``, a ``dev_split``
@@ -97,6 +102,7 @@ class System(BaseModel):
     method: str | None = None
     kind: str = Field(None, validate_default=True)  # bm25 | zeroshot | train (default with a method)
     base: str | None = None  # the system whose model this one starts from (ADORE: its fixed document encoder)
+    train_data: str | None = None  # the dataset it trains on, when not the recipe's ``data``
     settings: dict[str, Any] = Field(default_factory=dict)  # TrainConfig overrides
 
     @model_validator(mode="before")
@@ -106,7 +112,7 @@ class System(BaseModel):
             return data
         if not isinstance(data, dict) or "name" not in data:
             raise PydanticCustomError("system", "must be a mapping with a 'name'")
-        fields = {k: data[k] for k in ("name", "method", "kind", "base") if k in data}
+        fields = {k: data[k] for k in ("name", "method", "kind", "base", "train_data") if k in data}
         return {**fields, "settings": {k: v for k, v in data.items() if k not in fields}}
 
     @field_validator("name")
@@ -143,6 +149,15 @@ class System(BaseModel):
                              f"not a {info.data['kind']} system")
         return base
 
+    @field_validator("train_data")
+    @classmethod
+    def _train_data(cls, train_data: str | None, info: ValidationInfo) -> str | None:
+        if train_data is not None and info.data.get("kind", "train") != "train":
+            raise ValueError(f"'train_data' is for trained systems (a 'method'), not a {info.data['kind']} system")
+        if train_data is not None and not train_data.strip():
+            raise ValueError("'train_data' names a dataset (path or irds:<id>); drop the key to train on 'data'")
+        return train_data
+
     @field_validator("settings")
     @classmethod
     def _settings(cls, settings: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
@@ -173,8 +188,9 @@ class System(BaseModel):
         return str(self.settings.get("index", "flat")) if self.frozen_doc else "flat"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "method": self.method, "base": self.base,
-                "settings": dict(self.settings)}
+        out = {"name": self.name, "kind": self.kind, "method": self.method, "base": self.base,
+               "settings": dict(self.settings)}
+        return {**out, "train_data": self.train_data} if self.train_data is not None else out
 
 
 class Recipe(StrictSection):
@@ -383,16 +399,19 @@ class Recipe(StrictSection):
     def _irds_specs(self) -> list[tuple[str, str]]:
         """``(key path, spec)`` of every ``irds:`` dataset the runner will load."""
         out: list[tuple[str, str]] = []
-        data_path, data_split = parse_spec(self.data)
+        data_path, _ = parse_spec(self.data)
         if data_path.startswith("irds:"):
             out.append(("data", f"{data_path}:{self.eval.split}"))
-            trained = [s for s in self.systems if s.kind == "train"]
-            if trained:
-                out.append(("data", f"{data_path}:{data_split or 'train'}"))
-            for s in trained:
-                dev = self.train_config(s, Path("/nonexistent")).dev_split
-                if dev:
-                    out.append(("data", f"{data_path}:{dev}"))
+        for i, s in enumerate(self.systems):
+            if s.kind != "train":
+                continue
+            key = f"systems[{i}].train_data" if s.train_data is not None else "data"
+            cfg = self.train_config(s, Path("/nonexistent"))
+            path, split = parse_spec(cfg.data)
+            if path.startswith("irds:"):
+                out.append((key, f"{path}:{split or 'train'}"))
+                if cfg.dev_split:
+                    out.append((key, f"{path}:{cfg.dev_split}"))
         out += [(f"transfer[{j}]", spec) for j, spec in enumerate(self.transfer) if spec.strip().startswith("irds:")]
         return out
 
@@ -412,9 +431,9 @@ class Recipe(StrictSection):
                         ", eval.split and any dev_split)") if key == "data" else ""
                 raise HardnegError(f"{self.source}: {key}: {exc}{hint}") from None
 
-    def _reported_split(self, spec: str) -> str | None:
-        """The split of the recipe's own ``data`` that ``spec`` names, ``None`` for another dataset."""
-        data_path, _ = parse_spec(self.data)
+    def _reported_split(self, spec: str, data: str | None = None) -> str | None:
+        """The split of ``data`` (default the recipe's own) that ``spec`` names, ``None`` for another dataset."""
+        data_path, _ = parse_spec(data or self.data)
         path, split = parse_spec(spec)
         if path.startswith("irds:") and data_path.startswith("irds:"):
             full, base = irds_split_id(path[len("irds:"):], split), data_path[len("irds:"):].strip("/")
@@ -425,9 +444,10 @@ class Recipe(StrictSection):
         """Model selection must not look at the split the report is measured on."""
         if cfg.dev_split is None:
             return
-        reported = {self.eval.split: "eval.split"}
+        # the splits of the data it trains on that the report reads (train_data: another dataset's transfers)
+        reported = {self.eval.split: "eval.split"} if cfg.data == self.data else {}
         for j, spec in enumerate(self.transfer):
-            split = self._reported_split(spec)
+            split = self._reported_split(spec, cfg.data)
             if split:
                 reported.setdefault(split, f"transfer[{j}]")
         if cfg.dev_split not in reported:
@@ -456,7 +476,7 @@ class Recipe(StrictSection):
             raise HardnegError(f"{self.source}: system {system.name!r}: {exc}") from exc
         cfg = apply_preset(cfg, preset, explicit=set(settings) | {"seed"})
         cfg.method = str(system.method)
-        cfg.data = self.data
+        cfg.data = system.train_data or self.data
         cfg.out = str(out)
         if model is not None:
             cfg.model = model

@@ -138,7 +138,8 @@ class Experiment:
         for s in r.systems:
             deps = self._model_deps(s)
             self._add(Stage(test_stage(s.name), {"system": s.name, "kind": s.kind, "data": self.test_spec(),
-                                                 "index": s.index, "model": self.model_path(s), **eval_settings},
+                                                 "index": s.index, "model": self.model_path(s), **eval_settings,
+                                                 "query_max_length": self.query_length(s)},
                             deps, self._retrieve_fn(s, self.test_spec(), per_query=True)))
         for s in r.interpolated:
             self._add_wise(s, eval_settings)
@@ -172,13 +173,14 @@ class Experiment:
                     continue
                 name = transfer_stage(s.name, dataset_tag(spec))
                 self._add(Stage(name, {"system": s.name, "data": spec, "index": "flat",
-                                       "model": self.model_path(s), **eval_settings},
+                                       "model": self.model_path(s), **eval_settings,
+                                       "query_max_length": self.query_length(s)},
                                 self._model_deps(s), self._retrieve_fn(s, spec, per_query=False, index="flat")))
         for s in r.interpolated:
             alphas = r.interpolate.alphas if r.interpolate else []
             self._add(Stage(wise_curve_stage(s.name), {"system": s.name, "alphas": alphas, "data": self.test_spec(),
                                                        "transfer": list(r.transfer), "index": s.index,
-                                                       **eval_settings},
+                                                       **eval_settings, "query_max_length": self.query_length(s)},
                             [wise_alpha_stage(s.name, a) for a in alphas], self._wise_curve_fn(s, alphas)))
         self._add(Stage(REPORT, {}, list(self.stages), self._report_fn, always=True))
 
@@ -209,13 +211,14 @@ class Experiment:
         for a in alphas:
             self._add(Stage(wise_alpha_stage(s.name, a),
                             {"system": s.name, "alpha": a, "start": start, "model": self.model_path(s),
-                             "index": s.index, "dev": dev, **eval_settings},
+                             "index": s.index, "dev": dev, **eval_settings, "query_max_length": self.query_length(s)},
                             deps, self._wise_alpha_fn(s, a, start, cfg)))
         self._add(Stage(wise_stage(s.name), {"system": s.name, "alphas": alphas, "dev_metric": cfg.dev_metric},
                         [wise_alpha_stage(s.name, a) for a in alphas], self._wise_pick_fn(s, alphas, cfg.dev_metric)))
         row = self.wise_system(wise_name(s.name))
         self._add(Stage(test_stage(row.name), {"system": row.name, "kind": "wise", "data": self.test_spec(),
-                                               "index": s.index, "model": self.model_path(row), **eval_settings},
+                                               "index": s.index, "model": self.model_path(row), **eval_settings,
+                                               "query_max_length": self.query_length(row)},
                         self._model_deps(row), self._retrieve_fn(row, self.test_spec(), per_query=True)))
 
     # ------------------------------------------------------------------ stage bodies
@@ -229,10 +232,18 @@ class Experiment:
 
         return run
 
+    def query_length(self, system: System) -> int:
+        """The query max length ``system`` is tested with: ``eval.query_max_length``, except for a method that
+        trains the query tower alone (ADORE), tested at the length it trained at (DRhard's adore/train.py and
+        adore/inference.py: 64 tokens both; star/inference.py: 32)."""
+        if system.frozen_doc:
+            return self.recipe.train_config(system, self.stage_dir(train_stage(system.name))).query_max_length
+        return int(self.recipe.eval.query_max_length)
+
     def _encoder(self, system: System) -> DualEncoder:
         ev = self.recipe.eval
         encoder = DualEncoder.from_pretrained(self.model_path(system), doc_max_length=int(ev.max_length),
-                                              query_max_length=int(ev.query_max_length))
+                                              query_max_length=self.query_length(system))
         return encoder.to(self.device) if self.device.type != "cpu" else encoder
 
     def _retrieve_fn(self, system: System, spec: str, *, per_query: bool,
@@ -256,10 +267,11 @@ class Experiment:
         return run
 
     # ------------------------------------------------------------------ interpolate: (WiSE-FT)
-    def _load(self, path: str) -> DualEncoder:
+    def _load(self, path: str, system: System) -> DualEncoder:
+        """The model at ``path`` at the eval lengths of ``system`` (:meth:`query_length`)."""
         ev = self.recipe.eval
         encoder = DualEncoder.from_pretrained(path, doc_max_length=int(ev.max_length),
-                                              query_max_length=int(ev.query_max_length))
+                                              query_max_length=self.query_length(system))
         return encoder.to(self.device) if self.device.type != "cpu" else encoder
 
     @staticmethod
@@ -281,7 +293,7 @@ class Experiment:
                        cfg: TrainConfig) -> Callable[[Path], dict[str, Any]]:
         def run(folder: Path) -> dict[str, Any]:
             ev = self.recipe.eval
-            merged = interpolate(self._load(start), self._load(self.model_path(system)), alpha)
+            merged = interpolate(self._load(start, system), self._load(self.model_path(system), system), alpha)
             merged.save(folder / "model")
             dataset, qrels, queries = self.dev_set(cfg)
             index = corpus_index(merged, dataset, system.index, self.cache_dir, show_progress=not self.quiet)
@@ -316,7 +328,7 @@ class Experiment:
                          for spec in self.recipe.transfer}
             out: dict[str, Any] = {"test": {}, "transfer": {t: {} for t in transfers}}
             for a in alphas:
-                model = self._load(str(self.stage_dir(wise_alpha_stage(system.name, a)) / "model"))
+                model = self._load(str(self.stage_dir(wise_alpha_stage(system.name, a)) / "model"), system)
                 for tag, dataset in [("test", test), *transfers.items()]:
                     run_ = retrieve(model, dataset, index_kind=system.index if tag == "test" else "flat",
                                     k=int(ev.k), cache_dir=self.cache_dir, show_progress=not self.quiet,

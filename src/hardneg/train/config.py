@@ -28,6 +28,8 @@ from hardneg.train.report_to import check_installed
 
 METHODS = method_names()
 OPTIMIZERS = ("adamw", "lamb")
+LAMB_VARIANTS = ("decoupled", "drhard")
+EXAMPLES_PER_QUERY = ("each-positive", "one")
 LOSSES = ("ranknet", "softmax")
 PRECISIONS = ("fp32", "bf16", "fp16")
 STAR_MIXINGS = ("alpha", "pairmean")
@@ -43,6 +45,9 @@ SELECTION_SETTINGS = NegativeRules.settings()
 SELECTION_DEFAULTS: dict[str, Any] = NegativeRules.defaults()
 LATER_DEFAULTS.update(SELECTION_DEFAULTS)
 LATER_DEFAULTS.update({"nprobe": None, "ef_search": None})  # ADORE's search parameters (the index's own if unset)
+#: DRhard's behaviours as options (issue 27), off by default: hardneg's behaviour before they existed
+LATER_DEFAULTS.update({"lamb_variant": "decoupled", "schedule_epochs": None, "examples_per_query": "each-positive",
+                       "mine_query_max_length": None, "mine_doc_max_length": None})
 
 #: settings that may change between a run and its ``--resume`` (they do not change the math so far)
 RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
@@ -60,12 +65,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS, "optimizer": OPTIMIZERS, "loss": LOSSES, "precision": PRECISIONS,
     "star_mixing": STAR_MIXINGS, "adore_loss": ADORE_LOSSES, "adore_positives": ADORE_POSITIVES,
     "adore_reduction": ADORE_REDUCTIONS, **{s.name: s.choices for s in SELECTION_SETTINGS if s.choices},
-    "dev_carve": ("queries", "documents"),
+    "dev_carve": ("queries", "documents"), "lamb_variant": LAMB_VARIANTS, "examples_per_query": EXAMPLES_PER_QUERY,
 }
 #: whole-number settings that must be at least 1
 AT_LEAST_ONE = ("max_steps", "batch_size", "grad_accum", "n_negatives", "topk", "dev_every", "save_every",
                 "keep_checkpoints", "query_max_length", "batch_encode_size", "train_chunk", "adore_topk",
-                "nprobe", "ef_search")
+                "nprobe", "ef_search", "mine_query_max_length", "mine_doc_max_length")
 
 
 def setting(default: Any = None, help: str = "", *, panel: str | None = None, flags: tuple[str, ...] = (),
@@ -92,8 +97,18 @@ class TrainConfig(BaseModel):
     grad_accum: int = setting(1, "Micro-batches per optimiser step.", panel=OPTIMISATION)
     lr: float = setting(2e-5, "Peak learning rate.", panel=OPTIMISATION)
     optimizer: str = setting("adamw", "adamw or lamb.", panel=OPTIMISATION)
+    lamb_variant: str = setting(
+        "decoupled", "lamb: decoupled (pytorch-optimizer's Lamb: decoupled weight decay, eps 1e-6) or drhard "
+        "(DRhard's lamb.py: weight decay as L2 inside the trust ratio, eps 1e-8).", panel=OPTIMISATION)
     weight_decay: float = setting(0.01, "Weight decay.", panel=OPTIMISATION)
     warmup_ratio: float = setting(0.1, "Share of steps in linear warm-up.", panel=OPTIMISATION)
+    schedule_epochs: float | None = setting(
+        None, "The linear LR decay reaches 0 after this many epochs of the training examples instead of at "
+        "--max-steps (DRhard: star/train.py 100, adore/train.py 6; its runs stop before).", panel=OPTIMISATION)
+    examples_per_query: str = setting(
+        "each-positive", "each-positive: one training example per (query, positive) pair; one: one per query, "
+        "its positive drawn anew each time it comes up (DRhard's datasets). ADORE: always one per query.",
+        panel=OPTIMISATION)
     max_grad_norm: float = setting(1.0, "Gradient clipping norm.", panel=OPTIMISATION)
     precision: str = setting(
         "fp32", "fp32, bf16 or fp16: autocast around the encoder forward passes only, scores and losses in "
@@ -125,6 +140,12 @@ class TrainConfig(BaseModel):
     star_mixing: str = setting("alpha", "STAR: alpha (L_s + a L_r) or pairmean (DRhard's formula).",
                                panel=NEGATIVES)
     refresh_every: int = setting(0, "ance: re-mine negatives every N steps.", panel=NEGATIVES)
+    mine_query_max_length: int | None = setting(
+        None, "static, star, ance: query max length when mining with the start model (default "
+        "--query-max-length; DRhard's prepare_hardneg.py: 32).", panel=NEGATIVES)
+    mine_doc_max_length: int | None = setting(
+        None, "static, star, ance: document max length when mining with the start model (default "
+        "--doc-max-length; DRhard: 256 passage, 512 document).", panel=NEGATIVES)
     rand_batch_positives: bool = setting(
         True, "rand: the batch's other positives are negatives too (default), or only the sampled "
         "negatives of the batch (DRhard's RobertaDot_Rand: --no-rand-batch-positives).", panel=NEGATIVES)
@@ -206,7 +227,7 @@ class TrainConfig(BaseModel):
         return _checked(info.field_name, value)
 
     @field_validator(*AT_LEAST_ONE, "track_every", "track_queries", "lr", "warmup_ratio", "alpha",
-                     "score_scale")
+                     "score_scale", "schedule_epochs")
     @classmethod
     def _in_range(cls, value: Any, info: ValidationInfo) -> Any:
         return _checked(info.field_name, value)
@@ -238,13 +259,15 @@ class TrainConfig(BaseModel):
     def validate(self) -> None:  # type: ignore[override]  # (pydantic's deprecated classmethod)
         """Raise a clear HardnegError for a bad configuration, before any compute."""
         for name in (*CHOICES, *AT_LEAST_ONE, "track_every", "track_queries", "lr", "warmup_ratio", "alpha",
-                     "score_scale"):
+                     "score_scale", "schedule_epochs"):
             try:
                 _checked(name, getattr(self, name))
             except ValueError as exc:
                 raise HardnegError(str(exc)) from None
         if not self.data:
             raise HardnegError("no training data: give --data path[:split] (split defaults to train)")
+        if self.lamb_variant != _default("lamb_variant") and self.optimizer != "lamb":
+            raise HardnegError(f"--lamb-variant {self.lamb_variant} is for --optimizer lamb, not {self.optimizer}")
         check_installed(self.report_to)  # a missing mlflow / wandb names the extra before any compute
         if not 0 < self.dev_fraction < 1 and self.dev_split is None:
             raise HardnegError(f"dev_fraction must be in (0, 1), not {self.dev_fraction}")
@@ -334,7 +357,7 @@ def _checked(name: str, value: Any) -> Any:
         raise ValueError(f"{name} must be at least 1, not {value}")
     if name in ("track_every", "track_queries") and value < 0:
         raise ValueError(f"{name} must be >= 0, not {value}")
-    if name in ("lr", "score_scale") and value is not None and value <= 0:
+    if name in ("lr", "score_scale", "schedule_epochs") and value is not None and value <= 0:
         raise ValueError(f"{name} must be positive, not {value}")
     if name == "warmup_ratio" and not 0 <= value < 1:
         raise ValueError(f"warmup_ratio must be in [0, 1), not {value}")
@@ -391,31 +414,39 @@ def config_error(exc: ValidationError, source: str | Path | None = None) -> Hard
     return HardnegError(_where(source) + "; ".join(problems))
 
 
-#: The paper's settings (Zhan et al. 2021, section 6.1), as named presets.
+#: The paper's settings (Zhan et al. 2021, sections 6.1 and 7.3) and DRhard's code, as named presets: STAR on
+#: each task. Both forward a whole batch per encoder pass (``train_chunk`` = the batch, as DRhard does) instead of
+#: the default 16 rows, and take every DRhard behaviour that is an option here: DRhard's LAMB, the LR schedule over
+#: star/train.py's num_train_epochs 100 (its runs were stopped by hand long before: "converge within 50k steps"),
+#: one example per query (dataset.py TrainInbatchWithHardDataset: a random positive each time), and the warm-up
+#: mining lengths of star/prepare_hardneg.py (--max_query_length 32; --max_doc_length 256 passage, 512 document).
+#: The warm-up share is a step count in DRhard (warmup_steps 1000): the recipes turn it into warmup_ratio.
+_DRHARD_STAR: dict[str, Any] = {
+    "model": "roberta-base", "pooling": "cls", "normalize": False,  # model.py RobertaDot: CLS, inner product
+    "weight_decay": 0.01, "max_grad_norm": 1.0,  # star/train.py defaults
+    "precision": "fp16", "gradient_checkpointing": True,  # README STAR command: --gradient_checkpointing --fp16
+    # star/train.py hard_num=1, prepare_hardneg.py --topk 200; model.py inbatch_train: RankNet over the hard
+    # negative and the batch's other documents, one mean over all pairs (star_mixing pairmean)
+    "topk": 200, "n_negatives": 1, "loss": "ranknet", "score_scale": 1.0, "star_mixing": "pairmean",
+    "examples_per_query": "one", "schedule_epochs": 100, "mine_query_max_length": 32,
+}
 PRESETS: dict[str, dict[str, Any]] = {
-    # MS MARCO passage, STAR as DRhard trains it. README "Train/STAR" command: --max_query_length 24
-    # --max_doc_length 120 --optimizer_str lamb --learning_rate 1e-4 --gradient_checkpointing --fp16;
-    # star/train.py defaults: per_device_train_batch_size 256, weight_decay 0.01, max_grad_norm 1.0,
-    # hard_num=1 (one static hard negative per query); star/prepare_hardneg.py --topk 200; model.py
-    # RobertaDot: CLS embedding, inner product; model.py inbatch_train: RankNet over the hard negative and
-    # the batch's other documents, one mean over all pairs (star_mixing pairmean). Warm-up: star/train.py
-    # warmup_steps 1000 (a step count: the recipe turns it into warmup_ratio for its max_steps).
+    # MS MARCO passage, STAR. README "Train/STAR" command: --max_query_length 24 --max_doc_length 120
+    # --optimizer_str lamb --learning_rate 1e-4; star/train.py: per_device_train_batch_size 256, its Lamb with
+    # adam_epsilon 1e-8 (lamb_variant drhard). The paper's In-Batch and Rand Neg use LAMB, batch 256 and lr 2e-4
+    # (section 7.3): the recipes give those systems lr 2e-4 over this preset.
     "paper-passage": {
-        "model": "roberta-base", "pooling": "cls", "normalize": False, "query_max_length": 24,
-        "doc_max_length": 120, "batch_size": 256, "optimizer": "lamb", "lr": 1e-4, "weight_decay": 0.01,
-        "max_grad_norm": 1.0, "precision": "fp16", "gradient_checkpointing": True, "topk": 200,
-        "n_negatives": 1, "loss": "ranknet", "score_scale": 1.0, "star_mixing": "pairmean",
+        **_DRHARD_STAR, "query_max_length": 24, "doc_max_length": 120, "batch_size": 256, "train_chunk": 256,
+        "optimizer": "lamb", "lamb_variant": "drhard", "lr": 1e-4, "mine_doc_max_length": 256,
     },
-    # MS MARCO document (title + first 512 tokens), STAR. DRhard's README trains passage only; its code has
-    # one STAR script for both: star/train.py's comment "max_doc_length: 512 for doc and 120 for passage"
-    # (query length: its comment "24"), its defaults batch 256, LAMB, lr 1e-4, warmup_steps 1000, and
-    # star/prepare_hardneg.py --topk 200 (no document override). A document-specific batch size, learning
-    # rate or top-k in the paper could not be confirmed from the sources read: these are DRhard's defaults.
+    # MS MARCO document (url <sep> title <sep> body, first 512 tokens), STAR. Section 7.3: STAR on documents
+    # "uses AdamW optimizer, batch size of 60, and learning rate of 2e-6" (AdamW eps 1e-8, as star/train.py's);
+    # star/train.py's comments: max_doc_length "512 for doc", max_query_length "24"; prepare_hardneg.py's
+    # default --max_doc_length 512. fp16 and gradient checkpointing: the passage command's (not stated for
+    # documents).
     "paper-doc": {
-        "model": "roberta-base", "pooling": "cls", "normalize": False, "query_max_length": 24,
-        "doc_max_length": 512, "batch_size": 256, "optimizer": "lamb", "lr": 1e-4, "weight_decay": 0.01,
-        "max_grad_norm": 1.0, "precision": "fp16", "gradient_checkpointing": True, "topk": 200,
-        "n_negatives": 1, "loss": "ranknet", "score_scale": 1.0, "star_mixing": "pairmean",
+        **_DRHARD_STAR, "query_max_length": 24, "doc_max_length": 512, "batch_size": 60, "train_chunk": 60,
+        "optimizer": "adamw", "lr": 2e-6, "mine_doc_max_length": 512,
     },
     # CPU-sized: MiniLM on SciFact in minutes on 2 cores
     "cpu-demo": {

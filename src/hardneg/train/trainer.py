@@ -105,7 +105,7 @@ class Trainer:
         self.global_batch = cfg.batch_size * self.world
         self.order = DataOrder(len(self.examples), self.global_batch, cfg.grad_accum, cfg.seed)
         self.optimizer = make_optimizer(self.model, cfg)
-        self.scheduler = make_scheduler(self.optimizer, cfg)
+        self.scheduler = make_scheduler(self.optimizer, cfg, len(self.examples), self.global_batch)
         # fp16: dynamic loss scaling (DRhard train.py's GradScaler); disabled, every call is a pass-through
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         #: where dev is ranked (the method's own index, else the dev pool); made at the first dev evaluation
@@ -222,7 +222,7 @@ class Trainer:
         Every rank draws the negatives of the whole global batch (cheap, counter-based), so each rank
         knows every document id of the gathered batch without communication."""
         idx, start = self.order.indices(step, micro)
-        examples = [self.examples[i] for i in idx]
+        examples = self.method.batch_examples([self.examples[i] for i in idx], start)
         negatives = self.method.negatives(examples, start)
         return examples, negatives
 

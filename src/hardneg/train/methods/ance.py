@@ -27,7 +27,7 @@ class Ance(StaticNeg):
         self._file = Path(ctx.config.out) / "refresh" / "negatives.tsv"
 
     def initial_candidates(self) -> dict[str, list[str]]:
-        return mine_with_model(self.ctx, self.ctx.model, selector=self.selector)
+        return self.mine_start_model()  # no --negatives file: always the start model's, at the mining lengths
 
     def after_step(self, step: int) -> None:
         if step % self.config.refresh_every or step >= self.config.max_steps:

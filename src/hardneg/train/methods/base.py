@@ -10,10 +10,11 @@ document columns, and which rows of the global batch this rank scores).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from hardneg.train.layout import layout_masks
@@ -22,6 +23,10 @@ from hardneg.train.methods.mining import mine_with_model
 if TYPE_CHECKING:
     from hardneg.train.config import TrainConfig
     from hardneg.train.dev import DevIndex
+
+
+#: the random stream of :meth:`Method.batch_examples`'s positive draws (apart from the negatives' streams)
+_POSITIVE_STREAM = 0x706F73
 
 
 @dataclass
@@ -79,6 +84,8 @@ class Method:
     def __init__(self, ctx: MethodContext) -> None:
         self.ctx = ctx
         self.config = ctx.config
+        #: ``examples_per_query`` one: every query's positives in the corpus (its example's is drawn from them)
+        self.query_positives: dict[str, list[str]] = {}
 
     # negatives -----------------------------------------------------------------
     def negatives(self, examples, start: int) -> list[list[str]]:
@@ -95,8 +102,32 @@ class Method:
         """Restore from :meth:`state_files` copies in ``checkpoint``."""
 
     def train_examples(self, examples: list) -> list:
-        """The examples the data order runs over (default: one per (query, positive) pair)."""
-        return examples
+        """The examples the data order runs over: one per (query, positive) pair (``examples_per_query``
+        each-positive), or one per query (``one``, DRhard's training datasets), whose positive
+        :meth:`batch_examples` draws each time the query comes up."""
+        if self.config.examples_per_query != "one":
+            return examples
+        first: dict[str, object] = {}
+        for e in examples:
+            first.setdefault(e.qid, e)
+            self.query_positives.setdefault(e.qid, []).append(e.pos)
+        return [first[q] for q in sorted(first)]
+
+    def batch_examples(self, examples: list, start: int) -> list:
+        """A micro-batch's examples as trained; ``start`` is the global position of its first one (the data
+        order's counter). With one example per query, each query with several positives gets one drawn
+        uniformly for its position (``random.choice`` in DRhard's ``__getitem__``), from ``(seed, position)``
+        alone, so a resumed run draws what the straight run drew."""
+        if not self.query_positives:
+            return examples
+        out = []
+        for i, e in enumerate(examples):
+            positives = self.query_positives[e.qid]
+            if len(positives) > 1:
+                rng = np.random.default_rng([self.config.seed, _POSITIVE_STREAM, start + i])
+                e = replace(e, pos=positives[int(rng.integers(len(positives)))])
+            out.append(e)
+        return out
 
     def batch_loss(self, batch: StepBatch) -> tuple[torch.Tensor, dict] | None:
         """``(loss, parts)`` to compute the whole step's loss here; ``None``: the trainer's default

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
 from hardneg.negatives.sampling import StaticNegatives, mine_negatives
 from hardneg.negatives.sources import load_candidates
 from hardneg.retrieval.bm25 import cached_bm25
 from hardneg.train.losses import pairwise_loss
 from hardneg.train.methods.base import Method, MethodContext
 from hardneg.train.methods.mining import TrainSelector, mine_with_model, select_from_lists
+
+
+@contextmanager
+def mining_lengths(model, config) -> Iterator[None]:
+    """``model`` tokenizes at ``mine_query_max_length`` / ``mine_doc_max_length`` (where set) inside the block,
+    at its own lengths again after it: the start model's mining may read longer texts than training does
+    (DRhard mines with 32-token queries and 256/512-token documents, trains with 24/120). Cached corpus
+    encodings are keyed by the length (``side_identity``), so the mining index is not the training one."""
+    tower = getattr(model.doc_model, "config", None)
+    limit = getattr(tower, "max_position_embeddings", None) or 1 << 30  # what the position embeddings hold
+    limit -= 2 if getattr(tower, "model_type", "") in ("roberta", "xlm-roberta") else 0  # RoBERTa's pad offset
+    lengths = {k: min(v, limit) for k, v in (("query_max_length", config.mine_query_max_length),
+                                             ("doc_max_length", config.mine_doc_max_length)) if v is not None}
+    if not lengths:
+        yield
+        return
+    before = model.config
+    model.config = replace(before, **lengths)
+    try:
+        yield
+    finally:
+        model.config = before
 
 
 class StaticNeg(Method):
@@ -35,10 +61,16 @@ class StaticNeg(Method):
         if self.config.negatives:
             if self.selector.rules.active:  # the file's lists (up to the window's depth) go through the rules
                 lists = load_candidates(self.config.negatives, self.selector.depth(), dataset=self.ctx.dataset)
-                return select_from_lists(self.ctx, self.ctx.model, lists, self.selector)
+                with mining_lengths(self.ctx.model, self.config):  # the start model scores them as it mines
+                    return select_from_lists(self.ctx, self.ctx.model, lists, self.selector)
             return load_candidates(self.config.negatives, self.config.topk, positives=self.ctx.train_qrels,
                                    dataset=self.ctx.dataset)
-        return mine_with_model(self.ctx, self.ctx.model, selector=self.selector)
+        return self.mine_start_model()
+
+    def mine_start_model(self) -> dict[str, list[str]]:
+        """The start model's top-``topk`` of every training query, mined at the mining lengths."""
+        with mining_lengths(self.ctx.model, self.config):
+            return mine_with_model(self.ctx, self.ctx.model, selector=self.selector)
 
     def negatives(self, examples, start: int) -> list[list[str]]:
         return [self.source.sample(e.qid, self.n_negatives, start + i) for i, e in enumerate(examples)]
