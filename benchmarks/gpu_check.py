@@ -7,8 +7,9 @@ tiny BEIR folder written here, so nothing is downloaded.
 1. ``placement``: ``encode``, ``retrieve``, ``search``, ``mine`` and ``train`` run with ``--device D``
    (exit 0) and give what ``--device cpu`` gives (embeddings within 1e-3, the same top documents);
 2. ``steps``: STAR and ADORE, bf16 and fp16, train 3 steps on D with finite losses, the model on D;
-3. ``resume-fp16``: an fp16 run killed after its checkpoint at step 2 and resumed ends with the weights
-   (and loss scale) of the uninterrupted run;
+3. ``resume-fp16``: with dropout on, an fp16 run killed after its checkpoint at step 2 and resumed ends with
+   the weights (and loss scale) of the uninterrupted run, bit for bit; on D = cuda its checkpoint holds the
+   GPU's RNG state; and a resume whose RNGs are reseeded after loading does not (dropout matters);
 4. ``faiss-gpu``: ``FaissIndex.to_gpu`` on D's GPU for flat, fp16 flat (``to_gpu(fp16=True)``), IVF-PQ
    (ivf64pq48: float32 lookup tables) and pq96 (searched as IVF1,PQ96 with float16 lookup tables), each
    against the same index searched on the CPU: overlap of the top-100, top-1 hits on planted queries and
@@ -162,15 +163,26 @@ def resume_fp16(device: str, work: Path, model: Path, data: Path) -> str:
     import pytest
     import torch
 
+    import hardneg.distributed as hdist
     from conftest import straight_and_resumed
     from hardneg.train.trainer import Trainer
 
-    def make(name: str) -> Trainer:
-        return Trainer(train_config(work / f"resume-{name}", data, model, "star", device, "fp16", max_steps=4,
-                                    save_every=2, dev_every=2))
+    def kill_and_resume(prefix: str, reseed: bool = False):
+        def make(name: str) -> Trainer:
+            return Trainer(train_config(work / f"resume-{prefix}{name}", data, model, "star", device, "fp16",
+                                        max_steps=4, save_every=2, dev_every=2))
 
-    with pytest.MonkeyPatch.context() as patch:  # the tests' kill-after-checkpoint-then-resume helper
-        straight, resumed = straight_and_resumed(make, patch, kill_at=2)
+        with pytest.MonkeyPatch.context() as patch:  # the tests' kill-after-checkpoint-then-resume helper
+            if reseed:  # the control: every generator reseeded right after the checkpoint restored them
+                restore = hdist.set_rng_state
+                patch.setattr(hdist, "set_rng_state", lambda state, dev=None: (restore(state, dev),
+                                                                                torch.manual_seed(12345)))
+            return straight_and_resumed(make, patch, kill_at=2)
+
+    straight, resumed = kill_and_resume("")
+    dropout = [m.p for m in straight.model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+    if not dropout:
+        raise AssertionError("the model has no active dropout: the check would prove nothing about RNG state")
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     bad = [k for k in a if not torch.equal(a[k], b[k])]
     if bad:
@@ -179,7 +191,17 @@ def resume_fp16(device: str, work: Path, model: Path, data: Path) -> str:
     scale_b = getattr(getattr(resumed, "scaler", None), "get_scale", lambda: None)()
     if scale != scale_b:
         raise AssertionError(f"loss scale {scale} straight vs {scale_b} resumed")
-    return f"4 steps straight == 2 + kill + resume, bit for bit ({len(a)} tensors); loss scale {scale}"
+    last = sorted((work / "resume-b" / "checkpoints").glob("step-*"))[-1]
+    rng = torch.load(last / "rng.pt", map_location="cpu", weights_only=True)
+    if device.startswith("cuda") and (rng.get("device_type") != "cuda" or not rng.get("cuda")):
+        raise AssertionError(f"{last}/rng.pt holds no CUDA RNG state (keys {sorted(rng)})")
+    _, reseeded = kill_and_resume("reseed-", reseed=True)
+    c = reseeded.model.state_dict()
+    if all(torch.equal(a[k], c[k]) for k in a):
+        raise AssertionError("a resume with reseeded RNGs also matched: dropout did not depend on the RNG state")
+    return (f"4 steps straight == 2 + kill + resume, bit for bit ({len(a)} tensors), dropout on "
+            f"({len(dropout)} layers, p={dropout[0]}); {len(rng.get('cuda', []))} GPU RNG state(s) in the "
+            f"checkpoint; reseeded resume differs; loss scale {scale}")
 
 
 #: (hardneg index kind, to_gpu options, least top-100 overlap with the CPU search, largest score difference,

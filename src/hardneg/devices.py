@@ -3,7 +3,8 @@
 ``--device`` takes ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or
 ``cuda:N``. Asking for CUDA where there is none is a :class:`DeviceError`
 (exit 2) that says what was found. Under torchrun the rank's GPU wins: the
-launcher already chose it (``LOCAL_RANK``), so ``auto``/``cuda`` map to it.
+launcher already chose it (``LOCAL_RANK``), so ``auto``/``cuda`` map to it; a process that sees only one
+GPU (a per-process-GPU launcher) uses cuda:0 (:func:`hardneg.distributed.cuda_index_for`).
 :func:`place_index` puts a Faiss index beside the encoder: on the rank's own GPU
 under torchrun, on every GPU in one process.
 """
@@ -11,11 +12,11 @@ under torchrun, on every GPU in one process.
 from __future__ import annotations
 
 import logging
-import os
 import re
 
 import torch
 
+from hardneg import distributed as dist
 from hardneg.errors import HardnegError
 from hardneg.index import faiss_gpu, faiss_index
 
@@ -50,15 +51,14 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     kind, index = match.group(1), match.group(2)
     if kind == "cpu":
         return torch.device("cpu")
-    local_rank = os.environ.get("LOCAL_RANK")
     if kind == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
-        return torch.device("cuda", int(local_rank) if local_rank is not None else 0)
+        return torch.device("cuda", dist.local_cuda_index())
     if not torch.cuda.is_available():
         raise DeviceError(f"--device {spec} was asked for, but {_found()}; use --device cpu or auto")
-    if index is None:
-        return torch.device("cuda", int(local_rank) if local_rank is not None else 0)
+    if index is None:  # the rank's GPU (LOCAL_RANK, or the only one a per-process-GPU launcher shows)
+        return torch.device("cuda", dist.local_cuda_index())
     i = int(index)
     if i >= torch.cuda.device_count():
         raise DeviceError(f"--device {spec} was asked for, but {_found()}; pick an index below "

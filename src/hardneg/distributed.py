@@ -4,6 +4,8 @@
 reads ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` and joins one process group
 (:func:`init_from_env`: NCCL on GPUs, gloo on CPUs). Without those variables
 everything here is a no-op and a single process runs exactly as before.
+A process trains on GPU ``LOCAL_RANK``, or on cuda:0 when it sees only one GPU
+(launchers that give each process its own: :func:`cuda_index_for`).
 
 How N processes with batch B equal one process with batch N·B
 --------------------------------------------------------------
@@ -35,20 +37,26 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
+import random
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from hardneg.errors import HardnegError
+
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- process group
 def init_from_env(timeout_minutes: float = 60.0) -> bool:
     """Join the process group described by torchrun's variables; ``False`` (no-op) without them.
 
-    Backend: NCCL when CUDA is available (and each process uses GPU ``LOCAL_RANK``), gloo otherwise.
+    Backend: NCCL when CUDA is available (each process on the GPU :func:`local_cuda_index` picks), gloo
+    otherwise.
     """
     if dist.is_available() and dist.is_initialized():
         return True
@@ -59,9 +67,8 @@ def init_from_env(timeout_minutes: float = 60.0) -> bool:
         raise HardnegError(f"WORLD_SIZE must be at least 1, not {world}")
     if not dist.is_available():
         raise HardnegError("this torch build has no torch.distributed: cannot run under torchrun")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(local_cuda_index())
         backend = "nccl"
     else:
         backend = "gloo"
@@ -83,6 +90,32 @@ def world_size() -> int:
 
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def cuda_index_for(local_rank: int, device_count: int) -> int:
+    """The GPU a process with ``local_rank`` trains on when it sees ``device_count`` GPUs.
+
+    The rule: GPU ``local_rank`` when ``local_rank < device_count`` (torchrun on a node whose processes all
+    see every GPU); GPU 0 when the process sees exactly one GPU (a launcher that gives each process its
+    own, e.g. SLURM's ``--gpus-per-task=1`` or a per-process ``CUDA_VISIBLE_DEVICES``); anything else is
+    ambiguous and refused.
+    """
+    if device_count < 1:
+        raise HardnegError("no CUDA device is visible to this process (torch.cuda.device_count() is 0); "
+                           "check CUDA_VISIBLE_DEVICES, or run with --device cpu")
+    if 0 <= local_rank < device_count:
+        return local_rank
+    if device_count == 1:
+        return 0
+    raise HardnegError(
+        f"LOCAL_RANK {local_rank} but this process sees {device_count} GPUs: give every process all of the "
+        "node's GPUs (unset CUDA_VISIBLE_DEVICES per process) or exactly one (e.g. SLURM --gpus-per-task=1)"
+    )
+
+
+def local_cuda_index() -> int:
+    """:func:`cuda_index_for` this process's ``LOCAL_RANK`` (0 without one) and visible GPUs."""
+    return cuda_index_for(local_rank(), torch.cuda.device_count())
 
 
 def is_main() -> bool:
@@ -253,15 +286,80 @@ def reduce_records(record: dict[str, float], sums: Sequence[str] = ()) -> dict[s
 
 
 # ----------------------------------------------------------------------------- RNG
-def rng_state() -> dict:
-    """This process's torch RNG state (CPU, and the current GPU's when there is one)."""
-    state = {"torch": torch.get_rng_state()}
+def rng_state(device: torch.device | str | None = None) -> dict:
+    """Every RNG of this process, for a checkpoint; :func:`set_rng_state` restores it.
+
+    ``python`` (the Mersenne Twister words of ``random``) and ``python_gauss``; ``numpy`` (the global
+    generator: key words, position, cached Gaussian); ``torch`` (the CPU generator); and, when this process
+    has initialised CUDA, ``cuda``: every visible GPU's generator (``torch.cuda.get_rng_state_all()``) with
+    ``cuda_current``, the GPU this process works on. (A process that never initialised CUDA drew nothing
+    from its GPU generators: ``torch.manual_seed`` queues their seeding, and a resumed run queues the same.)
+    ``device_type``: where the run trains (``device``; default :func:`device_of_group`), since dropout
+    draws from that device's generator. Tensors, numbers and strings only: it loads with
+    ``weights_only=True``.
+    """
+    device = torch.device(device) if device is not None else device_of_group()
+    _, words, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {
+        "device_type": device.type,
+        "python": tuple(words),
+        "python_gauss": gauss,
+        "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+        state["cuda_current"] = int(torch.cuda.current_device())
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | str | None = None) -> None:
+    """Restore a :func:`rng_state` (or the part an older checkpoint holds) into a run on ``device``.
+
+    CUDA states are restored only where CUDA is present: all of them when this process sees as many GPUs
+    as the writer did, and always the writer's working GPU's state onto ``device`` (so a rank whose GPU
+    index changed, e.g. under a per-process-GPU launcher, continues its own stream). A checkpoint written
+    on another kind of device than ``device`` resumes with a warning: everything but dropout continues
+    exactly, dropout draws from this device's generator.
+    """
+    device = torch.device(device) if device is not None else device_of_group()
+    if "python" in state:
+        random.setstate((3, tuple(int(w) for w in state["python"]), state.get("python_gauss")))
+    saved_np = state.get("numpy")
+    if saved_np is not None:
+        np.random.set_state(("MT19937", saved_np["keys"].numpy().astype(np.uint32), int(saved_np["pos"]),
+                             int(saved_np["has_gauss"]), float(saved_np["gauss"])))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        _set_cuda_rng_state(state, device)
+    written_on = state.get("device_type") or ("cuda" if "cuda" in state else None)  # older: no device_type
+    if written_on is not None and written_on != device.type:
+        if is_main():
+            logger.warning(
+                "resuming on %s a checkpoint written on %s: weights, optimiser, scheduler, loss scale, data order "
+                "and negatives continue exactly, but dropout now draws from the %s generator, so the run "
+                "differs from an uninterrupted %s run from here on", device, written_on, device.type, written_on)
+    elif device.type == "cuda" and "cuda" not in state and is_main():
+        logger.warning("the checkpoint holds no CUDA RNG state (written on the CPU or by an older hardneg): "
+                       "dropout on %s continues from a freshly seeded generator, not the uninterrupted run's "
+                       "stream", device)
+
+
+def _set_cuda_rng_state(state: dict, device: torch.device) -> None:
+    saved = state["cuda"]
+    if isinstance(saved, torch.Tensor):  # older checkpoints: the working GPU's state only
+        states, current = [saved], 0
+    else:
+        states, current = list(saved), int(state.get("cuda_current", 0))
+    seen = torch.cuda.device_count()
+    if len(states) == seen:
+        torch.cuda.set_rng_state_all(states)
+    if device.type != "cuda" or not states:
+        return
+    target = device.index if device.index is not None else torch.cuda.current_device()
+    if len(states) != seen or target != current:
+        torch.cuda.set_rng_state(states[min(current, len(states) - 1)], target)
+        logger.info("CUDA RNG: the checkpoint's GPU %d state continues on cuda:%d (it holds %d GPU state(s), "
+                    "this process sees %d)", current, target, len(states), seen)

@@ -1,11 +1,15 @@
 """Checkpoints and training logs of the one training loop.
 
 A checkpoint folder holds the model's unique tensors (``model.safetensors``),
-optimiser, scheduler, fp16 loss-scaler (``scaler.pt``) and RNG state (loaded
-with ``weights_only=True``), any extra files (mined negatives) and
-``trainer_state.json``; it is written to a temporary folder and renamed, so a kill never leaves a half-written one that
-looks complete. ``train_log.jsonl`` (and TensorBoard) is cut back to the
-resumed step so a resumed run's log equals an uninterrupted one's.
+optimiser, scheduler, fp16 loss-scaler (``scaler.pt``) and every RNG (``rng.pt``: Python's, numpy's,
+torch's CPU generator and every GPU's, per rank under torchrun; see :func:`hardneg.distributed.rng_state`),
+any extra files (mined negatives) and ``trainer_state.json``. Every file loads with ``weights_only=True``
+and ``map_location="cpu"`` whatever device wrote it (:data:`MAP_LOCATION`), and ``load_state_dict`` puts
+each state where the resuming run keeps it: a GPU checkpoint resumes on a CPU machine, and each torchrun
+rank's optimiser state lands on that rank's own GPU, never on cuda:0. A checkpoint is written to a
+temporary folder and renamed, so a kill never leaves a half-written one that looks complete.
+``train_log.jsonl`` (and TensorBoard) is cut back to the resumed step so a resumed run's log equals an
+uninterrupted one's.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,6 +30,13 @@ from hardneg.io import atomic_write, commit_dir, read_json, write_json, writing
 from hardneg.train.report_to import Reporters, open_reporters, scalars
 
 CHECKPOINT_VERSION = 1
+
+#: where ``torch.load`` puts a checkpoint's tensors before ``load_state_dict`` places them. The CPU, not the
+#: run's GPU: ``Optimizer.load_state_dict`` moves every state onto its parameter's device (the rank's GPU)
+#: except the ``step`` counters, which a fresh AdamW keeps on the CPU; loading onto the GPU would leave
+#: them there (a GPU sync per parameter per step) and the resumed optimiser unlike the uninterrupted one.
+#: RNG states must be CPU tensors anyway.
+MAP_LOCATION = "cpu"
 
 logger = logging.getLogger("hardneg.train")
 
@@ -50,8 +60,9 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, extr
                     rng_extra: dict | None = None, scaler=None) -> None:
     """Write a checkpoint folder atomically (temp folder, then rename).
 
-    ``rng_extra`` is stored in ``rng.pt`` beside this process's RNG state (under DDP: ``ranks``, the
-    RNG state of every rank); an enabled ``scaler`` (fp16's ``GradScaler``) in ``scaler.pt``."""
+    ``rng.pt`` holds this process's RNGs (:func:`hardneg.distributed.rng_state` on the model's device) and
+    ``rng_extra`` (under DDP: ``ranks``, every rank's); an enabled ``scaler`` (fp16's ``GradScaler``) goes
+    in ``scaler.pt``."""
     with writing(folder, "checkpoint"):
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -62,8 +73,7 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, extr
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             if scaler is not None and scaler.is_enabled():
                 torch.save(scaler.state_dict(), tmp / "scaler.pt")
-            torch.save({"torch": torch.get_rng_state(), "python": random.getstate()[1], **(rng_extra or {})},
-                       tmp / "rng.pt")
+            torch.save({**dist.rng_state(model_device(model)), **(rng_extra or {})}, tmp / "rng.pt")
             for name, src in extra_files.items():
                 shutil.copyfile(src, tmp / name)
             write_json(tmp / "trainer_state.json", state)
@@ -79,11 +89,23 @@ def latest_checkpoint(out: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str, scaler=None) -> dict:
+def model_device(model) -> torch.device:
+    """Where the model's (document tower's) parameters live: the run's device."""
+    return next(model.doc_model.parameters()).device
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str, scaler=None,
+                    device: torch.device | str | None = None) -> dict:
     """Restore a checkpoint into the given objects; returns its ``trainer_state.json``.
 
+    Every file is read onto the CPU (:data:`MAP_LOCATION`) whatever device wrote it, then placed by
+    ``load_state_dict`` (the optimiser's state on its parameters' device). ``device`` (default: the
+    model's) is where the run trains: the RNGs are restored for this rank and that device
+    (:func:`hardneg.distributed.set_rng_state`, which warns when it is another kind of device than the
+    writer's: dropout then differs).
     An enabled ``scaler`` gets the saved loss scale; a checkpoint without ``scaler.pt`` (written
     before hardneg saved it) resumes with a fresh scale, said in a warning."""
+    device = torch.device(device) if device is not None else model_device(model)
     state = read_json(folder / "trainer_state.json")
     if state.get("version") != CHECKPOINT_VERSION:
         raise HardnegError(
@@ -98,13 +120,13 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str,
         )
     try:  # tensors only: weights_only refuses any pickled code in a checkpoint
         _load_unique_state_dict(model, load_file(str(folder / "model.safetensors")))
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-        rng = torch.load(folder / "rng.pt", weights_only=True)
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=MAP_LOCATION, weights_only=True))
+        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", map_location=MAP_LOCATION, weights_only=True))
+        rng = torch.load(folder / "rng.pt", map_location=MAP_LOCATION, weights_only=True)
         scaler_file = folder / "scaler.pt"
         if scaler is not None and scaler.is_enabled():
             if scaler_file.is_file():
-                scaler.load_state_dict(torch.load(scaler_file, weights_only=True))
+                scaler.load_state_dict(torch.load(scaler_file, map_location=MAP_LOCATION, weights_only=True))
             else:
                 logger.warning("%s: no fp16 loss-scaler state (an older checkpoint); resuming with a fresh "
                                "scale of %g", folder, scaler.get_scale())
@@ -114,11 +136,10 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str,
             f"({str(exc).splitlines()[0][:300]}); resume with the model it was trained from, "
             "or train into a new --out folder"
         ) from exc
-    torch.set_rng_state(rng["torch"])
-    ranks = rng.get("ranks")
-    if ranks is not None and len(ranks) == dist.world_size():  # each rank continues its own dropout stream
-        dist.set_rng_state(ranks[dist.rank()])
-    random.setstate((3, tuple(rng["python"]), None))
+    ranks = rng.pop("ranks", None)
+    if ranks is not None and len(ranks) == dist.world_size():  # each rank continues its own streams
+        rng = {**rng, **ranks[dist.rank()]}  # (older checkpoints kept only rank 0's Python state)
+    dist.set_rng_state(rng, device)
     return state
 
 

@@ -212,6 +212,9 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 
 def set_seed(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global generator and torch's CPU and every GPU's generator
+    (``torch.manual_seed`` seeds all CUDA devices, lazily when CUDA is not initialised yet). A checkpoint
+    saves and restores all of them (:func:`hardneg.distributed.rng_state`)."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
