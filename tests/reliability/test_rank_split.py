@@ -26,6 +26,8 @@ from safetensors.torch import load_file
 from test_distributed import WORKER, torchrun
 
 from conftest import write_tiny_train
+from hardneg.negatives.formats.tsv import read_negatives
+from hardneg.retrieval.runs import run_from_arrays
 from hardneg.train.config import TrainConfig
 from hardneg.train.methods import mining
 from hardneg.train.trainer import Trainer
@@ -167,3 +169,77 @@ def test_the_timeout_is_shorter_than_one_rank_encoding_the_whole_corpus(runs):
 def test_a_resumed_run_finds_the_shared_work_again(runs, method):
     for rank in runs["ranks"]:
         assert rank[method]["resume"] == {"doc": 0, "query": 0, "doc_batches": 0}, rank[method]
+
+
+# ----------------------------------------------------------------------------- one process: the pieces
+def test_merge_takes_this_splits_shards_and_opens_a_finished_merge(tmp_path, tiny_model_dir):
+    """A stale shard of another split (an earlier run with another world size) is ignored and cleared; a
+    second rank arriving after the merge opens the result instead of failing."""
+    from typer.testing import CliRunner
+
+    from hardneg.cli import app
+    from hardneg.index.encode import Embeddings
+    from hardneg.index.shards import merge_shards, shards_root
+
+    data = write_tiny_train(tmp_path / "data", filler=10)
+    common = [str(data), "--model", str(tiny_model_dir), "--cache-dir", str(tmp_path / "cache"), "-b", "4"]
+    runner = CliRunner()
+    out = tmp_path / "emb"
+    for args in (["--out", str(tmp_path / "whole")], ["--out", str(out), "--shard", "0/3"],
+                 ["--out", str(out), "--shard", "0/2"], ["--out", str(out), "--shard", "1/2"]):
+        result = runner.invoke(app, ["--quiet", "encode", *common, *args])
+        assert result.exit_code == 0, result.output
+    with pytest.raises(Exception, match="different splits"):  # without the split named: refused as before
+        merge_shards(out)
+    merged = merge_shards(out, n_shards=2, exist_ok=True)
+    assert (out / "embeddings.npy").read_bytes() == (tmp_path / "whole" / "embeddings.npy").read_bytes()
+    assert not shards_root(out).exists()  # the stale 0-of-3 went with the rest
+    again = merge_shards(out, n_shards=2, exist_ok=True)
+    assert isinstance(again, Embeddings) and again.manifest == merged.manifest
+    with pytest.raises(Exception, match="already holds finished embeddings"):
+        merge_shards(out)
+
+
+def test_the_start_models_negatives_are_read_back_while_they_fit_the_run(tmp_path, tiny_model_dir, monkeypatch):
+    """OUT/warmup/ is reused by a rerun of the same run (its file is read, not mined again), and mined again
+    once anything they depend on changes (here the depth, topk)."""
+    data = write_tiny_train(tmp_path / "data")
+    cfg = dict(method="star", data=str(data), model=str(tiny_model_dir), out=str(tmp_path / "out"),
+               cache_dir=str(tmp_path / "cache"), topk=8, n_negatives=2, batch_size=4, dev_fraction=0.25,
+               quiet=True, query_max_length=16, doc_max_length=32, seed=3)
+    Trainer(TrainConfig(**cfg)).setup()
+    warm = tmp_path / "out" / "warmup"
+    lines = (warm / "negatives.tsv").read_text().splitlines()
+    (q, a, _), (q2, b, _) = lines[0].split("\t"), lines[1].split("\t")
+    assert q == q2
+    lines[0], lines[1] = f"{q}\t{b}\t1", f"{q}\t{a}\t2"  # a mark only a read of the file keeps
+    (warm / "negatives.tsv").write_text("\n".join(lines) + "\n")
+    searched, read = [], []
+    monkeypatch.setattr(mining, "run_from_arrays", lambda *x, **k: searched.append(1) or run_from_arrays(*x, **k))
+    monkeypatch.setattr(mining, "read_negatives", lambda path: read.append(read_negatives(path)) or read[-1])
+    Trainer(TrainConfig(**cfg)).setup()
+    assert not searched and read[0][q][:2] == [b, a]
+    diagnostics = json.loads((tmp_path / "out" / "negatives_diagnostics.json").read_text())["events"]
+    assert [e["where"] for e in diagnostics] == ["start model"]  # the event, read back with the file
+    Trainer(TrainConfig(**{**cfg, "topk": 6})).setup()  # another depth: mined again, the file replaced
+    assert searched and len(read) == 1
+    assert not (warm / "negatives.tsv").read_text().startswith(f"{q}\t{b}\t1\n")
+
+
+def test_train_passes_dist_timeout_to_the_process_group(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import hardneg.cli.train as train_cli
+    from hardneg.cli import app
+
+    asked = []
+
+    def join(timeout_seconds=None):
+        asked.append(timeout_seconds)
+        raise SystemExit(3)  # stop before any training
+
+    monkeypatch.setattr(train_cli, "join_torchrun", join)
+    data = write_tiny_train(tmp_path / "data")
+    result = CliRunner().invoke(app, ["train", "inbatch", "--data", str(data), "--out", str(tmp_path / "out"),
+                                      "--dist-timeout", "90"])
+    assert result.exit_code == 3 and asked == [90.0], result.output

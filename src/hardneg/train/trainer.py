@@ -24,7 +24,11 @@ Under ``torchrun`` (see :mod:`hardneg.distributed`) N processes with
 out the global micro-batch, rank ``r`` encodes slice ``r``, document embeddings
 are gathered across ranks with gradients, losses are global means and
 gradients are averaged. Only rank 0 writes logs, models and checkpoints; every
-rank restores from them.
+rank restores from them. The setup's long work is shared too and no rank waits in a
+collective on another's: caches (tokenized corpus, indexes, BM25) are built by the
+first rank to take their file lock while the others wait on it, and the corpus
+encodings and searches of mining and of ADORE's index are split into equal shares
+(:mod:`hardneg.train.methods.mining`, :func:`hardneg.index.shards.encode_over_ranks`).
 """
 
 from __future__ import annotations
