@@ -70,16 +70,19 @@ def corpus_embeddings(
     show_progress: bool = True,
     out: Path | None = None,
     over_ranks: bool = False,
+    precision: str = "fp32",
 ) -> Embeddings:
     """Encode ``dataset``'s corpus with the document tower (cached and resumable). ``over_ranks``: under
     torchrun every rank calls this and encodes its share (:func:`~hardneg.index.shards.encode_over_ranks`)."""
     cache_dir = cache_dir_or_default(cache_dir)
     store = corpus_store(model, dataset, cache_dir, show_progress=show_progress)
-    key = embeddings_key(model.side_identity("doc"), store.manifest, "doc")
+    key = embeddings_key(model.side_identity("doc"), store.manifest, "doc", precision)
     out = Path(out) if out else cache_dir / "embeddings" / f"{dataset.name}-{key}"
     if over_ranks:
-        return encode_over_ranks(model, store, "doc", out, batch_size=batch_size, show_progress=show_progress)
-    return encode_store(model, store, "doc", out, batch_size=batch_size, show_progress=show_progress)
+        return encode_over_ranks(model, store, "doc", out, batch_size=batch_size, show_progress=show_progress,
+                                 precision=precision)
+    return encode_store(model, store, "doc", out, batch_size=batch_size, show_progress=show_progress,
+                        precision=precision)
 
 
 def corpus_index(
@@ -91,13 +94,14 @@ def corpus_index(
     batch_size: int = 64,
     show_progress: bool = True,
     over_ranks: bool = False,
+    precision: str = "fp32",
 ) -> FaissIndex:
     """The Faiss index of ``dataset``'s corpus under ``model`` (built once, then loaded). ``over_ranks``: under
     torchrun every rank calls this, the corpus encoding is shared out over the ranks, and the index is built
     by the first rank to take its lock while the others wait on the lock (not in a collective), then load it."""
     cache_dir = cache_dir_or_default(cache_dir)
     emb = corpus_embeddings(model, dataset, cache_dir, batch_size=batch_size, show_progress=show_progress,
-                            over_ranks=over_ranks)
+                            over_ranks=over_ranks, precision=precision)
     key = emb.manifest["key"]
     folder = cache_dir / "indexes" / f"{dataset.name}-{key}-{kind.replace(':', '_').replace(',', '_')}"
     with file_lock(f"{folder}.lock"):

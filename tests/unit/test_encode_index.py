@@ -235,3 +235,83 @@ def test_every_encoding_path_runs_the_same_batches_bit_for_bit(model, store, tmp
     assert [b for b, _ in got] == list(range(2, len(batches)))
     for b, emb in got:
         assert emb.float().numpy().tobytes() == in_memory[batches[b]].tobytes()
+
+
+def test_fp32_embeddings_keys_are_unchanged_and_other_precisions_are_keyed_apart():
+    """The key of fp32 embeddings is the one made before precisions existed (so every cached fp32 folder stays
+    valid); bf16/fp16 each get their own."""
+    from hardneg.index.encode import embeddings_key
+
+    identity, manifest = {"source": "m", "weights": {"doc": "abc"}}, {"content": "c1", "max_length": 32, "prefix": ""}
+    fp32 = embeddings_key(identity, manifest, "doc")
+    assert fp32 == embeddings_key(identity, manifest, "doc", "fp32") == "a2ee9d9623525170"  # the key before
+    keys = {embeddings_key(identity, manifest, "doc", p) for p in ("bf16", "fp16")}
+    assert len(keys) == 2 and fp32 not in keys
+    with pytest.raises(HardnegError, match="precision must be one of fp32, bf16, fp16, not 'fp8'"):
+        embeddings_key(identity, manifest, "doc", "fp8")
+
+
+def test_bf16_encoding_runs_under_autocast_and_stores_float32_close_to_fp32(model, store, tmp_path, monkeypatch):
+    import torch
+
+    from hardneg.index.encode import check_encode_precision
+
+    seen: list[tuple[bool, torch.dtype | None]] = []
+    forward = type(model).forward
+
+    def recording(self, *args, **kwargs):
+        on = torch.is_autocast_enabled("cpu")
+        seen.append((on, torch.get_autocast_dtype("cpu") if on else None))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", recording)
+    fp32 = encode_store(model, store, "doc", tmp_path / "fp32", batch_size=16, show_progress=False)
+    assert seen and set(seen) == {(False, None)}
+    seen.clear()
+    check_encode_precision("bf16", model.device)
+    bf16 = encode_store(model, store, "doc", tmp_path / "bf16", batch_size=16, show_progress=False, precision="bf16")
+    assert seen and set(seen) == {(True, torch.bfloat16)}
+    assert bf16.manifest["precision"] == "bf16" and fp32.manifest["precision"] == "fp32"
+    assert bf16.manifest["key"] != fp32.manifest["key"]
+    a, b = np.asarray(fp32.vectors), np.asarray(bf16.vectors)
+    assert b.dtype == np.float32 and b.shape == a.shape
+    assert a.tobytes() != b.tobytes()  # really computed at another precision
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99
+    np.testing.assert_allclose(b, a, atol=0.05 * np.abs(a).max())
+    # a cached fp32 folder is never handed out for a bf16 request
+    with pytest.raises(MismatchError):
+        encode_store(model, store, "doc", tmp_path / "fp32", batch_size=16, show_progress=False, precision="bf16")
+    # the sharded path encodes the same bf16 vectors under the same key
+    from hardneg.index.shards import encode_shard, merge_shards
+
+    encode_shard(model, store, "doc", tmp_path / "sharded", 0, 1, batch_size=16, show_progress=False,
+                 precision="bf16")
+    merged = merge_shards(tmp_path / "sharded")
+    assert merged.manifest["key"] == bf16.manifest["key"]
+    assert np.asarray(merged.vectors).tobytes() == b.tobytes()
+    with pytest.raises(HardnegError, match="--precision must be one of"):
+        check_encode_precision("half", model.device)
+
+
+def test_encode_cli_precision_flag(tiny_beir, tiny_st_dir, tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from hardneg.cli import app
+
+    monkeypatch.setenv("HARDNEG_CACHE_DIR", str(tmp_path / "cache"))
+    manifests = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        result = CliRunner().invoke(app, ["--quiet", "encode", f"{tiny_beir}:test", "--model", str(tiny_st_dir),
+                                          "--device", "cpu", "--precision", precision, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        manifests[precision] = json.loads((out / "manifest.json").read_text())
+    assert manifests["bf16"]["precision"] == "bf16" and manifests["bf16"]["key"] != manifests["fp32"]["key"]
+    result = CliRunner().invoke(app, ["--quiet", "encode", f"{tiny_beir}:test", "--model", str(tiny_st_dir),
+                                      "--precision", "fp8", "--out", str(tmp_path / "bad")])
+    assert isinstance(result.exception, HardnegError), result.output  # the CLI's entry point: exit 2, one line
+    assert "--precision must be one of fp32, bf16, fp16, not 'fp8'" in str(result.exception)
+    assert not (tmp_path / "bad").exists()

@@ -511,3 +511,54 @@ def test_train_sections_go_to_train_config_untouched(tmp_path, monkeypatch):
     adore = rand.model_copy(update={"method": "adore", "settings": {"adore_topk": 5}})
     recipe.train_config(adore, tmp_path / "out")
     assert seen == [{"seed": 42, "lr": lr, "batch_size": 8}, {"seed": 42, "lr": 2.0e-5, "adore_topk": 5}]
+
+
+def test_device_flag_replaces_the_recipe_key_and_leaves_every_stage_key_alone(tmp_path, monkeypatch):
+    """`hardneg experiment --device`: every training config and encoder gets it, recipe.json records it as it
+    records the recipe's key, and no stage key changes (a CPU run keeps its keys; the STAR demo's train-star key
+    is the one recorded above). A recipe asking for CUDA runs on a CPU-only machine with --device cpu."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = tmp_path / "star-demo.yaml"
+    path.write_text(STAR_DEMO)
+    plain = Experiment(Recipe.from_yaml(path, data_dir="/data"), tmp_path / "a")
+    flagged = Experiment(Recipe.from_yaml(path, data_dir="/data", device="cpu"), tmp_path / "a")
+    assert {n: s.key for n, s in flagged.stages.items()} == {n: s.key for n, s in plain.stages.items()}
+    assert flagged.stages["train-star"].key == "51d08637c6cbccb0"
+    assert plain.recipe.device == "auto" and flagged.recipe.to_dict()["device"] == "cpu"
+    star = flagged.recipe.system("star")
+    assert flagged.recipe.train_config(star, tmp_path / "t").device == "cpu" and flagged.device.type == "cpu"
+    cuda = tmp_path / "cuda.yaml"
+    cuda.write_text(STAR_DEMO.replace("seed: 42\n", "seed: 42\ndevice: cuda\n"))
+    with pytest.raises(HardnegError, match=r"cuda\.yaml: device: --device cuda was asked for, but"):
+        Recipe.from_yaml(cuda, data_dir="/data")
+    moved = Experiment(Recipe.from_yaml(cuda, data_dir="/data", device="cpu"), tmp_path / "a")
+    assert {n: s.key for n, s in moved.stages.items()} == {n: s.key for n, s in plain.stages.items()}
+    with pytest.raises(HardnegError, match=r"^--device cuda:1 was asked for, but"):
+        Recipe.from_yaml(path, data_dir="/data", device="cuda:1")
+    with pytest.raises(HardnegError, match=r"^--device 'gpu' is not a device"):
+        Recipe.from_yaml(path, data_dir="/data", device="gpu")
+
+
+def test_experiment_cli_device_flag(tmp_path, tiny_model_dir, monkeypatch):
+    import torch
+    from typer.testing import CliRunner
+
+    from hardneg.cli import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = tiny_data(tmp_path / "data")
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "data": str(data), "model": str(tiny_model_dir), "device": "cuda",
+                                    "cache_dir": str(tmp_path / "cache"),
+                                    "systems": [{"name": "bm25", "kind": "bm25"}]}))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["--quiet", "experiment", str(path), "--out", str(out), "--device", "cuda",
+                                      "--dry-run"])
+    assert isinstance(result.exception, HardnegError) and "--device cuda was asked for" in str(result.exception)
+    result = CliRunner().invoke(app, ["--quiet", "experiment", str(path), "--out", str(out), "--device", "cpu",
+                                      "--only", "test-bm25"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "recipe.json").read_text())["device"] == "cpu"
+    assert json.loads((out / "stages" / "test-bm25" / "stage.json").read_text())["status"] == "done"

@@ -27,6 +27,9 @@ def experiment(
     dry_run: Annotated[bool, typer.Option("--dry-run",
         help="Check the recipe and list the stages with their status; compute nothing.")] = False,
     threads: ThreadsOpt = None,
+    device: Annotated[str | None, typer.Option("--device",
+        help="auto, cpu, cuda or cuda:N for every stage; replaces the recipe's `device:` (default: the "
+             "recipe's). Not part of the stage keys: changing it reruns nothing.")] = None,
 ) -> None:
     """Run a recipe's stages in order (train, test, transfer, analyses, report); done stages are skipped.
 
@@ -36,7 +39,7 @@ def experiment(
     from hardneg.experiment import Experiment, Recipe
 
     use_threads(threads)
-    exp = Experiment(Recipe.from_yaml(recipe, data_dir), out_dir, quiet=STATE["quiet"])
+    exp = Experiment(Recipe.from_yaml(recipe, data_dir, device=device), out_dir, quiet=STATE["quiet"])
     if dry_run:
         for name, state in exp.status():
             out.print(f"{state:>24}  {name}", highlight=False)

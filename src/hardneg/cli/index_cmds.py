@@ -33,6 +33,11 @@ from hardneg.cli.common import (
 )
 from hardneg.errors import HardnegError
 
+#: ``--precision`` of the commands that encode (the forward passes; embeddings are stored float32 either way)
+PrecisionOpt = Annotated[str, typer.Option("--precision",
+    help="fp32, bf16 or fp16: the encoder's forward passes under autocast (embeddings stored float32; "
+         "bf16/fp16 embeddings are cached apart from fp32 ones). bf16 is slow on most CPUs.")]
+
 
 def encode(
     data: DataArg,
@@ -50,6 +55,7 @@ def encode(
     shard: Annotated[str | None, typer.Option("--shard", help="Encode only shard `i/n` (0-based) into "
                                               "OUT.shards/ (job arrays); join them with `hardneg encode-merge OUT`. "
                                               "Under torchrun each rank encodes its shard and rank 0 merges.")] = None,
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Encode a corpus (or a split's queries) into a float32 embeddings folder; resumes if interrupted.
 
@@ -60,7 +66,7 @@ def encode(
     """
     from hardneg import distributed as dist
     from hardneg.artifacts import side_store
-    from hardneg.index.encode import encode_store
+    from hardneg.index.encode import check_encode_precision, encode_store
 
     use_threads(threads)
     launched = join_torchrun()
@@ -70,6 +76,7 @@ def encode(
     encoder = open_model(model, pooling, normalize, max_length, device=device)
     if launched:
         encoder.to(dist.device_of_group())  # NCCL: this rank's GPU
+    check_encode_precision(precision, encoder.device)
     kind = side_kind(side)
     out_dir = out_dir or default_out(dataset_tag(dataset), model_tag(model), f"{kind}-emb")
     from hardneg.locks import output_lock
@@ -78,7 +85,8 @@ def encode(
         with output_lock(out_dir):  # <out>.run.lock beside the folder (published by a rename)
             with dist.main_first():
                 store = side_store(encoder, dataset, kind, cache_dir, show_progress=progress())
-            emb = encode_store(encoder, store, kind, out_dir, batch_size=batch_size, show_progress=progress())
+            emb = encode_store(encoder, store, kind, out_dir, batch_size=batch_size, show_progress=progress(),
+                               precision=precision)
         info(f"{len(emb)} x {emb.dim} embeddings in {out_dir}")
         return
     from hardneg.index.shards import encode_shard, merge_shards, parse_shard
@@ -88,7 +96,7 @@ def encode(
         with dist.main_first():
             store = side_store(encoder, dataset, kind, cache_dir, show_progress=progress())
         folder = encode_shard(encoder, store, kind, out_dir, i, n, batch_size=batch_size,
-                              show_progress=progress())
+                              show_progress=progress(), precision=precision)
     if not launched:
         info(f"shard {i}/{n} in {folder}; when all {n} are done: hardneg encode-merge {out_dir}")
         return

@@ -37,6 +37,7 @@ from hardneg.cli.common import (
     save_and_report,
     use_threads,
 )
+from hardneg.cli.index_cmds import PrecisionOpt
 
 
 def bm25(
@@ -96,25 +97,29 @@ def retrieve(
     topic_field: TopicFieldOpt = "title",
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Dense retrieval in one go: tokenize + encode the corpus (cached, resumable), index, search, evaluate.
 
     Example: `hardneg retrieve ../shared/data/scifact:test --model minilm --index flat`
     """
     from hardneg.devices import faiss_placement
+    from hardneg.index.encode import check_encode_precision
     from hardneg.retrieval.dense import retrieve as dense_retrieve
 
     use_threads(threads)
     dataset = open_dataset(data, queries, qrels, topic_field, cache_dir)
     encoder = open_model(model, pooling, normalize, max_length, query_max_length, device=device)
+    check_encode_precision(precision, encoder.device)
     start = time.perf_counter()
     run = dense_retrieve(encoder, dataset, index_kind=index, k=k, cache_dir=cache_dir,
                          batch_size=batch_size, show_progress=progress(), nprobe=nprobe, ef_search=ef_search,
-                         use_gpu=faiss_placement(encoder.device) == "gpu", gpu_required=gpu_asked(device))
+                         use_gpu=faiss_placement(encoder.device) == "gpu", gpu_required=gpu_asked(device),
+                         precision=precision)
     elapsed = time.perf_counter() - start
     out_dir = out_dir or default_out(dataset_tag(dataset), model_tag(model), index)
     settings = {"command": "retrieve", "data": data, "model": model, "index": index, "k": k,
-                "encoder": encoder.identity(), "seconds": elapsed,
+                "encoder": encoder.identity(), "seconds": elapsed, "precision": precision,
                 **{name: v for name, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None}}
     save_and_report(run, dataset, out_dir, model_tag(model), measure, settings, fmt)
 
@@ -139,6 +144,7 @@ def search(
         help="Search even if the index was built by another model.")] = False,
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Encode a split's queries and search a saved index; write the run and evaluate it.
 
@@ -147,6 +153,7 @@ def search(
     from hardneg.artifacts import index_mismatches
     from hardneg.devices import faiss_placement
     from hardneg.errors import MismatchError
+    from hardneg.index.encode import check_encode_precision
     from hardneg.index.faiss_index import FaissIndex
     from hardneg.io import read_json
     from hardneg.retrieval.dense import search as dense_search
@@ -154,6 +161,7 @@ def search(
     use_threads(threads)
     dataset = open_dataset(data, queries, qrels, topic_field)
     encoder = open_model(model, query_max_length=query_max_length, device=device)
+    check_encode_precision(precision, encoder.device)
     manifest_file = index_dir / "manifest.json"
     if manifest_file.is_file() and not force:  # checked from the manifest, before the index is read
         manifest = read_json(manifest_file)
@@ -168,8 +176,9 @@ def search(
     idx.set_search_params(nprobe=nprobe, ef_search=ef_search)
     if faiss_placement(encoder.device) == "gpu":
         idx.to_gpu(required=gpu_asked(device))
-    run = dense_search(idx, encoder, dataset.queries(), k)
+    run = dense_search(idx, encoder, dataset.queries(), k, precision=precision)
     out_dir = out_dir or default_out(dataset_tag(dataset), index_dir.name)
     settings = {"command": "search", "index": str(index_dir), "data": data, "model": model, "k": k,
+                "precision": precision,
                 **idx.search_params()}
     save_and_report(run, dataset, out_dir, index_dir.name, measure, settings, fmt)

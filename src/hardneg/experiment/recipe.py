@@ -273,7 +273,8 @@ class Recipe(StrictSection):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_yaml(cls, path: str | Path, data_dir: str | None = None) -> Recipe:
+    def from_yaml(cls, path: str | Path, data_dir: str | None = None, *, device: str | None = None) -> Recipe:
+        """The recipe in ``path``; ``device`` (``hardneg experiment --device``) replaces its ``device:``."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -286,12 +287,16 @@ class Recipe(StrictSection):
         if not isinstance(data, dict):
             raise HardnegError(f"{path}: a recipe is a mapping (name, data, model, systems, ...)")
         data_dir = data_dir or os.environ.get("HARDNEG_DATA_DIR") or DEFAULT_DATA_DIR
-        return cls.from_dict(substitute(data, {"data_dir": str(data_dir).rstrip("/")}), source=str(path))
+        return cls.from_dict(substitute(data, {"data_dir": str(data_dir).rstrip("/")}), source=str(path),
+                             device=device)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> Recipe:
+    def from_dict(cls, data: dict[str, Any], source: str = "recipe", *, device: str | None = None) -> Recipe:
         if not isinstance(data, dict):
             raise HardnegError(f"{source}: a recipe is a mapping (name, data, model, systems, ...)")
+        if device is not None:  # --device: checked as the flag, then it is the recipe's device (recipe.json)
+            resolve_device(device)
+            data = {**data, "device": device}
         for key in ("name", "data", "systems"):
             if not data.get(key):
                 raise HardnegError(f"{source}: the recipe needs '{key}'")

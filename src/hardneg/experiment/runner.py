@@ -13,9 +13,15 @@ final model.
 
 A trained system with a ``base`` starts from the base's trained model (ADORE: its fixed
 document encoder; static/star: also the model that mines their negatives), and its
-training stage depends on the base's. The recipe's ``device`` is every training
-config's and every encoder's (tests, transfers, analyses); it is not part of the stage
-keys, so moving a half-done experiment to another device reruns nothing.
+training stage depends on the base's. The recipe's ``device`` (or ``hardneg experiment --device``,
+which replaces it) is every training config's and every encoder's (tests, transfers, analyses); it
+is not part of the stage keys, so moving a half-done experiment to another device reruns nothing.
+
+Memory between stages: a stage's objects (its trainer, model, ADORE's index on the GPU) are local to
+the stage's function and hold no reference cycle, so they are freed when it returns; after every stage
+that ran, :func:`release_memory` also collects any cycle left (``gc.collect()``) and hands the CUDA
+caching allocator's unused blocks back to the driver, where the next stage's GPU Faiss index (which
+allocates outside PyTorch) can use them.
 
 ``interpolate:`` (WiSE-FT, Wortsman et al. 2022) adds, per listed system S and weight a,
 ``wise-S-a<a>``: the model (1 − a)·start + a·S (:func:`hardneg.model.merge.interpolate`; ADORE:
@@ -27,6 +33,7 @@ transfer stages); ``wise-S-curve``: every a on test and transfer, for the report
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import shutil
@@ -34,6 +41,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from hardneg.artifacts import corpus_index
 from hardneg.data.cache import cache_dir_or_default
@@ -72,7 +81,16 @@ from hardneg.train.trainer import Trainer
 
 logger = logging.getLogger("hardneg.experiment")
 #: TrainConfig settings left out of a training stage's key: where it writes and runs, not what it computes
-_NOT_KEYED = ("out", "quiet", "cache_dir", "device", "report_to")
+_NOT_KEYED = ("out", "quiet", "cache_dir", "device", "report_to", "dist_timeout")
+
+
+def release_memory() -> None:
+    """Free what a finished stage left behind: objects in reference cycles (``gc.collect()``), then, when
+    CUDA is present, the caching allocator's unused blocks (``torch.cuda.empty_cache()``), so the next stage's
+    model and Faiss GPU index find the memory free instead of falling back to the CPU."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class Experiment:
@@ -227,6 +245,7 @@ class Experiment:
             cfg.quiet = self.quiet
             trainer = Trainer(cfg)
             trainer.train(resume=True)
+            del trainer  # its model, optimiser and method (ADORE's index) go now, not at the next collection
             summary = read_json(folder / "summary.json")
             return {"best_step": summary["best_step"], "best_dev": summary["best_dev"]}
 
@@ -442,7 +461,10 @@ class Experiment:
             base = {"name": name, "key": stage.key, "settings": stage.settings, "deps": stage.deps}
             write_json(folder / "stage.json", {**base, "status": "running", "attempts": attempts, "seconds": seconds})
             tic = time.perf_counter()
-            result = stage.fn(folder)
+            try:
+                result = stage.fn(folder)
+            finally:
+                release_memory()  # the stage's locals are gone: its GPU memory goes back before the next one
             seconds += time.perf_counter() - tic
             write_json(folder / "stage.json", {**base, "status": "done", "attempts": attempts, "seconds": seconds,
                                                "result": result})

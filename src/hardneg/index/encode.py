@@ -10,6 +10,11 @@ when every row is encoded, so an unfinished one is never taken as complete.
 Every encoding of token rows (in memory, into a resumable memmap, sharded over
 ranks, and training's encoding with gradients) runs :func:`encode_batches`, the
 one loop that pads each batch to its own longest row and runs the model on it.
+
+``precision`` (``fp32``, ``bf16``, ``fp16``; ``--precision``) runs each forward pass under
+:func:`torch.autocast` for the model's device type (:func:`forward_autocast`); the embeddings are
+stored as float32 either way. A precision other than fp32 is part of the embeddings' cache key
+(:func:`embeddings_key`), so fp32 keys, and the caches made under them, are unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +36,34 @@ from hardneg.errors import HardnegError, MismatchError
 from hardneg.io import commit_dir, file_lock, read_json, write_json, writing
 
 EMB_VERSION = 1
+#: the precisions an encoder's forward pass may run at (``--precision``)
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def forward_autocast(precision: str, device: torch.device) -> AbstractContextManager:
+    """The context an encoder forward pass runs in at ``precision``: nothing for fp32, else
+    :func:`torch.autocast` for ``device``'s type at bfloat16/float16."""
+    if precision not in PRECISIONS:
+        raise HardnegError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def check_encode_precision(precision: str, device: torch.device) -> None:
+    """A clear error (before any work) when ``device`` cannot encode at ``precision``."""
+    if precision not in PRECISIONS:
+        raise HardnegError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "fp32":
+        return
+    device = torch.device(device)
+    if not torch.amp.is_autocast_available(device.type):
+        raise HardnegError(f"--precision {precision}: torch {torch.__version__} has no autocast on {device}; "
+                           "use --precision fp32")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise HardnegError(f"--precision bf16: {device} ({torch.cuda.get_device_name(device)}) does not "
+                           "support bfloat16; use --precision fp16 or fp32")
 
 
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -66,13 +100,16 @@ def encode_batches(
     start: int = 0,
     desc: str | None = None,
     show_progress: bool = False,
+    precision: str = "fp32",
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """The encoding loop: ``(b, embeddings of batch b)`` for ``b`` from ``start`` on, in order.
 
     ``rows_of(batches[b])`` gives batch ``b``'s token id lists; each batch is padded to its own
-    longest row and encoded by ``model`` on its device. The embeddings are the model's output
-    tensors (in whatever grad mode the caller runs: inference for corpus encoding, with gradients
-    in training); the model's train/eval mode is the caller's too.
+    longest row and encoded by ``model`` on its device, the forward pass under
+    :func:`forward_autocast` at ``precision`` (the output is then bf16/fp16: the caller casts). The
+    embeddings are the model's output tensors (in whatever grad mode the caller runs: inference for
+    corpus encoding, with gradients in training); the model's train/eval mode is the caller's too.
+    An autocast the caller holds around the loop (training's) stays in force at fp32.
     """
     pad = pad_id(model)
     device = model.device
@@ -80,7 +117,9 @@ def encode_batches(
               disable=not show_progress, mininterval=1.0) as bar:
         for b in range(start, len(batches)):
             ids, mask = pad_batch(rows_of(batches[b]), pad)
-            yield b, model(ids.to(device), mask.to(device), side=side)
+            with forward_autocast(precision, device):
+                emb = model(ids.to(device), mask.to(device), side=side)
+            yield b, emb
             bar.update(1)
 
 
@@ -97,8 +136,10 @@ def encode_token_lists(
     *,
     batch_size: int = 64,
     show_progress: bool = False,
+    precision: str = "fp32",
 ) -> np.ndarray:
-    """Encode pre-tokenized rows held in memory; returns float32 ``(n, dim)`` in input order."""
+    """Encode pre-tokenized rows held in memory (forward passes at ``precision``); returns float32
+    ``(n, dim)`` in input order."""
     model.eval()
     out = np.empty((len(token_lists), model.dim), dtype=np.float32)
     if not len(token_lists):
@@ -106,22 +147,30 @@ def encode_token_lists(
     lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
     batches = length_sorted_batches(lengths, batch_size)
     for b, emb in encode_batches(model, lambda rows: [token_lists[i] for i in rows], batches, side,
-                                 desc=progress_label(side), show_progress=show_progress):
+                                 desc=progress_label(side), show_progress=show_progress, precision=precision):
         out[batches[b]] = emb.float().cpu().numpy()
     return out
 
 
 def encode_texts(model, texts: Sequence[str], side: str, *, batch_size: int = 64,
-                 show_progress: bool = False) -> np.ndarray:
+                 show_progress: bool = False, precision: str = "fp32") -> np.ndarray:
     """Encode a list of texts with ``model``'s ``side`` tower (``"query"`` or ``"doc"``): tokenized with
     that side's prefix and max length, then :func:`encode_token_lists`; float32 ``(n, dim)`` in input order."""
     ids = model.tokenize(texts, side)["input_ids"]
-    return encode_token_lists(model, ids, side, batch_size=batch_size, show_progress=show_progress)
+    return encode_token_lists(model, ids, side, batch_size=batch_size, show_progress=show_progress,
+                              precision=precision)
 
 
-def embeddings_key(encoder_identity: dict, store_manifest: dict, side: str) -> str:
-    raw = json.dumps([encoder_identity, store_manifest.get("content"), store_manifest.get("max_length"),
-                      store_manifest.get("prefix"), side, EMB_VERSION], sort_keys=True)
+def embeddings_key(encoder_identity: dict, store_manifest: dict, side: str, precision: str = "fp32") -> str:
+    """The cache key of ``side`` embeddings of a tokenized store by an encoder; ``precision`` enters it only
+    when it is not fp32 (so every fp32 key, and the folders named after it, is what it was before)."""
+    parts = [encoder_identity, store_manifest.get("content"), store_manifest.get("max_length"),
+             store_manifest.get("prefix"), side, EMB_VERSION]
+    if precision != "fp32":
+        if precision not in PRECISIONS:
+            raise HardnegError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        parts.append({"precision": precision})
+    raw = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -175,17 +224,21 @@ def encode_store(
     batch_size: int = 64,
     show_progress: bool = True,
     checkpoint_seconds: float = 30.0,
+    precision: str = "fp32",
 ) -> Embeddings:
-    """Encode every row of ``store`` into ``out`` (resumes an interrupted ``out.partial``).
+    """Encode every row of ``store`` into ``out`` (resumes an interrupted ``out.partial``), the forward
+    passes at ``precision`` (float32 embeddings either way; the precision is in the key unless fp32).
 
     A lock on ``out.lock`` makes a second process wanting the same embeddings wait for them.
     """
     out = Path(out)
-    key = embeddings_key(model.side_identity(side), store.manifest, side)
+    key = embeddings_key(model.side_identity(side), store.manifest, side, precision)
     with file_lock(f"{out}.lock"):
         if (out / "manifest.json").is_file():
             return Embeddings(out, expect_key=key)
-        return _encode_store_locked(model, store, side, out, key, batch_size, show_progress, checkpoint_seconds)
+        with writing(out, "embeddings"):
+            return _encode_store_unsafe(model, store, side, out, key, batch_size, show_progress, checkpoint_seconds,
+                                        precision)
 
 
 def _copy_ids(store, dest: Path) -> None:
@@ -198,17 +251,12 @@ def _copy_ids(store, dest: Path) -> None:
             json.dump(store.ids, fh)
 
 
-def _encode_store_locked(model, store, side, out: Path, key: str, batch_size: int, show_progress: bool,
-                         checkpoint_seconds: float) -> Embeddings:
-    with writing(out, "embeddings"):
-        return _encode_store_unsafe(model, store, side, out, key, batch_size, show_progress, checkpoint_seconds)
-
-
 def encode_batches_resumable(model, store, side: str, batches: list[np.ndarray], targets: Sequence,
                              n_rows: int, partial: Path, state: dict, *, desc: str, show_progress: bool,
-                             checkpoint_seconds: float) -> None:
+                             checkpoint_seconds: float, precision: str = "fp32") -> None:
     """Encode ``batches`` of ``store`` into ``partial/embeddings.npy`` (``n_rows`` rows; batch ``b`` goes to
-    rows ``targets[b]``), resumably.
+    rows ``targets[b]``), resumably, the forward passes at ``precision`` (the caller's ``state`` holds the
+    key that names it).
 
     Progress is saved to ``partial/progress.json`` (``state`` plus ``done``, the batches finished) every
     ``checkpoint_seconds``; a saved progress whose other fields differ from ``state`` (another encoder,
@@ -233,7 +281,7 @@ def encode_batches_resumable(model, store, side: str, batches: list[np.ndarray],
     model.eval()
     last = time.monotonic()
     for b, emb in encode_batches(model, store.rows, batches, side, start=state["done"], desc=desc,
-                                 show_progress=show_progress):
+                                 show_progress=show_progress, precision=precision):
         vectors[targets[b]] = emb.float().cpu().numpy()
         if time.monotonic() - last > checkpoint_seconds or b + 1 == len(batches):
             vectors.flush()
@@ -248,14 +296,14 @@ def encode_batches_resumable(model, store, side: str, batches: list[np.ndarray],
 
 
 def _encode_store_unsafe(model, store, side, out: Path, key: str, batch_size: int, show_progress: bool,
-                         checkpoint_seconds: float) -> Embeddings:
+                         checkpoint_seconds: float, precision: str) -> Embeddings:
     partial = Path(f"{out}.partial")
     batches = length_sorted_batches(store.lengths, batch_size)
     encode_batches_resumable(
         model, store, side, batches, batches, len(store), partial,
         {"key": key, "batch_size": batch_size, "n_batches": len(batches)},
         desc=progress_label(side), show_progress=show_progress,
-        checkpoint_seconds=checkpoint_seconds)
+        checkpoint_seconds=checkpoint_seconds, precision=precision)
     _copy_ids(store, partial / "ids.json")
     write_json(
         partial / "manifest.json",
@@ -267,6 +315,7 @@ def _encode_store_unsafe(model, store, side, out: Path, key: str, batch_size: in
             "count": len(store),
             "dim": model.dim,
             "dtype": "float32",
+            "precision": precision,  # of the forward passes (the vectors are float32 either way)
             "encoder": model.identity(),
             "content": store.manifest.get("content"),
             "normalized": bool(model.config.normalize),

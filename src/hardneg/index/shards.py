@@ -113,7 +113,7 @@ def sharded_encode_token_lists(model, token_lists: Sequence[Sequence[int]], side
 
 
 def encode_over_ranks(model, store, side: str, out: str | Path, *, batch_size: int = 64,
-                      show_progress: bool = True) -> Embeddings:
+                      show_progress: bool = True, precision: str = "fp32") -> Embeddings:
     """``store`` encoded into the embeddings folder ``out``, the work shared by the ranks under torchrun.
 
     One process: :func:`hardneg.index.encode.encode_store`. Under torchrun every rank must call it: rank
@@ -124,13 +124,14 @@ def encode_over_ranks(model, store, side: str, out: str | Path, *, batch_size: i
     ``OUT`` is opened at once (rank 0's view decides for all)."""
     out = Path(out)
     if not dist.is_distributed():
-        return encode_store(model, store, side, out, batch_size=batch_size, show_progress=show_progress)
-    key = embeddings_key(model.side_identity(side), store.manifest, side)
+        return encode_store(model, store, side, out, batch_size=batch_size, show_progress=show_progress,
+                            precision=precision)
+    key = embeddings_key(model.side_identity(side), store.manifest, side, precision)
     if not dist.broadcast_object((out / "manifest.json").is_file()):
         shard, n = dist.rank(), dist.world_size()
         with file_lock(f"{shard_folder(out, shard, n)}.lock"):  # another job's rank `shard` on the same cache
             encode_shard(model, store, side, out, shard, n, batch_size=batch_size,
-                         show_progress=show_progress and dist.is_main())
+                         show_progress=show_progress and dist.is_main(), precision=precision)
         dist.barrier()  # every shard is finished: the wait is the difference between equal shares
         merge_shards(out, n_shards=n, exist_ok=True)
     return Embeddings(out, expect_key=key)
@@ -168,14 +169,16 @@ def encode_shard(
     batch_size: int = 64,
     show_progress: bool = True,
     checkpoint_seconds: float = 30.0,
+    precision: str = "fp32",
 ) -> Path:
-    """Encode shard ``shard`` of ``n_shards`` of ``store`` into ``OUT.shards/<shard>-of-<n>/``.
+    """Encode shard ``shard`` of ``n_shards`` of ``store`` into ``OUT.shards/<shard>-of-<n>/`` (the forward
+    passes at ``precision``, which enters the key unless fp32: :func:`hardneg.index.encode.embeddings_key`).
 
     An interrupted shard resumes from its ``.partial`` folder; a finished one is left alone (after checking
     it was made by the same encoder from the same texts).
     """
     folder = shard_folder(out, shard, n_shards)
-    key = embeddings_key(model.side_identity(side), store.manifest, side)
+    key = embeddings_key(model.side_identity(side), store.manifest, side, precision)
     batches, rows = shard_rows(store.lengths, batch_size, shard, n_shards)
     state = {"key": key, "batch_size": batch_size, "shard": shard, "n_shards": n_shards,
              "rows_sha256": _rows_hash(rows)}
@@ -191,7 +194,8 @@ def encode_shard(
     encode_batches_resumable(
         model, store, side, batches, [slice(int(starts[b]), int(starts[b + 1])) for b in range(len(batches))],
         len(rows), partial, state,
-        desc=f"encode shard {shard}/{n_shards}", show_progress=show_progress, checkpoint_seconds=checkpoint_seconds)
+        desc=f"encode shard {shard}/{n_shards}", show_progress=show_progress, checkpoint_seconds=checkpoint_seconds,
+        precision=precision)
     np.save(partial / "rows.npy", rows)
     if shard == 0:  # the corpus ids, once (copied as a file: a huge id list is never loaded for it)
         _copy_ids(store, partial / "ids.json")

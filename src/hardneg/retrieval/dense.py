@@ -20,12 +20,14 @@ from hardneg.retrieval.runs import Run, run_from_arrays
 
 
 def encode_queries(
-    model, queries: Mapping[str, Query], *, batch_size: int = 128, show_progress: bool = False
+    model, queries: Mapping[str, Query], *, batch_size: int = 128, show_progress: bool = False,
+    precision: str = "fp32",
 ) -> tuple[list[str], np.ndarray]:
-    """``(query ids, their vectors)``: ``queries`` encoded with the query tower, in their order."""
+    """``(query ids, their vectors)``: ``queries`` encoded with the query tower (forward passes at
+    ``precision``), in their order."""
     qids = list(queries)
     vectors = encode_texts(model, [queries[q].text for q in qids], "query", batch_size=batch_size,
-                           show_progress=show_progress)
+                           show_progress=show_progress, precision=precision)
     return qids, vectors
 
 
@@ -37,9 +39,11 @@ def search(
     *,
     batch_size: int = 128,
     show_progress: bool = False,
+    precision: str = "fp32",
 ) -> Run:
     """Encode ``queries`` with the query tower and search ``index``; a run with original ids."""
-    qids, vectors = encode_queries(model, queries, batch_size=batch_size, show_progress=show_progress)
+    qids, vectors = encode_queries(model, queries, batch_size=batch_size, show_progress=show_progress,
+                                   precision=precision)
     scores, rows = index.search(vectors, k)
     return run_from_arrays(qids, index.ids, scores, rows)
 
@@ -57,14 +61,16 @@ def retrieve(
     nprobe: int | None = None,
     ef_search: int | None = None,
     gpu_required: bool = False,
+    precision: str = "fp32",
 ) -> Run:
     """Encode + index + search in one: the run of ``dataset``'s queries over its corpus.
 
     ``nprobe`` / ``ef_search`` override the index's search parameters (refused by a kind without
-    them); ``gpu_required``: a failed move of the search to GPU Faiss is an error, not a warning."""
+    them); ``gpu_required``: a failed move of the search to GPU Faiss is an error, not a warning;
+    ``precision``: of the corpus's and the queries' forward passes (a non-fp32 corpus encoding is cached apart)."""
     index = corpus_index(model, dataset, index_kind, cache_dir, batch_size=batch_size,
-                         show_progress=show_progress)
+                         show_progress=show_progress, precision=precision)
     index.set_search_params(nprobe=nprobe, ef_search=ef_search)
     if use_gpu:
         index.to_gpu(required=gpu_required)
-    return search(index, model, dataset.queries(), k, show_progress=show_progress)
+    return search(index, model, dataset.queries(), k, show_progress=show_progress, precision=precision)

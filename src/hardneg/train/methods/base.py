@@ -9,6 +9,8 @@ document columns, and which rows of the global batch this rank scores).
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,13 +31,33 @@ if TYPE_CHECKING:
 _POSITIVE_STREAM = 0x706F73
 
 
+class WeakCall:
+    """A bound method held without a strong reference to its object (:class:`weakref.WeakMethod`).
+
+    The trainer hands :class:`MethodContext` its own ``train_mode``; the method keeps the context and the
+    trainer keeps the method, so a strong bound method would make a reference cycle that outlives the run
+    (with ADORE's index, on a GPU, until the garbage collector happens to run)."""
+
+    def __init__(self, method: Callable[[], None]) -> None:
+        self._ref = weakref.WeakMethod(method)  # type: ignore[arg-type]
+        self.__name__ = getattr(method, "__name__", "call")
+
+    def __call__(self) -> None:
+        method = self._ref()
+        if method is None:
+            raise RuntimeError(f"{self.__name__}: the training run this method belonged to is gone")
+        method()
+
+
 @dataclass
 class MethodContext:
     """The parts of a training run a method may use (built by the trainer's setup, before the method).
 
     Rank and world size come from :mod:`hardneg.distributed` (``rank()``, ``world_size()``,
     ``is_main()``); ``train_mode()`` puts the model back in training mode (a frozen document tower
-    stays in eval mode)."""
+    stays in eval mode). A bound method given as ``train_mode`` is kept as a :class:`WeakCall`, so the
+    context never keeps its trainer alive (no trainer ↔ method cycle: a finished run's index and model
+    are freed when the trainer is dropped)."""
 
     config: TrainConfig
     model: Any  # hardneg.model.encoder.DualEncoder
@@ -50,6 +72,10 @@ class MethodContext:
     positives: dict[str, set[str]]  # known positives (grade >= 1) of every training query
     scale: float  # score = scale · <q, d>
     train_mode: Callable[[], None]
+
+    def __post_init__(self) -> None:
+        if inspect.ismethod(self.train_mode):
+            self.train_mode = WeakCall(self.train_mode)
 
     def mine(self, model, folder: Path | None = None) -> dict[str, list[str]]:
         """Top-``topk`` non-positive documents of every training query under ``model``
