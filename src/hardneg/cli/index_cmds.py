@@ -93,8 +93,8 @@ def encode(
 
     i, n = parse_shard(shard) if shard else (dist.rank(), dist.world_size())
     with output_lock(f"{out_dir}.shard-{i}-of-{n}", every_rank=True):  # each shard's writer, one at a time
-        with dist.main_first():
-            store = side_store(encoder, dataset, kind, cache_dir, show_progress=progress())
+        # the first rank to take the store's lock tokenizes; the others wait on that lock, not in a collective
+        store = side_store(encoder, dataset, kind, cache_dir, show_progress=progress())
         folder = encode_shard(encoder, store, kind, out_dir, i, n, batch_size=batch_size,
                               show_progress=progress(), precision=precision)
     if not launched:

@@ -204,8 +204,8 @@ def encode_shard(
         "n_shards": n_shards, "batch_size": batch_size, "n_batches": len(length_sorted_batches(store.lengths,
                                                                                              batch_size)),
         "count": int(len(rows)), "total": len(store), "rows_sha256": state["rows_sha256"], "dim": model.dim,
-        "dtype": "float32", "encoder": model.identity(), "content": store.manifest.get("content"),
-        "normalized": bool(model.config.normalize),
+        "dtype": "float32", "precision": precision, "encoder": model.identity(),
+        "content": store.manifest.get("content"), "normalized": bool(model.config.normalize),
     })
     (partial / "progress.json").unlink(missing_ok=True)
     commit_dir(partial, folder)
@@ -265,7 +265,7 @@ def merge_shards(out: str | Path, *, keep_shards: bool = False, n_shards: int | 
                                f"{', '.join(f'{i}-of-{n}' for i in missing)}{running}; "
                                "run (or rerun) `hardneg encode --shard i/n` for them")
         first = complete[0]
-        same = ("key", "side", "n_shards", "batch_size", "n_batches", "total", "dim", "content")
+        same = ("key", "side", "n_shards", "batch_size", "n_batches", "total", "dim", "content", "precision")
         for i, manifest in complete.items():
             if manifest.get("kind") != SHARD_KIND:
                 raise HardnegError(f"{shard_folder(out, i, n)}: not an embeddings shard")
@@ -302,7 +302,8 @@ def merge_shards(out: str | Path, *, keep_shards: bool = False, n_shards: int | 
             shutil.copyfile(shard_folder(out, 0, n) / "ids.json", partial / "ids.json")
             write_json(partial / "manifest.json", {
                 "kind": "embeddings", "version": EMB_VERSION, "key": first["key"], "side": first["side"],
-                "count": total, "dim": dim, "dtype": "float32", "encoder": first["encoder"],
+                "count": total, "dim": dim, "dtype": "float32", "precision": first.get("precision", "fp32"),
+                "encoder": first["encoder"],
                 "content": first["content"], "normalized": first["normalized"],
             })
             commit_dir(partial, out)

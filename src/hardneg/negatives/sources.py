@@ -55,14 +55,14 @@ def load_candidates(
 def mining_index(open_encoder: Callable[[], Any], dataset: Any, cache_dir: Path, batch_size: int,
                  show_progress: bool) -> tuple[Any, Any]:
     """``hardneg mine``'s dense retriever: the encoder and its flat corpus index (cached), searched on GPU
-    Faiss by the rule training's mining follows (:func:`hardneg.devices.faiss_placement`)."""
+    Faiss by the rule training's mining follows (:func:`hardneg.devices.place_index`: on the encoder's GPU,
+    with a warning when the installed Faiss has no GPUs)."""
     from hardneg.artifacts import corpus_index
-    from hardneg.devices import faiss_placement
+    from hardneg.devices import place_index
 
     encoder = open_encoder()
     index = corpus_index(encoder, dataset, "flat", cache_dir, batch_size=batch_size, show_progress=show_progress)
-    if faiss_placement(encoder.device) == "gpu":
-        index.to_gpu()
+    place_index(index, encoder.device, quiet=False)
     return encoder, index
 
 
