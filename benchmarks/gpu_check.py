@@ -1,24 +1,38 @@
-"""What a GPU machine must show, in one go (run by benchmarks/gpu_check.sh; a few minutes).
+"""What a GPU machine must show, in one go (run by benchmarks/gpu_check.sh; under 5 minutes on one H100).
 
-Each check prints one line ``PASS|FAIL|SKIP <name> (<seconds> s): <detail>`` and the script exits 1
-if any failed. Everything uses tiny random models built here with the packaged MiniLM tokenizer and a
-tiny BEIR folder written here, so nothing is downloaded.
+Each check prints one line ``PASS|FAIL|SKIP <name> (<seconds> s): <detail>`` (with its numbers) and the script
+exits 0 when every check passed or was skipped, 1 when one failed, 2 when ``--device`` cannot be used (e.g.
+``cuda`` with ``--require-gpu`` on a machine without CUDA). Everything uses tiny random models built here (the
+packaged MiniLM tokenizer; for DRhard's model a byte-level BPE trained here) and a tiny BEIR folder written
+here, so nothing is downloaded.
 
 1. ``placement``: ``encode``, ``retrieve``, ``search``, ``mine`` and ``train`` run with ``--device D``
    (exit 0) and give what ``--device cpu`` gives (embeddings within 1e-3, the same top documents);
 2. ``steps``: STAR and ADORE, bf16 and fp16, train 3 steps on D with finite losses, the model on D;
-3. ``resume-fp16``: with dropout on, an fp16 run killed after its checkpoint at step 2 and resumed ends with
-   the weights (and loss scale) of the uninterrupted run, bit for bit; on D = cuda its checkpoint holds the
-   GPU's RNG state; and a resume whose RNGs are reseeded after loading does not (dropout matters);
-4. ``faiss-gpu``: ``FaissIndex.to_gpu`` on D's GPU for flat, fp16 flat (``to_gpu(fp16=True)``), IVF-PQ
+3. ``drhard-paper``: a tiny RoBERTa with DRhard's head (a RobertaDot checkpoint) trains STAR 8 steps under
+   ``--preset paper-passage`` on D: DRhard's LAMB, fp16 autocast + loss scaler, gradient checkpointing, pair-mean
+   mixing, DRhard's tokenisation; finite losses, layer 0 run in float16 with finite non-zero gradients, the head,
+   layer 0 and the embeddings changed;
+4. ``resume-fp16``: ``hardneg train`` (fp16, dropout on) SIGKILLed from outside as soon as its step-2 checkpoint
+   is on disk, then ``--resume``d, ends with the uninterrupted run's weights bit for bit, its log lists every
+   step once; on a GPU the checkpoint holds the GPU's RNG state; a resume whose generators are reseeded after
+   loading does not match (so dropout depends on the restored state);
+5. ``torchrun``: ``torchrun --nproc_per_node 1 -m hardneg train`` (NCCL on a GPU, gloo on the CPU) ends with the
+   plain run's weights and per-step losses (the same data order and dropout masks), bit for bit; with 2 GPUs
+   ``--nproc_per_node 2`` finishes with finite losses;
+6. ``faiss-gpu``: ``FaissIndex.to_gpu`` on D's GPU for flat, fp16 flat (``to_gpu(fp16=True)``), IVF-PQ
    (ivf64pq48: float32 lookup tables) and pq96 (searched as IVF1,PQ96 with float16 lookup tables), each
    against the same index searched on the CPU: overlap of the top-100, top-1 hits on planted queries and
    score differences, one ``PASS|FAIL`` line per index;
-5. ``nccl``: with 2 GPUs, the 2-process-vs-1-process step tests of tests/reliability/test_distributed.py
+7. ``nccl``: with 2 GPUs, the 2-process-vs-1-process step tests of tests/reliability/test_distributed.py
    (NCCL backend).
 
-``python benchmarks/gpu_check.py [--device cuda]``; ``--device cpu`` runs the same code paths on a CPU
-machine (the GPU-only checks are then skipped), which is how this script itself is tested.
+Where a GPU's kernels are not bit-for-bit deterministic, checks 4 and 5 compare against a second plain run
+(benchmarks/gpu_check_train.py says how). ``python benchmarks/gpu_check.py [--device cuda] [--require-gpu]
+[--only NAME,...]``; ``--device cpu`` runs checks 1-5 on the CPU (6 and 7 skip), which is how this script
+itself is tested. Without CUDA, ``--device cuda`` runs them on the CPU and the GPU-only checks say SKIP;
+``--require-gpu`` makes that exit 2, and makes a GPU check skipped for want of a GPU (Faiss without GPU
+support) a FAIL.
 """
 
 from __future__ import annotations
@@ -38,22 +52,40 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gpu_check_train  # noqa: E402  (benchmarks/, next to this file)
 
 RESULTS: list[tuple[str, str]] = []
 
 
+#: --require-gpu: a check skipped for want of a GPU fails instead
+REQUIRE_GPU = False
+
+
+class Skip(Exception):
+    """A check that cannot run here; ``missing_gpu``: because this machine (or its Faiss) has no GPU."""
+
+    def __init__(self, reason: str, missing_gpu: bool = False) -> None:
+        super().__init__(reason)
+        self.missing_gpu = missing_gpu
+
+
 def check(name: str):
     def wrap(fn):
-        def run(*args, **kw):
+        def run(*args, **kw) -> str:
             tic = time.perf_counter()
             try:
-                detail = fn(*args, **kw)
-                status = "SKIP" if isinstance(detail, str) and detail.startswith("skipped") else "PASS"
+                status, detail = "PASS", fn(*args, **kw)
+            except Skip as skip:
+                status = "FAIL" if skip.missing_gpu and REQUIRE_GPU else "SKIP"
+                detail = f"skipped: {skip}" + (" (--require-gpu)" if status == "FAIL" else "")
             except Exception as exc:  # report and go on: one line per check
                 status, detail = "FAIL", f"{type(exc).__name__}: {exc}"
                 traceback.print_exc(file=sys.stderr)
             print(f"{status} {name} ({time.perf_counter() - tic:.1f} s): {detail}", flush=True)
             RESULTS.append((name, status))
+            return status
         return run
     return wrap
 
@@ -158,50 +190,19 @@ def steps(device: str, work: Path, model: Path, data: Path) -> str:
     return "; ".join(seen)
 
 
+@check("drhard-paper")
+def drhard_paper(device: str, work: Path, data: Path) -> str:
+    return gpu_check_train.drhard_paper(device, work, data)
+
+
 @check("resume-fp16")
-def resume_fp16(device: str, work: Path, model: Path, data: Path) -> str:
-    import pytest
-    import torch
+def resume_fp16(runs: gpu_check_train.Runs) -> str:
+    return gpu_check_train.kill_resume(runs)
 
-    import hardneg.distributed as hdist
-    from conftest import straight_and_resumed
-    from hardneg.train.trainer import Trainer
 
-    def kill_and_resume(prefix: str, reseed: bool = False):
-        def make(name: str) -> Trainer:
-            return Trainer(train_config(work / f"resume-{prefix}{name}", data, model, "star", device, "fp16",
-                                        max_steps=4, save_every=2, dev_every=2))
-
-        with pytest.MonkeyPatch.context() as patch:  # the tests' kill-after-checkpoint-then-resume helper
-            if reseed:  # the control: every generator reseeded right after the checkpoint restored them
-                restore = hdist.set_rng_state
-                patch.setattr(hdist, "set_rng_state", lambda state, dev=None: (restore(state, dev),
-                                                                                torch.manual_seed(12345)))
-            return straight_and_resumed(make, patch, kill_at=2)
-
-    straight, resumed = kill_and_resume("")
-    dropout = [m.p for m in straight.model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
-    if not dropout:
-        raise AssertionError("the model has no active dropout: the check would prove nothing about RNG state")
-    a, b = straight.model.state_dict(), resumed.model.state_dict()
-    bad = [k for k in a if not torch.equal(a[k], b[k])]
-    if bad:
-        raise AssertionError(f"{len(bad)} tensors differ after resume, e.g. {bad[:3]}")
-    scale = getattr(getattr(straight, "scaler", None), "get_scale", lambda: None)()
-    scale_b = getattr(getattr(resumed, "scaler", None), "get_scale", lambda: None)()
-    if scale != scale_b:
-        raise AssertionError(f"loss scale {scale} straight vs {scale_b} resumed")
-    last = sorted((work / "resume-b" / "checkpoints").glob("step-*"))[-1]
-    rng = torch.load(last / "rng.pt", map_location="cpu", weights_only=True)
-    if device.startswith("cuda") and (rng.get("device_type") != "cuda" or not rng.get("cuda")):
-        raise AssertionError(f"{last}/rng.pt holds no CUDA RNG state (keys {sorted(rng)})")
-    _, reseeded = kill_and_resume("reseed-", reseed=True)
-    c = reseeded.model.state_dict()
-    if all(torch.equal(a[k], c[k]) for k in a):
-        raise AssertionError("a resume with reseeded RNGs also matched: dropout did not depend on the RNG state")
-    return (f"4 steps straight == 2 + kill + resume, bit for bit ({len(a)} tensors), dropout on "
-            f"({len(dropout)} layers, p={dropout[0]}); {len(rng.get('cuda', []))} GPU RNG state(s) in the "
-            f"checkpoint; reseeded resume differs; loss scale {scale}")
+@check("torchrun")
+def torchrun(runs: gpu_check_train.Runs) -> str:
+    return gpu_check_train.torchrun_runs(runs)
 
 
 #: (hardneg index kind, to_gpu options, least top-100 overlap with the CPU search, largest score difference,
@@ -219,8 +220,10 @@ def faiss_gpu(device: str) -> str:
     from hardneg.devices import faiss_gpus, resolve_device
     from hardneg.index.faiss_index import FaissIndex
 
-    if not device.startswith("cuda") or faiss_gpus() == 0:
-        return f"skipped: the installed faiss has {faiss_gpus()} GPU(s) (pip install faiss-gpu-cu12)"
+    if not device.startswith("cuda"):
+        raise Skip(f"--device {device}", missing_gpu=True)
+    if faiss_gpus() == 0:
+        raise Skip("the installed faiss has no GPU support (pip install faiss-gpu-cu12)", missing_gpu=True)
     gpu = resolve_device(device).index or 0
     rng = np.random.default_rng(0)
     n, dim, k = 20000, 768, 100
@@ -263,8 +266,10 @@ def faiss_gpu(device: str) -> str:
 def nccl(device: str) -> str:
     import torch
 
-    if not device.startswith("cuda") or torch.cuda.device_count() < 2:
-        return f"skipped: {torch.cuda.device_count()} GPU(s); the NCCL check needs 2"
+    if not device.startswith("cuda"):
+        raise Skip(f"--device {device}", missing_gpu=True)
+    if torch.cuda.device_count() < 2:
+        raise Skip(f"{torch.cuda.device_count()} GPU(s); the NCCL check needs 2")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "tests/reliability/test_distributed.py", "-k",
                            "two_processes_equal_one"], cwd=REPO, capture_output=True, text=True)
     tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
@@ -273,31 +278,61 @@ def nccl(device: str) -> str:
     return f"2 NCCL processes x batch B == 1 process x 2B: {tail}"
 
 
-def main() -> int:
+CHECKS = ("environment", "placement", "steps", "drhard-paper", "resume-fp16", "torchrun", "faiss-gpu", "nccl")
+
+
+def main(argv: list[str] | None = None) -> int:
+    global REQUIRE_GPU
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (to test this script)")
-    args = parser.parse_args()
+    parser.add_argument("--require-gpu", action="store_true",
+                        help="exit 2 without CUDA; a GPU check skipped for want of a GPU fails")
+    parser.add_argument("--only", default=",".join(CHECKS), help=f"comma-separated checks of {', '.join(CHECKS)}")
+    args = parser.parse_args(argv)
+    only = [c.strip() for c in args.only.split(",") if c.strip()]
+    unknown = [c for c in only if c not in CHECKS]
+    if unknown:
+        parser.error(f"unknown check(s) {unknown}; known: {', '.join(CHECKS)}")
+    REQUIRE_GPU = args.require_gpu
+    RESULTS.clear()
+    import torch
+
     from conftest import _tiny_bert, write_tiny_train
     from hardneg.devices import DeviceError, resolve_device
+    from hardneg.logs import quiet_libraries
 
+    device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available() and not REQUIRE_GPU:
+        print("gpu_check: no CUDA here: running the checks on the CPU (GPU checks skip; --require-gpu fails)",
+              flush=True)
+        device = "cpu"
     try:
-        resolve_device(args.device)
+        resolve_device(device)
     except DeviceError as exc:
         print(f"gpu_check: {exc}", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_libraries()
     with tempfile.TemporaryDirectory(prefix="hardneg-gpu-check-") as tmp:
         work = Path(tmp)
         model = _tiny_bert(work / "tiny-bert")
         data = write_tiny_train(work / "data", filler=300)
-        environment(args.device)
-        placement(args.device, work, model, data)
-        steps(args.device, work, model, data)
-        resume_fp16(args.device, work, model, data)
-        faiss_gpu(args.device)
-        nccl(args.device)
+        runs = gpu_check_train.Runs(device, work, model, data)
+        calls = {
+            "environment": lambda: environment(device),
+            "placement": lambda: placement(device, work, model, data),
+            "steps": lambda: steps(device, work, model, data),
+            "drhard-paper": lambda: drhard_paper(device, work, data),
+            "resume-fp16": lambda: resume_fp16(runs),
+            "torchrun": lambda: torchrun(runs),
+            "faiss-gpu": lambda: faiss_gpu(device),
+            "nccl": lambda: nccl(device),
+        }
+        for name in CHECKS:
+            if name in only:
+                calls[name]()
     failed = [n for n, s in RESULTS if s == "FAIL"]
-    print(f"gpu_check: {len(RESULTS) - len(failed)} of {len(RESULTS)} checks passed or skipped"
+    print(f"gpu_check on {device}: {len(RESULTS) - len(failed)} of {len(RESULTS)} checks passed or skipped"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
