@@ -151,7 +151,7 @@ def search(
     Example: `hardneg search runs/scifact-pq48 ../shared/data/scifact:test --model minilm`
     """
     from hardneg.artifacts import index_mismatches
-    from hardneg.devices import faiss_placement
+    from hardneg.devices import faiss_placement, place_index
     from hardneg.errors import MismatchError
     from hardneg.index.encode import check_encode_precision
     from hardneg.index.faiss_index import FaissIndex
@@ -174,8 +174,8 @@ def search(
             )
     idx = FaissIndex.load(index_dir)  # with the search defaults stored by `hardneg index`
     idx.set_search_params(nprobe=nprobe, ef_search=ef_search)
-    if faiss_placement(encoder.device) == "gpu":
-        idx.to_gpu(required=gpu_asked(device))
+    if faiss_placement(encoder.device) == "gpu":  # beside the encoder: under torchrun on the rank's own GPU
+        place_index(idx, encoder.device, required=gpu_asked(device))
     run = dense_search(idx, encoder, dataset.queries(), k, precision=precision)
     out_dir = out_dir or default_out(dataset_tag(dataset), index_dir.name)
     settings = {"command": "search", "index": str(index_dir), "data": data, "model": model, "k": k,

@@ -47,7 +47,7 @@ import torch
 from hardneg.artifacts import corpus_index
 from hardneg.data.cache import cache_dir_or_default
 from hardneg.data.load import load_dataset, parse_spec
-from hardneg.devices import resolve_device
+from hardneg.devices import place_index, resolve_device
 from hardneg.errors import HardnegError
 from hardneg.evaluate.analysis import model_pairwise_errors, tsne_points
 from hardneg.evaluate.metrics import evaluate
@@ -316,8 +316,7 @@ class Experiment:
             merged.save(folder / "model")
             dataset, qrels, queries = self.dev_set(cfg)
             index = corpus_index(merged, dataset, system.index, self.cache_dir, show_progress=not self.quiet)
-            if self.device.type == "cuda":
-                index.to_gpu()
+            place_index(index, self.device)  # on the experiment's GPU when it runs on one, else nothing
             run_ = search(index, merged, queries, int(ev.k))
             metrics = evaluate(run_, qrels, list(dict.fromkeys([cfg.dev_metric, *ev.measures])))
             return {"alpha": alpha, "dev": metrics, "dev_queries": len(qrels)}

@@ -78,11 +78,13 @@ def shard_batches(batches: Sequence[np.ndarray], shard: int, n_shards: int) -> l
 @torch.inference_mode()
 def sharded_encode_token_lists(model, token_lists: Sequence[Sequence[int]], side: str, *,
                                batch_size: int = 64, show_progress: bool = False,
-                               gather_rows: int = 65536) -> np.ndarray:
-    """:func:`hardneg.index.encode.encode_token_lists` with the batches shared out over the ranks;
-    every rank gets the whole ``(n, dim)`` result, bit-identical to the one-process encoding."""
+                               gather_rows: int = 65536, precision: str = "fp32") -> np.ndarray:
+    """:func:`hardneg.index.encode.encode_token_lists` with the batches shared out over the ranks (forward
+    passes at ``precision``); every rank gets the whole ``(n, dim)`` result, bit-identical to the one-process
+    encoding."""
     if not dist.is_distributed():
-        return encode_token_lists(model, token_lists, side, batch_size=batch_size, show_progress=show_progress)
+        return encode_token_lists(model, token_lists, side, batch_size=batch_size, show_progress=show_progress,
+                                  precision=precision)
     n = len(token_lists)
     lengths = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=n)
     batches = length_sorted_batches(lengths, batch_size)
@@ -94,7 +96,7 @@ def sharded_encode_token_lists(model, token_lists: Sequence[Sequence[int]], side
     mine = [batches[b] for b in shard_batches(batches, me, world)]
     parts = [emb.float().cpu().numpy() for _, emb in encode_batches(
         model, lambda rows: [token_lists[i] for i in rows], mine, side, desc="encode (sharded)",
-        show_progress=show_progress and dist.is_main())]
+        show_progress=show_progress and dist.is_main(), precision=precision)]
     local = np.concatenate(parts) if parts else np.empty((0, model.dim), dtype=np.float32)
     out = np.empty((n, model.dim), dtype=np.float32)
     longest = max(len(r) for r in rows_of)

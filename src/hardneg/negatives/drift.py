@@ -57,12 +57,13 @@ def track(host: Any, step: int) -> dict[str, float]:
     model.eval()
     try:
         vectors = sharded_encode_token_lists(model, host.store.rows(range(len(host.store))), "doc",
-                                             batch_size=cfg.batch_encode_size, show_progress=False)
+                                             batch_size=cfg.batch_encode_size, show_progress=False,
+                                             precision=cfg.precision)
         index = FaissIndex.build(vectors, host.doc_ids, "flat")
         qids = track_sample(host)
         qrels = {q: host.train_qrels[q] for q in qids}
         k = cfg.topk + max(len(host.positives[q]) for q in qids)
-        run = search(index, model, {q: host.queries[q] for q in qids}, k)
+        run = search(index, model, {q: host.queries[q] for q in qids}, k, precision=cfg.precision)
     finally:
         if was_training:
             host.train_mode()

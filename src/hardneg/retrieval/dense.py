@@ -14,6 +14,7 @@ import numpy as np
 
 from hardneg.artifacts import corpus_index
 from hardneg.data.records import Query
+from hardneg.devices import place_index
 from hardneg.index.encode import encode_texts
 from hardneg.index.faiss_index import FaissIndex
 from hardneg.retrieval.runs import Run, run_from_arrays
@@ -66,11 +67,12 @@ def retrieve(
     """Encode + index + search in one: the run of ``dataset``'s queries over its corpus.
 
     ``nprobe`` / ``ef_search`` override the index's search parameters (refused by a kind without
-    them); ``gpu_required``: a failed move of the search to GPU Faiss is an error, not a warning;
+    them); ``use_gpu``: search on GPU Faiss when ``model`` is on CUDA (:func:`hardneg.devices.place_index`);
+    ``gpu_required``: a failed move of the search to GPU Faiss is an error, not a warning;
     ``precision``: of the corpus's and the queries' forward passes (a non-fp32 corpus encoding is cached apart)."""
     index = corpus_index(model, dataset, index_kind, cache_dir, batch_size=batch_size,
                          show_progress=show_progress, precision=precision)
     index.set_search_params(nprobe=nprobe, ef_search=ef_search)
-    if use_gpu:
-        index.to_gpu(required=gpu_required)
+    if use_gpu:  # on the encoder's GPU (under torchrun the rank's own); a CPU encoder's index stays on the CPU
+        place_index(index, model.device, required=gpu_required)
     return search(index, model, dataset.queries(), k, show_progress=show_progress, precision=precision)

@@ -71,7 +71,7 @@ def evaluate_dev(ctx: MethodContext, index: DevIndex) -> dict[str, float]:
     model.eval()
     dev_qids = list(ctx.dev_qrels)
     qv = encode_token_lists(model, [ctx.query_tokens[q] for q in dev_qids], "query",
-                            batch_size=cfg.batch_encode_size)
+                            batch_size=cfg.batch_encode_size, precision=cfg.precision)
     measures = dev_measures(cfg.dev_metric)
     scores, rows = index.search(qv, min(dev_depth(measures), len(index)))
     run = run_from_arrays(dev_qids, index.ids, scores, rows)
@@ -128,11 +128,13 @@ class DevPool:
         if dist.is_distributed():
             for a in range(0, len(rows), piece):
                 search.add(sharded_encode_token_lists(model, store.rows(rows[a : a + piece]), "doc",
-                                                      batch_size=cfg.batch_encode_size, show_progress=progress),
+                                                      batch_size=cfg.batch_encode_size, show_progress=progress,
+                                                      precision=cfg.precision),
                            show_progress=progress)
             return search.result()
         if len(rows) <= piece:
-            search.add(encode_token_lists(model, store.rows(rows), "doc", batch_size=cfg.batch_encode_size))
+            search.add(encode_token_lists(model, store.rows(rows), "doc", batch_size=cfg.batch_encode_size,
+                                          precision=cfg.precision))
             return search.result()
         # encode_token_lists's batches, written into a memmap; token rows are read batch by batch
         model.eval()
@@ -143,7 +145,7 @@ class DevPool:
             docs = np.lib.format.open_memmap(Path(tmp) / "docs.npy", mode="w+", dtype=np.float32,
                                              shape=(len(rows), model.dim))
             for b, emb in encode_batches(model, lambda idx: store.rows(pool[idx]), batches, "doc",
-                                         desc="encode dev pool", show_progress=progress):
+                                         desc="encode dev pool", show_progress=progress, precision=cfg.precision):
                 docs[batches[b]] = emb.float().cpu().numpy()
             search.add(docs, show_progress=progress)
             del docs

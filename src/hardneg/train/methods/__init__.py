@@ -124,7 +124,7 @@ class MethodSpec:
 
 
 _ADORE_SETTINGS = ("index", "metric", "adore_topk", "adore_loss", "adore_positives", "adore_reduction",
-                   "nprobe", "ef_search")
+                   "nprobe", "ef_search", "index_fp16")
 
 #: THE registry of training methods, in CLI order
 _REGISTRY: dict[str, MethodSpec] = {s.name: s for s in (

@@ -48,9 +48,9 @@ import numpy as np
 import torch
 
 from hardneg.artifacts import corpus_index
-from hardneg.devices import place_index
+from hardneg.devices import faiss_gpus, place_index
 from hardneg.errors import HardnegError
-from hardneg.index.faiss_index import FaissIndex, factory_string
+from hardneg.index.faiss_index import FaissIndex, factory_string, gpu_kind_problem
 from hardneg.io import read_json, write_json
 from hardneg.model.encoder import weights_fingerprint
 from hardneg.model.registry import resolve_model
@@ -235,6 +235,25 @@ def doc_source(model_name: str, model) -> str:
     return model_name
 
 
+def check_gpu_index(cfg, device: torch.device, dim: int, n_docs: int) -> None:
+    """Refuse, before the corpus is encoded, an ADORE run on CUDA whose ``--index`` (with ``--index-fp16``)
+    GPU Faiss cannot search (:func:`~hardneg.index.faiss_index.gpu_kind_problem`: Faiss's limit and what to
+    use instead), or ``--index-fp16`` with a CPU-only Faiss. On the CPU ``--index-fp16`` is said to do nothing."""
+    if device.type != "cuda":
+        if cfg.index_fp16:
+            logger.warning("adore: --index-fp16 stores a flat index in float16 on the GPU; on %s it does nothing",
+                           device)
+        return
+    if faiss_gpus() == 0:
+        if cfg.index_fp16:
+            raise HardnegError("--index-fp16: the installed Faiss has no GPU support (faiss-cpu); pip install "
+                               "faiss-gpu-cu12, or leave the flag out")
+        return  # searched on the CPU (the trainer says so once)
+    problem = gpu_kind_problem(cfg.index, dim, n_docs, fp16=cfg.index_fp16)
+    if problem:
+        raise HardnegError(f"--index {cfg.index}: ADORE searches its index on {device} every step, but {problem}")
+
+
 # ----------------------------------------------------------------------------- the method
 class Adore(Method):
     """ADORE: a frozen document tower and index; the query tower learns from its own top-K each step."""
@@ -253,13 +272,14 @@ class Adore(Method):
         if self.k > n_docs:
             raise HardnegError(f"adore_topk {self.k} is larger than the corpus ({n_docs} documents)")
         factory_string(cfg.index, model.dim, n_docs)  # a bad index kind fails before encoding the corpus
+        check_gpu_index(cfg, model.device, model.dim, n_docs)  # so does a kind the GPU cannot search
         self.doc_source = doc_source(cfg.model, model)
         self.doc_weights = weights_fingerprint(model.doc_model)
         try:  # cached by the document side alone (DualEncoder.side_identity), so X's cache is reused
             # under torchrun every rank encodes its share of the corpus; the index is built once (one rank, while
             # the others wait on its lock, not in a collective) and every rank loads it
-            self.index = corpus_index(model, ctx.dataset, cfg.index, ctx.cache_dir,
-                                      batch_size=cfg.batch_encode_size, show_progress=not cfg.quiet, over_ranks=True)
+            self.index = corpus_index(model, ctx.dataset, cfg.index, ctx.cache_dir, batch_size=cfg.batch_encode_size,
+                                      show_progress=not cfg.quiet, over_ranks=True, precision=cfg.precision)
         except RuntimeError as exc:  # Faiss, e.g. fewer documents than a PQ codebook's 256 centroids
             raise HardnegError(f"could not build the {cfg.index} index of {n_docs} documents: {exc}") from exc
         source = self.index.manifest.get("source", {})
@@ -290,8 +310,9 @@ class Adore(Method):
     def place_index(self, device: torch.device) -> None:
         """Search on GPU Faiss when the encoder is on CUDA and the installed Faiss has GPUs: under torchrun each
         rank's copy on its own GPU, in one process on every GPU (:func:`hardneg.devices.place_index`, which
-        warns when an index kind has no GPU version); ``reconstruct`` keeps reading the CPU index."""
-        place_index(self.index, device)
+        warns when an index kind has no GPU version); a flat index stored in float16 with ``--index-fp16``
+        (then a failed move is an error, not a warning); ``reconstruct`` keeps reading the CPU index."""
+        place_index(self.index, device, fp16=self.config.index_fp16, required=self.config.index_fp16)
 
     # data ----------------------------------------------------------------------
     def train_examples(self, examples: list) -> list:
@@ -422,6 +443,7 @@ class Adore(Method):
             "loss": self.config.adore_loss,
             "positives": self.config.adore_positives,
             "reduction": self.config.adore_reduction,
+            **({"index_fp16": True} if self.config.index_fp16 else {}),
             "score_scale": self.ctx.scale,
             **({"search": params} if (params := self.index.search_params()) else {}),
         }

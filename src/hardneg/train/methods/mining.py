@@ -175,16 +175,16 @@ def query_units(model: Any, texts: Sequence[str]) -> tuple[list[list[int]], list
 
 
 def _my_vectors(model: Any, qids: Sequence[str], texts: Sequence[str], desc: str,
-                show_progress: bool) -> Iterator[tuple[list[str], np.ndarray]]:
+                show_progress: bool, precision: str = "fp32") -> Iterator[tuple[list[str], np.ndarray]]:
     """``(query ids, their vectors)`` of this rank's search units (units ``r, r + N, …``; all of them in one
-    process), encoded batch by batch in eval mode."""
+    process), encoded batch by batch in eval mode, the forward passes at ``precision``."""
     tokens, units = query_units(model, texts)
     model.eval()
     mine = units[dist.rank() :: dist.world_size()]
     for unit in tqdm(mine, desc=desc, unit="unit", disable=not show_progress or len(mine) < 2):
         with torch.inference_mode():
             parts = [emb.float().cpu().numpy() for _, emb in encode_batches(
-                model, lambda rows: [tokens[i] for i in rows], unit, "query")]
+                model, lambda rows: [tokens[i] for i in rows], unit, "query", precision=precision)]
         yield [qids[i] for i in np.concatenate(unit)], np.concatenate(parts)
 
 
@@ -259,11 +259,12 @@ def _current_index(ctx: Any, model: Any, folder: Path) -> FaissIndex:
     cfg = ctx.config
     if not dist.is_distributed():
         vectors = encode_token_lists(model, ctx.store.rows(range(len(ctx.store))), "doc",
-                                     batch_size=cfg.batch_encode_size, show_progress=not cfg.quiet)
+                                     batch_size=cfg.batch_encode_size, show_progress=not cfg.quiet,
+                                     precision=cfg.precision)
         return FaissIndex.build(vectors, ctx.doc_ids, "flat")
-    key = embeddings_key(model.side_identity("doc"), ctx.store.manifest, "doc")
+    key = embeddings_key(model.side_identity("doc"), ctx.store.manifest, "doc", cfg.precision)
     emb = encode_over_ranks(model, ctx.store, "doc", folder / key, batch_size=cfg.batch_encode_size,
-                            show_progress=not cfg.quiet)
+                            show_progress=not cfg.quiet, precision=cfg.precision)
     return FaissIndex.from_embeddings(emb, "flat")
 
 
@@ -271,7 +272,7 @@ def _start_index(ctx: Any, model: Any) -> FaissIndex:
     """The start model's flat corpus index: cached like any retrieval, its encoding shared out over the ranks."""
     cfg = ctx.config
     return corpus_index(model, ctx.dataset, "flat", ctx.cache_dir, batch_size=cfg.batch_encode_size,
-                        show_progress=not cfg.quiet, over_ranks=True)
+                        show_progress=not cfg.quiet, over_ranks=True, precision=cfg.precision)
 
 
 # ----------------------------------------------------------------------------- the warm-up's file
@@ -337,7 +338,7 @@ def mine_with_model(ctx: Any, model: Any, folder: Path | None = None, selector: 
     mine: dict[str, list[str]] = {}
     try:
         for unit_qids, qv in _my_vectors(model, qids, [ctx.queries[q].text for q in qids], "mine",
-                                         not cfg.quiet and dist.is_main()):
+                                         not cfg.quiet and dist.is_main(), cfg.precision):
             scores, rows = index.search(qv, k)
             run = run_from_arrays(unit_qids, index.ids, scores, rows)
             if selector is None:
@@ -373,7 +374,7 @@ def select_from_lists(ctx: Any, model: Any, lists: Mapping[str, Sequence[str]],
     index = _start_index(ctx, model)
     qids = [q for q in lists if q in ctx.queries]
     for unit_qids, qv in _my_vectors(model, qids, [ctx.queries[q].text for q in qids], "score candidates",
-                                     not cfg.quiet and dist.is_main()):
+                                     not cfg.quiet and dist.is_main(), cfg.precision):
         scorer = positive_scorer(index, unit_qids, qv)
         scored = {q: list(zip(lists[q], scorer(q, list(lists[q])).tolist(), strict=True))
                   for q in unit_qids if lists[q]}

@@ -43,3 +43,6 @@ def check_adore(cfg: TrainConfig) -> None:
         raise HardnegError(f"{cfg.method} needs an index kind: --index flat, pq<M>, ivfpq, ...")
     if cfg.loss != "ranknet":
         raise HardnegError(f"{cfg.method}'s loss is chosen with --adore-loss (lambda or ranknet), not --loss")
+    if cfg.index_fp16 and cfg.index.strip().lower() != "flat":
+        raise HardnegError(f"--index-fp16 stores a flat index in float16; --index {cfg.index} is not flat "
+                           "(leave the flag out: PQ kinds get float16 lookup tables where Faiss needs them)")
