@@ -86,6 +86,7 @@ def faiss_placement(device: torch.device, *, quiet: bool = False) -> str:
                     "on the CPU (pip install faiss-gpu-cu12 for GPU search)", device)
     return "cpu"
 
+
 def place_index(index: faiss_index.FaissIndex, device: torch.device, *, fp16: bool = False,
                 required: bool = False, quiet: bool = True) -> bool:
     """Search ``index`` on GPU Faiss when the encoder's ``device`` is CUDA and the installed Faiss has GPUs;
