@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import pickle
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -193,7 +192,7 @@ def _diagnostics_state(diag: Diagnostics | None) -> dict | None:
         return None
     return {"queries": diag.queries, "candidates": diag.candidates, "kept": diag.kept, "removed": dict(diag.removed),
             "short": dict(diag.short), "no_positive_score": diag.no_positive_score,
-            "scores": {k: np.asarray(v, dtype=np.float64) for k, v in diag.scores.items()}}
+            "scores": {k: [float(x) for x in v] for k, v in diag.scores.items()}}
 
 
 def _merge_diagnostics(into: Diagnostics, states: Sequence[dict]) -> Diagnostics:
@@ -208,7 +207,7 @@ def _merge_diagnostics(into: Diagnostics, states: Sequence[dict]) -> Diagnostics
         into.short.update(state["short"])
         into.no_positive_score += state["no_positive_score"]
         for key, v in state["scores"].items():
-            into.scores[key].extend(v.tolist())
+            into.scores[key].extend(v)
     return into
 
 
@@ -221,14 +220,15 @@ def _exchange(folder: Path, mine: dict[str, list[str]], diag: Diagnostics | None
     if not dist.is_distributed():
         return mine, []
     n, me = dist.world_size(), dist.rank()
-    with atomic_write(folder / f"part-{me}-of-{n}.pkl", "wb") as fh:
-        pickle.dump({"lists": mine, "diagnostics": _diagnostics_state(diag)}, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    # JSON, not pickle: nothing read back can run code; floats round-trip exactly (repr)
+    with atomic_write(folder / f"part-{me}-of-{n}.json", "w") as fh:
+        json.dump({"lists": mine, "diagnostics": _diagnostics_state(diag)}, fh)
     dist.barrier()
     merged: dict[str, list[str]] = {}
     states: list[dict] = []
     for r in range(n):
-        with open(folder / f"part-{r}-of-{n}.pkl", "rb") as fh:
-            part = pickle.load(fh)  # written just now by this run's rank r
+        with open(folder / f"part-{r}-of-{n}.json", encoding="utf-8") as fh:
+            part = json.load(fh)  # written just now by this run's rank r
         merged.update(part["lists"])
         if part["diagnostics"] is not None and dist.is_main():
             states.append(part["diagnostics"])
