@@ -21,8 +21,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import safetensors.torch
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from hardneg import distributed as dist
 from hardneg.errors import HardnegError, MismatchError
@@ -68,7 +69,7 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, extr
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         with writing(folder, "checkpoint"):
-            save_file(_unique_state_dict(model), str(tmp / "model.safetensors"))
+            safetensors.torch.save_file(_unique_state_dict(model), str(tmp / "model.safetensors"))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             if scaler is not None and scaler.is_enabled():
