@@ -13,14 +13,13 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from hardneg.errors import HardnegError
-from hardneg.index.encode import encode_batches, length_sorted_batches
+from hardneg.index.encode import encode_batches, forward_autocast, length_sorted_batches
 
 if TYPE_CHECKING:
     from hardneg.train.config import TrainConfig
@@ -45,7 +44,7 @@ def encode_rows(model, token_rows: Sequence[Sequence[int]], side: str, chunk: in
     lengths = np.fromiter((len(r) for r in token_rows), dtype=np.int64, count=len(token_rows))
     batches = length_sorted_batches(lengths, chunk)
     order = np.concatenate(batches)
-    with autocast(precision, model.device):  # the generator runs the forward passes: consume it inside
+    with forward_autocast(precision, model.device):  # the generator runs the forward passes: consume it inside
         parts = list(encode_batches(model, lambda rows: [token_rows[i] for i in rows], batches, side))
     emb = torch.cat([e for _, e in parts]).float()  # a no-op in fp32
     inverse = torch.empty(len(order), dtype=torch.long)
@@ -189,26 +188,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, n_exam
             raise HardnegError("schedule_epochs needs the number of training examples and the global batch")
         span = schedule_steps(config, n_examples, global_batch)
     return get_linear_schedule_with_warmup(optimizer, warmup, span)
-
-
-def autocast(precision: str, device: torch.device):
-    """Autocast for the encoder forward passes at ``precision`` (nothing for fp32)."""
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def check_precision(precision: str, device: torch.device) -> None:
-    """A clear error when ``device`` cannot run ``precision`` (before any work)."""
-    if precision == "fp32":
-        return
-    if not torch.amp.is_autocast_available(device.type):
-        raise HardnegError(f"--precision {precision}: torch {torch.__version__} has no autocast on {device}; "
-                           "use --precision fp32")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise HardnegError(f"--precision bf16: {device} ({torch.cuda.get_device_name(device)}) does not "
-                           "support bfloat16; use --precision fp16 or fp32")
 
 
 def set_seed(seed: int) -> None:

@@ -49,6 +49,7 @@ from hardneg.data.cache import cache_dir_or_default
 from hardneg.data.load import load_dataset, parse_spec
 from hardneg.devices import faiss_placement, resolve_device
 from hardneg.errors import HardnegError
+from hardneg.index.encode import check_encode_precision
 from hardneg.io import write_json
 from hardneg.model.encoder import DualEncoder
 from hardneg.negatives.drift import track
@@ -68,7 +69,6 @@ from hardneg.train.steps import (
     ADDITIVE_PARTS,
     TIMING_PREFIX,
     Laps,
-    check_precision,
     clock,
     encode_rows,
     make_optimizer,
@@ -126,7 +126,7 @@ class Trainer:
             if group != self.device:
                 logger.warning("--device %s: under torchrun this rank trains on %s", cfg.device, group)
             self.device = group
-        check_precision(cfg.precision, self.device)
+        check_encode_precision(cfg.precision, self.device)
         faiss_placement(self.device)  # says once when a GPU run has to search on CPU Faiss
 
     def _load_data(self) -> list[str]:
