@@ -23,7 +23,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import REPO, write_tiny_train
-from hardneg.index.encode import encode_token_lists
+from hardneg.model.encoding import encode_token_lists
 from hardneg.train.config import TrainConfig
 from hardneg.train.trainer import Trainer
 

@@ -160,7 +160,7 @@ def test_no_gradient_reaches_the_document_side(tmp_path, tiny_train, tiny_model_
 
 def test_pq_scores_are_recomputed_from_the_vectors_the_index_ranks_with(tmp_path, tiny_train, tiny_model_dir,
                                                                         pq_cache):
-    from hardneg.index.encode import encode_token_lists
+    from hardneg.model.encoding import encode_token_lists
 
     trainer = Trainer(adore_config(tmp_path, tiny_train, tiny_model_dir, index="pq4", cache_dir=str(pq_cache)))
     trainer.setup()

@@ -141,8 +141,9 @@ def test_tokenize_and_encode_query_side(tiny_beir, tiny_st_dir, env):
     assert TokenizedStore(env / "qtok").ids == [f"q{i}" for i in range(6)]
     result = invoke("encode", f"{tiny_beir}:test", "--model", tiny_st_dir, "--side", "queries", "--out", env / "qemb")
     assert result.exit_code == 0, result.output
-    from hardneg.index.encode import Embeddings, encode_texts
+    from hardneg.index.encode import Embeddings
     from hardneg.model.encoder import DualEncoder
+    from hardneg.model.encoding import encode_texts
 
     emb = Embeddings(env / "qemb")
     model = DualEncoder.from_pretrained(tiny_st_dir)

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from hardneg.errors import HardnegError
-from hardneg.index.encode import encode_texts
 from hardneg.model.drhard import HeadTower
 from hardneg.model.encoder import DualEncoder
+from hardneg.model.encoding import encode_texts
 
 TEXTS = ["short", "a somewhat longer text about retrieval", "dense passage retrieval " * 6, "x"]
 HIDDEN, OUT = 32, 16

@@ -5,9 +5,10 @@ import pytest
 
 from hardneg.data.tokenized import StoreSpec, build_store, texts_fingerprint
 from hardneg.errors import HardnegError, MismatchError
-from hardneg.index.encode import Embeddings, encode_store, encode_texts, length_sorted_batches
+from hardneg.index.encode import Embeddings, encode_store
 from hardneg.index.faiss_index import FaissIndex, factory_string
 from hardneg.model.encoder import DualEncoder, tokenizer_fingerprint
+from hardneg.model.encoding import encode_texts, length_sorted_batches
 
 RECORDS = [(f"doc{i}", "word " * (1 + (i * 7) % 23) + f"item {i}") for i in range(37)]
 
@@ -215,8 +216,8 @@ def test_every_encoding_path_runs_the_same_batches_bit_for_bit(model, store, tmp
     with the same batch size they give the very same float32 bytes."""
     import torch
 
-    from hardneg.index.encode import encode_batches, encode_token_lists
     from hardneg.index.shards import sharded_encode_token_lists
+    from hardneg.model.encoding import encode_batches, encode_token_lists
     from hardneg.train.steps import encode_rows
 
     rows = store.rows(range(len(store)))
@@ -254,7 +255,7 @@ def test_fp32_embeddings_keys_are_unchanged_and_other_precisions_are_keyed_apart
 def test_bf16_encoding_runs_under_autocast_and_stores_float32_close_to_fp32(model, store, tmp_path, monkeypatch):
     import torch
 
-    from hardneg.index.encode import check_encode_precision
+    from hardneg.model.encoding import check_encode_precision
 
     seen: list[tuple[bool, torch.dtype | None]] = []
     forward = type(model).forward

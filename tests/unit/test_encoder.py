@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from hardneg.errors import HardnegError, ModelNotFoundError
-from hardneg.index.encode import encode_texts
 from hardneg.model.encoder import DualEncoder, EncoderConfig
+from hardneg.model.encoding import encode_texts
 from hardneg.model.registry import resolve_model
 from hardneg.model.st_format import read_sentence_transformers_config
 
@@ -51,6 +51,20 @@ def test_batched_encoding_keeps_input_order(tiny_model_dir):
     batched = encode_texts(model, TEXTS, "doc", batch_size=2)
     single = np.stack([encode_texts(model, [t], "doc", batch_size=1)[0] for t in TEXTS])
     np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-5)
+
+
+def test_encode_methods_run_each_side_through_its_own_tower(tiny_model_dir):
+    """``encode_queries`` / ``encode_docs`` are the encoding loop on the query / document tower: with separate towers
+    whose weights differ, each side's vectors equal the loop run on that side, and differ from the other's."""
+    model = DualEncoder.from_pretrained(tiny_model_dir).with_separate_towers()
+    with torch.no_grad():
+        for p in model.query_model.parameters():
+            p.add_(0.05)
+    queries, docs = model.encode_queries(TEXTS, batch_size=2), model.encode_docs(TEXTS, batch_size=2)
+    assert queries.dtype == np.float32 and queries.shape == (len(TEXTS), model.dim)
+    np.testing.assert_array_equal(queries, encode_texts(model, TEXTS, "query", batch_size=2))
+    np.testing.assert_array_equal(docs, encode_texts(model, TEXTS, "doc", batch_size=2))
+    assert not np.allclose(queries, docs, atol=1e-4)
 
 
 def test_save_load_roundtrip_with_transformers_and_sentence_transformers(tiny_st_dir, tmp_path):

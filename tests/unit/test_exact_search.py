@@ -171,7 +171,7 @@ def test_memory_stays_far_below_the_score_matrix(tmp_path):
 def dense_dev_metrics(trainer):
     """The dev evaluation as it was: one dense dev queries × pool score matrix and a stable argsort."""
     from hardneg.evaluate.metrics import evaluate
-    from hardneg.index.encode import encode_token_lists
+    from hardneg.model.encoding import encode_token_lists
     from hardneg.retrieval.runs import run_from_arrays
 
     cfg, rows = trainer.config, trainer.dev_index.rows

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from conftest import _tiny_bert
 from hardneg.cli import app
 from hardneg.errors import HardnegError
-from hardneg.index.encode import encode_texts
 from hardneg.model.encoder import DualEncoder
+from hardneg.model.encoding import encode_texts
 from hardneg.model.merge import interpolate
 
 TEXTS = ["glacier ice melt", "jazz saxophone solo in the evening"]

@@ -115,7 +115,7 @@ def test_fp32_runs_no_autocast_and_no_scaler(tmp_path, tiny_train, tiny_model_di
     model = trainer.model.eval()
     rows = [trainer.store[i] for i in range(5)]
     got = encode_rows(model, rows, "doc", 16)
-    from hardneg.index.encode import pad_batch, pad_id
+    from hardneg.model.encoding import pad_batch, pad_id
 
     ids, mask = pad_batch([rows[i] for i in range(5)], pad_id(model))
     with torch.no_grad():

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hardneg.errors import HardnegError
-from hardneg.index.encode import encode_texts
+from hardneg.model.encoding import encode_texts
 from hardneg.negatives import teachers
 from hardneg.negatives.diagnostics import Diagnostics
 from hardneg.negatives.rules import NegativeRules

@@ -16,6 +16,7 @@ from hardneg.errors import HardnegError
 from hardneg.index import encode as encode_module
 from hardneg.index import shards
 from hardneg.index.encode import embeddings_key
+from hardneg.model import encoding as encoding_module
 from hardneg.train import dev
 from hardneg.train.config import TrainConfig
 from hardneg.train.methods import adore as adore_module
@@ -32,16 +33,16 @@ def tiny_train(tmp_path):
 
 @pytest.fixture
 def forward_passes(monkeypatch):
-    """``(side, precision)`` of every encoding loop run through :func:`hardneg.index.encode.encode_batches` by the
+    """``(side, precision)`` of every encoding loop run through :func:`hardneg.model.encoding.encode_batches` by the
     corpus, dev and mining encodes (a training step's own forward passes, train/steps.py, are not recorded)."""
     seen: list[tuple[str, str]] = []
-    real = encode_module.encode_batches
+    real = encoding_module.encode_batches
 
     def spy(model, rows_of, batches, side, **kw):
         seen.append((side, kw.get("precision", "fp32")))
         return real(model, rows_of, batches, side, **kw)
 
-    for module in (encode_module, shards, dev, mining):  # the modules that call it (imported by name)
+    for module in (encoding_module, encode_module, shards, dev, mining):  # the modules that call it (imported by name)
         monkeypatch.setattr(module, "encode_batches", spy)
     return seen
 

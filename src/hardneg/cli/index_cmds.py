@@ -66,7 +66,8 @@ def encode(
     """
     from hardneg import distributed as dist
     from hardneg.artifacts import side_store
-    from hardneg.index.encode import check_encode_precision, encode_store
+    from hardneg.index.encode import encode_store
+    from hardneg.model.encoding import check_encode_precision
 
     use_threads(threads)
     launched = join_torchrun()

@@ -104,7 +104,7 @@ def retrieve(
     Example: `hardneg retrieve ../shared/data/scifact:test --model minilm --index flat`
     """
     from hardneg.devices import faiss_placement
-    from hardneg.index.encode import check_encode_precision
+    from hardneg.model.encoding import check_encode_precision
     from hardneg.retrieval.dense import retrieve as dense_retrieve
 
     use_threads(threads)
@@ -153,9 +153,9 @@ def search(
     from hardneg.artifacts import index_mismatches
     from hardneg.devices import faiss_placement, place_index
     from hardneg.errors import MismatchError
-    from hardneg.index.encode import check_encode_precision
     from hardneg.index.faiss_index import FaissIndex
     from hardneg.io import read_json
+    from hardneg.model.encoding import check_encode_precision
     from hardneg.retrieval.dense import search as dense_search
 
     use_threads(threads)

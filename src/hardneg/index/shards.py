@@ -43,13 +43,11 @@ from hardneg.index.encode import (
     Embeddings,
     _copy_ids,
     embeddings_key,
-    encode_batches,
     encode_batches_resumable,
     encode_store,
-    encode_token_lists,
-    length_sorted_batches,
 )
 from hardneg.io import commit_dir, file_lock, read_json, write_json
+from hardneg.model.encoding import encode_batches, encode_token_lists, length_sorted_batches
 
 SHARD_KIND = "embeddings-shard"
 _SHARD_NAME = re.compile(r"^(\d+)-of-(\d+)$")

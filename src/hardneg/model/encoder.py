@@ -8,9 +8,9 @@ pooling, normalisation, max length and prompts automatically
 (:mod:`hardneg.model.st_format`); a plain transformers folder defaults to CLS
 pooling without normalisation (the paper's RoBERTa setting).
 
-The encoder turns token ids into vectors (``forward``) and texts into token ids
-(``tokenize``); encoding lists of texts in batches is the index layer's
-(:func:`hardneg.index.encode.encode_texts`).
+The encoder turns token ids into vectors (``forward``), texts into token ids
+(``tokenize``) and lists of texts into float32 vectors in length-sorted batches
+(``encode_queries``, ``encode_docs``: :func:`hardneg.model.encoding.encode_texts`).
 
 A tower may carry a projection head (:class:`~hardneg.model.drhard.HeadTower`:
 pooled vector → Dense → LayerNorm): DRhard's ``RobertaDot`` checkpoints (STAR,
@@ -63,6 +63,7 @@ from hardneg.model.drhard import (
     split_tolerated_unexpected,
     weights_file,
 )
+from hardneg.model.encoding import encode_texts
 from hardneg.model.registry import resolve_model
 from hardneg.model.st_format import POOLINGS, read_sentence_transformers_config, write_sentence_transformers_files
 
@@ -338,6 +339,21 @@ class DualEncoder(nn.Module):
             return_attention_mask=True,
             return_token_type_ids=False,
         )
+
+    def encode(self, texts: Sequence[str], side: Side, *, batch_size: int = 64, show_progress: bool = False,
+               precision: str = "fp32"):
+        """float32 ``(len(texts), dim)`` vectors of ``texts`` by the ``side`` tower, rows in input order
+        (:func:`hardneg.model.encoding.encode_texts`)."""
+        return encode_texts(self, texts, side, batch_size=batch_size, show_progress=show_progress,
+                            precision=precision)
+
+    def encode_queries(self, texts: Sequence[str], **kwargs):
+        """Query vectors (the query tower, its prefix and max length), as sentence-transformers' ``encode_query``."""
+        return self.encode(texts, "query", **kwargs)
+
+    def encode_docs(self, texts: Sequence[str], **kwargs):
+        """Document vectors (the document tower), as sentence-transformers' ``encode_document``."""
+        return self.encode(texts, "doc", **kwargs)
 
     def with_separate_towers(self) -> DualEncoder:
         """This encoder with separate towers: itself when they already are; for a shared encoder, the same

@@ -133,7 +133,8 @@ def encode_query_vectors(folder: Path, encoder: Any, qids: Sequence[str], querie
     bitwise the one a single call gives; resumable (``key`` names the encoder and queries)."""
     import torch
 
-    from hardneg.index.encode import encode_batches_resumable, length_sorted_batches, progress_label
+    from hardneg.index.encode import encode_batches_resumable
+    from hardneg.model.encoding import length_sorted_batches, progress_label
 
     texts = _QueryTexts(encoder, lambda i: queries[qids[i]].text)
     lengths = np.zeros(len(qids), dtype=np.int64)

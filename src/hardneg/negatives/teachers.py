@@ -58,7 +58,7 @@ class BiEncoderTeacher(Teacher):
     def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
         import torch
 
-        from hardneg.index.encode import encode_texts
+        from hardneg.model.encoding import encode_texts
 
         uq, ud = list(dict.fromkeys(queries)), list(dict.fromkeys(docs))
         was = self.model.training

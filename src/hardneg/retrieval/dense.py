@@ -15,8 +15,8 @@ import numpy as np
 from hardneg.artifacts import corpus_index
 from hardneg.data.records import Query
 from hardneg.devices import place_index
-from hardneg.index.encode import encode_texts
 from hardneg.index.faiss_index import FaissIndex
+from hardneg.model.encoding import encode_texts
 from hardneg.retrieval.runs import Run, run_from_arrays
 
 

@@ -24,8 +24,8 @@ import torch
 
 from hardneg import distributed as dist
 from hardneg.evaluate.metrics import evaluate
-from hardneg.index.encode import encode_batches, encode_token_lists, length_sorted_batches
 from hardneg.index.shards import sharded_encode_token_lists
+from hardneg.model.encoding import encode_batches, encode_token_lists, length_sorted_batches
 from hardneg.retrieval.bm25 import cached_bm25
 from hardneg.retrieval.exact import TopKSearch
 from hardneg.retrieval.runs import run_from_arrays

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from hardneg.errors import HardnegError
-from hardneg.index.encode import encode_batches, forward_autocast, length_sorted_batches
+from hardneg.model.encoding import encode_batches, forward_autocast, length_sorted_batches
 
 if TYPE_CHECKING:
     from hardneg.train.config import TrainConfig

@@ -49,9 +49,9 @@ from hardneg.data.cache import cache_dir_or_default
 from hardneg.data.load import load_dataset, parse_spec
 from hardneg.devices import faiss_placement, resolve_device
 from hardneg.errors import HardnegError
-from hardneg.index.encode import check_encode_precision
 from hardneg.io import write_json
 from hardneg.model.encoder import DualEncoder
+from hardneg.model.encoding import check_encode_precision
 from hardneg.negatives.drift import track
 from hardneg.train.checkpoint import (
     CHECKPOINT_VERSION,

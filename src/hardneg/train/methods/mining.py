@@ -33,10 +33,11 @@ from tqdm.auto import tqdm
 from hardneg import distributed as dist
 from hardneg.artifacts import corpus_index
 from hardneg.devices import place_index
-from hardneg.index.encode import embeddings_key, encode_batches, encode_token_lists, length_sorted_batches
+from hardneg.index.encode import embeddings_key
 from hardneg.index.faiss_index import FaissIndex
 from hardneg.index.shards import encode_over_ranks
 from hardneg.io import atomic_write, read_json, write_json
+from hardneg.model.encoding import encode_batches, encode_token_lists, length_sorted_batches
 from hardneg.negatives.diagnostics import DIAGNOSTICS_FILE, Diagnostics, write_diagnostics
 from hardneg.negatives.formats.files import write_negatives
 from hardneg.negatives.formats.tsv import read_negatives
