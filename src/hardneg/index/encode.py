@@ -112,7 +112,7 @@ def encode_store(
                                         precision)
 
 
-def _copy_ids(store, dest: Path) -> None:
+def copy_ids(store, dest: Path) -> None:
     """The store's ids.json, copied as a file (a huge id list is never loaded for it)."""
     src = Path(getattr(store, "folder", "")) / "ids.json"
     if src.is_file():
@@ -175,7 +175,7 @@ def _encode_store_unsafe(model, store, side, out: Path, key: str, batch_size: in
         {"key": key, "batch_size": batch_size, "n_batches": len(batches)},
         desc=progress_label(side), show_progress=show_progress,
         checkpoint_seconds=checkpoint_seconds, precision=precision)
-    _copy_ids(store, partial / "ids.json")
+    copy_ids(store, partial / "ids.json")
     write_json(
         partial / "manifest.json",
         {

@@ -41,7 +41,7 @@ from hardneg.errors import HardnegError
 from hardneg.index.encode import (
     EMB_VERSION,
     Embeddings,
-    _copy_ids,
+    copy_ids,
     embeddings_key,
     encode_batches_resumable,
     encode_store,
@@ -198,7 +198,7 @@ def encode_shard(
         precision=precision)
     np.save(partial / "rows.npy", rows)
     if shard == 0:  # the corpus ids, once (copied as a file: a huge id list is never loaded for it)
-        _copy_ids(store, partial / "ids.json")
+        copy_ids(store, partial / "ids.json")
     write_json(partial / "manifest.json", {
         "kind": SHARD_KIND, "version": EMB_VERSION, "key": key, "side": side, "shard": shard,
         "n_shards": n_shards, "batch_size": batch_size, "n_batches": len(length_sorted_batches(store.lengths,
