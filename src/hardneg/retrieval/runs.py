@@ -148,8 +148,8 @@ def _detect_format(cols: list[str], path: Path, line_no: int) -> str:
             f"cannot tell the run format from a line with {len(cols)} columns",
             path=path,
             line=line_no,
-            hint="expected TREC 'qid Q0 docid rank score tag' (6 columns) "
-            "or MS MARCO 'qid<TAB>docid<TAB>rank' (3 columns)",
+            hint=f"expected TREC {_LAYOUTS['trec']} ({_COLUMNS['trec']} columns) "
+            f"or MS MARCO {_LAYOUTS['msmarco']} ({_COLUMNS['msmarco']} columns)",
         )
     return fmt
 
