@@ -193,5 +193,12 @@ class NegativeRules:
         """How many documents to retrieve per query: ``range_max + max_positives`` (as ST)."""
         return self.resolve(default_n, max_pos)[1] + max_pos
 
+    def retrieval_depth(self, default_n: int, max_pos: int) -> int:
+        """Documents to retrieve per query: :meth:`depth` with a rule active; without one, the first
+        ``num_negatives or default_n`` non-positives are all that is kept, so that many plus ``max_pos``."""
+        if self.active:
+            return self.depth(default_n, max_pos)
+        return (self.num_negatives or default_n) + max_pos
+
     def describe(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,9 +1,9 @@
 """Where candidate negatives come from: a negatives/run file, or a dense model's search of the corpus.
 
-BM25's candidates are its run (:func:`hardneg.retrieval.bm25.cached_bm25`); a dense model's are the run of
-:func:`searched` together with a scorer of the query's positives under the same vectors (the margin rules
-compare against those), or, for ``hardneg mine``'s chunks, :func:`dense_chunk` over query vectors encoded once
-(:func:`encode_query_vectors`).
+BM25's candidates are its run (:func:`hardneg.retrieval.bm25.cached_bm25`); a dense model's are its search of
+the corpus index together with a scorer of the query's positives under the same vectors (the margin rules
+compare against those): for ``hardneg mine``'s chunks, :func:`dense_chunk` over query vectors encoded once
+(:func:`encode_query_vectors`); for training's mining, :mod:`hardneg.train.methods.mining`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from hardneg.negatives.sampling import check_topk, positive_ids
 from hardneg.retrieval.runs import Run, run_from_arrays
 
 __all__ = ["QUERY_BATCH", "dense_chunk", "encode_query_vectors", "load_candidates", "mining_index",
-           "positive_scorer", "searched"]
+           "positive_scorer"]
 
 #: the query-encoding batch of :func:`hardneg.retrieval.dense.encode_queries` (what ``mine`` always used)
 QUERY_BATCH = 128
@@ -87,20 +87,11 @@ def positive_scorer(index: Any, qids: Sequence[str], vectors: np.ndarray) -> Pos
     return scores
 
 
-def searched(index: Any, model: Any, queries: Mapping, k: int) -> tuple[Run, PositiveScorer]:
-    """``(run, positive_scores)``: the run of ``queries`` (encoded by ``model``'s query tower) in ``index``, and
-    the scorer of documents under the same vectors."""
-    from hardneg.retrieval.dense import encode_queries
-
-    qids, qv = encode_queries(model, queries)  # search()'s own call: the same vectors as before
-    scores, rows = index.search(qv, k)
-    return run_from_arrays(qids, index.ids, scores, rows), positive_scorer(index, qids, qv)
-
-
 def dense_chunk(index: Any, vectors: np.ndarray, part: Sequence[str], start: int, k: int,
                 search_block: int) -> tuple[Run, PositiveScorer]:
-    """:func:`searched` for the queries ``part``, whose vectors are rows ``start…`` of ``vectors``, searched
-    ``search_block`` queries at a time."""
+    """``(run, positive_scores)`` of the queries ``part``, whose vectors are rows ``start…`` of ``vectors``,
+    searched ``search_block`` queries at a time (:func:`positive_scorer` scores documents under the same
+    vectors)."""
     qv = np.ascontiguousarray(vectors[start:start + len(part)], dtype=np.float32)
     scores, rows = index.search(qv, k, batch_size=search_block)
     return run_from_arrays(part, index.ids, scores, rows), positive_scorer(index, part, qv)

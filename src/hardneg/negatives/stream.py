@@ -117,7 +117,7 @@ class _Job:
         self.qids = list(self.queries)
         self.max_pos = max_positives(self.qrels)
         self.n = self.rules.num_negatives or self.topk
-        self.k = self.rules.depth(self.topk, self.max_pos) if self.rules.active else self.n + self.max_pos
+        self.k = self.rules.retrieval_depth(self.topk, self.max_pos)
         self.partial = self.out.with_name(f"{self.out.name}.partial")
         self.progress_file = self.partial / "progress.json"
         self.data_file = self.partial / "negatives.part"

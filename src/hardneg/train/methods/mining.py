@@ -136,10 +136,7 @@ class TrainSelector:
 
     def depth(self) -> int:
         """Documents to retrieve per query."""
-        cfg = self.ctx.config
-        if not self.rules.active:  # today's depth: the first n non-positives are all that is kept
-            return (self.rules.num_negatives or cfg.topk) + self._max_positives()
-        return self.rules.depth(cfg.topk, self._max_positives())
+        return self.rules.retrieval_depth(self.ctx.config.topk, self._max_positives())
 
     @property
     def path(self) -> Path:
