@@ -201,8 +201,7 @@ def encode_shard(
         copy_ids(store, partial / "ids.json")
     write_json(partial / "manifest.json", {
         "kind": SHARD_KIND, "version": EMB_VERSION, "key": key, "side": side, "shard": shard,
-        "n_shards": n_shards, "batch_size": batch_size, "n_batches": len(length_sorted_batches(store.lengths,
-                                                                                             batch_size)),
+        "n_shards": n_shards, "batch_size": batch_size, "n_batches": -(-len(store) // batch_size),
         "count": int(len(rows)), "total": len(store), "rows_sha256": state["rows_sha256"], "dim": model.dim,
         "dtype": "float32", "precision": precision, "encoder": model.identity(),
         "content": store.manifest.get("content"), "normalized": bool(model.config.normalize),
