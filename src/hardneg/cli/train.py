@@ -27,7 +27,7 @@ from hardneg.cli.common import (
 )
 from hardneg.errors import HardnegError
 from hardneg.train.config import ADORE, PRESETS, TrainConfig, resolve_config
-from hardneg.train.methods import method_help, method_names, method_specs, methods_that
+from hardneg.train.methods import method_help, method_names, method_spec, methods_that
 
 #: the methods with a fixed document encoder (ADORE), which --doc-model names
 _FROZEN_DOC = methods_that(lambda s: s.frozen_doc)
@@ -111,7 +111,7 @@ def train(**kwargs: Any) -> None:
     given = {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items() if v is not None}
     doc = command["doc_model"]
     if doc is not None:  # a frozen-document method's (ADORE's) name for the one `model` setting
-        if not any(s.frozen_doc for s in method_specs() if s.name == method):
+        if not method_spec(method).frozen_doc:
             raise HardnegError(f"--doc-model is for {_FROZEN_DOC} (its fixed document encoder); {method} takes "
                                "--model")
         if given.get("model", doc) != doc:

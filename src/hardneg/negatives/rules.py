@@ -58,11 +58,11 @@ nor counted as an error above a positive by the ΔM weights.
 
 from __future__ import annotations
 
+import math
+import numbers
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
-
-import numpy as np
 
 from hardneg.errors import HardnegError
 
@@ -119,7 +119,7 @@ class NegativeRules:
 
     def __post_init__(self) -> None:
         def whole(name: str, value: Any, low: int) -> None:
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
                 raise HardnegError(f"{name} must be a whole number >= {low}, not {value!r}")
 
         whole("range_min", self.range_min, 0)
@@ -131,7 +131,7 @@ class NegativeRules:
             whole("num_negatives", self.num_negatives, 1)
         for name in ("absolute_margin", "relative_margin", "max_score"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not np.isfinite(float(value))):
+            if value is not None and (isinstance(value, bool) or not math.isfinite(float(value))):
                 raise HardnegError(f"{name} must be a finite number, not {value!r}")
         if self.relative_margin is not None and not 0 <= self.relative_margin < 1:
             raise HardnegError(f"relative_margin must be in [0, 1) (0.05 = NV-Retriever's 95%), "
