@@ -112,8 +112,9 @@ class NegativeRules:
     num_negatives: int | None = rule(
         None, "Negatives kept per query after the rules (default --topk: what mine writes and static/star/ance "
         "sample from; adore: the whole list).")
-    teacher: str | None = rule(None, "Rescore candidates before the rules: a bi-encoder hardneg loads or a "
-                               "CrossEncoder folder (scores cached).")
+    teacher: str | None = rule(None, "Rescore candidates before the rules (and the scores --distill learns): a "
+                               "bi-encoder hardneg loads, a CrossEncoder folder, bm25, or a fusion fusion:A+B "
+                               "(min-max sum) / rrf:A+B (scores cached).")
     margin_against: str = rule("min", "Margins against the query's lowest-scored positive (min, "
                                "sentence-transformers') or its highest (max).", choices=("min", "max"))
 

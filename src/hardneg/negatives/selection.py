@@ -159,8 +159,8 @@ def select_negatives(
             if positive_scores is not None and pos_of[qid]:
                 pscores = [float(s) for s in positive_scores(qid, pos_of[qid])]
             elif rules.margins and pos_of[qid]:
-                raise HardnegError("--absolute-margin / --relative-margin need the positives' scores: give a "
-                                   "--teacher (BM25 candidates have none)")
+                raise HardnegError("--absolute-margin / --relative-margin need the positives' scores, and these "
+                                   "candidates come without a scorer of them: give a --teacher")
             else:
                 pscores = [first[p] for p in pos_of[qid] if p in first]
         rng = selection_rng(seed, step, qid) if rules.sampling_strategy == "random" else None

@@ -1,6 +1,7 @@
 """Where candidate negatives come from: a negatives/run file, or a dense model's search of the corpus.
 
-BM25's candidates are its run (:func:`hardneg.retrieval.bm25.cached_bm25`); a dense model's are its search of
+BM25's candidates are its run (:func:`hardneg.retrieval.bm25.cached_bm25`), its positives scored by
+:func:`bm25_positive_scorer`; a dense model's are its search of
 the corpus index together with a scorer of the query's positives under the same vectors (the margin rules
 compare against those): for ``hardneg mine``'s chunks, :func:`dense_chunk` over query vectors encoded once
 (:func:`encode_query_vectors`); for training's mining, :mod:`hardneg.train.methods.mining`.
@@ -20,8 +21,8 @@ from hardneg.negatives.formats.files import read_negative_file
 from hardneg.negatives.sampling import check_topk, positive_ids
 from hardneg.retrieval.runs import Run, run_from_arrays
 
-__all__ = ["QUERY_BATCH", "dense_chunk", "encode_query_vectors", "load_candidates", "mining_index",
-           "positive_scorer"]
+__all__ = ["QUERY_BATCH", "bm25_positive_scorer", "dense_chunk", "encode_query_vectors", "load_candidates",
+           "mining_index", "positive_scorer"]
 
 #: the query-encoding batch of :func:`hardneg.retrieval.dense.encode_queries` (what ``mine`` always used)
 QUERY_BATCH = 128
@@ -83,6 +84,18 @@ def positive_scorer(index: Any, qids: Sequence[str], vectors: np.ndarray) -> Pos
 
     def scores(qid: str, docids: list[str]) -> np.ndarray:
         return index.reconstruct(np.array([rows[d] for d in docids], dtype=np.int64)) @ vec[qid]
+
+    return scores
+
+
+def bm25_positive_scorer(bm25: Any, queries: Mapping[str, Any]) -> PositiveScorer:
+    """``(qid, docids) -> BM25 scores`` of those documents for the query (retrieved or not: a positive BM25
+    did not return scores 0; one not in the corpus has none), the scores a BM25 run's candidates have: the margin
+    rules work with BM25."""
+
+    def scores(qid: str, docids: list[str]) -> np.ndarray:
+        known = bm25.positions()
+        return bm25.score_docs(queries[qid].text, [d for d in docids if d in known])
 
     return scores
 

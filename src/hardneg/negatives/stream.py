@@ -55,10 +55,11 @@ from hardneg.negatives.diagnostics import Diagnostics, StreamDiagnostics, write_
 from hardneg.negatives.formats.common import check_format, check_output
 from hardneg.negatives.formats.tsv import tsv_records
 from hardneg.negatives.formats.writer import write_negative_file_streamed
+from hardneg.negatives.fusion import FusedScores, open_teacher
 from hardneg.negatives.rules import NegativeRules
 from hardneg.negatives.selection import max_positives, select_negatives
-from hardneg.negatives.sources import QUERY_BATCH, dense_chunk, encode_query_vectors, mining_index
-from hardneg.negatives.teachers import TeacherScores, doc_texts, load_teacher
+from hardneg.negatives.sources import QUERY_BATCH, bm25_positive_scorer, dense_chunk, encode_query_vectors, mining_index
+from hardneg.negatives.teachers import TeacherScores, doc_texts
 
 __all__ = ["CHUNK_SIZE", "SEARCH_BLOCK", "mine_streamed", "read_id_records"]
 
@@ -151,7 +152,8 @@ class _Retriever:
     def chunk(self, job: _Job, part: list[str], start: int, vectors: Any):
         """``(run, positive_scores)`` of the queries ``part`` (rows ``start…`` of the dense ``vectors``)."""
         if self.bm25 is not None:
-            return self.bm25.search({q: job.queries[q] for q in part}, k=job.k, show_progress=False), None
+            return (self.bm25.search({q: job.queries[q] for q in part}, k=job.k, show_progress=False),
+                    bm25_positive_scorer(self.bm25, job.queries))
         return dense_chunk(self.index, vectors, part, start, job.k, SEARCH_BLOCK)
 
 
@@ -240,7 +242,7 @@ def _commit_chunk(job: _Job, state: dict, diag: StreamDiagnostics, chunk_diag: D
 
 # ----------------------------------------------------------------------------- the run
 def _mine_chunks(job: _Job, retriever: _Retriever, state: dict, diag: StreamDiagnostics, chunk_size: int,
-                 vectors: Any, teacher: TeacherScores | None, show_progress: bool) -> None:
+                 vectors: Any, teacher: TeacherScores | FusedScores | None, show_progress: bool) -> None:
     """Mine, select and commit every chunk not done yet."""
     from tqdm.auto import tqdm
 
@@ -269,7 +271,7 @@ def _mine_chunks(job: _Job, retriever: _Retriever, state: dict, diag: StreamDiag
                 after_chunk(c + 1)
 
 
-def _publish(job: _Job, state: dict, diag: StreamDiagnostics, teacher: TeacherScores | None,
+def _publish(job: _Job, state: dict, diag: StreamDiagnostics, teacher: TeacherScores | FusedScores | None,
              diagnostics_path: str | Path | None) -> dict[str, int] | None:
     """Write the diagnostics, then the output (tsv: renamed into place; else written from the id records)."""
     if diagnostics_path is not None:
@@ -327,8 +329,8 @@ def mine_streamed(dataset, qrels, queries, model: str, rules: NegativeRules, top
                                        show_progress)
     teacher = None
     if rules.teacher is not None:
-        teacher = TeacherScores.under(load_teacher(rules.teacher, device=device, batch_size=batch_size),
-                                      cache_dir, dataset.fingerprint())
+        teacher = open_teacher(rules.teacher, dataset=dataset, cache_dir=cache_dir, device=device,
+                               batch_size=batch_size)
     _mine_chunks(job, retriever, state, diag, chunk_size, vectors, teacher, show_progress)
     del vectors
     stats = _publish(job, state, diag, teacher, diagnostics_path)

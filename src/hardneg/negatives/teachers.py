@@ -1,7 +1,10 @@
-"""Teachers: a second model that rescores candidates (and positives) before the rules apply.
+"""Teachers: a second model that rescores candidates (and positives) before the rules apply, and whose
+scores training can distil (``--distill``, :mod:`hardneg.train.distill`).
 
-A teacher is a bi-encoder hardneg loads (:class:`BiEncoderTeacher`) or a sentence-transformers CrossEncoder
-folder (:class:`CrossEncoderTeacher`), named by ``--teacher`` (:func:`load_teacher`). Its scores are cached by
+A teacher is a bi-encoder hardneg loads (:class:`BiEncoderTeacher`), a sentence-transformers CrossEncoder
+folder (:class:`CrossEncoderTeacher`) or BM25 (:class:`BM25Teacher`, ``--teacher bm25``), named by
+``--teacher`` (:func:`load_teacher`); a fusion of several (``fusion:bm25+minilm``) is
+:mod:`hardneg.negatives.fusion`. Its scores are cached by
 (teacher fingerprint, corpus fingerprint, query id, doc id) in memory and on disk
 (``<cache>/teacher_scores/<key>/part-*.tsv``, each line also holding a hash of the query text, so a changed
 query is rescored): an ANCE refresh or the next ADORE step does not rescore (:class:`TeacherScores`).
@@ -20,8 +23,8 @@ import numpy as np
 
 from hardneg.errors import HardnegError
 
-__all__ = ["BiEncoderTeacher", "CrossEncoderTeacher", "Teacher", "TeacherScores", "doc_texts", "is_cross_encoder",
-           "load_teacher"]
+__all__ = ["BM25Teacher", "BiEncoderTeacher", "CrossEncoderTeacher", "Teacher", "TeacherScores", "doc_texts",
+           "is_cross_encoder", "load_teacher"]
 
 
 class Teacher:
@@ -29,9 +32,18 @@ class Teacher:
 
     fingerprint: str = ""
     kind: str = ""
+    #: :meth:`score_ids` reads the documents' texts (BM25 scores by id: its own index holds the corpus)
+    uses_doc_text: bool = True
 
     def score_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
         raise NotImplementedError
+
+    def score_ids(self, queries: Sequence[str], doc_ids: Sequence[str],
+                  texts: Mapping[str, str] | None) -> np.ndarray:
+        """Scores of ``(queries[i], doc_ids[i])``; ``texts``: the documents' texts (``None`` when
+        :attr:`uses_doc_text` is False)."""
+        assert texts is not None
+        return self.score_pairs(queries, [texts[d] for d in doc_ids])
 
 
 #: document vectors a bi-encoder teacher keeps in memory (ADORE rescoring every step re-meets the same documents)
@@ -110,6 +122,28 @@ class CrossEncoderTeacher(Teacher):
         return np.asarray(out, dtype=np.float64).reshape(len(queries))
 
 
+class BM25Teacher(Teacher):
+    """BM25 (:class:`~hardneg.retrieval.bm25.BM25`, the index ``hardneg bm25`` caches) as a teacher: the score
+    of any (query, document) pair, retrieved or not (:meth:`BM25.score_docs`)."""
+
+    kind = "bm25"
+    uses_doc_text = False
+
+    def __init__(self, bm25) -> None:
+        self.bm25 = bm25
+        self.fingerprint = "bm25-" + hashlib.sha256(json.dumps(bm25.params, sort_keys=True).encode()).hexdigest()[:16]
+
+    def score_ids(self, queries: Sequence[str], doc_ids: Sequence[str],
+                  texts: Mapping[str, str] | None) -> np.ndarray:
+        out = np.empty(len(doc_ids), dtype=np.float64)
+        by_query: dict[str, list[int]] = {}
+        for i, q in enumerate(queries):
+            by_query.setdefault(q, []).append(i)
+        for q, at in by_query.items():  # one corpus-wide score vector per query text
+            out[at] = self.bm25.score_docs(q, [doc_ids[i] for i in at])
+        return out
+
+
 def is_cross_encoder(folder: str | Path) -> bool:
     """A sentence-transformers CrossEncoder folder: ``config_sentence_transformers.json`` says
     ``model_type: CrossEncoder`` (ST >= 4 saves), or ``config.json``'s architecture is a
@@ -134,10 +168,18 @@ def is_cross_encoder(folder: str | Path) -> bool:
     return bool(archs) and str(archs[0]).endswith("ForSequenceClassification")
 
 
-def load_teacher(name: str, *, device: str | None = None, batch_size: int = 64, model=None) -> Teacher:
-    """``name``: a CrossEncoder folder, or any model :meth:`DualEncoder.from_pretrained` loads.
+def load_teacher(name: str, *, device: str | None = None, batch_size: int = 64, model=None, dataset=None,
+                 cache_dir: str | Path | None = None) -> Teacher:
+    """``name``: ``bm25`` (over ``dataset``, its index cached under ``cache_dir``), a CrossEncoder folder, or
+    any model :meth:`DualEncoder.from_pretrained` loads.
 
     ``model``: an already loaded encoder to use when it is the one ``name`` names (the start model)."""
+    if name == "bm25":
+        if dataset is None or cache_dir is None:
+            raise HardnegError("--teacher bm25 needs the dataset and a cache folder for its index")
+        from hardneg.retrieval.bm25 import cached_bm25
+
+        return BM25Teacher(cached_bm25(dataset, cache_dir))
     if is_cross_encoder(name):
         return CrossEncoderTeacher(name, device=device, batch_size=batch_size)
     if model is not None:
@@ -166,6 +208,9 @@ class TeacherScores:
     Memory first, then ``folder`` (part files written once each, so concurrent writers never
     collide). In memory the scores sit per (query id, hash of the query's text): a changed query text
     is a miss. ``scored`` counts pairs the teacher actually scored, ``hits`` cache hits."""
+
+    #: a pair's score depends on the other documents asked for with it (a fusion's normalisation): False here
+    listwise = False
 
     def __init__(self, teacher: Teacher, folder: str | Path | None = None) -> None:
         self.teacher = teacher
@@ -207,10 +252,10 @@ class TeacherScores:
                 else:
                     missing.append((qid, d))
         if missing:
-            texts = doc_text(sorted({d for _, d in missing}))
+            texts = doc_text(sorted({d for _, d in missing})) if self.teacher.uses_doc_text else None
             for a in range(0, len(missing), PAIR_CHUNK):
                 chunk = missing[a:a + PAIR_CHUNK]
-                values = self.teacher.score_pairs([query_text[q] for q, _ in chunk], [texts[d] for _, d in chunk])
+                values = self.teacher.score_ids([query_text[q] for q, _ in chunk], [d for _, d in chunk], texts)
                 new = []
                 for (q, d), v in zip(chunk, values, strict=True):
                     self.memory.setdefault((q, hashes[q]), {})[d] = float(v)

@@ -116,6 +116,7 @@ class BM25:
                 ) from None
         self._retriever: Any = None
         self.doc_ids: list[str] = []
+        self._positions: dict[str, int] | None = None
         self.corpus_fingerprint: str | None = None
 
     # -- parameters ---------------------------------------------------------
@@ -224,6 +225,27 @@ class BM25:
             cand, cand_scores = cand[keep], cand_scores[keep]
         order = np.lexsort((cand, -cand_scores))  # score desc, then corpus order
         return cand[order], cand_scores[order]
+
+    def positions(self) -> dict[str, int]:
+        """``doc id -> position`` in the index (made on first use)."""
+        if self._positions is None or len(self._positions) != len(self.doc_ids):
+            self._positions = {d: i for i, d in enumerate(self.doc_ids)}
+        return self._positions
+
+    def score_docs(self, query_text: str, doc_ids: Sequence[str]) -> np.ndarray:
+        """BM25 scores of ``query_text`` against the documents ``doc_ids`` (any documents, retrieved or not;
+        one sharing no term with the query scores 0): what :meth:`search` ranks by, so a query's positives
+        can be scored as its candidates are (the margin rules, a BM25 teacher)."""
+        self._require_index()
+        position = self.positions()
+        try:
+            rows = np.fromiter((position[d] for d in doc_ids), dtype=np.int64, count=len(doc_ids))
+        except KeyError as exc:
+            raise HardnegError(f"document {exc.args[0]!r} is not in this BM25 index's corpus") from None
+        ids = self._query_token_ids([query_text], show_progress=False)[0]
+        if ids.size == 0 or rows.size == 0:
+            return np.zeros(rows.size, dtype=np.float64)
+        return np.asarray(self._retriever.get_scores_from_ids(ids), dtype=np.float64)[rows]
 
     def search(
         self,

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from hardneg.errors import HardnegError
 from hardneg.negatives.rules import NegativeRules
 from hardneg.train.methods import method_names, method_spec, method_specs, methods_that
-from hardneg.train.methods.settings import parse_adore_metric
+from hardneg.train.methods.settings import check_distill, parse_adore_metric
 from hardneg.train.report_to import check_installed
 
 METHODS = method_names()
@@ -36,6 +36,7 @@ STAR_MIXINGS = ("alpha", "pairmean")
 ADORE_LOSSES = ("lambda", "ranknet")
 ADORE_POSITIVES = ("missing", "always")
 ADORE_REDUCTIONS = ("query", "global")
+DISTILL_KINDS = ("none", "margin-mse", "kl")  # hardneg.train.distill's (that module imports torch)
 
 #: settings added after the first checkpoints were written, and their defaults (see ``fingerprint``)
 LATER_DEFAULTS: dict[str, Any] = {"rand_batch_positives": True, "patience": 0, "dev_carve": "queries"}
@@ -49,6 +50,8 @@ LATER_DEFAULTS.update({"index_fp16": False})  # ADORE's flat index stored in flo
 #: DRhard's behaviours as options (issue 27), off by default: hardneg's behaviour before they existed
 LATER_DEFAULTS.update({"lamb_variant": "decoupled", "schedule_epochs": None, "examples_per_query": "each-positive",
                        "mine_query_max_length": None, "mine_doc_max_length": None})
+#: distillation (issue 28): off by default
+LATER_DEFAULTS.update({"distill": "none", "distill_weight": 1.0, "distill_temperature": 1.0})
 
 #: settings that may change between a run and its ``--resume`` (they do not change the math so far)
 RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
@@ -67,6 +70,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "star_mixing": STAR_MIXINGS, "adore_loss": ADORE_LOSSES, "adore_positives": ADORE_POSITIVES,
     "adore_reduction": ADORE_REDUCTIONS, **{s.name: s.choices for s in SELECTION_SETTINGS if s.choices},
     "dev_carve": ("queries", "documents"), "lamb_variant": LAMB_VARIANTS, "examples_per_query": EXAMPLES_PER_QUERY,
+    "distill": DISTILL_KINDS,
 }
 #: whole-number settings that must be at least 1
 AT_LEAST_ONE = ("max_steps", "batch_size", "grad_accum", "n_negatives", "topk", "dev_every", "save_every",
@@ -209,6 +213,14 @@ class TrainConfig(BaseModel):
     cache_dir: str | None = setting(None, "Where tokenized stores, embeddings and indexes are cached "
                                     "(default $HARDNEG_CACHE_DIR or ~/.cache/hardneg).", path=True)
     quiet: bool = setting(False, "No progress bars or info messages (the global --quiet).", cli=False)
+    # distillation from a teacher's scores (issue 28; hardneg.train.distill)
+    distill: str = setting("none", "Distil the --teacher's scores: margin-mse (Hofstatter et al.) or kl (listwise); "
+                           "the loss of static/bm25neg/ance, STAR's hard-negative term, an added term for adore.",
+                           panel=NEGATIVES)
+    distill_weight: float = setting(1.0, "Weight W of the distillation loss (W x L_distill; adore: L + W x "
+                                    "L_distill).", panel=NEGATIVES)
+    distill_temperature: float = setting(1.0, "--distill kl: softmax temperature T (the loss is scaled by T^2).",
+                                         panel=NEGATIVES)
     extra: dict[str, Any] = Field(default_factory=dict, description="Free-form notes kept with the run.",
                                   json_schema_extra={"cli": False})
 
@@ -277,6 +289,7 @@ class TrainConfig(BaseModel):
             raise HardnegError(f"dev_fraction must be in (0, 1), not {self.dev_fraction}")
         spec = method_spec(self.method)  # what the method takes and needs: the registry says, not its name
         self._refuse_others_settings()
+        check_distill(self, spec)  # --distill: a method that distils, a --teacher (before the teacher's own check)
         if self.negatives and not spec.negatives_file:
             raise HardnegError(f"--negatives is for the {methods_that(lambda s: s.negatives_file)} methods, "
                                f"not {self.method}")

@@ -110,6 +110,9 @@ class MethodSpec:
     #: its ``settings`` were added after other methods' checkpoints existed: they are left out of the other
     #: methods' config fingerprints, so those checkpoints still resume (False: hashed at their defaults)
     later_settings: bool = False
+    #: how ``--distill`` enters its loss (hardneg.train.distill): "loss" (it is the loss), "hard-term" (it
+    #: replaces the hard-negative term, STAR), "added" (added to the method's loss, ADORE); None: no distillation
+    distill: str | None = None
 
     @property
     def random_negatives(self) -> bool:
@@ -134,20 +137,23 @@ _REGISTRY: dict[str, MethodSpec] = {s.name: s for s in (
                "random corpus negatives (plus the rest of the batch)", hard_negatives="random",
                batch_negatives=True, settings=("rand_batch_positives",)),
     MethodSpec("bm25neg", "hardneg.train.methods.static:BM25Neg",
-               "hard negatives sampled from BM25's top-k", hard_negatives="bm25", selection_rules=True),
+               "hard negatives sampled from BM25's top-k", hard_negatives="bm25", selection_rules=True,
+               distill="loss"),
     MethodSpec("static", "hardneg.train.methods.static:StaticNeg",
                "hard negatives from a fixed run (a file, or mined once with the start model)",
-               hard_negatives="start-model", negatives_file=True, selection_rules=True),
+               hard_negatives="start-model", negatives_file=True, selection_rules=True, distill="loss"),
     MethodSpec("ance", "hardneg.train.methods.ance:Ance",
                "hard negatives re-mined with the current model every refresh_every steps",
-               hard_negatives="refreshed", selection_rules=True, settings=("refresh_every",), check=check_ance),
+               hard_negatives="refreshed", selection_rules=True, settings=("refresh_every",), check=check_ance,
+               distill="loss"),
     MethodSpec("star", "hardneg.train.methods.star:Star",
                "static hard negatives + the batch's other documents as random negatives (STAR)",
-               hard_negatives="start-model", batch_negatives=True, negatives_file=True, selection_rules=True),
+               hard_negatives="start-model", batch_negatives=True, negatives_file=True, selection_rules=True,
+               distill="hard-term"),
     MethodSpec("adore", "hardneg.train.methods.adore:Adore",
                "only the query tower trains, on its own top-K in a fixed document index (ADORE)",
                hard_negatives="index", selection_rules=True, frozen_doc=True, settings=_ADORE_SETTINGS,
-               check=check_adore, later_settings=True),
+               check=check_adore, later_settings=True, distill="added"),
 )}
 
 

@@ -56,6 +56,7 @@ from hardneg.model.encoder import weights_fingerprint
 from hardneg.model.registry import resolve_model
 from hardneg.negatives.diagnostics import Diagnostics
 from hardneg.negatives.selection import select_one, selection_rng
+from hardneg.train.distill import Distiller
 from hardneg.train.losses import delta_mrr, delta_ndcg, ideal_dcg, lambda_pairwise
 from hardneg.train.methods.base import Method, MethodContext, StepBatch
 from hardneg.train.methods.mining import TrainSelector
@@ -306,6 +307,9 @@ class Adore(Method):
         self.rules = self.selector.rules
         self.diagnostics = Diagnostics(self.rules, "adore steps (totals since this process started)")
         self._step = 0
+        self.distiller: Distiller | None = None  # --distill: an added term over each step's pairs
+        if cfg.distill != "none":
+            self.distiller = Distiller(cfg, self.selector, ctx.positives, ctx.doc_ids)
 
     def place_index(self, device: torch.device) -> None:
         """Search on GPU Faiss when the encoder is on CUDA and the installed Faiss has GPUs: under torchrun each
@@ -359,13 +363,22 @@ class Adore(Method):
         # over ranks)
         loss = lambda_pairwise(s_pos, s_neg, pairs.weights.to(device), pairs.mask.to(device),
                                reduction=cfg.adore_reduction)
+        distill_parts: dict[str, float] = {}
+        if self.distiller is not None:  # L_lambda + W · L_distill over the same pairs (hardneg.train.distill)
+            ids = self.index.ids
+            distill = self.distiller.loss(
+                s_pos, s_neg, [[ids[r] for r in row] for row in pairs.pos_rows.tolist()],
+                [[ids[r] for r in row] for row in pairs.neg_rows.tolist()], qids,
+                torch.from_numpy(pairs.pos_valid).to(device), torch.from_numpy(pairs.neg_valid).to(device))
+            distill_parts = {"rank_loss": float(loss.detach()), "distill": float(distill.detach())}
+            loss = loss + self.distiller.weight * distill
         laps.lap("t_loss")
         t_reconstruct = self._reconstruct_seconds - reconstructed  # timed inside scores()
         laps.seconds["t_loss"] -= t_reconstruct
         laps.seconds["t_reconstruct"] = t_reconstruct
         parts = {"pairs": float(pairs.n_pairs), "skipped_queries": float(pairs.skipped),
                  **retrieval_metrics(pairs.relevant_retrieved, [self.n_relevant.get(x, 0) for x in qids]),
-                 **rule_parts, **laps.seconds}
+                 **rule_parts, **distill_parts, **laps.seconds}
         return loss, parts
 
     def apply_rules(self, qv: np.ndarray, qids: list[str], retrieved: np.ndarray,

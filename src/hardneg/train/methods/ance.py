@@ -41,6 +41,7 @@ class Ance(StaticNeg):
         if was_training:
             model.train()
         self.source.replace(candidates)
+        self.distill_prepare()  # --distill: the new pools' teacher scores (pairs seen before come from the cache)
         if dist.is_main():
             write_negatives(self._file, candidates)
         self.refreshes += 1
@@ -58,3 +59,4 @@ class Ance(StaticNeg):
                 self._file.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(saved, self._file)
             self.source.replace(read_negatives(saved))
+            self.distill_prepare()

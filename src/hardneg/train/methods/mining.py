@@ -41,11 +41,12 @@ from hardneg.model.encoding import encode_batches, encode_token_lists, length_so
 from hardneg.negatives.diagnostics import DIAGNOSTICS_FILE, Diagnostics, write_diagnostics
 from hardneg.negatives.formats.files import write_negatives
 from hardneg.negatives.formats.tsv import read_negatives
+from hardneg.negatives.fusion import FusedScores, open_teacher
 from hardneg.negatives.rules import NegativeRules
 from hardneg.negatives.sampling import mine_negatives
 from hardneg.negatives.selection import select_negatives
 from hardneg.negatives.sources import QUERY_BATCH, positive_scorer
-from hardneg.negatives.teachers import TeacherScores, doc_texts, load_teacher
+from hardneg.negatives.teachers import TeacherScores, doc_texts
 from hardneg.retrieval.runs import run_from_arrays
 
 __all__ = ["SEARCH_QUERIES", "TrainSelector", "WARMUP_DIR", "mine_with_model", "query_units", "select_from_lists"]
@@ -71,20 +72,19 @@ class TrainSelector:
         self.ctx = ctx
         self.rules = NegativeRules.from_config(ctx.config)
         self.events: list[Diagnostics | dict] = []
-        self._teacher: TeacherScores | None = None
+        self._teacher: TeacherScores | FusedScores | None = None
         self._texts: dict[str, str] = {}
         self._corpus: set[str] | None = None  # the corpus's ids, for the teacher's positives (made once)
         self._query_text: dict[str, str] | None = None
 
     @property
-    def teacher(self) -> TeacherScores | None:
+    def teacher(self) -> TeacherScores | FusedScores | None:
         if self.rules.teacher is None:
             return None
         if self._teacher is None:
             ctx = self.ctx
-            t = load_teacher(self.rules.teacher, device=str(ctx.model.device),
-                             batch_size=ctx.config.batch_encode_size)
-            self._teacher = TeacherScores.under(t, ctx.cache_dir, ctx.dataset.fingerprint())
+            self._teacher = open_teacher(self.rules.teacher, dataset=ctx.dataset, cache_dir=ctx.cache_dir,
+                                         device=str(ctx.model.device), batch_size=ctx.config.batch_encode_size)
         return self._teacher
 
     def query_text(self) -> dict[str, str]:

@@ -7,8 +7,9 @@ the flag and what it takes.
 
 from __future__ import annotations
 
+import math
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hardneg.errors import HardnegError
 
@@ -46,3 +47,23 @@ def check_adore(cfg: TrainConfig) -> None:
     if cfg.index_fp16 and cfg.index.strip().lower() != "flat":
         raise HardnegError(f"--index-fp16 stores a flat index in float16; --index {cfg.index} is not flat "
                            "(leave the flag out: PQ kinds get float16 lookup tables where Faiss needs them)")
+
+
+def check_distill(cfg: TrainConfig, spec: Any) -> None:
+    """``--distill`` (hardneg.train.distill): a method that distils (``spec.distill``), a ``--teacher``, a
+    positive weight and temperature; STAR's hard-negative term replaced needs ``--star-mixing alpha``."""
+    for name in ("distill_weight", "distill_temperature"):
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value > 0):
+            raise HardnegError(f"--{name.replace('_', '-')} must be a positive number, not {value!r}")
+    if cfg.distill == "none":
+        return
+    if spec.distill is None:
+        raise HardnegError(f"--distill {cfg.distill}: {cfg.method} has no hard negatives a teacher scores; use "
+                           "bm25neg, static, ance, star or adore")
+    if cfg.teacher is None:
+        raise HardnegError(f"--distill {cfg.distill} needs a --teacher: a CrossEncoder folder, a bi-encoder, bm25, "
+                           "or a fusion such as fusion:bm25+minilm (min-max sum) or rrf:bm25+minilm")
+    if spec.distill == "hard-term" and cfg.star_mixing != "alpha":
+        raise HardnegError(f"--distill replaces {cfg.method}'s hard-negative term and keeps alpha x the random one: "
+                           f"use --star-mixing alpha, not {cfg.star_mixing}")

@@ -7,8 +7,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 from hardneg.negatives.sampling import StaticNegatives, mine_negatives
-from hardneg.negatives.sources import load_candidates
+from hardneg.negatives.sources import bm25_positive_scorer, load_candidates
 from hardneg.retrieval.bm25 import cached_bm25
+from hardneg.train.distill import Distiller
 from hardneg.train.losses import pairwise_loss
 from hardneg.train.methods.base import Method, MethodContext
 from hardneg.train.methods.mining import TrainSelector, mine_with_model, select_from_lists
@@ -50,6 +51,15 @@ class StaticNeg(Method):
         self.source = StaticNegatives(candidates, ctx.train_qrels, ctx.doc_ids,
                                       topk=self.config.num_negatives or self.config.topk, seed=self.config.seed)
         self.source.validate(self.n_negatives)
+        self.distiller: Distiller | None = None  # --distill: the teacher's scores of every pool, scored once
+        if self.config.distill != "none":
+            self.distiller = Distiller(self.config, self.selector, ctx.positives, ctx.doc_ids, pool=self.source.pool)
+            self.distill_prepare()
+
+    def distill_prepare(self) -> None:
+        """The teacher scores every query's current pool and positives (cached: a rerun scores nothing)."""
+        if self.distiller is not None:
+            self.distiller.prepare({q: self.source.pool(q) for q in self.ctx.train_qrels})
 
     def state_files(self):
         return self.selector.state_files()
@@ -76,8 +86,11 @@ class StaticNeg(Method):
         return [self.source.sample(e.qid, self.n_negatives, start + i) for i, e in enumerate(examples)]
 
     def loss(self, scores, batch):
-        pos = self.positive_scores(scores, batch)
         own, _other = self.masks(scores, batch)
+        if self.distiller is not None:  # the distillation loss replaces the ranking loss (hardneg.train.distill)
+            distill = self.distiller.layout_loss(scores, batch, own, self.n_negatives)
+            return self.distiller.weight * distill, {"pairs": float(own.sum()), "distill": float(distill.detach())}
+        pos = self.positive_scores(scores, batch)
         return pairwise_loss(pos, scores, own, loss=self.config.loss), {"pairs": float(own.sum())}
 
 
@@ -94,6 +107,6 @@ class BM25Neg(StaticNeg):
         if self.selector.rules.active:  # BM25 scores (or the teacher's) under the rules
             k = self.selector.depth()
         run = bm25.search(train_queries, k=k, show_progress=False)
-        if self.selector.rules.active:
-            return self.selector.select(run, "bm25")
+        if self.selector.rules.active:  # the positives scored by BM25 too (the margin rules compare against them)
+            return self.selector.select(run, "bm25", positive_scores=bm25_positive_scorer(bm25, ctx.queries))
         return mine_negatives(run, ctx.train_qrels, self.config.topk)
