@@ -252,3 +252,22 @@ def test_margin_rules_with_bm25_candidates(tmp_path):
         assert all(by_bm25[d] + margin <= ref for d in docs)
         removed_some |= any(s + margin > ref and d not in qrels[q] for d, s in run[q])
     assert removed_some  # the rule did act
+
+
+def test_bm25neg_trains_with_a_margin_rule(tmp_path, tiny_model_dir):
+    """bm25neg with --absolute-margin (no teacher): BM25 scores the positives, and every pool obeys the margin."""
+    from conftest import train_config
+    from hardneg.retrieval.bm25 import cached_bm25
+    from hardneg.train.trainer import Trainer
+
+    data = write_tiny_train(tmp_path / "data", filler=20)
+    trainer = Trainer(train_config(tmp_path, data, tiny_model_dir, "bm25neg", absolute_margin=-1.0, max_steps=1,
+                                   dev_at_start=False))
+    trainer.train()
+    bm25 = cached_bm25(trainer.dataset, tmp_path / "cache")
+    pools = {q: trainer.method.source.pool(q) for q in trainer.train_qrels}
+    assert any(pools.values())
+    for q, pool in pools.items():
+        text = trainer.queries[q].text
+        ref = bm25.score_docs(text, sorted(trainer.positives[q])).min()
+        assert all(s - 1.0 <= ref for s in bm25.score_docs(text, pool))
