@@ -271,3 +271,14 @@ def test_bm25neg_trains_with_a_margin_rule(tmp_path, tiny_model_dir):
         text = trainer.queries[q].text
         ref = bm25.score_docs(text, sorted(trainer.positives[q])).min()
         assert all(s - 1.0 <= ref for s in bm25.score_docs(text, pool))
+
+
+def test_a_cache_reloads_what_another_process_scored(tmp_path):
+    """What a torchrun rank's Distiller.prepare relies on: another process's part files, read by reload()."""
+    one, other = TableTeacher(TEACHER), TableTeacher(TEACHER)
+    a, b = TeacherScores.under(one, tmp_path, "corpus"), TeacherScores.under(other, tmp_path, "corpus")
+    qtext = {"q0": "query zero"}
+    a.scores({"q0": ["a", "n1"]}, qtext, None)
+    b.reload()
+    got = b.scores({"q0": ["n1", "a"]}, qtext, None)["q0"]
+    assert got.tolist() == [4.0, 9.0] and other.calls == 0 and b.hits == 2

@@ -90,6 +90,10 @@ class FusedScores:
     def hits(self) -> int:
         return sum(p.hits for p in self.parts)
 
+    def reload(self) -> None:
+        for p in self.parts:
+            p.reload()
+
     def forget(self, qids: Iterable[str]) -> None:
         qids = list(qids)
         for p in self.parts:

@@ -217,6 +217,11 @@ class TeacherScores:
         self.folder = Path(folder) if folder else None
         self.memory: dict[tuple[str, str], dict[str, float]] = {}
         self.scored = self.hits = 0
+        self.reload()
+
+    def reload(self) -> None:
+        """Read every part file of the folder into memory (also those other processes wrote since: a torchrun
+        rank after the others scored their shares)."""
         if self.folder is not None and self.folder.is_dir():
             for part in sorted(self.folder.glob("part-*.tsv")):
                 for line in part.read_text(encoding="utf-8").splitlines():

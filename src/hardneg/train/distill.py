@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hardneg import distributed as dist
 from hardneg.distributed import global_mean
 from hardneg.errors import HardnegError
 
@@ -129,10 +130,15 @@ class Distiller:
 
     def prepare(self, pools: Mapping[str, Sequence[str]]) -> None:
         """Score every query's ``pools`` and positives once (in chunks of :data:`PREPARE_QUERIES` queries), so
-        the steps read the cache."""
+        the steps read the cache. Under torchrun rank ``r`` scores queries ``r, r + N, …`` (equal shares), a
+        barrier waits for the others', and every rank reads their part files."""
         qids = [q for q in pools if q in self.selector.query_text()]
-        for a in range(0, len(qids), PREPARE_QUERIES):
-            self.lookup({q: [*self.positives.get(q, []), *pools[q]] for q in qids[a:a + PREPARE_QUERIES]})
+        share = qids[dist.rank() :: dist.world_size()]
+        for a in range(0, len(share), PREPARE_QUERIES):
+            self.lookup({q: [*self.positives.get(q, []), *pools[q]] for q in share[a:a + PREPARE_QUERIES]})
+        if dist.is_distributed():
+            dist.barrier()
+            self.teacher.reload()
 
     def loss(self, s_pos: Tensor, s_neg: Tensor, pos_docs: Sequence[Sequence[str]],
              neg_docs: Sequence[Sequence[str]], qids: Sequence[str], pos_valid: Tensor,
