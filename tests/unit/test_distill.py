@@ -120,6 +120,10 @@ def test_distill_settings_are_checked():
         TrainConfig(data="x", method="star", distill="kl", teacher="bm25", star_mixing="pairmean").validate()
     with pytest.raises(HardnegError, match="--distill-temperature"):
         TrainConfig(data="x", method="static", distill="kl", teacher="bm25", distill_temperature=0).validate()
+    with pytest.raises(HardnegError, match="--distill-temperature is for --distill kl"):
+        TrainConfig(data="x", method="static", distill="margin-mse", teacher="bm25", distill_temperature=2).validate()
+    with pytest.raises(HardnegError, match="--distill-weight"):
+        TrainConfig(data="x", method="static", distill_weight=2).validate()
     with pytest.raises(HardnegError, match="distill must be one of"):
         TrainConfig(data="x", method="static", distill="mse", teacher="bm25")
     TrainConfig(data="x", method="adore", distill="margin-mse", teacher="bm25").validate()
