@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hardneg.errors import HardnegError
+from hardneg.errors import HardnegError, MismatchError
 from hardneg.index.faiss_index import INDEX_VERSION, FaissIndex, import_faiss
-from hardneg.io import file_lock
+from hardneg.io import file_lock, read_json
 
 log = logging.getLogger(__name__)
 
@@ -193,3 +193,24 @@ def check_dim(index: FaissIndex, dim: int, model: str) -> None:
         where = index.manifest.get("external", {}).get("path", index.folder)
         raise HardnegError(f"{where}: the index holds {index.dim}-dimensional vectors, but {model} encodes "
                            f"queries as {dim}-dimensional ones; give the query encoder that belongs to this index")
+
+
+#: the file in a model folder that names the index its query encoder was trained against (ADORE's ``adore.json``)
+TRAINED_FILE = "adore.json"
+
+
+def check_trained_index(model_folder: Path, index: FaissIndex, where: str | Path) -> None:
+    """A :class:`~hardneg.errors.MismatchError` when the model at ``model_folder`` is a query encoder trained
+    against an external index (its ``adore.json``) and ``index`` is another one (both content hashes named)."""
+    info_file = Path(model_folder) / TRAINED_FILE
+    if not info_file.is_file():
+        return
+    trained = (read_json(info_file).get("external_index") or {})
+    if not trained:
+        return
+    mine = (index.manifest.get("external") or {}).get("hash")
+    if mine != trained.get("hash"):
+        raise MismatchError(
+            f"{where}: {model_folder} is a query encoder trained against the {trained.get('kind')} index "
+            f"{trained.get('path')} (content hash {trained.get('hash')}); this index's content hash is "
+            f"{mine or 'none (an index hardneg built)'}: search the index it was trained against")
