@@ -306,7 +306,8 @@ def test_round_trip_with_an_index_built_outside_hardneg(where, tmp_path, tiny, s
     before = files_hash(folder)
     loads = []
     real_load = encoder_module.load_tower
-    monkeypatch.setattr(encoder_module, "load_tower", lambda f, dtype=None: loads.append(Path(f)) or real_load(f, dtype))
+    monkeypatch.setattr(encoder_module, "load_tower",
+                        lambda f, dtype=None: loads.append(Path(f)) or real_load(f, dtype))
 
     def no_corpus(*args, **kw):
         raise AssertionError("the corpus must not be tokenized or encoded for an external index")
