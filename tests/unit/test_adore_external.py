@@ -362,3 +362,39 @@ def test_round_trip_with_an_index_built_outside_hardneg(where, tmp_path, tiny, s
     message = str(res.exception)
     assert info["external_index"]["hash"] in message and open_external(other).manifest["external"]["hash"] in message
     assert files_hash(folder) == before
+
+
+def test_a_start_dev_metric_near_zero_where_bm25_scores_far_higher_stops_the_run(tmp_path, tiny, st_with_prompts):
+    from sentence_transformers import SentenceTransformer
+
+    # dev: q10 and q11 (their own split); training: the rest
+    train = (tiny / "qrels" / "train.tsv").read_text().splitlines()
+    dev = [line for line in train[1:] if line.split("\t")[0] in ("q10", "q11")]
+    (tiny / "qrels" / "train.tsv").write_text("\n".join(line for line in train if line not in dev) + "\n")
+    (tiny / "qrels" / "dev.tsv").write_text("\n".join([train[0], *dev]) + "\n")
+    ids, texts = corpus(tiny)
+    queries = {json.loads(line)["_id"]: json.loads(line)["text"] for line in (tiny / "queries.jsonl").read_text()
+               .splitlines()}
+    st = SentenceTransformer(str(st_with_prompts), device="cpu")
+    x = st_vectors(st_with_prompts, texts)
+    for i, d in enumerate(ids):  # training positives: their queries' vectors; dev positives: the opposite
+        if d.startswith("d") and d.split("-")[1] in ("0", "1"):
+            q = "q" + d[1:].split("-")[0]
+            x[i] = st.encode_query([queries[q]], convert_to_numpy=True)[0] * (-1 if q in ("q10", "q11") else 1)
+    folder = write_pyserini(tmp_path / "idx", make_index("flat-ip", x), ids)
+    with pytest.raises(HardnegError, match=r"dev RR@10 is 0\.0\d+ at the start, where BM25 scores 0\.\d+"):
+        Trainer(external_config(tmp_path, tiny, st_with_prompts, folder, index_check=0.5, dev_split="dev")).setup()
+
+
+def test_query_and_default_prompts_are_read_as_sentence_transformers_picks_them(tmp_path):
+    from hardneg.model.st_format import read_sentence_transformers_config
+
+    (tmp_path / "modules.json").write_text("[]")
+    config = tmp_path / "config_sentence_transformers.json"
+    config.write_text(json.dumps({"prompts": {"query": "query: ", "passage": "passage: "}}))
+    assert read_sentence_transformers_config(tmp_path) == {"query_prefix": "query: ", "doc_prefix": "passage: "}
+    instruction = "Represent this sentence for searching relevant passages: "
+    config.write_text(json.dumps({"prompts": {"retrieval": instruction}, "default_prompt_name": "retrieval"}))
+    assert read_sentence_transformers_config(tmp_path) == {"query_prefix": instruction, "doc_prefix": instruction}
+    config.write_text(json.dumps({"prompts": {"query": instruction, "document": ""}, "default_prompt_name": None}))
+    assert read_sentence_transformers_config(tmp_path) == {"query_prefix": instruction}

@@ -169,6 +169,8 @@ class Trainer:
             )
         elif self.frozen_doc:  # split a given shared encoder into two towers
             model = model.with_separate_towers()
+        if self.external_index:  # the query encoder alone: saved with the query side's max length (issue 29)
+            model.config.doc_max_length = model.config.query_max_length
         if self.frozen_doc:
             model.doc_model.requires_grad_(False)
             model.doc_model.eval()
