@@ -32,7 +32,11 @@ retrieve --model <same model>`` left in the cache. Dev is ranked in the same
 index (:meth:`Adore.dev_index`, read by the one dev evaluation,
 :mod:`hardneg.train.dev`), so training on a PQ index is evaluated on that PQ index.
 
-The saved model folder holds the trained query tower (``query_tower/``), the
+``--index PATH`` (a Pyserini folder, a Faiss file or an embeddings ``.npy``; :mod:`.external`) trains against an
+index hardneg did not build: no document tower, no tokenized corpus, and the saved model is the query encoder
+alone, with the index's identity in ``adore.json``.
+
+The saved model folder (an index hardneg built) holds the trained query tower (``query_tower/``), the
 frozen document tower (root) and ``adore.json`` (document model, index kind and
 folder, embeddings key, metric, K).
 """
