@@ -81,7 +81,7 @@ def build_index(kind: str, x: np.ndarray):
         index = faiss.IndexHNSWFlat(d, 32, ip)
     else:
         lists = max(1, int(math.sqrt(n)))
-        bits = 8 if n >= 39 * 256 else 4  # Faiss wants ~39 training points per centroid
+        bits = 8 if n >= 2048 else 4  # 256 centroids per sub-quantiser want a few thousand training points
         index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, lists, d // 8, bits, ip)
         index.train(x)
         index.nprobe = min(lists, 32)

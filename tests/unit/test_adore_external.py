@@ -118,8 +118,12 @@ def test_each_index_type_trains_with_scores_from_the_vectors_it_ranks_with(kind,
     assert np.all(np.diff(scores, axis=1) <= 1e-5)  # higher is better for L2 too
     recomputed.sum().backward()
     assert q.grad is not None and torch.isfinite(q.grad).all()
-    trainer = Trainer(external_config(tmp_path, tiny, st_with_prompts, folder, metric="mrr@10"))
+    ivf = kind in ("ivf-flat", "ivf-pq")
+    trainer = Trainer(external_config(tmp_path, tiny, st_with_prompts, folder, metric="mrr@10",
+                                      **({"nprobe": 2} if ivf else {"ef_search": 20} if kind == "hnsw" else {})))
     trainer.setup()
+    if ivf or kind == "hnsw":  # --nprobe / --ef-search override the index's own
+        assert trainer.method.index.search_params() == ({"nprobe": 2} if ivf else {"ef_search": 20})
     start = {k: v.clone() for k, v in trainer.model.query_model.state_dict().items()}
     out = trainer.train()
     log = [json.loads(line) for line in (tmp_path / "out-adore" / "train_log.jsonl").read_text().splitlines()]

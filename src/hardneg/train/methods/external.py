@@ -79,12 +79,16 @@ def positive_ranks(index: FaissIndex, qv: np.ndarray, relevant: list[np.ndarray]
     rng = np.random.default_rng(seed)
     pool = np.arange(n) if n <= sample else np.sort(rng.choice(n, sample, replace=False))
     vectors = index.reconstruct(pool)
-    ranks = np.empty(len(qv), dtype=np.float64)
-    for i, (q, rows) in enumerate(zip(qv, relevant, strict=True)):
-        best = vector_scores(q, index.reconstruct(rows), index.l2).max()
-        above = int((vector_scores(q, vectors, index.l2) > best).sum())
-        ranks[i] = 1 + above * n / len(pool)
-    return ranks
+    best = np.array([vector_scores(q, index.reconstruct(rows), index.l2).max()
+                     for q, rows in zip(qv, relevant, strict=True)])
+    above = np.empty(len(qv), dtype=np.int64)
+    for a in range(0, len(qv), 256):  # one matrix product per chunk of queries
+        scores = qv[a : a + 256] @ vectors.T
+        if index.l2:
+            scores = 2 * scores - (qv[a : a + 256] ** 2).sum(1, keepdims=True) - (vectors**2).sum(1)
+        margin = 1e-5 * np.maximum(1.0, np.abs(best[a : a + 256, None]))  # the positive itself never outranks itself
+        above[a : a + 256] = (scores > best[a : a + 256, None] + margin).sum(1)
+    return 1 + above * n / len(pool)
 
 
 def check_encoder(ctx, index: FaissIndex, relevant: dict[str, dict[int, int]]) -> dict:
