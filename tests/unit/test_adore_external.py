@@ -341,6 +341,10 @@ def test_round_trip_with_an_index_built_outside_hardneg(where, tmp_path, tiny, s
     from transformers import AutoModel
 
     AutoModel.from_pretrained(str(trained))  # plain transformers loads it
+    res = runner.invoke(app, ["-q", "export", str(trained), "--out", str(tmp_path / "exported")])
+    assert res.exit_code == 0, res.output
+    assert info["external_index"]["hash"] in (tmp_path / "exported" / "README.md").read_text()
+    assert json.loads((tmp_path / "exported" / "adore.json").read_text()) == info
     # hardneg's search of the external index == sentence-transformers encode_query + plain Faiss
     res = runner.invoke(app, ["-q", "search", str(folder), f"{data}:train", "--model", str(trained), "--k", "10",
                               "--out", str(tmp_path / "search")])
