@@ -406,3 +406,13 @@ def test_query_and_default_prompts_are_read_as_sentence_transformers_picks_them(
     assert read_sentence_transformers_config(tmp_path) == {"query_prefix": instruction, "doc_prefix": instruction}
     config.write_text(json.dumps({"prompts": {"query": instruction, "document": ""}, "default_prompt_name": None}))
     assert read_sentence_transformers_config(tmp_path) == {"query_prefix": instruction}
+
+
+def test_kill_and_resume_gives_the_same_query_encoder(tmp_path, tiny, st_with_prompts, kill_and_resume):
+    ids, texts = corpus(tiny)
+    folder = write_pyserini(tmp_path / "idx", make_index("ivf-pq", st_vectors(st_with_prompts, texts)), ids)
+    straight, resumed = kill_and_resume(lambda name: Trainer(external_config(
+        tmp_path, tiny, st_with_prompts, folder, max_steps=4, out=str(tmp_path / name))))
+    a, b = straight.model.query_model.state_dict(), resumed.model.query_model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert files_hash(tmp_path / "a" / "model") == files_hash(tmp_path / "b" / "model")
