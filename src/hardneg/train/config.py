@@ -47,10 +47,10 @@ LATER_DEFAULTS.update(SELECTION_DEFAULTS)
 LATER_DEFAULTS.update({"nprobe": None, "ef_search": None})  # ADORE's search parameters (the index's own if unset)
 LATER_DEFAULTS.update({"index_fp16": False})  # ADORE's flat index stored in float16 on the GPU (issue 27)
 #: DRhard's behaviours as options (issue 27), off by default: hardneg's behaviour before they existed
-#: ADORE on an index hardneg did not build (issue 29)
-LATER_DEFAULTS.update({"index_ids": None, "index_build": "flat", "index_check": 0.5})
 LATER_DEFAULTS.update({"lamb_variant": "decoupled", "schedule_epochs": None, "examples_per_query": "each-positive",
                        "mine_query_max_length": None, "mine_doc_max_length": None})
+#: ADORE on an index hardneg did not build (issue 29)
+LATER_DEFAULTS.update({"index_ids": None, "index_build": "flat", "index_check": 0.5})
 
 #: settings that may change between a run and its ``--resume`` (they do not change the math so far)
 RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
