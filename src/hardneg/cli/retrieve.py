@@ -126,7 +126,8 @@ def retrieve(
 
 
 def search(
-    index_dir: Annotated[Path, typer.Argument(help="Index folder written by `hardneg index` or `retrieve`.")],
+    index_dir: Annotated[Path, typer.Argument(help="Index folder written by `hardneg index` or `retrieve`, or an "
+        "index you have: a Pyserini dense index folder, a Faiss file or an embeddings .npy (with --index-ids).")],
     data: DataArg,
     model: ModelOpt = "minilm",
     k: KOpt = 1000,
@@ -145,17 +146,26 @@ def search(
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
     precision: PrecisionOpt = "fp32",
+    index_ids: Annotated[Path | None, typer.Option("--index-ids",
+        help="A Faiss file's or embeddings .npy's document ids, one per row.")] = None,
+    index_build: Annotated[str, typer.Option("--index-build",
+        help="The index built over an embeddings .npy (flat, pq<M>, ivfpq, hnsw, ...).")] = "flat",
 ) -> None:
     """Encode a split's queries and search a saved index; write the run and evaluate it.
 
     Example: `hardneg search runs/scifact-pq48 ../shared/data/scifact:test --model minilm`
+
+    An ADORE query encoder trained against an index you have (`hardneg train adore --index PATH`) searches
+    that index and refuses any other: `hardneg search PATH ../shared/data/scifact:test --model runs/adore/model`
     """
     from hardneg.artifacts import index_mismatches
     from hardneg.devices import faiss_placement, place_index
     from hardneg.errors import MismatchError
+    from hardneg.index.external import check_dim, check_trained_index, open_external
     from hardneg.index.faiss_index import FaissIndex
     from hardneg.io import read_json
     from hardneg.model.encoding import check_encode_precision
+    from hardneg.model.registry import resolve_model
     from hardneg.retrieval.dense import search as dense_search
 
     use_threads(threads)
@@ -172,7 +182,12 @@ def search(
                 f"{index_dir}: the index was built by another model or corpus ({'; '.join(problems)}; "
                 f"built by {built_by.get('source')!r}); pass the model and corpus that built it, or --force"
             )
-    idx = FaissIndex.load(index_dir)  # with the search defaults stored by `hardneg index`
+    if (index_dir / "manifest.json").is_file():
+        idx = FaissIndex.load(index_dir)  # with the search defaults stored by `hardneg index`
+    else:  # an index hardneg did not build (a Pyserini folder, a Faiss file, an embeddings .npy)
+        idx = open_external(index_dir, index_ids, build=index_build)
+        check_dim(idx, encoder.dim, model)
+    check_trained_index(resolve_model(model), idx, index_dir)
     idx.set_search_params(nprobe=nprobe, ef_search=ef_search)
     if faiss_placement(encoder.device) == "gpu":  # beside the encoder: under torchrun on the rank's own GPU
         place_index(idx, encoder.device, required=gpu_asked(device))

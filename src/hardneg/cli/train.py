@@ -9,6 +9,7 @@ YAML file and the given flags (later ones win) into one TrainConfig.
 from __future__ import annotations
 
 import inspect
+import shutil
 import types
 import typing
 from pathlib import Path
@@ -182,6 +183,8 @@ def export(
     from hardneg.export.hub import push_to_hub as upload
     from hardneg.export.sources import read_evaluation
     from hardneg.export.st_model import export_sentence_transformers
+    from hardneg.io import read_json
+    from hardneg.model.registry import resolve_model
 
     if push_to_hub:
         check_repo_id(push_to_hub)  # before any work
@@ -189,6 +192,9 @@ def export(
         read_evaluation(folder)  # a bad --eval folder fails before the export
     encoder = open_model(model, query_model=query_model, tokenizer=tokenizer)
     export_sentence_transformers(encoder, out)
+    trained = resolve_model(model) / "adore.json"
+    if trained.is_file() and "external_index" in read_json(trained):  # the index it belongs to, for `search`
+        shutil.copyfile(trained, out / "adore.json")
     kind = "shared encoder" if encoder.config.shared else "query/document Router"
     info(f"sentence-transformers model ({kind}) in {out}")
     if card:

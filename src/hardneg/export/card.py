@@ -215,6 +215,19 @@ def _model_details(folder: Path, runs: list[Run], start: str, base_link: str, en
     return out
 
 
+def _trained_index(model_source: str) -> list[str]:
+    """The index an ADORE query encoder was trained against when hardneg did not build it (its ``adore.json``)."""
+    info_file = Path(model_source) / "adore.json"
+    ext = json.loads(info_file.read_text(encoding="utf-8")).get("external_index") if info_file.is_file() else None
+    if not ext:
+        return []
+    return ["### Document Index", "",
+            "A query encoder alone, trained (ADORE) against a fixed document index built elsewhere: search that "
+            "index with it (`hardneg search` refuses another).", "",
+            f"- **Content hash:** `{ext['hash']}`", f"- **Kind:** {ext['kind']} ({ext['layout']} layout)",
+            f"- **ntotal:** {ext['ntotal']}", f"- **Metric:** {ext['metric']}", f"- **Path:** `{ext['path']}`", ""]
+
+
 def _usage(load: str) -> list[str]:
     return ["## Usage", "", "### Direct Usage (Sentence Transformers)", "",
             "First install the Sentence Transformers library:", "", "```bash", "pip install -U sentence-transformers",
@@ -333,6 +346,7 @@ def render_card(folder: Path, model_source: str, runs: list[Run], start: str, ev
                       f"# {model_name}", ""]
     out += _intro(runs, model_source, base_link)
     out += _model_details(Path(folder), runs, start, base_link, encoder)
+    out += _trained_index(model_source)
     out += _usage(repo_id or str(folder))
     out += _evaluation(evaluations, trained)
     out += ["## Training Details", ""]

@@ -284,6 +284,12 @@ class FaissIndex:
     def dim(self) -> int:
         return int(self.index.d)
 
+    @property
+    def l2(self) -> bool:
+        """Whether the index ranks by L2 distance (an external index): :meth:`search` then returns
+        ``−‖q−d‖²`` as scores, so higher is better for every index."""
+        return int(self.index.metric_type) == int(import_faiss().METRIC_L2)
+
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
@@ -407,6 +413,8 @@ class FaissIndex:
             s, i = self._search_index.search(queries[start : start + batch_size], k)
             scores[start : start + len(s)] = s
             rows[start : start + len(i)] = i
+        if self.l2:  # Faiss gives squared distances (smaller is better); a score is their negative
+            scores = -scores
         return scores, rows
 
     def reconstruct(self, rows: np.ndarray) -> np.ndarray:

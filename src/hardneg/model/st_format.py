@@ -82,10 +82,14 @@ def read_sentence_transformers_config(folder: Path) -> dict:
         out["max_length"] = max_len
     st_cfg = folder / "config_sentence_transformers.json"
     if st_cfg.is_file():
-        prompts = json.loads(st_cfg.read_text(encoding="utf-8")).get("prompts") or {}
-        if prompts.get("query"):
-            out["query_prefix"] = prompts["query"]
-        doc_prompt = prompts.get("document") or prompts.get("passage")
+        st = json.loads(st_cfg.read_text(encoding="utf-8"))
+        prompts = st.get("prompts") or {}
+        # as encode_query / encode_document pick them: the side's own prompt, else the default prompt
+        default = prompts.get(st.get("default_prompt_name") or "") or ""
+        query_prompt = prompts.get("query") or default
+        if query_prompt:
+            out["query_prefix"] = query_prompt
+        doc_prompt = prompts.get("document") or prompts.get("passage") or prompts.get("corpus") or default
         if doc_prompt:
             out["doc_prefix"] = doc_prompt
     return out

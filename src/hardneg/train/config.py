@@ -52,6 +52,8 @@ LATER_DEFAULTS.update({"lamb_variant": "decoupled", "schedule_epochs": None, "ex
                        "mine_query_max_length": None, "mine_doc_max_length": None})
 #: distillation (issue 28): off by default
 LATER_DEFAULTS.update({"distill": "none", "distill_weight": 1.0, "distill_temperature": 1.0})
+#: ADORE on an index hardneg did not build (issue 29)
+LATER_DEFAULTS.update({"index_ids": None, "index_build": "flat", "index_check": 0.5})
 
 #: settings that may change between a run and its ``--resume`` (they do not change the math so far)
 RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
@@ -160,8 +162,9 @@ class TrainConfig(BaseModel):
     locals().update({s.name: setting(s.default, s.help, panel=NEGATIVES) for s in SELECTION_SETTINGS})
     # adore: ``model`` (CLI --model or --doc-model) is the fixed document encoder; training starts the
     # query tower from it (or from its query_tower/ when it is itself an ADORE output)
-    index: str = setting("flat", "adore: the fixed index searched every step: flat, pq<M>, ivfpq, ... "
-                         "(default flat).", panel=ADORE)
+    index: str = setting("flat", "adore: the fixed index searched every step: a kind hardneg builds (flat, pq<M>, "
+                         "ivfpq, ...; default flat) or an index you have: a Pyserini index folder, a Faiss file or "
+                         "an embeddings .npy (with --index-ids).", panel=ADORE)
     metric: str = setting("mrr@200", "adore: mrr@k or ndcg@k, whose change weights each pair "
                           "(default mrr@200).", panel=ADORE)
     adore_topk: int = setting(200, "adore: documents retrieved per query each step (default 200).",
@@ -223,6 +226,17 @@ class TrainConfig(BaseModel):
                                          panel=NEGATIVES)
     extra: dict[str, Any] = Field(default_factory=dict, description="Free-form notes kept with the run.",
                                   json_schema_extra={"cli": False})
+    # ADORE on an index you already have (issue 29)
+    index_ids: str | None = setting(
+        None, "adore with --index FILE (a Faiss file or an embeddings .npy): the document id of each index row, "
+        "one per line (a Pyserini folder has its own docid file).", panel=ADORE, path=True)
+    index_build: str = setting(
+        "flat", "adore with --index EMBEDDINGS.npy: the index hardneg builds over them (flat, pq<M>, ivfpq, hnsw, "
+        "...; default flat).", panel=ADORE)
+    index_check: float = setting(
+        0.5, "adore with --index PATH: stop before training when the training positives' median rank under the "
+        "start query encoder is past this share of the index (0.5: the bottom half, near-random: a pooling, "
+        "normalisation, prompt or model mismatch); 0 turns the check off.", panel=ADORE)
 
     # ------------------------------------------------------------------ construction
     def __init__(self, **data: Any) -> None:

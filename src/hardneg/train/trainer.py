@@ -49,6 +49,7 @@ from hardneg.data.cache import cache_dir_or_default
 from hardneg.data.load import load_dataset, parse_spec
 from hardneg.devices import faiss_placement, resolve_device
 from hardneg.errors import HardnegError
+from hardneg.index.external import external_ids
 from hardneg.io import write_json
 from hardneg.model.encoder import DualEncoder
 from hardneg.model.encoding import check_encode_precision
@@ -63,7 +64,7 @@ from hardneg.train.checkpoint import (
 )
 from hardneg.train.config import TrainConfig
 from hardneg.train.dev import DEV_EMBEDDINGS, DevIndex, DevPool, dev_pool_rows, evaluate_dev
-from hardneg.train.methods import MethodContext, StepBatch, make_method, method_spec
+from hardneg.train.methods import MethodContext, StepBatch, external_index, make_method, method_spec
 from hardneg.train.order import DataOrder, Example, carve_dev, positives_of
 from hardneg.train.steps import (
     ADDITIVE_PARTS,
@@ -95,8 +96,10 @@ class Trainer:
         cfg = self.config
         self.rank, self.world = dist.rank(), dist.world_size()
         self.spec = method_spec(cfg.method)
+        # ADORE on an index hardneg did not build: the query encoder alone, no document tower, no tokenized corpus
+        self.external_index = external_index(cfg)
         # a method with a frozen document side (ADORE) trains a separate query tower only
-        self.frozen_doc = self.spec.frozen_doc
+        self.frozen_doc = self.spec.frozen_doc and not self.external_index
         self._place()
         set_seed(cfg.seed)
         self.cache_dir = cache_dir_or_default(cfg.cache_dir)
@@ -162,10 +165,12 @@ class Trainer:
             model = DualEncoder.from_pretrained(
                 cfg.model, pooling=cfg.pooling, normalize=cfg.normalize,
                 query_max_length=cfg.query_max_length, doc_max_length=cfg.doc_max_length,
-                shared=False if self.frozen_doc else None,
+                shared=False if self.frozen_doc else (True if self.external_index else None),
             )
         elif self.frozen_doc:  # split a given shared encoder into two towers
             model = model.with_separate_towers()
+        if self.external_index:  # the query encoder alone: saved with the query side's max length (issue 29)
+            model.config.doc_max_length = model.config.query_max_length
         if self.frozen_doc:
             model.doc_model.requires_grad_(False)
             model.doc_model.eval()
@@ -181,9 +186,12 @@ class Trainer:
         """The tokenized corpus (cached), the training examples (one per (query, positive) in the corpus) and
         the tokenized queries."""
         cfg = self.config
-        # the first rank to take the store's lock tokenizes (cached); the others wait on the lock, then load it
-        self.store = corpus_store(self.model, self.dataset, self.cache_dir, show_progress=not cfg.quiet)
-        self.doc_ids: list[str] = list(self.store.ids)
+        if self.external_index:  # the index's own ids are the corpus; nothing is tokenized (issue 29)
+            self.store = None
+            self.doc_ids = external_ids(cfg.index, cfg.index_ids)
+        else:  # the first rank to take the store's lock tokenizes (cached); the others wait on it, then load it
+            self.store = corpus_store(self.model, self.dataset, self.cache_dir, show_progress=not cfg.quiet)
+            self.doc_ids = list(self.store.ids)
         self.doc_row = {d: i for i, d in enumerate(self.doc_ids)}
         self.examples = [Example(q, d) for q in train_qids for d in sorted(self.positives[q]) if d in self.doc_row]
         if not self.examples:

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hardneg.errors import HardnegError
-from hardneg.train.methods.settings import check_adore, check_ance
+from hardneg.train.methods.settings import check_adore, check_ance, is_index_path
 
 if TYPE_CHECKING:
     from hardneg.train.config import TrainConfig
@@ -79,6 +79,7 @@ __all__ = [
     "method_specs",
     "methods_that",
     "mine_with_model",
+    "external_index",
 ]
 
 
@@ -127,7 +128,7 @@ class MethodSpec:
 
 
 _ADORE_SETTINGS = ("index", "metric", "adore_topk", "adore_loss", "adore_positives", "adore_reduction",
-                   "nprobe", "ef_search", "index_fp16")
+                   "nprobe", "ef_search", "index_fp16", "index_ids", "index_build", "index_check")
 
 #: THE registry of training methods, in CLI order
 _REGISTRY: dict[str, MethodSpec] = {s.name: s for s in (
@@ -162,6 +163,13 @@ def method_spec(name: str) -> MethodSpec:
     if name not in _REGISTRY:
         raise HardnegError(f"unknown method {name!r}; known: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
+
+
+def external_index(config: TrainConfig) -> bool:
+    """Whether a run trains against an index hardneg did not build (``--index PATH`` of a method that searches
+    a fixed index): then no document encoder is loaded and no corpus is tokenized (issue 29)."""
+    spec = method_spec(config.method)
+    return spec.hard_negatives == "index" and is_index_path(config.index)
 
 
 def method_specs() -> tuple[MethodSpec, ...]:

@@ -32,7 +32,11 @@ retrieve --model <same model>`` left in the cache. Dev is ranked in the same
 index (:meth:`Adore.dev_index`, read by the one dev evaluation,
 :mod:`hardneg.train.dev`), so training on a PQ index is evaluated on that PQ index.
 
-The saved model folder holds the trained query tower (``query_tower/``), the
+``--index PATH`` (a Pyserini folder, a Faiss file or an embeddings ``.npy``; :mod:`.external`) trains against an
+index hardneg did not build: no document tower, no tokenized corpus, and the saved model is the query encoder
+alone, with the index's identity in ``adore.json``.
+
+The saved model folder (an index hardneg built) holds the trained query tower (``query_tower/``), the
 frozen document tower (root) and ``adore.json`` (document model, index kind and
 folder, embeddings key, metric, K).
 """
@@ -58,7 +62,9 @@ from hardneg.negatives.diagnostics import Diagnostics
 from hardneg.negatives.selection import select_one, selection_rng
 from hardneg.train.distill import Distiller
 from hardneg.train.losses import delta_mrr, delta_ndcg, ideal_dcg, lambda_pairwise
+from hardneg.train.methods import external_index
 from hardneg.train.methods.base import Method, MethodContext, StepBatch
+from hardneg.train.methods.external import check_encoder, open_index, vector_scores, write_card
 from hardneg.train.methods.mining import TrainSelector
 from hardneg.train.methods.settings import parse_adore_metric
 from hardneg.train.steps import Laps, clock, encode_rows
@@ -272,21 +278,13 @@ class Adore(Method):
         n_docs = len(ctx.doc_ids)
         if self.k > n_docs:
             raise HardnegError(f"adore_topk {self.k} is larger than the corpus ({n_docs} documents)")
-        factory_string(cfg.index, model.dim, n_docs)  # a bad index kind fails before encoding the corpus
-        check_gpu_index(cfg, model.device, model.dim, n_docs)  # so does a kind the GPU cannot search
-        self.doc_source = doc_source(cfg.model, model)
-        self.doc_weights = weights_fingerprint(model.doc_model)
-        try:  # cached by the document side alone (DualEncoder.side_identity), so X's cache is reused
-            # under torchrun every rank encodes its share of the corpus; the index is built once (one rank, while
-            # the others wait on its lock, not in a collective) and every rank loads it
-            self.index = corpus_index(model, ctx.dataset, cfg.index, ctx.cache_dir, batch_size=cfg.batch_encode_size,
-                                      show_progress=not cfg.quiet, over_ranks=True, precision=cfg.precision)
-        except RuntimeError as exc:  # Faiss, e.g. fewer documents than a PQ codebook's 256 centroids
-            raise HardnegError(f"could not build the {cfg.index} index of {n_docs} documents: {exc}") from exc
-        source = self.index.manifest.get("source", {})
-        self.embeddings_key = source.get("key")
-        self.embeddings_folder = source.get("embeddings")
-        self.index_folder = self.index.folder
+        self.external = external_index(cfg)  # an index hardneg did not build: no document tower (issue 29)
+        if self.external:
+            self.doc_source = self.doc_weights = self.embeddings_key = self.embeddings_folder = None
+            self.index = open_index(ctx)
+            self.index_folder = self.index.folder
+        else:
+            self._own_index(ctx)
         self.place_index(model.device)
         # --nprobe / --ef-search: refused (HardnegError naming the flag) when the index kind has no such parameter
         self.index.set_search_params(nprobe=cfg.nprobe, ef_search=cfg.ef_search)
@@ -310,6 +308,27 @@ class Adore(Method):
         self.distiller: Distiller | None = None  # --distill: an added term over each step's pairs
         if cfg.distill != "none":
             self.distiller = Distiller(cfg, self.selector, ctx.positives, ctx.doc_ids)
+        # the start query encoder against an external index: near-random retrieval stops here (--index-check)
+        self.encoder_check = check_encoder(ctx, self.index, self.relevant) if self.external else None
+
+    def _own_index(self, ctx: MethodContext) -> None:
+        """The index hardneg builds (or reuses from its cache) of the corpus under the frozen document tower."""
+        cfg, model, n_docs = self.config, ctx.model, len(ctx.doc_ids)
+        factory_string(cfg.index, model.dim, n_docs)  # a bad index kind fails before encoding the corpus
+        check_gpu_index(cfg, model.device, model.dim, n_docs)  # so does a kind the GPU cannot search
+        self.doc_source = doc_source(cfg.model, model)
+        self.doc_weights = weights_fingerprint(model.doc_model)
+        try:  # cached by the document side alone (DualEncoder.side_identity), so X's cache is reused
+            # under torchrun every rank encodes its share of the corpus; the index is built once (one rank, while
+            # the others wait on its lock, not in a collective) and every rank loads it
+            self.index = corpus_index(model, ctx.dataset, cfg.index, ctx.cache_dir, batch_size=cfg.batch_encode_size,
+                                      show_progress=not cfg.quiet, over_ranks=True, precision=cfg.precision)
+        except RuntimeError as exc:  # Faiss, e.g. fewer documents than a PQ codebook's 256 centroids
+            raise HardnegError(f"could not build the {cfg.index} index of {n_docs} documents: {exc}") from exc
+        source = self.index.manifest.get("source", {})
+        self.embeddings_key = source.get("key")
+        self.embeddings_folder = source.get("embeddings")
+        self.index_folder = self.index.folder
 
     def place_index(self, device: torch.device) -> None:
         """Search on GPU Faiss when the encoder is on CUDA and the installed Faiss has GPUs: under torchrun each
@@ -401,8 +420,8 @@ class Adore(Method):
                 scores[i, found] = got[x][:n_found]
                 pos_scores.append(got[x][n_found:].tolist())
         else:
-            pos_scores = [(self.index.reconstruct(np.fromiter(rel, dtype=np.int64, count=len(rel))) @ qv[i]).tolist()
-                          if rel else [] for i, rel in enumerate(relevant)]
+            pos_scores = [vector_scores(qv[i], self.index.reconstruct(np.fromiter(rel, dtype=np.int64, count=len(rel))),
+                                        self.index.l2).tolist() if rel else [] for i, rel in enumerate(relevant)]
         rngs = ([selection_rng(self.config.seed, self._step, x) for x in qids]
                 if self.rules.sampling_strategy == "random" else None)
         step_diag = Diagnostics(self.rules, "adore step")
@@ -428,13 +447,15 @@ class Adore(Method):
             self._step = int(name[5:])
 
     def scores(self, q: torch.Tensor, pos_rows: np.ndarray, neg_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """``scale · <q, v>`` with gradients, ``v`` = the vectors the index ranks with."""
+        """``scale · <q, v>`` (``−scale · ‖q−v‖²`` for an L2 index) with gradients, ``v`` = the vectors the index
+        ranks with."""
         scale = self.ctx.scale
         tic = clock(q.device)
         v_pos = torch.from_numpy(self.index.reconstruct(pos_rows)).to(q.device, q.dtype)
         v_neg = torch.from_numpy(self.index.reconstruct(neg_rows)).to(q.device, q.dtype)
         self._reconstruct_seconds += clock(q.device) - tic  # the step's t_reconstruct
-        return scale * torch.einsum("bd,bpd->bp", q, v_pos), scale * torch.einsum("bd,bkd->bk", q, v_neg)
+        l2 = self.index.l2  # an external L2 index: -||q - v||^2, with gradients
+        return scale * vector_scores(q, v_pos, l2), scale * vector_scores(q, v_neg, l2)
 
     # dev -----------------------------------------------------------------------
     def dev_index(self) -> FaissIndex:
@@ -443,6 +464,8 @@ class Adore(Method):
 
     # output --------------------------------------------------------------------
     def info(self) -> dict:
+        if self.external:
+            return self._external_info()
         return {
             "method": self.name,
             "doc_model": self.doc_source,
@@ -461,5 +484,17 @@ class Adore(Method):
             **({"search": params} if (params := self.index.search_params()) else {}),
         }
 
+    def _external_info(self) -> dict:
+        """``adore.json`` of a query encoder trained against an external index: that index's identity."""
+        cfg = self.config
+        return {"method": self.name, "start_model": cfg.model, "query_encoder_only": True,
+                "external_index": self.index.manifest["external"], "index_check": self.encoder_check,
+                "metric": cfg.metric, "topk": self.k, "loss": cfg.adore_loss, "positives": cfg.adore_positives,
+                "reduction": cfg.adore_reduction, "score_scale": self.ctx.scale,
+                **({"search": params} if (params := self.index.search_params()) else {})}
+
     def after_save(self, folder: Path) -> None:
-        write_json(Path(folder) / ADORE_FILE, self.info())
+        info = self.info()
+        write_json(Path(folder) / ADORE_FILE, info)
+        if self.external:  # the model card names the index the query encoder belongs to
+            write_card(Path(folder), info)
