@@ -49,6 +49,9 @@ LATER_DEFAULTS.update({"index_fp16": False})  # ADORE's flat index stored in flo
 #: DRhard's behaviours as options (issue 27), off by default: hardneg's behaviour before they existed
 LATER_DEFAULTS.update({"lamb_variant": "decoupled", "schedule_epochs": None, "examples_per_query": "each-positive",
                        "mine_query_max_length": None, "mine_doc_max_length": None})
+#: LoRA adapters (issue 28), off by default
+LATER_DEFAULTS.update({"lora_r": 0, "lora_alpha": None, "lora_dropout": 0.1, "lora_targets": None,
+                       "lora_save": "merged"})
 
 #: settings that may change between a run and its ``--resume`` (they do not change the math so far)
 RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
@@ -60,6 +63,7 @@ REPORT_TO = ("tensorboard", "mlflow", "wandb")
 #: help panels of ``hardneg train --help`` (a setting without one is listed under "Options")
 OPTIMISATION, ENCODER, NEGATIVES, ADORE, EVALUATION, CHECKPOINTS = (
     "Optimisation", "Encoder", "Negatives and loss", "ADORE", "Evaluation", "Checkpoints")
+LORA = "LoRA"
 
 #: one-of settings and what they allow
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -67,6 +71,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "star_mixing": STAR_MIXINGS, "adore_loss": ADORE_LOSSES, "adore_positives": ADORE_POSITIVES,
     "adore_reduction": ADORE_REDUCTIONS, **{s.name: s.choices for s in SELECTION_SETTINGS if s.choices},
     "dev_carve": ("queries", "documents"), "lamb_variant": LAMB_VARIANTS, "examples_per_query": EXAMPLES_PER_QUERY,
+    "lora_save": ("merged", "adapter"),
 }
 #: whole-number settings that must be at least 1
 AT_LEAST_ONE = ("max_steps", "batch_size", "grad_accum", "n_negatives", "topk", "dev_every", "save_every",
@@ -211,6 +216,20 @@ class TrainConfig(BaseModel):
     quiet: bool = setting(False, "No progress bars or info messages (the global --quiet).", cli=False)
     extra: dict[str, Any] = Field(default_factory=dict, description="Free-form notes kept with the run.",
                                   json_schema_extra={"cli": False})
+    # LoRA adapters (issue 28; hardneg.model.lora): only the adapters of the trained towers train
+    lora_r: int = setting(
+        0, "LoRA rank: train low-rank adapters (peft) instead of the whole encoder; 0 = off. ADORE: on the "
+        "query tower only (the document tower and its index stay as they are).", panel=LORA, ge=0)
+    lora_alpha: float | None = setting(None, "LoRA scaling numerator alpha (the update is scaled by alpha/r; "
+                                       "default 2 x --lora-r).", panel=LORA, gt=0)
+    lora_dropout: float = setting(0.1, "Dropout on the LoRA adapters' input.", panel=LORA, ge=0, lt=1)
+    lora_targets: str | None = setting(
+        None, "Comma list of module names that get adapters (e.g. query,key,value), or all-linear; default: "
+        "peft's for the model type (the attention query and value projections for BERT/RoBERTa).", panel=LORA)
+    lora_save: str = setting(
+        "merged", "OUT/model with LoRA: merged (adapters merged into the weights: a plain transformers / "
+        "sentence-transformers folder) or adapter (peft's adapter files and the base model's name; hardneg "
+        "merges them on load).", panel=LORA)
 
     # ------------------------------------------------------------------ construction
     def __init__(self, **data: Any) -> None:
@@ -289,8 +308,21 @@ class TrainConfig(BaseModel):
                                f"{methods_that(lambda s: s.selection_rules)}, not {self.method}")
         if changed:
             NegativeRules.from_config(self)  # its own checks (ranges, margins), as a HardnegError
+        self._check_lora()
         if spec.check is not None:
             spec.check(self)  # the method's own settings together (e.g. ance's --refresh-every, adore's --metric)
+
+    def _check_lora(self) -> None:
+        """The other LoRA settings need ``--lora-r``; the target list must parse."""
+        changed = [k for k in ("lora_alpha", "lora_dropout", "lora_targets", "lora_save")
+                   if getattr(self, k) != _default(k)]
+        if changed and not self.lora_r:
+            flags = ", ".join(_flag(k, getattr(self, k)) for k in changed)
+            raise HardnegError(f"{flags}: LoRA settings need --lora-r N (the adapters' rank, e.g. 8)")
+        if self.lora_r:
+            from hardneg.model.lora import parse_targets
+
+            parse_targets(self.lora_targets)
 
     def _refuse_others_settings(self) -> None:
         """A setting another method takes alone (its spec's ``settings``) must keep its default here."""
