@@ -51,6 +51,7 @@ from torch import nn
 
 from hardneg.errors import HardnegError
 from hardneg.io import commit_dir, write_json, writing
+from hardneg.model import lora as adapters
 from hardneg.model.drhard import (
     HeadTower,
     attach_sentence_transformers_head,
@@ -64,7 +65,6 @@ from hardneg.model.drhard import (
     weights_file,
 )
 from hardneg.model.encoding import encode_texts
-from hardneg.model import lora as adapters
 from hardneg.model.registry import resolve_model
 from hardneg.model.st_format import POOLINGS, read_sentence_transformers_config, write_sentence_transformers_files
 

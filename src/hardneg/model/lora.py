@@ -54,6 +54,10 @@ class LoraSettings:
     targets: tuple[str, ...] | str | None = None
     save: str = "merged"
 
+    def __post_init__(self) -> None:
+        if self.save not in LORA_SAVES:
+            raise HardnegError(f"--lora-save must be one of {', '.join(LORA_SAVES)}, not {self.save!r}")
+
     @property
     def lora_alpha(self) -> float:
         return float(self.alpha) if self.alpha is not None else 2.0 * self.r
@@ -212,7 +216,8 @@ def lora_record(encoder: Any) -> dict[str, Any]:
         resolved = transformer_of(first).peft_config["default"].target_modules
         settings["resolved_targets"] = sorted(resolved) if not isinstance(resolved, str) else resolved
     settings["lora_alpha"] = encoder.lora.lora_alpha
-    return {"lora": settings, "adapted": sorted(adapted), "trainable_params": trainable, "total_params": total,
+    return {"lora": settings, "adapted": sorted(adapted), "shared": "query" not in towers,
+            "trainable_params": trainable, "total_params": total,
             "trainable_share": trainable / total if total else 0.0, "base_model": encoder.lora_base}
 
 
@@ -252,8 +257,9 @@ def load_merged(loader: Any, folder: Path, settings: dict[str, Any], shared: boo
                 **kwargs: Any) -> Any:
     """The encoder an adapter folder describes: its base model loaded by ``loader`` (``DualEncoder``) with the
     folder's encoder ``settings`` (its ``hardneg_encoder.json``; ``kwargs`` given explicitly win), each
-    adapter merged into its tower (the query tower's from ``query_dir``). ``shared``: as ``DualEncoder.from_pretrained``'s (``False`` splits a
-    shared encoder into two towers, ``True`` keeps the document tower alone)."""
+    adapter merged into its tower (the query tower's from ``query_dir``). ``shared``: as
+    ``DualEncoder.from_pretrained``'s (``False`` splits a shared encoder into two towers, ``True`` keeps the
+    document tower alone)."""
     record = read_lora_record(folder) or {}
     base = record.get("base_model")
     if not base:
@@ -278,6 +284,6 @@ def load_merged(loader: Any, folder: Path, settings: dict[str, Any], shared: boo
 
 
 __all__ = ["ALL_LINEAR", "LORA_FILE", "LORA_SAVES", "LoraSettings", "adapted_sides", "adapter_state", "add_adapter",
-           "apply_lora", "is_adapter_folder", "is_lora", "load_adapter_state", "load_merged", "lora_record", "merge_adapter",
-           "merged_copy", "parse_targets", "read_lora_record", "save_adapter", "transformer_of",
+           "apply_lora", "is_adapter_folder", "is_lora", "load_adapter_state", "load_merged", "lora_record",
+           "merge_adapter", "merged_copy", "parse_targets", "read_lora_record", "save_adapter", "transformer_of",
            "write_lora_record"]
