@@ -216,3 +216,42 @@ def test_all_linear_adapts_every_linear_layer(tiny_model_dir):
     wrapped = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.doc_model.named_parameters()
                if ".lora_A." in n}
     assert {"query", "key", "value", "dense"} <= wrapped
+
+
+def _randomise_adapters(model: DualEncoder) -> None:
+    with torch.no_grad():  # adapters away from their zero start, as after training
+        for name, param in model.doc_model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn_like(param) * 0.2)
+
+
+@pytest.mark.parametrize("save", ["merged", "adapter"])
+def test_a_head_tower_keeps_its_frozen_head_and_saves_in_both_forms(save, tmp_path):
+    """DRhard's RobertaDot (transformer + Dense + LayerNorm head): the adapters go on the transformer."""
+    from test_drhard import _minilm, _robertadot_state, _write_checkpoint
+
+    from hardneg.model.drhard import HeadTower
+
+    folder = _write_checkpoint(tmp_path / "star", _robertadot_state(0))
+    model = DualEncoder.from_pretrained(folder, tokenizer=_minilm())
+    apply_lora(model, LoraSettings(r=4, save=save), str(folder))
+    assert isinstance(model.doc_model, HeadTower)
+    assert {n for n, p in model.doc_model.named_parameters() if p.requires_grad} == {
+        n for n, _ in model.doc_model.named_parameters() if "lora_" in n}  # the head is frozen
+    _randomise_adapters(model)
+    model.save(tmp_path / "saved")
+    reloaded = DualEncoder.from_pretrained(tmp_path / "saved", tokenizer=_minilm())
+    assert isinstance(reloaded.doc_model, HeadTower) and reloaded.dim == model.dim
+    np.testing.assert_allclose(encode(reloaded), encode(model), atol=1e-5)
+
+
+def test_gradient_checkpointing_still_trains_the_adapters(tiny_model_dir):
+    model = DualEncoder.from_pretrained(tiny_model_dir)
+    apply_lora(model, LoraSettings(r=4, dropout=0.0), str(tiny_model_dir), input_grads=True)
+    model.doc_model.gradient_checkpointing_enable()
+    model.train()
+    batch = model.tokenize(TEXTS, "doc", padding=True)
+    out = model(torch.tensor(batch["input_ids"]), torch.tensor(batch["attention_mask"]))
+    out.sum().backward()
+    grads = {n: p.grad for n, p in model.doc_model.named_parameters() if "lora_B" in n}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
