@@ -3,6 +3,7 @@ tower with its document tower untouched, exact resume, export, WiSE-FT merge and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -167,6 +168,15 @@ def test_adore_lora_trains_the_query_tower_resumes_exactly_and_exports(tmp_path,
     # OUT/model (merged): the document tower bit for bit the start's, the query tower merged
     out = DualEncoder.from_pretrained(tmp_path / "b" / "model")
     assert weights_fingerprint(out.doc_model) == weights_fingerprint(start.doc_model)
+    # the adapter-only form of the same model: the query tower's adapter alone, reloaded onto the start model
+    resumed.model.lora = dataclasses.replace(resumed.model.lora, save="adapter")
+    resumed.model.save(tmp_path / "adapter")
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir() if p.suffix == ".safetensors") == []
+    assert (tmp_path / "adapter" / "query_tower" / "adapter_model.safetensors").is_file()
+    from_adapter = DualEncoder.from_pretrained(tmp_path / "adapter")
+    assert not from_adapter.config.shared
+    assert weights_fingerprint(from_adapter.doc_model) == weights_fingerprint(start.doc_model)
+    np.testing.assert_allclose(encode(from_adapter, "query"), encode(resumed.model, "query"), atol=1e-5)
     # export: sentence-transformers encodes queries and documents as hardneg does
     result = CliRunner().invoke(_app(), ["export", str(tmp_path / "b" / "model"), "--out", str(tmp_path / "st")])
     assert result.exit_code == 0, result.output
@@ -193,6 +203,7 @@ def test_lora_settings_checks_and_fingerprint(tmp_path, tiny_train, tiny_model_d
         TrainConfig(data="x", lora_r=-1)
     with pytest.raises(HardnegError, match="all-linear stands alone"):
         cfg.replace(lora_r=4, lora_targets="all-linear,query").validate()
+    assert cfg.replace(lora_r=4, lora_targets=["query", "value"]).lora_targets == "query,value"  # a YAML list
     settings = LoraSettings.from_config(cfg.replace(lora_r=4, lora_targets=" query , value "))
     assert settings.targets == ("query", "value") and settings.lora_alpha == 8.0
 

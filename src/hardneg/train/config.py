@@ -268,6 +268,12 @@ class TrainConfig(BaseModel):
             raise ValueError(f"report_to must be {', '.join(REPORT_TO)} or none, not {bad[0]!r}")
         return list(dict.fromkeys(v for v in names if v != "none"))
 
+    @field_validator("lora_targets", mode="before")
+    @classmethod
+    def _targets_list(cls, value: Any) -> Any:
+        """YAML may list the LoRA target modules (``[query, value]``): kept as the flag's comma list."""
+        return ",".join(map(str, value)) if isinstance(value, list | tuple) else value
+
     @field_validator("metric", mode="before")
     @classmethod
     def _metric_is_text(cls, value: Any) -> Any:
