@@ -266,3 +266,17 @@ def test_gradient_checkpointing_still_trains_the_adapters(tiny_model_dir):
     out.sum().backward()
     grads = {n: p.grad for n, p in model.doc_model.named_parameters() if "lora_B" in n}
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
+
+
+def test_default_targets_are_the_attention_projections_also_where_peft_has_none():
+    from transformers import DistilBertConfig, DistilBertModel, MPNetConfig, MPNetModel
+
+    from hardneg.model.lora import default_targets
+
+    small = dict(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    assert default_targets(MPNetModel(MPNetConfig(**small))) == ["q", "v"]
+    distil = DistilBertModel(DistilBertConfig(vocab_size=100, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
+    assert default_targets(distil) == ["q_lin", "v_lin"]
+    from transformers import BertConfig, BertModel
+
+    assert default_targets(BertModel(BertConfig(**small))) is None  # peft's own: query, value

@@ -45,8 +45,9 @@ TARGETS_FLAG = "--lora-targets"
 @dataclass(frozen=True)
 class LoraSettings:
     """``r`` (rank), ``alpha`` (scaling numerator; ``None``: 2·r), ``dropout`` on the adapter input,
-    ``targets`` (module names, ``all-linear``, or ``None``: peft's defaults for the model type,
-    the attention query and value projections for BERT / RoBERTa) and the ``save`` form."""
+    ``targets`` (module names, ``all-linear``, or ``None``: the attention query and value projections,
+    peft's defaults for the model types it knows (BERT, RoBERTa: ``query``, ``value``), else
+    :func:`default_targets`) and the ``save`` form."""
 
     r: int
     alpha: float | None = None
@@ -113,19 +114,44 @@ def _check_targets(model: nn.Module, targets: tuple[str, ...] | str | None) -> N
             f"(or give {ALL_LINEAR})")
 
 
+#: attention query / value projections as encoder families name them, for model types peft has no defaults for
+#: (MPNet: q, v; DistilBERT: q_lin, v_lin; ModernBERT: the fused Wqkv)
+ATTENTION_PROJECTIONS = (("query", "value"), ("q_proj", "v_proj"), ("q", "v"), ("q_lin", "v_lin"),
+                         ("query_proj", "value_proj"), ("Wqkv",), ("qkv_proj",), ("query_key_value",), ("in_proj",))
+
+
+def default_targets(transformer: nn.Module) -> list[str] | None:
+    """``None`` (peft's defaults) for a model type peft knows, else the first of :data:`ATTENTION_PROJECTIONS`
+    whose names are all linear layers of ``transformer``; an error naming the flag when none fits."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    model_type = getattr(getattr(transformer, "config", None), "model_type", None)
+    if model_type in PEFT_DEFAULTS:
+        return None
+    linear = set(_linear_names(transformer))
+    found = next((list(names) for names in ATTENTION_PROJECTIONS if linear >= set(names)), None)
+    if found is None:
+        raise HardnegError(f"{TARGETS_FLAG}: no default LoRA targets for this {model_type} model; name its "
+                           f"modules (linear layers: {', '.join(sorted(linear))}) or give {ALL_LINEAR}")
+    return found
+
+
 def _wrap(transformer: nn.Module, settings: LoraSettings, input_grads: bool) -> nn.Module:
     """``transformer`` inside a peft model with fresh LoRA adapters (base weights frozen)."""
     from peft import LoraConfig, get_peft_model  # heavy (seconds): only when adapters are made
 
     _check_targets(transformer, settings.targets)
-    targets = list(settings.targets) if isinstance(settings.targets, tuple) else settings.targets
+    if settings.targets is None:
+        targets = default_targets(transformer)
+    else:
+        targets = list(settings.targets) if isinstance(settings.targets, tuple) else settings.targets
     config = LoraConfig(r=settings.r, lora_alpha=settings.lora_alpha, lora_dropout=settings.dropout,
                         target_modules=targets, bias="none")
     if input_grads:  # gradient checkpointing over frozen embeddings: the adapters still need a gradient path
         transformer.enable_input_require_grads()
     try:
         return get_peft_model(transformer, config)
-    except ValueError as exc:  # e.g. a model type peft has no default targets for
+    except ValueError as exc:  # e.g. a target that is not a layer peft can adapt
         model_type = getattr(getattr(transformer, "config", None), "model_type", "?")
         raise HardnegError(f"{TARGETS_FLAG}: LoRA cannot adapt this {model_type} model: {exc}; name its modules, "
                            f"e.g. {TARGETS_FLAG} {','.join(_linear_names(transformer)[:4])} "
@@ -283,7 +309,7 @@ def load_merged(loader: Any, folder: Path, settings: dict[str, Any], shared: boo
     return encoder
 
 
-__all__ = ["ALL_LINEAR", "LORA_FILE", "LORA_SAVES", "LoraSettings", "adapted_sides", "adapter_state", "add_adapter",
-           "apply_lora", "is_adapter_folder", "is_lora", "load_adapter_state", "load_merged", "lora_record",
-           "merge_adapter", "merged_copy", "parse_targets", "read_lora_record", "save_adapter", "transformer_of",
-           "write_lora_record"]
+__all__ = ["ALL_LINEAR", "ATTENTION_PROJECTIONS", "LORA_FILE", "LORA_SAVES", "LoraSettings", "adapted_sides",
+           "adapter_state", "add_adapter", "apply_lora", "default_targets", "is_adapter_folder", "is_lora",
+           "load_adapter_state", "load_merged", "lora_record", "merge_adapter", "merged_copy", "parse_targets",
+           "read_lora_record", "save_adapter", "transformer_of", "write_lora_record"]
