@@ -68,7 +68,11 @@ def test_only_the_adapters_train_and_the_merged_save_encodes_like_the_adapted_mo
     merged = DualEncoder.from_pretrained(out / "model")
     assert not (out / "model" / "adapter_config.json").exists()
     keys = set(merged.doc_model.state_dict())
-    assert keys == set(start) and not any("lora" in k for k in keys)  # the usual layout, loadable by transformers
+    assert keys == set(start) and not any("lora" in k for k in keys)  # the usual layout
+    from transformers import AutoModel
+
+    plain = AutoModel.from_pretrained(str(out / "model")).state_dict()  # plain transformers loads it
+    assert all(torch.equal(v, plain[k]) for k, v in merged.doc_model.state_dict().items())
     record = json.loads((out / "model" / LORA_FILE).read_text())
     assert record["lora"]["r"] == 4 and record["lora"]["lora_alpha"] == 8.0
     assert record["lora"]["resolved_targets"] == ["query", "value"]
