@@ -36,6 +36,7 @@ from hardneg.export.sources import (
     read_evaluation,
 )
 from hardneg.io import atomic_write
+from hardneg.model.lora import read_lora_record
 from hardneg.train.config import TrainConfig
 from hardneg.train.methods import method_help, method_spec
 
@@ -228,6 +229,21 @@ def _trained_index(model_source: str) -> list[str]:
             f"- **ntotal:** {ext['ntotal']}", f"- **Metric:** {ext['metric']}", f"- **Path:** `{ext['path']}`", ""]
 
 
+def _lora(record: dict[str, Any] | None) -> list[str]:
+    """The LoRA line of Model Details (``hardneg_lora.json`` of the trained model), or nothing."""
+    if not record:
+        return []
+    lora = record.get("lora", {})
+    targets = lora.get("resolved_targets") or lora.get("targets") or "peft's defaults"
+    targets = ", ".join(targets) if isinstance(targets, list) else str(targets)
+    towers = " and ".join(f"{side} tower" for side in record.get("adapted", [])) or "encoder"
+    towers = "shared encoder" if record.get("shared") else towers
+    return [f"- **Fine-tuning:** LoRA adapters (peft) on the {towers}: r={lora.get('r')}, "
+            f"alpha={lora.get('lora_alpha'):g}, dropout {lora.get('dropout')}, target modules {targets}; "
+            f"{record.get('trainable_params')} of {record.get('total_params')} parameters trained "
+            f"({100 * float(record.get('trainable_share', 0)):.2f}%), the adapters merged into the weights"]
+
+
 def _usage(load: str) -> list[str]:
     return ["## Usage", "", "### Direct Usage (Sentence Transformers)", "",
             "First install the Sentence Transformers library:", "", "```bash", "pip install -U sentence-transformers",
@@ -332,11 +348,13 @@ def _versions_and_citation() -> list[str]:
 
 
 def render_card(folder: Path, model_source: str, runs: list[Run], start: str, evaluations: list[Evaluation],
-                *, encoder=None, repo_id: str | None = None) -> str:
-    """README.md text for the exported model in ``folder``."""
+                *, encoder=None, repo_id: str | None = None, lora: dict[str, Any] | None = None) -> str:
+    """README.md text for the exported model in ``folder``; ``lora``: the model's ``hardneg_lora.json``."""
     model_name = repo_id or (f"{' + '.join(str(r.config.get('method')).upper() for r in runs)} "
                              f"({hub_id(start) or Path(start).name})" if runs else Path(folder).name)
     front = card_data(runs, start, evaluations, model_name)
+    if lora:
+        front["tags"].append("lora")
     base = hub_id(start)
     trained = [r.data for r in runs]
     base_link = f"[{base}](https://huggingface.co/{base})" if base else f"`{start}`"
@@ -345,7 +363,9 @@ def render_card(folder: Path, model_source: str, runs: list[Run], start: str, ev
                       yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "",
                       f"# {model_name}", ""]
     out += _intro(runs, model_source, base_link)
-    out += _model_details(Path(folder), runs, start, base_link, encoder)
+    details = _model_details(Path(folder), runs, start, base_link, encoder)
+    at = next((i for i, line in enumerate(details) if line == "### Model Sources"), len(details)) - 1
+    out += details[:at] + _lora(lora) + details[at:]
     out += _trained_index(model_source)
     out += _usage(repo_id or str(folder))
     out += _evaluation(evaluations, trained)
@@ -364,7 +384,8 @@ def write_model_card(folder: str | Path, model_source: str, *, encoder=None, eva
     runs, start = lineage(run, model_source)
     evaluations = experiment_evaluations(run) if run is not None else []
     evaluations += [read_evaluation(e) for e in evals]
-    text = render_card(folder, model_source, runs, start, evaluations, encoder=encoder, repo_id=repo_id)
+    lora = read_lora_record(model_source) if Path(model_source).is_dir() else None
+    text = render_card(folder, model_source, runs, start, evaluations, encoder=encoder, repo_id=repo_id, lora=lora)
     path = folder / "README.md"
     with atomic_write(path) as fh:
         fh.write(text)

@@ -51,6 +51,7 @@ from torch import nn
 
 from hardneg.errors import HardnegError
 from hardneg.io import commit_dir, write_json, writing
+from hardneg.model import lora as adapters
 from hardneg.model.drhard import (
     HeadTower,
     attach_sentence_transformers_head,
@@ -223,6 +224,9 @@ class DualEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.config = config
         self.source = source
+        #: LoRA adapters on the trained towers (:func:`hardneg.model.lora.apply_lora`) and the model they adapt
+        self.lora: adapters.LoraSettings | None = None
+        self.lora_base = ""
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -247,9 +251,8 @@ class DualEncoder(nn.Module):
         being the document tower (ADORE's released query encoder with its STAR document encoder);
         implies ``shared=False``. ``tokenizer``: where the tokenizer comes from when the model
         folder has none (DRhard checkpoints ship without one: ``tokenizer="roberta-base"``).
+        A LoRA adapter folder (``--lora-save adapter``) loads its base model with the adapters merged.
         """
-        folder = resolve_model(name_or_path)
-        settings = _folder_settings(folder)
         overrides = {
             "pooling": pooling,
             "normalize": normalize,
@@ -258,6 +261,11 @@ class DualEncoder(nn.Module):
             "query_prefix": query_prefix,
             "doc_prefix": doc_prefix,
         }
+        if name_or_path is not None and query_model is None and adapters.is_adapter_folder(name_or_path):
+            return adapters.load_merged(cls, Path(name_or_path), _folder_settings(Path(name_or_path)), shared,
+                                        QUERY_TOWER_DIR, dtype=dtype, tokenizer=tokenizer, **overrides)
+        folder = resolve_model(name_or_path)
+        settings = _folder_settings(folder)
         settings.update({k: v for k, v in overrides.items() if v is not None})
         saved_shared = settings.get("shared", True)
         if query_model is not None:
@@ -403,10 +411,15 @@ class DualEncoder(nn.Module):
             tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
             with writing(directory, "model"):
-                self._save_tower(self.doc_model, tmp, "doc")
-                if not self.config.shared:
+                # adapters alone (--lora-save adapter): a tower without adapters is its base model's, not saved
+                whole = self.lora is None or self.lora.save != "adapter"
+                if whole or adapters.is_lora(self.doc_model):
+                    self._save_tower(self.doc_model, tmp, "doc")
+                if not self.config.shared and (whole or adapters.is_lora(self.query_model)):
                     self._save_tower(self.query_model, tmp / QUERY_TOWER_DIR, "query")
                 write_json(tmp / HARDNEG_CONFIG, asdict(self.config))
+                if self.lora is not None:
+                    adapters.write_lora_record(tmp, self)
                 commit_dir(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -415,6 +428,10 @@ class DualEncoder(nn.Module):
 
     def _save_tower(self, model: nn.Module, folder: Path, side: Side) -> None:
         folder.mkdir(parents=True, exist_ok=True)
+        if adapters.is_lora(model):  # LoRA: peft's adapter folder, or a copy with the adapters merged
+            if self.lora is not None and self.lora.save == "adapter":
+                return adapters.save_adapter(model, folder)
+            model = adapters.merged_copy(model)
         head = model.save_head(folder) if isinstance(model, HeadTower) else []
         transformer = model.transformer if isinstance(model, HeadTower) else model
         transformer.save_pretrained(str(folder), safe_serialization=True)

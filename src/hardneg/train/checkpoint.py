@@ -1,6 +1,6 @@
 """Checkpoints and training logs of the one training loop.
 
-A checkpoint folder holds the model's unique tensors (``model.safetensors``),
+A checkpoint folder holds the model's unique tensors (``model.safetensors``; with LoRA the adapters alone),
 optimiser, scheduler, fp16 loss-scaler (``scaler.pt``) and every RNG (``rng.pt``: Python's, numpy's,
 torch's CPU generator and every GPU's, per rank under torchrun; see :func:`hardneg.distributed.rng_state`),
 any extra files (mined negatives) and ``trainer_state.json``. Every file loads with ``weights_only=True``
@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 from hardneg import distributed as dist
 from hardneg.errors import HardnegError, MismatchError
 from hardneg.io import atomic_write, commit_dir, read_json, write_json, writing
+from hardneg.model.lora import adapted_sides, adapter_state, load_adapter_state
 from hardneg.train.report_to import Reporters, open_reporters, scalars
 
 CHECKPOINT_VERSION = 1
@@ -44,6 +45,10 @@ logger = logging.getLogger("hardneg.train")
 
 # ----------------------------------------------------------------------------- checkpoints
 def _unique_state_dict(model) -> dict[str, torch.Tensor]:
+    if getattr(model, "lora", None) is not None:  # LoRA: the adapters alone (the base weights never change)
+        state = {f"{side}.{k}": v for side, tower in adapted_sides(model).items()
+                 for k, v in adapter_state(tower).items()}
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
     state = {f"doc.{k}": v for k, v in model.doc_model.state_dict().items()}
     if model.query_model is not model.doc_model:
         state.update({f"query.{k}": v for k, v in model.query_model.state_dict().items()})
@@ -51,6 +56,10 @@ def _unique_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def _load_unique_state_dict(model, state: dict[str, torch.Tensor]) -> None:
+    if getattr(model, "lora", None) is not None:
+        for side, tower in adapted_sides(model).items():
+            load_adapter_state(tower, {k[len(side) + 1:]: v for k, v in state.items() if k.startswith(side + ".")})
+        return
     doc = {k[4:]: v for k, v in state.items() if k.startswith("doc.")}
     model.doc_model.load_state_dict(doc)
     if model.query_model is not model.doc_model:

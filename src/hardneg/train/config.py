@@ -54,6 +54,9 @@ LATER_DEFAULTS.update({"lamb_variant": "decoupled", "schedule_epochs": None, "ex
 LATER_DEFAULTS.update({"distill": "none", "distill_weight": 1.0, "distill_temperature": 1.0})
 #: ADORE on an index hardneg did not build (issue 29)
 LATER_DEFAULTS.update({"index_ids": None, "index_build": "flat", "index_check": 0.5})
+#: LoRA adapters (issue 28), off by default
+LATER_DEFAULTS.update({"lora_r": 0, "lora_alpha": None, "lora_dropout": 0.1, "lora_targets": None,
+                       "lora_save": "merged"})
 
 #: settings that may change between a run and its ``--resume`` (they do not change the math so far)
 RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
@@ -65,6 +68,7 @@ REPORT_TO = ("tensorboard", "mlflow", "wandb")
 #: help panels of ``hardneg train --help`` (a setting without one is listed under "Options")
 OPTIMISATION, ENCODER, NEGATIVES, ADORE, EVALUATION, CHECKPOINTS = (
     "Optimisation", "Encoder", "Negatives and loss", "ADORE", "Evaluation", "Checkpoints")
+LORA = "LoRA"
 
 #: one-of settings and what they allow
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -73,6 +77,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "adore_reduction": ADORE_REDUCTIONS, **{s.name: s.choices for s in SELECTION_SETTINGS if s.choices},
     "dev_carve": ("queries", "documents"), "lamb_variant": LAMB_VARIANTS, "examples_per_query": EXAMPLES_PER_QUERY,
     "distill": DISTILL_KINDS,
+    "lora_save": ("merged", "adapter"),
 }
 #: whole-number settings that must be at least 1
 AT_LEAST_ONE = ("max_steps", "batch_size", "grad_accum", "n_negatives", "topk", "dev_every", "save_every",
@@ -237,6 +242,20 @@ class TrainConfig(BaseModel):
         0.5, "adore with --index PATH: stop before training when the training positives' median rank under the "
         "start query encoder is past this share of the index (0.5: the bottom half, near-random: a pooling, "
         "normalisation, prompt or model mismatch); 0 turns the check off.", panel=ADORE)
+    # LoRA adapters (issue 28; hardneg.model.lora): only the adapters of the trained towers train
+    lora_r: int = setting(
+        0, "LoRA rank: train low-rank adapters (peft) instead of the whole encoder; 0 = off. ADORE: on the "
+        "query tower only (the document tower and its index stay as they are).", panel=LORA, ge=0)
+    lora_alpha: float | None = setting(None, "LoRA scaling numerator alpha (the update is scaled by alpha/r; "
+                                       "default 2 x --lora-r).", panel=LORA, gt=0)
+    lora_dropout: float = setting(0.1, "Dropout on the LoRA adapters' input.", panel=LORA, ge=0, lt=1)
+    lora_targets: str | None = setting(
+        None, "Comma list of module names that get adapters (e.g. query,key,value), or all-linear; default: "
+        "peft's for the model type (the attention query and value projections for BERT/RoBERTa).", panel=LORA)
+    lora_save: str = setting(
+        "merged", "OUT/model with LoRA: merged (adapters merged into the weights: a plain transformers / "
+        "sentence-transformers folder) or adapter (peft's adapter files and the base model's name; hardneg "
+        "merges them on load).", panel=LORA)
 
     # ------------------------------------------------------------------ construction
     def __init__(self, **data: Any) -> None:
@@ -274,6 +293,12 @@ class TrainConfig(BaseModel):
         if bad:
             raise ValueError(f"report_to must be {', '.join(REPORT_TO)} or none, not {bad[0]!r}")
         return list(dict.fromkeys(v for v in names if v != "none"))
+
+    @field_validator("lora_targets", mode="before")
+    @classmethod
+    def _targets_list(cls, value: Any) -> Any:
+        """YAML may list the LoRA target modules (``[query, value]``): kept as the flag's comma list."""
+        return ",".join(map(str, value)) if isinstance(value, list | tuple) else value
 
     @field_validator("metric", mode="before")
     @classmethod
@@ -316,8 +341,21 @@ class TrainConfig(BaseModel):
                                f"{methods_that(lambda s: s.selection_rules)}, not {self.method}")
         if changed:
             NegativeRules.from_config(self)  # its own checks (ranges, margins), as a HardnegError
+        self._check_lora()
         if spec.check is not None:
             spec.check(self)  # the method's own settings together (e.g. ance's --refresh-every, adore's --metric)
+
+    def _check_lora(self) -> None:
+        """The other LoRA settings need ``--lora-r``; the target list must parse."""
+        changed = [k for k in ("lora_alpha", "lora_dropout", "lora_targets", "lora_save")
+                   if getattr(self, k) != _default(k)]
+        if changed and not self.lora_r:
+            flags = ", ".join(_flag(k, getattr(self, k)) for k in changed)
+            raise HardnegError(f"{flags}: LoRA settings need --lora-r N (the adapters' rank, e.g. 8)")
+        if self.lora_r:
+            from hardneg.model.lora import parse_targets
+
+            parse_targets(self.lora_targets)
 
     def _refuse_others_settings(self) -> None:
         """A setting another method takes alone (its spec's ``settings``) must keep its default here."""

@@ -53,6 +53,7 @@ from hardneg.index.external import external_ids
 from hardneg.io import write_json
 from hardneg.model.encoder import DualEncoder
 from hardneg.model.encoding import check_encode_precision
+from hardneg.model.lora import LoraSettings, apply_lora
 from hardneg.negatives.drift import track
 from hardneg.train.checkpoint import (
     CHECKPOINT_VERSION,
@@ -174,6 +175,9 @@ class Trainer:
         if self.frozen_doc:
             model.doc_model.requires_grad_(False)
             model.doc_model.eval()
+        if cfg.lora_r:  # LoRA: only adapters train, on the trained towers (not a frozen document tower)
+            apply_lora(model, LoraSettings.from_config(cfg), cfg.model, train_doc=not self.frozen_doc,
+                       input_grads=cfg.gradient_checkpointing)
         model.to(self.device)  # both towers (ADORE: the trained query tower and the frozen one)
         if dist.is_initialized():  # under torchrun (even with one process)
             dist.broadcast_parameters(model)  # the same start on every rank
