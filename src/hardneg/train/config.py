@@ -49,10 +49,13 @@ LATER_DEFAULTS.update({"index_fp16": False})  # ADORE's flat index stored in flo
 #: DRhard's behaviours as options (issue 27), off by default: hardneg's behaviour before they existed
 LATER_DEFAULTS.update({"lamb_variant": "decoupled", "schedule_epochs": None, "examples_per_query": "each-positive",
                        "mine_query_max_length": None, "mine_doc_max_length": None})
+#: GradCache and --compile (issue 28), off by default
+LATER_DEFAULTS.update({"grad_cache": False, "mini_batch": None, "compile": False, "compile_backend": "inductor"})
 
 #: settings that may change between a run and its ``--resume`` (they do not change the math so far)
 RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
                      "track_queries", "device", "patience", "report_to", "dist_timeout"}
+RESUMABLE_CHANGES |= {"compile", "compile_backend"}  # --compile: the same computation, traced (issue 28)
 
 #: where ``report_to`` may send the log's scalars (besides ``train_log.jsonl``, always written)
 REPORT_TO = ("tensorboard", "mlflow", "wandb")
@@ -71,7 +74,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 #: whole-number settings that must be at least 1
 AT_LEAST_ONE = ("max_steps", "batch_size", "grad_accum", "n_negatives", "topk", "dev_every", "save_every",
                 "keep_checkpoints", "query_max_length", "batch_encode_size", "train_chunk", "adore_topk",
-                "nprobe", "ef_search", "mine_query_max_length", "mine_doc_max_length")
+                "nprobe", "ef_search", "mine_query_max_length", "mine_doc_max_length", "mini_batch")
 
 
 def setting(default: Any = None, help: str = "", *, panel: str | None = None, flags: tuple[str, ...] = (),
@@ -209,6 +212,18 @@ class TrainConfig(BaseModel):
     cache_dir: str | None = setting(None, "Where tokenized stores, embeddings and indexes are cached "
                                     "(default $HARDNEG_CACHE_DIR or ~/.cache/hardneg).", path=True)
     quiet: bool = setting(False, "No progress bars or info messages (the global --quiet).", cli=False)
+    # GradCache and --compile (issue 28)
+    grad_cache: bool = setting(
+        False, "GradCache (Gao et al., 2021): encode the batch without a graph in --mini-batch rows, take the loss's "
+        "gradient w.r.t. the embeddings, then re-encode each mini-batch with its graph and backpropagate it: "
+        "memory of one mini-batch, not of the whole batch (document-side methods).", panel=OPTIMISATION)
+    mini_batch: int | None = setting(
+        None, "--grad-cache: rows per forward pass (default --train-chunk, which gives the plain step's dropout).",
+        panel=OPTIMISATION)
+    compile: bool = setting(False, "torch.compile the encoder towers (in place: checkpoint and model keys "
+                            "unchanged), for training and encoding. May change on --resume.", panel=OPTIMISATION)
+    compile_backend: str = setting("inductor", "--compile: torch.compile backend (inductor; eager/aot_eager to "
+                                   "debug). May change on --resume.", panel=OPTIMISATION)
     extra: dict[str, Any] = Field(default_factory=dict, description="Free-form notes kept with the run.",
                                   json_schema_extra={"cli": False})
 
@@ -289,8 +304,29 @@ class TrainConfig(BaseModel):
                                f"{methods_that(lambda s: s.selection_rules)}, not {self.method}")
         if changed:
             NegativeRules.from_config(self)  # its own checks (ranges, margins), as a HardnegError
+        self._check_grad_cache_and_compile(spec)
         if spec.check is not None:
             spec.check(self)  # the method's own settings together (e.g. ance's --refresh-every, adore's --metric)
+
+    def _check_grad_cache_and_compile(self, spec) -> None:
+        """GradCache needs a method whose trainer step encodes the whole batch (not ADORE's own step);
+        --mini-batch is GradCache's; --compile-backend must be one torch knows."""
+        if self.grad_cache and spec.frozen_doc:
+            raise HardnegError(f"--grad-cache is for the methods that encode documents in the step "
+                               f"({methods_that(lambda s: not s.frozen_doc)}), not {self.method}: ADORE trains "
+                               "only its query tower against a fixed index; drop --grad-cache")
+        if self.mini_batch is not None and not self.grad_cache:
+            raise HardnegError(f"--mini-batch {self.mini_batch} is GradCache's: add --grad-cache, or drop "
+                               "--mini-batch (--train-chunk sets the plain step's forward passes)")
+        if self.compile_backend != _default("compile_backend"):
+            if not self.compile:
+                raise HardnegError(f"--compile-backend {self.compile_backend} needs --compile")
+            from torch._dynamo import list_backends
+
+            known = sorted(set(list_backends(exclude_tags=())) | {"inductor"})
+            if self.compile_backend not in known:
+                raise HardnegError(f"--compile-backend must be one of {', '.join(known)}, "
+                                   f"not {self.compile_backend!r}")
 
     def _refuse_others_settings(self) -> None:
         """A setting another method takes alone (its spec's ``settings``) must keep its default here."""
