@@ -11,11 +11,11 @@ import json
 
 import pytest
 import torch
+from test_distributed import WORKER, make_config, torchrun
 
 from conftest import write_tiny_train
 from hardneg.train.config import TrainConfig
 from hardneg.train.trainer import Trainer
-from test_distributed import WORKER, make_config, torchrun
 
 B = 3  # per rank
 

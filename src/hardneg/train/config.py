@@ -214,9 +214,8 @@ class TrainConfig(BaseModel):
     quiet: bool = setting(False, "No progress bars or info messages (the global --quiet).", cli=False)
     # GradCache and --compile (issue 28)
     grad_cache: bool = setting(
-        False, "GradCache (Gao et al., 2021): encode the batch without a graph in --mini-batch rows, take the loss's "
-        "gradient w.r.t. the embeddings, then re-encode each mini-batch with its graph and backpropagate it: "
-        "memory of one mini-batch, not of the whole batch (document-side methods).", panel=OPTIMISATION)
+        False, "GradCache (Gao et al., 2021): the whole batch's loss and gradient with the activation memory of "
+        "one --mini-batch (document-side methods).", panel=OPTIMISATION)
     mini_batch: int | None = setting(
         None, "--grad-cache: rows per forward pass (default --train-chunk, which gives the plain step's dropout).",
         panel=OPTIMISATION)
