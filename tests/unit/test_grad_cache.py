@@ -129,7 +129,7 @@ def test_grad_cache_resumes_bit_for_bit(tmp_path, tiny_train, tiny_model_dir, ki
     assert _losses(tmp_path / "a")[2:] == _losses(tmp_path / "b")[2:]
 
 
-@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize("backend", ["eager", pytest.param("aot_eager", marks=pytest.mark.slow)])
 def test_compile_keeps_keys_losses_and_resume(tmp_path, tiny_train, tiny_model_dir, kill_and_resume, backend):
     """--compile (a backend without a C++ compiler): the model's keys and files are the eager run's, the run
     resumes bit for bit, and with dropout from the same generator it trains like the eager run."""
