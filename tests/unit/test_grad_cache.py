@@ -3,7 +3,8 @@
 * GradCache's parameter gradient (and loss, logged parts, RNG state after the step) equals the plain step's,
   with dropout on: with --mini-batch equal to --train-chunk both steps run the same forward passes in the same
   order, so they draw the same dropout masks; also under fp16 with the GradScaler, bf16, gradient
-  checkpointing, gradient accumulation, and with a mini-batch other than the chunk (dropout off then);
+  checkpointing, gradient accumulation, and with a mini-batch other than the chunk (dropout off then); replayed
+  without the saved RNG states it would not be;
 * a run killed after a checkpoint and resumed ends bit for bit like the straight run, with --grad-cache and
   with --compile;
 * --compile (eager / aot_eager backends, so that no C++ compiler runs) leaves the saved model's and
@@ -76,6 +77,20 @@ def test_dropout_is_drawn_and_matters(tmp_path, tiny_train, tiny_model_dir):
     off = one_step(tmp_path, tiny_train, tiny_model_dir, "star", "off", dropout=False, **common)
     assert max(float((off[1][k] - g).abs().max()) for k, g in a[1].items()) > 1e-4
     assert not torch.equal(a[2], b[2])
+
+
+def test_replay_without_the_saved_rng_states_misses_the_gradient(tmp_path, tiny_train, tiny_model_dir, monkeypatch):
+    """The replay's dropout must be the first pass's: replayed from wherever the RNG happens to be, the forward
+    passes draw other masks and the gradient is wrong (what the RNG restore in the parity above guards)."""
+    import hardneg.train.grad_cache as grad_cache
+
+    common = dict(batch_size=8, train_chunk=3, n_negatives=2)
+    plain = one_step(tmp_path, tiny_train, tiny_model_dir, "star", "plain", **common)
+    monkeypatch.setattr(grad_cache, "restore_rng", lambda state, device: None)
+    unrestored = one_step(tmp_path, tiny_train, tiny_model_dir, "star", "cached", grad_cache=True, **common)
+    assert unrestored[0]["loss"] == pytest.approx(plain[0]["loss"], rel=1e-6)  # the first pass is the plain one
+    largest = max(float(g.abs().max()) for g in plain[1].values())
+    assert max(float((unrestored[1][k] - g).abs().max()) for k, g in plain[1].items()) > 0.05 * largest
 
 
 def test_grad_cache_with_another_mini_batch_equals_the_plain_step_without_dropout(tmp_path, tiny_train,
