@@ -180,3 +180,20 @@ def test_bad_settings_name_the_flag(tmp_path, tiny_train, tiny_model_dir):
     base = train_config(tmp_path, tiny_train, tiny_model_dir, "star")
     assert base.replace(compile=True).fingerprint() == base.fingerprint()  # may change on --resume
     assert base.replace(grad_cache=True).fingerprint() != base.fingerprint()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["adore", "--grad-cache", "--mini-batch", "4"], "--grad-cache is for"),
+    (["star", "--mini-batch", "4"], "--mini-batch 4 is GradCache's"),
+    (["star", "--compile-backend", "eager"], "--compile-backend eager needs --compile"),
+])
+def test_the_cli_takes_the_flags_and_refuses_bad_combinations(tmp_path, tiny_train, tiny_model_dir, args, message):
+    from typer.testing import CliRunner
+
+    from hardneg.cli import app
+
+    result = CliRunner().invoke(app, ["--quiet", "train", *args, "--data", str(tiny_train), "--model",
+                                      str(tiny_model_dir), "--out", str(tmp_path / "out")])
+    assert isinstance(result.exception, HardnegError), result.output
+    assert message in str(result.exception)
+    assert not (tmp_path / "out").exists()
