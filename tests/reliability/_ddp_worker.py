@@ -3,7 +3,8 @@
 ``python -m torch.distributed.run --standalone --nproc_per_node 2 _ddp_worker.py MODE ARGS.json``
 
 * ``step``: for each job of ARGS.json, set up a Trainer from its config (``batch_size`` per rank), compute
-  the gradients of the job's step with dropout off, apply the optimiser step, and (rank 0) save the loss, the
+  the gradients of the job's step with dropout off (on with ``"dropout": true``), apply the optimiser step,
+  and (rank 0) save the loss, the
   gradients, the updated trainable weights and a sharded encoding of the corpus to ``ARGS["result"]``.
 * ``train``: train each job's config to the end.
 * ``train-killed``: the CLI's ``train`` command, except that rank ``ARGS["kill_rank"]`` SIGKILLs itself right
@@ -46,6 +47,8 @@ def _step(jobs: list[dict]) -> None:
             from hardneg.train.methods import mine_with_model
 
             mined = mine_with_model(trainer, trainer.model, folder=Path(job["mine"]))
+        if job.get("dropout"):  # a comparison between two 2-process steps: the same dropout streams
+            trainer.train_mode()
         totals = trainer.step_gradients(job["step"])
         named = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad]
         grads = {n: p.grad.detach().clone() for n, p in named if p.grad is not None}

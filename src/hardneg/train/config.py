@@ -57,10 +57,13 @@ LATER_DEFAULTS.update({"index_ids": None, "index_build": "flat", "index_check": 
 #: LoRA adapters (issue 28), off by default
 LATER_DEFAULTS.update({"lora_r": 0, "lora_alpha": None, "lora_dropout": 0.1, "lora_targets": None,
                        "lora_save": "merged"})
+#: GradCache and --compile (issue 28), off by default
+LATER_DEFAULTS.update({"grad_cache": False, "mini_batch": None, "compile": False, "compile_backend": "inductor"})
 
 #: settings that may change between a run and its ``--resume`` (they do not change the math so far)
 RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
                      "track_queries", "device", "patience", "report_to", "dist_timeout"}
+RESUMABLE_CHANGES |= {"compile", "compile_backend"}  # --compile: the same computation, traced (issue 28)
 
 #: where ``report_to`` may send the log's scalars (besides ``train_log.jsonl``, always written)
 REPORT_TO = ("tensorboard", "mlflow", "wandb")
@@ -82,7 +85,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 #: whole-number settings that must be at least 1
 AT_LEAST_ONE = ("max_steps", "batch_size", "grad_accum", "n_negatives", "topk", "dev_every", "save_every",
                 "keep_checkpoints", "query_max_length", "batch_encode_size", "train_chunk", "adore_topk",
-                "nprobe", "ef_search", "mine_query_max_length", "mine_doc_max_length")
+                "nprobe", "ef_search", "mine_query_max_length", "mine_doc_max_length", "mini_batch")
 
 
 def setting(default: Any = None, help: str = "", *, panel: str | None = None, flags: tuple[str, ...] = (),
@@ -229,6 +232,17 @@ class TrainConfig(BaseModel):
                                     "L_distill).", panel=NEGATIVES)
     distill_temperature: float = setting(1.0, "--distill kl: softmax temperature T (the loss is scaled by T^2).",
                                          panel=NEGATIVES)
+    # GradCache and --compile (issue 28)
+    grad_cache: bool = setting(
+        False, "GradCache (Gao et al., 2021): the whole batch's loss and gradient with the activation memory of "
+        "one --mini-batch (document-side methods).", panel=OPTIMISATION)
+    mini_batch: int | None = setting(
+        None, "--grad-cache: rows per forward pass (default --train-chunk, which gives the plain step's dropout).",
+        panel=OPTIMISATION)
+    compile: bool = setting(False, "torch.compile the encoder towers (in place: checkpoint and model keys "
+                            "unchanged), for training and encoding. May change on --resume.", panel=OPTIMISATION)
+    compile_backend: str = setting("inductor", "--compile: torch.compile backend (inductor; eager/aot_eager to "
+                                   "debug). May change on --resume.", panel=OPTIMISATION)
     extra: dict[str, Any] = Field(default_factory=dict, description="Free-form notes kept with the run.",
                                   json_schema_extra={"cli": False})
     # ADORE on an index you already have (issue 29)
@@ -342,6 +356,7 @@ class TrainConfig(BaseModel):
         if changed:
             NegativeRules.from_config(self)  # its own checks (ranges, margins), as a HardnegError
         self._check_lora()
+        self._check_grad_cache_and_compile(spec)
         if spec.check is not None:
             spec.check(self)  # the method's own settings together (e.g. ance's --refresh-every, adore's --metric)
 
@@ -356,6 +371,26 @@ class TrainConfig(BaseModel):
             from hardneg.model.lora import parse_targets
 
             parse_targets(self.lora_targets)
+
+    def _check_grad_cache_and_compile(self, spec) -> None:
+        """GradCache needs a method whose trainer step encodes the whole batch (not ADORE's own step);
+        --mini-batch is GradCache's; --compile-backend must be one torch knows."""
+        if self.grad_cache and spec.frozen_doc:
+            raise HardnegError(f"--grad-cache is for the methods that encode documents in the step "
+                               f"({methods_that(lambda s: not s.frozen_doc)}), not {self.method}: ADORE trains "
+                               "only its query tower against a fixed index; drop --grad-cache")
+        if self.mini_batch is not None and not self.grad_cache:
+            raise HardnegError(f"--mini-batch {self.mini_batch} is GradCache's: add --grad-cache, or drop "
+                               "--mini-batch (--train-chunk sets the plain step's forward passes)")
+        if self.compile_backend != _default("compile_backend"):
+            if not self.compile:
+                raise HardnegError(f"--compile-backend {self.compile_backend} needs --compile")
+            from torch._dynamo import list_backends
+
+            known = sorted(set(list_backends(exclude_tags=())) | {"inductor"})
+            if self.compile_backend not in known:
+                raise HardnegError(f"--compile-backend must be one of {', '.join(known)}, "
+                                   f"not {self.compile_backend!r}")
 
     def _refuse_others_settings(self) -> None:
         """A setting another method takes alone (its spec's ``settings``) must keep its default here."""

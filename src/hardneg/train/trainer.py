@@ -65,6 +65,7 @@ from hardneg.train.checkpoint import (
 )
 from hardneg.train.config import TrainConfig
 from hardneg.train.dev import DEV_EMBEDDINGS, DevIndex, DevPool, dev_pool_rows, evaluate_dev
+from hardneg.train.grad_cache import GradCache, compile_towers
 from hardneg.train.methods import MethodContext, StepBatch, external_index, make_method, method_spec
 from hardneg.train.order import DataOrder, Example, carve_dev, positives_of
 from hardneg.train.steps import (
@@ -90,6 +91,7 @@ class Trainer:
         self.config = config
         self.out = Path(config.out)
         self._model = model
+        self._cache: GradCache | None = None  # --grad-cache: a micro-batch's, from batch_loss to its replay
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -106,6 +108,8 @@ class Trainer:
         self.cache_dir = cache_dir_or_default(cfg.cache_dir)
         train_qids = self._load_data()
         self.model = self._load_model()
+        if cfg.compile:  # in place: the state_dict keys (checkpoints, saved models) stay the eager ones
+            compile_towers(self.model, cfg.compile_backend)
         self.scale = cfg.score_scale if cfg.score_scale is not None else (20.0 if self.model.config.normalize else 1.0)
         self._load_corpus(train_qids)
         self._make_method()
@@ -258,15 +262,17 @@ class Trainer:
         if custom is not None:
             return custom
         cfg = self.config
-        model = self.model
         laps = Laps(self.device)
+        # --grad-cache: embeddings without a graph (leaves); step_gradients replays the forward passes
+        self._cache = GradCache(self.model, cfg.mini_batch or cfg.train_chunk, cfg.precision) if cfg.grad_cache \
+            else None
+        encode = self._cache.encode if self._cache is not None else (
+            lambda rows, side: encode_rows(self.model, rows, side, cfg.train_chunk, cfg.precision))
         # autocast covers the encoders only: q and d come back fp32, so scores and losses are fp32
-        q = encode_rows(model, [self.query_tokens[e.qid] for e in local], "query", cfg.train_chunk,
-                        cfg.precision)
+        q = encode([self.query_tokens[e.qid] for e in local], "query")
         laps.lap("t_query_encode")
         local_docs = [e.pos for e in local] + [d for negs in local_negs for d in negs]
-        d = encode_rows(model, [self.store[self.doc_row[x]] for x in local_docs], "doc", cfg.train_chunk,
-                        cfg.precision)
+        d = encode([self.store[self.doc_row[x]] for x in local_docs], "doc")
         if self.world > 1:
             parts = dist.all_gather_with_grad(d).view(self.world, len(local_docs), -1)
             d = torch.cat([parts[:, :b].reshape(-1, d.shape[1]), parts[:, b:].reshape(-1, d.shape[1])])
@@ -293,6 +299,10 @@ class Trainer:
             laps = Laps(self.device)
             self.scaler.scale(loss / cfg.grad_accum).backward()
             laps.lap("t_backward")
+            if self._cache is not None:  # GradCache: the forward passes again, with graphs
+                self._cache.replay()
+                self._cache = None
+                laps.lap("t_replay")
             if not self.frozen_doc:  # drawing/selecting negatives (ADORE's are its t_search)
                 laps.seconds["t_negatives"] = drawn - tic
             for key, value in {"loss": float(loss.detach()), **parts, **laps.seconds}.items():
