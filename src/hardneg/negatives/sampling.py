@@ -18,6 +18,12 @@ always gives the same sample, independent of call order, process or how many
 draws came before, so a run resumed at step ``s`` sees exactly the negatives
 the uninterrupted run would have seen.
 
+SimANS
+------
+:func:`simans_logits` and :func:`weighted_draw` are SimANS' law (:mod:`hardneg.negatives.rules` says what it
+is): ``StaticNegatives(..., simans=(a, b))`` given the pool's scores (:meth:`StaticNegatives.set_scores`)
+draws each step's negatives with it, the example's own positive being ``s⁺``.
+
 Top-k
 -----
 :func:`mine_negatives` keeps the first ``topk`` non-positive documents of each
@@ -43,6 +49,8 @@ __all__ = [
     "check_topk",
     "mine_negatives",
     "positive_ids",
+    "simans_logits",
+    "weighted_draw",
 ]
 
 _STREAM_RANDOM = 1
@@ -135,6 +143,19 @@ def _doc_index(doc_ids: Sequence[str]) -> dict[str, int]:
     return index
 
 
+def simans_logits(scores: Sequence[float], pos_score: float, a: float, b: float) -> np.ndarray:
+    """``log p`` up to a constant of SimANS' law: ``-a · (s - pos_score - b)²`` per candidate score ``s``."""
+    s = np.asarray(scores, dtype=np.float64)
+    return -float(a) * (s - float(pos_score) - float(b)) ** 2
+
+
+def weighted_draw(rng: np.random.Generator, logits: np.ndarray, n: int) -> list[int]:
+    """``n`` distinct indices drawn one after another with probability ``∝ exp(logits)`` among those left
+    (the Gumbel-top-k trick: the first index has exactly that probability; no weight underflows to 0)."""
+    keys = np.asarray(logits, dtype=np.float64) + rng.gumbel(size=len(logits))
+    return [int(i) for i in np.argsort(-keys, kind="stable")[:n]]
+
+
 # --------------------------------------------------------------------------- sources
 
 
@@ -199,6 +220,14 @@ class StaticNegatives:
     ``replace(candidates)`` swaps in freshly mined candidates (ANCE-style
     periodic refresh); a resumed run must load the same candidates that were
     active at the step it resumes from.
+
+    ``simans=(a, b)``: draws follow SimANS' law instead of the uniform one
+    (:func:`simans_logits`, :func:`weighted_draw`), over the scores given by
+    :meth:`set_scores` (``qid -> {docid: score}``, the pool's documents and
+    the query's positives). ``s⁺`` is the example's own positive (``pos`` of
+    :meth:`sample`), else the mean of the query's positives' scores; a query
+    with no positive score, or a pool document without a score, is an error
+    (the caller mined without keeping scores).
     """
 
     def __init__(
@@ -208,8 +237,11 @@ class StaticNegatives:
         doc_ids: Sequence[str],
         topk: int = 200,
         seed: int = 0,
+        simans: tuple[float, float] | None = None,
     ) -> None:
         self.topk = check_topk(topk, len(doc_ids))
+        self.simans = simans
+        self._scores: dict[str, dict[str, float]] = {}
         self.seed = int(seed)
         self.positives = positives
         self._random = RandomNegatives(doc_ids, positives, seed=seed)
@@ -258,6 +290,29 @@ class StaticNegatives:
             pools[qid] = pool
         self._pools = pools
 
+    def set_scores(self, scores: Mapping[str, Mapping[str, float]]) -> None:
+        """The mining model's scores (``qid -> {docid: score}``) SimANS draws with: the pool's documents and the
+        query's positives (all queries at once, with each :meth:`replace`)."""
+        self._scores = {q: {d: float(v) for d, v in docs.items()} for q, docs in scores.items()}
+
+    def _simans_pick(self, qid: str, pool: list[str], n: int, pos: str | None,
+                     rng: np.random.Generator) -> list[str]:
+        scores = self._scores.get(qid, {})
+        missing = [d for d in pool if d not in scores]
+        if missing:
+            raise HardnegError(f"SimANS needs the mining scores of query {qid!r}'s candidates ({missing[0]!r} has "
+                               "none): mine them with --sampling-strategy simans (scores are kept with the run)")
+        if pos is not None and pos in scores:
+            ref = scores[pos]
+        else:
+            known = [scores[p] for p in positive_ids(self.positives, qid) if p in scores]
+            if not known:  # no positive score: uniform (as the selection rules do)
+                return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
+            ref = float(np.mean(known))
+        assert self.simans is not None
+        logits = simans_logits([scores[d] for d in pool], ref, *self.simans)
+        return [pool[i] for i in weighted_draw(rng, logits, n)]
+
     def pool(self, qid: str) -> list[str]:
         """The current top-``topk`` non-positive candidates of ``qid`` (a copy)."""
         return list(self._pools.get(qid, ()))
@@ -266,11 +321,14 @@ class StaticNegatives:
         """Raise before training if some query can't get ``n`` negatives even with fallback."""
         self._random.validate(n, qids)
 
-    def sample(self, qid: str, n: int, step: int) -> list[str]:
-        """``n`` distinct negatives for ``qid`` at counter ``step`` (see the class doc)."""
+    def sample(self, qid: str, n: int, step: int, pos: str | None = None) -> list[str]:
+        """``n`` distinct negatives for ``qid`` at counter ``step`` (see the class doc; ``pos``: the example's
+        positive, SimANS' ``s⁺``)."""
         pool = self._pools.get(qid, [])
         check_sample_size(n, self._random.available(qid), qid)
         rng = _rng(self.seed, _STREAM_STATIC, step, qid)
+        if len(pool) > n and self.simans is not None:
+            return self._simans_pick(qid, pool, n, pos, rng)
         if len(pool) >= n:
             return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
         chosen = [pool[i] for i in rng.permutation(len(pool))]

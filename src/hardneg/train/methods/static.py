@@ -47,8 +47,11 @@ class StaticNeg(Method):
         # the negative-selection rules (hardneg.negatives.rules): teacher, margins, window, sampling
         self.selector = TrainSelector(ctx)
         candidates = self.initial_candidates()
+        rules = self.selector.rules
         self.source = StaticNegatives(candidates, ctx.train_qrels, ctx.doc_ids,
-                                      topk=self.config.num_negatives or self.config.topk, seed=self.config.seed)
+                                      topk=self.config.num_negatives or self.config.topk, seed=self.config.seed,
+                                      simans=(rules.simans_a, rules.simans_b) if rules.simans else None)
+        self.source.set_scores(self.selector.scores)  # SimANS: the mining scores of the pool and positives
         self.source.validate(self.n_negatives)
 
     def state_files(self):
@@ -73,7 +76,7 @@ class StaticNeg(Method):
             return mine_with_model(self.ctx, self.ctx.model, selector=self.selector)
 
     def negatives(self, examples, start: int) -> list[list[str]]:
-        return [self.source.sample(e.qid, self.n_negatives, start + i) for i, e in enumerate(examples)]
+        return [self.source.sample(e.qid, self.n_negatives, start + i, e.pos) for i, e in enumerate(examples)]
 
     def loss(self, scores, batch):
         pos = self.positive_scores(scores, batch)
@@ -95,5 +98,8 @@ class BM25Neg(StaticNeg):
             k = self.selector.depth()
         run = bm25.search(train_queries, k=k, show_progress=False)
         if self.selector.rules.active:
-            return self.selector.select(run, "bm25")
+            kept: dict[str, dict[str, float]] | None = {} if self.selector.rules.simans else None
+            lists = self.selector.select(run, "bm25", scores_out=kept)
+            self.selector.scores = kept or {}
+            return lists
         return mine_negatives(run, ctx.train_qrels, self.config.topk)
