@@ -49,6 +49,7 @@ LATER_DEFAULTS.update({"index_fp16": False})  # ADORE's flat index stored in flo
 #: DRhard's behaviours as options (issue 27), off by default: hardneg's behaviour before they existed
 LATER_DEFAULTS.update({"lamb_variant": "decoupled", "schedule_epochs": None, "examples_per_query": "each-positive",
                        "mine_query_max_length": None, "mine_doc_max_length": None})
+LATER_DEFAULTS.update({"batch_composition": "random", "tas_clusters": None, "tas_clusters_per_batch": 1})  # TAS
 
 #: settings that may change between a run and its ``--resume`` (they do not change the math so far)
 RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
@@ -67,11 +68,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "star_mixing": STAR_MIXINGS, "adore_loss": ADORE_LOSSES, "adore_positives": ADORE_POSITIVES,
     "adore_reduction": ADORE_REDUCTIONS, **{s.name: s.choices for s in SELECTION_SETTINGS if s.choices},
     "dev_carve": ("queries", "documents"), "lamb_variant": LAMB_VARIANTS, "examples_per_query": EXAMPLES_PER_QUERY,
+    "batch_composition": ("random", "tas"),
 }
 #: whole-number settings that must be at least 1
 AT_LEAST_ONE = ("max_steps", "batch_size", "grad_accum", "n_negatives", "topk", "dev_every", "save_every",
                 "keep_checkpoints", "query_max_length", "batch_encode_size", "train_chunk", "adore_topk",
-                "nprobe", "ef_search", "mine_query_max_length", "mine_doc_max_length")
+                "nprobe", "ef_search", "mine_query_max_length", "mine_doc_max_length", "tas_clusters",
+                "tas_clusters_per_batch")
 
 
 def setting(default: Any = None, help: str = "", *, panel: str | None = None, flags: tuple[str, ...] = (),
@@ -211,6 +214,15 @@ class TrainConfig(BaseModel):
     quiet: bool = setting(False, "No progress bars or info messages (the global --quiet).", cli=False)
     extra: dict[str, Any] = Field(default_factory=dict, description="Free-form notes kept with the run.",
                                   json_schema_extra={"cli": False})
+    # TAS batches (issue 28; hardneg.train.tas): micro-batches drawn from k-means clusters of the queries
+    batch_composition: str = setting(
+        "random", "random (a seeded permutation per epoch) or tas (each batch from --tas-clusters-per-batch "
+        "k-means clusters of the start model's query vectors; Hofstätter et al. 2021).", panel=NEGATIVES)
+    tas_clusters: int | None = setting(
+        None, "tas: k-means clusters of the training queries (default 2000 as TAS-B, at most one per 20 "
+        "queries).", panel=NEGATIVES)
+    tas_clusters_per_batch: int = setting(1, "tas: clusters each batch is drawn from (default 1, as TAS-B).",
+                                          panel=NEGATIVES)
 
     # ------------------------------------------------------------------ construction
     def __init__(self, **data: Any) -> None:
@@ -289,8 +301,19 @@ class TrainConfig(BaseModel):
                                f"{methods_that(lambda s: s.selection_rules)}, not {self.method}")
         if changed:
             NegativeRules.from_config(self)  # its own checks (ranges, margins), as a HardnegError
+        self._check_tas()
         if spec.check is not None:
             spec.check(self)  # the method's own settings together (e.g. ance's --refresh-every, adore's --metric)
+
+    def _check_tas(self) -> None:
+        """TAS settings go with ``--batch-composition tas``; a batch cannot draw on more clusters than exist."""
+        tas = [k for k in ("tas_clusters", "tas_clusters_per_batch") if getattr(self, k) != _default(k)]
+        if tas and self.batch_composition != "tas":
+            raise HardnegError(f"{', '.join(_flag(k, 1) for k in tas)}: for --batch-composition tas, not "
+                               f"{self.batch_composition}")
+        if self.tas_clusters is not None and self.tas_clusters_per_batch > self.tas_clusters:
+            raise HardnegError(f"--tas-clusters-per-batch {self.tas_clusters_per_batch} is more than the "
+                               f"--tas-clusters {self.tas_clusters}; lower it or raise --tas-clusters")
 
     def _refuse_others_settings(self) -> None:
         """A setting another method takes alone (its spec's ``settings``) must keep its default here."""

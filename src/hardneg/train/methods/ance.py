@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 
 from hardneg import distributed as dist
+from hardneg.io import read_json, write_json
 from hardneg.negatives.formats.files import write_negatives
 from hardneg.negatives.formats.tsv import read_negatives
 from hardneg.train.methods.base import MethodContext
-from hardneg.io import read_json, write_json
 from hardneg.train.methods.mining import SCORES_FILE, mine_with_model
 from hardneg.train.methods.static import StaticNeg
 
