@@ -222,3 +222,33 @@ def test_simans_static_training_weighs_draws_with_the_start_models_scores(tmp_pa
     reference = _params(straight.model)
     for k, v in _params(resumed.model).items():
         assert torch.equal(v, reference[k]), k
+
+
+def test_simans_ance_refresh_keeps_its_scores_across_resume(tmp_path, tiny_model_dir, kill_and_resume):
+    """ance re-mines at step 2 with SimANS: the refresh's scores are checkpointed with its negatives, so a run
+    killed right after that checkpoint resumes drawing with them (parameters equal bit for bit)."""
+    data = write_tiny_train(tmp_path / "data", filler=20)
+
+    def make(name):
+        return Trainer(train_config(tmp_path, data, tiny_model_dir, "ance", out=str(tmp_path / name),
+                                    sampling_strategy="simans", simans_a=4.0, n_negatives=2, refresh_every=2))
+
+    straight, resumed = kill_and_resume(make)
+    assert (tmp_path / "b" / "checkpoints" / "step-0000002" / "scores.json").is_file()
+    assert resumed.method.source._scores == straight.method.source._scores != {}
+    reference = _params(straight.model)
+    for k, v in _params(resumed.model).items():
+        assert torch.equal(v, reference[k]), k
+
+
+def test_simans_bm25neg_needs_a_teacher_and_trains_with_one(tmp_path, tiny_model_dir):
+    data = write_tiny_train(tmp_path / "data", filler=20)
+    cfg = train_config(tmp_path, data, tiny_model_dir, "bm25neg", sampling_strategy="simans", max_steps=1)
+    with pytest.raises(HardnegError, match="simans need the positives' scores: give a --teacher"):
+        Trainer(cfg).setup()
+    trainer = Trainer(train_config(tmp_path, data, tiny_model_dir, "bm25neg", sampling_strategy="simans",
+                                   max_steps=1, teacher=str(tiny_model_dir), out=str(tmp_path / "t")))
+    trainer.setup()
+    source = trainer.method.source
+    assert all(set(source.pool(q)) <= set(source._scores[q]) for q in trainer.train_qrels)
+    trainer.train()
