@@ -252,3 +252,32 @@ def test_simans_bm25neg_needs_a_teacher_and_trains_with_one(tmp_path, tiny_model
     source = trainer.method.source
     assert all(set(source.pool(q)) <= set(source._scores[q]) for q in trainer.train_qrels)
     trainer.train()
+
+
+def test_hardneg_mine_simans_chunked_equals_one_pass_and_bm25_needs_a_teacher(tmp_path, tiny_model_dir):
+    """hardneg mine's stream with simans (BM25 candidates, a bi-encoder teacher's scores): chunks of 5 give one
+    pass's bytes (the draw is keyed per query), every list is drawn from the window; without a teacher BM25
+    has no positive scores: a clear error."""
+    from hardneg.data.load import load_dataset
+    from hardneg.negatives.diagnostics import diagnostics_path_for
+    from hardneg.negatives.formats.files import read_negative_file
+    from hardneg.negatives.stream import mine_streamed
+
+    tiny = write_tiny_train(tmp_path / "tiny", filler=20)
+    ds = load_dataset(f"{tiny}:train")
+
+    def mine(out, rules, chunk):
+        return mine_streamed(ds, ds.qrels(), ds.queries(), "bm25", rules, 4, tmp_path / "cache", out, "tsv",
+                             chunk_size=chunk, open_encoder=None, diagnostics_path=diagnostics_path_for(out))
+
+    rules = NegativeRules(teacher=str(tiny_model_dir), sampling_strategy="simans", simans_a=30.0, num_negatives=2,
+                          range_max=10)
+    one, work = tmp_path / "one" / "hard.tsv", tmp_path / "work" / "hard.tsv"
+    mine(one, rules, 10_000)
+    mine(work, rules, 5)
+    assert work.read_bytes() == one.read_bytes()
+    lists = read_negative_file(one)
+    assert lists and all(len(v) == 2 for v in lists.values())
+    assert json.loads(diagnostics_path_for(one).read_text())["events"][0]["removed"]["not_sampled"] > 0
+    with pytest.raises(HardnegError, match="simans need the positives' scores: give a --teacher"):
+        mine(tmp_path / "bm25" / "hard.tsv", NegativeRules(sampling_strategy="simans", num_negatives=2), 10_000)
