@@ -81,12 +81,12 @@ class TasOrder:
             raise HardnegError(f"batch of {batch_size} examples is larger than the {self.n} training examples")
         self._members = [np.flatnonzero(self.clusters == c) for c in np.unique(self.clusters)]
         self._counts: list[int] = []  # batches of epochs 0, 1, … (composed so far)
-        self._epoch, self._batches = -1, []  # the last composed epoch's batches
+        self._cache: dict[int, list[np.ndarray]] = {}  # the last two composed epochs (a step may span two)
 
     def epoch(self, epoch: int) -> list[np.ndarray]:
         """Epoch ``epoch``'s batches (example indices), a pure function of ``(seed, epoch)``."""
-        if epoch == self._epoch:
-            return self._batches
+        if epoch in self._cache:
+            return self._cache[epoch]
         rng = np.random.default_rng([int(self.seed), _STREAM_TAS, int(epoch)])
         queues = [rng.permutation(m) for m in self._members]
         used = np.zeros(len(queues), dtype=np.int64)
@@ -105,7 +105,8 @@ class TasOrder:
             if len(batch) < self.batch_size:
                 self._fill(batch, picked, queues, used, rng)
             batches.append(np.asarray(batch, dtype=np.int64))
-        self._epoch, self._batches = epoch, batches
+        self._cache = {e: b for e, b in self._cache.items() if e == epoch - 1 or e == epoch + 1}
+        self._cache[epoch] = batches
         return batches
 
     def _fill(self, batch: list[int], picked: np.ndarray, queues: list[np.ndarray], used: np.ndarray,
