@@ -283,3 +283,23 @@ def test_hardneg_mine_simans_chunked_equals_one_pass_and_bm25_needs_a_teacher(tm
     assert json.loads(diagnostics_path_for(one).read_text())["events"][0]["removed"]["not_sampled"] > 0
     with pytest.raises(HardnegError, match="simans need the positives' scores: give a --teacher"):
         mine(tmp_path / "bm25" / "hard.tsv", NegativeRules(sampling_strategy="simans", num_negatives=2), 10_000)
+
+
+def test_simans_in_adores_ranked_lists():
+    """ADORE applies the rules to each step's top-K: with simans one negative is drawn per list (keyed by the
+    generator it is given, so a step's draw is reproducible), the positives stay, the rest is dropped."""
+    from hardneg.train.methods.adore import filter_ranked
+
+    rules = NegativeRules(sampling_strategy="simans", num_negatives=1, simans_a=10.0, range_max=10)
+    retrieved = np.array([[5, 0, 1, 2, 3, 4]])
+    scores = np.array([[0.95, 0.9, 0.8, 0.6, 0.3, 0.1]])
+
+    def run(step):
+        return filter_ranked(retrieved, scores, [{0: 1}], [[0.9]], rules, rngs=[selection_rng(0, step, "q")])
+
+    outs = [run(s) for s in range(300)]
+    drawn = [next(int(r) for r in o[0] if r not in (0, -1)) for o in outs]
+    assert all((o[0] >= 0).sum() == 2 and 0 in o[0] for o in outs)  # the positive and one negative
+    counts = np.bincount(drawn, minlength=6)  # p ∝ exp(-10 (s - 0.9)²): 0.95 and 0.8 likeliest, 0.1 rarest
+    assert min(counts[5], counts[1]) > counts[2] > counts[3] + counts[4]
+    assert np.array_equal(run(7), outs[7])
