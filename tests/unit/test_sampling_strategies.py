@@ -55,7 +55,7 @@ def test_simans_static_draws_follow_the_formula_with_the_examples_own_positive()
             counts[POOL.index(source.sample("q", 1, step, pos)[0])] += 1
         _within_binomial(counts, _simans_p(POOL_SCORES, ref, a, b), draws)
     again = StaticNegatives({"q": POOL}, qrels, docs, topk=8, seed=3, simans=(a, b))
-    again.set_scores(source._scores)
+    again.set_scores({"q": source.scores("q")})
     assert [again.sample("q", 3, s, "p1") for s in range(50)] == [source.sample("q", 3, s, "p1") for s in range(50)]
     assert all(len(set(source.sample("q", 5, s, "p2"))) == 5 for s in range(50))  # without replacement
 
@@ -213,6 +213,8 @@ def test_simans_static_training_weighs_draws_with_the_start_models_scores(tmp_pa
     assert source.simans == (4.0, 0.0)
     for q in straight.train_qrels:
         assert set(source.pool(q)) <= set(scores[q]) and straight.positives[q] <= set(scores[q])
+        assert set(source.scores(q)) == set(source.pool(q)) | straight.positives[q]
+        assert all(source.scores(q)[d] == scores[q][d] for d in source.scores(q))
     q = sorted(straight.train_qrels)[0]
     texts = {d.doc_id: d.full_text() for d in straight.dataset.iter_docs()}
     fresh = Trainer(train_config(tmp_path, data, tiny_model_dir, "static", out=str(tmp_path / "c")))
@@ -237,7 +239,9 @@ def test_simans_ance_refresh_keeps_its_scores_across_resume(tmp_path, tiny_model
 
     straight, resumed = kill_and_resume(make)
     assert (tmp_path / "b" / "checkpoints" / "step-0000002" / "scores.json").is_file()
-    assert resumed.method.source._scores == straight.method.source._scores != {}
+    qids = sorted(straight.train_qrels)
+    assert [resumed.method.source.scores(q) for q in qids] == [straight.method.source.scores(q) for q in qids]
+    assert any(straight.method.source.scores(q) for q in qids)
     reference = _params(straight.model)
     for k, v in _params(resumed.model).items():
         assert torch.equal(v, reference[k]), k
@@ -252,7 +256,7 @@ def test_simans_bm25neg_needs_a_teacher_and_trains_with_one(tmp_path, tiny_model
                                    max_steps=1, teacher=str(tiny_model_dir), out=str(tmp_path / "t")))
     trainer.setup()
     source = trainer.method.source
-    assert all(set(source.pool(q)) <= set(source._scores[q]) for q in trainer.train_qrels)
+    assert all(set(source.pool(q)) <= set(source.scores(q)) for q in trainer.train_qrels)
     trainer.train()
 
 

@@ -241,7 +241,9 @@ class StaticNegatives:
     ) -> None:
         self.topk = check_topk(topk, len(doc_ids))
         self.simans = simans
-        self._scores: dict[str, dict[str, float]] = {}
+        #: SimANS: each pool's scores (aligned with it; NaN: none given) and the positives' scores, per query
+        self._pool_scores: dict[str, np.ndarray] = {}
+        self._pos_scores: dict[str, dict[str, float]] = {}
         self.seed = int(seed)
         self.positives = positives
         self._random = RandomNegatives(doc_ids, positives, seed=seed)
@@ -289,29 +291,40 @@ class StaticNegatives:
                     break
             pools[qid] = pool
         self._pools = pools
+        self._pool_scores, self._pos_scores = {}, {}  # new pools: their scores come with set_scores
 
     def set_scores(self, scores: Mapping[str, Mapping[str, float]]) -> None:
         """The mining model's scores (``qid -> {docid: score}``) SimANS draws with: the pool's documents and the
-        query's positives (all queries at once, with each :meth:`replace`)."""
-        self._scores = {q: {d: float(v) for d, v in docs.items()} for q, docs in scores.items()}
+        query's positives (all queries at once, after each :meth:`replace`). Kept as one float64 array per pool
+        (not a dict per query: MS MARCO's pools hold 10⁸ documents)."""
+        self._pool_scores, self._pos_scores = {}, {}
+        for qid, pool in self._pools.items():
+            got = scores.get(qid, {})
+            self._pool_scores[qid] = np.fromiter((got.get(d, np.nan) for d in pool), dtype=np.float64,
+                                                 count=len(pool))
+            self._pos_scores[qid] = {p: float(got[p]) for p in positive_ids(self.positives, qid) if p in got}
+
+    def scores(self, qid: str) -> dict[str, float]:
+        """The scores SimANS draws ``qid``'s negatives with: its pool's and its positives' (given ones only)."""
+        pool = dict(zip(self._pools.get(qid, ()), self._pool_scores.get(qid, np.array([])).tolist(), strict=False))
+        return {**{d: s for d, s in pool.items() if s == s}, **self._pos_scores.get(qid, {})}
 
     def _simans_pick(self, qid: str, pool: list[str], n: int, pos: str | None,
                      rng: np.random.Generator) -> list[str]:
-        scores = self._scores.get(qid, {})
-        missing = [d for d in pool if d not in scores]
-        if missing:
-            raise HardnegError(f"SimANS needs the mining scores of query {qid!r}'s candidates ({missing[0]!r} has "
+        values = self._pool_scores.get(qid)
+        if values is None or np.isnan(values).any():
+            missing = pool[0] if values is None else pool[int(np.flatnonzero(np.isnan(values))[0])]
+            raise HardnegError(f"SimANS needs the mining scores of query {qid!r}'s candidates ({missing!r} has "
                                "none): mine them with --sampling-strategy simans (scores are kept with the run)")
-        if pos is not None and pos in scores:
-            ref = scores[pos]
-        else:
-            known = [scores[p] for p in positive_ids(self.positives, qid) if p in scores]
-            if not known:  # no positive score: uniform (as the selection rules do)
-                return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
-            ref = float(np.mean(known))
+        positives = self._pos_scores.get(qid, {})
+        if pos is not None and pos in positives:
+            ref = positives[pos]
+        elif positives:
+            ref = float(np.mean(list(positives.values())))
+        else:  # no positive score: uniform (as the selection rules do)
+            return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
         assert self.simans is not None
-        logits = simans_logits([scores[d] for d in pool], ref, *self.simans)
-        return [pool[i] for i in weighted_draw(rng, logits, n)]
+        return [pool[i] for i in weighted_draw(rng, simans_logits(values, ref, *self.simans), n)]
 
     def pool(self, qid: str) -> list[str]:
         """The current top-``topk`` non-positive candidates of ``qid`` (a copy)."""

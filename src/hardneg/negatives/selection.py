@@ -159,7 +159,7 @@ def select_negatives(
         docs = lists[qid]
         if scored is not None:
             scores = [scored[qid][d] for d in docs]
-            pscored = {p: scored[qid][p] for p in pos_of[qid]}
+            pscored = {p: float(scored[qid][p]) for p in pos_of[qid]}
         else:
             first: dict[str, float] = {}
             for d, s in cands:

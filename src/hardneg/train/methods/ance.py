@@ -48,6 +48,7 @@ class Ance(StaticNeg):
             write_negatives(self._file, candidates)
             if self.selector.rules.simans:
                 write_json(self._scores, self.selector.scores)
+        self.selector.scores = {}  # the source keeps them (compactly)
         self.refreshes += 1
         logger.info("step %d: re-mined hard negatives with the current model", step)
 
@@ -68,5 +69,4 @@ class Ance(StaticNeg):
         if self.selector.rules.simans and scores.is_file():
             if dist.is_main():
                 shutil.copyfile(scores, self._scores)
-            self.selector.scores = read_json(scores)
-            self.source.set_scores(self.selector.scores)
+            self.source.set_scores(read_json(scores))

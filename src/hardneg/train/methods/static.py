@@ -52,6 +52,7 @@ class StaticNeg(Method):
                                       topk=self.config.num_negatives or self.config.topk, seed=self.config.seed,
                                       simans=(rules.simans_a, rules.simans_b) if rules.simans else None)
         self.source.set_scores(self.selector.scores)  # SimANS: the mining scores of the pool and positives
+        self.selector.scores = {}  # the source keeps them (compactly)
         self.source.validate(self.n_negatives)
 
     def state_files(self):
