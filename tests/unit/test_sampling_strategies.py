@@ -14,7 +14,7 @@ import torch
 from conftest import train_config, write_tiny_train
 from hardneg.errors import HardnegError
 from hardneg.negatives.rules import NegativeRules
-from hardneg.negatives.sampling import StaticNegatives, simans_logits, weighted_draw
+from hardneg.negatives.sampling import StaticNegatives, balanced_logits, simans_logits, weighted_draw
 from hardneg.negatives.selection import select_negatives, select_one, selection_rng
 from hardneg.train.config import TrainConfig
 from hardneg.train.tas import TasOrder, query_clusters
@@ -46,7 +46,7 @@ def test_simans_static_draws_follow_the_formula_with_the_examples_own_positive()
     docs = [*POOL, "p1", "p2", "x"]
     qrels = {"q": {"p1": 1, "p2": 1}}
     a, b = 8.0, -0.1
-    source = StaticNegatives({"q": POOL}, qrels, docs, topk=8, seed=3, simans=(a, b))
+    source = StaticNegatives({"q": POOL}, qrels, docs, topk=8, seed=3, law=("simans", a, b))
     source.set_scores({"q": {**dict(zip(POOL, POOL_SCORES, strict=True)), "p1": 0.85, "p2": 0.45}})
     draws = 100_000
     for pos, ref in (("p1", 0.85), (None, 0.65)):
@@ -54,7 +54,7 @@ def test_simans_static_draws_follow_the_formula_with_the_examples_own_positive()
         for step in range(draws):
             counts[POOL.index(source.sample("q", 1, step, pos)[0])] += 1
         _within_binomial(counts, _simans_p(POOL_SCORES, ref, a, b), draws)
-    again = StaticNegatives({"q": POOL}, qrels, docs, topk=8, seed=3, simans=(a, b))
+    again = StaticNegatives({"q": POOL}, qrels, docs, topk=8, seed=3, law=("simans", a, b))
     again.set_scores({"q": source.scores("q")})
     assert [again.sample("q", 3, s, "p1") for s in range(50)] == [source.sample("q", 3, s, "p1") for s in range(50)]
     assert all(len(set(source.sample("q", 5, s, "p2"))) == 5 for s in range(50))  # without replacement
@@ -105,9 +105,32 @@ def test_simans_scores_out_and_bad_values():
             NegativeRules(sampling_strategy="simans", **bad)
     with pytest.raises(HardnegError, match="for --sampling-strategy simans"):
         NegativeRules(simans_a=2.0)
-    source = StaticNegatives({"q": ["a", "b", "c"]}, {"q": {"p": 1}}, ["p", "a", "b", "c"], topk=3, simans=(1, 0))
-    with pytest.raises(HardnegError, match="needs the mining scores"):  # candidates given without their scores
+    source = StaticNegatives({"q": ["a", "b", "c"]}, {"q": {"p": 1}}, ["p", "a", "b", "c"], topk=3,
+                             law=("simans", 1, 0))
+    with pytest.raises(HardnegError, match="simans needs the mining scores"):  # candidates given without their scores
         source.sample("q", 1, 0, "p")
+
+
+def test_balanced_draws_each_margin_bin_equally_often():
+    """TAS-B's balanced law: margins s⁺ - s in 10 equal bins over their range; a bin uniformly, then a document
+    in it. Pool margins (s⁺ = 1.0): 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.1 over [0.05, 1.1]: bins of width
+    0.105 hold {0.05, 0.1}, {0.2}, {0.3}, {0.45}, {0.6}, {0.8}, {1.1}: 7 bins, the first with two documents."""
+    docs = [*POOL, "p"]
+    source = StaticNegatives({"q": POOL}, {"q": {"p": 1}}, docs, topk=8, seed=1, law=("balanced",))
+    source.set_scores({"q": {**dict(zip(POOL, POOL_SCORES, strict=True)), "p": 1.0}})
+    p = np.array([1 / 14, 1 / 14, 1 / 7, 1 / 7, 1 / 7, 1 / 7, 1 / 7, 1 / 7])
+    draws = 100_000
+    counts = np.zeros(len(POOL))
+    for step in range(draws):
+        counts[POOL.index(source.sample("q", 1, step, "p")[0])] += 1
+    _within_binomial(counts, p, draws)
+    assert np.allclose(np.exp(balanced_logits(POOL_SCORES, 1.0)) / np.exp(balanced_logits(POOL_SCORES, 1.0)).sum(),
+                       p)
+    assert np.all(balanced_logits([0.3, 0.3, 0.3], 1.0) == 0)  # one margin: uniform
+    rules = NegativeRules(sampling_strategy="balanced", num_negatives=3, range_max=20)
+    assert rules.law == ("balanced",) and rules.weighted and not rules.simans
+    with pytest.raises(HardnegError, match="balanced need the positives' scores"):
+        select_negatives({"q": [("a", 0.8), ("b", 0.5)]}, {"q": {"p": 1}}, rules, default_n=1)
 
 
 # ----------------------------------------------------------------------------- TAS
@@ -195,22 +218,24 @@ def test_tas_training_batches_and_exact_resume(tmp_path, tiny_model_dir, kill_an
         assert torch.equal(v, reference[k]), k
 
 
-def test_simans_static_training_weighs_draws_with_the_start_models_scores(tmp_path, tiny_model_dir,
-                                                                           kill_and_resume):
-    """static with SimANS: the warm-up keeps the start model's scores of every pool document and positive
-    (scores.json), the source draws with them, and resume is exact."""
+@pytest.mark.parametrize("strategy, extra, law", [("simans", {"simans_a": 4.0}, ("simans", 4.0, 0.0)),
+                                                   ("balanced", {}, ("balanced",))])
+def test_weighted_static_training_draws_with_the_start_models_scores(tmp_path, tiny_model_dir, kill_and_resume,
+                                                                     strategy, extra, law):
+    """static with SimANS / balanced: the warm-up keeps the start model's scores of every pool document and
+    positive (scores.json), the source draws with them, and resume is exact."""
     from hardneg.model.encoding import encode_texts
 
     data = write_tiny_train(tmp_path / "data", filler=20)
 
     def make(name):
         return Trainer(train_config(tmp_path, data, tiny_model_dir, "static", out=str(tmp_path / name),
-                                    sampling_strategy="simans", simans_a=4.0, n_negatives=2))
+                                    sampling_strategy=strategy, n_negatives=2, **extra))
 
     straight, resumed = kill_and_resume(make)
     scores = json.loads((tmp_path / "a" / "warmup" / "scores.json").read_text())
     source = straight.method.source
-    assert source.simans == (4.0, 0.0)
+    assert source.law == law
     for q in straight.train_qrels:
         assert set(source.pool(q)) <= set(scores[q]) and straight.positives[q] <= set(scores[q])
         assert set(source.scores(q)) == set(source.pool(q)) | straight.positives[q]

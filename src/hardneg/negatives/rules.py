@@ -23,7 +23,8 @@ applies them in ST's order:
    is kept (rules ``range_min``, ``range_max``);
 5. ``sampling_strategy top`` keeps the first ``num_negatives`` of the window, ``random`` draws
    ``num_negatives`` of them uniformly and sorts them by score (rule ``not_sampled`` for the rest);
-   ``simans`` draws them with SimANS' probabilities (below), also sorted by score.
+   ``simans`` draws them with SimANS' probabilities (below), ``balanced`` with TAS-B's balanced margins
+   (below), both also sorted by score.
 
 SimANS (Zhou et al., EMNLP 2022, "SimANS: Simple Ambiguous Negatives Sampling for Dense Text Retrieval")
 samples a candidate ``d`` with probability ``p(d) ∝ exp(-a · (s(q, d) - s(q, d⁺) - b)²)`` (``simans_a``,
@@ -39,6 +40,12 @@ ones, the same law). ``p`` peaks at ``s⁻ = s⁺ + b`` (the paper's sign; the o
 ``a = 0.5``, ``b = 0``); ``a`` is on the scores' scale: cosine scores (MiniLM) lie in ``[-1, 1]``, so a
 sharper ``a`` (tens) is needed for the weights to differ much. A query without a positive score is drawn
 uniformly (counted as ``no_positive_score``).
+
+``balanced`` is the "balanced" half of TAS-B (Hofstätter et al., SIGIR 2021): the margins ``s⁺ - s⁻`` of the
+candidates are split into 10 equal-width bins between their minimum and maximum, a non-empty bin is drawn
+uniformly, then a candidate in it (``p(d) = 1 / (bins × candidates in d's bin)``), so easy and hard margins are
+equally represented whatever their count. ``s`` and ``s⁺`` as for SimANS (the teacher's scores when given, as
+TAS-B's margins are its teacher's).
 
 A positive is never returned and never more than ``num_negatives`` documents.
 :meth:`NegativeRules.resolve` gives ST's defaults: ``range_max = range_min + num_negatives ×
@@ -124,9 +131,10 @@ class NegativeRules:
         "TopK-PercPos).")
     max_score: float | None = rule(None, "Drop a negative scoring above this.")
     sampling_strategy: str = rule(
-        "top", "top (the first num_negatives kept), random (drawn from the window, seeded) or simans (drawn with "
-        "SimANS' probability exp(-a (s - s_pos - b)^2); training also draws each step's negatives so).",
-        choices=("top", "random", "simans"))
+        "top", "top (the first num_negatives kept), random (drawn from the window, seeded), simans (drawn with "
+        "SimANS' probability exp(-a (s - s_pos - b)^2)) or balanced (TAS-B: a margin bin s_pos - s of 10 drawn "
+        "uniformly, then a document in it); with simans/balanced training also draws each step's negatives so.",
+        choices=("top", "random", "simans", "balanced"))
     num_negatives: int | None = rule(
         None, "Negatives kept per query after the rules (default --topk: what mine writes and static/star/ance "
         "sample from; adore: the whole list).")
@@ -196,13 +204,27 @@ class NegativeRules:
 
     @property
     def sampled(self) -> bool:
-        """The window is sampled (``random``, ``simans``): a draw needs a generator."""
+        """The window is sampled (``random``, ``simans``, ``balanced``): a draw needs a generator."""
         return self.sampling_strategy != "top"
 
     @property
     def simans(self) -> bool:
         """SimANS' probabilities (they need the positives' scores)."""
         return self.sampling_strategy == "simans"
+
+    @property
+    def weighted(self) -> bool:
+        """A draw weighted by the candidates' and the positive's scores (``simans``, ``balanced``): the scores
+        are kept with the lists."""
+        return self.sampling_strategy in ("simans", "balanced")
+
+    @property
+    def law(self) -> tuple | None:
+        """The weighted draw's law for :func:`~hardneg.negatives.sampling.law_logits`: ``("simans", a, b)``,
+        ``("balanced",)``, or ``None``."""
+        if self.simans:
+            return ("simans", float(self.simans_a), float(self.simans_b))
+        return ("balanced",) if self.sampling_strategy == "balanced" else None
 
     @property
     def score_rules(self) -> bool:

@@ -14,7 +14,7 @@ import numpy as np
 
 from hardneg.errors import HardnegError
 from hardneg.negatives.rules import RULES, NegativeRules
-from hardneg.negatives.sampling import simans_logits, weighted_draw
+from hardneg.negatives.sampling import law_logits, weighted_draw
 
 if TYPE_CHECKING:
     from hardneg.negatives.diagnostics import Diagnostics
@@ -62,7 +62,7 @@ def select_one(
     ref = None
     if len(positive_scores):
         ref = float(min(positive_scores) if rules.margin_against == "min" else max(positive_scores))
-    elif rules.margins or rules.simans:
+    elif rules.margins or rules.weighted:
         out.no_positive_score = True
     seen: set[str] = set()
     survivors: list[tuple[str, float]] = []
@@ -86,9 +86,8 @@ def select_one(
     else:
         if rng is None:
             raise HardnegError(f"sampling_strategy {rules.sampling_strategy} needs a random generator")
-        if rules.simans and len(positive_scores):  # SimANS' law around the mean positive score
-            logits = simans_logits([w[1] for w in window], float(np.mean(positive_scores)), rules.simans_a,
-                                   rules.simans_b)
+        if rules.law is not None and len(positive_scores):  # SimANS / balanced around the mean positive score
+            logits = law_logits(rules.law, [w[1] for w in window], float(np.mean(positive_scores)))
             picked = set(weighted_draw(rng, logits, n))
         else:
             picked = set(rng.choice(len(window), size=n, replace=False).tolist())
@@ -101,7 +100,8 @@ def select_one(
 
 
 def selection_rng(seed: int, step: int, qid: str) -> np.random.Generator:
-    """The generator of ``random`` and ``simans`` sampling: stateless in ``(seed, step, qid)`` (exact resume)."""
+    """The generator of ``random``, ``simans`` and ``balanced`` sampling: stateless in ``(seed, step, qid)``
+    (exact resume)."""
     key = int.from_bytes(hashlib.blake2b(qid.encode("utf-8"), digest_size=16).digest(), "little")
     return np.random.default_rng([int(seed), _STREAM_SELECT, int(step), key])
 
@@ -167,8 +167,9 @@ def select_negatives(
             scores = [first[d] for d in docs]
             if positive_scores is not None and pos_of[qid]:
                 pscored = dict(zip(pos_of[qid], (float(s) for s in positive_scores(qid, pos_of[qid])), strict=True))
-            elif (rules.margins or rules.simans) and pos_of[qid]:
-                flags = "--sampling-strategy simans" if rules.simans else "--absolute-margin / --relative-margin"
+            elif (rules.margins or rules.weighted) and pos_of[qid]:
+                flags = (f"--sampling-strategy {rules.sampling_strategy}" if rules.weighted
+                         else "--absolute-margin / --relative-margin")
                 raise HardnegError(f"{flags} need the positives' scores: give a --teacher (BM25 candidates have "
                                    "none)")
             else:

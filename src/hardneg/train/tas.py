@@ -21,8 +21,9 @@ topic (harder than random ones). Here:
   than a batch, with examples of further clusters (the one case with more than ``C``: choose ``K`` so that
   ``C`` clusters hold a batch). Epochs therefore have slightly different numbers of batches; the order is
   still a pure function of ``(seed, step)`` and the clusters, so ``--resume`` needs only the step number.
-* TAS-B's *balanced* half (sampling each query's positive/negative pairs evenly over bins of the teacher's
-  margin) is not implemented: the negatives are the method's own (static, SimANS, random, in-batch).
+* TAS-B's *balanced* half (negatives drawn evenly over bins of the teacher's margin ``s⁺ - s⁻``) is a
+  negative-sampling rule, ``--sampling-strategy balanced`` (:mod:`hardneg.negatives.rules`), for the methods
+  that draw hard negatives; it combines with these batches.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ class Ance(StaticNeg):
         self.source.set_scores(self.selector.scores)
         if dist.is_main():
             write_negatives(self._file, candidates)
-            if self.selector.rules.simans:
+            if self.selector.rules.weighted:
                 write_json(self._scores, self.selector.scores)
         self.selector.scores = {}  # the source keeps them (compactly)
         self.refreshes += 1
@@ -66,7 +66,7 @@ class Ance(StaticNeg):
                 shutil.copyfile(saved, self._file)
             self.source.replace(read_negatives(saved))
         scores = checkpoint / SCORES_FILE
-        if self.selector.rules.simans and scores.is_file():
+        if self.selector.rules.weighted and scores.is_file():
             if dist.is_main():
                 shutil.copyfile(scores, self._scores)
             self.source.set_scores(read_json(scores))

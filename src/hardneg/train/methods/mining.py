@@ -15,9 +15,9 @@ every rank reads them all, in rank order. Every query's list is therefore bit fo
 finds. The start model's negatives are written once, to ``OUT/warmup/negatives.tsv`` (by rank 0), and a rerun or
 ``--resume`` of the same run reads them back instead of mining again.
 
-With ``--sampling-strategy simans`` the mining scores of every kept negative and of the positives are kept too
-(:attr:`TrainSelector.scores`; exchanged with the lists, written next to them as ``scores.json``): SimANS'
-training draws weigh with them.
+With ``--sampling-strategy simans`` or ``balanced`` the mining scores of every kept negative and of the positives
+are kept too (:attr:`TrainSelector.scores`; exchanged with the lists, written next to them as ``scores.json``):
+the weighted training draws use them.
 """
 
 from __future__ import annotations
@@ -344,7 +344,7 @@ def mine_with_model(ctx: Any, model: Any, folder: Path | None = None, selector: 
     where = "start model" if folder is None else f"refresh at step {step}"
     warmup = Path(cfg.out) / WARMUP_DIR
     key = _warmup_key(ctx, model, k) if folder is None else ""
-    simans = selector is not None and selector.rules.simans
+    simans = selector is not None and selector.rules.weighted
     if folder is None and dist.broadcast_object(_warmup_found(warmup, key, simans)):  # rank 0's view decides
         lists = read_negatives(warmup / "negatives.tsv")
         summary = read_json(warmup / "manifest.json").get("diagnostics")
@@ -390,7 +390,7 @@ def select_from_lists(ctx: Any, model: Any, lists: Mapping[str, Sequence[str]],
     where = "given candidates"
     diag = selector.new_diagnostics(where)
     mine: dict[str, list[str]] = {}
-    kept: dict[str, dict[str, float]] | None = {} if selector.rules.simans else None
+    kept: dict[str, dict[str, float]] | None = {} if selector.rules.weighted else None
     if selector.rules.teacher is not None:
         qids = list(lists)
         share = qids[dist.rank() :: dist.world_size()]

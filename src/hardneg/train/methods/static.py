@@ -50,7 +50,7 @@ class StaticNeg(Method):
         rules = self.selector.rules
         self.source = StaticNegatives(candidates, ctx.train_qrels, ctx.doc_ids,
                                       topk=self.config.num_negatives or self.config.topk, seed=self.config.seed,
-                                      simans=(rules.simans_a, rules.simans_b) if rules.simans else None)
+                                      law=rules.law)
         self.source.set_scores(self.selector.scores)  # SimANS: the mining scores of the pool and positives
         self.selector.scores = {}  # the source keeps them (compactly)
         self.source.validate(self.n_negatives)
@@ -99,7 +99,7 @@ class BM25Neg(StaticNeg):
             k = self.selector.depth()
         run = bm25.search(train_queries, k=k, show_progress=False)
         if self.selector.rules.active:
-            kept: dict[str, dict[str, float]] | None = {} if self.selector.rules.simans else None
+            kept: dict[str, dict[str, float]] | None = {} if self.selector.rules.weighted else None
             lists = self.selector.select(run, "bm25", scores_out=kept)
             self.selector.scores = kept or {}
             return lists
