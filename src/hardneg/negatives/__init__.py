@@ -11,7 +11,7 @@ layers (it never imports training, experiments, export or the CLI). Its modules,
                        (:func:`~.selection.select_negatives`, with a teacher's scores when given)
 :mod:`.diagnostics`    what the rules did (counts, histograms): ``negatives_diagnostics.json``
 :mod:`.teachers`       bi-encoder and CrossEncoder teachers and their on-disk score cache
-:mod:`.sampling`       the first top-k non-positives of a run; random and static (STAR) samplers
+:mod:`.sampling`       the first top-k non-positives of a run; random and static (STAR) samplers; SimANS' law
 :mod:`.formats`        negatives files: TSV / TREC run, sentence-transformers data, Tevatron JSONL
 :mod:`.sources`        candidates from a negatives/run file and from a dense model (index, search,
                        positives' scores, query vectors)

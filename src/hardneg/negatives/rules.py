@@ -22,7 +22,30 @@ applies them in ST's order:
 4. the survivors are sorted by score (descending) and the window ``[range_min, range_max)`` of them
    is kept (rules ``range_min``, ``range_max``);
 5. ``sampling_strategy top`` keeps the first ``num_negatives`` of the window, ``random`` draws
-   ``num_negatives`` of them uniformly and sorts them by score (rule ``not_sampled`` for the rest).
+   ``num_negatives`` of them uniformly and sorts them by score (rule ``not_sampled`` for the rest);
+   ``simans`` draws them with SimANS' probabilities (below), ``balanced`` with TAS-B's balanced margins
+   (below), both also sorted by score.
+
+SimANS (Zhou et al., EMNLP 2022, "SimANS: Simple Ambiguous Negatives Sampling for Dense Text Retrieval")
+samples a candidate ``d`` with probability ``p(d) ∝ exp(-a · (s(q, d) - s(q, d⁺) - b)²)`` (``simans_a``,
+``simans_b``): the negatives scored close to the positive (the ambiguous ones) are the likeliest, the top ones
+(likely false negatives) and the easy ones the least likely. ``s`` is the mining model's score (the teacher's
+when given). ``s(q, d⁺)`` is the mean score of the query's positives when a whole query's list is selected
+(``hardneg mine``, and training's candidate pool), and the example's own positive in training's per-step
+draws (:class:`~hardneg.negatives.sampling.StaticNegatives`), where ``simans`` also weights every draw of
+``--n-negatives`` from the pool. The draw is without replacement (the Gumbel-top-k trick: the first pick has
+exactly probability ``p``; the official code draws with ``random.choices`` until it has enough distinct
+ones, the same law). ``p`` peaks at ``s⁻ = s⁺ + b`` (the paper's sign; the official code writes
+``(s⁻ - s⁺ + b)``). Defaults ``a = 1``, ``b = 0`` (the official code's MS MARCO document setting is
+``a = 0.5``, ``b = 0``); ``a`` is on the scores' scale: cosine scores (MiniLM) lie in ``[-1, 1]``, so a
+sharper ``a`` (tens) is needed for the weights to differ much. A query without a positive score is drawn
+uniformly (counted as ``no_positive_score``).
+
+``balanced`` is the "balanced" half of TAS-B (Hofstätter et al., SIGIR 2021): the margins ``s⁺ - s⁻`` of the
+candidates are split into 10 equal-width bins between their minimum and maximum, a non-empty bin is drawn
+uniformly, then a candidate in it (``p(d) = 1 / (bins × candidates in d's bin)``), so easy and hard margins are
+equally represented whatever their count. ``s`` and ``s⁺`` as for SimANS (the teacher's scores when given, as
+TAS-B's margins are its teacher's).
 
 A positive is never returned and never more than ``num_negatives`` documents.
 :meth:`NegativeRules.resolve` gives ST's defaults: ``range_max = range_min + num_negatives ×
@@ -107,8 +130,11 @@ class NegativeRules:
         None, "Drop a negative scoring above (1 - margin) x the positive's score (0.05: NV-Retriever's "
         "TopK-PercPos).")
     max_score: float | None = rule(None, "Drop a negative scoring above this.")
-    sampling_strategy: str = rule("top", "top (the first num_negatives kept) or random (drawn from the window, "
-                                  "seeded).", choices=("top", "random"))
+    sampling_strategy: str = rule(
+        "top", "top (the first num_negatives kept), random (drawn from the window, seeded), simans (drawn with "
+        "SimANS' probability exp(-a (s - s_pos - b)^2)) or balanced (TAS-B: a margin bin s_pos - s of 10 drawn "
+        "uniformly, then a document in it); with simans/balanced training also draws each step's negatives so.",
+        choices=("top", "random", "simans", "balanced"))
     num_negatives: int | None = rule(
         None, "Negatives kept per query after the rules (default --topk: what mine writes and static/star/ance "
         "sample from; adore: the whole list).")
@@ -117,6 +143,8 @@ class NegativeRules:
                                "(min-max sum) / rrf:A+B (scores cached).")
     margin_against: str = rule("min", "Margins against the query's lowest-scored positive (min, "
                                "sentence-transformers') or its highest (max).", choices=("min", "max"))
+    simans_a: float = rule(1.0, "SimANS: a > 0, how sharply p = exp(-a (s - s_pos - b)^2) peaks (scores' scale).")
+    simans_b: float = rule(0.0, "SimANS: b, where p peaks: at a negative score of s_pos + b.")
 
     def __post_init__(self) -> None:
         def whole(name: str, value: Any, low: int) -> None:
@@ -134,6 +162,15 @@ class NegativeRules:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not math.isfinite(float(value))):
                 raise HardnegError(f"{name} must be a finite number, not {value!r}")
+        for name in ("simans_a", "simans_b"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+                raise HardnegError(f"{name} must be a finite number, not {value!r}")
+        if self.simans_a <= 0:
+            raise HardnegError(f"simans_a must be > 0 (--simans-a), not {self.simans_a}")
+        if self.sampling_strategy != "simans" and (self.simans_a, self.simans_b) != (1.0, 0.0):
+            raise HardnegError("--simans-a / --simans-b are for --sampling-strategy simans, not "
+                               f"{self.sampling_strategy}")
         if self.relative_margin is not None and not 0 <= self.relative_margin < 1:
             raise HardnegError(f"relative_margin must be in [0, 1) (0.05 = NV-Retriever's 95%), "
                                f"not {self.relative_margin}")
@@ -165,6 +202,30 @@ class NegativeRules:
     def margins(self) -> bool:
         """A rule needs the positives' scores."""
         return self.absolute_margin is not None or self.relative_margin is not None
+
+    @property
+    def sampled(self) -> bool:
+        """The window is sampled (``random``, ``simans``, ``balanced``): a draw needs a generator."""
+        return self.sampling_strategy != "top"
+
+    @property
+    def simans(self) -> bool:
+        """SimANS' probabilities (they need the positives' scores)."""
+        return self.sampling_strategy == "simans"
+
+    @property
+    def weighted(self) -> bool:
+        """A draw weighted by the candidates' and the positive's scores (``simans``, ``balanced``): the scores
+        are kept with the lists."""
+        return self.sampling_strategy in ("simans", "balanced")
+
+    @property
+    def law(self) -> tuple | None:
+        """The weighted draw's law for :func:`~hardneg.negatives.sampling.law_logits`: ``("simans", a, b)``,
+        ``("balanced",)``, or ``None``."""
+        if self.simans:
+            return ("simans", float(self.simans_a), float(self.simans_b))
+        return ("balanced",) if self.sampling_strategy == "balanced" else None
 
     @property
     def score_rules(self) -> bool:

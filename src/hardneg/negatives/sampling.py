@@ -18,6 +18,13 @@ always gives the same sample, independent of call order, process or how many
 draws came before, so a run resumed at step ``s`` sees exactly the negatives
 the uninterrupted run would have seen.
 
+SimANS
+------
+:func:`simans_logits`, :func:`balanced_logits` and :func:`weighted_draw` are SimANS' and TAS-B's balanced
+laws (:mod:`hardneg.negatives.rules` says what they are): ``StaticNegatives(..., law=rules.law)`` given the
+pool's scores (:meth:`StaticNegatives.set_scores`) draws each step's negatives with it, the example's own
+positive being ``s⁺``.
+
 Top-k
 -----
 :func:`mine_negatives` keeps the first ``topk`` non-positive documents of each
@@ -43,6 +50,10 @@ __all__ = [
     "check_topk",
     "mine_negatives",
     "positive_ids",
+    "balanced_logits",
+    "law_logits",
+    "simans_logits",
+    "weighted_draw",
 ]
 
 _STREAM_RANDOM = 1
@@ -135,6 +146,43 @@ def _doc_index(doc_ids: Sequence[str]) -> dict[str, int]:
     return index
 
 
+def simans_logits(scores: Sequence[float], pos_score: float, a: float, b: float) -> np.ndarray:
+    """``log p`` up to a constant of SimANS' law: ``-a · (s - pos_score - b)²`` per candidate score ``s``."""
+    s = np.asarray(scores, dtype=np.float64)
+    return -float(a) * (s - float(pos_score) - float(b)) ** 2
+
+
+#: margin bins of the ``balanced`` law (TAS-B's 10)
+BALANCED_BINS = 10
+
+
+def balanced_logits(scores: Sequence[float], pos_score: float, bins: int = BALANCED_BINS) -> np.ndarray:
+    """``log p`` up to a constant of TAS-B's balanced law: the margins ``pos_score - s`` in ``bins`` equal-width
+    bins over their range; ``-log(candidates in the bin)``, so each non-empty bin is drawn equally often."""
+    margins = float(pos_score) - np.asarray(scores, dtype=np.float64)
+    low, high = float(margins.min()), float(margins.max())
+    if high <= low:
+        return np.zeros(len(margins))
+    which = np.minimum(((margins - low) / (high - low) * bins).astype(np.int64), bins - 1)
+    return -np.log(np.bincount(which, minlength=bins)[which].astype(np.float64))
+
+
+def law_logits(law: tuple, scores: Sequence[float], pos_score: float) -> np.ndarray:
+    """The logits of ``law`` (:attr:`hardneg.negatives.rules.NegativeRules.law`) over candidate ``scores``."""
+    if law[0] == "simans":
+        return simans_logits(scores, pos_score, law[1], law[2])
+    if law[0] == "balanced":
+        return balanced_logits(scores, pos_score)
+    raise HardnegError(f"unknown sampling law {law!r}")
+
+
+def weighted_draw(rng: np.random.Generator, logits: np.ndarray, n: int) -> list[int]:
+    """``n`` distinct indices drawn one after another with probability ``∝ exp(logits)`` among those left
+    (the Gumbel-top-k trick: the first index has exactly that probability; no weight underflows to 0)."""
+    keys = np.asarray(logits, dtype=np.float64) + rng.gumbel(size=len(logits))
+    return [int(i) for i in np.argsort(-keys, kind="stable")[:n]]
+
+
 # --------------------------------------------------------------------------- sources
 
 
@@ -199,6 +247,14 @@ class StaticNegatives:
     ``replace(candidates)`` swaps in freshly mined candidates (ANCE-style
     periodic refresh); a resumed run must load the same candidates that were
     active at the step it resumes from.
+
+    ``law`` (``("simans", a, b)`` or ``("balanced",)``): draws follow that law
+    instead of the uniform one (:func:`law_logits`, :func:`weighted_draw`), over the scores given by
+    :meth:`set_scores` (``qid -> {docid: score}``, the pool's documents and
+    the query's positives). ``s⁺`` is the example's own positive (``pos`` of
+    :meth:`sample`), else the mean of the query's positives' scores; a query
+    with no positive score, or a pool document without a score, is an error
+    (the caller mined without keeping scores).
     """
 
     def __init__(
@@ -208,8 +264,13 @@ class StaticNegatives:
         doc_ids: Sequence[str],
         topk: int = 200,
         seed: int = 0,
+        law: tuple | None = None,
     ) -> None:
         self.topk = check_topk(topk, len(doc_ids))
+        self.law = law
+        #: SimANS: each pool's scores (aligned with it; NaN: none given) and the positives' scores, per query
+        self._pool_scores: dict[str, np.ndarray] = {}
+        self._pos_scores: dict[str, dict[str, float]] = {}
         self.seed = int(seed)
         self.positives = positives
         self._random = RandomNegatives(doc_ids, positives, seed=seed)
@@ -257,6 +318,41 @@ class StaticNegatives:
                     break
             pools[qid] = pool
         self._pools = pools
+        self._pool_scores, self._pos_scores = {}, {}  # new pools: their scores come with set_scores
+
+    def set_scores(self, scores: Mapping[str, Mapping[str, float]]) -> None:
+        """The mining model's scores (``qid -> {docid: score}``) the weighted law draws with: the pool's documents
+        and the query's positives (all queries at once, after each :meth:`replace`). Kept as one float64 array per pool
+        (not a dict per query: MS MARCO's pools hold 10⁸ documents)."""
+        self._pool_scores, self._pos_scores = {}, {}
+        for qid, pool in self._pools.items():
+            got = scores.get(qid, {})
+            self._pool_scores[qid] = np.fromiter((got.get(d, np.nan) for d in pool), dtype=np.float64,
+                                                 count=len(pool))
+            self._pos_scores[qid] = {p: float(got[p]) for p in positive_ids(self.positives, qid) if p in got}
+
+    def scores(self, qid: str) -> dict[str, float]:
+        """The scores the weighted law draws ``qid``'s negatives with: its pool's and its positives' (those given)."""
+        pool = dict(zip(self._pools.get(qid, ()), self._pool_scores.get(qid, np.array([])).tolist(), strict=False))
+        return {**{d: s for d, s in pool.items() if s == s}, **self._pos_scores.get(qid, {})}
+
+    def _weighted_pick(self, qid: str, pool: list[str], n: int, pos: str | None,
+                     rng: np.random.Generator) -> list[str]:
+        values = self._pool_scores.get(qid)
+        if values is None or np.isnan(values).any():
+            missing = pool[0] if values is None else pool[int(np.flatnonzero(np.isnan(values))[0])]
+            raise HardnegError(f"--sampling-strategy {self.law[0] if self.law else ''} needs the mining scores of "
+                               f"query {qid!r}'s candidates ({missing!r} has none): mine them with it (scores are "
+                               "kept with the run)")
+        positives = self._pos_scores.get(qid, {})
+        if pos is not None and pos in positives:
+            ref = positives[pos]
+        elif positives:
+            ref = float(np.mean(list(positives.values())))
+        else:  # no positive score: uniform (as the selection rules do)
+            return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
+        assert self.law is not None
+        return [pool[i] for i in weighted_draw(rng, law_logits(self.law, values, ref), n)]
 
     def pool(self, qid: str) -> list[str]:
         """The current top-``topk`` non-positive candidates of ``qid`` (a copy)."""
@@ -266,11 +362,14 @@ class StaticNegatives:
         """Raise before training if some query can't get ``n`` negatives even with fallback."""
         self._random.validate(n, qids)
 
-    def sample(self, qid: str, n: int, step: int) -> list[str]:
-        """``n`` distinct negatives for ``qid`` at counter ``step`` (see the class doc)."""
+    def sample(self, qid: str, n: int, step: int, pos: str | None = None) -> list[str]:
+        """``n`` distinct negatives for ``qid`` at counter ``step`` (see the class doc; ``pos``: the example's
+        positive, SimANS' ``s⁺``)."""
         pool = self._pools.get(qid, [])
         check_sample_size(n, self._random.available(qid), qid)
         rng = _rng(self.seed, _STREAM_STATIC, step, qid)
+        if len(pool) > n and self.law is not None:
+            return self._weighted_pick(qid, pool, n, pos, rng)
         if len(pool) >= n:
             return [pool[i] for i in rng.choice(len(pool), size=n, replace=False)]
         chosen = [pool[i] for i in rng.permutation(len(pool))]

@@ -14,6 +14,7 @@ import numpy as np
 
 from hardneg.errors import HardnegError
 from hardneg.negatives.rules import RULES, NegativeRules
+from hardneg.negatives.sampling import law_logits, weighted_draw
 
 if TYPE_CHECKING:
     from hardneg.negatives.diagnostics import Diagnostics
@@ -61,7 +62,7 @@ def select_one(
     ref = None
     if len(positive_scores):
         ref = float(min(positive_scores) if rules.margin_against == "min" else max(positive_scores))
-    elif rules.margins:
+    elif rules.margins or rules.weighted:
         out.no_positive_score = True
     seen: set[str] = set()
     survivors: list[tuple[str, float]] = []
@@ -84,8 +85,12 @@ def select_one(
         chosen, rest = window[:n], window[n:]
     else:
         if rng is None:
-            raise HardnegError("sampling_strategy random needs a random generator")
-        picked = set(rng.choice(len(window), size=n, replace=False).tolist())
+            raise HardnegError(f"sampling_strategy {rules.sampling_strategy} needs a random generator")
+        if rules.law is not None and len(positive_scores):  # SimANS / balanced around the mean positive score
+            logits = law_logits(rules.law, [w[1] for w in window], float(np.mean(positive_scores)))
+            picked = set(weighted_draw(rng, logits, n))
+        else:
+            picked = set(rng.choice(len(window), size=n, replace=False).tolist())
         chosen = [w for i, w in enumerate(window) if i in picked]  # window order = score order
         rest = [w for i, w in enumerate(window) if i not in picked]
     out.removed["not_sampled"] = rest
@@ -95,7 +100,8 @@ def select_one(
 
 
 def selection_rng(seed: int, step: int, qid: str) -> np.random.Generator:
-    """The generator of ``random`` sampling: stateless in ``(seed, step, qid)`` (exact resume)."""
+    """The generator of ``random``, ``simans`` and ``balanced`` sampling: stateless in ``(seed, step, qid)``
+    (exact resume)."""
     key = int.from_bytes(hashlib.blake2b(qid.encode("utf-8"), digest_size=16).digest(), "little")
     return np.random.default_rng([int(seed), _STREAM_SELECT, int(step), key])
 
@@ -132,12 +138,15 @@ def select_negatives(
     step: int = 0,
     diagnostics: Diagnostics | None = None,
     max_pos: int | None = None,
+    scores_out: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, list[str]]:
     """The negatives of every query of ``candidates`` (``qid -> [(docid, score)]`` in rank order).
 
     Scores: the teacher's when ``teacher`` is given (candidates and positives), else the given ones;
     ``positive_scores(qid, docids)`` gives the student's scores of the positives (needed by margin
-    rules; also feeds the positive histogram). ``corpus``: the ids positives must be in to be scored.
+    rules and SimANS; also feeds the positive histogram). ``corpus``: the ids positives must be in to be
+    scored. ``scores_out`` given: it receives ``qid -> {docid: score}`` of the kept negatives and the
+    scored positives (what SimANS' training draws weigh with).
     """
     max_pos = max_positives(qrels, candidates) if max_pos is None else max_pos
     n, range_max = rules.resolve(default_n, max_pos)
@@ -150,23 +159,28 @@ def select_negatives(
         docs = lists[qid]
         if scored is not None:
             scores = [scored[qid][d] for d in docs]
-            pscores = [scored[qid][p] for p in pos_of[qid]]
+            pscored = {p: float(scored[qid][p]) for p in pos_of[qid]}
         else:
             first: dict[str, float] = {}
             for d, s in cands:
                 first.setdefault(d, float(s))
             scores = [first[d] for d in docs]
             if positive_scores is not None and pos_of[qid]:
-                pscores = [float(s) for s in positive_scores(qid, pos_of[qid])]
-            elif rules.margins and pos_of[qid]:
-                raise HardnegError("--absolute-margin / --relative-margin need the positives' scores, and these "
-                                   "candidates come without a scorer of them: give a --teacher")
+                pscored = dict(zip(pos_of[qid], (float(s) for s in positive_scores(qid, pos_of[qid])), strict=True))
+            elif (rules.margins or rules.weighted) and pos_of[qid]:
+                flags = (f"--sampling-strategy {rules.sampling_strategy}" if rules.weighted
+                         else "--absolute-margin / --relative-margin")
+                raise HardnegError(f"{flags} need the positives' scores, and these candidates come "
+                                   "without a scorer of them: give a --teacher")
             else:
-                pscores = [first[p] for p in pos_of[qid] if p in first]
-        rng = selection_rng(seed, step, qid) if rules.sampling_strategy == "random" else None
+                pscored = {p: first[p] for p in pos_of[qid] if p in first}
+        pscores = list(pscored.values())
+        rng = selection_rng(seed, step, qid) if rules.sampled else None
         sel = select_one(docs, scores, pos_of[qid] + [d for d, g in qrels.get(qid, {}).items() if g >= 1],
                          pscores, rules, n, range_max, rng)
         out[qid] = sel.kept
+        if scores_out is not None:
+            scores_out[qid] = {**pscored, **dict(zip(sel.kept, sel.kept_scores, strict=True))}
         if diagnostics is not None:
             diagnostics.add(qid, sel, pscores, n)
     return out

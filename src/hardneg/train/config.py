@@ -59,6 +59,7 @@ LATER_DEFAULTS.update({"lora_r": 0, "lora_alpha": None, "lora_dropout": 0.1, "lo
                        "lora_save": "merged"})
 #: GradCache and --compile (issue 28), off by default
 LATER_DEFAULTS.update({"grad_cache": False, "mini_batch": None, "compile": False, "compile_backend": "inductor"})
+LATER_DEFAULTS.update({"batch_composition": "random", "tas_clusters": None, "tas_clusters_per_batch": 1})  # TAS
 
 #: settings that may change between a run and its ``--resume`` (they do not change the math so far)
 RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
@@ -81,11 +82,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dev_carve": ("queries", "documents"), "lamb_variant": LAMB_VARIANTS, "examples_per_query": EXAMPLES_PER_QUERY,
     "distill": DISTILL_KINDS,
     "lora_save": ("merged", "adapter"),
+    "batch_composition": ("random", "tas"),
 }
 #: whole-number settings that must be at least 1
 AT_LEAST_ONE = ("max_steps", "batch_size", "grad_accum", "n_negatives", "topk", "dev_every", "save_every",
                 "keep_checkpoints", "query_max_length", "batch_encode_size", "train_chunk", "adore_topk",
-                "nprobe", "ef_search", "mine_query_max_length", "mine_doc_max_length", "mini_batch")
+                "nprobe", "ef_search", "mine_query_max_length", "mine_doc_max_length", "mini_batch", "tas_clusters",
+                "tas_clusters_per_batch")
 
 
 def setting(default: Any = None, help: str = "", *, panel: str | None = None, flags: tuple[str, ...] = (),
@@ -270,6 +273,15 @@ class TrainConfig(BaseModel):
         "merged", "OUT/model with LoRA: merged (adapters merged into the weights: a plain transformers / "
         "sentence-transformers folder) or adapter (peft's adapter files and the base model's name; hardneg "
         "merges them on load).", panel=LORA)
+    # TAS batches (issue 28; hardneg.train.tas): micro-batches drawn from k-means clusters of the queries
+    batch_composition: str = setting(
+        "random", "random (a seeded permutation per epoch) or tas (each batch from --tas-clusters-per-batch "
+        "k-means clusters of the start model's query vectors; Hofstätter et al. 2021).", panel=NEGATIVES)
+    tas_clusters: int | None = setting(
+        None, "tas: k-means clusters of the training queries (default 2000 as TAS-B, at most one per 20 "
+        "queries).", panel=NEGATIVES)
+    tas_clusters_per_batch: int = setting(1, "tas: clusters each batch is drawn from (default 1, as TAS-B).",
+                                          panel=NEGATIVES)
 
     # ------------------------------------------------------------------ construction
     def __init__(self, **data: Any) -> None:
@@ -357,6 +369,7 @@ class TrainConfig(BaseModel):
             NegativeRules.from_config(self)  # its own checks (ranges, margins), as a HardnegError
         self._check_lora()
         self._check_grad_cache_and_compile(spec)
+        self._check_tas()
         if spec.check is not None:
             spec.check(self)  # the method's own settings together (e.g. ance's --refresh-every, adore's --metric)
 
@@ -391,6 +404,17 @@ class TrainConfig(BaseModel):
             if self.compile_backend not in known:
                 raise HardnegError(f"--compile-backend must be one of {', '.join(known)}, "
                                    f"not {self.compile_backend!r}")
+
+
+    def _check_tas(self) -> None:
+        """TAS settings go with ``--batch-composition tas``; a batch cannot draw on more clusters than exist."""
+        tas = [k for k in ("tas_clusters", "tas_clusters_per_batch") if getattr(self, k) != _default(k)]
+        if tas and self.batch_composition != "tas":
+            raise HardnegError(f"{', '.join(_flag(k, 1) for k in tas)}: for --batch-composition tas, not "
+                               f"{self.batch_composition}")
+        if self.tas_clusters is not None and self.tas_clusters_per_batch > self.tas_clusters:
+            raise HardnegError(f"--tas-clusters-per-batch {self.tas_clusters_per_batch} is more than the "
+                               f"--tas-clusters {self.tas_clusters}; lower it or raise --tas-clusters")
 
     def _refuse_others_settings(self) -> None:
         """A setting another method takes alone (its spec's ``settings``) must keep its default here."""

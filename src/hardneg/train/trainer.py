@@ -67,7 +67,7 @@ from hardneg.train.config import TrainConfig
 from hardneg.train.dev import DEV_EMBEDDINGS, DevIndex, DevPool, dev_pool_rows, evaluate_dev
 from hardneg.train.grad_cache import GradCache, compile_towers
 from hardneg.train.methods import MethodContext, StepBatch, external_index, make_method, method_spec
-from hardneg.train.order import DataOrder, Example, carve_dev, positives_of
+from hardneg.train.order import Example, carve_dev, positives_of
 from hardneg.train.steps import (
     ADDITIVE_PARTS,
     TIMING_PREFIX,
@@ -78,6 +78,7 @@ from hardneg.train.steps import (
     make_scheduler,
     set_seed,
 )
+from hardneg.train.tas import make_data_order
 
 logger = logging.getLogger("hardneg.train")
 
@@ -115,7 +116,7 @@ class Trainer:
         self._make_method()
         # the global micro-batch (N·B examples); rank r trains on slice r of it
         self.global_batch = cfg.batch_size * self.world
-        self.order = DataOrder(len(self.examples), self.global_batch, cfg.grad_accum, cfg.seed)
+        self.order = make_data_order(cfg, self.examples, self.global_batch, self.model, self.queries)  # random/TAS
         self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = make_scheduler(self.optimizer, cfg, len(self.examples), self.global_batch)
         # fp16: dynamic loss scaling (DRhard train.py's GradScaler); disabled, every call is a pass-through

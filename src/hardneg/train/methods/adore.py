@@ -423,7 +423,7 @@ class Adore(Method):
             pos_scores = [vector_scores(qv[i], self.index.reconstruct(np.fromiter(rel, dtype=np.int64, count=len(rel))),
                                         self.index.l2).tolist() if rel else [] for i, rel in enumerate(relevant)]
         rngs = ([selection_rng(self.config.seed, self._step, x) for x in qids]
-                if self.rules.sampling_strategy == "random" else None)
+                if self.rules.sampled else None)
         step_diag = Diagnostics(self.rules, "adore step")
         out = filter_ranked(retrieved, scores, relevant, pos_scores, self.rules, rngs=rngs, diagnostics=step_diag,
                             qids=qids)

@@ -7,10 +7,11 @@ import shutil
 from pathlib import Path
 
 from hardneg import distributed as dist
+from hardneg.io import read_json, write_json
 from hardneg.negatives.formats.files import write_negatives
 from hardneg.negatives.formats.tsv import read_negatives
 from hardneg.train.methods.base import MethodContext
-from hardneg.train.methods.mining import mine_with_model
+from hardneg.train.methods.mining import SCORES_FILE, mine_with_model
 from hardneg.train.methods.static import StaticNeg
 
 logger = logging.getLogger("hardneg.train")
@@ -25,6 +26,7 @@ class Ance(StaticNeg):
         super().__init__(ctx)
         self.refreshes = 0
         self._file = Path(ctx.config.out) / "refresh" / "negatives.tsv"
+        self._scores = self._file.with_name(SCORES_FILE)  # SimANS: the refresh's mining scores
 
     def initial_candidates(self) -> dict[str, list[str]]:
         return self.mine_start_model()  # no --negatives file: always the start model's, at the mining lengths
@@ -41,14 +43,19 @@ class Ance(StaticNeg):
         if was_training:
             model.train()
         self.source.replace(candidates)
+        self.source.set_scores(self.selector.scores)
         self.distill_prepare()  # --distill: the new pools' teacher scores (pairs seen before come from the cache)
         if dist.is_main():
             write_negatives(self._file, candidates)
+            if self.selector.rules.weighted:
+                write_json(self._scores, self.selector.scores)
+        self.selector.scores = {}  # the source keeps them (compactly)
         self.refreshes += 1
         logger.info("step %d: re-mined hard negatives with the current model", step)
 
     def state_files(self) -> dict[str, Path]:
-        return {**super().state_files(), **({"negatives.tsv": self._file} if self._file.is_file() else {})}
+        files = {"negatives.tsv": self._file, SCORES_FILE: self._scores}
+        return {**super().state_files(), **{name: f for name, f in files.items() if f.is_file()}}
 
     def restore(self, checkpoint: Path) -> None:
         super().restore(checkpoint)  # the diagnostics of the refreshes so far
@@ -60,3 +67,8 @@ class Ance(StaticNeg):
                 shutil.copyfile(saved, self._file)
             self.source.replace(read_negatives(saved))
             self.distill_prepare()
+        scores = checkpoint / SCORES_FILE
+        if self.selector.rules.weighted and scores.is_file():
+            if dist.is_main():
+                shutil.copyfile(scores, self._scores)
+            self.source.set_scores(read_json(scores))

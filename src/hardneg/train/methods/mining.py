@@ -14,6 +14,10 @@ of processes) and rank ``r`` encodes, searches (on its own GPU where Faiss has G
 every rank reads them all, in rank order. Every query's list is therefore bit for bit the one a single process
 finds. The start model's negatives are written once, to ``OUT/warmup/negatives.tsv`` (by rank 0), and a rerun or
 ``--resume`` of the same run reads them back instead of mining again.
+
+With ``--sampling-strategy simans`` or ``balanced`` the mining scores of every kept negative and of the positives
+are kept too (:attr:`TrainSelector.scores`; exchanged with the lists, written next to them as ``scores.json``):
+the weighted training draws use them.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ SEARCH_QUERIES = 4096
 WARMUP_DIR = "warmup"
 #: ``OUT/.mining/``: each rank's share of a mining under torchrun, exchanged through files (removed once read)
 PARTS_DIR = ".mining"
+#: SimANS' mining scores next to a negatives file (``qid -> {docid: score}``: kept negatives and positives)
+SCORES_FILE = "scores.json"
 
 
 class TrainSelector:
@@ -76,6 +82,8 @@ class TrainSelector:
         self._texts: dict[str, str] = {}
         self._corpus: set[str] | None = None  # the corpus's ids, for the teacher's positives (made once)
         self._query_text: dict[str, str] | None = None
+        #: ``qid -> {docid: mining score}`` of the latest selection's kept negatives and positives (SimANS only)
+        self.scores: dict[str, dict[str, float]] = {}
 
     @property
     def teacher(self) -> TeacherScores | FusedScores | None:
@@ -111,9 +119,11 @@ class TrainSelector:
 
     def select(self, candidates: Mapping[str, Sequence[tuple[str, float]]], where: str, *,
                positive_scores: Callable[[str, list[str]], Sequence[float]] | None = None, step: int = 0,
-               default_n: int | None = None, diagnostics: Diagnostics | None = None) -> dict[str, list[str]]:
+               default_n: int | None = None, diagnostics: Diagnostics | None = None,
+               scores_out: dict[str, dict[str, float]] | None = None) -> dict[str, list[str]]:
         """The negatives of ``candidates`` under the run's rules; records one diagnostics event, or adds to
-        ``diagnostics`` (from :meth:`new_diagnostics`; the caller records it)."""
+        ``diagnostics`` (from :meth:`new_diagnostics`; the caller records it). ``scores_out``: filled with the
+        kept negatives' and positives' scores (:func:`~hardneg.negatives.selection.select_negatives`)."""
         ctx = self.ctx
         n = default_n or ctx.config.topk
         diag = diagnostics if diagnostics is not None else self.new_diagnostics(where, default_n)
@@ -124,7 +134,8 @@ class TrainSelector:
                                positive_scores=positive_scores, teacher=self.teacher,
                                query_text=self.query_text() if teacher else None,
                                doc_text=self.doc_text, corpus=self._corpus if teacher else None,
-                               seed=ctx.config.seed, step=step, diagnostics=diag, max_pos=self._max_positives())
+                               seed=ctx.config.seed, step=step, diagnostics=diag, max_pos=self._max_positives(),
+                               scores_out=scores_out)
         if diagnostics is None:
             self.record(diag)
         return out
@@ -209,18 +220,18 @@ def _merge_diagnostics(into: Diagnostics, states: Sequence[dict]) -> Diagnostics
     return into
 
 
-def _exchange(folder: Path, mine: dict[str, list[str]], diag: Diagnostics | None
-              ) -> tuple[dict[str, list[str]], list[dict]]:
+def _exchange(folder: Path, mine: dict[str, list[str]], diag: Diagnostics | None,
+              scores: dict[str, dict[str, float]] | None = None) -> tuple[dict[str, list[str]], list[dict]]:
     """Every rank's share, on every rank: ``(lists of all queries, diagnostics states)``, the states on rank 0
     only. Each rank writes its share to ``folder``; a barrier waits for the others' shares (the same number
     of search units, so roughly the same work), then every rank reads them all in rank order; rank 0 removes
-    the files once everyone has read them."""
+    the files once everyone has read them. ``scores`` (SimANS): this rank's, updated in place with every rank's."""
     if not dist.is_distributed():
         return mine, []
     n, me = dist.world_size(), dist.rank()
     # JSON, not pickle: nothing read back can run code; floats round-trip exactly (repr)
     with atomic_write(folder / f"part-{me}-of-{n}.json", "w") as fh:
-        json.dump({"lists": mine, "diagnostics": _diagnostics_state(diag)}, fh)
+        json.dump({"lists": mine, "diagnostics": _diagnostics_state(diag), "scores": scores}, fh)
     dist.barrier()
     merged: dict[str, list[str]] = {}
     states: list[dict] = []
@@ -228,6 +239,8 @@ def _exchange(folder: Path, mine: dict[str, list[str]], diag: Diagnostics | None
         with open(folder / f"part-{r}-of-{n}.json", encoding="utf-8") as fh:
             part = json.load(fh)  # written just now by this run's rank r
         merged.update(part["lists"])
+        if scores is not None:
+            scores.update(part["scores"])
         if part["diagnostics"] is not None and dist.is_main():
             states.append(part["diagnostics"])
     dist.barrier()  # every rank has read every part
@@ -239,10 +252,13 @@ def _exchange(folder: Path, mine: dict[str, list[str]], diag: Diagnostics | None
 
 
 def _shared_selection(ctx: Any, qids: Sequence[str], mine: dict[str, list[str]], diag: Diagnostics | None,
-                      selector: TrainSelector | None, tag: str) -> dict[str, list[str]]:
+                      selector: TrainSelector | None, tag: str,
+                      scores: dict[str, dict[str, float]] | None = None) -> dict[str, list[str]]:
     """Every query's list (in ``qids`` order) from this rank's ``mine``; the diagnostics of all ranks recorded
-    as one event (rank 0)."""
-    merged, states = _exchange(Path(ctx.config.out) / PARTS_DIR / tag, mine, diag)
+    as one event (rank 0); ``scores`` (SimANS) of all ranks become ``selector.scores``."""
+    merged, states = _exchange(Path(ctx.config.out) / PARTS_DIR / tag, mine, diag, scores)
+    if selector is not None and scores is not None:
+        selector.scores = {q: scores[q] for q in qids if q in scores}
     if selector is not None and diag is not None:
         if dist.is_distributed():
             diag = _merge_diagnostics(selector.new_diagnostics(diag.where), states) if dist.is_main() else diag
@@ -283,15 +299,20 @@ def _warmup_key(ctx: Any, model: Any, k: int) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def _warmup_found(folder: Path, key: str) -> bool:
+def _warmup_found(folder: Path, key: str, scores: bool = False) -> bool:
     manifest = folder / "manifest.json"
-    return manifest.is_file() and (folder / "negatives.tsv").is_file() and read_json(manifest).get("key") == key
+    return (manifest.is_file() and (folder / "negatives.tsv").is_file() and read_json(manifest).get("key") == key
+            and (not scores or (folder / SCORES_FILE).is_file()))
 
 
-def _write_warmup(folder: Path, key: str, lists: Mapping[str, Sequence[str]], diag: Diagnostics | None) -> None:
-    """``negatives.tsv``, then ``manifest.json`` (the mark that it is finished; removed first)."""
+def _write_warmup(folder: Path, key: str, lists: Mapping[str, Sequence[str]], diag: Diagnostics | None,
+                  scores: Mapping[str, Mapping[str, float]] | None = None) -> None:
+    """``negatives.tsv`` (and SimANS' ``scores.json``), then ``manifest.json`` (the mark that it is finished;
+    removed first)."""
     (folder / "manifest.json").unlink(missing_ok=True)
     write_negatives(folder / "negatives.tsv", lists)
+    if scores is not None:
+        write_json(folder / SCORES_FILE, scores)
     write_json(folder / "manifest.json", {"key": key, "queries": len(lists),
                                           "diagnostics": diag.summary() if diag is not None else None})
 
@@ -323,17 +344,22 @@ def mine_with_model(ctx: Any, model: Any, folder: Path | None = None, selector: 
     where = "start model" if folder is None else f"refresh at step {step}"
     warmup = Path(cfg.out) / WARMUP_DIR
     key = _warmup_key(ctx, model, k) if folder is None else ""
-    if folder is None and dist.broadcast_object(_warmup_found(warmup, key)):  # rank 0's view decides for all
+    simans = selector is not None and selector.rules.weighted
+    if folder is None and dist.broadcast_object(_warmup_found(warmup, key, simans)):  # rank 0's view decides
         lists = read_negatives(warmup / "negatives.tsv")
         summary = read_json(warmup / "manifest.json").get("diagnostics")
         if selector is not None and summary is not None:
             selector.record(summary)
+        if simans:
+            assert selector is not None
+            selector.scores = read_json(warmup / SCORES_FILE)
         return {q: lists.get(q, []) for q in qids}  # a query mined with no negative has no line in the file
 
     index = _start_index(ctx, model) if folder is None else _current_index(ctx, model, Path(folder))
     place_index(index, model.device)
     diag = selector.new_diagnostics(where) if selector is not None else None
     mine: dict[str, list[str]] = {}
+    kept: dict[str, dict[str, float]] | None = {} if simans else None
     try:
         for unit_qids, qv in _my_vectors(model, qids, [ctx.queries[q].text for q in qids], "mine",
                                          not cfg.quiet and dist.is_main(), cfg.precision):
@@ -343,15 +369,16 @@ def mine_with_model(ctx: Any, model: Any, folder: Path | None = None, selector: 
                 mine.update(mine_negatives(run, ctx.train_qrels, cfg.topk))
             else:
                 mine.update(selector.select(run, where, positive_scores=positive_scorer(index, unit_qids, qv),
-                                            step=step, diagnostics=diag))
+                                            step=step, diagnostics=diag, scores_out=kept))
     finally:
         index.release_gpu()
-    out = _shared_selection(ctx, qids, mine, diag, selector, "start" if folder is None else f"step-{step}")
+    out = _shared_selection(ctx, qids, mine, diag, selector, "start" if folder is None else f"step-{step}", kept)
     if folder is not None and dist.is_distributed() and dist.is_main():
         shutil.rmtree(folder, ignore_errors=True)  # the refresh's embeddings (every rank has indexed them)
     if folder is None and dist.is_main():
         event = selector.events[-1] if selector is not None else None
-        _write_warmup(warmup, key, out, event if isinstance(event, Diagnostics) else None)
+        _write_warmup(warmup, key, out, event if isinstance(event, Diagnostics) else None,
+                      selector.scores if simans and selector is not None else None)
     return out
 
 
@@ -363,11 +390,13 @@ def select_from_lists(ctx: Any, model: Any, lists: Mapping[str, Sequence[str]],
     where = "given candidates"
     diag = selector.new_diagnostics(where)
     mine: dict[str, list[str]] = {}
+    kept: dict[str, dict[str, float]] | None = {} if selector.rules.weighted else None
     if selector.rules.teacher is not None:
         qids = list(lists)
         share = qids[dist.rank() :: dist.world_size()]
-        mine = selector.select({q: [(d, 0.0) for d in lists[q]] for q in share}, where, diagnostics=diag)
-        return _shared_selection(ctx, qids, mine, diag, selector, "given")
+        mine = selector.select({q: [(d, 0.0) for d in lists[q]] for q in share}, where, diagnostics=diag,
+                               scores_out=kept)
+        return _shared_selection(ctx, qids, mine, diag, selector, "given", kept)
     cfg = ctx.config
     index = _start_index(ctx, model)
     qids = [q for q in lists if q in ctx.queries]
@@ -376,5 +405,5 @@ def select_from_lists(ctx: Any, model: Any, lists: Mapping[str, Sequence[str]],
         scorer = positive_scorer(index, unit_qids, qv)
         scored = {q: list(zip(lists[q], scorer(q, list(lists[q])).tolist(), strict=True))
                   for q in unit_qids if lists[q]}
-        mine.update(selector.select(scored, where, positive_scores=scorer, diagnostics=diag))
-    return _shared_selection(ctx, [q for q in qids if lists[q]], mine, diag, selector, "given")
+        mine.update(selector.select(scored, where, positive_scores=scorer, diagnostics=diag, scores_out=kept))
+    return _shared_selection(ctx, [q for q in qids if lists[q]], mine, diag, selector, "given", kept)

@@ -48,8 +48,12 @@ class StaticNeg(Method):
         # the negative-selection rules (hardneg.negatives.rules): teacher, margins, window, sampling
         self.selector = TrainSelector(ctx)
         candidates = self.initial_candidates()
+        rules = self.selector.rules
         self.source = StaticNegatives(candidates, ctx.train_qrels, ctx.doc_ids,
-                                      topk=self.config.num_negatives or self.config.topk, seed=self.config.seed)
+                                      topk=self.config.num_negatives or self.config.topk, seed=self.config.seed,
+                                      law=rules.law)
+        self.source.set_scores(self.selector.scores)  # SimANS: the mining scores of the pool and positives
+        self.selector.scores = {}  # the source keeps them (compactly)
         self.source.validate(self.n_negatives)
         self.distiller: Distiller | None = None  # --distill: the teacher's scores of every pool, scored once
         if self.config.distill != "none":
@@ -83,7 +87,7 @@ class StaticNeg(Method):
             return mine_with_model(self.ctx, self.ctx.model, selector=self.selector)
 
     def negatives(self, examples, start: int) -> list[list[str]]:
-        return [self.source.sample(e.qid, self.n_negatives, start + i) for i, e in enumerate(examples)]
+        return [self.source.sample(e.qid, self.n_negatives, start + i, e.pos) for i, e in enumerate(examples)]
 
     def loss(self, scores, batch):
         own, _other = self.masks(scores, batch)
@@ -107,6 +111,10 @@ class BM25Neg(StaticNeg):
         if self.selector.rules.active:  # BM25 scores (or the teacher's) under the rules
             k = self.selector.depth()
         run = bm25.search(train_queries, k=k, show_progress=False)
-        if self.selector.rules.active:  # the positives scored by BM25 too (the margin rules compare against them)
-            return self.selector.select(run, "bm25", positive_scores=bm25_positive_scorer(bm25, ctx.queries))
+        if self.selector.rules.active:  # the positives scored by BM25 too (margin rules and SimANS compare to them)
+            kept: dict[str, dict[str, float]] | None = {} if self.selector.rules.weighted else None
+            lists = self.selector.select(run, "bm25", positive_scores=bm25_positive_scorer(bm25, ctx.queries),
+                                         scores_out=kept)
+            self.selector.scores = kept or {}
+            return lists
         return mine_negatives(run, ctx.train_qrels, self.config.topk)
