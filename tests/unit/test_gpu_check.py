@@ -23,7 +23,7 @@ def test_drhard_paper_check_trains_robertadot_under_the_paper_preset(tmp_path):
 
 
 def test_drhard_paper_check_fails_when_the_preset_loses_fp16(tmp_path, monkeypatch):
-    from hardneg.train.config import PRESETS
+    from hardneg.train.presets import PRESETS
 
     monkeypatch.setitem(PRESETS, "paper-passage", {**PRESETS["paper-passage"], "precision": "fp32",
                                                    "gradient_checkpointing": False})

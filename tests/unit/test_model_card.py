@@ -70,7 +70,7 @@ def test_names_and_metric_ids():
 
 def test_train_command_round_trips_the_settings():
     """The card's command, parsed by the real ``hardneg train`` flags, gives back the same settings."""
-    from hardneg.train.config import resolve_config
+    from hardneg.train.presets import resolve_config
 
     cfg = TrainConfig(method="rand", data="d", model="m", out="o", lr=1e-4, max_steps=7, precision="bf16",
                       rand_batch_positives=False, normalize=True, report_to=["mlflow", "wandb"])

@@ -17,7 +17,7 @@ import yaml
 from conftest import FILLER_WORDS, TRAIN_TOPICS
 from hardneg.errors import HardnegError
 from hardneg.experiment import Experiment, Recipe
-from hardneg.train.config import PRESETS
+from hardneg.train.presets import PRESETS
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 #: Table 2's ADORE systems (one on top of every trained baseline and STAR)

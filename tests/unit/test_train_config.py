@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from hardneg.cli import app
 from hardneg.cli.train import setting_options
 from hardneg.errors import HardnegError
-from hardneg.train.config import PRESETS, TrainConfig, resolve_config
+from hardneg.train.config import TrainConfig
+from hardneg.train.presets import PRESETS, resolve_config
 
 runner = CliRunner()
 

@@ -27,8 +27,9 @@ from hardneg.cli.common import (
     use_threads,
 )
 from hardneg.errors import HardnegError
-from hardneg.train.config import ADORE, PRESETS, TrainConfig, resolve_config
+from hardneg.train.config import ADORE, TrainConfig
 from hardneg.train.methods import method_help, method_names, method_spec, methods_that
+from hardneg.train.presets import PRESETS, resolve_config
 
 #: the methods with a fixed document encoder (ADORE), which --doc-model names
 _FROZEN_DOC = methods_that(lambda s: s.frozen_doc)

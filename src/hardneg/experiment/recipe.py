@@ -79,8 +79,9 @@ from hardneg.experiment.schema import (
     substitute,
 )
 from hardneg.experiment.stages import dataset_tag, wise_name
-from hardneg.train.config import TrainConfig, apply_preset
+from hardneg.train.config import TrainConfig
 from hardneg.train.methods import MethodSpec, method_names, method_spec, method_specs
+from hardneg.train.presets import apply_preset
 
 DEFAULT_DATA_DIR = "../shared/data"
 SYSTEM_KINDS = ("bm25", "zeroshot", "train")

@@ -1,4 +1,4 @@
-"""Training configuration: one typed model, named presets, YAML load, validation before compute.
+"""Training configuration: one typed model, YAML load, validation before compute (presets: hardneg.train.presets).
 
 :class:`TrainConfig` is a pydantic model: every setting has a type, a default and a
 description (the ``hardneg train`` flag's help text, written once here), and a bad
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from hardneg.errors import HardnegError
 from hardneg.negatives.rules import NegativeRules
+from hardneg.train.feature_checks import check_features, flag_for
 from hardneg.train.methods import method_names, method_spec, method_specs, methods_that
 from hardneg.train.methods.settings import check_distill, parse_adore_metric
 from hardneg.train.report_to import check_installed
@@ -367,54 +368,9 @@ class TrainConfig(BaseModel):
                                f"{methods_that(lambda s: s.selection_rules)}, not {self.method}")
         if changed:
             NegativeRules.from_config(self)  # its own checks (ranges, margins), as a HardnegError
-        self._check_lora()
-        self._check_grad_cache_and_compile(spec)
-        self._check_tas()
+        check_features(self, spec)  # LoRA, GradCache / --compile, TAS batches (hardneg.train.feature_checks)
         if spec.check is not None:
             spec.check(self)  # the method's own settings together (e.g. ance's --refresh-every, adore's --metric)
-
-    def _check_lora(self) -> None:
-        """The other LoRA settings need ``--lora-r``; the target list must parse."""
-        changed = [k for k in ("lora_alpha", "lora_dropout", "lora_targets", "lora_save")
-                   if getattr(self, k) != _default(k)]
-        if changed and not self.lora_r:
-            flags = ", ".join(_flag(k, getattr(self, k)) for k in changed)
-            raise HardnegError(f"{flags}: LoRA settings need --lora-r N (the adapters' rank, e.g. 8)")
-        if self.lora_r:
-            from hardneg.model.lora import parse_targets
-
-            parse_targets(self.lora_targets)
-
-    def _check_grad_cache_and_compile(self, spec) -> None:
-        """GradCache needs a method whose trainer step encodes the whole batch (not ADORE's own step);
-        --mini-batch is GradCache's; --compile-backend must be one torch knows."""
-        if self.grad_cache and spec.frozen_doc:
-            raise HardnegError(f"--grad-cache is for the methods that encode documents in the step "
-                               f"({methods_that(lambda s: not s.frozen_doc)}), not {self.method}: ADORE trains "
-                               "only its query tower against a fixed index; drop --grad-cache")
-        if self.mini_batch is not None and not self.grad_cache:
-            raise HardnegError(f"--mini-batch {self.mini_batch} is GradCache's: add --grad-cache, or drop "
-                               "--mini-batch (--train-chunk sets the plain step's forward passes)")
-        if self.compile_backend != _default("compile_backend"):
-            if not self.compile:
-                raise HardnegError(f"--compile-backend {self.compile_backend} needs --compile")
-            from torch._dynamo import list_backends
-
-            known = sorted(set(list_backends(exclude_tags=())) | {"inductor"})
-            if self.compile_backend not in known:
-                raise HardnegError(f"--compile-backend must be one of {', '.join(known)}, "
-                                   f"not {self.compile_backend!r}")
-
-
-    def _check_tas(self) -> None:
-        """TAS settings go with ``--batch-composition tas``; a batch cannot draw on more clusters than exist."""
-        tas = [k for k in ("tas_clusters", "tas_clusters_per_batch") if getattr(self, k) != _default(k)]
-        if tas and self.batch_composition != "tas":
-            raise HardnegError(f"{', '.join(_flag(k, 1) for k in tas)}: for --batch-composition tas, not "
-                               f"{self.batch_composition}")
-        if self.tas_clusters is not None and self.tas_clusters_per_batch > self.tas_clusters:
-            raise HardnegError(f"--tas-clusters-per-batch {self.tas_clusters_per_batch} is more than the "
-                               f"--tas-clusters {self.tas_clusters}; lower it or raise --tas-clusters")
 
     def _refuse_others_settings(self) -> None:
         """A setting another method takes alone (its spec's ``settings``) must keep its default here."""
@@ -498,10 +454,7 @@ def _default(name: str) -> Any:
     return TrainConfig.model_fields[name].get_default(call_default_factory=True)
 
 
-def _flag(name: str, value: Any) -> str:
-    """The flag that sets ``name`` to ``value``: ``--refresh-every``, ``--no-rand-batch-positives``."""
-    flag = name.replace("_", "-")
-    return f"--no-{flag}" if value is False else f"--{flag}"
+_flag = flag_for  # the flag that sets a setting to a value (hardneg.train.feature_checks)
 
 
 def _where(source: str | Path | None) -> str:
@@ -540,70 +493,3 @@ def config_error(exc: ValidationError, source: str | Path | None = None) -> Hard
             takes = f"; {key} takes {_takes(key)}" if key in TrainConfig.model_fields else ""
             problems.append(f"{key}: {message} (got {error['input']!r}){takes}")
     return HardnegError(_where(source) + "; ".join(problems))
-
-
-#: The paper's settings (Zhan et al. 2021, sections 6.1 and 7.3) and DRhard's code, as named presets: STAR on
-#: each task. Both forward a whole batch per encoder pass (``train_chunk`` = the batch, as DRhard does) instead of
-#: the default 16 rows, and take every DRhard behaviour that is an option here: DRhard's LAMB, the LR schedule over
-#: star/train.py's num_train_epochs 100 (its runs were stopped by hand long before: "converge within 50k steps"),
-#: one example per query (dataset.py TrainInbatchWithHardDataset: a random positive each time), and the warm-up
-#: mining lengths of star/prepare_hardneg.py (--max_query_length 32; --max_doc_length 256 passage, 512 document).
-#: The warm-up share is a step count in DRhard (warmup_steps 1000): the recipes turn it into warmup_ratio.
-_DRHARD_STAR: dict[str, Any] = {
-    "model": "roberta-base", "pooling": "cls", "normalize": False,  # model.py RobertaDot: CLS, inner product
-    "weight_decay": 0.01, "max_grad_norm": 1.0,  # star/train.py defaults
-    "precision": "fp16", "gradient_checkpointing": True,  # README STAR command: --gradient_checkpointing --fp16
-    # star/train.py hard_num=1, prepare_hardneg.py --topk 200; model.py inbatch_train: RankNet over the hard
-    # negative and the batch's other documents, one mean over all pairs (star_mixing pairmean)
-    "topk": 200, "n_negatives": 1, "loss": "ranknet", "score_scale": 1.0, "star_mixing": "pairmean",
-    "examples_per_query": "one", "schedule_epochs": 100, "mine_query_max_length": 32,
-}
-PRESETS: dict[str, dict[str, Any]] = {
-    # MS MARCO passage, STAR. README "Train/STAR" command: --max_query_length 24 --max_doc_length 120
-    # --optimizer_str lamb --learning_rate 1e-4; star/train.py: per_device_train_batch_size 256, its Lamb with
-    # adam_epsilon 1e-8 (lamb_variant drhard). The paper's In-Batch and Rand Neg use LAMB, batch 256 and lr 2e-4
-    # (section 7.3): the recipes give those systems lr 2e-4 over this preset.
-    "paper-passage": {
-        **_DRHARD_STAR, "query_max_length": 24, "doc_max_length": 120, "batch_size": 256, "train_chunk": 256,
-        "optimizer": "lamb", "lamb_variant": "drhard", "lr": 1e-4, "mine_doc_max_length": 256,
-    },
-    # MS MARCO document (url <sep> title <sep> body, first 512 tokens), STAR. Section 7.3: STAR on documents
-    # "uses AdamW optimizer, batch size of 60, and learning rate of 2e-6" (AdamW eps 1e-8, as star/train.py's);
-    # star/train.py's comments: max_doc_length "512 for doc", max_query_length "24"; prepare_hardneg.py's
-    # default --max_doc_length 512. fp16 and gradient checkpointing: the passage command's (not stated for
-    # documents).
-    "paper-doc": {
-        **_DRHARD_STAR, "query_max_length": 24, "doc_max_length": 512, "batch_size": 60, "train_chunk": 60,
-        "optimizer": "adamw", "lr": 2e-6, "mine_doc_max_length": 512,
-    },
-    # CPU-sized: MiniLM on SciFact in minutes on 2 cores
-    "cpu-demo": {
-        "model": "minilm", "batch_size": 16, "max_steps": 60, "lr": 2e-5, "query_max_length": 64,
-        "doc_max_length": 128, "dev_every": 30, "save_every": 30, "dev_pool": 20,
-    },
-}
-
-
-def apply_preset(config: TrainConfig, name: str | None, explicit: set[str]) -> TrainConfig:
-    """Preset values fill every setting the user did not give explicitly."""
-    if not name:
-        return config
-    if name not in PRESETS:
-        raise HardnegError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    for key, value in PRESETS[name].items():
-        if key not in explicit:
-            setattr(config, key, value)
-    return config
-
-
-def resolve_config(preset: str | None = None, config_file: str | Path | None = None,
-                   given: dict[str, Any] | None = None) -> tuple[TrainConfig, set[str]]:
-    """The config of a run: a preset's values, overridden by a YAML file's, overridden by ``given``
-    (command-line flags). Returns it with the keys set explicitly (by the file or ``given``)."""
-    given = dict(given or {})
-    file_settings = load_settings(config_file) if config_file else {}
-    if config_file:
-        TrainConfig.from_dict(file_settings, source=config_file)  # the file's own mistakes name the file
-    explicit = set(file_settings) | set(given)
-    cfg = TrainConfig.from_dict({**file_settings, **given})
-    return apply_preset(cfg, preset, explicit), explicit
