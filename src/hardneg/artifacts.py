@@ -22,7 +22,7 @@ from hardneg.index.encode import Embeddings, embeddings_key, encode_store
 from hardneg.index.faiss_index import FaissIndex
 from hardneg.index.shards import encode_over_ranks
 from hardneg.io import file_lock
-from hardneg.model.encoder import tokenizer_fingerprint
+from hardneg.model.fingerprints import tokenizer_fingerprint
 
 
 def side_store(

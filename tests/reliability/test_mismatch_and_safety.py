@@ -29,7 +29,8 @@ from hardneg.data.tokenized import StoreSpec, TokenizedStore, build_store, texts
 from hardneg.errors import HardnegError, MismatchError
 from hardneg.index.encode import Embeddings, embeddings_key, encode_store
 from hardneg.index.faiss_index import FaissIndex
-from hardneg.model.encoder import DualEncoder, tokenizer_fingerprint
+from hardneg.model.encoder import DualEncoder
+from hardneg.model.fingerprints import tokenizer_fingerprint
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 RECORDS = [(f"d{i}", f"document number {i} about topic {i % 3}") for i in range(40)]

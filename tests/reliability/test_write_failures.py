@@ -144,7 +144,7 @@ def model(tiny_model_dir):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, model):
     from hardneg.data.tokenized import StoreSpec, build_store, texts_fingerprint
-    from hardneg.model.encoder import tokenizer_fingerprint
+    from hardneg.model.fingerprints import tokenizer_fingerprint
 
     records = [(f"d{i}", f"text {i} " * (1 + i % 5)) for i in range(300)]
     spec = StoreSpec(tokenizer_fingerprint(model.tokenizer), 16, "", texts_fingerprint(records))

@@ -327,7 +327,7 @@ def _roberta_checkpoint(folder: Path, tok_dir: Path, seed: int = 5, **config_jso
 def test_drhard_checkpoint_tokenises_as_drhard(roberta_tok, tmp_path):
     from transformers import AutoTokenizer
 
-    from hardneg.model.encoder import tokenizer_fingerprint
+    from hardneg.model.fingerprints import tokenizer_fingerprint
 
     vocab = json.loads((roberta_tok / "vocab.json").read_text(encoding="utf-8"))
     token = {i: t for t, i in vocab.items()}

@@ -7,8 +7,9 @@ from hardneg.data.tokenized import StoreSpec, build_store, texts_fingerprint
 from hardneg.errors import HardnegError, MismatchError
 from hardneg.index.encode import Embeddings, encode_store
 from hardneg.index.faiss_index import FaissIndex, factory_string
-from hardneg.model.encoder import DualEncoder, tokenizer_fingerprint
+from hardneg.model.encoder import DualEncoder
 from hardneg.model.encoding import encode_texts, length_sorted_batches
+from hardneg.model.fingerprints import tokenizer_fingerprint
 
 RECORDS = [(f"doc{i}", "word " * (1 + (i * 7) % 23) + f"item {i}") for i in range(37)]
 

@@ -205,7 +205,7 @@ def test_unreachable_hub_fails_after_one_probe(tmp_path, monkeypatch, hub_calls)
 
 
 def test_tokenizer_fingerprint_ignores_call_time_settings(tiny_model_dir):
-    from hardneg.model.encoder import tokenizer_fingerprint
+    from hardneg.model.fingerprints import tokenizer_fingerprint
 
     model = DualEncoder.from_pretrained(tiny_model_dir)
     before = tokenizer_fingerprint(model.tokenizer)

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from conftest import train_config, write_tiny_train
 from hardneg.errors import HardnegError
-from hardneg.model.encoder import DualEncoder, weights_fingerprint
+from hardneg.model.encoder import DualEncoder
+from hardneg.model.fingerprints import weights_fingerprint
 from hardneg.model.lora import LORA_FILE, LoraSettings, apply_lora, transformer_of
 from hardneg.model.merge import interpolate
 from hardneg.train.config import TrainConfig

@@ -11,7 +11,8 @@ from hardneg.data.tokenized import (
     texts_fingerprint,
 )
 from hardneg.errors import HardnegError, MismatchError
-from hardneg.model.encoder import DualEncoder, tokenizer_fingerprint
+from hardneg.model.encoder import DualEncoder
+from hardneg.model.fingerprints import tokenizer_fingerprint
 
 RECORDS = [("a", "first text"), ("b", "a second, longer text " * 30), ("c", "third")]
 

@@ -35,12 +35,10 @@ folder (separate towers as a ``Router`` model).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
 import tempfile
-import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -65,6 +63,7 @@ from hardneg.model.drhard import (
     weights_file,
 )
 from hardneg.model.encoding import encode_texts
+from hardneg.model.fingerprints import tokenizer_fingerprint, weights_fingerprint
 from hardneg.model.registry import resolve_model
 from hardneg.model.st_format import POOLINGS, read_sentence_transformers_config, write_sentence_transformers_files
 
@@ -468,47 +467,3 @@ def _tokenizer_dir(name: str | os.PathLike[str]) -> Path:
     """A tokenizer's folder: a local folder as is (it needs no config.json), else a model name."""
     path = Path(name).expanduser()
     return path.resolve() if path.is_dir() else resolve_model(name)
-
-
-_TOKENIZER_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A stable hash of the tokenizer's vocabulary and normalisation rules (cached per tokenizer object and
-    vocabulary size: serialising a fast tokenizer costs ~0.1 s, and cache keys ask for it often)."""
-    try:
-        size, cached = _TOKENIZER_FINGERPRINTS[tokenizer]
-        if size == len(tokenizer):
-            return cached
-    except (KeyError, TypeError):
-        pass
-    fingerprint = _tokenizer_fingerprint(tokenizer)
-    try:
-        _TOKENIZER_FINGERPRINTS[tokenizer] = (len(tokenizer), fingerprint)
-    except TypeError:  # not weak-referenceable: no cache
-        pass
-    return fingerprint
-
-
-def _tokenizer_fingerprint(tokenizer) -> str:
-    h = hashlib.sha256(type(tokenizer).__name__.encode())
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        state = json.loads(backend.to_str())
-        # truncation/padding are call-time settings the tokenizer remembers; not identity
-        state.pop("truncation", None)
-        state.pop("padding", None)
-        h.update(json.dumps(state, sort_keys=True).encode())
-    else:  # slow tokenizer
-        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    return h.hexdigest()[:16]
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """A hash of every parameter and buffer (changes whenever training changes the weights)."""
-    h = hashlib.sha1()
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]

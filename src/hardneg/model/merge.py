@@ -19,7 +19,8 @@ import copy
 import torch
 
 from hardneg.errors import HardnegError
-from hardneg.model.encoder import DualEncoder, tokenizer_fingerprint
+from hardneg.model.encoder import DualEncoder
+from hardneg.model.fingerprints import tokenizer_fingerprint
 
 
 def _check_same_architecture(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> None:

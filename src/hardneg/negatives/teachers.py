@@ -59,7 +59,7 @@ class BiEncoderTeacher(Teacher):
     kind = "bi-encoder"
 
     def __init__(self, model, batch_size: int = 64) -> None:
-        from hardneg.model.encoder import weights_fingerprint
+        from hardneg.model.fingerprints import weights_fingerprint
 
         self.model, self.batch_size = model, batch_size
         self._doc_vectors: dict[str, np.ndarray] = {}  # by text: each document is encoded once per run
@@ -103,7 +103,7 @@ class CrossEncoderTeacher(Teacher):
     def __init__(self, folder: str | Path, device: str | None = None, batch_size: int = 32) -> None:
         from sentence_transformers import CrossEncoder
 
-        from hardneg.model.encoder import weights_fingerprint
+        from hardneg.model.fingerprints import weights_fingerprint
 
         try:
             self.model = CrossEncoder(str(folder), device=device, local_files_only=True)

@@ -56,7 +56,7 @@ from hardneg.devices import faiss_gpus, place_index
 from hardneg.errors import HardnegError
 from hardneg.index.faiss_index import FaissIndex, factory_string, gpu_kind_problem
 from hardneg.io import read_json, write_json
-from hardneg.model.encoder import weights_fingerprint
+from hardneg.model.fingerprints import weights_fingerprint
 from hardneg.model.registry import resolve_model
 from hardneg.negatives.diagnostics import Diagnostics
 from hardneg.negatives.selection import select_one, selection_rng
