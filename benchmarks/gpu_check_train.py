@@ -77,7 +77,7 @@ def drhard_paper(device: str, work: Path, data: Path) -> str:
     import torch
 
     from hardneg.model.drhard import HeadTower
-    from hardneg.train.config import resolve_config
+    from hardneg.train.presets import resolve_config
     from hardneg.train.trainer import Trainer
 
     texts = [json.loads(line)["text"] for name in ("corpus.jsonl", "queries.jsonl")
