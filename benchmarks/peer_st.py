@@ -205,24 +205,34 @@ def main() -> None:
     keep = {d for q in train_qids + dev_qids for d in qrels[q]} if args.smoke else None
     docs = corpus_texts(ds, keep, extra=400, seed=args.seed)
     model_path = str(resolve_model(args.model))
-    tic = time.perf_counter()
-    start = SentenceTransformer(model_path, device="cpu")
-    start.max_seq_length = args.max_seq_length
-    triplets = mine(start, train_qids, qrels, queries, docs, batch_size=64)
-    seconds["mine"] = time.perf_counter() - tic
-    logger.info("mined %d triplets in %.0f s", len(triplets), seconds["mine"])
-    pool = dev_pool(ds, dev_qids, qrels, queries, cache, docs)
-    dev_qrels = {q: qrels[q] for q in dev_qids}
     # every finished (loss, lr) run's dev points and time, kept in WORK so an interrupted benchmark goes on
     done_file = work / "dev_points.json"
-    done = json.loads(done_file.read_text()) if done_file.is_file() else {"points": [], "seconds": {}}
+    done = json.loads(done_file.read_text()) if done_file.is_file() else {"points": [], "seconds": {}, "triplets": 0}
+    def finished(loss: str, lr: float) -> list[dict]:
+        """A finished run's dev points (its checkpoints still there), else []."""
+        old = [p for p in done["points"] if p["loss"] == loss and p["lr"] == lr]
+        ok = old and f"train {loss} lr {lr:g}" in done["seconds"] and all(Path(p["checkpoint"]).is_dir() for p in old)
+        return old if ok else []
+
+    todo = [(loss, lr) for lr in args.lrs for loss in args.losses if not finished(loss, lr)]
+    triplets = None
+    if todo:
+        tic = time.perf_counter()
+        start = SentenceTransformer(model_path, device="cpu")
+        start.max_seq_length = args.max_seq_length
+        triplets = mine(start, train_qids, qrels, queries, docs, batch_size=64)
+        seconds["mine"] = done["seconds"]["mine"] = time.perf_counter() - tic
+        done["triplets"] = len(triplets)
+        logger.info("mined %d triplets in %.0f s", len(triplets), seconds["mine"])
+    pool = dev_pool(ds, dev_qids, qrels, queries, cache, docs)
+    dev_qrels = {q: qrels[q] for q in dev_qids}
     points, runs = [], {}
     for lr in args.lrs:
         for loss in args.losses:
             key = f"train {loss} lr {lr:g}"
             folder = work / f"{loss}-lr{lr:g}"
-            old = [p for p in done["points"] if p["loss"] == loss and p["lr"] == lr]
-            if old and key in done["seconds"] and all(Path(p["checkpoint"]).is_dir() for p in old):
+            old = finished(loss, lr)
+            if old:
                 points += old
                 runs[(loss, lr)] = seconds[key] = done["seconds"][key]
                 continue
@@ -241,12 +251,14 @@ def main() -> None:
             done_file.write_text(json.dumps(done, indent=2))
     best = max(points, key=lambda p: (p["dev_RR@10"], -p["steps"]))
     seconds["train_chosen_run"] = runs[(best["loss"], best["lr"])]
+    seconds.setdefault("mine", done["seconds"].get("mine", 0.0))
     seen_docs = {d for q in train_qids for d, g in qrels[q].items() if g >= 1}
     tic = time.perf_counter()
     test = test_metrics(Path(best["checkpoint"]), args.data, [] if args.smoke else args.transfer, seen_docs, cache)
     seconds["test"] = time.perf_counter() - tic
     result = {"data": args.data, "model": args.model, "train_queries": len(train_qids), "dev_queries": len(dev_qids),
-              "triplets": len(triplets), "max_seq_length": args.max_seq_length, "epochs": args.epochs,
+              "triplets": len(triplets) if triplets is not None else done.get("triplets"),
+              "max_seq_length": args.max_seq_length, "epochs": args.epochs,
               "smoke": args.smoke, "dev_points": points, "chosen": best, "test": test, "seconds": seconds,
               "threads": torch.get_num_threads()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
