@@ -166,7 +166,8 @@ def table(result: dict, hardneg_results: Path | None) -> str:
     lines = ["| system | steps | nDCG@10 | seen-doc | unseen-doc | transfer nDCG@10 | train s |",
              "|---|---|---|---|---|---|---|"]
     for name, steps, s, secs in rows:
-        transfer = " / ".join(f"{v:.3f}" for v in (s.get("transfer") or {}).values()) or "–"
+        transfer = " / ".join(f"{v:.3f}" if v is not None else "–" for v in (s.get("transfer") or {}).values())
+        transfer = transfer or "–"
         cells = [s.get("nDCG@10"), s.get("nDCG@10_seen"), s.get("nDCG@10_unseen")]
         cells = [f"{v:.3f}" if isinstance(v, float) else "–" for v in cells]
         lines.append(f"| {name} | {steps if steps is not None else '–'} | {' | '.join(cells)} | {transfer} | "
@@ -191,7 +192,12 @@ def main() -> None:
     parser.add_argument("--hardneg-results", type=Path, default=Path("docs/results/scifact/results.json"))
     parser.add_argument("--smoke", action="store_true", help="a small slice: 48 queries, 400 extra documents")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--table-from", type=Path, default=None,
+                        help="print the table of an earlier run's --out JSON (beside --hardneg-results) and stop")
     args = parser.parse_args()
+    if args.table_from:
+        print(table(json.loads(args.table_from.read_text()), args.hardneg_results))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
