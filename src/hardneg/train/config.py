@@ -363,7 +363,7 @@ class TrainConfig(BaseModel):
             raise HardnegError(f"{self.negatives}: negatives/run file not found (write one with 'hardneg mine')")
         changed = [k for k, v in SELECTION_DEFAULTS.items() if getattr(self, k) != v]
         if changed and not spec.selection_rules:
-            flags = ", ".join(_flag(k, getattr(self, k)) for k in changed)
+            flags = ", ".join(flag_for(k, getattr(self, k)) for k in changed)
             raise HardnegError(f"{flags}: negative-selection rules are for "
                                f"{methods_that(lambda s: s.selection_rules)}, not {self.method}")
         if changed:
@@ -379,7 +379,7 @@ class TrainConfig(BaseModel):
                 continue
             changed = [k for k in other.settings if getattr(self, k) != _default(k)]
             if changed:
-                flags = ", ".join(_flag(k, getattr(self, k)) for k in changed)
+                flags = ", ".join(flag_for(k, getattr(self, k)) for k in changed)
                 raise HardnegError(f"{flags}: for the {other.name} method, not {self.method}")
 
     # ------------------------------------------------------------------ io
@@ -454,7 +454,6 @@ def _default(name: str) -> Any:
     return TrainConfig.model_fields[name].get_default(call_default_factory=True)
 
 
-_flag = flag_for  # the flag that sets a setting to a value (hardneg.train.feature_checks)
 
 
 def _where(source: str | Path | None) -> str:
