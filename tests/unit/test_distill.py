@@ -87,6 +87,19 @@ def test_margin_mse_through_the_static_loss():
     assert scores.grad[0, 3] != 0 and scores.grad[1, 5] != 0
 
 
+def test_teacher_scale_multiplies_the_teacher_scores():
+    from hardneg.train.methods.static import StaticNeg
+
+    method, batch = _method(StaticNeg, distill="margin-mse", distill_teacher_scale=10.0)
+    _, parts = method.loss(SCORES.clone(), batch)
+    want = np.mean([((sp - sn) - 10 * (tp - tn)) ** 2 for sp, sn, tp, tn in _valid_triples()])
+    assert parts["distill"] == pytest.approx(want)
+    method, batch = _method(StaticNeg, distill="kl", distill_teacher_scale=0.5)
+    _, parts = method.loss(SCORES.clone(), batch)
+    want = (_kl([5.0, 2.0], [4.5, 2.0], 1.0) + _kl([3.0, 1.0, -0.5], [1.0, 1.5, -1.0], 1.0)) / 2
+    assert parts["distill"] == pytest.approx(want)
+
+
 def test_listwise_kl_through_the_static_loss():
     from hardneg.train.methods.static import StaticNeg
 
@@ -124,6 +137,10 @@ def test_distill_settings_are_checked():
         TrainConfig(data="x", method="static", distill="margin-mse", teacher="bm25", distill_temperature=2).validate()
     with pytest.raises(HardnegError, match="--distill-weight"):
         TrainConfig(data="x", method="static", distill_weight=2).validate()
+    with pytest.raises(HardnegError, match="--distill-teacher-scale"):
+        TrainConfig(data="x", method="static", distill_teacher_scale=10).validate()
+    with pytest.raises(HardnegError, match="--distill-teacher-scale must be a positive"):
+        TrainConfig(data="x", method="static", distill="kl", teacher="bm25", distill_teacher_scale=-1).validate()
     with pytest.raises(HardnegError, match="distill must be one of"):
         TrainConfig(data="x", method="static", distill="mse", teacher="bm25")
     TrainConfig(data="x", method="adore", distill="margin-mse", teacher="bm25").validate()

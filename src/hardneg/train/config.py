@@ -52,7 +52,8 @@ LATER_DEFAULTS.update({"index_fp16": False})  # ADORE's flat index stored in flo
 LATER_DEFAULTS.update({"lamb_variant": "decoupled", "schedule_epochs": None, "examples_per_query": "each-positive",
                        "mine_query_max_length": None, "mine_doc_max_length": None})
 #: distillation (issue 28): off by default
-LATER_DEFAULTS.update({"distill": "none", "distill_weight": 1.0, "distill_temperature": 1.0})
+LATER_DEFAULTS.update({"distill": "none", "distill_weight": 1.0, "distill_temperature": 1.0,
+                       "distill_teacher_scale": 1.0})
 #: ADORE on an index hardneg did not build (issue 29)
 LATER_DEFAULTS.update({"index_ids": None, "index_build": "flat", "index_check": 0.5})
 #: LoRA adapters (issue 28), off by default
@@ -236,6 +237,9 @@ class TrainConfig(BaseModel):
                                     "L_distill).", panel=NEGATIVES)
     distill_temperature: float = setting(1.0, "--distill kl: softmax temperature T (the loss is scaled by T^2).",
                                          panel=NEGATIVES)
+    distill_teacher_scale: float = setting(
+        1.0, "Multiply the teacher's scores by this before the distillation loss, to put them on the student's "
+        "scale (scale x cosine, 20 for MiniLM): e.g. 10 for a fusion teacher (scores in [0, 2]).", panel=NEGATIVES)
     # GradCache and --compile (issue 28)
     grad_cache: bool = setting(
         False, "GradCache (Gao et al., 2021): the whole batch's loss and gradient with the activation memory of "

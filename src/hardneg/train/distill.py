@@ -1,7 +1,8 @@
 """Distillation from a teacher's scores (``--distill margin-mse|kl``, ``--teacher``).
 
 The losses (both over *scores*, like :mod:`hardneg.train.losses`; the student's are the ones every loss sees,
-``scale · <q, d>``; the teacher's are used as they are):
+``scale · <q, d>``; the teacher's are multiplied by ``--distill-teacher-scale``, 1 by default, which puts a
+teacher on the student's scale: a fusion's scores lie in ``[0, 2]``, a MiniLM student's in ``[-20, 20]``):
 
 * ``margin-mse`` (Hofstätter et al., 2020, "Improving Efficient Neural Ranking Models with Cross-Architecture
   Knowledge Distillation"; sentence-transformers' ``MarginMSELoss``): the mean over valid
@@ -105,6 +106,7 @@ class Distiller:
                  pool: Callable[[str], Sequence[str]] | None = None) -> None:
         self.kind, self.weight = config.distill, float(config.distill_weight)
         self.temperature = float(config.distill_temperature)
+        self.teacher_scale = float(getattr(config, "distill_teacher_scale", 1.0))
         self.selector, self.pool = selector, pool
         known = set(corpus)
         #: each query's positives in the corpus (a fusion normalises over them too; prepare scores them)
@@ -154,7 +156,7 @@ class Distiller:
         def table(docs: Sequence[Sequence[str]], valid: Tensor) -> Tensor:
             out = np.zeros(tuple(valid.shape), dtype=np.float64)
             for b, (q, row, ok) in enumerate(zip(qids, docs, valid.tolist(), strict=True)):
-                out[b] = [scores[q][d] if v else 0.0 for d, v in zip(row, ok, strict=True)]
+                out[b] = [self.teacher_scale * scores[q][d] if v else 0.0 for d, v in zip(row, ok, strict=True)]
             return torch.from_numpy(out).to(s_pos.device, s_pos.dtype)
 
         return distill_loss(self.kind, s_pos, s_neg, table(pos_docs, pos_valid), table(neg_docs, neg_valid),

@@ -95,15 +95,17 @@ def check_distill(cfg: TrainConfig, spec: Any) -> None:
     """``--distill`` (hardneg.train.distill): a method that distils (``spec.distill``), a ``--teacher``, a
     positive weight and temperature (the temperature for ``kl`` only, the weight with a ``--distill``); STAR's
     hard-negative term replaced needs ``--star-mixing alpha``."""
-    for name in ("distill_weight", "distill_temperature"):
+    for name in ("distill_weight", "distill_temperature", "distill_teacher_scale"):
         value = getattr(cfg, name)
         if not (math.isfinite(value) and value > 0):
             raise HardnegError(f"--{name.replace('_', '-')} must be a positive number, not {value!r}")
     if cfg.distill != "kl" and cfg.distill_temperature != 1.0:
         raise HardnegError(f"--distill-temperature is for --distill kl, not --distill {cfg.distill}")
     if cfg.distill == "none":
-        if cfg.distill_weight != 1.0:
-            raise HardnegError("--distill-weight weighs the distillation loss: give --distill margin-mse or kl")
+        for name in ("distill_weight", "distill_teacher_scale"):
+            if getattr(cfg, name) != 1.0:
+                raise HardnegError(f"--{name.replace('_', '-')} is a setting of the distillation loss: give "
+                                   "--distill margin-mse or kl")
         return
     if spec.distill is None:
         raise HardnegError(f"--distill {cfg.distill}: {cfg.method} has no hard negatives a teacher scores; use "
