@@ -31,6 +31,7 @@ import faiss
 import numpy as np
 
 from hardneg.data.load import load_dataset
+from hardneg.data.slice import slice_beir
 from hardneg.evaluate.metrics import evaluate_per_query
 from hardneg.index.external import open_external
 from hardneg.model.encoder import DualEncoder
@@ -40,35 +41,6 @@ from hardneg.train.config import TrainConfig
 from hardneg.train.trainer import Trainer
 
 INDEXES = ("flat", "hnsw", "ivfpq")
-
-
-def slice_data(src: Path, out: Path, limit: int) -> Path:
-    """A BEIR folder with the relevant documents of the first train and test queries plus other documents,
-    ``limit`` documents in all (a smoke run); the train and test qrels restricted to them."""
-    def qrels(split: str) -> list[list[str]]:
-        return [line.split("\t") for line in (src / "qrels" / f"{split}.tsv").read_text().splitlines()[1:] if line]
-
-    train, test = qrels("train"), qrels("test")
-    wanted = list(dict.fromkeys(d for _, d, _ in [*train[: limit // 4], *test[: limit // 4]]))
-    docs, extra = {}, []
-    with open(src / "corpus.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            if row["_id"] in wanted:
-                docs[row["_id"]] = line
-            elif len(extra) < limit - len(wanted):
-                extra.append(line)
-    (out / "qrels").mkdir(parents=True, exist_ok=True)
-    (out / "corpus.jsonl").write_text("".join([*docs.values(), *extra]))
-    qids = set()
-    for split, rows in (("train", train), ("test", test)):
-        kept = [r for r in rows if r[1] in docs]
-        qids |= {q for q, _, _ in kept}
-        (out / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
-            "\t".join(r) + "\n" for r in kept))
-    (out / "queries.jsonl").write_text("".join(line + "\n" for line in (src / "queries.jsonl").read_text()
-                                               .splitlines() if line and json.loads(line)["_id"] in qids))
-    return out
 
 
 def build_index(kind: str, x: np.ndarray):
@@ -121,7 +93,10 @@ def main() -> None:
     parser.add_argument("--limit-docs", type=int, default=0, help="a slice of the corpus (smoke runs)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    data = slice_data(args.data, args.out / "data", args.limit_docs) if args.limit_docs else args.data
+    data = args.data
+    if args.limit_docs:  # a smoke run: a quarter of the documents relevant ones of train and of test
+        data = slice_beir(args.data, args.out / "data", n_docs=args.limit_docs, n_relevant=args.limit_docs // 4,
+                          splits=("train", "test"))
     stages: dict[str, float] = {}
 
     tic = time.perf_counter()

@@ -15,6 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import data_dir, train_config, write_tiny_train
+from hardneg.data.slice import slice_beir
 from hardneg.errors import HardnegError, MismatchError
 from hardneg.index.external import open_external
 from hardneg.train.config import TrainConfig
@@ -270,31 +271,12 @@ def test_a_query_encoder_that_does_not_belong_to_the_index_stops_the_run(tmp_pat
 
 # ----------------------------------------------------------------------------- the round trip
 def scifact_slice(tmp_path: Path, n_docs: int = 120) -> Path:
-    """A small slice of SciFact: the training queries whose relevant documents are all among the first
-    ``n_docs`` relevant-first documents, written as a BEIR folder with a train split."""
+    """A small slice of SciFact: the training queries whose relevant documents are among ``n_docs`` documents,
+    half of them relevant ones (:func:`hardneg.data.slice.slice_beir`)."""
     src = data_dir() / "scifact"
     if not (src / "corpus.jsonl").is_file():
         pytest.skip("SciFact not found")
-    qrels = [line.split("\t") for line in (src / "qrels" / "train.tsv").read_text().splitlines()[1:] if line]
-    wanted = list(dict.fromkeys(d for _, d, _ in qrels))[: n_docs // 2]
-    docs, extra = {}, []
-    with open(src / "corpus.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            if row["_id"] in wanted:
-                docs[row["_id"]] = row
-            elif len(extra) < n_docs - len(wanted):
-                extra.append(row)
-    keep = [(q, d, g) for q, d, g in qrels if d in docs]
-    qids = {q for q, _, _ in keep}
-    out = tmp_path / "scifact-slice"
-    (out / "qrels").mkdir(parents=True)
-    (out / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*docs.values(), *extra]))
-    (out / "queries.jsonl").write_text("".join(line + "\n" for line in (src / "queries.jsonl").read_text()
-                                               .splitlines() if json.loads(line)["_id"] in qids))
-    (out / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
-        f"{q}\t{d}\t{g}\n" for q, d, g in keep))
-    return out
+    return slice_beir(src, tmp_path / "scifact-slice", n_docs=n_docs, n_relevant=n_docs // 2)
 
 
 @pytest.mark.parametrize("where", ["tiny", pytest.param("scifact", marks=pytest.mark.slow)])
