@@ -393,7 +393,7 @@ def test_shipped_recipes_validate():
     assert {p.stem for p in configs} >= {"demo", "scifact"}
     for path in configs:
         exp = Experiment(Recipe.from_yaml(path, data_dir="/data"), "/nonexistent/out")
-        kinds = ("train-", "test-", "transfer-", "analysis-", "wise-", "report")
+        kinds = ("index-", "train-", "test-", "transfer-", "analysis-", "wise-", "report")
         assert "report" in exp.stages and all(s.startswith(kinds) for s in exp.stages)
 
 

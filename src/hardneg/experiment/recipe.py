@@ -69,10 +69,12 @@ from hardneg.data.formats.irds import open_irds
 from hardneg.data.load import irds_split_id, parse_spec
 from hardneg.devices import resolve_device
 from hardneg.errors import HardnegError
+from hardneg.experiment.outside_index import INDEX_REF, check_outside_indexes
 from hardneg.experiment.schema import (
     AnalysisSettings,
     EvalSettings,
     InterpolateSettings,
+    OutsideIndexSettings,
     StrictSection,
     check_name,
     schema_problems,
@@ -188,6 +190,12 @@ class System(BaseModel):
         """The index the system is tested on: a frozen-document method's own training index, flat otherwise."""
         return str(self.settings.get("index", "flat")) if self.frozen_doc else "flat"
 
+    @property
+    def outside_index(self) -> str | None:
+        """The ``indexes:`` entry its ``index`` names (``"@<name>"``), if it trains against one."""
+        index = str(self.settings.get("index", ""))
+        return index[len(INDEX_REF):] if index.startswith(INDEX_REF) else None
+
     def to_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "kind": self.kind, "method": self.method, "base": self.base,
                "settings": dict(self.settings)}
@@ -199,7 +207,7 @@ class Recipe(StrictSection):
 
     _input_keys: ClassVar[tuple[str, ...]] = ("name", "data", "model", "systems", "seed", "device", "train", "adore",
                                               "eval", "transfer", "analysis", "interpolate", "out", "cache_dir",
-                                              "description")
+                                              "description", "indexes")
 
     name: str
     data: str
@@ -213,12 +221,13 @@ class Recipe(StrictSection):
     transfer: list[str] = Field(default_factory=list)
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     interpolate: InterpolateSettings | None = None
+    indexes: dict[str, OutsideIndexSettings] = Field(default_factory=dict)  # built outside hardneg (outside_index.py)
     out: str | None = None
     cache_dir: str | None = None
     description: str | None = None
     source: str = ""
 
-    @field_validator("train", "adore", "eval", "transfer", "analysis", "interpolate", mode="before")
+    @field_validator("train", "adore", "eval", "transfer", "analysis", "interpolate", "indexes", mode="before")
     @classmethod
     def _empty_is_default(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None:  # `train:` with nothing under it
@@ -251,7 +260,8 @@ class Recipe(StrictSection):
         if self.interpolate is None:
             return []
         names = self.interpolate.systems
-        return [s for s in self.systems if s.kind == "train" and (names is None or s.name in names)]
+        return [s for s in self.systems if s.kind == "train" and (names is None or s.name in names)
+                and (names is not None or s.outside_index is None)]
 
     def start_of(self, system: System) -> str | None:
         """The system whose model is A of ``system``'s interpolation: its ADORE base (the start model by
@@ -269,6 +279,7 @@ class Recipe(StrictSection):
             "adore": dict(self.adore), "eval": self.eval.model_dump(), "transfer": list(self.transfer),
             "analysis": self.analysis.model_dump(exclude_unset=True),
             "interpolate": self.interpolate.model_dump() if self.interpolate is not None else None, "out": self.out,
+            **({"indexes": {k: v.model_dump() for k, v in self.indexes.items()}} if self.indexes else {}),
             "cache_dir": self.cache_dir, "source": self.source,
         }
 
@@ -316,6 +327,7 @@ class Recipe(StrictSection):
         if dupes:
             raise HardnegError(f"{self.source}: systems: system names must be unique: {', '.join(dupes)}")
         self._check_device()
+        check_outside_indexes(self)
         for i, s in enumerate(self.systems):
             what = f"{s.method.upper()} system" if s.method and s.frozen_doc else "system"
             if s.base is not None and s.base != START_MODEL:
@@ -465,8 +477,11 @@ class Recipe(StrictSection):
                            f"({cfg.dev_split!r} is {reported[cfg.dev_split]}); carve the dev set from the training "
                            "queries instead (drop dev_split; dev_fraction sets its share) or name another split")
 
-    def train_config(self, system: System, out: Path, model: str | None = None) -> TrainConfig:
-        """The :class:`TrainConfig` of a trained system (its model path filled in by the runner)."""
+    def train_config(self, system: System, out: Path, model: str | None = None,
+                     index_dir: Path | None = None) -> TrainConfig:
+        """The :class:`TrainConfig` of a trained system (its model path filled in by the runner; for a system
+        whose ``index`` names an ``indexes:`` entry, that index's folder ``index_dir``, or ``flat`` when the
+        recipe is only checked and the folder does not exist yet)."""
         common = dict(getattr(self, system.section))
         preset = common.pop("preset", None)
         settings = {**common, **system.settings}
@@ -490,4 +505,6 @@ class Recipe(StrictSection):
             cfg.model = self.model
         cfg.cache_dir = self.cache_dir
         cfg.device = self.device  # one device for the whole recipe (the top-level ``device:``)
+        if system.outside_index is not None:
+            cfg.index = str(index_dir) if index_dir is not None else "flat"
         return cfg

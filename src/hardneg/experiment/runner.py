@@ -52,6 +52,7 @@ from hardneg.errors import HardnegError
 from hardneg.evaluate.analysis import model_pairwise_errors, tsne_points
 from hardneg.evaluate.metrics import evaluate
 from hardneg.evaluate.results import save_run_and_metrics
+from hardneg.experiment.outside_index import build_outside_index, search_outside_index
 from hardneg.experiment.recipe import START_MODEL, Recipe, System
 from hardneg.experiment.report import write_report
 from hardneg.experiment.stages import (
@@ -61,6 +62,7 @@ from hardneg.experiment.stages import (
     TSNE,
     Stage,
     dataset_tag,
+    index_stage,
     stage_key,
     test_stage,
     train_stage,
@@ -73,6 +75,7 @@ from hardneg.experiment.stages import (
 from hardneg.io import read_json, write_json
 from hardneg.model.encoder import DualEncoder
 from hardneg.model.merge import interpolate
+from hardneg.model.registry import resolve_model
 from hardneg.retrieval.bm25 import cached_bm25
 from hardneg.retrieval.dense import retrieve, search
 from hardneg.train.config import LATER_DEFAULTS, TrainConfig
@@ -118,6 +121,10 @@ class Experiment:
             return self.recipe.model
         return str(self.stage_dir(train_stage(system.name)) / "model")
 
+    def index_dir(self, name: str) -> Path:
+        """The Pyserini folder the stage of ``indexes:`` entry ``name`` writes."""
+        return self.stage_dir(index_stage(name)) / "index"
+
     def wise_system(self, row: str) -> System:
         """The ``S+wise`` row as a system: S's method, index and settings, the dev-picked merged model."""
         s = self.wise[row]
@@ -139,13 +146,21 @@ class Experiment:
     def _build(self) -> None:
         r = self.recipe
         ev = r.eval
+        for name, ix in r.indexes.items():
+            settings = {"model": ix.model or r.model, "factory": ix.factory, "metric": ix.metric,
+                        "max_seq_length": ix.max_seq_length or ev.max_length, "batch_size": ix.batch_size,
+                        "data": self.test_spec()}
+            self._add(Stage(index_stage(name), settings, [], self._index_fn(settings)))
         for s in r.systems:
             if s.kind != "train":
                 continue
             base = r.system(s.base) if s.base and s.base != START_MODEL else None
             deps = [train_stage(base.name)] if base is not None and base.kind == "train" else []
+            outside = s.outside_index
+            deps += [index_stage(outside)] if outside is not None else []
             cfg = r.train_config(s, self.stage_dir(train_stage(s.name)),
-                                 model=self.model_path(base) if base is not None else None)
+                                 model=self.model_path(base) if base is not None else None,
+                                 index_dir=self.index_dir(outside) if outside is not None else None)
             # a setting added later, at its default, computes what the run did before it existed: left out,
             # so an experiment's finished stages stay finished (as checkpoints stay resumable: fingerprint)
             settings = {k: v for k, v in cfg.to_dict().items()
@@ -162,14 +177,15 @@ class Experiment:
         for s in r.interpolated:
             self._add_wise(s, eval_settings)
         analysis = r.analysis
+        dense = [s for s in r.dense if s.outside_index is None]  # the analyses encode documents: a document tower
         if analysis.enabled("pairwise"):
             topk = analysis.pairwise.topk if analysis.pairwise else 200
-            systems = [s.name for s in r.dense]
+            systems = [s.name for s in dense]
             deps = [test_stage(n) for n in systems]
             self._add(Stage(PAIRWISE, {"topk": topk, "systems": systems}, deps, self._pairwise_fn(systems, topk)))
         if analysis.enabled("pq"):
             cfg = analysis.pq
-            systems = list((cfg.systems if cfg else None) or [s.name for s in r.dense])
+            systems = list((cfg.systems if cfg else None) or [s.name for s in dense])
             indexes = list((cfg.indexes if cfg else None) or ["flat", "pq48"])
             deps = sorted({d for n in systems for d in self._model_deps(r.system(n))})
             self._add(Stage(PQ, {"systems": systems, "indexes": indexes, **eval_settings},
@@ -179,13 +195,15 @@ class Experiment:
             start = next((s.name for s in r.systems if s.kind == "zeroshot"), START_MODEL)
             before = cfg.before if cfg and "before" in cfg.model_fields_set else start
             after = (cfg.after if cfg and "after" in cfg.model_fields_set
-                     else next((s.name for s in r.systems if s.frozen_doc), before))
+                     else next((s.name for s in dense if s.frozen_doc), before))
             settings = {"before": before, "after": after, "top": cfg.top if cfg else 30,
                         "query": cfg.query if cfg else None, "seed": r.seed, **eval_settings}
             deps = [test_stage(before), test_stage(after)]
             self._add(Stage(TSNE, settings, deps, self._tsne_fn(settings)))
         for spec in r.transfer:
             for s in [*r.systems, *(self.wise_system(n) for n in self.wise)]:
+                if s.outside_index is not None:  # its index covers the recipe's corpus only
+                    continue
                 if ev.transfer_systems and (self.wise[s.name].name if s.name in self.wise else s.name) \
                         not in ev.transfer_systems:
                     continue
@@ -274,6 +292,9 @@ class Experiment:
             if system.kind == "bm25":
                 bm25 = cached_bm25(dataset, self.cache_dir)
                 run_ = bm25.search(dataset.queries(), k=int(ev.k), show_progress=not self.quiet)
+            elif system.outside_index is not None:  # the index it trained against, as `hardneg search PATH` does
+                run_ = search_outside_index(self.index_dir(system.outside_index), self._encoder(system),
+                                            dataset.queries(), int(ev.k), show_progress=not self.quiet)
             else:
                 run_ = retrieve(self._encoder(system), dataset, index_kind=index or system.index, k=int(ev.k),
                                 cache_dir=self.cache_dir, show_progress=not self.quiet,
@@ -282,6 +303,19 @@ class Experiment:
             metrics = save_run_and_metrics(run_, folder, tag=system.name, qrels=dataset.qrels(),
                                            measures=ev.measures, per_query=per_query).metrics
             return {"metrics": metrics, "seconds": seconds, "queries": len(dataset.queries())}
+
+        return run
+
+    def _index_fn(self, settings: dict[str, Any]) -> Callable[[Path], dict[str, Any]]:
+        """Stage ``index-<name>``: sentence-transformers + Faiss, Pyserini layout (outside_index.py)."""
+        def run(folder: Path) -> dict[str, Any]:
+            dataset = load_dataset(settings["data"], cache_dir=self.cache_dir)
+            tic = time.perf_counter()
+            built = build_outside_index(str(resolve_model(settings["model"])), dataset, folder / "index",
+                                        factory=settings["factory"], metric=settings["metric"],
+                                        max_seq_length=settings["max_seq_length"], batch_size=settings["batch_size"],
+                                        device=str(self.device), show_progress=not self.quiet)
+            return {**built, "seconds": time.perf_counter() - tic}
 
         return run
 

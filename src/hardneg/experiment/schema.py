@@ -100,6 +100,24 @@ class InterpolateSettings(StrictSection):
         return [float(a) for a in alphas]
 
 
+class OutsideIndexSettings(StrictSection):
+    """An ``indexes:`` entry: an index built the way other tools build one (see
+    :mod:`hardneg.experiment.outside_index`)."""
+
+    model: str | None = None  # the encoder (default: the recipe's model), loaded by sentence-transformers
+    factory: str = "Flat"  # a faiss.index_factory string: Flat, HNSW32, IVF64,PQ48, ...
+    metric: str = "ip"  # ip (inner product) or l2
+    max_seq_length: int | None = None  # default: eval.max_length, as hardneg's own test indexes
+    batch_size: int = 64
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, metric: str) -> str:
+        if metric not in ("ip", "l2"):
+            raise ValueError(f"metric must be ip (inner product) or l2, not {metric!r}")
+        return metric
+
+
 class AnalysisSettings(StrictSection):
     """``analysis:``: which analyses run (a key given, even empty, turns one on)."""
 

@@ -1,6 +1,6 @@
 """The stages of an experiment: their names, their keys, and what one stage is.
 
-Stage folders live under ``OUT/stages/<stage>/``: ``train-<system>``,
+Stage folders live under ``OUT/stages/<stage>/``: ``index-<name>`` (an ``indexes:`` entry), ``train-<system>``,
 ``test-<system>``, ``transfer-<system>-<set>``, ``analysis-pairwise``,
 ``analysis-pq``, ``analysis-tsne`` and ``report``; with ``interpolate:`` also ``wise-<system>-a<alpha>``
 (a merged model and its dev metrics), ``wise-<system>`` (the dev pick, as the model of the
@@ -28,6 +28,11 @@ REPORT = "report"
 
 def train_stage(system: str) -> str:
     return f"train-{system}"
+
+
+def index_stage(name: str) -> str:
+    """The stage building the recipe's ``indexes:`` entry ``name``."""
+    return f"index-{name}"
 
 
 def test_stage(system: str) -> str:
