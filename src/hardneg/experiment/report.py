@@ -42,7 +42,7 @@ from hardneg.experiment.findings import Findings
 from hardneg.experiment.results import ExperimentResults
 from hardneg.experiment.sections import Section, registered, section_fn
 from hardneg.experiment.stages import train_stage
-from hardneg.experiment.stats import mean
+from hardneg.experiment.stats import mean, spread
 from hardneg.io import atomic_write, read_json
 
 
@@ -97,28 +97,73 @@ def write(ctx: ReportContext, *, latex: bool = False) -> Path:
 
 def system_results(ctx: ReportContext) -> dict[str, Any]:
     """``results.json``: per system the test numbers of the tables (Table 2, its strata and transfer columns),
-    the best dev metrics, training steps and the training stage's wall-clock seconds (Table 4's "stage")."""
-    m = ctx.main_measure
+    the best dev metrics, training steps and the training stage's wall-clock seconds (Table 4's "stage").
+
+    A system with ``seeds``: its test, strata and transfer numbers are the means over its seeds, ``seeds`` holds
+    ``n``, the seeds, their runs and the ``sd`` (sample), ``min`` and ``max`` of each number; its dev, steps and
+    seconds are its first seed's. ``replicas`` holds every seed run's own entry (the first under the system's name).
+    """
     out: dict[str, Any] = {}
+    replicas: dict[str, Any] = {}
     for name in ctx.r.names:
-        entry: dict[str, Any] = {}
-        pq = ctx.per_query.get(name)
-        for measure in ctx.r.measures:
-            entry[measure] = mean(pq[measure]) if pq else None
-        if ctx.unseen:
-            entry[f"{m}_unseen"] = mean(pq[m], ctx.unseen) if pq else None
-            entry[f"{m}_seen"] = mean(pq[m], sorted(set(pq[m]) - set(ctx.unseen))) if pq else None
-        entry["transfer"] = {t: ctx.transfer_metric(name, t) for t in ctx.r.transfer_tags()}
-        trained = ctx.r.system(name).get("wise_of", name)
-        st = ctx.r.stage(train_stage(trained))
-        entry["dev"] = ctx.dev_metrics(trained)
-        if name != trained:  # an interpolation: the picked weight's dev metrics
-            pick = ctx.r.wise_pick(trained)
-            entry["dev"] = {"alpha": pick["alpha"], **pick["dev"]} if pick else None
-        entry["steps"] = len([x for x in ctx.r.train_log(trained) if x.get("kind") == "train"]) if st else None
-        entry["train_seconds"] = float(st["seconds"]) if st else None
-        out[name] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in entry.items()}
-    return {"systems": out}
+        if name not in ctx.seed_runs:
+            out[name] = _entry(ctx, name, ctx.per_query.get(name),
+                               {t: ctx.transfer_metric(name, t) for t in ctx.r.transfer_tags()})
+            continue
+        runs = ctx.r.seed_runs(name)
+        for i, (seed, run) in enumerate(runs):
+            transfer = {t: ctx.transfer_values(name, t)[i] for t in ctx.r.transfer_tags()}
+            replicas[run] = {"system": name, "seed": seed,
+                             **_entry(ctx, name, ctx.seed_runs[name].get(run), transfer, run=run)}
+        keys = [k for k, v in replicas[name].items() if k not in ("system", "seed") and isinstance(v, float | None)
+                and k not in ("steps", "train_seconds")]
+        spreads = {k: spread([replicas[run][k] for _, run in runs]) for k in keys}
+        spreads.update({f"transfer/{t}": spread([replicas[run]["transfer"][t] for _, run in runs])
+                        for t in ctx.r.transfer_tags()})
+        entry = {k: replicas[name][k] for k in replicas[name] if k not in ("system", "seed")}
+        entry.update({k: s["mean"] for k, s in spreads.items() if "/" not in k})
+        entry["transfer"] = {t: spreads[f"transfer/{t}"]["mean"] for t in ctx.r.transfer_tags()}
+        entry["seeds"] = {"n": max((s["n"] for s in spreads.values()), default=0), "seeds": [k for k, _ in runs],
+                          "runs": [run for _, run in runs],
+                          **{stat: _nested({k: s[stat] for k, s in spreads.items()}) for stat in ("sd", "min", "max")}}
+        out[name] = entry
+    return {"systems": out, **({"replicas": replicas} if replicas else {})}
+
+
+def _entry(ctx: ReportContext, name: str, pq: dict[str, dict[str, float]] | None,
+           transfer: dict[str, float | None], *, run: str | None = None) -> dict[str, Any]:
+    """One run's ``results.json`` entry: test means (``pq``: its per-query scores), strata, ``transfer``, and the
+    dev metrics, steps and training seconds of system ``name`` (an interpolation: the picked weight's dev; a seed
+    run of a seeded system: ``run``'s)."""
+    m = ctx.main_measure
+    entry: dict[str, Any] = {}
+    for measure in ctx.r.measures:
+        entry[measure] = mean(pq[measure]) if pq else None
+    if ctx.unseen:
+        entry[f"{m}_unseen"] = mean(pq[m], ctx.unseen) if pq else None
+        entry[f"{m}_seen"] = mean(pq[m], sorted(set(pq[m]) - set(ctx.unseen))) if pq else None
+    entry["transfer"] = transfer
+    trained = run or ctx.r.system(name).get("wise_of", name)
+    st = ctx.r.stage(train_stage(trained))
+    entry["dev"] = ctx.dev_metrics(trained)
+    if trained == ctx.r.system(name).get("wise_of"):  # an interpolation: the picked weight's dev metrics
+        pick = ctx.r.wise_pick(trained)
+        entry["dev"] = {"alpha": pick["alpha"], **pick["dev"]} if pick else None
+    entry["steps"] = len([x for x in ctx.r.train_log(trained) if x.get("kind") == "train"]) if st else None
+    entry["train_seconds"] = float(st["seconds"]) if st else None
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in entry.items()}
+
+
+def _nested(values: dict[str, Any]) -> dict[str, Any]:
+    """``{"nDCG@10": x, "transfer/med": y}`` → ``{"nDCG@10": x, "transfer": {"med": y}}``."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if "/" in key:
+            head, tail = key.split("/", 1)
+            out.setdefault(head, {})[tail] = value
+        else:
+            out[key] = value
+    return out
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, *, latex: bool = False,
