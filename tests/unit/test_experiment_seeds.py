@@ -169,3 +169,14 @@ def test_report_shows_mean_plus_minus_sd_and_a_per_seed_table(seeded_run):
     star = next(line.split(",") for line in main if line.startswith("star,"))
     assert float(star[main[0].split(",").index("nDCG@10")]) == pytest.approx(res["nDCG@10"])
     assert json.loads(json.dumps(res))  # plain JSON
+
+
+def test_readme_table_of_a_seeded_run_shows_mean_plus_minus_sd(seeded_run):
+    from hardneg.experiment.readme import render_table
+
+    res = read_json(seeded_run.out / "results.json")
+    star = next(line for line in render_table(res).splitlines() if line.startswith("| star |"))
+    sd = res["systems"]["star"]["seeds"]["sd"]
+    assert f"{res['systems']['star']['nDCG@10']:.3f}" in star and f" ± {sd['nDCG@10']:.3f} " in star
+    assert f" ± {sd['transfer']['transfer-test']:.3f} " in star and star.endswith("| 3 |")
+    assert "star.seed43" not in render_table(res)
