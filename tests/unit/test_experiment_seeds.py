@@ -180,3 +180,15 @@ def test_readme_table_of_a_seeded_run_shows_mean_plus_minus_sd(seeded_run):
     assert f"{res['systems']['star']['nDCG@10']:.3f}" in star and f" ± {sd['nDCG@10']:.3f} " in star
     assert f" ± {sd['transfer']['transfer-test']:.3f} " in star and star.endswith("| 3 |")
     assert "star.seed43" not in render_table(res)
+
+
+def test_vs_start_p_is_the_seed_averaged_runs_ttest_against_zero_shot(seeded_run):
+    res = read_json(seeded_run.out / "results.json")["systems"]
+    runs = ("star", "star.seed43", "star.seed44")
+    zero = _pq(seeded_run, "zeroshot")["nDCG@10"]
+    qids = sorted(zero)
+    star = [np.mean([_pq(seeded_run, r)["nDCG@10"][q] for r in runs]) for q in qids]
+    expected = stats.ttest_rel(star, [zero[q] for q in qids]).pvalue
+    assert res["star"]["vs_start"]["system"] == "zeroshot"
+    assert res["star"]["vs_start"]["p"]["nDCG@10"] == pytest.approx(expected)
+    assert "vs_start" not in res["zeroshot"]

@@ -76,3 +76,16 @@ def test_a_missing_results_file_names_the_page_and_line(tmp_path):
     (tmp_path / "r.json").unlink()
     with pytest.raises(HardnegError, match=r"page.md:2: results-table names r.json, which is not there"):
         refresh(page)
+
+
+def test_dagger_marks_numbers_significantly_above_the_start_model():
+    vs = {"system": "zs", "p": {"nDCG@10": 0.01, "nDCG@10_seen": 0.2, "nDCG@10_unseen": 0.001}}
+    results = {"systems": {
+        "zs": {"nDCG@10": 0.5, "nDCG@10_unseen": 0.5, "nDCG@10_seen": 0.5, "transfer": {}, "steps": None},
+        "up": {"nDCG@10": 0.6, "nDCG@10_unseen": 0.4, "nDCG@10_seen": 0.7, "transfer": {}, "steps": 5,
+               "vs_start": vs}}}
+    lines = render_table(results).splitlines()
+    # all: p 0.01 and above → †; seen: above but p 0.2; unseen: p 0.001 but below the start model
+    assert lines[3] == "| up | 5 | **0.600**† | **0.700** | 0.400 |"
+    assert "†: above zs (paired t-test, p < 0.05" in render_table(results)
+    assert "†" not in render_table({"systems": {k: {**v, "vs_start": None} for k, v in results["systems"].items()}})

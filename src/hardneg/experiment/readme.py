@@ -10,7 +10,8 @@ A page marks each such table with the file it comes from::
 :func:`render_table` renders a ``results.json`` (written by :mod:`hardneg.experiment.report`) into that table:
 one row per system, its training steps, the test measures (the main one first), the main measure on the seen- and
 unseen-document strata and on each transfer set; a system with ``seeds`` as mean ± sample sd over its seeds, with
-a seeds column; the best value of each column in bold. :func:`refresh` rewrites every marked block of a page from
+a seeds column; the best value of each column in bold; † where the report's paired t-test (``vs_start``) has a
+trained system significantly above the zero-shot start model. :func:`refresh` rewrites every marked block of a page from
 its file (``hardneg report --readme README.md``), and tells which were stale (``--check``, and the test that keeps
 the README honest).
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hardneg.errors import HardnegError
+from hardneg.experiment.stats import ALPHA
 from hardneg.io import atomic_write
 
 #: a marked block: the results.json path (relative to the page's repository root) and the table under it
@@ -79,18 +81,35 @@ def render_table(results: dict[str, Any]) -> str:
     best = [max((round(v[j][0], 3) for v in values.values() if v[j][0] is not None), default=None)
             for j in range(len(columns))]
     header = ["system", "steps", *(h for h, _, _ in columns), *(["seeds"] if seeded else [])]
-    rows = []
+    rows, starts = [], set()
     for name, entry in systems.items():
         cells = [name, str(entry["steps"]) if entry.get("steps") is not None else "–"]
+        above = _above_start(entry, systems)
+        starts |= {entry["vs_start"]["system"]} if above else set()
         for j, (x, sd) in enumerate(values[name]):
             text = "–" if x is None else f"{x:.3f}"
             text = f"**{text}**" if x is not None and len(systems) > 1 and round(x, 3) == best[j] else text
+            text += "†" if columns[j][1] in above and columns[j][2] is None else ""
             cells.append(f"{text} ± {sd:.3f}" if x is not None and sd is not None else text)
         rows.append(cells + ([str((entry.get("seeds") or {}).get("n", 1))] if seeded else []))
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    note = "; ± sample standard deviation over the seeds" if seeded else ""
-    return "\n".join(lines) + f"\n\nBold: the best of a column{note}. Written by `{COMMAND}`.\n"
+    notes = ["Bold: the best of a column"]
+    if starts:
+        notes.append(f"†: above {', '.join(sorted(starts))} (paired t-test, p < 0.05; on the seen-/unseen-doc "
+                     "strata after Holm correction over the report's generalisation table)")
+    if seeded:
+        notes.append("mean ± sample standard deviation over the seeds; a seeded system's tests use its "
+                     "seed-averaged run")
+    return "\n".join(lines) + f"\n\n{'. '.join(notes)}. Written by `{COMMAND}`.\n"
+
+
+def _above_start(entry: dict[str, Any], systems: dict[str, dict[str, Any]]) -> set[str]:
+    """The keys of ``entry`` (a trained system) significantly above the start model's (its ``vs_start``)."""
+    vs = entry.get("vs_start") or {}
+    start = systems.get(vs.get("system") or "", {})
+    return {key for key, p in (vs.get("p") or {}).items() if p is not None and p < ALPHA
+            and entry.get(key) is not None and start.get(key) is not None and entry[key] > start[key]}
 
 
 def refresh(page: str | Path, root: str | Path | None = None) -> tuple[str, list[str]]:

@@ -41,6 +41,7 @@ from hardneg.experiment.context import ReportContext, machine, short_path
 from hardneg.experiment.findings import Findings
 from hardneg.experiment.results import ExperimentResults
 from hardneg.experiment.sections import Section, registered, section_fn
+from hardneg.experiment.sections.effectiveness import against_start
 from hardneg.experiment.stages import train_stage
 from hardneg.experiment.stats import mean, spread
 from hardneg.io import atomic_write, read_json
@@ -99,12 +100,16 @@ def system_results(ctx: ReportContext) -> dict[str, Any]:
     """``results.json``: per system the test numbers of the tables (Table 2, its strata and transfer columns),
     the best dev metrics, training steps and the training stage's wall-clock seconds (Table 4's "stage").
 
+    ``vs_start`` (trained systems): the paired t-test p against the zero-shot start model of the main measure, on
+    all queries and (Holm-corrected as in the generalisation table) on the strata.
+
     A system with ``seeds``: its test, strata and transfer numbers are the means over its seeds, ``seeds`` holds
     ``n``, the seeds, their runs and the ``sd`` (sample), ``min`` and ``max`` of each number; its dev, steps and
     seconds are its first seed's. ``replicas`` holds every seed run's own entry (the first under the system's name).
     """
     out: dict[str, Any] = {}
     replicas: dict[str, Any] = {}
+    tests = against_start(ctx)
     for name in ctx.r.names:
         if name not in ctx.seed_runs:
             out[name] = _entry(ctx, name, ctx.per_query.get(name),
@@ -127,6 +132,11 @@ def system_results(ctx: ReportContext) -> dict[str, Any]:
                           "runs": [run for _, run in runs],
                           **{stat: _nested({k: s[stat] for k, s in spreads.items()}) for stat in ("sd", "min", "max")}}
         out[name] = entry
+    m = ctx.main_measure
+    for name, p in tests.items():  # which numbers are significantly above the start model's (the README's †)
+        keys = {"all": m, "seen_holm": f"{m}_seen", "unseen_holm": f"{m}_unseen"}
+        out[name]["vs_start"] = {"system": ctx.r.start,
+                                 "p": {key: (None if math.isnan(p[k]) else p[k]) for k, key in keys.items() if k in p}}
     return {"systems": out, **({"replicas": replicas} if replicas else {})}
 
 

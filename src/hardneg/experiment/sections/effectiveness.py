@@ -132,6 +132,29 @@ def effectiveness(ctx: ReportContext) -> Section:
     return Section("\n".join(text))
 
 
+def against_start(ctx: ReportContext) -> dict[str, dict[str, float]]:
+    """The paired t-test p of each trained system's main measure against the zero-shot start model: ``all`` test
+    queries, and with the unseen-document stratum known, ``seen``/``unseen`` raw and ``seen_holm``/``unseen_holm``
+    Holm-corrected over the generalisation table's family (both strata of every system); empty without a start."""
+    start = ctx.r.start
+    if start not in ctx.per_query:
+        return {}
+    m = ctx.main_measure
+    zero = ctx.per_query[start][m]
+    untrained = set(ctx.r.with_kind("zeroshot", "bm25"))
+    names = [n for n in ctx.r.names if n not in untrained and n in ctx.per_query]
+    out = {n: {"all": ttest(ctx.per_query[n][m], zero)} for n in names}
+    if ctx.unseen:
+        seen = sorted(set(zero) - set(ctx.unseen))
+        for n in names:
+            out[n].update(seen=ttest(ctx.per_query[n][m], zero, seen), unseen=ttest(ctx.per_query[n][m], zero,
+                                                                                     ctx.unseen))
+        adjusted = holm([out[n][s] for n in names for s in ("seen", "unseen")])  # the family: the whole table
+        for i, n in enumerate(names):
+            out[n].update(seen_holm=adjusted[2 * i], unseen_holm=adjusted[2 * i + 1])
+    return out
+
+
 @section("generalisation", 20)
 def generalisation(ctx: ReportContext) -> Section:
     """Each trained system against the zero-shot start model on seen- and unseen-document test queries (Holm over
@@ -149,13 +172,10 @@ def generalisation(ctx: ReportContext) -> Section:
               *[f"Δ{m} {t}" for t in transfer], "verdict"]
     rows = []
     zero_transfer = {t: ctx.transfer_metric(start, t) for t in transfer}
-    untrained = set(ctx.r.with_kind("zeroshot", "bm25"))
-    names = [n for n in ctx.r.names if n not in untrained and n in ctx.per_query]
-    raw = {n: (ttest(ctx.per_query[n][m], zero, seen), ttest(ctx.per_query[n][m], zero, ctx.unseen))
-           for n in names}
-    # the family: every comparison of this table (both strata of every system)
-    adjusted = holm([p for n in names for p in raw[n]])
-    holm_of = {n: (adjusted[2 * i], adjusted[2 * i + 1]) for i, n in enumerate(names)}
+    tests = against_start(ctx)  # Holm over the family of this table: both strata of every system
+    names = list(tests)
+    raw = {n: (tests[n]["seen"], tests[n]["unseen"]) for n in names}
+    holm_of = {n: (tests[n]["seen_holm"], tests[n]["unseen_holm"]) for n in names}
     for name in names:
         pq = ctx.per_query[name][m]
         d_seen = mean(pq, seen) - mean(zero, seen)
