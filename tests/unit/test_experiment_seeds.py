@@ -192,3 +192,22 @@ def test_vs_start_p_is_the_seed_averaged_runs_ttest_against_zero_shot(seeded_run
     assert res["star"]["vs_start"]["system"] == "zeroshot"
     assert res["star"]["vs_start"]["p"]["nDCG@10"] == pytest.approx(expected)
     assert "vs_start" not in res["zeroshot"]
+
+
+def test_a_seed_not_finished_yet_is_left_out_of_the_mean_and_n(seeded_run, tmp_path):
+    import shutil
+
+    from hardneg.experiment import write_report
+
+    out = tmp_path / "partial"
+    shutil.copytree(seeded_run.out, out)
+    shutil.rmtree(out / "stages" / "test-star.seed44")
+    write_report(out)
+    res = read_json(out / "results.json")
+    star = res["systems"]["star"]
+    values = [res["replicas"][r]["nDCG@10"] for r in ("star", "star.seed43")]
+    assert res["replicas"]["star.seed44"]["nDCG@10"] is None
+    assert star["nDCG@10"] == pytest.approx(np.mean(values))
+    assert star["seeds"]["sd"]["nDCG@10"] == pytest.approx(np.std(values, ddof=1))
+    row = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("| star |"))
+    assert row.endswith("| 2 |") and star["seeds"]["n"] == 2

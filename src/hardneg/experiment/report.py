@@ -111,33 +111,39 @@ def system_results(ctx: ReportContext) -> dict[str, Any]:
     replicas: dict[str, Any] = {}
     tests = against_start(ctx)
     for name in ctx.r.names:
-        if name not in ctx.seed_runs:
+        if name in ctx.seed_runs:
+            out[name] = _seeded_entry(ctx, name, replicas)
+        else:
             out[name] = _entry(ctx, name, ctx.per_query.get(name),
                                {t: ctx.transfer_metric(name, t) for t in ctx.r.transfer_tags()})
-            continue
-        runs = ctx.r.seed_runs(name)
-        for i, (seed, run) in enumerate(runs):
-            transfer = {t: ctx.transfer_values(name, t)[i] for t in ctx.r.transfer_tags()}
-            replicas[run] = {"system": name, "seed": seed,
-                             **_entry(ctx, name, ctx.seed_runs[name].get(run), transfer, run=run)}
-        keys = [k for k, v in replicas[name].items() if k not in ("system", "seed") and isinstance(v, float | None)
-                and k not in ("steps", "train_seconds")]
-        spreads = {k: spread([replicas[run][k] for _, run in runs]) for k in keys}
-        spreads.update({f"transfer/{t}": spread([replicas[run]["transfer"][t] for _, run in runs])
-                        for t in ctx.r.transfer_tags()})
-        entry = {k: replicas[name][k] for k in replicas[name] if k not in ("system", "seed")}
-        entry.update({k: s["mean"] for k, s in spreads.items() if "/" not in k})
-        entry["transfer"] = {t: spreads[f"transfer/{t}"]["mean"] for t in ctx.r.transfer_tags()}
-        entry["seeds"] = {"n": max((s["n"] for s in spreads.values()), default=0), "seeds": [k for k, _ in runs],
-                          "runs": [run for _, run in runs],
-                          **{stat: _nested({k: s[stat] for k, s in spreads.items()}) for stat in ("sd", "min", "max")}}
-        out[name] = entry
     m = ctx.main_measure
     for name, p in tests.items():  # which numbers are significantly above the start model's (the README's †)
         keys = {"all": m, "seen_holm": f"{m}_seen", "unseen_holm": f"{m}_unseen"}
         out[name]["vs_start"] = {"system": ctx.r.start,
                                  "p": {key: (None if math.isnan(p[k]) else p[k]) for k, key in keys.items() if k in p}}
     return {"systems": out, **({"replicas": replicas} if replicas else {})}
+
+
+def _seeded_entry(ctx: ReportContext, name: str, replicas: dict[str, Any]) -> dict[str, Any]:
+    """A seeded system's entry (the means over its seeds, and ``seeds``: n, seeds, runs, sd, min, max); adds each
+    seed run's own entry to ``replicas``."""
+    runs = ctx.r.seed_runs(name)
+    tags = ctx.r.transfer_tags()
+    for i, (seed, run) in enumerate(runs):
+        transfer = {t: ctx.transfer_values(name, t)[i] for t in tags}
+        replicas[run] = {"system": name, "seed": seed,
+                         **_entry(ctx, name, ctx.seed_runs[name].get(run), transfer, run=run)}
+    first = {k: v for k, v in replicas[name].items() if k not in ("system", "seed")}
+    keys = [k for k, v in first.items() if isinstance(v, float | None) and k not in ("dev", "steps", "train_seconds")]
+    spreads = {k: spread([replicas[run][k] for _, run in runs]) for k in keys}
+    spreads.update({f"transfer/{t}": spread([replicas[run]["transfer"][t] for _, run in runs]) for t in tags})
+    entry = {**first, **{k: s["mean"] for k, s in spreads.items() if "/" not in k}}
+    entry["transfer"] = {t: spreads[f"transfer/{t}"]["mean"] for t in tags}
+    # n: the seed runs whose test is done (the report's seeds column)
+    entry["seeds"] = {"n": len(ctx.seed_runs[name]), "seeds": [k for k, _ in runs],
+                      "runs": [run for _, run in runs],
+                      **{stat: _nested({k: s[stat] for k, s in spreads.items()}) for stat in ("sd", "min", "max")}}
+    return entry
 
 
 def _entry(ctx: ReportContext, name: str, pq: dict[str, dict[str, float]] | None,
