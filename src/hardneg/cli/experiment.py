@@ -14,6 +14,7 @@ from hardneg.cli.common import (
     out,
     use_threads,
 )
+from hardneg.errors import HardnegError
 
 
 def experiment(
@@ -58,16 +59,33 @@ def experiment(
 
 
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="An experiment folder (written by `hardneg experiment`).")],
+    run_dir: Annotated[Path | None, typer.Argument(help="An experiment folder (written by `hardneg experiment`).",
+                                                   show_default=False)] = None,
     latex: Annotated[bool, typer.Option("--latex",
         help="Also write every table as LaTeX (RUN_DIR/tables/NAME.tex, booktabs).")] = False,
     svg: Annotated[bool, typer.Option("--svg",
         help="Also write every figure as SVG (RUN_DIR/figures/NAME.svg).")] = False,
+    readme: Annotated[Path | None, typer.Option("--readme",
+        help="Instead: rewrite every `<!-- results-table:PATH -->` block of this markdown file from the "
+             "results.json at PATH (relative to the file's folder).")] = None,
+    check: Annotated[bool, typer.Option("--check",
+        help="With --readme: change nothing, fail (exit 2) if a block does not match its results.json.")] = False,
 ) -> None:
     """Write RUN_DIR/report.md, its figures (PNG) and its tables (CSV) from the finished stages of an experiment.
 
-    Example: `hardneg report runs/experiments/scifact --latex --svg`
+    Example: `hardneg report runs/experiments/scifact --latex --svg`; the README's results tables from their
+    results.json: `hardneg report --readme README.md` (`--check`: only verify).
     """
+    if readme is not None:
+        from hardneg.experiment.readme import update
+
+        stale = update(readme, check=check)
+        info(f"{readme}: rewrote the results tables of {', '.join(stale)}" if stale
+             else f"{readme}: results tables up to date")
+        return
+    if run_dir is None or check:
+        raise HardnegError("give an experiment folder (hardneg report RUN_DIR)" if run_dir is None
+                           else "--check goes with --readme FILE")
     from hardneg.experiment import write_report
 
     path = write_report(run_dir, latex=latex, svg=svg)

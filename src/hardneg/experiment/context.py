@@ -18,6 +18,7 @@ import torch
 from hardneg.experiment.figures import save_figure, system_colours
 from hardneg.experiment.results import ExperimentResults
 from hardneg.experiment.stages import train_stage, transfer_stage
+from hardneg.experiment.stats import mean, seed_average, spread
 from hardneg.experiment.tables import Table
 from hardneg.io import read_json
 
@@ -34,8 +35,18 @@ class ReportContext:
         self.tables: dict[str, Table] = {}
         #: figure file → {label: {colour, x, y}} of what it draws
         self.drawn: dict[str, dict[str, dict[str, Any]]] = {}
-        #: system → measure → query → test score, for every system whose test stage is done
+        #: system → measure → query → test score, for every system whose test stage is done (a seeded system: its
+        #: seed-averaged run, each query's score averaged over the seeds whose test stage is done)
         self.per_query = {n: pq for n in results.names if (pq := results.per_query(n)) is not None}
+        #: seeded system → run (the system itself, then ``<name>.seed<k>``) → its per-query test scores (done runs)
+        self.seed_runs: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+        for n in results.names:
+            if results.seed_runs(n):
+                runs = {run: pq for _, run in results.seed_runs(n) if (pq := results.per_query(run)) is not None}
+                self.seed_runs[n] = runs
+                self.per_query.pop(n, None)
+                if runs:
+                    self.per_query[n] = seed_average(list(runs.values()))
         #: the test queries none of whose relevant documents is relevant to a training query (None: unknown)
         self.unseen = results.unseen()
         self.main_measure = "nDCG@10" if "nDCG@10" in results.measures else results.measures[-1]
@@ -55,9 +66,22 @@ class ReportContext:
         return path
 
     def transfer_metric(self, system: str | None, tag: str) -> float | None:
-        """The main measure of ``system`` on the transfer set ``tag`` (None before its stage is done)."""
+        """The main measure of ``system`` on the transfer set ``tag`` (None before its stage is done); of a seeded
+        system, the mean over its seeds whose transfer stage is done."""
+        if system in self.seed_runs:
+            return spread(self.transfer_values(system, tag))["mean"]
         st = self.r.stage(transfer_stage(system, tag)) if system is not None else None
         return st["result"]["metrics"].get(self.main_measure) if st else None
+
+    def transfer_values(self, system: str, tag: str) -> list[float | None]:
+        """The main measure on the transfer set ``tag`` of each seed run of a seeded system (None: not done)."""
+        runs = [run for _, run in self.r.seed_runs(system)] or [system]
+        states = [self.r.stage(transfer_stage(run, tag)) for run in runs]
+        return [st["result"]["metrics"].get(self.main_measure) if st else None for st in states]
+
+    def seed_values(self, system: str, measure: str, qids: list[str] | None = None) -> list[float]:
+        """A seeded system's mean ``measure`` (over ``qids``, if given) in each seed run whose test is done."""
+        return [mean(pq[measure], qids) for pq in self.seed_runs.get(system, {}).values()]
 
     def dev_metrics(self, trained: str) -> dict[str, Any] | None:
         """The best dev metrics of a trained system (its ``dev_metrics.json``); None for an untrained one."""

@@ -53,6 +53,13 @@ or a bad value is a :class:`~hardneg.errors.HardnegError` naming the file, the k
 (``systems[2].method``) and what is allowed. The ``train:``/``adore:`` sections and a system's other keys are
 TrainConfig settings, checked by :class:`~hardneg.train.config.TrainConfig`; which section a system reads
 comes from its method's spec (:class:`~hardneg.train.methods.MethodSpec`), never from its name.
+
+``seeds: [42, 43, 44]`` on a system of a kind in :data:`SEEDED_KINDS` runs it once per seed: the first seed is the
+system itself (its own name and stage keys, so a finished run stays cached; the list must start with the seed it
+runs with), every other seed ``k`` a replica ``<name>.seed<k>`` with the system's settings plus ``seed: k``
+(:meth:`Recipe.replicas`). Replicas get test and transfer stages, no interpolation or analysis; a system whose
+``base`` is seeded starts from the base's first seed. The report averages over the seeds (see
+:mod:`hardneg.experiment.report`).
 """
 
 from __future__ import annotations
@@ -80,13 +87,15 @@ from hardneg.experiment.schema import (
     schema_problems,
     substitute,
 )
-from hardneg.experiment.stages import dataset_tag, wise_name
+from hardneg.experiment.stages import dataset_tag, seed_name, wise_name
 from hardneg.train.config import TrainConfig
 from hardneg.train.methods import MethodSpec, method_names, method_spec, method_specs
 from hardneg.train.presets import apply_preset
 
 DEFAULT_DATA_DIR = "../shared/data"
 SYSTEM_KINDS = ("bm25", "zeroshot", "train")
+#: the system kinds that take a ``seed`` setting, and so a ``seeds:`` list (one run per seed)
+SEEDED_KINDS = ("train",)
 #: the ``base`` of an ADORE system that means the recipe's starting encoder
 START_MODEL = "zeroshot"
 #: TrainConfig keys a recipe may not set: the runner owns them
@@ -106,7 +115,10 @@ class System(BaseModel):
     kind: str = Field(None, validate_default=True)  # bm25 | zeroshot | train (default with a method)
     base: str | None = None  # the system whose model this one starts from (ADORE: its fixed document encoder)
     train_data: str | None = None  # the dataset it trains on, when not the recipe's ``data``
+    seeds: list[int] | None = None  # one run per seed: the first is this system, the others its replicas
     settings: dict[str, Any] = Field(default_factory=dict)  # TrainConfig overrides
+    #: the seeded system a replica ``<name>.seed<k>`` repeats (set by :meth:`Recipe.replicas`, never a recipe key)
+    replica_of: str | None = Field(None, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -115,7 +127,7 @@ class System(BaseModel):
             return data
         if not isinstance(data, dict) or "name" not in data:
             raise PydanticCustomError("system", "must be a mapping with a 'name'")
-        fields = {k: data[k] for k in ("name", "method", "kind", "base", "train_data") if k in data}
+        fields = {k: data[k] for k in ("name", "method", "kind", "base", "train_data", "seeds") if k in data}
         return {**fields, "settings": {k: v for k, v in data.items() if k not in fields}}
 
     @field_validator("name")
@@ -161,6 +173,17 @@ class System(BaseModel):
             raise ValueError("'train_data' names a dataset (path or irds:<id>); drop the key to train on 'data'")
         return train_data
 
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        kind = info.data.get("kind", "train")
+        if seeds is not None and kind not in SEEDED_KINDS:
+            raise ValueError(f"a {kind} system has no seed to vary (it trains nothing); 'seeds' is for "
+                             f"{', '.join(SEEDED_KINDS)} systems: drop it")
+        if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+            raise ValueError(f"give distinct seeds, one run each, e.g. [42, 43, 44], not {seeds}")
+        return seeds
+
     @field_validator("settings")
     @classmethod
     def _settings(cls, settings: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
@@ -199,7 +222,8 @@ class System(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "kind": self.kind, "method": self.method, "base": self.base,
                "settings": dict(self.settings)}
-        return {**out, "train_data": self.train_data} if self.train_data is not None else out
+        out = {**out, "train_data": self.train_data} if self.train_data is not None else out
+        return {**out, "seeds": list(self.seeds)} if self.seeds else out
 
 
 class Recipe(StrictSection):
@@ -262,6 +286,27 @@ class Recipe(StrictSection):
         names = self.interpolate.systems
         return [s for s in self.systems if s.kind == "train" and (names is None or s.name in names)
                 and (names is not None or s.outside_index is None)]
+
+    @property
+    def replicas(self) -> list[System]:
+        """The replicas of the seeded systems, in recipe order: for each seed ``k`` after a system's first,
+        ``<name>.seed<k>``, the system's settings plus ``seed: k`` (same kind, method, base and data)."""
+        out = []
+        for s in self.systems:
+            for k in (s.seeds or [])[1:]:
+                fields = {"name": seed_name(s.name, k), "kind": s.kind, "method": s.method, "base": s.base}
+                if s.train_data is not None:
+                    fields["train_data"] = s.train_data
+                replica = System.model_validate({**fields, **s.settings, "seed": k})
+                replica.replica_of = s.name
+                out.append(replica)
+        return out
+
+    def seed_of(self, system: System) -> int:
+        """The seed ``system`` runs with: its ``seed`` setting, its section's, else the recipe's."""
+        if system.kind == "train":
+            return int(self.train_config(system, Path("/nonexistent")).seed)
+        return int(system.settings.get("seed", self.seed))
 
     def start_of(self, system: System) -> str | None:
         """The system whose model is A of ``system``'s interpolation: its ADORE base (the start model by
@@ -349,6 +394,7 @@ class Recipe(StrictSection):
                 cfg = self.train_config(s, Path("/nonexistent"))
                 cfg.validate()
                 self._check_dev_split(i, s, cfg)
+        self._check_seeds()
         self._check_transfers()
         self._check_irds()
         self._check_interpolate()  # before eval.pairs, which may name its "<system>+wise" rows
@@ -370,6 +416,21 @@ class Recipe(StrictSection):
         for key in ("before", "after"):
             if tsne is not None and getattr(tsne, key) is not None:
                 self.system(getattr(tsne, key), f"analysis.tsne.{key}")
+
+    def _check_seeds(self) -> None:
+        """``seeds`` starts with the seed the system runs with; no replica name clashes with a system's."""
+        for i, s in enumerate(self.systems):
+            if not s.seeds:
+                continue
+            seed = self.seed_of(s)
+            if s.seeds[0] != seed:
+                raise HardnegError(f"{self.source}: systems[{i}].seeds: the first seed is system {s.name!r} itself, "
+                                   f"which runs with seed {seed}; start the list with {seed} (or set its 'seed')")
+        for replica in self.replicas:
+            if replica.name in self.names:
+                i = self.names.index(str(replica.replica_of))
+                raise HardnegError(f"{self.source}: systems[{i}].seeds: the replica {replica.name!r} clashes with "
+                                   "a system of that name: rename the system")
 
     def _check_interpolate(self) -> None:
         """``interpolate.systems`` name trained systems; their ``<name>+wise`` rows clash with no system."""

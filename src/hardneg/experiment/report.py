@@ -41,8 +41,9 @@ from hardneg.experiment.context import ReportContext, machine, short_path
 from hardneg.experiment.findings import Findings
 from hardneg.experiment.results import ExperimentResults
 from hardneg.experiment.sections import Section, registered, section_fn
+from hardneg.experiment.sections.effectiveness import against_start
 from hardneg.experiment.stages import train_stage
-from hardneg.experiment.stats import mean
+from hardneg.experiment.stats import mean, spread
 from hardneg.io import atomic_write, read_json
 
 
@@ -97,28 +98,88 @@ def write(ctx: ReportContext, *, latex: bool = False) -> Path:
 
 def system_results(ctx: ReportContext) -> dict[str, Any]:
     """``results.json``: per system the test numbers of the tables (Table 2, its strata and transfer columns),
-    the best dev metrics, training steps and the training stage's wall-clock seconds (Table 4's "stage")."""
-    m = ctx.main_measure
+    the best dev metrics, training steps and the training stage's wall-clock seconds (Table 4's "stage").
+
+    ``vs_start`` (trained systems): the paired t-test p against the zero-shot start model of the main measure, on
+    all queries and (Holm-corrected as in the generalisation table) on the strata.
+
+    A system with ``seeds``: its test, strata and transfer numbers are the means over its seeds, ``seeds`` holds
+    ``n``, the seeds, their runs and the ``sd`` (sample), ``min`` and ``max`` of each number; its dev, steps and
+    seconds are its first seed's. ``replicas`` holds every seed run's own entry (the first under the system's name).
+    """
     out: dict[str, Any] = {}
+    replicas: dict[str, Any] = {}
+    tests = against_start(ctx)
     for name in ctx.r.names:
-        entry: dict[str, Any] = {}
-        pq = ctx.per_query.get(name)
-        for measure in ctx.r.measures:
-            entry[measure] = mean(pq[measure]) if pq else None
-        if ctx.unseen:
-            entry[f"{m}_unseen"] = mean(pq[m], ctx.unseen) if pq else None
-            entry[f"{m}_seen"] = mean(pq[m], sorted(set(pq[m]) - set(ctx.unseen))) if pq else None
-        entry["transfer"] = {t: ctx.transfer_metric(name, t) for t in ctx.r.transfer_tags()}
-        trained = ctx.r.system(name).get("wise_of", name)
-        st = ctx.r.stage(train_stage(trained))
-        entry["dev"] = ctx.dev_metrics(trained)
-        if name != trained:  # an interpolation: the picked weight's dev metrics
-            pick = ctx.r.wise_pick(trained)
-            entry["dev"] = {"alpha": pick["alpha"], **pick["dev"]} if pick else None
-        entry["steps"] = len([x for x in ctx.r.train_log(trained) if x.get("kind") == "train"]) if st else None
-        entry["train_seconds"] = float(st["seconds"]) if st else None
-        out[name] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in entry.items()}
-    return {"systems": out}
+        if name in ctx.seed_runs:
+            out[name] = _seeded_entry(ctx, name, replicas)
+        else:
+            out[name] = _entry(ctx, name, ctx.per_query.get(name),
+                               {t: ctx.transfer_metric(name, t) for t in ctx.r.transfer_tags()})
+    m = ctx.main_measure
+    for name, p in tests.items():  # which numbers are significantly above the start model's (the README's †)
+        keys = {"all": m, "seen_holm": f"{m}_seen", "unseen_holm": f"{m}_unseen"}
+        out[name]["vs_start"] = {"system": ctx.r.start,
+                                 "p": {key: (None if math.isnan(p[k]) else p[k]) for k, key in keys.items() if k in p}}
+    return {"systems": out, **({"replicas": replicas} if replicas else {})}
+
+
+def _seeded_entry(ctx: ReportContext, name: str, replicas: dict[str, Any]) -> dict[str, Any]:
+    """A seeded system's entry (the means over its seeds, and ``seeds``: n, seeds, runs, sd, min, max); adds each
+    seed run's own entry to ``replicas``."""
+    runs = ctx.r.seed_runs(name)
+    tags = ctx.r.transfer_tags()
+    for i, (seed, run) in enumerate(runs):
+        transfer = {t: ctx.transfer_values(name, t)[i] for t in tags}
+        replicas[run] = {"system": name, "seed": seed,
+                         **_entry(ctx, name, ctx.seed_runs[name].get(run), transfer, run=run)}
+    first = {k: v for k, v in replicas[name].items() if k not in ("system", "seed")}
+    keys = [k for k, v in first.items() if isinstance(v, float | None) and k not in ("dev", "steps", "train_seconds")]
+    spreads = {k: spread([replicas[run][k] for _, run in runs]) for k in keys}
+    spreads.update({f"transfer/{t}": spread([replicas[run]["transfer"][t] for _, run in runs]) for t in tags})
+    entry = {**first, **{k: s["mean"] for k, s in spreads.items() if "/" not in k}}
+    entry["transfer"] = {t: spreads[f"transfer/{t}"]["mean"] for t in tags}
+    # n: the seed runs whose test is done (the report's seeds column)
+    entry["seeds"] = {"n": len(ctx.seed_runs[name]), "seeds": [k for k, _ in runs],
+                      "runs": [run for _, run in runs],
+                      **{stat: _nested({k: s[stat] for k, s in spreads.items()}) for stat in ("sd", "min", "max")}}
+    return entry
+
+
+def _entry(ctx: ReportContext, name: str, pq: dict[str, dict[str, float]] | None,
+           transfer: dict[str, float | None], *, run: str | None = None) -> dict[str, Any]:
+    """One run's ``results.json`` entry: test means (``pq``: its per-query scores), strata, ``transfer``, and the
+    dev metrics, steps and training seconds of system ``name`` (an interpolation: the picked weight's dev; a seed
+    run of a seeded system: ``run``'s)."""
+    m = ctx.main_measure
+    entry: dict[str, Any] = {}
+    for measure in ctx.r.measures:
+        entry[measure] = mean(pq[measure]) if pq else None
+    if ctx.unseen:
+        entry[f"{m}_unseen"] = mean(pq[m], ctx.unseen) if pq else None
+        entry[f"{m}_seen"] = mean(pq[m], sorted(set(pq[m]) - set(ctx.unseen))) if pq else None
+    entry["transfer"] = transfer
+    trained = run or ctx.r.system(name).get("wise_of", name)
+    st = ctx.r.stage(train_stage(trained))
+    entry["dev"] = ctx.dev_metrics(trained)
+    if trained == ctx.r.system(name).get("wise_of"):  # an interpolation: the picked weight's dev metrics
+        pick = ctx.r.wise_pick(trained)
+        entry["dev"] = {"alpha": pick["alpha"], **pick["dev"]} if pick else None
+    entry["steps"] = len([x for x in ctx.r.train_log(trained) if x.get("kind") == "train"]) if st else None
+    entry["train_seconds"] = float(st["seconds"]) if st else None
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in entry.items()}
+
+
+def _nested(values: dict[str, Any]) -> dict[str, Any]:
+    """``{"nDCG@10": x, "transfer/med": y}`` → ``{"nDCG@10": x, "transfer": {"med": y}}``."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if "/" in key:
+            head, tail = key.split("/", 1)
+            out.setdefault(head, {})[tail] = value
+        else:
+            out[key] = value
+    return out
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, *, latex: bool = False,

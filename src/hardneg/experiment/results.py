@@ -20,7 +20,7 @@ from hardneg.data.load import load_dataset, parse_spec
 from hardneg.errors import HardnegError
 from hardneg.evaluate.analysis import unseen_queries
 from hardneg.experiment.recipe import START_MODEL, Recipe
-from hardneg.experiment.stages import dataset_tag, test_stage, train_stage, wise_name, wise_stage
+from hardneg.experiment.stages import dataset_tag, seed_name, test_stage, train_stage, wise_name, wise_stage
 from hardneg.io import read_json
 from hardneg.retrieval.runs import Run, read_run
 from hardneg.train.methods import MethodSpec, method_spec
@@ -95,6 +95,12 @@ class ExperimentResults:
         names = spec.get("systems")
         return [s["name"] for s in self.recipe["systems"] if s.get("kind") == "train"
                 and (names is None or s["name"] in names)]
+
+    def seed_runs(self, name: str) -> list[tuple[int, str]]:
+        """``(seed, run)`` of each seed of a system with ``seeds``: the first run is the system itself, the others
+        its replicas ``<name>.seed<k>`` (empty for a system without ``seeds``)."""
+        seeds = self.system(name).get("seeds") or []
+        return [(k, name if i == 0 else seed_name(name, k)) for i, k in enumerate(seeds)]
 
     def wise_pick(self, system: str) -> dict[str, Any] | None:
         """The ``wise-<system>`` stage's result: the dev-picked weight, its dev metrics and the dev curve."""

@@ -17,6 +17,10 @@ training stage depends on the base's. The recipe's ``device`` (or ``hardneg expe
 which replaces it) is every training config's and every encoder's (tests, transfers, analyses); it
 is not part of the stage keys, so moving a half-done experiment to another device reruns nothing.
 
+A system with ``seeds`` adds, for every seed after its first, the replica ``<name>.seed<k>``
+(:meth:`~hardneg.experiment.recipe.Recipe.replicas`): its own ``train-``, ``test-`` and ``transfer-`` stages
+(transfer when the system is transferred); the system itself keeps its stages and their keys.
+
 Memory between stages: a stage's objects (its trainer, model, ADORE's index on the GPU) are local to
 the stage's function and hold no reference cycle, so they are freed when it returns; after every stage
 that ran, :func:`release_memory` also collects any cycle left (``gc.collect()``) and hands the CUDA
@@ -151,7 +155,7 @@ class Experiment:
                         "max_seq_length": ix.max_seq_length or ev.max_length, "batch_size": ix.batch_size,
                         "data": self.test_spec()}
             self._add(Stage(index_stage(name), settings, [], self._index_fn(settings)))
-        for s in r.systems:
+        for s in [*r.systems, *r.replicas]:  # seeds: a replica <name>.seed<k> trains like its system
             if s.kind != "train":
                 continue
             base = r.system(s.base) if s.base and s.base != START_MODEL else None
@@ -168,7 +172,7 @@ class Experiment:
             self._add(Stage(train_stage(s.name), settings, deps, self._train_fn(cfg)))
         eval_settings = {"max_length": ev.max_length, "query_max_length": ev.query_max_length, "k": ev.k,
                          "measures": ev.measures}
-        for s in r.systems:
+        for s in [*r.systems, *r.replicas]:
             deps = self._model_deps(s)
             self._add(Stage(test_stage(s.name), {"system": s.name, "kind": s.kind, "data": self.test_spec(),
                                                  "index": s.index, "model": self.model_path(s), **eval_settings,
@@ -201,11 +205,11 @@ class Experiment:
             deps = [test_stage(before), test_stage(after)]
             self._add(Stage(TSNE, settings, deps, self._tsne_fn(settings)))
         for spec in r.transfer:
-            for s in [*r.systems, *(self.wise_system(n) for n in self.wise)]:
+            for s in [*r.systems, *r.replicas, *(self.wise_system(n) for n in self.wise)]:
                 if s.outside_index is not None:  # its index covers the recipe's corpus only
                     continue
-                if ev.transfer_systems and (self.wise[s.name].name if s.name in self.wise else s.name) \
-                        not in ev.transfer_systems:
+                origin = self.wise[s.name].name if s.name in self.wise else s.replica_of or s.name
+                if ev.transfer_systems and origin not in ev.transfer_systems:
                     continue
                 name = transfer_stage(s.name, dataset_tag(spec))
                 self._add(Stage(name, {"system": s.name, "data": spec, "index": "flat",

@@ -44,6 +44,11 @@ def transfer_stage(system: str, tag: str) -> str:
     return f"transfer-{system}-{tag}"
 
 
+def seed_name(system: str, seed: int) -> str:
+    """The replica of seeded ``system`` that runs with ``seed`` (every seed of its ``seeds`` after the first)."""
+    return f"{system}.seed{seed}"
+
+
 def wise_name(system: str) -> str:
     """The report row of ``system``'s dev-picked interpolation with the start model."""
     return f"{system}+wise"

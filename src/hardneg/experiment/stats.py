@@ -1,4 +1,5 @@
-"""The report's statistics: means over a set of queries, paired t-tests and Holm–Bonferroni correction.
+"""The report's statistics: means over a set of queries, paired t-tests, Holm–Bonferroni correction and the
+spread of a seeded system over its seeds.
 
 Every p-value of the report comes from :func:`ttest` (paired, two-sided, over the queries both systems
 scored); a family of them is corrected with :func:`holm`; a finding or a marker needs p < :data:`ALPHA`.
@@ -43,3 +44,25 @@ def holm(pvalues: list[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * float(pvalues[i])))
         out[i] = running
     return out
+
+
+def seed_average(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """The seed-averaged run of a seeded system: per measure, each query's score averaged over ``runs`` (its seeds'
+    per-query scores), over the queries every run scored; the paired tests of a seeded system use it."""
+    out: dict[str, dict[str, float]] = {}
+    for measure in runs[0] if runs else {}:
+        if not all(measure in r for r in runs):
+            continue
+        qids = [q for q in runs[0][measure] if all(q in r[measure] for r in runs)]
+        out[measure] = {q: float(np.mean([r[measure][q] for r in runs])) for q in qids}
+    return out
+
+
+def spread(values: list[float | None]) -> dict[str, float | int | None]:
+    """``n``, ``mean``, ``sd`` (sample standard deviation, ``ddof=1``; None below two values), ``min`` and ``max``
+    of a seeded system's per-seed numbers (missing ones left out; every number None when none is left)."""
+    xs = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not xs:
+        return {"n": 0, "mean": None, "sd": None, "min": None, "max": None}
+    return {"n": len(xs), "mean": float(np.mean(xs)), "sd": float(np.std(xs, ddof=1)) if len(xs) > 1 else None,
+            "min": min(xs), "max": max(xs)}

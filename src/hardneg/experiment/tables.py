@@ -42,6 +42,14 @@ def signed(x: float | None, digits: int = 3) -> Num:
     return Num("–", None) if _missing(x) else Num(f"{x:+.{digits}f}", float(x))
 
 
+def fmt_pm(x: float | None, sd: float | None, digits: int = 3) -> Num:
+    """A seeded system's mean ``x`` ± the sample standard deviation ``sd`` over its seeds (just ``x`` without
+    one); the value is the mean."""
+    if _missing(x) or _missing(sd):
+        return fmt(x, digits)
+    return Num(f"{x:.{digits}f} ± {sd:.{digits}f}", float(x))
+
+
 def fmt_p(p: float) -> Num:
     if math.isnan(p):
         return Num("n/a", None)
@@ -78,7 +86,7 @@ _LATEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{"
           "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
           "†": r"$^{\dagger}$", "‡": r"$^{\ddagger}$", "§": r"$^{\S}$", "¶": r"$^{\P}$", "♯": r"$^{\sharp}$",
           "♮": r"$^{\natural}$", "*": r"$^{*}$", "Δ": r"$\Delta$", "×": r"$\times$", "–": "--", "<": r"$<$",
-          ">": r"$>$", "≥": r"$\geq$", "≤": r"$\leq$", "·": r"$\cdot$"}
+          ">": r"$>$", "≥": r"$\geq$", "±": r"$\pm$", "≤": r"$\leq$", "·": r"$\cdot$"}
 _LATEX_RE = re.compile("|".join(re.escape(k) for k in sorted(_LATEX, key=len, reverse=True)))
 
 

@@ -1,13 +1,17 @@
 """The test-score tables: Table 2 (effectiveness, with significance markers), generalisation (seen vs unseen
-documents, and transfer, against the zero-shot start model) and the recipe's head-to-head ``eval.pairs``."""
+documents, and transfer, against the zero-shot start model) and the recipe's head-to-head ``eval.pairs``.
+
+A system with ``seeds`` is one row of Table 2, each number the mean ± sample standard deviation over its seeds
+(``table2_seeds`` lists every seed's run); its markers and every paired test use its seed-averaged run
+(:attr:`~hardneg.experiment.context.ReportContext.per_query`)."""
 
 from __future__ import annotations
 
 from hardneg.experiment.context import ReportContext
 from hardneg.experiment.sections.registry import Section, section
 from hardneg.experiment.stages import transfer_stage
-from hardneg.experiment.stats import ALPHA, MARKERS, holm, mean, ttest
-from hardneg.experiment.tables import fmt, fmt_p, marked, signed
+from hardneg.experiment.stats import ALPHA, MARKERS, holm, mean, spread, ttest
+from hardneg.experiment.tables import Num, fmt, fmt_p, fmt_pm, marked, signed
 
 
 def _references(ctx: ReportContext) -> list[str]:
@@ -40,34 +44,67 @@ def _marks(ctx: ReportContext, name: str, measure: str, qids: list[str] | None) 
     return marks
 
 
+def _columns(ctx: ReportContext) -> list[tuple[str, str, list[str] | None]]:
+    """Table 2's test columns: ``(header, measure, queries)``, every measure on all queries, then the main
+    measure and RR@10 on the unseen-document stratum (when known)."""
+    measures = ctx.r.measures
+    cols: list[tuple[str, str, list[str] | None]] = [(m, m, None) for m in measures]
+    if ctx.unseen:
+        cols += [(f"{m} unseen-doc", m, ctx.unseen) for m in dict.fromkeys([ctx.main_measure, "RR@10"])
+                 if m in measures]
+    return cols
+
+
+def _cell(ctx: ReportContext, name: str, measure: str, qids: list[str] | None) -> Num:
+    """A test mean, of a seeded system the mean ± sd over its seeds."""
+    if name in ctx.seed_runs:
+        s = spread(ctx.seed_values(name, measure, qids))
+        return fmt_pm(s["mean"], s["sd"])
+    return fmt(mean(ctx.per_query[name][measure], qids))
+
+
+def _transfer_cell(ctx: ReportContext, name: str, tag: str) -> str:
+    if name in ctx.seed_runs:
+        s = spread(ctx.transfer_values(name, tag))
+        return fmt_pm(s["mean"], s["sd"])
+    st = ctx.r.stage(transfer_stage(name, tag))
+    return fmt(st["result"]["metrics"].get(ctx.main_measure)) if st else "–"
+
+
+def _seeds_table(ctx: ReportContext, cols: list[tuple[str, str, list[str] | None]], transfer: list[str]) -> str:
+    """``table2_seeds``: every seed run of the seeded systems, one row each (empty without ``seeds``)."""
+    rows = []
+    for name, runs in ctx.seed_runs.items():
+        tvalues = {t: ctx.transfer_values(name, t) for t in transfer}
+        for i, (seed, run) in enumerate(ctx.r.seed_runs(name)):
+            pq = runs.get(run)
+            rows.append([name, str(seed), run, *(fmt(mean(pq[m], q)) if pq else "–" for _, m, q in cols),
+                         *(fmt(tvalues[t][i]) for t in transfer)])
+    if not rows:
+        return ""
+    header = ["system", "seed", "run", *(h for h, _, _ in cols), *(f"{ctx.main_measure} {t}" for t in transfer)]
+    return ctx.table("table2_seeds", header, rows)
+
+
 @section("effectiveness", 10)
 def effectiveness(ctx: ReportContext) -> Section:
-    """Table 2 analogue: each system's test means, per stratum and on the transfer sets, with markers."""
+    """Table 2 analogue: each system's test means, per stratum and on the transfer sets, with markers; a seeded
+    system's as mean ± sd over its seeds."""
     measures = ctx.r.measures
-    header = ["system", *measures]
-    strata = ctx.unseen is not None and len(ctx.unseen) > 0
-    if strata:
-        header += [f"{ctx.main_measure} unseen-doc", "RR@10 unseen-doc" if "RR@10" in measures else ""]
-        header = [h for h in header if h]
+    cols = _columns(ctx)
+    strata = len(cols) > len(measures)
     transfer = ctx.r.transfer_tags()
-    header += [f"{ctx.main_measure} {tag}" for tag in transfer]
+    header = ["system", *(h for h, _, _ in cols), *(f"{ctx.main_measure} {tag}" for tag in transfer)]
+    seeded = bool(ctx.seed_runs)
+    header += ["seeds"] if seeded else []
     rows = []
     for name in ctx.r.names:
+        n = [str(len(ctx.seed_runs.get(name, {})) if name in ctx.seed_runs else 1)] if seeded else []
         if name not in ctx.per_query:
-            rows.append([name, *["–"] * (len(header) - 1)])
+            rows.append([name, *["–"] * (len(header) - 1 - len(n)), *n])
             continue
-        row = [name]
-        for m in measures:
-            row.append(marked(fmt(mean(ctx.per_query[name][m])), _marks(ctx, name, m, None)))
-        if strata:
-            for m in [ctx.main_measure, "RR@10"]:
-                if m in measures:
-                    row.append(marked(fmt(mean(ctx.per_query[name][m], ctx.unseen)),
-                                      _marks(ctx, name, m, ctx.unseen)))
-        for tag in transfer:
-            st = ctx.r.stage(transfer_stage(name, tag))
-            row.append(fmt(st["result"]["metrics"].get(ctx.main_measure)) if st else "–")
-        rows.append(row)
+        row = [name, *(marked(_cell(ctx, name, m, q), _marks(ctx, name, m, q)) for _, m, q in cols)]
+        rows.append([*row, *(_transfer_cell(ctx, name, tag) for tag in transfer), *n])
     refs = _references(ctx)
     legend = "; ".join(f"{MARKERS[i % len(MARKERS)]} better than {ref}" for i, ref in enumerate(refs))
     n_test = len(next(iter(ctx.per_query.values()))[measures[0]]) if ctx.per_query else 0
@@ -84,8 +121,38 @@ def effectiveness(ctx: ReportContext) -> Section:
         )
     if transfer:
         text.append("Transfer columns: the same model zero-shot on a collection it never trained on.")
+    if seeded:
+        text.append("A system with `seeds` is one row: mean ± sample standard deviation over its seeds (the seeds "
+                    "column: how many ran) of each seed's mean; its markers and every paired test of this report "
+                    "use its seed-averaged run (each query's score averaged over the seeds). Every seed's run: "
+                    "the per-seed table below (tables/table2_seeds.csv).")
     text += ["", ctx.table("table2_effectiveness", header, rows), ""]
+    per_seed = _seeds_table(ctx, cols, transfer)
+    text += ["Per seed:", "", per_seed, ""] if per_seed else []
     return Section("\n".join(text))
+
+
+def against_start(ctx: ReportContext) -> dict[str, dict[str, float]]:
+    """The paired t-test p of each trained system's main measure against the zero-shot start model: ``all`` test
+    queries, and with the unseen-document stratum known, ``seen``/``unseen`` raw and ``seen_holm``/``unseen_holm``
+    Holm-corrected over the generalisation table's family (both strata of every system); empty without a start."""
+    start = ctx.r.start
+    if start not in ctx.per_query:
+        return {}
+    m = ctx.main_measure
+    zero = ctx.per_query[start][m]
+    untrained = set(ctx.r.with_kind("zeroshot", "bm25"))
+    names = [n for n in ctx.r.names if n not in untrained and n in ctx.per_query]
+    out = {n: {"all": ttest(ctx.per_query[n][m], zero)} for n in names}
+    if ctx.unseen:
+        seen = sorted(set(zero) - set(ctx.unseen))
+        for n in names:
+            out[n].update(seen=ttest(ctx.per_query[n][m], zero, seen), unseen=ttest(ctx.per_query[n][m], zero,
+                                                                                     ctx.unseen))
+        adjusted = holm([out[n][s] for n in names for s in ("seen", "unseen")])  # the family: the whole table
+        for i, n in enumerate(names):
+            out[n].update(seen_holm=adjusted[2 * i], unseen_holm=adjusted[2 * i + 1])
+    return out
 
 
 @section("generalisation", 20)
@@ -105,13 +172,10 @@ def generalisation(ctx: ReportContext) -> Section:
               *[f"Δ{m} {t}" for t in transfer], "verdict"]
     rows = []
     zero_transfer = {t: ctx.transfer_metric(start, t) for t in transfer}
-    untrained = set(ctx.r.with_kind("zeroshot", "bm25"))
-    names = [n for n in ctx.r.names if n not in untrained and n in ctx.per_query]
-    raw = {n: (ttest(ctx.per_query[n][m], zero, seen), ttest(ctx.per_query[n][m], zero, ctx.unseen))
-           for n in names}
-    # the family: every comparison of this table (both strata of every system)
-    adjusted = holm([p for n in names for p in raw[n]])
-    holm_of = {n: (adjusted[2 * i], adjusted[2 * i + 1]) for i, n in enumerate(names)}
+    tests = against_start(ctx)  # Holm over the family of this table: both strata of every system
+    names = list(tests)
+    raw = {n: (tests[n]["seen"], tests[n]["unseen"]) for n in names}
+    holm_of = {n: (tests[n]["seen_holm"], tests[n]["unseen_holm"]) for n in names}
     for name in names:
         pq = ctx.per_query[name][m]
         d_seen = mean(pq, seen) - mean(zero, seen)
@@ -119,9 +183,8 @@ def generalisation(ctx: ReportContext) -> Section:
         p_seen, p_unseen = holm_of[name]  # the verdict reads the corrected p
         deltas = []
         for t in transfer:
-            st = ctx.r.stage(transfer_stage(name, t))
-            z = zero_transfer[t]
-            deltas.append(signed(st["result"]["metrics"][m] - z) if st and z is not None else signed(None))
+            x, z = ctx.transfer_metric(name, t), zero_transfer[t]  # a seeded system: its mean over the seeds
+            deltas.append(signed(x - z) if x is not None and z is not None else signed(None))
         if d_seen > 0 and p_seen < ALPHA and not (d_unseen > 0 and p_unseen < ALPHA):
             verdict = "wins on seen documents only"
         elif d_unseen > 0 and p_unseen < ALPHA:
@@ -183,7 +246,9 @@ def paired(ctx: ReportContext) -> Section:
         f"The recipe's `eval.pairs`: Δ{m} = system − reference, on every test query and per stratum (paired "
         "two-sided t-test over queries; p Holm: Holm–Bonferroni-corrected over every p of this table), on the "
         "transfer collections (difference of means) and on dev (each system's best dev value, the one model "
-        "selection picked).",
+        "selection picked)." + (" A system with `seeds` enters every test as its seed-averaged run (each query's "
+                                "score averaged over its seeds), its transfer Δ as its mean over the seeds, its "
+                                "dev Δ as its first seed's." if ctx.seed_runs else ""),
         "",
         ctx.table("pairs", header, rows),
         "",
