@@ -562,3 +562,15 @@ def test_experiment_cli_device_flag(tmp_path, tiny_model_dir, monkeypatch):
     assert result.exit_code == 0, result.output
     assert json.loads((out / "recipe.json").read_text())["device"] == "cpu"
     assert json.loads((out / "stages" / "test-bm25" / "stage.json").read_text())["status"] == "done"
+
+
+def test_only_globs_take_plus_in_system_names_literally(tmp_path, tiny_model_dir):
+    """`--only 'transfer-adore+star-*'`: a '+' in a system name is a character, not a regex quantifier."""
+    data = tiny_data(tmp_path / "data")
+    transfer = write_tiny_train(tmp_path / "transfer")
+    exp = Experiment(Recipe.from_dict(recipe_dict(data, tiny_model_dir, tmp_path / "cache", transfer)), tmp_path / "o")
+    picked = exp._closure(["transfer-adore+star-*"])
+    assert [n for n in picked if n.startswith("transfer-")] == ["transfer-adore+star-transfer-test"]
+    assert {"train-star", "train-adore+star"} <= set(picked) and "train-rand" not in picked
+    with pytest.raises(HardnegError, match="no stage matches 'test-adore[+]nothing'"):
+        exp._closure(["test-adore+nothing"])

@@ -37,9 +37,9 @@ transfer stages); ``wise-S-curve``: every a on test and transfer, for the report
 
 from __future__ import annotations
 
+import fnmatch
 import gc
 import logging
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -519,7 +519,7 @@ class Experiment:
                 visit(dep)
 
         for pattern in only:
-            matches = [n for n in self.stages if n == pattern or re.fullmatch(pattern.replace("*", ".*"), n)]
+            matches = [n for n in self.stages if fnmatch.fnmatchcase(n, pattern)]  # '+' in names is literal
             if not matches:
                 raise HardnegError(f"no stage matches {pattern!r}; stages: {', '.join(self.stages)}")
             for m in matches:
