@@ -58,6 +58,8 @@ from hardneg.train.order import carve_dev, positives_of
 
 logger = logging.getLogger("hardneg.experiment.peer_st")
 #: the losses, by the names sentence-transformers gives their classes
+#: the system kind of a recipe
+PEER_ST = "peer-st"
 LOSSES = {"mnrl": "MultipleNegativesRankingLoss", "cmnrl": "CachedMultipleNegativesRankingLoss"}
 #: a loss's default batch: MNRL's documented 32, CachedMNRL's large batch (GradCache makes it affordable)
 DEFAULT_BATCH = {"mnrl": 32, "cmnrl": 256}
@@ -110,7 +112,8 @@ class PeerData:
     docs: dict[str, str]  # document id -> ``title text`` (what every hardneg encoder sees)
 
     def record(self) -> dict[str, Any]:
-        return {"train_queries": len(self.train_qids), "dev_queries": len(self.dev_qids), "docs": len(self.docs)}
+        """What ``peer.json`` records of the data: its sizes and the dev query ids."""
+        return {"train_queries": len(self.train_qids), "docs": len(self.docs), "dev_query_ids": self.dev_qids}
 
 
 def peer_data(cfg: TrainConfig, *, limit: int | None = None, extra_docs: int | None = None) -> PeerData:
@@ -352,7 +355,7 @@ def _finish(folder: Path, best: dict[str, Any], points: list[dict[str, Any]], do
     write_json(folder / "dev_metrics.json", {"step": best["epoch"], "optimizer_step": best["step"], **metrics})
     triplets = triplets_cache or folder / "triplets.jsonl"
     write_json(folder / "summary.json", {
-        "kind": "peer-st", "loss": LOSSES[settings.loss], "epochs": len(done),
+        "kind": PEER_ST, "loss": LOSSES[settings.loss], "epochs": len(done),
         "steps": int(done[-1].name.split("-")[1]),
         "best_step": best["epoch"], "best_dev": best[metric], "best_optimizer_step": best["step"],
         "dev_metric": metric, "train_queries": len(data.train_qids), "dev_queries": len(data.dev_qids),

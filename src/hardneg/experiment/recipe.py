@@ -36,6 +36,10 @@ to the split the recipe reports (``eval.split``, or a transfer split of the same
 tests it directly on the recipe's ``data``, as the paper's In-Batch and Rand Neg are trained on MS MARCO
 passage and "directly evaluated on the document task" (section 7.3).
 
+``kind: peer-st`` is sentence-transformers' own recipe (:mod:`hardneg.experiment.peer_st`): no ``method``; its
+settings are sentence-transformers' names (``loss``, ``learning_rate``, ``num_train_epochs``, ...); ``seed`` defaults
+to the recipe's; ``base`` starts it from another system's model; its dev set is the ``train:`` section's.
+
 ``data`` and ``transfer`` entries may be ``irds:<id>`` (``ir_datasets``). ``data`` is then the dataset without a
 split (``irds:beir/scifact``): training reads ``<id>/train``, tests ``<id>/<eval.split>``, a ``dev_split``
 ``<id>/<dev_split>``; a transfer is a whole id (``irds:beir/nfcorpus/test``) or ``irds:<id>:<split>``. Every
@@ -69,6 +73,7 @@ from hardneg.data.formats.irds import open_irds
 from hardneg.data.load import irds_split_id, parse_spec
 from hardneg.devices import resolve_device
 from hardneg.errors import HardnegError
+from hardneg.experiment.peer_st import PEER_ST, PeerSettings
 from hardneg.experiment.schema import (
     AnalysisSettings,
     EvalSettings,
@@ -84,7 +89,7 @@ from hardneg.train.methods import MethodSpec, method_names, method_spec, method_
 from hardneg.train.presets import apply_preset
 
 DEFAULT_DATA_DIR = "../shared/data"
-SYSTEM_KINDS = ("bm25", "zeroshot", "train")
+SYSTEM_KINDS = ("bm25", "zeroshot", "train", PEER_ST)
 #: the ``base`` of an ADORE system that means the recipe's starting encoder
 START_MODEL = "zeroshot"
 #: TrainConfig keys a recipe may not set: the runner owns them
@@ -140,13 +145,15 @@ class System(BaseModel):
                              f" not {kind!r}")
         if kind == "train" and not method:
             raise ValueError("a trained system needs its 'method'")
+        if kind == PEER_ST and method:
+            raise ValueError(f"a {PEER_ST} system trains with sentence-transformers' recipe, not a 'method': drop one")
         return kind
 
     @field_validator("base")
     @classmethod
     def _base(cls, base: str | None, info: ValidationInfo) -> str | None:
-        if base is not None and info.data.get("kind", "train") != "train":
-            raise ValueError("'base' is for ADORE systems and the other trained systems (a 'method'), "
+        if base is not None and info.data.get("kind", "train") not in ("train", PEER_ST):
+            raise ValueError(f"'base' is for ADORE systems and the other trained systems (a 'method' or {PEER_ST}), "
                              f"not a {info.data['kind']} system")
         return base
 
@@ -163,7 +170,7 @@ class System(BaseModel):
     @classmethod
     def _settings(cls, settings: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         kind = info.data.get("kind")
-        if kind is not None and kind != "train" and settings:
+        if kind is not None and kind not in ("train", PEER_ST) and settings:
             raise ValueError(f"a {kind} system takes no settings: {', '.join(settings)}")
         return settings
 
@@ -337,6 +344,8 @@ class Recipe(StrictSection):
                 cfg = self.train_config(s, Path("/nonexistent"))
                 cfg.validate()
                 self._check_dev_split(i, s, cfg)
+            if s.kind == PEER_ST:
+                self._check_dev_split(i, s, self.peer_config(s))
         self._check_transfers()
         self._check_irds()
         self._check_interpolate()  # before eval.pairs, which may name its "<system>+wise" rows
@@ -490,4 +499,33 @@ class Recipe(StrictSection):
             cfg.model = self.model
         cfg.cache_dir = self.cache_dir
         cfg.device = self.device  # one device for the whole recipe (the top-level ``device:``)
+        return cfg
+
+    # ------------------------------------------------------------------ peer-st systems
+    def peer_settings(self, system: System, where: str = "") -> PeerSettings:
+        """A ``peer-st`` system's settings (its ``seed`` defaults to the recipe's); a bad one is an error naming
+        ``systems[i].<key>``."""
+        where = where or f"systems[{self.systems.index(system)}]"
+        unknown = [k for k in system.settings if k not in PeerSettings.model_fields]
+        if unknown:
+            raise HardnegError(f"{self.source}: {where}.{unknown[0]}: not a setting of a {PEER_ST} system; allowed: "
+                               f"{', '.join(PeerSettings.model_fields)}")
+        try:
+            return PeerSettings.model_validate({"seed": self.seed, **system.settings})
+        except ValidationError as exc:
+            raise HardnegError(f"{self.source}: {schema_problems(exc, prefix=where)}") from None
+
+    def peer_config(self, system: System) -> TrainConfig:
+        """The dev set and dev measurement of a ``peer-st`` system, as a :class:`TrainConfig`: the ``train:``
+        section's ``dev_split``/``dev_fraction``/``dev_carve``/``dev_pool``/``dev_metric`` with the system's seed,
+        so its carve-out is the one of the recipe's trained systems of that seed."""
+        common = dict(self.train)
+        preset = common.pop("preset", None)
+        seed = self.peer_settings(system).seed
+        try:
+            cfg = TrainConfig.from_dict({**common, "seed": seed})
+        except (TypeError, ValueError, HardnegError) as exc:
+            raise HardnegError(f"{self.source}: train: {exc}") from exc
+        cfg = apply_preset(cfg, preset, explicit=set(common) | {"seed"})
+        cfg.data, cfg.cache_dir, cfg.device = self.data, self.cache_dir, self.device
         return cfg

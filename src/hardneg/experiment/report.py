@@ -39,6 +39,7 @@ from typing import Any
 
 from hardneg.experiment.context import ReportContext, machine, short_path
 from hardneg.experiment.findings import Findings
+from hardneg.experiment.peer_st import PEER_ST
 from hardneg.experiment.results import ExperimentResults
 from hardneg.experiment.sections import Section, registered, section_fn
 from hardneg.experiment.stages import train_stage
@@ -117,6 +118,10 @@ def system_results(ctx: ReportContext) -> dict[str, Any]:
             entry["dev"] = {"alpha": pick["alpha"], **pick["dev"]} if pick else None
         entry["steps"] = len([x for x in ctx.r.train_log(trained) if x.get("kind") == "train"]) if st else None
         entry["train_seconds"] = float(st["seconds"]) if st else None
+        if name in ctx.r.with_kind(PEER_ST):  # sentence-transformers' recipe: it counts epochs (the dev-best one)
+            entry["kind"] = ctx.r.method_label(name)
+            summary = ctx.r.stage_file(train_stage(name), "summary.json")
+            entry["steps"] = read_json(summary)["epochs"] if st and summary.is_file() else None
         out[name] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in entry.items()}
     return {"systems": out}
 

@@ -1,6 +1,7 @@
 """Run a recipe: its stages in order, each cached, skipped when done, resumable.
 
-Stages (``OUT/stages/<stage>/``): ``train-<system>`` for trained systems, then
+Stages (``OUT/stages/<stage>/``): ``train-<system>`` for trained systems (a ``peer-st`` system's:
+:func:`hardneg.experiment.peer_st.train_peer`, keyed by its settings, start model and dev set), then
 ``test-<system>`` (retrieval + metrics on the test split), ``transfer-<system>-<set>``,
 the analyses, and ``report``. Each stage's *key* hashes its settings and the keys of
 the stages it depends on; ``stage.json`` records the key, status, attempts and wall
@@ -52,6 +53,7 @@ from hardneg.errors import HardnegError
 from hardneg.evaluate.analysis import model_pairwise_errors, tsne_points
 from hardneg.evaluate.metrics import evaluate
 from hardneg.evaluate.results import save_run_and_metrics
+from hardneg.experiment.peer_st import PEER_ST, PeerSettings, peer_data, train_peer
 from hardneg.experiment.recipe import START_MODEL, Recipe, System
 from hardneg.experiment.report import write_report
 from hardneg.experiment.stages import (
@@ -73,6 +75,7 @@ from hardneg.experiment.stages import (
 from hardneg.io import read_json, write_json
 from hardneg.model.encoder import DualEncoder
 from hardneg.model.merge import interpolate
+from hardneg.model.registry import resolve_model
 from hardneg.retrieval.bm25 import cached_bm25
 from hardneg.retrieval.dense import retrieve, search
 from hardneg.train.config import LATER_DEFAULTS, TrainConfig
@@ -140,10 +143,12 @@ class Experiment:
         r = self.recipe
         ev = r.eval
         for s in r.systems:
+            if s.kind == PEER_ST:
+                self._add_peer(s)
             if s.kind != "train":
                 continue
             base = r.system(s.base) if s.base and s.base != START_MODEL else None
-            deps = [train_stage(base.name)] if base is not None and base.kind == "train" else []
+            deps = self._model_deps(base) if base is not None else []
             cfg = r.train_config(s, self.stage_dir(train_stage(s.name)),
                                  model=self.model_path(base) if base is not None else None)
             # a setting added later, at its default, computes what the run did before it existed: left out,
@@ -205,7 +210,7 @@ class Experiment:
     def _model_deps(self, system: System) -> list[str]:
         if system.name in self.wise:
             return [wise_stage(self.wise[system.name].name)]
-        return [train_stage(system.name)] if system.kind == "train" else []
+        return [train_stage(system.name)] if system.kind in ("train", PEER_ST) else []
 
     def _wise_start(self, system: System) -> tuple[str, list[str]]:
         """Model A of ``system``'s interpolation and the stages it comes from (see merge.py: ADORE keeps its
@@ -238,6 +243,26 @@ class Experiment:
                                                "index": s.index, "model": self.model_path(row), **eval_settings,
                                                "query_max_length": self.query_length(row)},
                         self._model_deps(row), self._retrieve_fn(row, self.test_spec(), per_query=True)))
+
+    def _add_peer(self, s: System) -> None:
+        """The training stage of a ``peer-st`` system: keyed by its settings, its start model and its dev set."""
+        r = self.recipe
+        base = r.system(s.base) if s.base and s.base != START_MODEL else None
+        start = self.model_path(base) if base is not None else r.model
+        settings, cfg = r.peer_settings(s), r.peer_config(s)
+        dev = {k: getattr(cfg, k) for k in ("data", "dev_split", "dev_fraction", "dev_carve", "dev_pool", "dev_metric")}
+        keyed = {"kind": PEER_ST, "model": start, **settings.model_dump(), **dev}
+        self._add(Stage(train_stage(s.name), keyed, self._model_deps(base) if base is not None else [],
+                        self._peer_fn(start, settings, cfg)))
+
+    def _peer_fn(self, start: str, settings: PeerSettings, cfg: TrainConfig) -> Callable[[Path], dict[str, Any]]:
+        def run(folder: Path) -> dict[str, Any]:
+            summary = train_peer(folder, str(resolve_model(start)), peer_data(cfg), settings,
+                                 cache_dir=self.cache_dir, dev_pool_depth=cfg.dev_pool, dev_metric=cfg.dev_metric,
+                                 device=str(self.device))
+            return {"best_step": summary["best_step"], "best_dev": summary["best_dev"]}
+
+        return run
 
     # ------------------------------------------------------------------ stage bodies
     def _train_fn(self, cfg: TrainConfig) -> Callable[[Path], dict[str, Any]]:
