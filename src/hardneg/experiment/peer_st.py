@@ -252,12 +252,11 @@ def _epoch(checkpoint: Path) -> int:
     return round(float(read_json(checkpoint / "trainer_state.json")["epoch"]))
 
 
-def _triplets(folder: Path, model_path: str, data: PeerData, settings: PeerSettings,
-              cache: Path | None) -> list[dict[str, str]]:
-    """The mined triplets, from ``cache`` (default ``folder/triplets.jsonl``) when there, else mined and kept."""
+def mined_triplets(path: Path, model_path: str, data: PeerData, settings: PeerSettings) -> list[dict[str, str]]:
+    """The triplets :func:`mine` finds with the start model at ``model_path``: read from ``path`` when there, else
+    mined and written there (JSON lines)."""
     from sentence_transformers import SentenceTransformer
 
-    path = cache or folder / "triplets.jsonl"
     if path.is_file():
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     start = SentenceTransformer(model_path, device="cpu")
@@ -297,7 +296,7 @@ def train_peer(folder: str | Path, model_path: str, data: PeerData, settings: Pe
     log, out = folder / "train_log.jsonl", folder / "checkpoints"
     done = checkpoints(folder)
     if not done or _epoch(done[-1]) < settings.num_train_epochs:
-        triplets = _triplets(folder, model_path, data, settings, triplets_cache)
+        triplets = mined_triplets(triplets_cache or folder / "triplets.jsonl", model_path, data, settings)
         for partial in out.glob("checkpoint-*"):  # a checkpoint the kill interrupted
             if partial not in done:
                 shutil.rmtree(partial)
