@@ -189,11 +189,24 @@ def _steps_per_epoch(exp: Experiment) -> int:
     ({"num_train_epochs": 0}, "systems[1].num_train_epochs: input should be greater than or equal to 1"),
     ({"method": "star"}, "systems[1].kind: a peer-st system trains with sentence-transformers' recipe, not a "),
     ({"base": "nowhere"}, "systems[1].base: no system named 'nowhere'"),
+    ({"base": "rand"}, "systems[1].base: system 'st' needs its base 'rand' listed before it"),
 ])
 def test_bad_peer_settings_name_the_key(root, change, message):
     with pytest.raises(HardnegError) as err:
         Recipe.from_dict(recipe_dict(root, **change))
     assert message in str(err.value)
+
+
+def test_a_peer_starts_from_a_trained_system_but_not_from_an_adore_query_tower(root):
+    raw = recipe_dict(root)
+    raw["systems"] = [raw["systems"][2], {**raw["systems"][1], "base": "rand"}]
+    exp = Experiment(Recipe.from_dict(raw), root / "based")
+    stage = exp.stages["train-st"]
+    assert stage.deps == ["train-rand"] and stage.settings["model"] == str(exp.stage_dir("train-rand") / "model")
+    raw["adore"] = {"max_steps": 1, "adore_topk": 8, "dev_fraction": 0.25}
+    raw["systems"] = [{"name": "adore", "method": "adore"}, {**raw["systems"][1], "base": "adore"}]
+    with pytest.raises(HardnegError, match=r"systems\[1\].base: peer-st system 'st' trains one shared encoder"):
+        Recipe.from_dict(raw)
 
 
 def test_settings_defaults_follow_sentence_transformers_recipe():

@@ -346,6 +346,10 @@ class Recipe(StrictSection):
                 self._check_dev_split(i, s, cfg)
             if s.kind == PEER_ST:
                 self._check_dev_split(i, s, self.peer_config(s))
+                if s.base not in (None, START_MODEL) and self.system(s.base).frozen_doc:
+                    raise HardnegError(f"{self.source}: systems[{i}].base: {PEER_ST} system {s.name!r} trains one "
+                                       f"shared encoder; {s.base!r} trained a query tower of its own (ADORE): "
+                                       "start from its base instead")
         self._check_transfers()
         self._check_irds()
         self._check_interpolate()  # before eval.pairs, which may name its "<system>+wise" rows
