@@ -105,7 +105,8 @@ def table(result: dict, hardneg_results: Path | None) -> str:
     rows = []
     if hardneg_results and hardneg_results.is_file():
         for name, s in json.loads(hardneg_results.read_text())["systems"].items():
-            rows.append((f"hardneg {name}", s.get("steps"), s, s.get("train_seconds")))
+            label = f"{name} ({s['kind']}, epochs)" if s.get("kind") else f"hardneg {name}"  # a peer-st system
+            rows.append((label, s.get("steps"), s, s.get("train_seconds")))
     best = result["chosen"]
     label = f"sentence-transformers {best['loss']} (lr {best['lr']:g}, epoch {best['epoch']})"
     rows.append((label, best["steps"], result["test"], result["seconds"]["train_chosen_run"]))
