@@ -38,23 +38,26 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from hardneg.data.load import load_dataset, parse_spec
 from hardneg.data.records import Query
 from hardneg.errors import HardnegError
 from hardneg.evaluate.metrics import evaluate
-from hardneg.experiment.schema import StrictSection
+from hardneg.experiment.schema import StrictSection, schema_problems
 from hardneg.io import read_json, write_json
+from hardneg.model.registry import resolve_model
 from hardneg.retrieval.bm25 import cached_bm25
 from hardneg.train.config import TrainConfig
 from hardneg.train.dev import dev_depth, dev_measures
 from hardneg.train.order import carve_dev, positives_of
+from hardneg.train.presets import apply_preset
 
 logger = logging.getLogger("hardneg.experiment.peer_st")
 #: the losses, by the names sentence-transformers gives their classes
@@ -97,6 +100,50 @@ class PeerSettings(StrictSection):
 def peer_label(settings: dict[str, Any]) -> str:
     """The report's kind of a ``peer-st`` system from its recorded settings."""
     return PeerSettings.model_validate({k: v for k, v in settings.items() if k in PeerSettings.model_fields}).label
+
+
+def peer_settings(settings: dict[str, Any], seed: int, where: str) -> PeerSettings:
+    """A recipe system's settings as :class:`PeerSettings` (``seed`` by default); an unknown key or a bad value is
+    an error naming ``<where>.<key>`` (``where``: ``recipe.yaml: systems[2]``) and what is allowed."""
+    unknown = [k for k in settings if k not in PeerSettings.model_fields]
+    if unknown:
+        raise HardnegError(f"{where}.{unknown[0]}: not a setting of a {PEER_ST} system; allowed: "
+                           f"{', '.join(PeerSettings.model_fields)}")
+    source, _, prefix = where.rpartition(": ")
+    try:
+        return PeerSettings.model_validate({"seed": seed, **settings})
+    except ValidationError as exc:
+        raise HardnegError(f"{source}: {schema_problems(exc, prefix=prefix)}") from None
+
+
+def peer_dev_config(train: dict[str, Any], seed: int, data: str, cache_dir: str | None, device: str,
+                    where: str) -> TrainConfig:
+    """The dev set and dev measurement of a ``peer-st`` system as a :class:`TrainConfig`: the recipe's ``train:``
+    section (``train``: its ``dev_split``/``dev_fraction``/``dev_carve``/``dev_pool``/``dev_metric``, its preset)
+    with the system's ``seed``, so the carve-out is the one of the recipe's trained systems of that seed."""
+    common = dict(train)
+    preset = common.pop("preset", None)
+    try:
+        cfg = TrainConfig.from_dict({**common, "seed": seed})
+    except (TypeError, ValueError, HardnegError) as exc:
+        raise HardnegError(f"{where}: {exc}") from exc
+    cfg = apply_preset(cfg, preset, explicit=set(common) | {"seed"})
+    cfg.data, cfg.cache_dir, cfg.device = data, cache_dir, device
+    return cfg
+
+
+def peer_stage(start: str, settings: PeerSettings, cfg: TrainConfig, cache_dir: str | Path,
+               device: str) -> tuple[dict[str, Any], Callable[[Path], dict[str, Any]]]:
+    """An experiment's ``train-<system>`` stage of a ``peer-st`` system: its key's settings (the start model, the
+    peer settings, the dev set of ``cfg``) and its body (:func:`train_peer` from ``start`` into the stage folder)."""
+    dev = {k: getattr(cfg, k) for k in ("data", "dev_split", "dev_fraction", "dev_carve", "dev_pool", "dev_metric")}
+
+    def run(folder: Path) -> dict[str, Any]:
+        summary = train_peer(folder, str(resolve_model(start)), peer_data(cfg), settings, cache_dir=cache_dir,
+                             dev_pool_depth=cfg.dev_pool, dev_metric=cfg.dev_metric, device=device)
+        return {"best_step": summary["best_step"], "best_dev": summary["best_dev"]}
+
+    return {"kind": PEER_ST, "model": start, **settings.model_dump(), **dev}, run
 
 
 @dataclass

@@ -36,9 +36,8 @@ to the split the recipe reports (``eval.split``, or a transfer split of the same
 tests it directly on the recipe's ``data``, as the paper's In-Batch and Rand Neg are trained on MS MARCO
 passage and "directly evaluated on the document task" (section 7.3).
 
-``kind: peer-st`` is sentence-transformers' own recipe (:mod:`hardneg.experiment.peer_st`): no ``method``; its
-settings are sentence-transformers' names (``loss``, ``learning_rate``, ``num_train_epochs``, ...); ``seed`` defaults
-to the recipe's; ``base`` starts it from another system's model; its dev set is the ``train:`` section's.
+``kind: peer-st`` is sentence-transformers' own recipe (:mod:`hardneg.experiment.peer_st`, whose settings it takes);
+``base`` starts it from another system's model; its dev set is the ``train:`` section's.
 
 ``data`` and ``transfer`` entries may be ``irds:<id>`` (``ir_datasets``). ``data`` is then the dataset without a
 split (``irds:beir/scifact``): training reads ``<id>/train``, tests ``<id>/<eval.split>``, a ``dev_split``
@@ -73,7 +72,7 @@ from hardneg.data.formats.irds import open_irds
 from hardneg.data.load import irds_split_id, parse_spec
 from hardneg.devices import resolve_device
 from hardneg.errors import HardnegError
-from hardneg.experiment.peer_st import PEER_ST, PeerSettings
+from hardneg.experiment.peer_st import PEER_ST, PeerSettings, peer_dev_config, peer_settings
 from hardneg.experiment.schema import (
     AnalysisSettings,
     EvalSettings,
@@ -506,30 +505,12 @@ class Recipe(StrictSection):
         return cfg
 
     # ------------------------------------------------------------------ peer-st systems
-    def peer_settings(self, system: System, where: str = "") -> PeerSettings:
-        """A ``peer-st`` system's settings (its ``seed`` defaults to the recipe's); a bad one is an error naming
-        ``systems[i].<key>``."""
-        where = where or f"systems[{self.systems.index(system)}]"
-        unknown = [k for k in system.settings if k not in PeerSettings.model_fields]
-        if unknown:
-            raise HardnegError(f"{self.source}: {where}.{unknown[0]}: not a setting of a {PEER_ST} system; allowed: "
-                               f"{', '.join(PeerSettings.model_fields)}")
-        try:
-            return PeerSettings.model_validate({"seed": self.seed, **system.settings})
-        except ValidationError as exc:
-            raise HardnegError(f"{self.source}: {schema_problems(exc, prefix=where)}") from None
+    def peer_settings(self, system: System) -> PeerSettings:
+        """A ``peer-st`` system's settings (``seed``: the recipe's by default); a bad one names ``systems[i].key``."""
+        where = f"{self.source}: systems[{self.systems.index(system)}]"
+        return peer_settings(system.settings, self.seed, where)
 
     def peer_config(self, system: System) -> TrainConfig:
-        """The dev set and dev measurement of a ``peer-st`` system, as a :class:`TrainConfig`: the ``train:``
-        section's ``dev_split``/``dev_fraction``/``dev_carve``/``dev_pool``/``dev_metric`` with the system's seed,
-        so its carve-out is the one of the recipe's trained systems of that seed."""
-        common = dict(self.train)
-        preset = common.pop("preset", None)
-        seed = self.peer_settings(system).seed
-        try:
-            cfg = TrainConfig.from_dict({**common, "seed": seed})
-        except (TypeError, ValueError, HardnegError) as exc:
-            raise HardnegError(f"{self.source}: train: {exc}") from exc
-        cfg = apply_preset(cfg, preset, explicit=set(common) | {"seed"})
-        cfg.data, cfg.cache_dir, cfg.device = self.data, self.cache_dir, self.device
-        return cfg
+        """A ``peer-st`` system's dev set and dev measurement: the ``train:`` section's, with its seed."""
+        return peer_dev_config(self.train, self.peer_settings(system).seed, self.data, self.cache_dir, self.device,
+                               f"{self.source}: train")

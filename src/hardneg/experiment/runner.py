@@ -53,7 +53,7 @@ from hardneg.errors import HardnegError
 from hardneg.evaluate.analysis import model_pairwise_errors, tsne_points
 from hardneg.evaluate.metrics import evaluate
 from hardneg.evaluate.results import save_run_and_metrics
-from hardneg.experiment.peer_st import PEER_ST, PeerSettings, peer_data, train_peer
+from hardneg.experiment.peer_st import PEER_ST, peer_stage
 from hardneg.experiment.recipe import START_MODEL, Recipe, System
 from hardneg.experiment.report import write_report
 from hardneg.experiment.stages import (
@@ -75,7 +75,6 @@ from hardneg.experiment.stages import (
 from hardneg.io import read_json, write_json
 from hardneg.model.encoder import DualEncoder
 from hardneg.model.merge import interpolate
-from hardneg.model.registry import resolve_model
 from hardneg.retrieval.bm25 import cached_bm25
 from hardneg.retrieval.dense import retrieve, search
 from hardneg.train.config import LATER_DEFAULTS, TrainConfig
@@ -245,24 +244,12 @@ class Experiment:
                         self._model_deps(row), self._retrieve_fn(row, self.test_spec(), per_query=True)))
 
     def _add_peer(self, s: System) -> None:
-        """The training stage of a ``peer-st`` system: keyed by its settings, its start model and its dev set."""
-        r = self.recipe
-        base = r.system(s.base) if s.base and s.base != START_MODEL else None
-        start = self.model_path(base) if base is not None else r.model
-        settings, cfg = r.peer_settings(s), r.peer_config(s)
-        dev = {k: getattr(cfg, k) for k in ("data", "dev_split", "dev_fraction", "dev_carve", "dev_pool", "dev_metric")}
-        keyed = {"kind": PEER_ST, "model": start, **settings.model_dump(), **dev}
-        self._add(Stage(train_stage(s.name), keyed, self._model_deps(base) if base is not None else [],
-                        self._peer_fn(start, settings, cfg)))
-
-    def _peer_fn(self, start: str, settings: PeerSettings, cfg: TrainConfig) -> Callable[[Path], dict[str, Any]]:
-        def run(folder: Path) -> dict[str, Any]:
-            summary = train_peer(folder, str(resolve_model(start)), peer_data(cfg), settings,
-                                 cache_dir=self.cache_dir, dev_pool_depth=cfg.dev_pool, dev_metric=cfg.dev_metric,
-                                 device=str(self.device))
-            return {"best_step": summary["best_step"], "best_dev": summary["best_dev"]}
-
-        return run
+        """The training stage of a ``peer-st`` system (:func:`hardneg.experiment.peer_st.peer_stage`)."""
+        base = self.recipe.system(s.base) if s.base and s.base != START_MODEL else None
+        start = self.model_path(base) if base is not None else self.recipe.model
+        settings, fn = peer_stage(start, self.recipe.peer_settings(s), self.recipe.peer_config(s), self.cache_dir,
+                                  str(self.device))
+        self._add(Stage(train_stage(s.name), settings, self._model_deps(base) if base is not None else [], fn))
 
     # ------------------------------------------------------------------ stage bodies
     def _train_fn(self, cfg: TrainConfig) -> Callable[[Path], dict[str, Any]]:
