@@ -183,7 +183,8 @@ def _steps_per_epoch(exp: Experiment) -> int:
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"learnin_rate": 1e-3}, "systems[1].learnin_rate: not a setting of a peer-st system; allowed: loss, "),
+    ({"learnin_rate": 1e-3},
+     "systems[1].learnin_rate: not a setting of a peer-st system (did you mean 'learning_rate'?); allowed: loss, "),
     ({"loss": "triplet"}, "systems[1].loss: input should be 'mnrl' or 'cmnrl'"),
     ({"learning_rate": -1.0}, "systems[1].learning_rate: input should be greater than 0"),
     ({"num_train_epochs": 0}, "systems[1].num_train_epochs: input should be greater than or equal to 1"),

@@ -32,6 +32,7 @@ per epoch), which ends with the same weights as a run never killed. Deterministi
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
@@ -107,7 +108,9 @@ def peer_settings(settings: dict[str, Any], seed: int, where: str) -> PeerSettin
     an error naming ``<where>.<key>`` (``where``: ``recipe.yaml: systems[2]``) and what is allowed."""
     unknown = [k for k in settings if k not in PeerSettings.model_fields]
     if unknown:
-        raise HardnegError(f"{where}.{unknown[0]}: not a setting of a {PEER_ST} system; allowed: "
+        close = difflib.get_close_matches(unknown[0], list(PeerSettings.model_fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise HardnegError(f"{where}.{unknown[0]}: not a setting of a {PEER_ST} system{hint}; allowed: "
                            f"{', '.join(PeerSettings.model_fields)}")
     source, _, prefix = where.rpartition(": ")
     try:
