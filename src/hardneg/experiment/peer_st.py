@@ -302,14 +302,15 @@ def _epoch(checkpoint: Path) -> int:
     return round(float(read_json(checkpoint / "trainer_state.json")["epoch"]))
 
 
-def mined_triplets(path: Path, model_path: str, data: PeerData, settings: PeerSettings) -> list[dict[str, str]]:
-    """The triplets :func:`mine` finds with the start model at ``model_path``: read from ``path`` when there, else
-    mined and written there (JSON lines)."""
+def mined_triplets(path: Path, model_path: str, data: PeerData, settings: PeerSettings,
+                   device: str = "cpu") -> list[dict[str, str]]:
+    """The triplets :func:`mine` finds with the start model at ``model_path`` (on ``device``): read from ``path``
+    when there, else mined and written there (JSON lines)."""
     from sentence_transformers import SentenceTransformer
 
     if path.is_file():
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    start = SentenceTransformer(model_path, device="cpu")
+    start = SentenceTransformer(model_path, device=device)
     start.max_seq_length = settings.max_seq_length
     rows = mine(start, data, settings)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -346,7 +347,7 @@ def train_peer(folder: str | Path, model_path: str, data: PeerData, settings: Pe
     log, out = folder / "train_log.jsonl", folder / "checkpoints"
     done = checkpoints(folder)
     if not done or _epoch(done[-1]) < settings.num_train_epochs:
-        triplets = mined_triplets(triplets_cache or folder / "triplets.jsonl", model_path, data, settings)
+        triplets = mined_triplets(triplets_cache or folder / "triplets.jsonl", model_path, data, settings, device)
         for partial in out.glob("checkpoint-*"):  # a checkpoint the kill interrupted
             if partial not in done:
                 shutil.rmtree(partial)
