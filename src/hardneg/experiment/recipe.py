@@ -36,6 +36,9 @@ to the split the recipe reports (``eval.split``, or a transfer split of the same
 tests it directly on the recipe's ``data``, as the paper's In-Batch and Rand Neg are trained on MS MARCO
 passage and "directly evaluated on the document task" (section 7.3).
 
+``kind: peer-st`` is sentence-transformers' own recipe (:mod:`hardneg.experiment.peer_st`, whose settings it takes);
+``base`` starts it from another system's model; its dev set is the ``train:`` section's.
+
 ``data`` and ``transfer`` entries may be ``irds:<id>`` (``ir_datasets``). ``data`` is then the dataset without a
 split (``irds:beir/scifact``): training reads ``<id>/train``, tests ``<id>/<eval.split>``, a ``dev_split``
 ``<id>/<dev_split>``; a transfer is a whole id (``irds:beir/nfcorpus/test``) or ``irds:<id>:<split>``. Every
@@ -77,6 +80,7 @@ from hardneg.data.load import irds_split_id, parse_spec
 from hardneg.devices import resolve_device
 from hardneg.errors import HardnegError
 from hardneg.experiment.outside_index import INDEX_REF, check_outside_indexes
+from hardneg.experiment.peer_st import PEER_ST, PeerSettings, peer_dev_config, peer_settings
 from hardneg.experiment.schema import (
     AnalysisSettings,
     EvalSettings,
@@ -93,9 +97,9 @@ from hardneg.train.methods import MethodSpec, method_names, method_spec, method_
 from hardneg.train.presets import apply_preset
 
 DEFAULT_DATA_DIR = "../shared/data"
-SYSTEM_KINDS = ("bm25", "zeroshot", "train")
+SYSTEM_KINDS = ("bm25", "zeroshot", "train", PEER_ST)
 #: the system kinds that take a ``seed`` setting, and so a ``seeds:`` list (one run per seed)
-SEEDED_KINDS = ("train",)
+SEEDED_KINDS = ("train", PEER_ST)
 #: the ``base`` of an ADORE system that means the recipe's starting encoder
 START_MODEL = "zeroshot"
 #: TrainConfig keys a recipe may not set: the runner owns them
@@ -154,13 +158,15 @@ class System(BaseModel):
                              f" not {kind!r}")
         if kind == "train" and not method:
             raise ValueError("a trained system needs its 'method'")
+        if kind == PEER_ST and method:
+            raise ValueError(f"a {PEER_ST} system trains with sentence-transformers' recipe, not a 'method': drop one")
         return kind
 
     @field_validator("base")
     @classmethod
     def _base(cls, base: str | None, info: ValidationInfo) -> str | None:
-        if base is not None and info.data.get("kind", "train") != "train":
-            raise ValueError("'base' is for ADORE systems and the other trained systems (a 'method'), "
+        if base is not None and info.data.get("kind", "train") not in ("train", PEER_ST):
+            raise ValueError(f"'base' is for ADORE systems and the other trained systems (a 'method' or {PEER_ST}), "
                              f"not a {info.data['kind']} system")
         return base
 
@@ -188,7 +194,7 @@ class System(BaseModel):
     @classmethod
     def _settings(cls, settings: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         kind = info.data.get("kind")
-        if kind is not None and kind != "train" and settings:
+        if kind is not None and kind not in ("train", PEER_ST) and settings:
             raise ValueError(f"a {kind} system takes no settings: {', '.join(settings)}")
         return settings
 
@@ -394,6 +400,12 @@ class Recipe(StrictSection):
                 cfg = self.train_config(s, Path("/nonexistent"))
                 cfg.validate()
                 self._check_dev_split(i, s, cfg)
+            if s.kind == PEER_ST:
+                self._check_dev_split(i, s, self.peer_config(s))
+                if s.base not in (None, START_MODEL) and self.system(s.base).frozen_doc:
+                    raise HardnegError(f"{self.source}: systems[{i}].base: {PEER_ST} system {s.name!r} trains one "
+                                       f"shared encoder; {s.base!r} trained a query tower of its own (ADORE): "
+                                       "start from its base instead")
         self._check_seeds()
         self._check_transfers()
         self._check_irds()
@@ -569,3 +581,14 @@ class Recipe(StrictSection):
         if system.outside_index is not None:
             cfg.index = str(index_dir) if index_dir is not None else "flat"
         return cfg
+
+    # ------------------------------------------------------------------ peer-st systems
+    def peer_settings(self, system: System) -> PeerSettings:
+        """A ``peer-st`` system's settings (``seed``: the recipe's by default); a bad one names ``systems[i].key``."""
+        where = f"{self.source}: systems[{self.systems.index(system)}]"
+        return peer_settings(system.settings, self.seed, where)
+
+    def peer_config(self, system: System) -> TrainConfig:
+        """A ``peer-st`` system's dev set and dev measurement: the ``train:`` section's, with its seed."""
+        return peer_dev_config(self.train, self.peer_settings(system).seed, self.data, self.cache_dir, self.device,
+                               f"{self.source}: train")

@@ -39,6 +39,7 @@ from typing import Any
 
 from hardneg.experiment.context import ReportContext, machine, short_path
 from hardneg.experiment.findings import Findings
+from hardneg.experiment.peer_st import PEER_ST
 from hardneg.experiment.results import ExperimentResults
 from hardneg.experiment.sections import Section, registered, section_fn
 from hardneg.experiment.sections.effectiveness import against_start
@@ -167,6 +168,10 @@ def _entry(ctx: ReportContext, name: str, pq: dict[str, dict[str, float]] | None
         entry["dev"] = {"alpha": pick["alpha"], **pick["dev"]} if pick else None
     entry["steps"] = len([x for x in ctx.r.train_log(trained) if x.get("kind") == "train"]) if st else None
     entry["train_seconds"] = float(st["seconds"]) if st else None
+    if name in ctx.r.with_kind(PEER_ST):  # sentence-transformers' recipe: it counts epochs (the dev-best one)
+        entry["kind"] = ctx.r.method_label(name)
+        summary = ctx.r.stage_file(train_stage(trained), "summary.json")
+        entry["steps"] = read_json(summary)["epochs"] if st and summary.is_file() else None
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in entry.items()}
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from hardneg.data.load import load_dataset, parse_spec
 from hardneg.errors import HardnegError
 from hardneg.evaluate.analysis import unseen_queries
+from hardneg.experiment.peer_st import PEER_ST, peer_label
 from hardneg.experiment.recipe import START_MODEL, Recipe
 from hardneg.experiment.stages import dataset_tag, seed_name, test_stage, train_stage, wise_name, wise_stage
 from hardneg.io import read_json
@@ -179,6 +180,16 @@ class ExperimentResults:
             if names:
                 return names[0]
         return None
+
+    def trained(self) -> list[str]:
+        """The systems with a training stage: a hardneg method's, or sentence-transformers' recipe (``peer-st``)."""
+        return self.with_kind("train", PEER_ST)
+
+    def method_label(self, name: str) -> str:
+        """How the report's method columns name what trained system ``name``: its method, or the peer recipe's
+        ``sentence-transformers (MNRL)``; empty for an untrained row."""
+        s = self.system(name)
+        return peer_label(s.get("settings") or {}) if s.get("kind") == PEER_ST else s.get("method") or ""
 
     def with_kind(self, *kinds: str) -> list[str]:
         return [s["name"] for s in self.systems if s.get("kind") in kinds]

@@ -1,6 +1,7 @@
 """Run a recipe: its stages in order, each cached, skipped when done, resumable.
 
-Stages (``OUT/stages/<stage>/``): ``train-<system>`` for trained systems, then
+Stages (``OUT/stages/<stage>/``): ``train-<system>`` for trained systems (a ``peer-st`` system's:
+:func:`hardneg.experiment.peer_st.train_peer`, keyed by its settings, start model and dev set), then
 ``test-<system>`` (retrieval + metrics on the test split), ``transfer-<system>-<set>``,
 the analyses, and ``report``. Each stage's *key* hashes its settings and the keys of
 the stages it depends on; ``stage.json`` records the key, status, attempts and wall
@@ -57,6 +58,7 @@ from hardneg.evaluate.analysis import model_pairwise_errors, tsne_points
 from hardneg.evaluate.metrics import evaluate
 from hardneg.evaluate.results import save_run_and_metrics
 from hardneg.experiment.outside_index import build_outside_index, search_outside_index
+from hardneg.experiment.peer_st import PEER_ST, peer_stage
 from hardneg.experiment.recipe import START_MODEL, Recipe, System
 from hardneg.experiment.report import write_report
 from hardneg.experiment.stages import (
@@ -156,10 +158,12 @@ class Experiment:
                         "data": self.test_spec()}
             self._add(Stage(index_stage(name), settings, [], self._index_fn(settings)))
         for s in [*r.systems, *r.replicas]:  # seeds: a replica <name>.seed<k> trains like its system
+            if s.kind == PEER_ST:
+                self._add_peer(s)
             if s.kind != "train":
                 continue
             base = r.system(s.base) if s.base and s.base != START_MODEL else None
-            deps = [train_stage(base.name)] if base is not None and base.kind == "train" else []
+            deps = self._model_deps(base) if base is not None else []
             outside = s.outside_index
             deps += [index_stage(outside)] if outside is not None else []
             cfg = r.train_config(s, self.stage_dir(train_stage(s.name)),
@@ -227,7 +231,7 @@ class Experiment:
     def _model_deps(self, system: System) -> list[str]:
         if system.name in self.wise:
             return [wise_stage(self.wise[system.name].name)]
-        return [train_stage(system.name)] if system.kind == "train" else []
+        return [train_stage(system.name)] if system.kind in ("train", PEER_ST) else []
 
     def _wise_start(self, system: System) -> tuple[str, list[str]]:
         """Model A of ``system``'s interpolation and the stages it comes from (see merge.py: ADORE keeps its
@@ -260,6 +264,14 @@ class Experiment:
                                                "index": s.index, "model": self.model_path(row), **eval_settings,
                                                "query_max_length": self.query_length(row)},
                         self._model_deps(row), self._retrieve_fn(row, self.test_spec(), per_query=True)))
+
+    def _add_peer(self, s: System) -> None:
+        """The training stage of a ``peer-st`` system (:func:`hardneg.experiment.peer_st.peer_stage`)."""
+        base = self.recipe.system(s.base) if s.base and s.base != START_MODEL else None
+        start = self.model_path(base) if base is not None else self.recipe.model
+        settings, fn = peer_stage(start, self.recipe.peer_settings(s), self.recipe.peer_config(s), self.cache_dir,
+                                  str(self.device))
+        self._add(Stage(train_stage(s.name), settings, self._model_deps(base) if base is not None else [], fn))
 
     # ------------------------------------------------------------------ stage bodies
     def _train_fn(self, cfg: TrainConfig) -> Callable[[Path], dict[str, Any]]:

@@ -129,15 +129,18 @@ class AnalysisSettings(StrictSection):
         return name in self.model_fields_set
 
 
-def schema_problems(exc: ValidationError) -> str:
-    """Every problem pydantic found, as ``key.path: what is wrong (what is allowed)``, one per line."""
-    problems = [_problem(err) for err in exc.errors(include_url=False)]
+def schema_problems(exc: ValidationError, prefix: str = "") -> str:
+    """Every problem pydantic found, as ``key.path: what is wrong (what is allowed)``, one per line; ``prefix``:
+    the key path of the validated section (``systems[3]``)."""
+    problems = [_problem(err, prefix) for err in exc.errors(include_url=False)]
     return problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n  " + "\n  ".join(problems)
 
 
-def _problem(err: Any) -> str:
+def _problem(err: Any, prefix: str = "") -> str:
     loc = tuple(err["loc"])
     path = key_path(loc)
+    if prefix:
+        path = f"{prefix}.{path}" if path else prefix
     kind = err["type"]
     if kind == "unknown_key":
         return f"unknown recipe key {err['msg']}" if not loc else f"{path}: unknown key {err['msg']}"

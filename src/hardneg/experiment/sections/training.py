@@ -85,7 +85,7 @@ def _curve_worthy(ctx: ReportContext, name: str) -> bool:
 @section("training-curves", 90)
 def training_curves(ctx: ReportContext) -> Section:
     """Training loss and dev quality per step of every trained system (train_log.jsonl)."""
-    trained = [n for n in ctx.r.names if ctx.r.system(n).get("kind") == "train"]
+    trained = ctx.r.trained()
     logs = {n: ctx.r.train_log(n) for n in trained}
     loss = {n: [x for x in recs if x.get("kind") == "train" and isinstance(x.get("loss"), (int, float))]
             for n, recs in logs.items()}
@@ -127,7 +127,7 @@ def training_curves(ctx: ReportContext) -> Section:
         last = loss.get(name, [{}])[-1].get("loss")
         d = [x.get(metric) for x in dev.get(name, []) if isinstance(x.get(metric), (int, float))]
         best = int(np.argmax(d)) if d else None
-        rows.append([name, ctx.r.system(name).get("method") or "", str(len(loss.get(name, []))), fmt(last, 4),
+        rows.append([name, ctx.r.method_label(name), str(len(loss.get(name, []))), fmt(last, 4),
                      fmt(d[0] if d else None), fmt(max(d) if d else None),
                      str(dev[name][best]["step"]) if best is not None else "–"])
     return Section("\n".join([
@@ -215,7 +215,8 @@ def timing(ctx: ReportContext) -> Section:
         steps = len(step_s)
         cfg = st["settings"]
         times[s["name"]] = float(sum(step_s))
-        rows.append([s["name"], s.get("method") or "", str(steps), str(cfg.get("batch_size")),
+        rows.append([s["name"], ctx.r.method_label(s["name"]), str(steps),
+                     str(cfg.get("batch_size", cfg.get("per_device_train_batch_size"))),
                      fmt(float(np.median(step_s)) if step_s else math.nan, 2), fmt(sum(step_s) / 60, 1),
                      fmt(st["seconds"] / 60, 1)])
     if not rows:
