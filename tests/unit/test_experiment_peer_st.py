@@ -216,3 +216,14 @@ def test_settings_defaults_follow_sentence_transformers_recipe():
     assert cached.per_device_train_batch_size == 256 and cached.mini_batch_size == 32
     assert cached.label == "sentence-transformers (CachedMNRL)"
     assert PeerSettings(loss="cmnrl", per_device_train_batch_size=64).per_device_train_batch_size == 64
+
+
+def test_a_seeded_peer_gets_a_replica_per_seed(root, tmp_path):
+    """``seeds`` on a peer-st system: the first seed is the system's own stage (key unchanged), each other seed a
+    replica stage whose settings differ in the seed only."""
+    plain = Experiment(Recipe.from_dict(recipe_dict(root)), tmp_path / "a")
+    seeded = Experiment(Recipe.from_dict(recipe_dict(root, seeds=[42, 7])), tmp_path / "b")
+    assert seeded.stages["train-st"].key == plain.stages["train-st"].key
+    first, other = seeded.stages["train-st"].settings, seeded.stages["train-st.seed7"].settings
+    differ = {k for k in first if first[k] != other[k]}
+    assert "test-st.seed7" in seeded.stages and differ == {"seed"} and other["seed"] == 7

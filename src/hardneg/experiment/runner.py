@@ -54,9 +54,9 @@ from hardneg.data.cache import cache_dir_or_default
 from hardneg.data.load import load_dataset, parse_spec
 from hardneg.devices import place_index, resolve_device
 from hardneg.errors import HardnegError
-from hardneg.evaluate.analysis import model_pairwise_errors, tsne_points
 from hardneg.evaluate.metrics import evaluate
 from hardneg.evaluate.results import save_run_and_metrics
+from hardneg.experiment.analysis_stages import pairwise_stage, pq_stage, tsne_stage
 from hardneg.experiment.outside_index import build_outside_index, search_outside_index
 from hardneg.experiment.peer_st import PEER_ST, peer_stage
 from hardneg.experiment.recipe import START_MODEL, Recipe, System
@@ -190,14 +190,14 @@ class Experiment:
             topk = analysis.pairwise.topk if analysis.pairwise else 200
             systems = [s.name for s in dense]
             deps = [test_stage(n) for n in systems]
-            self._add(Stage(PAIRWISE, {"topk": topk, "systems": systems}, deps, self._pairwise_fn(systems, topk)))
+            self._add(Stage(PAIRWISE, {"topk": topk, "systems": systems}, deps, pairwise_stage(self, systems, topk)))
         if analysis.enabled("pq"):
             cfg = analysis.pq
             systems = list((cfg.systems if cfg else None) or [s.name for s in dense])
             indexes = list((cfg.indexes if cfg else None) or ["flat", "pq48"])
             deps = sorted({d for n in systems for d in self._model_deps(r.system(n))})
             self._add(Stage(PQ, {"systems": systems, "indexes": indexes, **eval_settings},
-                            deps, self._pq_fn(systems, indexes)))
+                            deps, pq_stage(self, systems, indexes)))
         if analysis.enabled("tsne"):
             cfg = analysis.tsne
             start = next((s.name for s in r.systems if s.kind == "zeroshot"), START_MODEL)
@@ -207,7 +207,7 @@ class Experiment:
             settings = {"before": before, "after": after, "top": cfg.top if cfg else 30,
                         "query": cfg.query if cfg else None, "seed": r.seed, **eval_settings}
             deps = [test_stage(before), test_stage(after)]
-            self._add(Stage(TSNE, settings, deps, self._tsne_fn(settings)))
+            self._add(Stage(TSNE, settings, deps, tsne_stage(self, settings)))
         for spec in r.transfer:
             for s in [*r.systems, *r.replicas, *(self.wise_system(n) for n in self.wise)]:
                 if s.outside_index is not None:  # its index covers the recipe's corpus only
@@ -408,54 +408,6 @@ class Experiment:
                     else:
                         out["transfer"][tag][f"{a:g}"] = evaluate(run_, dataset.qrels(), ev.measures)
             return out
-
-        return run
-
-    def _pairwise_fn(self, systems: list[str], topk: int) -> Callable[[Path], dict[str, Any]]:
-        def run(folder: Path) -> dict[str, Any]:
-            dataset = load_dataset(self.test_spec(), cache_dir=self.cache_dir)
-            qrels = dataset.qrels()
-            result: dict[str, Any] = {}
-            for name in systems:
-                # chunked over the cached corpus embeddings (a memmap): no queries × corpus matrix
-                errors = model_pairwise_errors(self._encoder(self.recipe.system(name)), dataset, self.cache_dir,
-                                               topk, qrels=qrels, show_progress=not self.quiet)
-                write_json(folder / f"{name}.json", errors)
-                result[name] = {"total": errors["mean_total"], f"top{topk}": errors["mean_topk"]}
-            return result
-
-        return run
-
-    def _pq_fn(self, systems: list[str], indexes: list[str]) -> Callable[[Path], dict[str, Any]]:
-        def run(folder: Path) -> dict[str, Any]:
-            ev = self.recipe.eval
-            dataset = load_dataset(self.test_spec(), cache_dir=self.cache_dir)
-            grid: dict[str, Any] = {}
-            sizes: dict[str, int] = {}
-            dims: dict[str, int] = {}  # per model: the report's bytes per document (flat = 4·dim)
-            for name in systems:
-                encoder = self._encoder(self.recipe.system(name))
-                dims[name] = int(encoder.dim)
-                for kind in indexes:
-                    index = corpus_index(encoder, dataset, kind, self.cache_dir, show_progress=not self.quiet)
-                    run_ = search(index, encoder, dataset.queries(), int(ev.k))
-                    grid.setdefault(name, {})[kind] = evaluate(run_, dataset.qrels(), ev.measures)
-                    sizes[kind] = int(index.manifest.get("bytes", 0)) if hasattr(index, "manifest") else 0
-            result = {"metrics": grid, "bytes": sizes, "dims": dims, "docs": dataset.doc_count()}
-            write_json(folder / "grid.json", result)
-            return result
-
-        return run
-
-    def _tsne_fn(self, settings: dict[str, Any]) -> Callable[[Path], dict[str, Any]]:
-        def run(folder: Path) -> dict[str, Any]:
-            dataset = load_dataset(self.test_spec(), cache_dir=self.cache_dir)
-            before = self._encoder(self.recipe.system(settings["before"]))
-            after = self._encoder(self.recipe.system(settings["after"]))
-            points = tsne_points(before, after, dataset, self.cache_dir, top=settings["top"], qid=settings["query"],
-                                 seed=settings["seed"])
-            write_json(folder / "points.json", points)
-            return {"query": points["query_id"]}
 
         return run
 
