@@ -264,7 +264,7 @@ def test_a_head_tower_keeps_its_frozen_head_and_saves_in_both_forms(save, tmp_pa
 def test_gradient_checkpointing_still_trains_the_adapters(tiny_model_dir):
     model = DualEncoder.from_pretrained(tiny_model_dir)
     apply_lora(model, LoraSettings(r=4, dropout=0.0), str(tiny_model_dir), input_grads=True)
-    model.doc_model.gradient_checkpointing_enable()
+    model.doc_model.activation_checkpointing_enable()
     model.train()
     batch = model.tokenize(TEXTS, "doc", padding=True)
     out = model(torch.tensor(batch["input_ids"]), torch.tensor(batch["attention_mask"]))

@@ -105,8 +105,11 @@ class HeadTower(nn.Module):
         out = self.activation(self.dense(pooled))
         return self.norm(out) if self.norm is not None else out
 
-    def gradient_checkpointing_enable(self, **kwargs) -> None:
-        self.transformer.gradient_checkpointing_enable(**kwargs)
+    def activation_checkpointing_enable(self, **kwargs) -> None:
+        inner = self.transformer
+        (getattr(inner, "activation_checkpointing_enable", None) or inner.gradient_checkpointing_enable)(**kwargs)
+
+    gradient_checkpointing_enable = activation_checkpointing_enable  # the name before transformers 5
 
     def save_head(self, folder: Path) -> list[tuple[str, str]]:
         """Write the head as sentence-transformers ``Dense`` / ``LayerNorm`` module folders.

@@ -188,7 +188,9 @@ class Trainer:
             dist.broadcast_parameters(model)  # the same start on every rank
         if cfg.gradient_checkpointing:
             for tower in {id(model.doc_model): model.doc_model, id(model.query_model): model.query_model}.values():
-                tower.gradient_checkpointing_enable()
+                # transformers 5 renamed it (the old name warns until v6 removes it)
+                enable = getattr(tower, "activation_checkpointing_enable", None) or tower.gradient_checkpointing_enable
+                enable()
         return model
 
     def _load_corpus(self, train_qids: list[str]) -> None:
