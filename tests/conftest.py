@@ -77,21 +77,25 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return _tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
-@pytest.fixture(scope="session")
-def tiny_st_dir(tmp_path_factory) -> Path:
-    """A tiny model in sentence-transformers layout: mean pooling + Normalize, max length 128."""
-    folder = _tiny_bert(tmp_path_factory.mktemp("tiny-st"), seed=1)
+def st_layout(folder: Path, *, dim: int = 32, max_seq_length: int = 128) -> Path:
+    """Make a transformers folder (a :func:`_tiny_bert`) a sentence-transformers one: mean pooling + Normalize."""
     (folder / "1_Pooling").mkdir()
     (folder / "1_Pooling" / "config.json").write_text(
-        json.dumps({"word_embedding_dimension": 32, "pooling_mode_cls_token": False,
+        json.dumps({"word_embedding_dimension": dim, "pooling_mode_cls_token": False,
                     "pooling_mode_mean_tokens": True}))
     (folder / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
     ]))
-    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128}))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length}))
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_st_dir(tmp_path_factory) -> Path:
+    """A tiny model in sentence-transformers layout: mean pooling + Normalize, max length 128."""
+    return st_layout(_tiny_bert(tmp_path_factory.mktemp("tiny-st"), seed=1))
 
 
 @pytest.fixture

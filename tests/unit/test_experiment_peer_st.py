@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import _tiny_bert, write_tiny_train
+from conftest import _tiny_bert, st_layout, write_tiny_train
 from hardneg.data.load import load_dataset
 from hardneg.errors import HardnegError
 from hardneg.evaluate.metrics import evaluate
@@ -38,17 +38,7 @@ def tiny_data(folder: Path) -> Path:
 def tiny_st(folder: Path) -> Path:
     """A tiny sentence-transformers folder (mean pooling + Normalize) whose texts get distinct vectors, so mining
     finds negatives below the positives."""
-    _tiny_bert(folder, seed=3, init_range=0.5)
-    (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(
-        json.dumps({"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ]))
-    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 32}))
-    return folder
+    return st_layout(_tiny_bert(folder, seed=3, init_range=0.5), max_seq_length=32)
 
 
 def recipe_dict(root: Path, **peer) -> dict:
