@@ -54,9 +54,8 @@ from hardneg.evaluate.metrics import evaluate
 from hardneg.experiment.schema import StrictSection, schema_problems
 from hardneg.io import read_json, write_json
 from hardneg.model.registry import resolve_model
-from hardneg.retrieval.bm25 import cached_bm25
 from hardneg.train.config import TrainConfig
-from hardneg.train.dev import dev_depth, dev_measures
+from hardneg.train.dev import dev_depth, dev_measures, dev_pool_ids
 from hardneg.train.order import carve_dev, positives_of
 from hardneg.train.presets import apply_preset
 
@@ -221,9 +220,8 @@ def dev_pool(data: PeerData, cache_dir: str | Path | None, depth: int) -> list[s
     """hardneg's dev pool: BM25's top-``depth`` of every dev query plus its positives (``depth`` 0: the corpus)."""
     if depth <= 0:
         return list(data.docs)
-    found = cached_bm25(data.dataset, cache_dir).search([Query(q, data.queries[q]) for q in data.dev_qids],
-                                                        k=depth, show_progress=False)
-    pool = {d for results in found.values() for d, _ in results} | {d for q in data.dev_qids for d in data.dev_qrels[q]}
+    queries = {q: Query(q, data.queries[q]) for q in data.dev_qids}
+    pool = dev_pool_ids(data.dataset, queries, data.dev_qrels, depth, cache_dir, data.docs)
     return sorted(d for d in pool if d in data.docs)
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Container, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -80,16 +80,22 @@ def evaluate_dev(ctx: MethodContext, index: DevIndex) -> dict[str, float]:
     return evaluate(run, ctx.dev_qrels, measures)
 
 
+def dev_pool_ids(dataset: Any, queries: Mapping[str, Any], dev_qrels: Mapping[str, Mapping[str, int]], depth: int,
+                 cache_dir: Any, known: Container[str]) -> set[str]:
+    """The documents ranked at dev time with ``dev_pool`` ``depth`` > 0: BM25's top-``depth`` of each dev query
+    (BM25 over ``dataset``, cached under ``cache_dir``) plus its relevant documents that are in ``known``."""
+    run = cached_bm25(dataset, cache_dir).search({q: queries[q] for q in dev_qrels}, k=depth, show_progress=False)
+    pool = {d for results in run.values() for d, _ in results}
+    return pool | {d for q in dev_qrels for d in dev_qrels[q] if d in known}
+
+
 def dev_pool_rows(ctx: MethodContext, doc_row: dict[str, int]) -> list[int]:
     """Corpus rows ranked at dev time: all of them (``dev_pool`` 0), or BM25's top-``dev_pool`` of each
-    dev query plus its positives (BM25 cached under ``ctx.cache_dir``)."""
+    dev query plus its positives (:func:`dev_pool_ids`)."""
     cfg = ctx.config
     if cfg.dev_pool <= 0:
         return list(range(len(ctx.doc_ids)))
-    bm25 = cached_bm25(ctx.dataset, ctx.cache_dir)
-    run = bm25.search({q: ctx.queries[q] for q in ctx.dev_qrels}, k=cfg.dev_pool, show_progress=False)
-    pool = {d for results in run.values() for d, _ in results}
-    pool |= {d for q in ctx.dev_qrels for d in ctx.dev_qrels[q] if d in doc_row}
+    pool = dev_pool_ids(ctx.dataset, ctx.queries, ctx.dev_qrels, cfg.dev_pool, ctx.cache_dir, doc_row)
     return sorted(doc_row[d] for d in pool)
 
 
