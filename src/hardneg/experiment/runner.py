@@ -158,12 +158,13 @@ class Experiment:
                         "data": self.test_spec()}
             self._add(Stage(index_stage(name), settings, [], self._index_fn(settings)))
         for s in [*r.systems, *r.replicas]:  # seeds: a replica <name>.seed<k> trains like its system
-            if s.kind == PEER_ST:
-                self._add_peer(s)
-            if s.kind != "train":
+            if s.kind not in ("train", PEER_ST):
                 continue
             base = r.system(s.base) if s.base and s.base != START_MODEL else None
             deps = self._model_deps(base) if base is not None else []
+            if s.kind == PEER_ST:
+                self._add_peer(s, base, deps)
+                continue
             outside = s.outside_index
             deps += [index_stage(outside)] if outside is not None else []
             cfg = r.train_config(s, self.stage_dir(train_stage(s.name)),
@@ -265,13 +266,13 @@ class Experiment:
                                                "query_max_length": self.query_length(row)},
                         self._model_deps(row), self._retrieve_fn(row, self.test_spec(), per_query=True)))
 
-    def _add_peer(self, s: System) -> None:
-        """The training stage of a ``peer-st`` system (:func:`hardneg.experiment.peer_st.peer_stage`)."""
-        base = self.recipe.system(s.base) if s.base and s.base != START_MODEL else None
+    def _add_peer(self, s: System, base: System | None, deps: list[str]) -> None:
+        """The training stage of a ``peer-st`` system (:func:`hardneg.experiment.peer_st.peer_stage`), started from
+        its ``base``'s model (``deps``: the base's stages), else the recipe's."""
         start = self.model_path(base) if base is not None else self.recipe.model
         settings, fn = peer_stage(start, self.recipe.peer_settings(s), self.recipe.peer_config(s), self.cache_dir,
                                   str(self.device))
-        self._add(Stage(train_stage(s.name), settings, self._model_deps(base) if base is not None else [], fn))
+        self._add(Stage(train_stage(s.name), settings, deps, fn))
 
     # ------------------------------------------------------------------ stage bodies
     def _train_fn(self, cfg: TrainConfig) -> Callable[[Path], dict[str, Any]]:
