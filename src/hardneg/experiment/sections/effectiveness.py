@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from hardneg.experiment.context import ReportContext
 from hardneg.experiment.sections.registry import Section, section
-from hardneg.experiment.stages import transfer_stage
 from hardneg.experiment.stats import ALPHA, MARKERS, holm, mean, spread, ttest
 from hardneg.experiment.tables import Num, fmt, fmt_p, fmt_pm, marked, signed
 
@@ -63,12 +62,12 @@ def _cell(ctx: ReportContext, name: str, measure: str, qids: list[str] | None) -
     return fmt(mean(ctx.per_query[name][measure], qids))
 
 
-def _transfer_cell(ctx: ReportContext, name: str, tag: str) -> str:
+def _transfer_cell(ctx: ReportContext, name: str, tag: str) -> Num:
+    """The main measure on a transfer set (``–`` before its stage is done), of a seeded system mean ± sd."""
     if name in ctx.seed_runs:
         s = spread(ctx.transfer_values(name, tag))
         return fmt_pm(s["mean"], s["sd"])
-    st = ctx.r.stage(transfer_stage(name, tag))
-    return fmt(st["result"]["metrics"].get(ctx.main_measure)) if st else "–"
+    return fmt(ctx.transfer_metric(name, tag))
 
 
 def _seeds_table(ctx: ReportContext, cols: list[tuple[str, str, list[str] | None]], transfer: list[str]) -> str:
