@@ -12,7 +12,7 @@ import torch
 from conftest import train_config, write_tiny_train
 from hardneg.errors import HardnegError
 from hardneg.train.losses import pairwise_loss, star_loss
-from hardneg.train.order import DataOrder, split_dev
+from hardneg.train.order import DataOrder, split_dev, train_dev_split
 from hardneg.train.trainer import Trainer
 
 
@@ -144,6 +144,34 @@ def test_split_dev_by_documents_keeps_dev_positives_out_of_train():
     one_group = {f"q{i}": {"d": 1} for i in range(10)}
     with pytest.raises(HardnegError, match="too few groups"):
         split_dev(sorted(one_group), 0.2, seed=0, carve="documents", qrels=one_group)
+
+
+def test_train_dev_split_is_the_one_selection_of_trainer_experiment_and_peer(tmp_path, tiny_train, tiny_model_dir):
+    """A carve-out and a ``dev_split`` select the same training and dev queries for the trainer, an
+    experiment's dev evaluations (WiSE-FT) and the sentence-transformers peer."""
+    from hardneg.experiment.peer_st import peer_data
+    from hardneg.experiment.runner import Experiment
+
+    (tiny_train / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq5\td5-0\t1\nq1\td1-0\t1\n")
+    all_qids = sorted(f"q{i}" for i in range(12))
+    for kw in ({}, {"dev_split": "dev"}):
+        cfg = train_config(tmp_path, tiny_train, tiny_model_dir, "star", **kw)
+        split = train_dev_split(cfg)
+        if kw:  # the named split is dev; every training query trains
+            assert split.dev_qids == ["q1", "q5"] and split.train_qids == all_qids
+            assert split.dev_dataset is not split.dataset and split.dev_qrels == {"q1": {"d1-0": 1}, "q5": {"d5-0": 1}}
+        else:  # a quarter of the training queries, disjoint from the rest, seeded
+            assert len(split.dev_qids) == 3 and sorted(split.train_qids + split.dev_qids) == all_qids
+            assert split.dev_dataset is split.dataset
+            assert train_dev_split(cfg.model_copy(update={"seed": cfg.seed + 1})).dev_qids != split.dev_qids
+        assert set(split.train_queries) == set(split.train_qids) and set(split.dev_queries) == set(split.dev_qids)
+        trainer = Trainer(cfg)
+        trainer.setup()
+        assert sorted(trainer.train_qrels) == split.train_qids and trainer.dev_qrels == split.dev_qrels
+        assert Experiment.dev_set(cfg)[1] == split.dev_qrels
+        peer = peer_data(cfg)
+        assert (peer.train_qids, peer.dev_qids, peer.dev_qrels) == (split.train_qids, split.dev_qids, split.dev_qrels)
+        assert set(peer.queries) == set(all_qids)
 
 
 @pytest.mark.parametrize("method", ["static", "ance"])

@@ -7,7 +7,8 @@ batch 32) or its GradCache variant ``CachedMultipleNegativesRankingLoss`` (``cmn
 mini-batches of 32), one checkpoint per epoch. Everything that decides a comparison is hardneg's:
 
 - the training queries and the dev set are those of hardneg's trainer (:func:`peer_data`: the recipe's
-  ``dev_split``, or :func:`hardneg.train.order.carve_dev` with its ``dev_fraction``/``dev_carve`` and the seed);
+  ``dev_split``, or the seeded carve-out with its ``dev_fraction``/``dev_carve`` and the seed: the one selection,
+  :func:`hardneg.train.order.train_dev_split`);
 - every epoch's checkpoint is scored on dev as hardneg's trainer scores dev (``dev_pool`` 20: BM25's top-20 of
   every dev query plus its positives, ranked exactly; ``dev_metric`` RR@10 picks), and ``model/`` is the
   dev-best epoch (``num_train_epochs`` is a cap);
@@ -47,7 +48,6 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
-from hardneg.data.load import load_dataset, parse_spec
 from hardneg.data.records import Query
 from hardneg.errors import HardnegError
 from hardneg.evaluate.metrics import evaluate
@@ -56,7 +56,7 @@ from hardneg.io import read_json, write_json
 from hardneg.model.registry import resolve_model
 from hardneg.train.config import TrainConfig
 from hardneg.train.dev import dev_depth, dev_measures, dev_pool_ids
-from hardneg.train.order import carve_dev, positives_of
+from hardneg.train.order import positives_of, train_dev_split
 from hardneg.train.presets import apply_preset
 
 logger = logging.getLogger("hardneg.experiment.peer_st")
@@ -170,18 +170,9 @@ def peer_data(cfg: TrainConfig, *, limit: int | None = None, extra_docs: int | N
     the carve-out of ``dev_fraction``/``dev_carve``/``seed``). ``limit``: the first ``limit`` training queries (and
     ``max(8, limit // 8)`` dev queries) with their positives plus ``extra_docs`` random documents, for a smoke
     run."""
-    path, split = parse_spec(cfg.data)
-    ds = load_dataset(f"{path}:{split or 'train'}", cache_dir=cfg.cache_dir)
-    qrels, queries = ds.qrels(), ds.queries()
-    if cfg.dev_split:
-        train_qids = [q for q in qrels if q in queries]
-        dev_ds = load_dataset(f"{path}:{cfg.dev_split}", cache_dir=cfg.cache_dir)
-        dev_qrels_all, dev_queries = dev_ds.qrels(), dev_ds.queries()
-        dev_qids = sorted(q for q in dev_qrels_all if q in dev_queries)
-        queries = {**{q: dev_queries[q] for q in dev_qids}, **queries}
-        qrels = {**{q: dev_qrels_all[q] for q in dev_qids}, **qrels}
-    else:
-        train_qids, dev_qids = carve_dev(cfg, qrels, queries)
+    split = train_dev_split(cfg)
+    ds, train_qids, dev_qids = split.dataset, split.train_qids, split.dev_qids
+    qrels, queries = {**split.train_qrels, **split.dev_qrels}, {**split.train_queries, **split.dev_queries}
     if limit:
         train_qids, dev_qids = train_qids[:limit], dev_qids[: max(8, limit // 8)]
     docs = {d.doc_id: d.full_text() for d in ds.iter_docs()}

@@ -31,7 +31,7 @@ allocates outside PyTorch) can use them.
 ``interpolate:`` (WiSE-FT, Wortsman et al. 2022) adds, per listed system S and weight a,
 ``wise-S-a<a>``: the model (1 − a)·start + a·S (:func:`hardneg.model.merge.interpolate`; ADORE:
 the query towers only) and its metrics on S's own dev set (``dev_split``, or the seeded carve-out of
-:func:`hardneg.train.order.carve_dev` with S's seed, ``dev_fraction`` and ``dev_carve``; never the test split);
+:func:`hardneg.train.order.train_dev_split`: S's seed, ``dev_fraction`` and ``dev_carve``; never the test split);
 ``wise-S``: the best a on dev (S's ``dev_metric``), whose model is the row ``S+wise`` (its own test and
 transfer stages); ``wise-S-curve``: every a on test and transfer, for the report's figure only.
 """
@@ -85,7 +85,7 @@ from hardneg.model.registry import resolve_model
 from hardneg.retrieval.bm25 import cached_bm25
 from hardneg.retrieval.dense import retrieve, search
 from hardneg.train.config import LATER_DEFAULTS, TrainConfig
-from hardneg.train.order import carve_dev
+from hardneg.train.order import train_dev_split
 from hardneg.train.trainer import Trainer
 
 logger = logging.getLogger("hardneg.experiment")
@@ -348,16 +348,8 @@ class Experiment:
     def dev_set(cfg: TrainConfig) -> tuple[Any, dict[str, dict[str, int]], dict[str, Any]]:
         """The dataset, qrels and queries of the dev set ``cfg``'s training selected on: its ``dev_split``, or
         the trainer's seeded carve-out of the training queries (train/trainer.py ``setup``, same seed/fraction)."""
-        path, split = parse_spec(cfg.data)
-        if cfg.dev_split:
-            ds = load_dataset(f"{path}:{cfg.dev_split}", cache_dir=cfg.cache_dir)
-            qrels, queries = ds.qrels(), ds.queries()
-            qids = sorted(q for q in qrels if q in queries)
-        else:
-            ds = load_dataset(f"{path}:{split or 'train'}", cache_dir=cfg.cache_dir)
-            qrels, queries = ds.qrels(), ds.queries()
-            _, qids = carve_dev(cfg, qrels, queries)
-        return ds, {q: qrels[q] for q in qids}, {q: queries[q] for q in qids}
+        split = train_dev_split(cfg)
+        return split.dev_dataset, split.dev_qrels, split.dev_queries
 
     def _wise_alpha_fn(self, system: System, alpha: float, start: str,
                        cfg: TrainConfig) -> Callable[[Path], dict[str, Any]]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hardneg.data.load import load_dataset, parse_spec
 from hardneg.data.records import Qrels
 from hardneg.errors import HardnegError
 
@@ -75,6 +76,44 @@ def carve_dev(cfg: TrainConfig, qrels: Qrels, queries: Mapping) -> tuple[list[st
     rule the trainer and the experiment's dev evaluations share)."""
     return split_dev([q for q in qrels if q in queries], cfg.dev_fraction, cfg.seed, carve=cfg.dev_carve,
                      qrels=qrels)
+
+
+@dataclass
+class TrainDevSplit:
+    """The training queries and the dev set a config selects on (:func:`train_dev_split`)."""
+
+    dataset: Any  #: the training split's dataset
+    dev_dataset: Any  #: the dev split's dataset (``dataset`` itself when dev is carved out of training)
+    train_qids: list[str]  #: sorted
+    dev_qids: list[str]  #: sorted
+    train_qrels: dict[str, dict[str, int]]
+    dev_qrels: dict[str, dict[str, int]]
+    train_queries: dict[str, Any]  #: query id -> query record
+    dev_queries: dict[str, Any]
+
+
+def train_dev_split(cfg: TrainConfig, cache_dir: str | None = None) -> TrainDevSplit:
+    """THE selection of training and dev queries every consumer shares (the trainer, an experiment's dev
+    evaluations, the sentence-transformers peer): ``cfg.data``'s training queries that have text and qrels,
+    and as dev either ``cfg.dev_split``'s such queries or :func:`carve_dev`'s seeded carve-out of the training
+    queries. ``cache_dir``: where datasets are cached (default ``cfg.cache_dir``)."""
+    path, split = parse_spec(cfg.data)
+    cache_dir = cache_dir if cache_dir is not None else cfg.cache_dir
+    dataset = load_dataset(f"{path}:{split or 'train'}", cache_dir=cache_dir)
+    qrels, queries = dataset.qrels(), dataset.queries()
+    if not qrels:
+        raise HardnegError(f"{cfg.data}: the training split has no qrels")
+    if cfg.dev_split:
+        dev_dataset = load_dataset(f"{path}:{cfg.dev_split}", cache_dir=cache_dir)
+        dev_qrels, dev_queries = dev_dataset.qrels(), dev_dataset.queries()
+        train_qids = sorted(q for q in qrels if q in queries)
+        dev_qids = sorted(q for q in dev_qrels if q in dev_queries)
+    else:
+        dev_dataset, dev_qrels, dev_queries = dataset, qrels, queries
+        train_qids, dev_qids = carve_dev(cfg, qrels, queries)
+    return TrainDevSplit(dataset, dev_dataset, list(train_qids), list(dev_qids),
+                         {q: qrels[q] for q in train_qids}, {q: dev_qrels[q] for q in dev_qids},
+                         {q: queries[q] for q in train_qids}, {q: dev_queries[q] for q in dev_qids})
 
 
 def positives_of(qrels: Qrels) -> dict[str, set[str]]:

@@ -46,7 +46,6 @@ from tqdm.auto import tqdm
 from hardneg import distributed as dist
 from hardneg.artifacts import corpus_store
 from hardneg.data.cache import cache_dir_or_default
-from hardneg.data.load import load_dataset, parse_spec
 from hardneg.devices import faiss_placement, resolve_device
 from hardneg.errors import HardnegError
 from hardneg.index.external import external_ids
@@ -67,7 +66,7 @@ from hardneg.train.config import TrainConfig
 from hardneg.train.dev import DEV_EMBEDDINGS, DevIndex, DevPool, dev_pool_rows, evaluate_dev
 from hardneg.train.grad_cache import GradCache, compile_towers
 from hardneg.train.methods import MethodContext, StepBatch, external_index, make_method, method_spec
-from hardneg.train.order import Example, carve_dev, positives_of
+from hardneg.train.order import Example, positives_of, train_dev_split
 from hardneg.train.steps import (
     ADDITIVE_PARTS,
     TIMING_PREFIX,
@@ -141,24 +140,10 @@ class Trainer:
     def _load_data(self) -> list[str]:
         """The dataset, its train and dev qrels (``--dev-split``, else carved out of train), the queries of
         both and the training positives; returns the training query ids."""
-        cfg = self.config
-        path, split = parse_spec(cfg.data)
-        self.dataset = load_dataset(f"{path}:{split or 'train'}", cache_dir=self.cache_dir)
-        qrels = self.dataset.qrels()
-        queries = self.dataset.queries()
-        if not qrels:
-            raise HardnegError(f"{cfg.data}: the training split has no qrels")
-        if cfg.dev_split:
-            dev_ds = load_dataset(f"{path}:{cfg.dev_split}", cache_dir=self.cache_dir)
-            dev_qrels, dev_queries = dev_ds.qrels(), dev_ds.queries()
-            train_qids = sorted(q for q in qrels if q in queries)
-            dev_qids = sorted(q for q in dev_qrels if q in dev_queries)
-        else:
-            train_qids, dev_qids = carve_dev(cfg, qrels, queries)
-            dev_qrels, dev_queries = qrels, queries
-        self.train_qrels = {q: qrels[q] for q in train_qids}
-        self.dev_qrels = {q: dev_qrels[q] for q in dev_qids}
-        self.queries = {**{q: queries[q] for q in train_qids}, **{q: dev_queries[q] for q in dev_qids}}
+        split = train_dev_split(self.config, self.cache_dir)
+        self.dataset, train_qids = split.dataset, split.train_qids
+        self.train_qrels, self.dev_qrels = split.train_qrels, split.dev_qrels
+        self.queries = {**split.train_queries, **split.dev_queries}
         self.positives = positives_of(self.train_qrels)
         return train_qids
 
