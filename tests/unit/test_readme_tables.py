@@ -66,7 +66,7 @@ def test_stale_block_is_caught_by_check_and_rewritten_by_the_command(tmp_path):
     assert result.exit_code == 0, result.output
     text = page.read_text()
     assert text.startswith("intro\n<!-- results-table:r.json -->\n| system | steps | nDCG@10 | seeds |")
-    assert "| a | 3 | 0.500 | 1 |" in text and "| b | – | **0.612** ± 0.010 | 2 |" in text
+    assert "| a | 3 | 0.500 | 1 |" in text and "| b | – | **0.612 ± 0.010** | 2 |" in text
     assert text.endswith("<!-- /results-table -->\noutro\n") and refresh(page)[1] == []
     assert runner.invoke(app, ["report", "--readme", str(page), "--check"]).exit_code == 0
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from hardneg.errors import HardnegError
 from hardneg.experiment.stats import ALPHA
+from hardneg.experiment.tables import fmt_pm, table
 from hardneg.io import atomic_write
 
 #: a marked block: the results.json path (relative to the page's repository root) and the table under it
@@ -87,13 +88,10 @@ def render_table(results: dict[str, Any]) -> str:
         above = _above_start(entry, systems)
         starts |= {entry["vs_start"]["system"]} if above else set()
         for j, (x, sd) in enumerate(values[name]):
-            text = "–" if x is None else f"{x:.3f}"
+            text = str(fmt_pm(x, sd))  # the report's Table 2 cell: mean ± sd, or the value
             text = f"**{text}**" if x is not None and len(systems) > 1 and round(x, 3) == best[j] else text
-            text += "†" if columns[j][1] in above and columns[j][2] is None else ""
-            cells.append(f"{text} ± {sd:.3f}" if x is not None and sd is not None else text)
+            cells.append(text + ("†" if columns[j][1] in above and columns[j][2] is None else ""))
         rows.append(cells + ([str((entry.get("seeds") or {}).get("n", 1))] if seeded else []))
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
     notes = ["Bold: the best of a column"]
     if starts:
         notes.append(f"†: above {', '.join(sorted(starts))} (paired t-test, p < 0.05; on the seen-/unseen-doc "
@@ -101,7 +99,7 @@ def render_table(results: dict[str, Any]) -> str:
     if seeded:
         notes.append("mean ± sample standard deviation over the seeds; a seeded system's tests use its "
                      "seed-averaged run")
-    return "\n".join(lines) + f"\n\n{'. '.join(notes)}. Written by `{COMMAND}`.\n"
+    return table(header, rows) + f"\n\n{'. '.join(notes)}. Written by `{COMMAND}`.\n"
 
 
 def _above_start(entry: dict[str, Any], systems: dict[str, dict[str, Any]]) -> set[str]:
