@@ -3,7 +3,7 @@
 Stages (each timed, wall-clock):
 
 1. encode the corpus with sentence-transformers (``encode_document``, MiniLM by default);
-2. build three indexes with plain Faiss (flat inner product, HNSW32, IVF-PQ) and write each in Pyserini's
+2. build three indexes with plain Faiss's ``index_factory`` (Flat, HNSW32, IVF-PQ) and write each in Pyserini's
    dense-index layout (``index`` + ``docid``);
 3. train hardneg ADORE's query encoder against each (``hardneg train adore --index FOLDER``): dev is carved out of
    train and evaluated every ``--dev-every`` steps in that index, and the best dev step is kept (the
@@ -27,12 +27,12 @@ import platform
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from hardneg.data.load import load_dataset
 from hardneg.data.slice import slice_beir
 from hardneg.evaluate.metrics import evaluate_per_query
+from hardneg.experiment.outside_index import encode_corpus_st, write_faiss_index
 from hardneg.index.external import open_external
 from hardneg.model.encoder import DualEncoder
 from hardneg.model.registry import resolve_model
@@ -43,22 +43,11 @@ from hardneg.train.trainer import Trainer
 INDEXES = ("flat", "hnsw", "ivfpq")
 
 
-def build_index(kind: str, x: np.ndarray):
-    """A plain Faiss index of ``kind`` over ``x`` (inner product)."""
-    n, d = x.shape
-    ip = faiss.METRIC_INNER_PRODUCT
-    if kind == "flat":
-        index = faiss.IndexFlatIP(d)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, 32, ip)
-    else:
-        lists = max(1, int(math.sqrt(n)))
-        bits = 8 if n >= 2048 else 4  # 256 centroids per sub-quantiser want a few thousand training points
-        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, lists, d // 8, bits, ip)
-        index.train(x)
-        index.nprobe = min(lists, 32)
-    index.add(x)
-    return index
+def factory(kind: str, n: int, d: int) -> str:
+    """The ``faiss.index_factory`` string of ``kind`` for ``n`` vectors of dimension ``d``."""
+    if kind == "ivfpq":  # sqrt(n) lists; 256 centroids per sub-quantiser want a few thousand training points
+        return f"IVF{max(1, int(math.sqrt(n)))},PQ{d // 8}x{8 if n >= 2048 else 4}"
+    return {"flat": "Flat", "hnsw": "HNSW32"}[kind]
 
 
 def unseen_queries(data: Path) -> tuple[dict, list[str]]:
@@ -100,22 +89,16 @@ def main() -> None:
     stages: dict[str, float] = {}
 
     tic = time.perf_counter()
-    from sentence_transformers import SentenceTransformer
-
-    st = SentenceTransformer(str(resolve_model(args.model)), device="cpu")
-    st.max_seq_length = args.max_length
     docs = list(load_dataset(f"{data}:test").iter_docs())
-    x = np.ascontiguousarray(st.encode_document([d.full_text() for d in docs], batch_size=64,
-                                                convert_to_numpy=True), dtype=np.float32)
+    x = encode_corpus_st(str(resolve_model(args.model)), docs, args.out / "embeddings.npy",
+                         max_seq_length=args.max_length)
     stages["encode_corpus"] = time.perf_counter() - tic
     results = {}
     for kind in args.indexes:
         folder = args.out / "indexes" / kind
         tic = time.perf_counter()
         if not (folder / "index").is_file():
-            folder.mkdir(parents=True, exist_ok=True)
-            faiss.write_index(build_index(kind, x), str(folder / "index"))
-            (folder / "docid").write_text("".join(d.doc_id + "\n" for d in docs))
+            write_faiss_index(x, [d.doc_id for d in docs], folder, factory=factory(kind, *x.shape))
         stages[f"index_{kind}"] = time.perf_counter() - tic
         tic = time.perf_counter()
         out = args.out / "train" / kind

@@ -111,3 +111,21 @@ def test_a_bad_factory_is_a_clear_error(tmp_path, tiny_st_dir):
     with pytest.raises(HardnegError, match="factory 'Flatt' is not a Faiss index_factory string"):
         build_outside_index(str(tiny_st_dir), load_dataset(f"{data}:test"), tmp_path / "ix", factory="Flatt",
                             max_seq_length=32)
+
+
+def test_write_faiss_index_round_trips_and_an_ivf_index_searches_hardnegs_default_lists(tmp_path):
+    from hardneg.experiment.outside_index import write_faiss_index
+    from hardneg.index.external import open_external
+
+    x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    ids = [f"d{i}" for i in range(300)]
+    flat = write_faiss_index(x, ids, tmp_path / "flat")
+    assert flat["type"] == "IndexFlat" and flat["documents"] == 300
+    ix = open_external(tmp_path / "flat")
+    assert list(ix.ids) == ids
+    _, rows = ix.search(x[:3], 1)
+    assert rows[:, 0].tolist() == [int(np.argmax(x @ x[i])) for i in range(3)]
+    write_faiss_index(x, ids, tmp_path / "ivf", factory="IVF64,Flat")
+    assert faiss.read_index(str(tmp_path / "ivf" / "index")).nprobe == 32  # min(lists, 32), stored in the file
+    write_faiss_index(x, ids, tmp_path / "ivf8", factory="IVF8,Flat")
+    assert faiss.read_index(str(tmp_path / "ivf8" / "index")).nprobe == 8

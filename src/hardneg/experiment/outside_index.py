@@ -80,26 +80,45 @@ def build_outside_index(model: str, dataset: Dataset, folder: Path, *, factory: 
                         max_seq_length: int | None = None, batch_size: int = 64, device: str = "cpu",
                         show_progress: bool = False) -> dict[str, Any]:
     """Encode ``dataset``'s corpus with sentence-transformers and write a Faiss ``factory`` index of it to
-    ``folder`` in Pyserini's layout. The vectors are kept in ``folder/embeddings.npy`` as soon as they are
-    computed, so a stage killed while indexing does not encode again. Returns what was built."""
-    from sentence_transformers import SentenceTransformer
-
-    faiss = import_faiss()
+    ``folder`` in Pyserini's layout (:func:`encode_corpus_st` then :func:`write_faiss_index`). The vectors are
+    kept in ``folder/embeddings.npy`` as soon as they are computed, so a stage killed while indexing does not
+    encode again. Returns what was built."""
     folder.mkdir(parents=True, exist_ok=True)
     docs = list(dataset.iter_docs())
-    vectors_file = folder / EMBEDDINGS
+    x = encode_corpus_st(model, docs, folder / EMBEDDINGS, max_seq_length=max_seq_length, batch_size=batch_size,
+                         device=device, show_progress=show_progress)
+    return write_faiss_index(x, [d.doc_id for d in docs], folder, factory=factory, metric=metric)
+
+
+def encode_corpus_st(model: str, docs: list, vectors_file: Path, *, max_seq_length: int | None = None,
+                     batch_size: int = 64, device: str = "cpu", show_progress: bool = False) -> np.ndarray:
+    """``docs``' ``title text`` encoded by sentence-transformers' ``encode_document`` (the model's own pooling,
+    normalisation and document prompt), float32; cached in ``vectors_file`` (read back when it is there)."""
     if vectors_file.is_file():
         x = np.load(vectors_file)
     else:
+        from sentence_transformers import SentenceTransformer
+
         st = SentenceTransformer(model, device=device)
         if max_seq_length is not None:
             st.max_seq_length = int(max_seq_length)
         x = np.ascontiguousarray(st.encode_document([d.full_text() for d in docs], batch_size=batch_size,
                                                     convert_to_numpy=True, show_progress_bar=show_progress),
                                  dtype=np.float32)
+        vectors_file.parent.mkdir(parents=True, exist_ok=True)
         _atomic(vectors_file, lambda tmp: np.save(tmp, x))
     if len(x) != len(docs):
         raise HardnegError(f"{vectors_file}: {len(x)} vectors for {len(docs)} documents; delete the file and rerun")
+    return x
+
+
+def write_faiss_index(x: np.ndarray, ids: list[str], folder: Path, *, factory: str = "Flat",
+                      metric: str = "ip") -> dict[str, Any]:
+    """``faiss.index_factory(dim, factory, metric)`` trained (when it needs training) and filled with ``x``,
+    written with ``ids`` to ``folder`` in Pyserini's dense-index layout (``index`` + ``docid``). An IVF index
+    searches ``min(lists, 32)`` lists, hardneg's own default (stored in the file). Returns what was built."""
+    faiss = import_faiss()
+    folder.mkdir(parents=True, exist_ok=True)
     faiss_metric = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}[metric]
     try:
         index = faiss.index_factory(int(x.shape[1]), factory, faiss_metric)
@@ -109,9 +128,11 @@ def build_outside_index(model: str, dataset: Dataset, folder: Path, *, factory: 
     if not index.is_trained:
         index.train(x)
     index.add(x)
-    _atomic(folder / PYSERINI_IDS, lambda tmp: tmp.write_text("".join(d.doc_id + "\n" for d in docs)))
+    if hasattr(index, "nprobe"):
+        index.nprobe = min(int(index.nlist), 32)
+    _atomic(folder / PYSERINI_IDS, lambda tmp: tmp.write_text("".join(i + "\n" for i in ids)))
     _atomic(folder / PYSERINI_INDEX, lambda tmp: faiss.write_index(index, str(tmp)))
-    return {"documents": len(docs), "dim": int(x.shape[1]), "factory": factory, "metric": metric,
+    return {"documents": len(ids), "dim": int(x.shape[1]), "factory": factory, "metric": metric,
             "type": type(index).__name__, "hash": content_hash(folder / PYSERINI_INDEX, folder / PYSERINI_IDS)}
 
 
