@@ -20,9 +20,11 @@ Both forms hold ``hardneg_lora.json`` (the settings, the trainable share), which
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -150,7 +152,8 @@ def _wrap(transformer: nn.Module, settings: LoraSettings, input_grads: bool) -> 
     if input_grads:  # gradient checkpointing over frozen embeddings: the adapters still need a gradient path
         transformer.enable_input_require_grads()
     try:
-        return get_peft_model(transformer, config)
+        with _quiet_peft():
+            return get_peft_model(transformer, config)
     except ValueError as exc:  # e.g. a target that is not a layer peft can adapt
         model_type = getattr(getattr(transformer, "config", None), "model_type", "?")
         raise HardnegError(f"{TARGETS_FLAG}: LoRA cannot adapt this {model_type} model: {exc}; name its modules, "
@@ -263,6 +266,15 @@ def is_adapter_folder(folder: str | Path) -> bool:
     return record is not None and record.get("lora", {}).get("save") == "adapter"
 
 
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft's wrappers ask transformers 5 for ``is_gradient_checkpointing``, deprecated there: a FutureWarning on
+    every adapter made or loaded that no user can act on; silenced around those calls only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def save_adapter(tower: nn.Module, folder: Path) -> None:
     """peft's adapter folder of an adapted tower: ``adapter_config.json`` and ``adapter_model.safetensors``."""
     transformer_of(tower).save_pretrained(str(folder), safe_serialization=True)
@@ -273,7 +285,8 @@ def merge_adapter(tower: nn.Module, folder: Path) -> nn.Module:
     from peft import PeftModel
 
     try:
-        wrapped = PeftModel.from_pretrained(transformer_of(tower), str(folder), is_trainable=False)
+        with _quiet_peft():
+            wrapped = PeftModel.from_pretrained(transformer_of(tower), str(folder), is_trainable=False)
     except Exception as exc:
         raise HardnegError(f"{folder}: could not load the LoRA adapter onto its base model: {exc}") from exc
     return _with_transformer(tower, wrapped.merge_and_unload())
