@@ -9,6 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -133,6 +134,15 @@ def test_report_has_tables_and_nonempty_figures(finished):
         events = json.loads((exp.stage_dir(f"train-{name}") / "negatives_diagnostics.json").read_text())["events"]
         assert by_name[name][1] == "plain top-k" and by_name[name][2] == str(len(events))
         assert by_name[name][3] == str(sum(e["candidates"] for e in events)) != "0"
+    # RQ3's step-cost finding: the medians of Table 4's step times, ADORE systems against the others
+    table4 = {r[0]: r for r in next(t for t in tables if t[0][:5] == ["system", "method", "steps", "batch",
+                                                                      "step time (s)"])[1]}
+    adore = [float(r[4]) for n, r in table4.items() if r[1] == "adore"]
+    others = [float(r[4]) for n, r in table4.items() if r[1] != "adore"]
+    cheap = re.search(r"ADORE step is cheap.*Here ([\d.]+) s/step .* vs ([\d.]+) s/step", text)
+    assert adore and others and cheap, table4
+    assert float(cheap.group(1)) == pytest.approx(np.median(adore), abs=0.011)
+    assert float(cheap.group(2)) == pytest.approx(np.median(others), abs=0.011)
 
 
 def _tables(text: str) -> list[tuple[list[str], list[list[str]]]]:

@@ -98,7 +98,9 @@ def effectiveness(ctx: ReportContext) -> Section:
     header += ["seeds"] if seeded else []
     rows = []
     for name in ctx.r.names:
-        n = [str(len(ctx.seed_runs.get(name, {})) if name in ctx.seed_runs else 1)] if seeded else []
+        # how many runs the row is over (0: none finished yet)
+        runs = len(ctx.seed_runs[name]) if name in ctx.seed_runs else int(name in ctx.per_query)
+        n = [str(runs)] if seeded else []
         if name not in ctx.per_query:
             rows.append([name, *["–"] * (len(header) - 1 - len(n)), *n])
             continue

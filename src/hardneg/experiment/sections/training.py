@@ -206,6 +206,7 @@ def timing(ctx: ReportContext) -> Section:
     """Table 4 analogue: steps, median step time, summed step time and stage wall-clock of every trained system."""
     rows = []
     times: dict[str, float] = {}
+    step_median: dict[str, float] = {}
     for s in ctx.r.systems:
         st = ctx.r.stage(train_stage(s["name"]))
         if st is None:
@@ -215,12 +216,14 @@ def timing(ctx: ReportContext) -> Section:
         steps = len(step_s)
         cfg = st["settings"]
         times[s["name"]] = float(sum(step_s))
+        if step_s:
+            step_median[s["name"]] = float(np.median(step_s))
         rows.append([s["name"], ctx.r.method_label(s["name"]), str(steps),
                      str(cfg.get("batch_size", cfg.get("per_device_train_batch_size"))),
                      fmt(float(np.median(step_s)) if step_s else math.nan, 2), fmt(sum(step_s) / 60, 1),
                      fmt(st["seconds"] / 60, 1)])
     if not rows:
-        return Section(facts={"times": times})
+        return Section(facts={"times": times, "step_median": step_median})
     return Section("\n".join([
         "## Table 4 analogue: training time on this machine",
         "",
@@ -233,6 +236,6 @@ def timing(ctx: ReportContext) -> Section:
         ctx.table("table4_training_time",
                     ["system", "method", "steps", "batch", "step time (s)", "training (min)", "stage (min)"], rows),
         "",
-    ]), {"times": times})
+    ]), {"times": times, "step_median": step_median})
 
 
