@@ -584,3 +584,49 @@ def test_only_globs_take_plus_in_system_names_literally(tmp_path, tiny_model_dir
     assert {"train-star", "train-adore+star"} <= set(picked) and "train-rand" not in picked
     with pytest.raises(HardnegError, match="no stage matches 'test-adore[+]nothing'"):
         exp._closure(["test-adore+nothing"])
+
+
+def test_keep_going_records_a_failed_stage_skips_its_dependents_and_resumes_it(tmp_path, tiny_model_dir,
+                                                                                 monkeypatch):
+    """`--keep-going`: the failing stage is `failed` in its stage.json with the error, what needs it is skipped,
+    the rest runs; the next run resumes it. Without the flag the first failure stops the run."""
+    from typer.testing import CliRunner
+
+    from hardneg.cli import app
+
+    data = tiny_data(tmp_path / "data")
+    raw = {**recipe_dict(data, tiny_model_dir, tmp_path / "cache"), "analysis": {},
+           "systems": [{"name": "zeroshot", "kind": "zeroshot"}, {"name": "bm25", "kind": "bm25"}],
+           "eval": {"max_length": 32, "query_max_length": 16, "k": 50}}
+
+    def broken(folder):
+        raise RuntimeError("disk on fire")
+
+    exp = Experiment(Recipe.from_dict(raw), tmp_path / "out", quiet=True)
+    real, exp.stages["test-zeroshot"].fn = exp.stages["test-zeroshot"].fn, broken
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        exp.run()
+    assert not exp.stage_dir("test-bm25").exists()  # the run stopped at the failure
+    outcome = exp.run(keep_going=True)
+    assert outcome == {"test-zeroshot": "failed", "test-bm25": "done", "report": "skipped"}
+    state = json.loads((exp.stage_dir("test-zeroshot") / "stage.json").read_text())
+    assert state["status"] == "failed" and state["error"] == "RuntimeError: disk on fire" and state["attempts"] == 2
+    assert not (exp.out / "report.md").exists()
+    exp.stages["test-zeroshot"].fn = real
+    assert exp.run(keep_going=True) == {"test-zeroshot": "done", "test-bm25": "cached", "report": "done"}
+    assert json.loads((exp.stage_dir("test-zeroshot") / "stage.json").read_text())["attempts"] == 3
+    # the command: the other stages run, then exit 1 naming the failed stage
+    init = Experiment.__init__
+
+    def breaking_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.stages["test-zeroshot"].fn = broken
+
+    monkeypatch.setattr(Experiment, "__init__", breaking_init)
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["--quiet", "experiment", str(recipe_file), "-o", str(tmp_path / "cli"),
+                                      "--keep-going"])
+    assert result.exit_code == 1, result.output
+    assert "1 stage(s) failed (test-zeroshot" in result.output and "1 skipped" in result.output
+    assert json.loads((tmp_path / "cli" / "stages" / "test-bm25" / "stage.json").read_text())["status"] == "done"

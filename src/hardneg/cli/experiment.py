@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from hardneg.cli.common import (
     STATE,
     ThreadsOpt,
+    err,
     info,
     out,
     use_threads,
@@ -31,6 +33,9 @@ def experiment(
     device: Annotated[str | None, typer.Option("--device",
         help="auto, cpu, cuda or cuda:N for every stage; replaces the recipe's `device:` (default: the "
              "recipe's). Not part of the stage keys: changing it reruns nothing.")] = None,
+    keep_going: Annotated[bool, typer.Option("--keep-going", "-k",
+        help="A failing stage does not stop the run: it is recorded as failed, the stages that need it are "
+             "skipped, every other stage runs; exit 1 at the end if any failed.")] = False,
 ) -> None:
     """Run a recipe's stages in order (train, test, transfer, analyses, report); done stages are skipped.
 
@@ -49,13 +54,20 @@ def experiment(
     from hardneg.locks import output_lock
 
     with output_lock(exp.out):  # <folder>.run.lock beside the experiment folder
-        exp.run(only=only, echo=lambda msg: info(msg))
+        outcome = exp.run(only=only, echo=lambda msg: info(msg), keep_going=keep_going)
+    failed = [n for n, o in outcome.items() if o == "failed"]
     report = exp.out / "report.md"
     if report.is_file():
         from hardneg.experiment import main_table
 
         out.print(main_table(exp.out))
         info(f"report: {report}")
+    if failed:
+        skipped = sum(o == "skipped" for o in outcome.values())
+        err.print(Text("error: ", style="bold red") + Text(
+            f"{len(failed)} stage(s) failed ({', '.join(failed)}; the error is in each one's stage.json and the "
+            f"log above), {skipped} skipped; run the command again to resume them"), highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def report(

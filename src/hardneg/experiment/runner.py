@@ -425,8 +425,14 @@ class Experiment:
         path = self.stage_dir(stage.name) / "stage.json"
         return read_json(path) if path.is_file() else None
 
-    def run(self, only: list[str] | None = None, echo: Callable[[str], None] | None = None) -> dict[str, str]:
-        """Run every stage not already done (or those matching ``only`` and their dependencies)."""
+    def run(self, only: list[str] | None = None, echo: Callable[[str], None] | None = None, *,
+            keep_going: bool = False) -> dict[str, str]:
+        """Run every stage not already done (or those matching ``only`` and their dependencies); returns each
+        stage's outcome (``cached``, ``done``, and with ``keep_going`` also ``failed`` / ``skipped``).
+
+        ``keep_going`` (as ``make -k``): a stage that raises is recorded as ``failed`` in its ``stage.json``
+        (with the error), the stages that need it are ``skipped``, and every other stage still runs; the next
+        run resumes the failed stage. Without it the first failure stops the run."""
         echo = echo or (lambda msg: logger.info("%s", msg))
         wanted = self._closure(only) if only else list(self.stages)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -434,6 +440,11 @@ class Experiment:
         outcome: dict[str, str] = {}
         for name in wanted:
             stage = self.stages[name]
+            blocked = [d for d in stage.deps if outcome.get(d) in ("failed", "skipped")]
+            if blocked:
+                outcome[name] = "skipped"
+                echo(f"[skip]   {name}: needs {', '.join(blocked)}")
+                continue
             folder = self.stage_dir(name)
             state = self._state(stage)
             if state is not None and state.get("key") == stage.key and state.get("status") == "done" \
@@ -457,6 +468,17 @@ class Experiment:
             tic = time.perf_counter()
             try:
                 result = stage.fn(folder)
+            except Exception as exc:
+                if not keep_going:
+                    raise
+                seconds += time.perf_counter() - tic
+                error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, HardnegError) else str(exc)
+                logger.exception("stage %s failed", name)
+                write_json(folder / "stage.json", {**base, "status": "failed", "attempts": attempts,
+                                                   "seconds": seconds, "error": error})
+                outcome[name] = "failed"
+                echo(f"[failed] {name}: {error}")
+                continue
             finally:
                 release_memory()  # the stage's locals are gone: its GPU memory goes back before the next one
             seconds += time.perf_counter() - tic
