@@ -66,7 +66,8 @@ def experiment(
         skipped = sum(o == "skipped" for o in outcome.values())
         err.print(Text("error: ", style="bold red") + Text(
             f"{len(failed)} stage(s) failed ({', '.join(failed)}; the error is in each one's stage.json and the "
-            f"log above), {skipped} skipped; run the command again to resume them"), highlight=False, soft_wrap=True)
+            f"log above), {skipped} skipped; run the command again to resume them (`hardneg report {exp.out}` "
+            "reports what finished)"), highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
