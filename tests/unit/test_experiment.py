@@ -21,6 +21,7 @@ from hardneg.experiment.context import ReportContext
 from hardneg.experiment.figures import system_colours
 from hardneg.experiment.sections.indexes import bytes_per_doc
 from hardneg.experiment.sections.ranks import best_ranks
+from hardneg.experiment.stages import select_stages
 from hardneg.experiment.tables import Table, cell_value, fmt, fmt_p, marked, signed
 
 TRAIN = {"max_steps": 2, "batch_size": 4, "topk": 8, "dev_fraction": 0.25, "dev_every": 1, "save_every": 1,
@@ -579,11 +580,11 @@ def test_only_globs_take_plus_in_system_names_literally(tmp_path, tiny_model_dir
     data = tiny_data(tmp_path / "data")
     transfer = write_tiny_train(tmp_path / "transfer")
     exp = Experiment(Recipe.from_dict(recipe_dict(data, tiny_model_dir, tmp_path / "cache", transfer)), tmp_path / "o")
-    picked = exp._closure(["transfer-adore+star-*"])
+    picked = select_stages(exp.stages, ["transfer-adore+star-*"])
     assert [n for n in picked if n.startswith("transfer-")] == ["transfer-adore+star-transfer-test"]
     assert {"train-star", "train-adore+star"} <= set(picked) and "train-rand" not in picked
     with pytest.raises(HardnegError, match="no stage matches 'test-adore[+]nothing'"):
-        exp._closure(["test-adore+nothing"])
+        select_stages(exp.stages, ["test-adore+nothing"])
 
 
 def test_keep_going_records_a_failed_stage_skips_its_dependents_and_resumes_it(tmp_path, tiny_model_dir,

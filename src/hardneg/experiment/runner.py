@@ -38,7 +38,6 @@ transfer stages); ``wise-S-curve``: every a on test and transfer, for the report
 
 from __future__ import annotations
 
-import fnmatch
 import gc
 import logging
 import shutil
@@ -69,6 +68,7 @@ from hardneg.experiment.stages import (
     Stage,
     dataset_tag,
     index_stage,
+    select_stages,
     stage_key,
     test_stage,
     train_stage,
@@ -434,7 +434,7 @@ class Experiment:
         (with the error), the stages that need it are ``skipped``, and every other stage still runs; the next
         run resumes the failed stage. Without it the first failure stops the run."""
         echo = echo or (lambda msg: logger.info("%s", msg))
-        wanted = self._closure(only) if only else list(self.stages)
+        wanted = select_stages(self.stages, only) if only else list(self.stages)
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "recipe.json", self.recipe.to_dict())
         outcome: dict[str, str] = {}
@@ -486,21 +486,3 @@ class Experiment:
                                                "result": result})
             outcome[name] = "done"
         return outcome
-
-    def _closure(self, only: list[str]) -> list[str]:
-        selected: set[str] = set()
-
-        def visit(name: str) -> None:
-            if name in selected:
-                return
-            selected.add(name)
-            for dep in self.stages[name].deps:
-                visit(dep)
-
-        for pattern in only:
-            matches = [n for n in self.stages if fnmatch.fnmatchcase(n, pattern)]  # '+' in names is literal
-            if not matches:
-                raise HardnegError(f"no stage matches {pattern!r}; stages: {', '.join(self.stages)}")
-            for m in matches:
-                visit(m)
-        return [n for n in self.stages if n in selected]

@@ -10,15 +10,17 @@ A stage's *key* hashes its settings and the keys of the stages it depends on (:f
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hardneg.data.load import parse_spec
+from hardneg.errors import HardnegError
 
 PAIRWISE = "analysis-pairwise"
 PQ = "analysis-pq"
@@ -91,3 +93,24 @@ class Stage:
     fn: Callable[[Path], dict[str, Any]]
     always: bool = False  # run every time (the report: cheap, and it reads the other stages)
     key: str = ""
+
+
+def select_stages(stages: Mapping[str, Stage], only: list[str]) -> list[str]:
+    """The stages matching any of the names or globs in ``only`` (``fnmatch``: a '+' in a name is literal)
+    and every stage they depend on, in ``stages``' order (what ``hardneg experiment --only`` runs)."""
+    selected: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in selected:
+            return
+        selected.add(name)
+        for dep in stages[name].deps:
+            visit(dep)
+
+    for pattern in only:
+        matches = [n for n in stages if fnmatch.fnmatchcase(n, pattern)]
+        if not matches:
+            raise HardnegError(f"no stage matches {pattern!r}; stages: {', '.join(stages)}")
+        for m in matches:
+            visit(m)
+    return [n for n in stages if n in selected]

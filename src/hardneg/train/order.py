@@ -111,7 +111,7 @@ def train_dev_split(cfg: TrainConfig, cache_dir: str | None = None) -> TrainDevS
     else:
         dev_dataset, dev_qrels, dev_queries = dataset, qrels, queries
         train_qids, dev_qids = carve_dev(cfg, qrels, queries)
-    return TrainDevSplit(dataset, dev_dataset, list(train_qids), list(dev_qids),
+    return TrainDevSplit(dataset, dev_dataset, train_qids, dev_qids,
                          {q: qrels[q] for q in train_qids}, {q: dev_qrels[q] for q in dev_qids},
                          {q: queries[q] for q in train_qids}, {q: dev_queries[q] for q in dev_qids})
 
