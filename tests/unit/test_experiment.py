@@ -4,6 +4,7 @@ roles from the method specs). The SIGKILL-and-resume test is tests/reliability/t
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import re
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from conftest import write_tiny_train
@@ -21,7 +23,7 @@ from hardneg.experiment.context import ReportContext
 from hardneg.experiment.figures import system_colours
 from hardneg.experiment.sections.indexes import bytes_per_doc
 from hardneg.experiment.sections.ranks import best_ranks
-from hardneg.experiment.stages import select_stages
+from hardneg.experiment.stages import select_stages, stops_the_run
 from hardneg.experiment.tables import Table, cell_value, fmt, fmt_p, marked, signed
 
 TRAIN = {"max_steps": 2, "batch_size": 4, "topk": 8, "dev_fraction": 0.25, "dev_every": 1, "save_every": 1,
@@ -585,6 +587,37 @@ def test_only_globs_take_plus_in_system_names_literally(tmp_path, tiny_model_dir
     assert {"train-star", "train-adore+star"} <= set(picked) and "train-rand" not in picked
     with pytest.raises(HardnegError, match="no stage matches 'test-adore[+]nothing'"):
         select_stages(exp.stages, ["test-adore+nothing"])
+
+
+@pytest.mark.parametrize(("exc", "stops"), [
+    (RuntimeError("CUDA error: device-side assert triggered"), True),
+    (RuntimeError("NCCL error in: ProcessGroupNCCL.cpp, unhandled cuda error"), True),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),  # the next may fit
+    (OSError(errno.ENOSPC, "No space left on device"), True),
+    (OSError(errno.ENOENT, "No such file"), False),
+    (RuntimeError("disk on fire"), False),
+    (HardnegError("bad input"), False),
+])
+def test_keep_going_stops_on_errors_every_later_stage_would_share(exc, stops):
+    assert stops_the_run(exc) is stops
+
+
+def test_keep_going_stops_at_a_dead_gpu_and_leaves_the_stage_to_resume(tmp_path, tiny_model_dir):
+    data = tiny_data(tmp_path / "data")
+    raw = {**recipe_dict(data, tiny_model_dir, tmp_path / "cache"), "analysis": {},
+           "systems": [{"name": "zeroshot", "kind": "zeroshot"}, {"name": "bm25", "kind": "bm25"}],
+           "eval": {"max_length": 32, "query_max_length": 16, "k": 50}}
+
+    def dead(folder):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    exp = Experiment(Recipe.from_dict(raw), tmp_path / "out", quiet=True)
+    exp.stages["test-zeroshot"].fn = dead
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        exp.run(keep_going=True)
+    assert not exp.stage_dir("test-bm25").exists()  # not run on a dead device, not recorded as its failure
+    state = json.loads((exp.stage_dir("test-zeroshot") / "stage.json").read_text())
+    assert state["status"] == "running"  # resumes on the next run, as after a crash
 
 
 def test_keep_going_records_a_failed_stage_skips_its_dependents_and_resumes_it(tmp_path, tiny_model_dir,

@@ -4,20 +4,27 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from scipy import stats
 
 from conftest import _tiny_bert, st_layout, write_tiny_train
 from hardneg.data.load import load_dataset
 from hardneg.errors import HardnegError
-from hardneg.evaluate.metrics import evaluate
-from hardneg.experiment import Experiment, Recipe, stages
+from hardneg.evaluate.metrics import evaluate, evaluate_per_query
+from hardneg.experiment import Experiment, ExperimentResults, Recipe, stages
+from hardneg.experiment.context import ReportContext
 from hardneg.experiment.peer_st import PeerSettings, dev_pool, peer_data
+from hardneg.experiment.sections.peer import Column, PeerRow, against_peer
+from hardneg.experiment.stats import holm
 from hardneg.model.encoder import DualEncoder
 from hardneg.retrieval.dense import retrieve
+from hardneg.retrieval.runs import read_run
 from hardneg.train.dev import dev_pool_rows
 from hardneg.train.trainer import Trainer
 
@@ -44,6 +51,7 @@ def tiny_st(folder: Path) -> Path:
 def recipe_dict(root: Path, **peer) -> dict:
     return {"name": "peer", "data": str(root / "data"), "model": str(root / "model"), "cache_dir": str(root / "cache"),
             "train": dict(TRAIN), "eval": {"max_length": 32, "query_max_length": 16, "k": 50},
+            "transfer": [f"{root / 'transfer'}:test"],
             "systems": [{"name": "zeroshot", "kind": "zeroshot"}, {**PEER, **peer},
                         {"name": "rand", "method": "rand"}]}
 
@@ -52,6 +60,8 @@ def recipe_dict(root: Path, **peer) -> dict:
 def root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("peer")
     tiny_data(root / "data")
+    transfer = write_tiny_train(root / "transfer", filler=10)
+    (transfer / "qrels" / "test.tsv").write_text("q0\td0-0\t1\nq1\td1-0\t1\nq2\td2-1\t1\nq3\td3-2\t1\n")
     tiny_st(root / "model")
     return root
 
@@ -82,6 +92,87 @@ def test_peer_runs_to_the_report_and_its_test_is_hardneg_retrieval_of_its_model(
     summary = json.loads((exp.stage_dir("train-st") / "summary.json").read_text())
     assert results["steps"] == summary["epochs"] == 3 and results["kind"] == "sentence-transformers (MNRL)"
     assert results["dev"]["RR@10"] == summary["best_dev"]
+
+
+def _pq(exp: Experiment, stage: str) -> dict:
+    return json.loads((exp.stage_dir(stage) / "per_query.json").read_text())["nDCG@10"]
+
+
+def test_each_hardneg_system_is_set_against_the_peer_per_column(finished, root):
+    exp, _ = finished
+    rows = {r.system: r for r in against_peer(ReportContext(ExperimentResults(exp.out), exp.out))}
+    assert set(rows) == {"rand"}  # hardneg's trained systems only: not the start model, not the peer itself
+    row = rows["rand"]
+    unseen = [f"q{i}" for i in range(6, 12)]  # their relevant documents are no training query's
+    mine, ref = _pq(exp, "test-rand"), _pq(exp, "test-st")
+    t_mine, t_ref = _pq(exp, "transfer-rand-transfer-test"), _pq(exp, "transfer-st-transfer-test")
+    # the transfer stage's per-query file is its run scored against the transfer qrels
+    qrels = load_dataset(f"{root / 'transfer'}:test").qrels()
+    run = read_run(exp.stage_dir("transfer-rand-transfer-test") / "run.trec")
+    assert evaluate_per_query(run, qrels, ["nDCG@10"])["nDCG@10"] == pytest.approx(t_mine)
+    expected = {"all": (mine, ref, sorted(mine)), "unseen-doc": (mine, ref, unseen),
+                "transfer-test": (t_mine, t_ref, sorted(t_mine))}
+    assert [c.label for c in row.columns] == list(expected)
+    raw = []
+    for c in row.columns:
+        a, b, qids = expected[c.label]
+        assert c.delta == pytest.approx(np.mean([a[q] for q in qids]) - np.mean([b[q] for q in qids]))
+        p = stats.ttest_rel([a[q] for q in qids], [b[q] for q in qids]).pvalue
+        assert c.p == pytest.approx(p, nan_ok=True)
+        raw.append(c.p)
+    assert [c.p_holm for c in row.columns] == pytest.approx(holm(raw), nan_ok=True)  # the family: the table's
+    seconds = {n: json.loads((exp.stage_dir(f"train-{n}") / "stage.json").read_text())["seconds"]
+               for n in ("rand", "st")}
+    assert (row.seconds, row.peer_seconds) == pytest.approx((seconds["rand"], seconds["st"]))
+    # results.json and the report carry the same row
+    vs = json.loads((exp.out / "results.json").read_text())["systems"]["rand"]["vs_peer"][0]
+    assert vs["system"] == "st" and vs["verdict"] == row.verdict()
+    assert vs["columns"]["all"]["delta"] == pytest.approx(row.columns[0].delta)
+    report = (exp.out / "report.md").read_text()
+    assert "## Against sentence-transformers' recipe" in report
+    assert any(line.startswith("| rand | st |") and line.rstrip(" |").endswith(row.verdict())
+               for line in report.splitlines())
+
+
+def test_a_transfer_stage_without_its_per_query_file_is_scored_from_its_run(finished, tmp_path):
+    exp, _ = finished
+    copy = tmp_path / "out"
+    shutil.copytree(exp.out, copy, ignore=shutil.ignore_patterns("checkpoints", "model"))
+    before = [(c.label, c.delta, c.p) for c in against_peer(ReportContext(ExperimentResults(copy), copy))[0].columns]
+    for stage in ("transfer-rand-transfer-test", "transfer-st-transfer-test"):
+        (copy / "stages" / stage / "per_query.json").unlink()
+    after = [(c.label, c.delta, c.p) for c in against_peer(ReportContext(ExperimentResults(copy), copy))[0].columns]
+    assert [a[0] for a in after] == [b[0] for b in before] == ["all", "unseen-doc", "transfer-test"]
+    assert [x for a in after for x in a[1:]] == pytest.approx([x for b in before for x in b[1:]], nan_ok=True)
+
+
+@pytest.mark.parametrize(("verdicts", "ratio", "beats", "says"), [
+    (["better", "better", "better"], 0.5, True, "beats it on every column at no more wall-clock"),
+    (["better", "better", "better"], 1.5, False, "better on all, unseen-doc, med; more wall-clock"),
+    (["better", "worse", "tie"], 0.5, False, "better on all; worse on unseen-doc"),
+    (["tie", "tie", "tie"], 1.0, False, "no significant difference"),
+])
+def test_peer_verdict_names_every_column_it_loses(verdicts, ratio, beats, says):
+    sign = {"better": (0.1, 0.001), "worse": (-0.1, 0.001), "tie": (0.1, 0.5)}
+    labels = ["all", "unseen-doc", "med"]
+    cols = [Column(label, *sign[v], p_holm=sign[v][1]) for label, v in zip(labels, verdicts, strict=True)]
+    row = PeerRow("adore", "st", cols, seconds=100.0 * ratio, peer_seconds=100.0)
+    assert [c.verdict for c in cols] == verdicts
+    assert row.beats is beats and row.verdict() == says
+
+
+def test_chain_seconds_add_every_stage_that_made_the_model(tmp_path):
+    (tmp_path / "recipe.json").write_text(json.dumps({"systems": [], "data": str(tmp_path)}))
+    chain = {"test-a": (["train-a"], 1.0), "train-a": (["train-b", "index-x"], 10.0), "train-b": ([], 100.0),
+             "index-x": ([], 1000.0), "test-b": (["train-b"], 7.0)}
+    for name, (deps, seconds) in chain.items():
+        (tmp_path / "stages" / name).mkdir(parents=True)
+        (tmp_path / "stages" / name / "stage.json").write_text(json.dumps(
+            {"name": name, "status": "done", "deps": deps, "seconds": seconds}))
+    r = ExperimentResults(tmp_path)
+    assert r.chain_seconds("a") == 1110.0 and r.chain_seconds("b") == 100.0  # tests are not training
+    (tmp_path / "stages" / "train-b" / "stage.json").write_text(json.dumps({"status": "running", "deps": []}))
+    assert r.chain_seconds("a") is None  # a stage of the chain unfinished: unknown, not a smaller number
 
 
 def test_model_is_the_dev_best_epoch(finished):
@@ -134,7 +225,7 @@ def test_rerun_is_cached_and_a_changed_setting_reruns_the_peer_only(finished, ro
     assert {n for n, v in outcome.items() if v != "cached"} == {"report"}
     changed = dict(Experiment(Recipe.from_dict(recipe_dict(root, learning_rate=1e-3)), exp.out).status())
     stale = {n for n, s in changed.items() if s.startswith("stale")} - {"report"}  # the report reads everything
-    assert stale == {"train-st", "test-st"}
+    assert stale == {"train-st", "test-st", "transfer-st-transfer-test"}
     assert changed["test-zeroshot"] == "done"
 
 

@@ -79,6 +79,21 @@ class ReportContext:
         states = [self.r.stage(transfer_stage(run, tag)) for run in runs]
         return [st["result"]["metrics"].get(self.main_measure) if st else None for st in states]
 
+    def transfer_per_query(self, system: str, tag: str) -> dict[str, dict[str, float]] | None:
+        """``system``'s per-query scores on the transfer set ``tag`` (None: not done); of a seeded system, its
+        seed-averaged run over the seeds whose transfer stage is done."""
+        runs = [run for _, run in self.r.seed_runs(system)] or [system]
+        done = [pq for run in runs if (pq := self.r.transfer_per_query(run, tag)) is not None]
+        if not done:
+            return None
+        return done[0] if len(runs) == 1 else seed_average(done)
+
+    def chain_seconds(self, system: str) -> float | None:
+        """The wall-clock that produced ``system``'s model (:meth:`ExperimentResults.chain_seconds`); of a seeded
+        system, the mean over its seeds whose chain is done."""
+        runs = [run for _, run in self.r.seed_runs(system)] or [system]
+        return spread([self.r.chain_seconds(run) for run in runs])["mean"]
+
     def seed_values(self, system: str, measure: str, qids: list[str] | None = None) -> list[float]:
         """A seeded system's mean ``measure`` (over ``qids``, if given) in each seed run whose test is done."""
         return [mean(pq[measure], qids) for pq in self.seed_runs.get(system, {}).values()]

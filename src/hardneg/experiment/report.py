@@ -12,6 +12,8 @@ Sections, numbered after the paper (Zhan et al., SIGIR 2021):
 * generalisation: the same measures on the "unseen-document" stratum (test
   queries none of whose relevant documents is relevant to a training query)
   and zero-shot on the transfer collections;
+* against sentence-transformers' recipe (a ``peer-st`` system): each hardneg system per column (all,
+  unseen-doc, each transfer set) and in wall-clock, its verdict naming the columns where it is worse;
 * per-query Δ of the main measure, STAR and ADORE+STAR against the random-negative reference;
 * Table 1 / Fig. 3: pairwise errors (total and top-K) and their concentration;
 * Fig. 4: static/dynamic negative overlap and dev quality per step;
@@ -43,6 +45,7 @@ from hardneg.experiment.peer_st import PEER_ST
 from hardneg.experiment.results import ExperimentResults
 from hardneg.experiment.sections import Section, registered, section_fn
 from hardneg.experiment.sections.effectiveness import against_start
+from hardneg.experiment.sections.peer import against_peer
 from hardneg.experiment.stages import train_stage
 from hardneg.experiment.stats import mean, spread
 from hardneg.io import atomic_write, read_json
@@ -102,7 +105,10 @@ def system_results(ctx: ReportContext) -> dict[str, Any]:
     the best dev metrics, training steps and the training stage's wall-clock seconds (Table 4's "stage").
 
     ``vs_start`` (trained systems): the paired t-test p against the zero-shot start model of the main measure, on
-    all queries and (Holm-corrected as in the generalisation table) on the strata.
+    all queries and (Holm-corrected as in the generalisation table) on the strata. ``vs_peer`` (hardneg's trained
+    systems, with a ``peer-st`` system in the recipe): against each peer, per column (all, unseen-doc, each transfer
+    set) Δ, p, Holm p and verdict, both wall-clocks, and the row's verdict (the report's "against
+    sentence-transformers' recipe" table).
 
     A system with ``seeds``: its test, strata and transfer numbers are the means over its seeds, ``seeds`` holds
     ``n``, the seeds, their runs and the ``sd`` (sample), ``min`` and ``max`` of each number; its dev, steps and
@@ -122,6 +128,8 @@ def system_results(ctx: ReportContext) -> dict[str, Any]:
         keys = {"all": m, "seen_holm": f"{m}_seen", "unseen_holm": f"{m}_unseen"}
         out[name]["vs_start"] = {"system": ctx.r.start,
                                  "p": {key: (None if math.isnan(p[k]) else p[k]) for k, key in keys.items() if k in p}}
+    for row in against_peer(ctx):  # against sentence-transformers' recipe: per column, and the verdict
+        out[row.system].setdefault("vs_peer", []).append(row.to_json())
     return {"systems": out, **({"replicas": replicas} if replicas else {})}
 
 

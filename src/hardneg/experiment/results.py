@@ -19,9 +19,18 @@ from typing import Any
 from hardneg.data.load import load_dataset, parse_spec
 from hardneg.errors import HardnegError
 from hardneg.evaluate.analysis import unseen_queries
+from hardneg.evaluate.metrics import evaluate_per_query
 from hardneg.experiment.peer_st import PEER_ST, peer_label
 from hardneg.experiment.recipe import START_MODEL, Recipe
-from hardneg.experiment.stages import dataset_tag, seed_name, test_stage, train_stage, wise_name, wise_stage
+from hardneg.experiment.stages import (
+    dataset_tag,
+    seed_name,
+    test_stage,
+    train_stage,
+    transfer_stage,
+    wise_name,
+    wise_stage,
+)
 from hardneg.io import read_json
 from hardneg.retrieval.runs import Run, read_run
 from hardneg.train.methods import MethodSpec, method_spec
@@ -125,6 +134,53 @@ class ExperimentResults:
         if self.stage(test_stage(system)) is None:
             return None
         return read_json(self.stage_file(test_stage(system), "per_query.json"))
+
+    def transfer_per_query(self, run: str, tag: str) -> dict[str, dict[str, float]] | None:
+        """``run``'s per-query scores on the transfer set ``tag``: its stage's ``per_query.json``, or for a stage
+        finished before transfer stages kept one, its ``run.trec`` scored against the set's qrels (the same
+        :func:`~hardneg.evaluate.metrics.evaluate_per_query`); None before the stage is done or when the set's
+        data cannot be read any more."""
+        name = transfer_stage(run, tag)
+        st = self.stage(name)
+        if st is None:
+            return None
+        path = self.stage_file(name, "per_query.json")
+        if path.is_file():
+            return read_json(path)
+        if not hasattr(self, "_transfer_pq"):
+            self._transfer_pq: dict[str, dict[str, dict[str, float]] | None] = {}
+        if name not in self._transfer_pq:
+            settings = st.get("settings") or {}
+            try:
+                qrels = load_dataset(settings["data"], cache_dir=self.recipe.get("cache_dir")).qrels()
+                scored = evaluate_per_query(read_run(self.stage_file(name, "run.trec")), qrels,
+                                            settings.get("measures") or self.measures)
+            except (HardnegError, KeyError, OSError):
+                scored = None
+            self._transfer_pq[name] = scored
+        return self._transfer_pq[name]
+
+    def chain_seconds(self, run: str) -> float | None:
+        """The wall-clock that produced ``run``'s model: the ``seconds`` of every ``train-``, ``index-`` and
+        ``wise-`` stage its test stage needs, directly or not (an ADORE system's base's training included; Table
+        4's "stage" column summed along the chain); None before its test stage and every one of them is done."""
+        st = self.stage(test_stage(run))
+        if st is None:
+            return None
+        seen: set[str] = set()
+        todo, total = list(st.get("deps") or []), 0.0
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            dep = self.stage(name)
+            if dep is None:
+                return None
+            todo += dep.get("deps") or []
+            if name.startswith(("train-", "index-", "wise-")):
+                total += float(dep.get("seconds") or 0.0)
+        return total
 
     def train_log(self, system: str) -> list[dict[str, Any]]:
         path = self.stage_file(train_stage(system), "train_log.jsonl")

@@ -70,6 +70,7 @@ from hardneg.experiment.stages import (
     index_stage,
     select_stages,
     stage_key,
+    stops_the_run,
     test_stage,
     train_stage,
     transfer_stage,
@@ -220,7 +221,7 @@ class Experiment:
                 self._add(Stage(name, {"system": s.name, "data": spec, "index": "flat",
                                        "model": self.model_path(s), **eval_settings,
                                        "query_max_length": self.query_length(s)},
-                                self._model_deps(s), self._retrieve_fn(s, spec, per_query=False, index="flat")))
+                                self._model_deps(s), self._retrieve_fn(s, spec, per_query=True, index="flat")))
         for s in r.interpolated:
             alphas = r.interpolate.alphas if r.interpolate else []
             self._add(Stage(wise_curve_stage(s.name), {"system": s.name, "alphas": alphas, "data": self.test_spec(),
@@ -432,7 +433,9 @@ class Experiment:
 
         ``keep_going`` (as ``make -k``): a stage that raises is recorded as ``failed`` in its ``stage.json``
         (with the error), the stages that need it are ``skipped``, and every other stage still runs; the next
-        run resumes the failed stage. Without it the first failure stops the run."""
+        run resumes the failed stage. Without it the first failure stops the run; with it too, an error every later
+        stage would share (:func:`~hardneg.experiment.stages.stops_the_run`: a CUDA error that leaves the device
+        unusable, a full disk)."""
         echo = echo or (lambda msg: logger.info("%s", msg))
         wanted = select_stages(self.stages, only) if only else list(self.stages)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -469,7 +472,7 @@ class Experiment:
             try:
                 result = stage.fn(folder)
             except Exception as exc:
-                if not keep_going:
+                if not keep_going or stops_the_run(exc):  # a dead GPU or a full disk: every later stage too
                     raise
                 seconds += time.perf_counter() - tic
                 error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, HardnegError) else str(exc)

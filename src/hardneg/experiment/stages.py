@@ -10,6 +10,7 @@ A stage's *key* hashes its settings and the keys of the stages it depends on (:f
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import json
@@ -18,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from hardneg.data.load import parse_spec
 from hardneg.errors import HardnegError
@@ -114,3 +117,22 @@ def select_stages(stages: Mapping[str, Stage], only: list[str]) -> list[str]:
         for m in matches:
             visit(m)
     return [n for n in stages if n in selected]
+
+
+#: CUDA failures after which the process's device is unusable (a device-side assert, an illegal address, an NCCL
+#: error): torch >= 2.8 raises ``torch.AcceleratorError``, older versions a RuntimeError saying so
+_DEAD_DEVICE = ("CUDA error", "device-side assert", "NCCL error", "cuDNN error", "CUBLAS_STATUS")
+
+
+def stops_the_run(exc: BaseException) -> bool:
+    """An error after which ``--keep-going`` must stop anyway, because every later stage would fail the same way
+    and be recorded as failed for a reason not its own: a CUDA error that leaves the device unusable (out of
+    memory is not one: the next, smaller stage may fit) or a full disk."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return False
+    accelerator = getattr(torch, "AcceleratorError", None)
+    if accelerator is not None and isinstance(exc, accelerator):
+        return True
+    if isinstance(exc, RuntimeError) and any(s in str(exc) for s in _DEAD_DEVICE):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -3,6 +3,7 @@ each taking a :class:`~hardneg.experiment.context.ReportContext` and returning a
 markdown and the facts the findings read). Importing this package registers every section; in report order:
 
 * :mod:`.effectiveness`: Table 2 (10), generalisation (20), the head-to-head ``eval.pairs`` (30);
+* :mod:`.peer`: each hardneg system against sentence-transformers' recipe (35);
 * :mod:`.interpolation`: WiSE-FT curves (40);
 * :mod:`.per_query`: per-query Δ against the random-negative reference (50);
 * :mod:`.errors`: Table 1 / Fig. 3, pairwise errors (60);
@@ -21,6 +22,7 @@ from hardneg.experiment.sections import (  # noqa: F401  (each module registers 
     indexes,
     interpolation,
     negatives,
+    peer,
     per_query,
     ranks,
     training,
