@@ -161,20 +161,6 @@ def test_peer_verdict_names_every_column_it_loses(verdicts, ratio, beats, says):
     assert row.beats is beats and row.verdict() == says
 
 
-def test_chain_seconds_add_every_stage_that_made_the_model(tmp_path):
-    (tmp_path / "recipe.json").write_text(json.dumps({"systems": [], "data": str(tmp_path)}))
-    chain = {"test-a": (["train-a"], 1.0), "train-a": (["train-b", "index-x"], 10.0), "train-b": ([], 100.0),
-             "index-x": ([], 1000.0), "test-b": (["train-b"], 7.0)}
-    for name, (deps, seconds) in chain.items():
-        (tmp_path / "stages" / name).mkdir(parents=True)
-        (tmp_path / "stages" / name / "stage.json").write_text(json.dumps(
-            {"name": name, "status": "done", "deps": deps, "seconds": seconds}))
-    r = ExperimentResults(tmp_path)
-    assert r.chain_seconds("a") == 1110.0 and r.chain_seconds("b") == 100.0  # tests are not training
-    (tmp_path / "stages" / "train-b" / "stage.json").write_text(json.dumps({"status": "running", "deps": []}))
-    assert r.chain_seconds("a") is None  # a stage of the chain unfinished: unknown, not a smaller number
-
-
 def test_model_is_the_dev_best_epoch(finished):
     exp, _ = finished
     folder = exp.stage_dir("train-st")

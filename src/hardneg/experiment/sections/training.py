@@ -10,6 +10,7 @@ import numpy as np
 
 from hardneg.experiment.context import ReportContext, machine
 from hardneg.experiment.figures import pyplot, smooth
+from hardneg.experiment.peer_st import PEER_ST
 from hardneg.experiment.results import is_star
 from hardneg.experiment.sections.registry import Section, section
 from hardneg.experiment.stages import train_stage
@@ -122,14 +123,20 @@ def training_curves(ctx: ReportContext) -> Section:
         if ax.get_lines():
             ax.legend(fontsize=7)
     path = ctx.save(fig, "training_curves.png")
-    rows = []
+    rows, rising = [], []
     for name in trained:
         last = loss.get(name, [{}])[-1].get("loss")
         d = [x.get(metric) for x in dev.get(name, []) if isinstance(x.get(metric), (int, float))]
         best = int(np.argmax(d)) if d else None
+        ended, gain = budget(ctx, name)
+        if gain is not None:
+            rising.append(f"{name} (+{gain:.4f})")
         rows.append([name, ctx.r.method_label(name), str(len(loss.get(name, []))), fmt(last, 4),
                      fmt(d[0] if d else None), fmt(max(d) if d else None),
-                     str(dev[name][best]["step"]) if best is not None else "–"])
+                     str(dev[name][best]["step"]) if best is not None else "–", ended])
+    at_cap = (f"Still at their best dev value at the cap (the gain of the last evaluation over every earlier one "
+              f"in brackets; a larger cap might help where it is not noise): {', '.join(rising)}." if rising else
+              "No system was still improving on dev at its cap.")
     return Section("\n".join([
         "## Training curves: loss and dev quality per step",
         "",
@@ -141,9 +148,42 @@ def training_curves(ctx: ReportContext) -> Section:
         f"![Training curves]({path})",
         "",
         ctx.table("training_curves", ["system", "method", "steps", "last loss", f"dev {metric} at step 0",
-                                        f"best dev {metric}", "best step"], rows),
+                                        f"best dev {metric}", "best step", "budget"], rows),
+        "",
+        "\"budget\": how training ended, by the system's own dev metric (the one its model was chosen by): "
+        "stopped early by `patience`, or at the cap (`max_steps`; a sentence-transformers recipe: "
+        "`num_train_epochs`) with the step or epoch whose model was kept. " + at_cap,
         "",
     ]))
+
+
+def budget(ctx: ReportContext, name: str) -> tuple[str, float | None]:
+    """How ``name``'s training ended, by its own dev metric (the one its model was picked by): early-stopped
+    before its cap, or at the cap; and when at the cap the last evaluation is strictly the best, that gain over
+    every earlier evaluation (else None): dev was still rising when the budget ran out."""
+    st = ctx.r.stage(train_stage(name))
+    if st is None:
+        return "–", None
+    cfg = st["settings"]
+    metric = cfg.get("dev_metric") or "RR@10"
+    log = ctx.r.train_log(name)
+    dev = [x for x in log if x.get("kind") == "dev" and isinstance(x.get(metric), (int, float))]
+    if name in ctx.r.with_kind(PEER_ST):
+        unit, cap = "epoch", cfg.get("num_train_epochs")
+        done = max((int(x["epoch"]) for x in dev if "epoch" in x), default=0)
+    else:
+        unit, cap = "step", cfg.get("max_steps")
+        done = max((int(x["step"]) for x in log if x.get("kind") == "train"), default=0)
+    if not dev or cap is None:
+        return "–", None
+    values = [float(x[metric]) for x in dev]
+    best = dev[int(np.argmax(values))].get(unit, dev[int(np.argmax(values))].get("step"))  # the first of the best
+    if done < int(cap):
+        return f"early stop at {unit} {done} of {cap} (best {best})", None
+    if len(values) > 1 and values[-1] > max(values[:-1]):
+        gain = values[-1] - max(values[:-1])
+        return f"cap {cap}, best at the cap (+{gain:.4f} {metric})", gain
+    return f"cap {cap} (best {unit} {best})", None
 
 
 def _ranknet_pairs(ctx: ReportContext) -> list[tuple[str, str]]:
