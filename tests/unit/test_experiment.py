@@ -589,6 +589,14 @@ def test_only_globs_take_plus_in_system_names_literally(tmp_path, tiny_model_dir
         select_stages(exp.stages, ["test-adore+nothing"])
 
 
+def _two_test_recipe(tmp_path: Path, model: Path) -> dict:
+    """Two untrained systems on the tiny data: stages ``test-zeroshot``, ``test-bm25`` (in that order), ``report``."""
+    data = tiny_data(tmp_path / "data")
+    return {**recipe_dict(data, model, tmp_path / "cache"), "analysis": {},
+            "systems": [{"name": "zeroshot", "kind": "zeroshot"}, {"name": "bm25", "kind": "bm25"}],
+            "eval": {"max_length": 32, "query_max_length": 16, "k": 50}}
+
+
 @pytest.mark.parametrize(("exc", "stops"), [
     (RuntimeError("CUDA error: device-side assert triggered"), True),
     (RuntimeError("NCCL error in: ProcessGroupNCCL.cpp, unhandled cuda error"), True),
@@ -603,10 +611,7 @@ def test_keep_going_stops_on_errors_every_later_stage_would_share(exc, stops):
 
 
 def test_keep_going_stops_at_a_dead_gpu_and_leaves_the_stage_to_resume(tmp_path, tiny_model_dir):
-    data = tiny_data(tmp_path / "data")
-    raw = {**recipe_dict(data, tiny_model_dir, tmp_path / "cache"), "analysis": {},
-           "systems": [{"name": "zeroshot", "kind": "zeroshot"}, {"name": "bm25", "kind": "bm25"}],
-           "eval": {"max_length": 32, "query_max_length": 16, "k": 50}}
+    raw = _two_test_recipe(tmp_path, tiny_model_dir)
 
     def dead(folder):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
@@ -628,10 +633,7 @@ def test_keep_going_records_a_failed_stage_skips_its_dependents_and_resumes_it(t
 
     from hardneg.cli import app
 
-    data = tiny_data(tmp_path / "data")
-    raw = {**recipe_dict(data, tiny_model_dir, tmp_path / "cache"), "analysis": {},
-           "systems": [{"name": "zeroshot", "kind": "zeroshot"}, {"name": "bm25", "kind": "bm25"}],
-           "eval": {"max_length": 32, "query_max_length": 16, "k": 50}}
+    raw = _two_test_recipe(tmp_path, tiny_model_dir)
 
     def broken(folder):
         raise RuntimeError("disk on fire")
