@@ -53,6 +53,7 @@ def test_budget_says_how_training_ended_by_the_systems_own_dev_metric(tmp_path, 
         where = {"epoch": at, "step": 2 * at} if kind == "peer-st" else {"step": at}
         log.append({"kind": "dev", **where, metric: value, other: 1.0 - value})
     (folder / "train_log.jsonl").write_text("\n".join(json.dumps(x) for x in log) + "\n")
-    ended, rising = budget(ReportContext(ExperimentResults(tmp_path), tmp_path), "s")
+    results = ExperimentResults(tmp_path)
+    ended, rising = budget(ReportContext(results, tmp_path), "s", results.train_log("s"))
     assert ended == says
     assert rising == pytest.approx(gain) if gain is not None else rising is None

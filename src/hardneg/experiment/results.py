@@ -87,6 +87,8 @@ class ExperimentResults:
         self.names = [s["name"] for s in self.systems]
         self.eval = self.recipe.get("eval", {})
         self.measures: list[str] = list(self.eval.get("measures") or ["RR@10", "R@100", "nDCG@10"])
+        #: transfer stage → per-query scores recomputed from its run (a stage finished without per_query.json)
+        self._transfer_pq: dict[str, dict[str, dict[str, float]] | None] = {}
 
     def _recipe(self) -> dict[str, Any]:
         path = self.dir / "recipe.json"
@@ -147,8 +149,6 @@ class ExperimentResults:
         path = self.stage_file(name, "per_query.json")
         if path.is_file():
             return read_json(path)
-        if not hasattr(self, "_transfer_pq"):
-            self._transfer_pq: dict[str, dict[str, dict[str, float]] | None] = {}
         if name not in self._transfer_pq:
             settings = st.get("settings") or {}
             try:

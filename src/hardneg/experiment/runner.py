@@ -183,7 +183,7 @@ class Experiment:
             self._add(Stage(test_stage(s.name), {"system": s.name, "kind": s.kind, "data": self.test_spec(),
                                                  "index": s.index, "model": self.model_path(s), **eval_settings,
                                                  "query_max_length": self.query_length(s)},
-                            deps, self._retrieve_fn(s, self.test_spec(), per_query=True)))
+                            deps, self._retrieve_fn(s, self.test_spec())))
         for s in r.interpolated:
             self._add_wise(s, eval_settings)
         analysis = r.analysis
@@ -221,7 +221,7 @@ class Experiment:
                 self._add(Stage(name, {"system": s.name, "data": spec, "index": "flat",
                                        "model": self.model_path(s), **eval_settings,
                                        "query_max_length": self.query_length(s)},
-                                self._model_deps(s), self._retrieve_fn(s, spec, per_query=True, index="flat")))
+                                self._model_deps(s), self._retrieve_fn(s, spec, index="flat")))
         for s in r.interpolated:
             alphas = r.interpolate.alphas if r.interpolate else []
             self._add(Stage(wise_curve_stage(s.name), {"system": s.name, "alphas": alphas, "data": self.test_spec(),
@@ -265,7 +265,7 @@ class Experiment:
         self._add(Stage(test_stage(row.name), {"system": row.name, "kind": "wise", "data": self.test_spec(),
                                                "index": s.index, "model": self.model_path(row), **eval_settings,
                                                "query_max_length": self.query_length(row)},
-                        self._model_deps(row), self._retrieve_fn(row, self.test_spec(), per_query=True)))
+                        self._model_deps(row), self._retrieve_fn(row, self.test_spec())))
 
     def _add_peer(self, s: System, base: System | None, deps: list[str]) -> None:
         """The training stage of a ``peer-st`` system (:func:`hardneg.experiment.peer_st.peer_stage`), started from
@@ -301,8 +301,10 @@ class Experiment:
                                               query_max_length=self.query_length(system))
         return encoder.to(self.device) if self.device.type != "cpu" else encoder
 
-    def _retrieve_fn(self, system: System, spec: str, *, per_query: bool,
+    def _retrieve_fn(self, system: System, spec: str, *,
                      index: str | None = None) -> Callable[[Path], dict[str, Any]]:
+        """A test or transfer stage: ``system`` retrieves for ``spec``'s queries; the stage keeps the run, its
+        metrics and its per-query scores (the report's paired tests)."""
         def run(folder: Path) -> dict[str, Any]:
             ev = self.recipe.eval
             dataset = load_dataset(spec, cache_dir=self.cache_dir)
@@ -319,7 +321,7 @@ class Experiment:
                                 use_gpu=self.device.type == "cuda")
             seconds = time.perf_counter() - tic
             metrics = save_run_and_metrics(run_, folder, tag=system.name, qrels=dataset.qrels(),
-                                           measures=ev.measures, per_query=per_query).metrics
+                                           measures=ev.measures, per_query=True).metrics
             return {"metrics": metrics, "seconds": seconds, "queries": len(dataset.queries())}
 
         return run

@@ -95,8 +95,9 @@ def against_peer(ctx: ReportContext) -> list[PeerRow]:
     rows = []
     for peer in peers:
         ref, peer_transfer = ctx.per_query[peer][m], {t: ctx.transfer_per_query(peer, t) for t in tags}
+        peer_seconds = ctx.chain_seconds(peer)
         for name in _hardneg_systems(ctx):
-            row = PeerRow(name, peer, seconds=ctx.chain_seconds(name), peer_seconds=ctx.chain_seconds(peer))
+            row = PeerRow(name, peer, seconds=ctx.chain_seconds(name), peer_seconds=peer_seconds)
             pq = ctx.per_query[name][m]
             for label, qids in strata:
                 row.columns.append(_column(label, pq, ref, qids))

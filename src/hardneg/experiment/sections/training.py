@@ -128,7 +128,7 @@ def training_curves(ctx: ReportContext) -> Section:
         last = loss.get(name, [{}])[-1].get("loss")
         d = [x.get(metric) for x in dev.get(name, []) if isinstance(x.get(metric), (int, float))]
         best = int(np.argmax(d)) if d else None
-        ended, gain = budget(ctx, name)
+        ended, gain = budget(ctx, name, logs[name])
         if gain is not None:
             rising.append(f"{name} (+{gain:.4f})")
         rows.append([name, ctx.r.method_label(name), str(len(loss.get(name, []))), fmt(last, 4),
@@ -157,16 +157,16 @@ def training_curves(ctx: ReportContext) -> Section:
     ]))
 
 
-def budget(ctx: ReportContext, name: str) -> tuple[str, float | None]:
-    """How ``name``'s training ended, by its own dev metric (the one its model was picked by): early-stopped
-    before its cap, or at the cap; and when at the cap the last evaluation is strictly the best, that gain over
-    every earlier evaluation (else None): dev was still rising when the budget ran out."""
+def budget(ctx: ReportContext, name: str, log: list[dict[str, Any]]) -> tuple[str, float | None]:
+    """How ``name``'s training ended (``log``: its ``train_log.jsonl`` records), by its own dev metric (the one its
+    model was picked by): early-stopped before its cap, or at the cap; and when at the cap the last evaluation is
+    strictly the best, that gain over every earlier evaluation (else None): dev was still rising when the budget
+    ran out."""
     st = ctx.r.stage(train_stage(name))
     if st is None:
         return "–", None
     cfg = st["settings"]
     metric = cfg.get("dev_metric") or "RR@10"
-    log = ctx.r.train_log(name)
     dev = [x for x in log if x.get("kind") == "dev" and isinstance(x.get(metric), (int, float))]
     if name in ctx.r.with_kind(PEER_ST):
         unit, cap = "epoch", cfg.get("num_train_epochs")
@@ -177,7 +177,8 @@ def budget(ctx: ReportContext, name: str) -> tuple[str, float | None]:
     if not dev or cap is None:
         return "–", None
     values = [float(x[metric]) for x in dev]
-    best = dev[int(np.argmax(values))].get(unit, dev[int(np.argmax(values))].get("step"))  # the first of the best
+    kept = dev[int(np.argmax(values))]  # the first of the best: the model training kept
+    best = kept.get(unit, kept.get("step"))
     if done < int(cap):
         return f"early stop at {unit} {done} of {cap} (best {best})", None
     if len(values) > 1 and values[-1] > max(values[:-1]):
