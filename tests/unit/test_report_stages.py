@@ -10,7 +10,8 @@ import pytest
 
 from hardneg.experiment import ExperimentResults
 from hardneg.experiment.context import ReportContext
-from hardneg.experiment.sections.training import budget
+from hardneg.experiment.findings import Findings
+from hardneg.experiment.sections.training import budget, remine_seconds, timing
 
 
 def test_chain_seconds_add_every_stage_that_made_the_model(tmp_path):
@@ -57,3 +58,55 @@ def test_budget_says_how_training_ended_by_the_systems_own_dev_metric(tmp_path, 
     ended, rising = budget(ReportContext(results, tmp_path), "s", results.train_log("s"))
     assert ended == says
     assert rising == pytest.approx(gain) if gain is not None else rising is None
+
+
+def _star_and_ance(tmp_path, ance_log_extra, ance_test_seconds=60.0):
+    """A recipe of STAR and ANCE (re-mining every 2 of 4 steps), both trained, with hand-written logs: STAR at
+    10 s/step (one slow outlier step), ANCE at 8 s/step; ANCE's test stage took ``ance_test_seconds``."""
+    systems = [{"name": "star", "kind": "train", "method": "star"}, {"name": "ance", "kind": "train", "method": "ance"}]
+    (tmp_path / "recipe.json").write_text(json.dumps({"systems": systems, "data": str(tmp_path / "none")}))
+    for name, step_s, extra in (("star", [10, 10, 10, 500], []), ("ance", [8, 8, 8, 8], ance_log_extra)):
+        folder = tmp_path / "stages" / f"train-{name}"
+        folder.mkdir(parents=True)
+        (folder / "stage.json").write_text(json.dumps({"status": "done", "deps": [], "seconds": 1000.0, "settings": {
+            "max_steps": 4, "batch_size": 4, **({"refresh_every": 2} if name == "ance" else {})}}))
+        log = [{"kind": "train", "step": k + 1, "seconds": s} for k, s in enumerate(step_s)] + extra
+        (folder / "train_log.jsonl").write_text("\n".join(json.dumps(x) for x in log) + "\n")
+    test = tmp_path / "stages" / "test-ance"
+    test.mkdir(parents=True)
+    (test / "stage.json").write_text(json.dumps({"status": "done", "deps": ["train-ance"],
+                                                 "seconds": ance_test_seconds}))
+    (test / "per_query.json").write_text(json.dumps({"nDCG@10": {"q1": 0.5}}))
+    results = ExperimentResults(tmp_path)
+    return ReportContext(results, tmp_path), results
+
+
+@pytest.mark.parametrize(("extra", "test_s", "remined", "verdict"), [
+    # logged: the remine records' seconds; STAR 4 × 10 s (median: its outlier step does not count) vs ANCE 4 × 8 s
+    ([{"kind": "remine", "step": 2, "seconds": 5.0, "docs_encoded": 9}], 60.0, (5.0, False), "**disagrees**"),
+    ([{"kind": "remine", "step": 2, "seconds": 30.0, "docs_encoded": 9}], 60.0, (30.0, False), "**agrees**"),
+    # a log from before remine records: one re-mining (after step 2; none after the last, step 4) × the test stage
+    ([], 60.0, (60.0, True), "**agrees**"),
+    ([], 1.0, (1.0, True), "**disagrees**"),
+])
+def test_star_vs_ance_counts_re_mining_at_median_step_times(tmp_path, extra, test_s, remined, verdict):
+    ctx, results = _star_and_ance(tmp_path, extra, test_s)
+    section = timing(ctx)
+    assert section.facts["remining"] == {"ance": remined}
+    assert section.facts["steps"] == {"star": 4, "ance": 4}
+    row = next(line for line in section.markdown.splitlines() if line.startswith("| ance |"))
+    assert f"| {'≈' if remined[1] else ''}{remined[0] / 60:.1f} |" in row
+    line = next(x for x in Findings(ctx)._efficiency(section.facts) if "STAR trains faster" in x)
+    assert line.endswith(f"→ {verdict}.")
+    assert "star's 4 steps take 0.7 min" in line  # 4 × the 10 s median, not the 530 s sum
+
+
+def test_re_mining_is_only_counted_for_a_method_that_re_mines(tmp_path):
+    ctx, results = _star_and_ance(tmp_path, [])
+    star_log = results.train_log("star")
+    assert remine_seconds(ctx, "star", star_log, 4) is None
+    # ANCE stopped early at step 4 of a longer run: it re-mined after step 4 too
+    settings = json.loads((tmp_path / "stages" / "train-ance" / "stage.json").read_text())
+    settings["settings"]["max_steps"] = 10
+    (tmp_path / "stages" / "train-ance" / "stage.json").write_text(json.dumps(settings))
+    assert remine_seconds(ctx, "ance", results.train_log("ance"), 4) == (120.0, True)

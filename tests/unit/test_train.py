@@ -87,6 +87,14 @@ def test_ance_refreshes_its_negatives(tmp_path, tiny_train, tiny_model_dir):
     assert first != second
     for q, pool in second.items():
         assert not set(pool) & trainer.positives[q]
+    # the re-mining is logged apart from the steps (Table 4 counts it): one record, at the refresh step,
+    # naming the whole corpus and every training query as encoded
+    log = [json.loads(line) for line in (tmp_path / "out-ance" / "train_log.jsonl").read_text().splitlines()]
+    remine = [r for r in log if r["kind"] == "remine"]
+    assert [r["step"] for r in remine] == [2]
+    assert remine[0]["docs_encoded"] == len(trainer.doc_ids)
+    assert remine[0]["queries_encoded"] == len(trainer.train_qrels)
+    assert remine[0]["seconds"] > 0
 
 
 @pytest.mark.parametrize("change, message", [

@@ -381,7 +381,10 @@ class Trainer:
                 done = step + 1
                 if cfg.track_every and done % cfg.track_every == 0:
                     log.write(track(self, done), "track")  # before a refresh, which would reset the overlap
-                self.method.after_step(done)
+                tic = clock(self.device)
+                extra = self.method.after_step(done)
+                if extra:  # ANCE's re-mining: its own record, so Table 4 can count it apart from the steps
+                    log.write({"step": done, **extra, "seconds": clock(self.device) - tic}, "remine")
                 if done % cfg.dev_every == 0 or done == cfg.max_steps:
                     best, best_step = self._dev_step(done, log, best, best_step)
                     if cfg.patience and self._stale >= cfg.patience and done < cfg.max_steps:

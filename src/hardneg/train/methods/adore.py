@@ -47,6 +47,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -436,10 +437,11 @@ class Adore(Method):
         self.diagnostics.no_positive_score += step_diag.no_positive_score
         return out, step_diag.step_record()
 
-    def after_step(self, step: int) -> None:
+    def after_step(self, step: int) -> dict[str, Any] | None:
         self._step = step
         if self.rules.active and (step % self.config.save_every == 0 or step >= self.config.max_steps):
             self.selector.write([self.diagnostics])
+        return None
 
     def restore(self, checkpoint: Path) -> None:
         name = Path(checkpoint).name  # step-0000050: random sampling is keyed by the step (exact resume)

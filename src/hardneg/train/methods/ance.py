@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 from hardneg import distributed as dist
 from hardneg.io import read_json, write_json
@@ -31,9 +32,9 @@ class Ance(StaticNeg):
     def initial_candidates(self) -> dict[str, list[str]]:
         return self.mine_start_model()  # no --negatives file: always the start model's, at the mining lengths
 
-    def after_step(self, step: int) -> None:
+    def after_step(self, step: int) -> dict[str, Any] | None:
         if step % self.config.refresh_every or step >= self.config.max_steps:
-            return
+            return None
         model = self.ctx.model
         was_training = model.training
         model.eval()
@@ -52,6 +53,8 @@ class Ance(StaticNeg):
         self.selector.scores = {}  # the source keeps them (compactly)
         self.refreshes += 1
         logger.info("step %d: re-mined hard negatives with the current model", step)
+        # the whole corpus and every training query went through the current model (Table 4's re-mining cost)
+        return {"docs_encoded": len(self.ctx.doc_ids), "queries_encoded": len(candidates)}
 
     def state_files(self) -> dict[str, Path]:
         files = {"negatives.tsv": self._file, SCORES_FILE: self._scores}

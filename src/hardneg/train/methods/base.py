@@ -117,8 +117,11 @@ class Method:
     def negatives(self, examples, start: int) -> list[list[str]]:
         return [[] for _ in examples]
 
-    def after_step(self, step: int) -> None:
-        """Called after every optimiser step (ANCE re-mines here)."""
+    def after_step(self, step: int) -> dict[str, Any] | None:
+        """Called after every optimiser step. Returns what extra work it did, which the trainer logs with its
+        seconds as a ``remine`` record (ANCE re-mines here: ``{"docs_encoded": …, "queries_encoded": …}``),
+        or ``None``."""
+        return None
 
     def state_files(self) -> dict[str, Path]:
         """Files a checkpoint must keep to resume this method exactly."""
