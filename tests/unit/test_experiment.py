@@ -357,6 +357,24 @@ def test_roles_come_from_the_method_specs_not_the_names(tmp_path, monkeypatch):
     assert headline(ReportContext(results, tmp_path / "report")) == ("r", ["s", "a"])
 
 
+@pytest.mark.parametrize(("tested", "says"), [
+    (("z", "s", "a0"), "Not judged yet: a has no test result (so far the best dense system by nDCG@10 is a0)."),
+    (("z", "s", "a0", "a"), "Here the best dense system by nDCG@10 is a0 → **disagrees**."),
+    (("z", "s", "a"), "Here the best dense system by nDCG@10 is a → **agrees**."),
+])
+def test_adore_star_is_judged_best_only_once_it_is_tested(tmp_path, tested, says):
+    """RQ2's "ADORE+STAR is the best system": a partial run without ADORE+STAR's test says so, not "disagrees"."""
+    from hardneg.experiment.findings import Findings
+
+    systems = [{"name": "z", "kind": "zeroshot"}, {"name": "s", "method": "star"},
+               {"name": "a0", "method": "adore", "base": "z"}, {"name": "a", "method": "adore", "base": "s"}]
+    level = {"z": 0.2, "s": 0.4, "a0": 0.9, "a": 0.6 if "a0" in tested else 0.95}
+    results = _results_folder(tmp_path, systems, {n: {"q1": level[n], "q2": level[n] - 0.1} for n in tested})
+    lines = [x for x in Findings(ReportContext(results, tmp_path / "r"))._effectiveness({})
+             if isinstance(x, str) and "ADORE+STAR is the best system" in x]
+    assert len(lines) == 1 and lines[0].endswith(says)
+
+
 def test_settings_sections_are_recipe_keys():
     """Each method that freezes the document tower reads its own recipe section, named after it (adore:)."""
     from hardneg.experiment.recipe import SETTINGS_SECTIONS
@@ -575,6 +593,10 @@ def test_experiment_cli_device_flag(tmp_path, tiny_model_dir, monkeypatch):
     assert result.exit_code == 0, result.output
     assert json.loads((out / "recipe.json").read_text())["device"] == "cpu"
     assert json.loads((out / "stages" / "test-bm25" / "stage.json").read_text())["status"] == "done"
+    # the run lists the recipe's stages (even with --only) so a report on the folder knows what is left
+    assert json.loads((out / "plan.json").read_text())["stages"] == ["test-bm25", "report"]
+    states = [json.loads((out / "stages" / "test-bm25" / "stage.json").read_text())]
+    assert report_module.stages_line(out, states) == "stages done: all 1"  # the report is not a stage left to do
 
 
 def test_only_globs_take_plus_in_system_names_literally(tmp_path, tiny_model_dir):

@@ -11,6 +11,7 @@ import pytest
 from hardneg.experiment import ExperimentResults
 from hardneg.experiment.context import ReportContext
 from hardneg.experiment.findings import Findings
+from hardneg.experiment.report import stages_line
 from hardneg.experiment.sections.training import budget, remine_seconds, timing
 
 
@@ -110,3 +111,11 @@ def test_re_mining_is_only_counted_for_a_method_that_re_mines(tmp_path):
     settings["settings"]["max_steps"] = 10
     (tmp_path / "stages" / "train-ance" / "stage.json").write_text(json.dumps(settings))
     assert remine_seconds(ctx, "ance", results.train_log("ance"), 4) == (120.0, True)
+
+
+def test_the_report_says_how_much_of_the_recipe_is_still_to_run(tmp_path):
+    states = [{"name": f"s{i}", "status": "done"} for i in range(3)] + [{"name": "s3", "status": "running"}]
+    assert stages_line(tmp_path, states) == "stages done: 3 of the 4 started"  # a folder from before plan.json
+    (tmp_path / "plan.json").write_text(json.dumps({"stages": [f"s{i}" for i in range(10)] + ["report"]}))
+    assert stages_line(tmp_path, states) == ("stages done: 3 of 10 (**a partial report**; not run yet: s3, s4, s5, "
+                                             "s6, s7, … (7 in all))")

@@ -46,9 +46,25 @@ from hardneg.experiment.results import ExperimentResults
 from hardneg.experiment.sections import Section, registered, section_fn
 from hardneg.experiment.sections.effectiveness import against_start
 from hardneg.experiment.sections.peer import against_peer
-from hardneg.experiment.stages import train_stage
+from hardneg.experiment.stages import PLAN_FILE, REPORT, train_stage
 from hardneg.experiment.stats import mean, spread
 from hardneg.io import atomic_write, read_json
+
+
+def stages_line(folder: Path, states: list[dict[str, Any]]) -> str:
+    """How far the run is: the stages done of the recipe's (``plan.json``, written by every run), naming a few
+    not done yet; a folder from before plan.json: of the stages started."""
+    done = {s.get("name") for s in states if s.get("status") == "done"}
+    plan = folder / PLAN_FILE
+    if not plan.is_file():
+        return f"stages done: {len(done)} of the {len(states)} started"
+    # the report stage writes this report while it runs: it is not left to do
+    left = [n for n in read_json(plan)["stages"] if n not in done and n != REPORT]
+    if not left:
+        return f"stages done: all {len(done)}"
+    more = f", … ({len(left)} in all)" if len(left) > 5 else ""
+    return (f"stages done: {len(done)} of {len(done) + len(left)} (**a partial report**; not run yet: "
+            f"{', '.join(left[:5])}{more})")
 
 
 def render(ctx: ReportContext) -> str:
@@ -56,7 +72,6 @@ def render(ctx: ReportContext) -> str:
     r = ctx.r
     stages = sorted((r.dir / "stages").glob("*/stage.json"))
     states = [read_json(p) for p in stages]
-    done = [s for s in states if s.get("status") == "done"]
     total = sum(float(s.get("seconds", 0.0)) for s in states)
     sections: list[Section] = [s.fn(ctx) for s in registered()]
     facts: dict[str, Any] = {}
@@ -71,7 +86,7 @@ def render(ctx: ReportContext) -> str:
         f"- data: `{short_path(r.recipe['data'])}`; start model: `{r.recipe.get('model')}`; "
         f"seed {r.recipe.get('seed')}",
         f"- machine: {machine()}",
-        f"- stages done: {len(done)} of {len(states)}; summed stage wall-clock {total / 3600:.2f} h",
+        f"- {stages_line(r.dir, states)}; summed stage wall-clock {total / 3600:.2f} h",
         "- test split evaluated once per final model (the best dev checkpoint); dev = a seeded carve-out of train",
         "",
     ]

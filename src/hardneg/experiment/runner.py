@@ -62,6 +62,7 @@ from hardneg.experiment.recipe import START_MODEL, Recipe, System
 from hardneg.experiment.report import write_report
 from hardneg.experiment.stages import (
     PAIRWISE,
+    PLAN_FILE,
     PQ,
     REPORT,
     TSNE,
@@ -442,6 +443,7 @@ class Experiment:
         wanted = select_stages(self.stages, only) if only else list(self.stages)
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "recipe.json", self.recipe.to_dict())
+        write_json(self.out / PLAN_FILE, {"stages": list(self.stages)})  # the report counts what is still to run
         outcome: dict[str, str] = {}
         for name in wanted:
             stage = self.stages[name]

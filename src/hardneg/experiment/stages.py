@@ -29,6 +29,8 @@ PAIRWISE = "analysis-pairwise"
 PQ = "analysis-pq"
 TSNE = "analysis-tsne"
 REPORT = "report"
+#: the experiment folder's list of the recipe's stages, in order (written by every run; the report counts what is left)
+PLAN_FILE = "plan.json"
 
 
 def train_stage(system: str) -> str:
