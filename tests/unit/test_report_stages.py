@@ -32,13 +32,13 @@ def test_chain_seconds_add_every_stage_that_made_the_model(tmp_path):
 @pytest.mark.parametrize(("kind", "settings", "steps", "dev", "says", "gain"), [
     # dev: (step, or epoch for the peer; its dev metric); hardneg's trainer evaluates at step 0 first
     ("train", {"max_steps": 4, "dev_metric": "RR@10"}, 3, [(0, 0.1), (2, 0.3), (3, 0.2)],
-     "early stop at step 3 of 4 (best 2)", None),
+     "early stop at step 3 of 4 (kept step 2, by RR@10)", None),
     ("train", {"max_steps": 4, "dev_metric": "RR@10"}, 4, [(0, 0.1), (2, 0.2), (4, 0.35)],
      "cap 4, best at the cap (+0.1500 RR@10)", 0.15),
     ("train", {"max_steps": 4, "dev_metric": "RR@10"}, 4, [(0, 0.1), (2, 0.3), (4, 0.3)],
-     "cap 4 (best step 2)", None),  # a tie keeps the earlier model: not rising
+     "cap 4 (kept step 2, by RR@10)", None),  # a tie keeps the earlier model: not rising
     ("peer-st", {"num_train_epochs": 2, "dev_metric": "nDCG@10"}, 4, [(1, 0.5), (2, 0.4)],
-     "cap 2 (best epoch 1)", None),
+     "cap 2 (kept epoch 1, by nDCG@10)", None),
 ])
 def test_budget_says_how_training_ended_by_the_systems_own_dev_metric(tmp_path, kind, settings, steps, dev, says,
                                                                        gain):

@@ -148,11 +148,12 @@ def training_curves(ctx: ReportContext) -> Section:
         f"![Training curves]({path})",
         "",
         ctx.table("training_curves", ["system", "method", "steps", "last loss", f"dev {metric} at step 0",
-                                        f"best dev {metric}", "best step", "budget"], rows),
+                                        f"best dev {metric}", f"step of best {metric}", "budget"], rows),
         "",
         "\"budget\": how training ended, by the system's own dev metric (the one its model was chosen by): "
         "stopped early by `patience`, or at the cap (`max_steps`; a sentence-transformers recipe: "
-        "`num_train_epochs`) with the step or epoch whose model was kept. " + at_cap,
+        "`num_train_epochs`) with the step or epoch whose model was kept, which can differ from the step of the "
+        f"best dev {metric} where that metric is not the one the model was chosen by. " + at_cap,
         "",
     ]))
 
@@ -180,11 +181,11 @@ def budget(ctx: ReportContext, name: str, log: list[dict[str, Any]]) -> tuple[st
     kept = dev[int(np.argmax(values))]  # the first of the best: the model training kept
     best = kept.get(unit, kept.get("step"))
     if done < int(cap):
-        return f"early stop at {unit} {done} of {cap} (best {best})", None
+        return f"early stop at {unit} {done} of {cap} (kept {unit} {best}, by {metric})", None
     if len(values) > 1 and values[-1] > max(values[:-1]):
         gain = values[-1] - max(values[:-1])
         return f"cap {cap}, best at the cap (+{gain:.4f} {metric})", gain
-    return f"cap {cap} (best {unit} {best})", None
+    return f"cap {cap} (kept {unit} {best}, by {metric})", None
 
 
 def _ranknet_pairs(ctx: ReportContext) -> list[tuple[str, str]]:
