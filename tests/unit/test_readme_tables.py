@@ -33,8 +33,9 @@ def test_the_table_carries_the_files_numbers():
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = {r[0]: r for r in ([c.strip().replace("**", "") for c in line.strip("|").split("|")]
                               for line in lines[2:] if line.startswith("| "))}
-    assert list(rows) == list(results["systems"])
-    for name, entry in results["systems"].items():
+    tested = {n: e for n, e in results["systems"].items() if e["nDCG@10"] is not None}
+    assert list(rows) == list(tested)
+    for name, entry in tested.items():
         row = rows[name]
         expect = {"nDCG@10": entry["nDCG@10"], "RR@10": entry["RR@10"], "R@100": entry["R@100"],
                   "nDCG@10 seen-doc": entry["nDCG@10_seen"], "nDCG@10 unseen-doc": entry["nDCG@10_unseen"],
@@ -89,3 +90,18 @@ def test_dagger_marks_numbers_significantly_above_the_start_model():
     assert lines[3] == "| up | 5 | **0.600**† | **0.700** | 0.400 |"
     assert "†: above zs (paired t-test, p < 0.05" in render_table(results)
     assert "†" not in render_table({"systems": {k: {**v, "vs_start": None} for k, v in results["systems"].items()}})
+
+
+def test_a_run_in_progress_lists_its_untested_systems_under_the_table():
+    """A results.json written while the grid runs: systems with no test yet are named under the table, not rows of
+    dashes, and the best of a column is among the tested ones."""
+    tested = {"nDCG@10": 0.5, "transfer": {}, "steps": 3}
+    waiting = {"nDCG@10": None, "transfer": {}, "steps": None}
+    results = {"systems": {"a": tested, **{f"w{i}": waiting for i in range(9)}, "b": {**tested, "nDCG@10": 0.4}}}
+    text = render_table(results)
+    rows = [line.split(" | ")[0].strip("| ") for line in text.splitlines()[2:] if line.startswith("| ")]
+    assert rows == ["a", "b"] and "| a | 3 | **0.500** |" in text
+    assert "Not tested yet (a run in progress): w0, w1, w2, w3, w4, w5, w6, w7, … (9 in all)." in text
+    assert "Not tested" not in render_table({"systems": {"a": tested}})
+    with pytest.raises(HardnegError, match="no system has a test result yet"):
+        render_table({"systems": {"w": waiting}})

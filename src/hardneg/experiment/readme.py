@@ -72,6 +72,11 @@ def render_table(results: dict[str, Any]) -> str:
         raise HardnegError("results.json has no systems (write it with `hardneg report RUN_DIR`)")
     entries = list(systems.values())
     main = _main_measure(entries)
+    untested = [name for name, e in systems.items() if e.get(main) is None]  # a run in progress: not rows yet
+    systems = {name: e for name, e in systems.items() if e.get(main) is not None}
+    if not systems:
+        raise HardnegError("results.json: no system has a test result yet (run the experiment's test stages)")
+    entries = list(systems.values())
     columns: list[tuple[str, str, str | None]] = [(m, m, None) for m in _measures(entries, main)]
     if any(f"{main}_seen" in e for e in entries):
         columns += [(f"{main} seen-doc", f"{main}_seen", None), (f"{main} unseen-doc", f"{main}_unseen", None)]
@@ -99,6 +104,9 @@ def render_table(results: dict[str, Any]) -> str:
     if seeded:
         notes.append("mean ± sample standard deviation over the seeds; a seeded system's tests use its "
                      "seed-averaged run")
+    if untested:
+        more = f", … ({len(untested)} in all)" if len(untested) > 8 else ""
+        notes.append(f"Not tested yet (a run in progress): {', '.join(untested[:8])}{more}")
     return table(header, rows) + f"\n\n{'. '.join(notes)}. Written by `{COMMAND}`.\n"
 
 
