@@ -23,7 +23,7 @@ from hardneg.experiment.context import ReportContext
 from hardneg.experiment.figures import system_colours
 from hardneg.experiment.sections.indexes import bytes_per_doc
 from hardneg.experiment.sections.ranks import best_ranks
-from hardneg.experiment.stages import select_stages, stops_the_run
+from hardneg.experiment.stages import run_order, select_stages, stops_the_run
 from hardneg.experiment.tables import Table, cell_value, fmt, fmt_p, marked, signed
 
 TRAIN = {"max_steps": 2, "batch_size": 4, "topk": 8, "dev_fraction": 0.25, "dev_every": 1, "save_every": 1,
@@ -609,6 +609,28 @@ def test_only_globs_take_plus_in_system_names_literally(tmp_path, tiny_model_dir
     assert {"train-star", "train-adore+star"} <= set(picked) and "train-rand" not in picked
     with pytest.raises(HardnegError, match="no stage matches 'test-adore[+]nothing'"):
         select_stages(exp.stages, ["test-adore+nothing"])
+
+
+def test_run_order_finishes_each_system_before_the_next_one_trains(tmp_path, tiny_model_dir):
+    """The plan lists every training before any test; the run order puts each system's test and transfer stages
+    right after its training (a grid stopped part-way leaves whole rows), keeps dependencies first, the report
+    last, and with --only runs just the selection."""
+    data = tiny_data(tmp_path / "data")
+    transfer = write_tiny_train(tmp_path / "transfer")
+    exp = Experiment(Recipe.from_dict(recipe_dict(data, tiny_model_dir, tmp_path / "cache", transfer)), tmp_path / "o")
+    plan = list(exp.stages)
+    assert plan.index("test-star") > plan.index("train-adore+star")  # what the order changes
+    order = run_order(exp.stages, plan)
+    assert sorted(order) == sorted(plan) and order[-1] == "report"
+    for i, name in enumerate(order):
+        assert set(exp.stages[name].deps) <= set(order[:i]), name
+    trains = [i for i, n in enumerate(order) if n.startswith("train-")]
+    for i, j in zip(trains, [*trains[1:], len(order)], strict=True):
+        system = order[i].removeprefix("train-")
+        finishing = [n for n in plan if n == f"test-{system}" or n.startswith(f"transfer-{system}-")]
+        assert finishing and set(finishing) <= set(order[i:j]), (system, order[i:j])
+    picked = select_stages(exp.stages, ["test-adore+star"])
+    assert run_order(exp.stages, picked) == ["train-star", "train-adore+star", "test-adore+star"]
 
 
 def _two_test_recipe(tmp_path: Path, model: Path) -> dict:

@@ -69,6 +69,7 @@ from hardneg.experiment.stages import (
     Stage,
     dataset_tag,
     index_stage,
+    run_order,
     select_stages,
     stage_key,
     stops_the_run,
@@ -431,8 +432,9 @@ class Experiment:
 
     def run(self, only: list[str] | None = None, echo: Callable[[str], None] | None = None, *,
             keep_going: bool = False) -> dict[str, str]:
-        """Run every stage not already done (or those matching ``only`` and their dependencies); returns each
-        stage's outcome (``cached``, ``done``, and with ``keep_going`` also ``failed`` / ``skipped``).
+        """Run every stage not already done (or those matching ``only`` and their dependencies), in
+        :func:`~hardneg.experiment.stages.run_order` (each system's test and transfer right after its training);
+        returns each stage's outcome (``cached``, ``done``, and with ``keep_going`` also ``failed`` / ``skipped``).
 
         ``keep_going`` (as ``make -k``): a stage that raises is recorded as ``failed`` in its ``stage.json``
         (with the error), the stages that need it are ``skipped``, and every other stage still runs; the next
@@ -440,7 +442,7 @@ class Experiment:
         stage would share (:func:`~hardneg.experiment.stages.stops_the_run`: a CUDA error that leaves the device
         unusable, a full disk)."""
         echo = echo or (lambda msg: logger.info("%s", msg))
-        wanted = select_stages(self.stages, only) if only else list(self.stages)
+        wanted = run_order(self.stages, select_stages(self.stages, only) if only else list(self.stages))
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "recipe.json", self.recipe.to_dict())
         write_json(self.out / PLAN_FILE, {"stages": list(self.stages)})  # the report counts what is still to run

@@ -121,6 +121,25 @@ def select_stages(stages: Mapping[str, Stage], only: list[str]) -> list[str]:
     return [n for n in stages if n in selected]
 
 
+def run_order(stages: Mapping[str, Stage], wanted: list[str]) -> list[str]:
+    """The order ``hardneg experiment`` runs ``wanted`` in: dependencies first, and of the stages ready to run the
+    first in ``stages``' order that is not a training stage, else the first training stage. So a system's test and
+    transfer stages run right after its training, before the next system trains: a long grid stopped part-way
+    leaves finished rows behind, not trained models without a test. The report stays last."""
+    left = [n for n in wanted if n != REPORT]
+    done: set[str] = {n for n in stages if n not in wanted}  # not asked for: ready or not, they are not waited on
+    order: list[str] = []
+    while left:
+        ready = [n for n in left if all(d in done for d in stages[n].deps)]
+        if not ready:  # unreachable for a plan built in dependency order; never loop forever
+            raise HardnegError(f"stages with unmet dependencies: {', '.join(left)}")
+        pick = next((n for n in ready if not n.startswith(train_stage(""))), ready[0])
+        order.append(pick)
+        done.add(pick)
+        left.remove(pick)
+    return order + [REPORT] * (REPORT in wanted)
+
+
 #: CUDA failures after which the process's device is unusable (a device-side assert, an illegal address, an NCCL
 #: error): torch >= 2.8 raises ``torch.AcceleratorError``, older versions a RuntimeError saying so
 _DEAD_DEVICE = ("CUDA error", "device-side assert", "NCCL error", "cuDNN error", "CUBLAS_STATUS")
