@@ -415,8 +415,10 @@ class Experiment:
 
     # ------------------------------------------------------------------ running
     def status(self) -> list[tuple[str, str]]:
+        """Each stage and its state (``todo``, ``done``, ``running``, ``failed``, ``stale …``), in the order a run
+        takes them (:func:`~hardneg.experiment.stages.run_order`)."""
         rows = []
-        for stage in self.stages.values():
+        for stage in (self.stages[n] for n in run_order(self.stages, list(self.stages))):
             state = self._state(stage)
             if state is None:
                 rows.append((stage.name, "todo"))
