@@ -669,6 +669,39 @@ def test_keep_going_stops_at_a_dead_gpu_and_leaves_the_stage_to_resume(tmp_path,
     assert state["status"] == "running"  # resumes on the next run, as after a crash
 
 
+def test_a_killed_attempt_still_counts_its_wall_clock(tmp_path, tiny_model_dir, monkeypatch):
+    """The heartbeat keeps a running stage's seconds in stage.json: after an attempt dies (here Ctrl-C, as a
+    session's end or the OOM killer would), the resumed attempt adds its own to them."""
+    import time
+
+    from hardneg.experiment import runner
+
+    monkeypatch.setattr(runner, "HEARTBEAT_SECONDS", 0.02)
+    exp = Experiment(Recipe.from_dict(_two_test_recipe(tmp_path, tiny_model_dir)), tmp_path / "out", quiet=True)
+    path = exp.stage_dir("test-bm25") / "stage.json"
+    seen = []
+
+    def killed(folder):
+        time.sleep(0.3)
+        seen.append(json.loads(path.read_text()))  # what a kill here would leave
+        raise KeyboardInterrupt
+
+    exp.stages["test-bm25"].fn = killed
+    with pytest.raises(KeyboardInterrupt):
+        exp.run(only=["test-bm25"])
+    left = json.loads(path.read_text())
+    assert left["status"] == "running" and left["attempts"] == 1 and left["seconds"] >= 0.2
+    assert seen[0]["seconds"] >= 0.2 and seen[0]["key"] == exp.stages["test-bm25"].key
+
+    def quick(folder):
+        return {"ok": 1}
+
+    exp.stages["test-bm25"].fn = quick
+    assert exp.run(only=["test-bm25"])["test-bm25"] == "done"
+    done = json.loads(path.read_text())
+    assert done["status"] == "done" and done["attempts"] == 2 and done["seconds"] >= left["seconds"]
+
+
 def test_keep_going_records_a_failed_stage_skips_its_dependents_and_resumes_it(tmp_path, tiny_model_dir,
                                                                                  monkeypatch):
     """`--keep-going`: the failing stage is `failed` in its stage.json with the error, what needs it is skipped,

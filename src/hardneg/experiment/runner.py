@@ -41,6 +41,7 @@ from __future__ import annotations
 import gc
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -94,6 +95,37 @@ from hardneg.train.trainer import Trainer
 logger = logging.getLogger("hardneg.experiment")
 #: TrainConfig settings left out of a training stage's key: where it writes and runs, not what it computes
 _NOT_KEYED = ("out", "quiet", "cache_dir", "device", "report_to", "dist_timeout")
+
+
+#: how often a running stage's stage.json gets its wall-clock so far (:class:`Heartbeat`)
+HEARTBEAT_SECONDS = 60.0
+
+
+class Heartbeat:
+    """While a stage runs, rewrite its ``stage.json`` every :data:`HEARTBEAT_SECONDS` with the wall-clock so far
+    (``seconds``: the earlier attempts' plus this one's). An attempt that is killed (a session's end, the OOM
+    killer, Ctrl-C) then still counts, to within the interval, when the next run resumes the stage: the report's
+    wall-clock comparisons (Table 4, the chain behind a model) are not shortened by interruptions."""
+
+    def __init__(self, path: Path, state: dict[str, Any], seconds: float, tic: float) -> None:
+        self.path, self.state, self.seconds, self.tic = path, state, seconds, tic
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="hardneg-stage-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                write_json(self.path, {**self.state, "seconds": self.seconds + time.perf_counter() - self.tic})
+            except Exception as exc:  # a full disk: the stage itself will say so; the clock is not worth a crash
+                logger.warning("could not update %s: %s", self.path, exc)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()  # no write of its own can land after the stage's final stage.json
 
 
 def release_memory() -> None:
@@ -478,7 +510,9 @@ class Experiment:
             write_json(folder / "stage.json", {**base, "status": "running", "attempts": attempts, "seconds": seconds})
             tic = time.perf_counter()
             try:
-                result = stage.fn(folder)
+                with Heartbeat(folder / "stage.json", {**base, "status": "running", "attempts": attempts}, seconds,
+                               tic):
+                    result = stage.fn(folder)
             except Exception as exc:
                 if not keep_going or stops_the_run(exc):  # a dead GPU or a full disk: every later stage too
                     raise

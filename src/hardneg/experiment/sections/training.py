@@ -285,7 +285,8 @@ def timing(ctx: ReportContext) -> Section:
            "system's test stage, which encodes the same corpus with the same model)" if estimated else "")
         + "; \"stage\": the whole stage wall-clock including dev evaluation, mining the static negatives, "
         "re-mining and negative-overlap tracking (all attempts when a stage was resumed; an attempt killed "
-        "mid-way is not counted).",
+        "mid-way counts up to its last minute, from stage.json's heartbeat; a stage run before hardneg wrote "
+        "that heartbeat misses its killed attempts).",
         "",
         ctx.table("table4_training_time", ["system", "method", "steps", "batch", "step time (s)", "training (min)",
                                            "re-mining (min)", "stage (min)"], rows),
