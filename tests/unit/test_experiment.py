@@ -631,6 +631,12 @@ def test_run_order_finishes_each_system_before_the_next_one_trains(tmp_path, tin
         assert finishing and set(finishing) <= set(order[i:j]), (system, order[i:j])
     picked = select_stages(exp.stages, ["test-adore+star"])
     assert run_order(exp.stages, picked) == ["train-star", "train-adore+star", "test-adore+star"]
+    # stages already done are read back first, so what they unblock runs before the next training
+    finished = {"train-star", "train-adore+star"}
+    order = run_order(exp.stages, plan, finished)
+    assert order[:2] == ["train-star", "train-adore+star"]
+    next_train = next(i for i, n in enumerate(order) if i >= 2 and n.startswith("train-"))
+    assert {"test-star", "test-adore+star", "transfer-adore+star-transfer-test"} <= set(order[2:next_train])
 
 
 def _two_test_recipe(tmp_path: Path, model: Path) -> dict:

@@ -450,7 +450,7 @@ class Experiment:
         """Each stage and its state (``todo``, ``done``, ``running``, ``failed``, ``stale …``), in the order a run
         takes them (:func:`~hardneg.experiment.stages.run_order`)."""
         rows = []
-        for stage in (self.stages[n] for n in run_order(self.stages, list(self.stages))):
+        for stage in (self.stages[n] for n in run_order(self.stages, list(self.stages), self.finished())):
             state = self._state(stage)
             if state is None:
                 rows.append((stage.name, "todo"))
@@ -459,6 +459,12 @@ class Experiment:
             else:
                 rows.append((stage.name, str(state.get("status"))))
         return rows
+
+    def finished(self) -> set[str]:
+        """The stages done with their current settings (a run only reads them back; the report always reruns)."""
+        return {n for n, stage in self.stages.items() if not stage.always
+                and (state := self._state(stage)) is not None
+                and state.get("key") == stage.key and state.get("status") == "done"}
 
     def _state(self, stage: Stage) -> dict[str, Any] | None:
         path = self.stage_dir(stage.name) / "stage.json"
@@ -476,7 +482,8 @@ class Experiment:
         stage would share (:func:`~hardneg.experiment.stages.stops_the_run`: a CUDA error that leaves the device
         unusable, a full disk)."""
         echo = echo or (lambda msg: logger.info("%s", msg))
-        wanted = run_order(self.stages, select_stages(self.stages, only) if only else list(self.stages))
+        wanted = run_order(self.stages, select_stages(self.stages, only) if only else list(self.stages),
+                           self.finished())
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "recipe.json", self.recipe.to_dict())
         write_json(self.out / PLAN_FILE, {"stages": list(self.stages)})  # the report counts what is still to run

@@ -15,7 +15,7 @@ import fnmatch
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,13 +121,16 @@ def select_stages(stages: Mapping[str, Stage], only: list[str]) -> list[str]:
     return [n for n in stages if n in selected]
 
 
-def run_order(stages: Mapping[str, Stage], wanted: list[str]) -> list[str]:
-    """The order ``hardneg experiment`` runs ``wanted`` in: dependencies first, and of the stages ready to run the
-    first in ``stages``' order that is not a training stage, else the first training stage. So a system's test and
-    transfer stages run right after its training, before the next system trains: a long grid stopped part-way
-    leaves finished rows behind, not trained models without a test. The report stays last."""
-    left = [n for n in wanted if n != REPORT]
-    done: set[str] = {n for n in stages if n not in wanted}  # not asked for: ready or not, they are not waited on
+def run_order(stages: Mapping[str, Stage], wanted: list[str], finished: Collection[str] = ()) -> list[str]:
+    """The order ``hardneg experiment`` runs ``wanted`` in: the ``finished`` ones first (done already: they are
+    only read back), then dependencies first, and of the stages ready to run the first in ``stages``' order that is
+    not a training stage, else the first training stage. So a system's test and transfer stages run right after
+    its training, before the next system trains: a long grid stopped part-way leaves finished rows behind, not
+    trained models without a test. The report stays last."""
+    first = [n for n in wanted if n in finished and n != REPORT]
+    left = [n for n in wanted if n not in finished and n != REPORT]
+    # what is not asked for (ready or not) is not waited on; what is finished is ready for its dependents
+    done: set[str] = {n for n in stages if n not in wanted} | set(first)
     order: list[str] = []
     while left:
         ready = [n for n in left if all(d in done for d in stages[n].deps)]
@@ -137,7 +140,7 @@ def run_order(stages: Mapping[str, Stage], wanted: list[str]) -> list[str]:
         order.append(pick)
         done.add(pick)
         left.remove(pick)
-    return order + [REPORT] * (REPORT in wanted)
+    return first + order + [REPORT] * (REPORT in wanted)
 
 
 #: CUDA failures after which the process's device is unusable (a device-side assert, an illegal address, an NCCL
