@@ -25,6 +25,13 @@ def test_chain_seconds_add_every_stage_that_made_the_model(tmp_path):
             {"name": name, "status": "done", "deps": deps, "seconds": seconds}))
     r = ExperimentResults(tmp_path)
     assert r.chain_seconds("a") == 1110.0 and r.chain_seconds("b") == 100.0  # tests are not training
+    # a training whose log holds more time than its stage.json (an attempt killed before the heartbeat): the log's
+    log = [{"kind": "train", "step": 1, "seconds": 20.0}, {"kind": "remine", "step": 1, "seconds": 15.0},
+           {"kind": "dev", "step": 1, "seconds": 99.0}]  # a dev record's fields are not the training's time
+    (tmp_path / "stages" / "train-a" / "train_log.jsonl").write_text("\n".join(json.dumps(x) for x in log) + "\n")
+    assert r.stage_seconds("train-a") == 35.0 and r.chain_seconds("a") == 1135.0
+    (tmp_path / "stages" / "train-b" / "train_log.jsonl").write_text(json.dumps(log[0]) + "\n")
+    assert r.stage_seconds("train-b") == 100.0  # less than stage.json's: stage.json's
     (tmp_path / "stages" / "train-b" / "stage.json").write_text(json.dumps({"status": "running", "deps": []}))
     assert r.chain_seconds("a") is None  # a stage of the chain unfinished: unknown, not a smaller number
 

@@ -179,8 +179,22 @@ class ExperimentResults:
                 return None
             todo += dep.get("deps") or []
             if name.startswith(("train-", "index-", "wise-")):
-                total += float(dep.get("seconds") or 0.0)
+                total += self.stage_seconds(name)
         return total
+
+    def stage_seconds(self, name: str) -> float:
+        """A done stage's wall-clock: its ``stage.json`` seconds, or for a training stage the time its log
+        records (each step's and each re-mining's ``seconds``) when that is more: an attempt killed before
+        ``stage.json`` kept the clock while running (hardneg before its heartbeat) still trained those steps."""
+        st = self.stage(name) or {}
+        seconds = float(st.get("seconds") or 0.0)
+        path = self.stage_file(name, "train_log.jsonl")
+        if name.startswith("train-") and path.is_file():
+            records = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+            logged = sum(float(r["seconds"]) for r in records
+                         if r.get("kind") in ("train", "remine") and isinstance(r.get("seconds"), (int, float)))
+            seconds = max(seconds, logged)
+        return seconds
 
     def train_log(self, system: str) -> list[dict[str, Any]]:
         path = self.stage_file(train_stage(system), "train_log.jsonl")

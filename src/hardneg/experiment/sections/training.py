@@ -270,7 +270,7 @@ def timing(ctx: ReportContext) -> Section:
                      str(cfg.get("batch_size", cfg.get("per_device_train_batch_size"))),
                      fmt(float(np.median(step_s)) if step_s else math.nan, 2), fmt(sum(step_s) / 60, 1),
                      "–" if again is None else ("≈" if again[1] else "") + fmt(again[0] / 60, 1),
-                     fmt(st["seconds"] / 60, 1)])
+                     fmt(ctx.r.stage_seconds(train_stage(s["name"])) / 60, 1)])
     facts = {"times": times, "steps": steps_done, "step_median": step_median, "remining": remining}
     if not rows:
         return Section(facts=facts)
@@ -286,7 +286,7 @@ def timing(ctx: ReportContext) -> Section:
         + "; \"stage\": the whole stage wall-clock including dev evaluation, mining the static negatives, "
         "re-mining and negative-overlap tracking (all attempts when a stage was resumed; an attempt killed "
         "mid-way counts up to its last minute, from stage.json's heartbeat; a stage run before hardneg wrote "
-        "that heartbeat misses its killed attempts).",
+        "that heartbeat misses its killed attempts, and shows at least its logged training and re-mining time).",
         "",
         ctx.table("table4_training_time", ["system", "method", "steps", "batch", "step time (s)", "training (min)",
                                            "re-mining (min)", "stage (min)"], rows),
