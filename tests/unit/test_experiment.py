@@ -595,7 +595,7 @@ def test_experiment_cli_device_flag(tmp_path, tiny_model_dir, monkeypatch):
     assert json.loads((out / "stages" / "test-bm25" / "stage.json").read_text())["status"] == "done"
     # the run lists the recipe's stages (even with --only) so a report on the folder knows what is left
     assert json.loads((out / "plan.json").read_text())["stages"] == ["test-bm25", "report"]
-    states = [json.loads((out / "stages" / "test-bm25" / "stage.json").read_text())]
+    states = {"test-bm25": json.loads((out / "stages" / "test-bm25" / "stage.json").read_text())}
     assert report_module.stages_line(out, states) == "stages done: all 1"  # the report is not a stage left to do
 
 
@@ -678,6 +678,7 @@ def test_keep_going_stops_at_a_dead_gpu_and_leaves_the_stage_to_resume(tmp_path,
 def test_a_killed_attempt_still_counts_its_wall_clock(tmp_path, tiny_model_dir, monkeypatch):
     """The heartbeat keeps a running stage's seconds in stage.json: after an attempt dies (here Ctrl-C, as a
     session's end or the OOM killer would), the resumed attempt adds its own to them."""
+    import threading
     import time
 
     from hardneg.experiment import runner
@@ -696,8 +697,10 @@ def test_a_killed_attempt_still_counts_its_wall_clock(tmp_path, tiny_model_dir, 
     with pytest.raises(KeyboardInterrupt):
         exp.run(only=["test-bm25"])
     left = json.loads(path.read_text())
-    assert left["status"] == "running" and left["attempts"] == 1 and left["seconds"] >= 0.2
+    # to the end of the attempt (written as it died), not only to its last beat
+    assert left["status"] == "running" and left["attempts"] == 1 and left["seconds"] >= 0.3
     assert seen[0]["seconds"] >= 0.2 and seen[0]["key"] == exp.stages["test-bm25"].key
+    assert not [t for t in threading.enumerate() if t.name == "hardneg-stage-heartbeat"]  # stopped with the stage
 
     def quick(folder):
         return {"ok": 1}

@@ -118,11 +118,28 @@ def test_re_mining_is_only_counted_for_a_method_that_re_mines(tmp_path):
     settings["settings"]["max_steps"] = 10
     (tmp_path / "stages" / "train-ance" / "stage.json").write_text(json.dumps(settings))
     assert remine_seconds(ctx, "ance", results.train_log("ance"), 4) == (120.0, True)
+    # a log resumed across the change: the second re-mining logged, the first not: that one is estimated
+    log = results.train_log("ance") + [{"kind": "remine", "step": 4, "seconds": 7.0}]
+    assert remine_seconds(ctx, "ance", log, 4) == (67.0, True)
+
+
+def test_star_vs_ance_is_not_judged_while_re_mining_is_unknown(tmp_path):
+    ctx, results = _star_and_ance(tmp_path, [])
+    (tmp_path / "stages" / "test-ance" / "stage.json").unlink()  # no record and no test stage to estimate from
+    section = timing(ctx)
+    assert "ance" not in section.facts["remining"]
+    line = next(x for x in Findings(ctx)._efficiency(section.facts) if "STAR trains faster" in x)
+    assert "Not judged yet" in line and "agrees" not in line
 
 
 def test_the_report_says_how_much_of_the_recipe_is_still_to_run(tmp_path):
-    states = [{"name": f"s{i}", "status": "done"} for i in range(3)] + [{"name": "s3", "status": "running"}]
+    states = {f"s{i}": {"status": "done"} for i in range(3)} | {"s3": {"status": "running"}}
     assert stages_line(tmp_path, states) == "stages done: 3 of the 4 started"  # a folder from before plan.json
     (tmp_path / "plan.json").write_text(json.dumps({"stages": [f"s{i}" for i in range(10)] + ["report"]}))
-    assert stages_line(tmp_path, states) == ("stages done: 3 of 10 (**a partial report**; not run yet: s3, s4, s5, "
+    assert stages_line(tmp_path, states) == ("stages done: 3 of 10 (**a partial report**; not done yet: s3, s4, s5, "
                                              "s6, s7, … (7 in all))")
+    # a leftover folder of a stage the recipe no longer has, and the report itself, are not counted
+    states |= {"old-stage": {"status": "done"}, "report": {"status": "done"}}
+    assert stages_line(tmp_path, states).startswith("stages done: 3 of 10 ")
+    states |= {f"s{i}": {"status": "done"} for i in range(10)}
+    assert stages_line(tmp_path, states) == "stages done: all 10"

@@ -51,28 +51,28 @@ from hardneg.experiment.stats import mean, spread
 from hardneg.io import atomic_write, read_json
 
 
-def stages_line(folder: Path, states: list[dict[str, Any]]) -> str:
-    """How far the run is: the stages done of the recipe's (``plan.json``, written by every run), naming a few
-    not done yet; a folder from before plan.json: of the stages started."""
-    done = {s.get("name") for s in states if s.get("status") == "done"}
+def stages_line(folder: Path, states: dict[str, dict[str, Any]]) -> str:
+    """How far the run is (``states``: each stage folder's name → its ``stage.json``): the stages of the recipe
+    (``plan.json``, written by every run) done, naming a few not done yet; a folder from before plan.json: of the
+    stages started. The report is not counted: it is what is being written."""
+    done = {name for name, s in states.items() if s.get("status") == "done" and name != REPORT}
     plan = folder / PLAN_FILE
     if not plan.is_file():
-        return f"stages done: {len(done)} of the {len(states)} started"
-    # the report stage writes this report while it runs: it is not left to do
-    left = [n for n in read_json(plan)["stages"] if n not in done and n != REPORT]
+        return f"stages done: {len(done)} of the {len(set(states) - {REPORT})} started"
+    planned = [n for n in read_json(plan).get("stages", []) if n != REPORT]
+    left = [n for n in planned if n not in done]  # a leftover folder of a stage no longer planned is not counted
     if not left:
-        return f"stages done: all {len(done)}"
+        return f"stages done: all {len(planned)}"
     more = f", … ({len(left)} in all)" if len(left) > 5 else ""
-    return (f"stages done: {len(done)} of {len(done) + len(left)} (**a partial report**; not run yet: "
+    return (f"stages done: {len(planned) - len(left)} of {len(planned)} (**a partial report**; not done yet: "
             f"{', '.join(left[:5])}{more})")
 
 
 def render(ctx: ReportContext) -> str:
     """``report.md``: the head, the findings, then every registered section in order (running each once)."""
     r = ctx.r
-    stages = sorted((r.dir / "stages").glob("*/stage.json"))
-    states = [read_json(p) for p in stages]
-    total = sum(float(s.get("seconds", 0.0)) for s in states)
+    states = {p.parent.name: read_json(p) for p in sorted((r.dir / "stages").glob("*/stage.json"))}
+    total = sum(float(s.get("seconds", 0.0)) for s in states.values())
     sections: list[Section] = [s.fn(ctx) for s in registered()]
     facts: dict[str, Any] = {}
     for part in sections:
@@ -190,7 +190,7 @@ def _entry(ctx: ReportContext, name: str, pq: dict[str, dict[str, float]] | None
         pick = ctx.r.wise_pick(trained)
         entry["dev"] = {"alpha": pick["alpha"], **pick["dev"]} if pick else None
     entry["steps"] = len([x for x in ctx.r.train_log(trained) if x.get("kind") == "train"]) if st else None
-    entry["train_seconds"] = float(st["seconds"]) if st else None
+    entry["train_seconds"] = ctx.r.stage_seconds(train_stage(trained)) if st else None
     if name in ctx.r.with_kind(PEER_ST):  # sentence-transformers' recipe: it counts epochs (the dev-best one)
         entry["kind"] = ctx.r.method_label(name)
         summary = ctx.r.stage_file(train_stage(trained), "summary.json")

@@ -114,18 +114,23 @@ class Heartbeat:
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
-            try:
-                write_json(self.path, {**self.state, "seconds": self.seconds + time.perf_counter() - self.tic})
-            except Exception as exc:  # a full disk: the stage itself will say so; the clock is not worth a crash
-                logger.warning("could not update %s: %s", self.path, exc)
+            self._write()
+
+    def _write(self) -> None:
+        try:
+            write_json(self.path, {**self.state, "seconds": self.seconds + time.perf_counter() - self.tic})
+        except Exception as exc:  # a full disk: the stage itself will say so; the clock is not worth a crash
+            logger.warning("could not update %s: %s", self.path, exc)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self._stop.set()
         self._thread.join()  # no write of its own can land after the stage's final stage.json
+        if exc_type is not None:  # the stage is dying (an error, Ctrl-C): its time to the end, for the resume
+            self._write()
 
 
 def release_memory() -> None:

@@ -126,7 +126,8 @@ def run_order(stages: Mapping[str, Stage], wanted: list[str], finished: Collecti
     only read back), then dependencies first, and of the stages ready to run the first in ``stages``' order that is
     not a training stage, else the first training stage. So a system's test and transfer stages run right after
     its training, before the next system trains: a long grid stopped part-way leaves finished rows behind, not
-    trained models without a test. The report stays last."""
+    trained models without a test. The report stays last. A finished stage is only read back, so it goes first
+    even in the odd case of a dependency that is not finished (a training folder deleted after its test ran)."""
     first = [n for n in wanted if n in finished and n != REPORT]
     left = [n for n in wanted if n not in finished and n != REPORT]
     # what is not asked for (ready or not) is not waited on; what is finished is ready for its dependents

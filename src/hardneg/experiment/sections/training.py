@@ -297,23 +297,22 @@ def timing(ctx: ReportContext) -> Section:
 def remine_seconds(ctx: ReportContext, name: str, records: list[dict[str, Any]],
                    steps: int) -> tuple[float, bool] | None:
     """``(seconds, estimated)`` that ``name``'s training spent re-mining its negatives with the current model
-    (ANCE), or ``None`` for a method that never re-mines. From the training log's ``remine`` records; a log from
-    before they were written: the number of re-minings its steps imply (after every ``refresh_every``-th step,
-    not after the run's last) times the system's test stage seconds (the same corpus through the same model),
-    ``estimated``."""
-    logged = [r["seconds"] for r in records if r.get("kind") == "remine"]
-    if logged:
-        return float(sum(logged)), False
+    (ANCE); ``None`` for a method that never re-mines, or when it cannot be known. From the training log's
+    ``remine`` records; the re-minings its steps imply (after every ``refresh_every``-th step, not after the run's
+    last) that have no record (a log, or the part of one, from before they were written) count as the system's
+    test stage seconds each (the same corpus through the same model), ``estimated``."""
     spec, st = ctx.r.spec(name), ctx.r.stage(train_stage(name))
     settings = (st or {}).get("settings", {})
     every = settings.get("refresh_every") or 0
     if spec is None or not is_refreshed(spec) or not every:
         return None
+    logged = [float(r["seconds"]) for r in records if r.get("kind") == "remine"]
     # after every refresh_every-th step, except the last step of the run (max_steps; an early stop re-mines)
     count = steps // every - (steps == settings.get("max_steps") and steps % every == 0)
-    if count == 0:
-        return 0.0, False
+    missing = max(0, count - len(logged))
+    if not missing:
+        return float(sum(logged)), False
     test = ctx.r.stage(test_stage(name))
     if test is None:
-        return None
-    return count * float(test["seconds"]), True
+        return None  # unknown: no estimate without the test stage's encoding time
+    return float(sum(logged)) + missing * float(test["seconds"]), True

@@ -54,7 +54,7 @@ class Ance(StaticNeg):
         self.refreshes += 1
         logger.info("step %d: re-mined hard negatives with the current model", step)
         # the whole corpus and every training query went through the current model (Table 4's re-mining cost)
-        return {"docs_encoded": len(self.ctx.doc_ids), "queries_encoded": len(candidates)}
+        return {"docs_encoded": len(self.ctx.doc_ids), "queries_encoded": len(self.ctx.train_qrels)}
 
     def state_files(self) -> dict[str, Path]:
         files = {"negatives.tsv": self._file, SCORES_FILE: self._scores}
