@@ -28,7 +28,7 @@ from hardneg.experiment.stats import ALPHA
 from hardneg.experiment.tables import fmt_pm, table
 from hardneg.io import atomic_write
 
-#: a marked block: the results.json path (relative to the page's repository root) and the table under it
+#: a marked block: the results.json path (relative to the page's folder, or the root given to refresh) and the table
 BLOCK = re.compile(r"(?P<open><!-- results-table:(?P<path>\S+?) -->\n)(?P<body>.*?)(?P<close><!-- /results-table -->)",
                    re.S)
 #: the command that rewrites the README's blocks (named in the messages of a stale one)
