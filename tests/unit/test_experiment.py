@@ -314,7 +314,7 @@ def test_report_sections_come_from_the_registry_in_order(records, tmp_path, monk
     heads = [line for line in text.splitlines() if line.startswith("## ")]
     i = heads.index("## Probe")
     assert heads[i - 1].startswith("## Tables 3 and 5") and heads[i + 1].startswith("## Fig. 6 analogue")
-    assert "\n8 systems with test scores\n" in text and seen["probe"] == "nDCG@10" and "times" in seen
+    assert "\n8 systems with test scores\n" in text and seen["probe"] == "nDCG@10" and "step_median" in seen
 
 
 def _results_folder(tmp_path: Path, systems: list[dict], per_query: dict[str, dict[str, float]]) -> ExperimentResults:

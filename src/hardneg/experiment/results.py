@@ -188,16 +188,18 @@ class ExperimentResults:
         ``stage.json`` kept the clock while running (hardneg before its heartbeat) still trained those steps."""
         st = self.stage(name) or {}
         seconds = float(st.get("seconds") or 0.0)
-        path = self.stage_file(name, "train_log.jsonl")
-        if name.startswith("train-") and path.is_file():
-            records = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-            logged = sum(float(r["seconds"]) for r in records
+        if name.startswith("train-"):
+            logged = sum(float(r["seconds"]) for r in self._log(name)
                          if r.get("kind") in ("train", "remine") and isinstance(r.get("seconds"), (int, float)))
             seconds = max(seconds, logged)
         return seconds
 
     def train_log(self, system: str) -> list[dict[str, Any]]:
-        path = self.stage_file(train_stage(system), "train_log.jsonl")
+        return self._log(train_stage(system))
+
+    def _log(self, stage: str) -> list[dict[str, Any]]:
+        """A stage's ``train_log.jsonl`` records ([] without one)."""
+        path = self.stage_file(stage, "train_log.jsonl")
         if not path.is_file():
             return []
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -133,6 +133,12 @@ class Heartbeat:
             self._write()
 
 
+def _finished(stage: Stage, state: dict[str, Any] | None) -> bool:
+    """Done with the stage's current settings: a run only reads it back (the report, ``always``, reruns)."""
+    return (state is not None and not stage.always and state.get("key") == stage.key
+            and state.get("status") == "done")
+
+
 def release_memory() -> None:
     """Free what a finished stage left behind: objects in reference cycles (``gc.collect()``), then, when
     CUDA is present, the caching allocator's unused blocks (``torch.cuda.empty_cache()``), so the next stage's
@@ -467,9 +473,7 @@ class Experiment:
 
     def finished(self) -> set[str]:
         """The stages done with their current settings (a run only reads them back; the report always reruns)."""
-        return {n for n, stage in self.stages.items() if not stage.always
-                and (state := self._state(stage)) is not None
-                and state.get("key") == stage.key and state.get("status") == "done"}
+        return {n for n, stage in self.stages.items() if _finished(stage, self._state(stage))}
 
     def _state(self, stage: Stage) -> dict[str, Any] | None:
         path = self.stage_dir(stage.name) / "stage.json"
@@ -502,8 +506,7 @@ class Experiment:
                 continue
             folder = self.stage_dir(name)
             state = self._state(stage)
-            if state is not None and state.get("key") == stage.key and state.get("status") == "done" \
-                    and not stage.always:
+            if _finished(stage, state):
                 outcome[name] = "cached"
                 echo(f"[cached] {name}")
                 continue
@@ -519,11 +522,11 @@ class Experiment:
                 echo(f"[run]    {name}")
             folder.mkdir(parents=True, exist_ok=True)
             base = {"name": name, "key": stage.key, "settings": stage.settings, "deps": stage.deps}
-            write_json(folder / "stage.json", {**base, "status": "running", "attempts": attempts, "seconds": seconds})
+            running = {**base, "status": "running", "attempts": attempts}
+            write_json(folder / "stage.json", {**running, "seconds": seconds})
             tic = time.perf_counter()
             try:
-                with Heartbeat(folder / "stage.json", {**base, "status": "running", "attempts": attempts}, seconds,
-                               tic):
+                with Heartbeat(folder / "stage.json", running, seconds, tic):
                     result = stage.fn(folder)
             except Exception as exc:
                 if not keep_going or stops_the_run(exc):  # a dead GPU or a full disk: every later stage too

@@ -248,7 +248,6 @@ def timing(ctx: ReportContext) -> Section:
     """Table 4 analogue: steps, median step time, summed step time, re-mining and stage wall-clock of every trained
     system."""
     rows = []
-    times: dict[str, float] = {}
     steps_done: dict[str, int] = {}
     step_median: dict[str, float] = {}
     remining: dict[str, tuple[float, bool]] = {}
@@ -260,7 +259,6 @@ def timing(ctx: ReportContext) -> Section:
         step_s = [r["seconds"] for r in records if r.get("kind") == "train"]
         steps = len(step_s)
         cfg = st["settings"]
-        times[s["name"]] = float(sum(step_s))
         if step_s:
             step_median[s["name"]], steps_done[s["name"]] = float(np.median(step_s)), steps
         again = remine_seconds(ctx, s["name"], records, steps)
@@ -271,7 +269,7 @@ def timing(ctx: ReportContext) -> Section:
                      fmt(float(np.median(step_s)) if step_s else math.nan, 2), fmt(sum(step_s) / 60, 1),
                      "–" if again is None else ("≈" if again[1] else "") + fmt(again[0] / 60, 1),
                      fmt(ctx.r.stage_seconds(train_stage(s["name"])) / 60, 1)])
-    facts = {"times": times, "steps": steps_done, "step_median": step_median, "remining": remining}
+    facts = {"steps": steps_done, "step_median": step_median, "remining": remining}
     if not rows:
         return Section(facts=facts)
     estimated = any(e for _, e in remining.values())
