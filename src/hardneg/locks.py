@@ -36,7 +36,7 @@ from pathlib import Path
 
 from hardneg.errors import HardnegError
 
-__all__ = ["OutputLockedError", "lock_path_for", "output_lock"]
+__all__ = ["OutputLockedError", "holder_alive", "lock_path_for", "output_lock"]
 
 logger = logging.getLogger("hardneg")
 
@@ -129,3 +129,23 @@ def output_lock(out: str | Path, command: str | None = None, *, every_rank: bool
         with contextlib.suppress(OSError):
             os.unlink(path)  # still held: nobody else holds this file, and a newcomer re-checks the inode
         os.close(fd)
+
+
+def holder_alive(out: str | Path) -> bool | None:
+    """Whether a live process holds the lock of ``out``, read without touching the lock (a probe that took it,
+    even for a moment, could refuse a run starting then): ``False`` when there is no lock file (nothing runs, or
+    what ran ended cleanly) or its holder ran on this host and its pid is gone (killed: the kernel dropped its
+    lock, the file stayed); ``True`` when that pid is alive; ``None`` when the holder is on another host (or not
+    written yet), where this process cannot tell."""
+    holder = _read_holder(lock_path_for(out))
+    if holder is None:
+        return False if not lock_path_for(out).exists() else None
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return None
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True

@@ -681,9 +681,9 @@ def test_a_killed_attempt_still_counts_its_wall_clock(tmp_path, tiny_model_dir, 
     import threading
     import time
 
-    from hardneg.experiment import runner
+    from hardneg.experiment import execute
 
-    monkeypatch.setattr(runner, "HEARTBEAT_SECONDS", 0.02)
+    monkeypatch.setattr(execute, "HEARTBEAT_SECONDS", 0.02)
     exp = Experiment(Recipe.from_dict(_two_test_recipe(tmp_path, tiny_model_dir)), tmp_path / "out", quiet=True)
     path = exp.stage_dir("test-bm25") / "stage.json"
     seen = []
@@ -709,6 +709,46 @@ def test_a_killed_attempt_still_counts_its_wall_clock(tmp_path, tiny_model_dir, 
     assert exp.run(only=["test-bm25"])["test-bm25"] == "done"
     done = json.loads(path.read_text())
     assert done["status"] == "done" and done["attempts"] == 2 and done["seconds"] >= left["seconds"]
+
+
+def test_dry_run_tells_a_running_stage_from_one_a_killed_run_left(tmp_path, tiny_model_dir):
+    """A killed run leaves its stage ``running`` in stage.json; ``--dry-run`` calls it running only while the
+    process holding the experiment's lock lives and the stage's heartbeat is fresh, else interrupted. A holder on
+    another host cannot be looked up: the heartbeat alone decides."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from hardneg.experiment import execute
+    from hardneg.locks import holder_alive, lock_path_for, output_lock
+
+    exp = Experiment(Recipe.from_dict(_two_test_recipe(tmp_path, tiny_model_dir)), tmp_path / "out", quiet=True)
+    path = exp.stage_dir("test-bm25") / "stage.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"name": "test-bm25", "key": exp.stages["test-bm25"].key, "status": "running",
+                                "attempts": 1, "seconds": 5.0}))
+    silent = execute.SILENT_BEATS * execute.HEARTBEAT_SECONDS
+
+    def status(name="test-bm25"):
+        return dict(exp.status())[name]
+
+    assert holder_alive(exp.out) is False  # no lock file: nothing runs
+    assert status() == "interrupted (resumes)" and status("test-zeroshot") == "todo"
+    with output_lock(exp.out):  # this (live) process runs the experiment
+        assert holder_alive(exp.out) is True
+        assert status() == "running"
+        os.utime(path, (path.stat().st_atime, path.stat().st_mtime - silent - 1))
+        assert status() == "interrupted (resumes)"  # the live run is on another stage: this one was killed before
+    lock = lock_path_for(exp.out)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout)}))  # as a SIGKILL leaves it
+    path.touch()
+    assert holder_alive(exp.out) is False and status() == "interrupted (resumes)"
+    lock.write_text(json.dumps({"host": "another-node", "pid": 1}))
+    assert holder_alive(exp.out) is None and status() == "running"  # fresh heartbeat
+    os.utime(path, (path.stat().st_atime, path.stat().st_mtime - silent - 1))
+    assert status() == "interrupted (resumes)"
 
 
 def test_keep_going_records_a_failed_stage_skips_its_dependents_and_resumes_it(tmp_path, tiny_model_dir,

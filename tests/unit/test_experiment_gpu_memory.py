@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import write_tiny_train
-from hardneg.experiment import Experiment, Recipe
+from hardneg.experiment import Experiment, Recipe, execute
 from hardneg.experiment import runner as runner_module
 from hardneg.index import faiss_index
 from hardneg.train.methods.base import MethodContext, WeakCall
@@ -49,7 +49,7 @@ def test_adore_stage_leaves_no_reference_to_its_index(tmp_path, tiny_model_dir, 
     alive_at_release: list[int] = []
     monkeypatch.setattr(faiss_index.FaissIndex, "__init__", record_index)
     monkeypatch.setattr(runner_module.Trainer, "__init__", record_trainer)
-    monkeypatch.setattr(runner_module, "release_memory",
+    monkeypatch.setattr(execute, "release_memory",
                         lambda: alive_at_release.append(sum(r() is not None for r in indexes + trainers)))
     gc.collect()  # garbage of earlier tests, before the collector is switched off
     gc.disable()
@@ -71,7 +71,7 @@ def test_runner_releases_memory_after_every_stage_it_runs(tmp_path, tiny_model_d
     exp = Experiment(Recipe.from_dict(raw), tmp_path / "out", quiet=True)  # resolved on the CPU, before the fakes
     calls: list[str] = []
     collect = gc.collect
-    monkeypatch.setattr(runner_module.gc, "collect", lambda *a: calls.append("collect") or collect(*a))
+    monkeypatch.setattr(execute.gc, "collect", lambda *a: calls.append("collect") or collect(*a))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
     assert exp.run(only=["test-bm25"]) == {"test-bm25": "done"}
@@ -89,7 +89,7 @@ def test_runner_releases_memory_when_a_stage_fails(tmp_path, tiny_model_dir, mon
     raw = _recipe(tmp_path, tiny_model_dir, [{"name": "bm25", "kind": "bm25"}])
     exp = Experiment(Recipe.from_dict(raw), tmp_path / "out", quiet=True)
     calls: list[int] = []
-    monkeypatch.setattr(runner_module, "release_memory", lambda: calls.append(1))
+    monkeypatch.setattr(execute, "release_memory", lambda: calls.append(1))
 
     def fail(folder):
         raise RuntimeError("stage failed")

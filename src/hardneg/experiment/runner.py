@@ -22,11 +22,12 @@ A system with ``seeds`` adds, for every seed after its first, the replica ``<nam
 (:meth:`~hardneg.experiment.recipe.Recipe.replicas`): its own ``train-``, ``test-`` and ``transfer-`` stages
 (transfer when the system is transferred); the system itself keeps its stages and their keys.
 
+Running them (state files, resume, ``--keep-going``, the heartbeat) is :mod:`hardneg.experiment.execute`'s.
 Memory between stages: a stage's objects (its trainer, model, ADORE's index on the GPU) are local to
 the stage's function and hold no reference cycle, so they are freed when it returns; after every stage
-that ran, :func:`release_memory` also collects any cycle left (``gc.collect()``) and hands the CUDA
-caching allocator's unused blocks back to the driver, where the next stage's GPU Faiss index (which
-allocates outside PyTorch) can use them.
+that ran, :func:`~hardneg.experiment.execute.release_memory` also collects any cycle left
+(``gc.collect()``) and hands the CUDA caching allocator's unused blocks back to the driver, where the next
+stage's GPU Faiss index (which allocates outside PyTorch) can use them.
 
 ``interpolate:`` (WiSE-FT, Wortsman et al. 2022) adds, per listed system S and weight a,
 ``wise-S-a<a>``: the model (1 − a)·start + a·S (:func:`hardneg.model.merge.interpolate`; ADORE:
@@ -38,25 +39,21 @@ transfer stages); ``wise-S-curve``: every a on test and transfer, for the report
 
 from __future__ import annotations
 
-import gc
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from hardneg.artifacts import corpus_index
 from hardneg.data.cache import cache_dir_or_default
 from hardneg.data.load import load_dataset, parse_spec
 from hardneg.devices import place_index, resolve_device
-from hardneg.errors import HardnegError
 from hardneg.evaluate.metrics import evaluate
 from hardneg.evaluate.results import save_run_and_metrics
 from hardneg.experiment.analysis_stages import pairwise_stage, pq_stage, tsne_stage
+from hardneg.experiment.execute import describe, is_finished, read_state, run_stages
 from hardneg.experiment.outside_index import build_outside_index, search_outside_index
 from hardneg.experiment.peer_st import PEER_ST, peer_stage
 from hardneg.experiment.recipe import START_MODEL, Recipe, System
@@ -73,7 +70,6 @@ from hardneg.experiment.stages import (
     run_order,
     select_stages,
     stage_key,
-    stops_the_run,
     test_stage,
     train_stage,
     transfer_stage,
@@ -83,6 +79,7 @@ from hardneg.experiment.stages import (
     wise_stage,
 )
 from hardneg.io import read_json, write_json
+from hardneg.locks import holder_alive
 from hardneg.model.encoder import DualEncoder
 from hardneg.model.merge import interpolate
 from hardneg.model.registry import resolve_model
@@ -95,57 +92,6 @@ from hardneg.train.trainer import Trainer
 logger = logging.getLogger("hardneg.experiment")
 #: TrainConfig settings left out of a training stage's key: where it writes and runs, not what it computes
 _NOT_KEYED = ("out", "quiet", "cache_dir", "device", "report_to", "dist_timeout")
-
-
-#: how often a running stage's stage.json gets its wall-clock so far (:class:`Heartbeat`)
-HEARTBEAT_SECONDS = 60.0
-
-
-class Heartbeat:
-    """While a stage runs, rewrite its ``stage.json`` every :data:`HEARTBEAT_SECONDS` with the wall-clock so far
-    (``seconds``: the earlier attempts' plus this one's). An attempt that is killed (a session's end, the OOM
-    killer, Ctrl-C) then still counts, to within the interval, when the next run resumes the stage: the report's
-    wall-clock comparisons (Table 4, the chain behind a model) are not shortened by interruptions."""
-
-    def __init__(self, path: Path, state: dict[str, Any], seconds: float, tic: float) -> None:
-        self.path, self.state, self.seconds, self.tic = path, state, seconds, tic
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="hardneg-stage-heartbeat", daemon=True)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            self._write()
-
-    def _write(self) -> None:
-        try:
-            write_json(self.path, {**self.state, "seconds": self.seconds + time.perf_counter() - self.tic})
-        except Exception as exc:  # a full disk: the stage itself will say so; the clock is not worth a crash
-            logger.warning("could not update %s: %s", self.path, exc)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()  # no write of its own can land after the stage's final stage.json
-        if exc_type is not None:  # the stage is dying (an error, Ctrl-C): its time to the end, for the resume
-            self._write()
-
-
-def _finished(stage: Stage, state: dict[str, Any] | None) -> bool:
-    """Done with the stage's current settings: a run only reads it back (the report, ``always``, reruns)."""
-    return (state is not None and not stage.always and state.get("key") == stage.key
-            and state.get("status") == "done")
-
-
-def release_memory() -> None:
-    """Free what a finished stage left behind: objects in reference cycles (``gc.collect()``), then, when
-    CUDA is present, the caching allocator's unused blocks (``torch.cuda.empty_cache()``), so the next stage's
-    model and Faiss GPU index find the memory free instead of falling back to the CPU."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 class Experiment:
@@ -416,7 +362,7 @@ class Experiment:
 
     def _wise_pick_fn(self, system: System, alphas: list[float], metric: str) -> Callable[[Path], dict[str, Any]]:
         def run(folder: Path) -> dict[str, Any]:
-            curve = {a: read_json(self.stage_dir(wise_alpha_stage(system.name, a)) / "stage.json")["result"]["dev"]
+            curve = {a: read_state(self.stage_dir(wise_alpha_stage(system.name, a)))["result"]["dev"]
                      for a in alphas}
             # the best dev value; a tie goes to the smaller weight (closer to the start model)
             best = min(alphas, key=lambda a: (-curve[a][metric], a))
@@ -458,91 +404,29 @@ class Experiment:
 
     # ------------------------------------------------------------------ running
     def status(self) -> list[tuple[str, str]]:
-        """Each stage and its state (``todo``, ``done``, ``running``, ``failed``, ``stale …``), in the order a run
-        takes them (:func:`~hardneg.experiment.stages.run_order`)."""
-        rows = []
-        for stage in (self.stages[n] for n in run_order(self.stages, list(self.stages), self.finished())):
-            state = self._state(stage)
-            if state is None:
-                rows.append((stage.name, "todo"))
-            elif state.get("key") != stage.key:
-                rows.append((stage.name, "stale (settings changed)"))
-            else:
-                rows.append((stage.name, str(state.get("status"))))
-        return rows
+        """Each stage and its state (:func:`~hardneg.experiment.execute.describe`: ``todo``, ``done``, ``running``,
+        ``interrupted``, ``failed``, ``stale …``), in the order a run takes them
+        (:func:`~hardneg.experiment.stages.run_order`)."""
+        alive = holder_alive(self.out)
+        order = run_order(self.stages, list(self.stages), self.finished())
+        return [(n, describe(self.stages[n], read_state(self.stage_dir(n)), self.stage_dir(n), alive))
+                for n in order]
 
     def finished(self) -> set[str]:
         """The stages done with their current settings (a run only reads them back; the report always reruns)."""
-        return {n for n, stage in self.stages.items() if _finished(stage, self._state(stage))}
-
-    def _state(self, stage: Stage) -> dict[str, Any] | None:
-        path = self.stage_dir(stage.name) / "stage.json"
-        return read_json(path) if path.is_file() else None
+        return {n for n, stage in self.stages.items() if is_finished(stage, read_state(self.stage_dir(n)))}
 
     def run(self, only: list[str] | None = None, echo: Callable[[str], None] | None = None, *,
             keep_going: bool = False) -> dict[str, str]:
         """Run every stage not already done (or those matching ``only`` and their dependencies), in
-        :func:`~hardneg.experiment.stages.run_order` (each system's test and transfer right after its training);
-        returns each stage's outcome (``cached``, ``done``, and with ``keep_going`` also ``failed`` / ``skipped``).
-
-        ``keep_going`` (as ``make -k``): a stage that raises is recorded as ``failed`` in its ``stage.json``
-        (with the error), the stages that need it are ``skipped``, and every other stage still runs; the next
-        run resumes the failed stage. Without it the first failure stops the run; with it too, an error every later
-        stage would share (:func:`~hardneg.experiment.stages.stops_the_run`: a CUDA error that leaves the device
-        unusable, a full disk)."""
+        :func:`~hardneg.experiment.stages.run_order` (each system's test and transfer right after its training),
+        with :func:`~hardneg.experiment.execute.run_stages`; returns each stage's outcome (``cached``, ``done``,
+        and with ``keep_going`` also ``failed`` / ``skipped``). Writes the recipe (``recipe.json``) and the list
+        of its stages (``plan.json``) into the experiment folder first."""
         echo = echo or (lambda msg: logger.info("%s", msg))
         wanted = run_order(self.stages, select_stages(self.stages, only) if only else list(self.stages),
                            self.finished())
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "recipe.json", self.recipe.to_dict())
         write_json(self.out / PLAN_FILE, {"stages": list(self.stages)})  # the report counts what is still to run
-        outcome: dict[str, str] = {}
-        for name in wanted:
-            stage = self.stages[name]
-            blocked = [d for d in stage.deps if outcome.get(d) in ("failed", "skipped")]
-            if blocked:
-                outcome[name] = "skipped"
-                echo(f"[skip]   {name}: needs {', '.join(blocked)}")
-                continue
-            folder = self.stage_dir(name)
-            state = self._state(stage)
-            if _finished(stage, state):
-                outcome[name] = "cached"
-                echo(f"[cached] {name}")
-                continue
-            if state is not None and state.get("key") != stage.key and folder.exists():
-                echo(f"[stale]  {name}: settings changed, starting it afresh")
-                shutil.rmtree(folder)
-                state = None
-            attempts = int(state.get("attempts", 0)) + 1 if state else 1
-            seconds = float(state.get("seconds", 0.0)) if state else 0.0
-            if state is not None:
-                echo(f"[resume] {name} (attempt {attempts})")
-            else:
-                echo(f"[run]    {name}")
-            folder.mkdir(parents=True, exist_ok=True)
-            base = {"name": name, "key": stage.key, "settings": stage.settings, "deps": stage.deps}
-            running = {**base, "status": "running", "attempts": attempts}
-            write_json(folder / "stage.json", {**running, "seconds": seconds})
-            tic = time.perf_counter()
-            try:
-                with Heartbeat(folder / "stage.json", running, seconds, tic):
-                    result = stage.fn(folder)
-            except Exception as exc:
-                if not keep_going or stops_the_run(exc):  # a dead GPU or a full disk: every later stage too
-                    raise
-                seconds += time.perf_counter() - tic
-                error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, HardnegError) else str(exc)
-                logger.exception("stage %s failed", name)
-                write_json(folder / "stage.json", {**base, "status": "failed", "attempts": attempts,
-                                                   "seconds": seconds, "error": error})
-                outcome[name] = "failed"
-                echo(f"[failed] {name}: {error}")
-                continue
-            finally:
-                release_memory()  # the stage's locals are gone: its GPU memory goes back before the next one
-            seconds += time.perf_counter() - tic
-            write_json(folder / "stage.json", {**base, "status": "done", "attempts": attempts, "seconds": seconds,
-                                               "result": result})
-            outcome[name] = "done"
-        return outcome
+        return run_stages(self.stages, wanted, self.stage_dir, echo=echo, keep_going=keep_going)

@@ -1,0 +1,169 @@
+"""Executing an experiment's stages: their ``stage.json`` state files, resume, ``--keep-going``, the heartbeat.
+
+What the stages are (their functions, settings, keys and dependencies) is :mod:`hardneg.experiment.runner`'s
+business; this module only runs a list of them. Each stage writes into its own folder; its ``stage.json`` holds
+the stage's name, key, settings and dependencies, its ``status`` (``running``, ``done`` or ``failed``), the
+number of ``attempts`` and the wall-clock ``seconds`` of all of them. A stage done with the same key is only read
+back; one left ``running`` (its process was killed) or ``failed`` runs again in the same folder, resuming what it
+had written; one whose key changed starts afresh in an emptied folder.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hardneg.errors import HardnegError
+from hardneg.experiment.stages import Stage, stops_the_run
+from hardneg.io import read_json, write_json
+
+logger = logging.getLogger("hardneg.experiment")
+
+#: each stage folder's state file
+STATE_FILE = "stage.json"
+#: how often a running stage's stage.json gets its wall-clock so far (:class:`Heartbeat`)
+HEARTBEAT_SECONDS = 60.0
+#: a ``running`` stage.json not rewritten for this many heartbeats has no live run behind it
+#: (:func:`describe`, when the run's process cannot be looked up: another host)
+SILENT_BEATS = 5
+
+
+class Heartbeat:
+    """While a stage runs, rewrite its ``stage.json`` every :data:`HEARTBEAT_SECONDS` with the wall-clock so far
+    (``seconds``: the earlier attempts' plus this one's). An attempt that is killed (a session's end, the OOM
+    killer, Ctrl-C) then still counts, to within the interval, when the next run resumes the stage: the report's
+    wall-clock comparisons (Table 4, the chain behind a model) are not shortened by interruptions. The file's
+    age also tells ``--dry-run`` whether a run is still behind a ``running`` stage (:func:`describe`)."""
+
+    def __init__(self, path: Path, state: dict[str, Any], seconds: float, tic: float) -> None:
+        self.path, self.state, self.seconds, self.tic = path, state, seconds, tic
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="hardneg-stage-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            self._write()
+
+    def _write(self) -> None:
+        try:
+            write_json(self.path, {**self.state, "seconds": self.seconds + time.perf_counter() - self.tic})
+        except Exception as exc:  # a full disk: the stage itself will say so; the clock is not worth a crash
+            logger.warning("could not update %s: %s", self.path, exc)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()  # no write of its own can land after the stage's final stage.json
+        if exc_type is not None:  # the stage is dying (an error, Ctrl-C): its time to the end, for the resume
+            self._write()
+
+
+def read_state(folder: Path) -> dict[str, Any] | None:
+    """A stage folder's ``stage.json``, or ``None`` when the stage never started."""
+    path = folder / STATE_FILE
+    return read_json(path) if path.is_file() else None
+
+
+def is_finished(stage: Stage, state: dict[str, Any] | None) -> bool:
+    """Done with the stage's current settings: a run only reads it back (the report, ``always``, reruns)."""
+    return (state is not None and not stage.always and state.get("key") == stage.key
+            and state.get("status") == "done")
+
+
+def describe(stage: Stage, state: dict[str, Any] | None, folder: Path, run_alive: bool | None) -> str:
+    """The stage's status for ``hardneg experiment --dry-run``: ``todo``, ``done``, ``failed``, ``stale (settings
+    changed)``, ``running``, or ``interrupted`` for a ``running`` stage.json with no run behind it (a killed
+    process leaves it so; the next run resumes the stage). A stage runs when the process holding the
+    experiment's lock lives (``run_alive``, :func:`hardneg.locks.holder_alive`; ``None``: it runs on another
+    host, where this process cannot tell) and its heartbeat is fresh (stage.json rewritten within
+    :data:`SILENT_BEATS` heartbeats): a live run working on another stage leaves an earlier killed one
+    interrupted."""
+    if state is None:
+        return "todo"
+    if state.get("key") != stage.key:
+        return "stale (settings changed)"
+    status = str(state.get("status"))
+    if status != "running":
+        return status
+    fresh = time.time() - (folder / STATE_FILE).stat().st_mtime < SILENT_BEATS * HEARTBEAT_SECONDS
+    return "running" if run_alive is not False and fresh else "interrupted (resumes)"
+
+
+def release_memory() -> None:
+    """Free what a finished stage left behind: objects in reference cycles (``gc.collect()``), then, when
+    CUDA is present, the caching allocator's unused blocks (``torch.cuda.empty_cache()``), so the next stage's
+    model and Faiss GPU index find the memory free instead of falling back to the CPU."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_stages(stages: Mapping[str, Stage], order: list[str], stage_dir: Callable[[str], Path], *,
+               echo: Callable[[str], None], keep_going: bool = False) -> dict[str, str]:
+    """Run the stages named in ``order``, in that order (dependencies first: the caller's
+    :func:`~hardneg.experiment.stages.run_order`); returns each one's outcome: ``cached``, ``done``, and with
+    ``keep_going`` also ``failed`` / ``skipped``.
+
+    ``keep_going`` (as ``make -k``): a stage that raises is recorded as ``failed`` in its ``stage.json`` (with the
+    error), the stages that need it are ``skipped``, every other stage still runs; the next run resumes the failed
+    stage. Without it the first failure stops the run; with it too, an error every later stage would share
+    (:func:`~hardneg.experiment.stages.stops_the_run`: a CUDA error that leaves the device unusable, a full disk).
+    After every stage that ran, :func:`release_memory`."""
+    outcome: dict[str, str] = {}
+    for name in order:
+        stage = stages[name]
+        blocked = [d for d in stage.deps if outcome.get(d) in ("failed", "skipped")]
+        if blocked:
+            outcome[name] = "skipped"
+            echo(f"[skip]   {name}: needs {', '.join(blocked)}")
+            continue
+        folder = stage_dir(name)
+        state = read_state(folder)
+        if is_finished(stage, state):
+            outcome[name] = "cached"
+            echo(f"[cached] {name}")
+            continue
+        if state is not None and state.get("key") != stage.key and folder.exists():
+            echo(f"[stale]  {name}: settings changed, starting it afresh")
+            shutil.rmtree(folder)
+            state = None
+        attempts = int(state.get("attempts", 0)) + 1 if state else 1
+        seconds = float(state.get("seconds", 0.0)) if state else 0.0
+        echo(f"[resume] {name} (attempt {attempts})" if state is not None else f"[run]    {name}")
+        folder.mkdir(parents=True, exist_ok=True)
+        base = {"name": name, "key": stage.key, "settings": stage.settings, "deps": stage.deps}
+        running = {**base, "status": "running", "attempts": attempts}
+        write_json(folder / STATE_FILE, {**running, "seconds": seconds})
+        tic = time.perf_counter()
+        try:
+            with Heartbeat(folder / STATE_FILE, running, seconds, tic):
+                result = stage.fn(folder)
+        except Exception as exc:
+            if not keep_going or stops_the_run(exc):  # a dead GPU or a full disk: every later stage too
+                raise
+            seconds += time.perf_counter() - tic
+            error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, HardnegError) else str(exc)
+            logger.exception("stage %s failed", name)
+            write_json(folder / STATE_FILE, {**base, "status": "failed", "attempts": attempts,
+                                              "seconds": seconds, "error": error})
+            outcome[name] = "failed"
+            echo(f"[failed] {name}: {error}")
+            continue
+        finally:
+            release_memory()  # the stage's locals are gone: its GPU memory goes back before the next one
+        seconds += time.perf_counter() - tic
+        write_json(folder / STATE_FILE, {**base, "status": "done", "attempts": attempts, "seconds": seconds,
+                                          "result": result})
+        outcome[name] = "done"
+    return outcome
