@@ -6,13 +6,18 @@
 launcher already chose it (``LOCAL_RANK``), so ``auto``/``cuda`` map to it; a process that sees only one
 GPU (a per-process-GPU launcher) uses cuda:0 (:func:`hardneg.distributed.cuda_index_for`).
 :func:`place_index` puts a Faiss index beside the encoder: on the rank's own GPU
-under torchrun, on every GPU in one process.
+under torchrun, on every GPU in one process. :class:`PeakMemory` measures the peak memory of a block of work
+(host RAM and the CUDA allocator's).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import resource
+import sys
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -107,3 +112,54 @@ def place_index(index: faiss_index.FaissIndex, device: torch.device, *, fp16: bo
         return False
     target = device if faiss_gpu.multi_process() else None
     return index.to_gpu(target, fp16=fp16, required=required)
+
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _reset_rss_peak() -> bool:
+    """Reset this process's peak resident memory (``VmHWM``: writing 5 to ``/proc/self/clear_refs``, Linux >= 4.0);
+    False where that cannot be done."""
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _rss_peak_mb() -> float:
+    """This process's peak resident memory in MiB since its last reset (``VmHWM``), else since it started."""
+    try:
+        match = re.search(r"^VmHWM:\s+(\d+)\s+kB", _STATUS.read_text(), re.MULTILINE)
+    except OSError:
+        match = None
+    if match:
+        return int(match.group(1)) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+class PeakMemory:
+    """The peak memory of the block it wraps, in this process: ``with PeakMemory() as peak: ...; peak.read()``.
+
+    ``peak_rss_mb``: resident host memory (RAM), the high-water mark reset when the block starts, so it is the
+    block's own peak; where the reset is not possible (not Linux) it is the process's peak so far and
+    ``peak_rss_scope`` says ``process`` instead of ``block``. ``peak_gpu_mb`` (when CUDA is in use): the PyTorch
+    caching allocator's peak reserved memory on the current device; Faiss's GPU indexes allocate outside it and are
+    not counted. :meth:`read` can be called while the block runs (the peak so far)."""
+
+    def __enter__(self) -> PeakMemory:
+        self.scope = "block" if _reset_rss_peak() else "process"
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def read(self) -> dict[str, Any]:
+        peak: dict[str, Any] = {"peak_rss_mb": round(_rss_peak_mb(), 1), "peak_rss_scope": self.scope}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            peak["peak_gpu_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+        return peak

@@ -88,3 +88,37 @@ def test_place_index_puts_the_index_beside_the_encoder(monkeypatch):
     assert place_index(Index(), torch.device("cuda", 0)) is False and len(calls) == 2
     with pytest.raises(DeviceError, match="no GPU support"):
         place_index(Index(), torch.device("cuda", 0), required=True)
+
+
+def test_peak_memory_is_the_blocks_own_high_water_mark():
+    """The resident peak is reset where a block starts: a block that allocates 256 MiB reports at least that much
+    above the memory in use before it; the next block, which allocates nothing, reports less than the first."""
+    import numpy as np
+
+    from hardneg.devices import PeakMemory, _rss_peak_mb
+
+    with PeakMemory() as first:
+        before = _rss_peak_mb()
+        block = np.ones(256 * 2**20 // 8)  # 256 MiB, touched
+        during = first.read()
+        del block
+    assert first.scope == "block" and during["peak_rss_scope"] == "block"
+    assert during["peak_rss_mb"] >= before + 250
+    # a high-water mark: freeing does not lower it (the kernel's RSS counters are approximate: within a few MiB)
+    assert first.read()["peak_rss_mb"] >= before + 250
+    with PeakMemory() as second:
+        pass
+    assert second.read()["peak_rss_mb"] < during["peak_rss_mb"] - 200
+    assert "peak_gpu_mb" not in second.read()  # no CUDA in use
+
+
+def test_a_stages_peak_is_the_largest_over_its_attempts():
+    from hardneg.experiment.execute import peaks
+
+    assert peaks(None, {"peak_rss_mb": 10.0, "peak_rss_scope": "block"}) == {"peak_rss_mb": 10.0,
+                                                                             "peak_rss_scope": "block"}
+    earlier = {"status": "running", "peak_rss_mb": 30.0, "peak_rss_scope": "block", "peak_gpu_mb": 5.0}
+    now = {"peak_rss_mb": 20.0, "peak_rss_scope": "block", "peak_gpu_mb": 7.0}
+    assert peaks(earlier, now) == {"peak_rss_mb": 30.0, "peak_rss_scope": "block", "peak_gpu_mb": 7.0}
+    assert peaks({**earlier, "peak_rss_scope": "process"}, now)["peak_rss_scope"] == "process"
+    assert peaks({"status": "running"}, now) == now  # an attempt from before peaks were recorded

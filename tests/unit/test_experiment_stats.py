@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -138,6 +139,11 @@ def test_report_curve_holm_columns_and_results_json(wise, tmp_path):
     assert res["rand"]["nDCG@10_seen"] - zero_seen == pytest.approx(float(gen["rand"]["ΔnDCG@10 seen-doc (6)"]))
     table4 = _csv(tmp_path / "tables" / "table4_training_time.csv")
     assert res["rand"]["train_seconds"] == pytest.approx(float(table4["rand"]["stage (min)"]) * 60)
+    train_state = results.stage("train-rand")
+    assert train_state["peak_rss_mb"] > 0 and train_state["peak_rss_scope"] == "block"  # Linux: the stage's own
+    assert float(table4["rand"]["peak RAM (GiB)"]) == pytest.approx(train_state["peak_rss_mb"] / 1024, abs=1e-9)
+    assert f"| {train_state['peak_rss_mb'] / 1024:.2f} |" in text.split("## Table 4 analogue")[1].split("\n## ")[0]
+    assert "peak GPU (GiB)" not in table4["rand"]  # no CUDA here: no column
     assert res["rand"]["steps"] == 2 and res["zeroshot"]["steps"] is None and res["zeroshot"]["dev"] is None
     assert res["rand"]["dev"]["step"] in (0, 1, 2) and "RR@10" in res["rand"]["dev"]
     assert res["rand+wise"]["dev"]["alpha"] == pick["alpha"] and res["rand+wise"]["steps"] == 2
@@ -209,3 +215,29 @@ def test_bad_interpolate_keys_fail_before_compute(tmp_path, tiny_model_dir, chan
     with pytest.raises(HardnegError, match="^recipe: .*") as err:
         Recipe.from_dict(raw)
     assert message in str(err.value)
+
+
+def test_table4_peak_memory_marks_what_was_not_recorded_or_not_the_stages_own(wise, tmp_path):
+    """A stage run before hardneg recorded peaks shows "–" and is named under the table; a peak that is the
+    process's so far (no reset possible) is an upper bound, "≤"; a GPU peak adds its column."""
+    exp, _ = wise
+    out = tmp_path / "out"
+    shutil.copytree(exp.out, out)
+    path = out / "stages" / "train-rand" / "stage.json"
+    state = json.loads(path.read_text())
+    for key in ("peak_rss_mb", "peak_rss_scope"):
+        state.pop(key)
+    path.write_text(json.dumps(state))
+    adore = out / "stages" / "train-adore+zeroshot" / "stage.json"
+    state = json.loads(adore.read_text())
+    adore.write_text(json.dumps({**state, "peak_rss_mb": 3072.0, "peak_rss_scope": "process",
+                                 "peak_gpu_mb": 1536.0}))
+    report_module.write(ReportContext(ExperimentResults(out), tmp_path / "r"))
+    table4 = _csv(tmp_path / "r" / "tables" / "table4_training_time.csv")
+    assert table4["rand"]["peak RAM (GiB)"] == "" and table4["rand"]["peak GPU (GiB)"] == ""  # not recorded
+    adore_row = table4["adore+zeroshot"]
+    assert float(adore_row["peak RAM (GiB)"]) == 3.0 and adore_row["peak RAM (GiB) marks"] == "≤"
+    assert float(adore_row["peak GPU (GiB)"]) == 1.5
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "| ≤3.00 | 1.50 |" in text and "| – | – |" in text
+    assert "ran before hardneg recorded it: rand)" in text

@@ -3,9 +3,9 @@
 What the stages are (their functions, settings, keys and dependencies) is :mod:`hardneg.experiment.runner`'s
 business; this module only runs a list of them. Each stage writes into its own folder; its ``stage.json`` holds
 the stage's name, key, settings and dependencies, its ``status`` (``running``, ``done`` or ``failed``), the
-number of ``attempts`` and the wall-clock ``seconds`` of all of them. A stage done with the same key is only read
-back; one left ``running`` (its process was killed) or ``failed`` runs again in the same folder, resuming what it
-had written; one whose key changed starts afresh in an emptied folder.
+number of ``attempts``, the wall-clock ``seconds`` of all of them and their peak memory (:func:`peaks`). A stage
+done with the same key is only read back; one left ``running`` (its process was killed) or ``failed`` runs again
+in the same folder, resuming what it had written; one whose key changed starts afresh in an emptied folder.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from hardneg.devices import PeakMemory
 from hardneg.errors import HardnegError
 from hardneg.experiment.stages import Stage, stops_the_run
 from hardneg.io import read_json, write_json
@@ -40,11 +41,13 @@ class Heartbeat:
     """While a stage runs, rewrite its ``stage.json`` every :data:`HEARTBEAT_SECONDS` with the wall-clock so far
     (``seconds``: the earlier attempts' plus this one's). An attempt that is killed (a session's end, the OOM
     killer, Ctrl-C) then still counts, to within the interval, when the next run resumes the stage: the report's
-    wall-clock comparisons (Table 4, the chain behind a model) are not shortened by interruptions. The file's
+    wall-clock comparisons (Table 4, the chain behind a model) are not shortened by interruptions; so does the
+    attempt's peak memory so far (``peak``: the stage's :func:`peaks`). The file's
     age also tells ``--dry-run`` whether a run is still behind a ``running`` stage (:func:`describe`)."""
 
-    def __init__(self, path: Path, state: dict[str, Any], seconds: float, tic: float) -> None:
-        self.path, self.state, self.seconds, self.tic = path, state, seconds, tic
+    def __init__(self, path: Path, state: dict[str, Any], seconds: float, tic: float,
+                 peak: Callable[[], dict[str, Any]] = dict) -> None:
+        self.path, self.state, self.seconds, self.tic, self.peak = path, state, seconds, tic, peak
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="hardneg-stage-heartbeat", daemon=True)
 
@@ -54,7 +57,8 @@ class Heartbeat:
 
     def _write(self) -> None:
         try:
-            write_json(self.path, {**self.state, "seconds": self.seconds + time.perf_counter() - self.tic})
+            write_json(self.path, {**self.state, "seconds": self.seconds + time.perf_counter() - self.tic,
+                                   **self.peak()})
         except Exception as exc:  # a full disk: the stage itself will say so; the clock is not worth a crash
             logger.warning("could not update %s: %s", self.path, exc)
 
@@ -100,6 +104,20 @@ def describe(stage: Stage, state: dict[str, Any] | None, folder: Path, run_alive
     return "running" if run_alive is not False and fresh else "interrupted (resumes)"
 
 
+def peaks(earlier: dict[str, Any] | None, now: dict[str, Any]) -> dict[str, Any]:
+    """A stage's peak memory over its attempts: the largest of the ``earlier`` state's and this attempt's
+    (:meth:`hardneg.devices.PeakMemory.read`: ``peak_rss_mb``, ``peak_rss_scope``, ``peak_gpu_mb``). The scope is
+    ``process`` when any attempt's could not be reset to the stage's own."""
+    earlier = earlier or {}
+    out = dict(now)
+    for key in ("peak_rss_mb", "peak_gpu_mb"):
+        if isinstance(earlier.get(key), int | float):
+            out[key] = max(float(earlier[key]), float(now.get(key, 0.0)))
+    if "process" in (earlier.get("peak_rss_scope"), now.get("peak_rss_scope")):
+        out["peak_rss_scope"] = "process"
+    return out
+
+
 def release_memory() -> None:
     """Free what a finished stage left behind: objects in reference cycles (``gc.collect()``), then, when
     CUDA is present, the caching allocator's unused blocks (``torch.cuda.empty_cache()``), so the next stage's
@@ -138,32 +156,43 @@ def run_stages(stages: Mapping[str, Stage], order: list[str], stage_dir: Callabl
             echo(f"[stale]  {name}: settings changed, starting it afresh")
             shutil.rmtree(folder)
             state = None
-        attempts = int(state.get("attempts", 0)) + 1 if state else 1
-        seconds = float(state.get("seconds", 0.0)) if state else 0.0
-        echo(f"[resume] {name} (attempt {attempts})" if state is not None else f"[run]    {name}")
-        folder.mkdir(parents=True, exist_ok=True)
-        base = {"name": name, "key": stage.key, "settings": stage.settings, "deps": stage.deps}
-        running = {**base, "status": "running", "attempts": attempts}
-        write_json(folder / STATE_FILE, {**running, "seconds": seconds})
-        tic = time.perf_counter()
+        outcome[name] = _attempt(stage, folder, state, echo=echo, keep_going=keep_going)
+    return outcome
+
+
+def _attempt(stage: Stage, folder: Path, state: dict[str, Any] | None, *, echo: Callable[[str], None],
+             keep_going: bool) -> str:
+    """One attempt at ``stage`` in ``folder`` (``state``: what an earlier attempt left, or None): ``done``, or
+    ``failed`` when it raised and ``keep_going`` lets the run go on; its stage.json says so, with the wall-clock and
+    peak memory of all attempts."""
+    attempts = int(state.get("attempts", 0)) + 1 if state else 1
+    seconds = float(state.get("seconds", 0.0)) if state else 0.0
+    echo(f"[resume] {stage.name} (attempt {attempts})" if state is not None else f"[run]    {stage.name}")
+    folder.mkdir(parents=True, exist_ok=True)
+    base = {"name": stage.name, "key": stage.key, "settings": stage.settings, "deps": stage.deps}
+    running = {**base, "status": "running", "attempts": attempts}
+    write_json(folder / STATE_FILE, {**running, "seconds": seconds})
+    tic = time.perf_counter()
+    with PeakMemory() as peak:
+        def memory() -> dict[str, Any]:
+            return peaks(state, peak.read())
+
         try:
-            with Heartbeat(folder / STATE_FILE, running, seconds, tic):
+            with Heartbeat(folder / STATE_FILE, running, seconds, tic, memory):
                 result = stage.fn(folder)
         except Exception as exc:
             if not keep_going or stops_the_run(exc):  # a dead GPU or a full disk: every later stage too
                 raise
-            seconds += time.perf_counter() - tic
             error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, HardnegError) else str(exc)
-            logger.exception("stage %s failed", name)
+            logger.exception("stage %s failed", stage.name)
             write_json(folder / STATE_FILE, {**base, "status": "failed", "attempts": attempts,
-                                              "seconds": seconds, "error": error})
-            outcome[name] = "failed"
-            echo(f"[failed] {name}: {error}")
-            continue
+                                              "seconds": seconds + time.perf_counter() - tic, "error": error,
+                                              **memory()})
+            echo(f"[failed] {stage.name}: {error}")
+            return "failed"
         finally:
             release_memory()  # the stage's locals are gone: its GPU memory goes back before the next one
-        seconds += time.perf_counter() - tic
-        write_json(folder / STATE_FILE, {**base, "status": "done", "attempts": attempts, "seconds": seconds,
+        write_json(folder / STATE_FILE, {**base, "status": "done", "attempts": attempts,
+                                          "seconds": seconds + time.perf_counter() - tic, **memory(),
                                           "result": result})
-        outcome[name] = "done"
-    return outcome
+    return "done"

@@ -15,7 +15,7 @@ from hardneg.experiment.results import is_refreshed, is_star
 from hardneg.experiment.sections.registry import Section, section
 from hardneg.experiment.stages import test_stage, train_stage
 from hardneg.experiment.stats import holm, mean, ttest
-from hardneg.experiment.tables import fmt, fmt_p
+from hardneg.experiment.tables import Num, fmt, fmt_p
 
 
 @section("negative-drift", 70)
@@ -268,10 +268,17 @@ def timing(ctx: ReportContext) -> Section:
                      str(cfg.get("batch_size", cfg.get("per_device_train_batch_size"))),
                      fmt(float(np.median(step_s)) if step_s else math.nan, 2), fmt(sum(step_s) / 60, 1),
                      "–" if again is None else ("≈" if again[1] else "") + fmt(again[0] / 60, 1),
-                     fmt(ctx.r.stage_seconds(train_stage(s["name"])) / 60, 1)])
-    facts = {"steps": steps_done, "step_median": step_median, "remining": remining}
+                     fmt(ctx.r.stage_seconds(train_stage(s["name"])) / 60, 1),
+                     _gib(st.get("peak_rss_mb"), st.get("peak_rss_scope")), _gib(st.get("peak_gpu_mb"))])
+    facts = {"steps": steps_done, "step_median": step_median, "remining": remining,
+             "peak_rss_mb": {r[0]: ctx.r.stage(train_stage(r[0])).get("peak_rss_mb") for r in rows}}
     if not rows:
         return Section(facts=facts)
+    gpu = any(r[-1] != "–" for r in rows)
+    header = ["system", "method", "steps", "batch", "step time (s)", "training (min)", "re-mining (min)",
+              "stage (min)", "peak RAM (GiB)"] + ["peak GPU (GiB)"] * gpu
+    rows = [r if gpu else r[:-1] for r in rows]
+    unrecorded = [r[0] for r in rows if r[8] == "–"]
     estimated = any(e for _, e in remining.values())
     return Section("\n".join([
         "## Table 4 analogue: training time on this machine",
@@ -284,12 +291,25 @@ def timing(ctx: ReportContext) -> Section:
         + "; \"stage\": the whole stage wall-clock including dev evaluation, mining the static negatives, "
         "re-mining and negative-overlap tracking (all attempts when a stage was resumed; an attempt killed "
         "mid-way counts up to its last minute, from stage.json's heartbeat; a stage run before hardneg wrote "
-        "that heartbeat misses its killed attempts, and shows at least its logged training and re-mining time).",
+        "that heartbeat misses its killed attempts, and shows at least its logged training and re-mining time); "
+        "\"peak RAM\": the stage's peak resident memory, the largest over its attempts (\"≤\": the process's peak "
+        "so far, where the stage's own could not be told apart)"
+        + ("; \"peak GPU\": the PyTorch allocator's peak reserved memory (Faiss's GPU index is outside it)"
+           if gpu else "")
+        + (f" (\"–\": not recorded; the stage ran before hardneg recorded it: {', '.join(unrecorded)})"
+           if unrecorded else "") + ".",
         "",
-        ctx.table("table4_training_time", ["system", "method", "steps", "batch", "step time (s)", "training (min)",
-                                           "re-mining (min)", "stage (min)"], rows),
+        ctx.table("table4_training_time", header, rows),
         "",
     ]), facts)
+
+
+def _gib(mb: object, scope: object = None) -> Num:
+    """MiB as GiB; "≤" where the peak is the process's so far (the stage's own could not be measured apart)."""
+    if not isinstance(mb, int | float):
+        return "–"
+    gib = fmt(float(mb) / 1024, 2)
+    return Num(f"≤{gib}", gib.value, "≤") if scope == "process" else gib
 
 
 def remine_seconds(ctx: ReportContext, name: str, records: list[dict[str, Any]],
