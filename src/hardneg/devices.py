@@ -16,6 +16,7 @@ import logging
 import re
 import resource
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -115,27 +116,24 @@ def place_index(index: faiss_index.FaissIndex, device: torch.device, *, fp16: bo
 
 
 _STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
+#: how often :class:`PeakMemory` samples the resident memory between the kernel's high-water marks
+SAMPLE_SECONDS = 0.1
 
 
-def _reset_rss_peak() -> bool:
-    """Reset this process's peak resident memory (``VmHWM``: writing 5 to ``/proc/self/clear_refs``, Linux >= 4.0);
-    False where that cannot be done."""
+def _proc_kb(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``); None where there is no such file (not Linux)."""
     try:
-        _CLEAR_REFS.write_text("5")
+        match = re.search(rf"^{field}:\s+(\d+)\s+kB", _STATUS.read_text(), re.MULTILINE)
     except OSError:
-        return False
-    return True
+        return None
+    return int(match.group(1)) if match else None
 
 
-def _rss_peak_mb() -> float:
-    """This process's peak resident memory in MiB since its last reset (``VmHWM``), else since it started."""
-    try:
-        match = re.search(r"^VmHWM:\s+(\d+)\s+kB", _STATUS.read_text(), re.MULTILINE)
-    except OSError:
-        match = None
-    if match:
-        return int(match.group(1)) / 1024
+def _process_peak_mb() -> float:
+    """This process's peak resident memory so far, in MiB."""
+    hwm = _proc_kb("VmHWM")
+    if hwm is not None:
+        return hwm / 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
@@ -143,23 +141,52 @@ def _rss_peak_mb() -> float:
 class PeakMemory:
     """The peak memory of the block it wraps, in this process: ``with PeakMemory() as peak: ...; peak.read()``.
 
-    ``peak_rss_mb``: resident host memory (RAM), the high-water mark reset when the block starts, so it is the
-    block's own peak; where the reset is not possible (not Linux) it is the process's peak so far and
+    ``peak_rss_mb``: resident host memory (RAM). The process's high-water mark is never reset (``/usr/bin/time``, a
+    scheduler's accounting and the next block still see the whole process's peak): when the block raises it, the
+    block's peak is that mark, exactly; otherwise a thread samples the resident memory every
+    :data:`SAMPLE_SECONDS` while the block runs and its largest sample is the block's peak (a spike shorter than
+    that can be missed). Where ``/proc`` is missing (not Linux) it is the process's peak so far and
     ``peak_rss_scope`` says ``process`` instead of ``block``. ``peak_gpu_mb`` (when CUDA is in use): the PyTorch
-    caching allocator's peak reserved memory on the current device; Faiss's GPU indexes allocate outside it and are
-    not counted. :meth:`read` can be called while the block runs (the peak so far)."""
+    caching allocator's peak reserved memory on the current device since the block started; Faiss's GPU indexes
+    allocate outside it and are not counted. :meth:`read` can be called while the block runs (the peak so far)."""
 
     def __enter__(self) -> PeakMemory:
-        self.scope = "block" if _reset_rss_peak() else "process"
+        self._start_hwm = _proc_kb("VmHWM")
+        self.scope = "block" if self._start_hwm is not None else "process"
+        self._sampled = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self.scope == "block":
+            self._sample()
+            self._thread = threading.Thread(target=self._run, name="hardneg-peak-memory", daemon=True)
+            self._thread.start()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.reset_peak_memory_stats()
         return self
 
+    def _sample(self) -> None:
+        self._sampled = max(self._sampled, _proc_kb("VmRSS") or 0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_SECONDS):
+            self._sample()
+
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
         return None
 
     def read(self) -> dict[str, Any]:
-        peak: dict[str, Any] = {"peak_rss_mb": round(_rss_peak_mb(), 1), "peak_rss_scope": self.scope}
+        if self.scope == "block":
+            self._sample()
+            hwm = _proc_kb("VmHWM") or 0
+            if hwm > (self._start_hwm or 0):  # the block set the process's record: that is its peak
+                self._sampled = max(self._sampled, hwm)
+            peak_kb = self._sampled
+            peak: dict[str, Any] = {"peak_rss_mb": round(peak_kb / 1024, 1), "peak_rss_scope": "block"}
+        else:
+            peak = {"peak_rss_mb": round(_process_peak_mb(), 1), "peak_rss_scope": "process"}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             peak["peak_gpu_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
         return peak
