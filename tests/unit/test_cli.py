@@ -285,3 +285,43 @@ def test_quiet_libraries_for_a_library_caller(caplog, monkeypatch):
     assert "Building index" not in caplog.text and "a real error" in caplog.text
     quiet_libraries(downloads=False)
     assert are_progress_bars_disabled("huggingface_hub.http_get")
+
+
+def test_sigterm_runs_the_clean_up_and_exits_143(tmp_path):
+    """A scheduler's SIGTERM unwinds like Ctrl-C: ``finally`` blocks run (an experiment stage's heartbeat writes
+    its time, locks are released), then exit 143 with one line, no traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "app.py"
+    script.write_text(f'''
+import time
+from pathlib import Path
+import typer
+from hardneg.cli.common import run_app
+
+app = typer.Typer()
+
+@app.command()
+def work() -> None:
+    Path({str(tmp_path / "started")!r}).write_text("1")
+    try:
+        time.sleep(60)
+    finally:
+        Path({str(tmp_path / "cleaned")!r}).write_text("1")
+
+run_app(app)
+''')
+    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if (tmp_path / "started").exists() or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert (tmp_path / "started").exists(), proc.communicate()[1]
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert (tmp_path / "cleaned").exists()
+    assert stderr.strip().endswith("terminated") and "Traceback" not in stderr

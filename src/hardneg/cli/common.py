@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -226,9 +228,26 @@ def global_options(
     quiet_libraries(downloads=not quiet)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler preempting the job, ``kill``, torchrun stopping the other ranks), raised in the main
+    thread like Ctrl-C, so the same clean-up runs: partial files go, locks are released, a running experiment
+    stage writes its wall-clock so far into stage.json."""
+
+
+#: set when SIGTERM arrived: Typer turns the interrupt into its own exit (130) on the way out
+_SIGNALLED: list[int] = []
+
+
+def _terminate(signum: int, frame: object) -> None:
+    _SIGNALLED.append(signum)
+    raise Terminated
+
+
 def run_app(app: typer.Typer) -> None:
     """Run ``app``, turning a HardnegError into a one-line message and its exit code (no traceback
-    unless ``--debug``)."""
+    unless ``--debug``); Ctrl-C exits 130, SIGTERM 143, both after the same clean-up (:class:`Terminated`)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except HardnegError as exc:
@@ -236,7 +255,15 @@ def run_app(app: typer.Typer) -> None:
             raise
         err.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except SystemExit as exc:  # Typer turns an interrupt into its own exit 130
+        if _SIGNALLED and exc.code == 130:
+            err.print("terminated", highlight=False)
+            sys.exit(143)
+        raise
     except KeyboardInterrupt:
+        if _SIGNALLED:
+            err.print("terminated", highlight=False)
+            sys.exit(143)
         err.print("interrupted", highlight=False)
         sys.exit(130)
     except OSError as exc:  # a storage failure no artifact writer turned into a WriteError
