@@ -181,7 +181,7 @@ class PeakMemory:
         if self.scope == "block":
             self._sample()
             hwm = _proc_kb("VmHWM") or 0
-            if hwm > (self._start_hwm or 0):  # the block set the process's record: that is its peak
+            if hwm > self._start_hwm:  # the block set the process's record: that is its peak
                 self._sampled = max(self._sampled, hwm)
             peak_kb = self._sampled
             peak: dict[str, Any] = {"peak_rss_mb": round(peak_kb / 1024, 1), "peak_rss_scope": "block"}

@@ -137,9 +137,10 @@ def holder_alive(out: str | Path) -> bool | None:
     what ran ended cleanly) or its holder ran on this host and its pid is gone (killed: the kernel dropped its
     lock, the file stayed); ``True`` when that pid is alive; ``None`` when the holder is on another host (or not
     written yet), where this process cannot tell."""
-    holder = _read_holder(lock_path_for(out))
+    path = lock_path_for(out)
+    holder = _read_holder(path)
     if holder is None:
-        return False if not lock_path_for(out).exists() else None
+        return None if path.exists() else False
     if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
         return None
     try:

@@ -243,6 +243,13 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def _exit_interrupted() -> None:
+    """Exit after an interrupt: 143 "terminated" for SIGTERM, 130 "interrupted" for Ctrl-C."""
+    term = bool(_SIGNALLED)
+    err.print("terminated" if term else "interrupted", highlight=False)
+    sys.exit(143 if term else 130)
+
+
 def run_app(app: typer.Typer) -> None:
     """Run ``app``, turning a HardnegError into a one-line message and its exit code (no traceback
     unless ``--debug``); Ctrl-C exits 130, SIGTERM 143, both after the same clean-up (:class:`Terminated`)."""
@@ -257,15 +264,10 @@ def run_app(app: typer.Typer) -> None:
         sys.exit(exc.exit_code)
     except SystemExit as exc:  # Typer turns an interrupt into its own exit 130
         if _SIGNALLED and exc.code == 130:
-            err.print("terminated", highlight=False)
-            sys.exit(143)
+            _exit_interrupted()
         raise
     except KeyboardInterrupt:
-        if _SIGNALLED:
-            err.print("terminated", highlight=False)
-            sys.exit(143)
-        err.print("interrupted", highlight=False)
-        sys.exit(130)
+        _exit_interrupted()
     except OSError as exc:  # a storage failure no artifact writer turned into a WriteError
         from hardneg.io import is_write_failure, write_error
 

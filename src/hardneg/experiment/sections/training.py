@@ -251,6 +251,7 @@ def timing(ctx: ReportContext) -> Section:
     steps_done: dict[str, int] = {}
     step_median: dict[str, float] = {}
     remining: dict[str, tuple[float, bool]] = {}
+    peak_rss: dict[str, float | None] = {}
     for s in ctx.r.systems:
         st = ctx.r.stage(train_stage(s["name"]))
         if st is None:
@@ -264,14 +265,14 @@ def timing(ctx: ReportContext) -> Section:
         again = remine_seconds(ctx, s["name"], records, steps)
         if again is not None:
             remining[s["name"]] = again
+        peak_rss[s["name"]] = st.get("peak_rss_mb")
         rows.append([s["name"], ctx.r.method_label(s["name"]), str(steps),
                      str(cfg.get("batch_size", cfg.get("per_device_train_batch_size"))),
                      fmt(float(np.median(step_s)) if step_s else math.nan, 2), fmt(sum(step_s) / 60, 1),
                      "–" if again is None else ("≈" if again[1] else "") + fmt(again[0] / 60, 1),
                      fmt(ctx.r.stage_seconds(train_stage(s["name"])) / 60, 1),
                      _gib(st.get("peak_rss_mb"), st.get("peak_rss_scope")), _gib(st.get("peak_gpu_mb"))])
-    facts = {"steps": steps_done, "step_median": step_median, "remining": remining,
-             "peak_rss_mb": {r[0]: ctx.r.stage(train_stage(r[0])).get("peak_rss_mb") for r in rows}}
+    facts = {"steps": steps_done, "step_median": step_median, "remining": remining, "peak_rss_mb": peak_rss}
     if not rows:
         return Section(facts=facts)
     gpu = any(r[-1] != "–" for r in rows)
@@ -306,10 +307,8 @@ def timing(ctx: ReportContext) -> Section:
 
 def _gib(mb: object, scope: object = None) -> Num:
     """MiB as GiB; "≤" where the peak is the process's so far (the stage's own could not be measured apart)."""
-    if not isinstance(mb, int | float):
-        return "–"
-    gib = fmt(float(mb) / 1024, 2)
-    return Num(f"≤{gib}", gib.value, "≤") if scope == "process" else gib
+    gib = fmt(float(mb) / 1024 if isinstance(mb, int | float) else None, 2)
+    return Num(f"≤{gib}", gib.value, "≤") if scope == "process" and gib.value is not None else gib
 
 
 def remine_seconds(ctx: ReportContext, name: str, records: list[dict[str, Any]],
