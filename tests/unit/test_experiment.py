@@ -23,7 +23,7 @@ from hardneg.experiment.context import ReportContext
 from hardneg.experiment.figures import system_colours
 from hardneg.experiment.sections.indexes import bytes_per_doc
 from hardneg.experiment.sections.ranks import best_ranks
-from hardneg.experiment.stages import run_order, select_stages, stops_the_run
+from hardneg.experiment.stages import portable, run_order, select_stages, stops_the_run
 from hardneg.experiment.tables import Table, cell_value, fmt, fmt_p, marked, signed
 
 TRAIN = {"max_steps": 2, "batch_size": 4, "topk": 8, "dev_fraction": 0.25, "dev_every": 1, "save_every": 1,
@@ -469,7 +469,7 @@ def test_settings_added_later_leave_stage_keys_unchanged_at_their_default(tmp_pa
     path = tmp_path / "star-demo.yaml"
     path.write_text(STAR_DEMO)
     exp = Experiment(Recipe.from_yaml(path, data_dir="/data"), "/nonexistent/out")
-    assert exp.stages["train-star"].key == "51d08637c6cbccb0"
+    assert exp.stages["train-star"].legacy_key == "51d08637c6cbccb0"  # what folders of then hold
     settings = exp.stages["train-star"].settings
     assert not set(LATER_DEFAULTS) & set(settings) and "device" not in settings and "report_to" not in settings
     text = path.read_text().replace("{name: star, method: star}", "{name: star, method: star, relative_margin: 0.05}")
@@ -478,6 +478,57 @@ def test_settings_added_later_leave_stage_keys_unchanged_at_their_default(tmp_pa
     changed_path.write_text(text)
     changed = Experiment(Recipe.from_yaml(changed_path, data_dir="/data"), "/nonexistent/out").stages["train-star"]
     assert changed.settings["relative_margin"] == 0.05 and changed.key != exp.stages["train-star"].key
+
+
+def test_stage_keys_name_the_experiment_and_data_folders_not_where_they_lie(tmp_path):
+    """A stage's key names its paths relative to ``{out}`` and ``{data_dir}``: the same recipe run into another
+    folder, with the data reached by another path, has every stage's key unchanged; the keys as they were
+    (absolute paths: :attr:`Stage.legacy_key`) differ, as they did."""
+    path = tmp_path / "star-demo.yaml"
+    path.write_text(STAR_DEMO)
+    here = Experiment(Recipe.from_yaml(path, data_dir="/data"), "/scratch/job1/out")
+    there = Experiment(Recipe.from_yaml(path, data_dir="../shared/data/"), "runs/moved")
+    assert [s.key for s in here.stages.values()] == [s.key for s in there.stages.values()]
+    assert here.stages["test-star"].settings["model"] == "/scratch/job1/out/stages/train-star/model"
+    assert here.stages["train-star"].legacy_key != there.stages["train-star"].legacy_key
+    path.write_text(STAR_DEMO.replace("seed: 42", "seed: 7"))
+    changed = Experiment(Recipe.from_yaml(path, data_dir="/data"), "/scratch/job1/out")
+    assert changed.stages["train-star"].key != here.stages["train-star"].key  # settings still key it
+
+
+def test_portable_rewrites_only_whole_leading_folders():
+    folders = {"out": "/w/exp", "data_dir": "/w"}
+    assert portable({"a": ["/w/exp/stages/m", "/w/scifact:test", "/w/expx/m", "/wx", "/w"], "b": 3},
+                    folders) == {"a": ["{out}/stages/m", "{data_dir}/scifact:test", "{data_dir}/expx/m", "/wx",
+                                       "{data_dir}"], "b": 3}
+    assert portable("rel/out/m", {"out": "rel/out", "data_dir": ""}) == "{out}/m"
+
+
+def test_a_moved_experiment_keeps_its_finished_stages(finished, tmp_path):
+    exp, raw, _ = finished
+    moved = tmp_path / "moved"
+    shutil.copytree(exp.out, moved)
+    again = Experiment(Recipe.from_dict(raw), moved, quiet=True)
+    status = dict(again.status())
+    assert all(v == "done" for n, v in status.items() if n != "report"), status
+
+
+def test_folders_keyed_before_keys_were_portable_stay_done(finished, tmp_path):
+    """A stage.json holding the key over absolute paths (as every folder made before portable keys) is read
+    back as done where it lies; one with any other key is stale."""
+    exp, raw, _ = finished
+    old = tmp_path / "old"
+    shutil.copytree(exp.out, old)
+    again = Experiment(Recipe.from_dict(raw), old, quiet=True)
+    for name, stage in again.stages.items():
+        path = again.stage_dir(name) / "stage.json"
+        if path.is_file():
+            state = json.loads(path.read_text())
+            path.write_text(json.dumps({**state, "key": stage.legacy_key}))
+    assert all(v == "done" for n, v in again.status() if n != "report")
+    path = again.stage_dir("test-rand") / "stage.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "key": "0123456789abcdef"}))
+    assert dict(again.status())["test-rand"].startswith("stale")
 
 
 def _recipe_file(tmp_path: Path, text: str) -> Path:

@@ -79,9 +79,16 @@ def read_state(folder: Path) -> dict[str, Any] | None:
     return read_json(path) if path.is_file() else None
 
 
+def same_settings(stage: Stage, state: dict[str, Any]) -> bool:
+    """``state`` (a stage.json) was written with ``stage``'s current settings: its key is the stage's key, or the
+    stage's :attr:`~hardneg.experiment.stages.Stage.legacy_key` (a folder from before keys named paths relative
+    to the experiment and data folders: it stays done where it is)."""
+    return state.get("key") in (stage.key, stage.legacy_key or stage.key)
+
+
 def is_finished(stage: Stage, state: dict[str, Any] | None) -> bool:
     """Done with the stage's current settings: a run only reads it back (the report, ``always``, reruns)."""
-    return (state is not None and not stage.always and state.get("key") == stage.key
+    return (state is not None and not stage.always and same_settings(stage, state)
             and state.get("status") == "done")
 
 
@@ -95,7 +102,7 @@ def describe(stage: Stage, state: dict[str, Any] | None, folder: Path, run_alive
     interrupted."""
     if state is None:
         return "todo"
-    if state.get("key") != stage.key:
+    if not same_settings(stage, state):
         return "stale (settings changed)"
     status = str(state.get("status"))
     if status != "running":
@@ -152,7 +159,7 @@ def run_stages(stages: Mapping[str, Stage], order: list[str], stage_dir: Callabl
             outcome[name] = "cached"
             echo(f"[cached] {name}")
             continue
-        if state is not None and state.get("key") != stage.key and folder.exists():
+        if state is not None and not same_settings(stage, state) and folder.exists():
             echo(f"[stale]  {name}: settings changed, starting it afresh")
             shutil.rmtree(folder)
             state = None

@@ -130,6 +130,8 @@ class Recipe(StrictSection):
     cache_dir: str | None = None
     description: str | None = None
     source: str = ""
+    #: the folder ``{data_dir}`` stood for (``from_yaml``); stage keys name it so (:meth:`Experiment.portable`)
+    data_dir: str | None = None
 
     @field_validator("train", "adore", "eval", "transfer", "analysis", "interpolate", "indexes", mode="before")
     @classmethod
@@ -223,9 +225,10 @@ class Recipe(StrictSection):
             raise HardnegError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise HardnegError(f"{path}: a recipe is a mapping (name, data, model, systems, ...)")
-        data_dir = data_dir or os.environ.get("HARDNEG_DATA_DIR") or DEFAULT_DATA_DIR
-        return cls.from_dict(substitute(data, {"data_dir": str(data_dir).rstrip("/")}), source=str(path),
-                             device=device)
+        data_dir = str(data_dir or os.environ.get("HARDNEG_DATA_DIR") or DEFAULT_DATA_DIR).rstrip("/")
+        recipe = cls.from_dict(substitute(data, {"data_dir": data_dir}), source=str(path), device=device)
+        recipe.data_dir = data_dir
+        return recipe
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "recipe", *, device: str | None = None) -> Recipe:

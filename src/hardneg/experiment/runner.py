@@ -67,6 +67,7 @@ from hardneg.experiment.stages import (
     Stage,
     dataset_tag,
     index_stage,
+    portable,
     run_order,
     select_stages,
     stage_key,
@@ -138,7 +139,10 @@ class Experiment:
 
     # ------------------------------------------------------------------ the stage graph
     def _add(self, stage: Stage) -> None:
-        stage.key = stage_key(stage.settings, [self.stages[d].key for d in stage.deps])
+        deps = [self.stages[d] for d in stage.deps]
+        folders = {"out": str(self.out).rstrip("/"), "data_dir": self.recipe.data_dir or ""}
+        stage.key = stage_key(portable(stage.settings, folders), [d.key for d in deps])
+        stage.legacy_key = stage_key(stage.settings, [d.legacy_key for d in deps])
         self.stages[stage.name] = stage
 
     def _build(self) -> None:

@@ -5,7 +5,10 @@ Stage folders live under ``OUT/stages/<stage>/``: ``index-<name>`` (an ``indexes
 ``analysis-pq``, ``analysis-tsne`` and ``report``; with ``interpolate:`` also ``wise-<system>-a<alpha>``
 (a merged model and its dev metrics), ``wise-<system>`` (the dev pick, as the model of the
 ``<system>+wise`` row) and ``wise-<system>-curve`` (test and transfer of every alpha, for the figure only).
-A stage's *key* hashes its settings and the keys of the stages it depends on (:func:`stage_key`).
+A stage's *key* hashes its settings and the keys of the stages it depends on (:func:`stage_key`), with the
+experiment folder and the data folder named ``{out}`` and ``{data_dir}`` (:func:`portable`): an experiment
+folder moved or copied elsewhere (scratch to home, one machine to another), or data reached by another path,
+keeps its finished stages.
 """
 
 from __future__ import annotations
@@ -84,6 +87,23 @@ def dataset_tag(spec: str) -> str:
     return re.sub(r"[^\w.+-]", "_", f"{name}-{split}" if split else name)
 
 
+def portable(value: Any, folders: Mapping[str, str]) -> Any:
+    """``value`` (a stage's settings) with every string that starts with one of ``folders``' paths (name -> path:
+    ``out``, ``data_dir``) rewritten to start with ``{name}`` instead: ``/scratch/x/stages/train-a/model`` →
+    ``{out}/stages/train-a/model``, ``../shared/data/scifact:test`` → ``{data_dir}/scifact:test``. The longest
+    path wins (an experiment folder inside the data folder is ``{out}``)."""
+    if isinstance(value, str):
+        for name, path in sorted(folders.items(), key=lambda kv: -len(kv[1])):
+            if path and (value == path or value.startswith((f"{path}/", f"{path}:"))):
+                return "{" + name + "}" + value[len(path):]
+        return value
+    if isinstance(value, list | tuple):
+        return [portable(v, folders) for v in value]
+    if isinstance(value, dict):
+        return {k: portable(v, folders) for k, v in value.items()}
+    return value
+
+
 def stage_key(settings: Any, deps: list[str]) -> str:
     """The hash of a stage's settings and of its dependencies' keys."""
     payload = json.dumps({"settings": settings, "deps": deps}, sort_keys=True, default=str)
@@ -98,6 +118,9 @@ class Stage:
     fn: Callable[[Path], dict[str, Any]]
     always: bool = False  # run every time (the report: cheap, and it reads the other stages)
     key: str = ""
+    #: the key over the settings as written, absolute paths included: how folders made before keys were
+    #: portable were keyed (accepted as the same settings where they lie)
+    legacy_key: str = ""
 
 
 def select_stages(stages: Mapping[str, Stage], only: list[str]) -> list[str]:
