@@ -607,7 +607,7 @@ def test_device_flag_replaces_the_recipe_key_and_leaves_every_stage_key_alone(tm
     plain = Experiment(Recipe.from_yaml(path, data_dir="/data"), tmp_path / "a")
     flagged = Experiment(Recipe.from_yaml(path, data_dir="/data", device="cpu"), tmp_path / "a")
     assert {n: s.key for n, s in flagged.stages.items()} == {n: s.key for n, s in plain.stages.items()}
-    assert flagged.stages["train-star"].key == "51d08637c6cbccb0"
+    assert flagged.stages["train-star"].legacy_key == "51d08637c6cbccb0"
     assert plain.recipe.device == "auto" and flagged.recipe.to_dict()["device"] == "cpu"
     star = flagged.recipe.system("star")
     assert flagged.recipe.train_config(star, tmp_path / "t").device == "cpu" and flagged.device.type == "cpu"

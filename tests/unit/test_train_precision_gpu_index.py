@@ -145,5 +145,5 @@ def test_index_fp16_keys_an_experiment_stage_only_when_set(tmp_path):
     (tmp_path / "fp16.yaml").write_text(text.replace("base: star}", "base: star, index_fp16: true}"))
     plain, fp16 = (Experiment(Recipe.from_yaml(tmp_path / f"{n}.yaml"), "/nonexistent/out").stages["train-adore+star"]
                    for n in ("plain", "fp16"))
-    assert "index_fp16" not in plain.settings and plain.key == "d68ecd1bc8832b23"  # the key before the setting existed
+    assert "index_fp16" not in plain.settings and plain.legacy_key == "d68ecd1bc8832b23"  # before the setting existed
     assert fp16.settings["index_fp16"] is True and fp16.key != plain.key
