@@ -843,3 +843,57 @@ def test_keep_going_records_a_failed_stage_skips_its_dependents_and_resumes_it(t
     assert result.exit_code == 1, result.output
     assert "1 stage(s) failed (test-zeroshot" in result.output and "1 skipped" in result.output
     assert json.loads((tmp_path / "cli" / "stages" / "test-bm25" / "stage.json").read_text())["status"] == "done"
+
+
+def test_records_carry_a_grid_to_a_fresh_folder_and_rerun_only_what_a_stage_needs(finished, tmp_path):
+    """--records: every finished stage's small files go to the records folder (not its model); a fresh folder
+    run with them runs no finished stage, and the report from the records alone has the same numbers; a stage
+    still to run there whose training was taken from the records trains it again first, and only it."""
+    from hardneg.experiment import write_report
+    from hardneg.experiment.records import RESTORED
+
+    exp, raw, _ = finished
+    book = tmp_path / "records"
+    outcome = Experiment(Recipe.from_dict(raw), exp.out, quiet=True).run(records=book)
+    assert {v for n, v in outcome.items() if n != "report"} == {"cached"}
+    kept = book / "stages" / "train-rand"
+    assert (kept / "summary.json").is_file() and not (kept / "model").exists()
+    assert "model/" in json.loads((kept / "stage.json").read_text())["left_out"]
+    assert json.loads((book / "stages" / "test-rand" / "per_query.json").read_text()) == \
+        json.loads((exp.stage_dir("test-rand") / "per_query.json").read_text())
+
+    fresh = Experiment(Recipe.from_dict(raw), tmp_path / "fresh", quiet=True)
+    assert {s for n, s in fresh.status(records=book) if n != "report"} == {"done (record)"}
+    outcome = fresh.run(records=book)
+    assert {v for n, v in outcome.items() if n != "report"} == {"cached"}
+    assert json.loads((fresh.stage_dir("test-rand") / "stage.json").read_text())[RESTORED] == str(book)
+    write_report(book)
+    theirs = json.loads((exp.out / "results.json").read_text())["systems"]
+    ours = json.loads((book / "results.json").read_text())["systems"]
+    assert {n: r["nDCG@10"] for n, r in ours.items()} == {n: r["nDCG@10"] for n, r in theirs.items()}
+
+    lost = "transfer-rand-transfer-test"  # a stage the records lack: it needs rand's model, which they never hold
+    shutil.rmtree(book / "stages" / lost)
+    shutil.rmtree(fresh.stage_dir(lost))
+    again = Experiment(Recipe.from_dict(raw), tmp_path / "fresh", quiet=True).run(records=book)
+    assert {n for n, v in again.items() if v != "cached"} == {"train-rand", lost, "report"}
+    assert (fresh.stage_dir("train-rand") / "model").is_dir()
+    assert RESTORED not in json.loads((fresh.stage_dir("train-rand") / "stage.json").read_text())
+    assert (book / "stages" / lost / "metrics.json").is_file()  # recorded as it finished
+
+
+def test_needed_again_follows_every_chain_to_a_restored_stage():
+    from hardneg.experiment.records import needed_again
+    from hardneg.experiment.stages import Stage
+
+    def st(name, deps, always=False):
+        return Stage(name, {}, deps, lambda f: {}, always=always)
+
+    graph = {s.name: s for s in [st("train-a", []), st("test-a", ["train-a"]), st("train-b", ["train-a"]),
+                                 st("test-b", ["train-b"]), st("pair", ["test-a", "test-b"]),
+                                 st("report", ["pair"], always=True)]}
+    restored = {"train-a", "test-a", "train-b", "test-b"}
+    assert needed_again(graph, ["pair"], restored) == restored
+    assert needed_again(graph, ["test-b"], restored) == {"train-b", "train-a"}
+    assert needed_again(graph, ["report"], restored) == set()  # the report reads records only
+    assert needed_again(graph, ["test-b"], {"test-a"}) == set()

@@ -36,6 +36,11 @@ def experiment(
     keep_going: Annotated[bool, typer.Option("--keep-going", "-k",
         help="A failing stage does not stop the run: it is recorded as failed, the stages that need it are "
              "skipped, every other stage runs; exit 1 at the end if any failed.")] = False,
+    records: Annotated[Path | None, typer.Option("--records",
+        help="Also keep each finished stage's small files (metrics, per-query scores, logs; not models, indexes "
+             "or runs) in this folder, and take the stages done there instead of running them: a grid split "
+             "over jobs or machines whose disks do not last. Keep the folder (commit it); `hardneg report` "
+             "reads it. A taken stage whose model a stage still to run needs runs again.")] = None,
 ) -> None:
     """Run a recipe's stages in order (train, test, transfer, analyses, report); done stages are skipped.
 
@@ -47,14 +52,14 @@ def experiment(
     use_threads(threads)
     exp = Experiment(Recipe.from_yaml(recipe, data_dir, device=device), out_dir, quiet=STATE["quiet"])
     if dry_run:
-        for name, state in exp.status():
+        for name, state in exp.status(records=records):
             out.print(f"{state:>24}  {name}", highlight=False)
         info(f"{len(exp.stages)} stages; recipe OK; folder {exp.out}")
         return
     from hardneg.locks import output_lock
 
     with output_lock(exp.out):  # <folder>.run.lock beside the experiment folder
-        outcome = exp.run(only=only, echo=lambda msg: info(msg), keep_going=keep_going)
+        outcome = exp.run(only=only, echo=lambda msg: info(msg), keep_going=keep_going, records=records)
     failed = [n for n, o in outcome.items() if o == "failed"]
     report = exp.out / "report.md"
     if report.is_file():

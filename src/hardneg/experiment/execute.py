@@ -15,7 +15,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,8 @@ def release_memory() -> None:
 
 
 def run_stages(stages: Mapping[str, Stage], order: list[str], stage_dir: Callable[[str], Path], *,
-               echo: Callable[[str], None], keep_going: bool = False) -> dict[str, str]:
+               echo: Callable[[str], None], keep_going: bool = False, again: Collection[str] = (),
+               finished: Callable[[str], None] | None = None) -> dict[str, str]:
     """Run the stages named in ``order``, in that order (dependencies first: the caller's
     :func:`~hardneg.experiment.stages.run_order`); returns each one's outcome: ``cached``, ``done``, and with
     ``keep_going`` also ``failed`` / ``skipped``.
@@ -144,7 +145,9 @@ def run_stages(stages: Mapping[str, Stage], order: list[str], stage_dir: Callabl
     error), the stages that need it are ``skipped``, every other stage still runs; the next run resumes the failed
     stage. Without it the first failure stops the run; with it too, an error every later stage would share
     (:func:`~hardneg.experiment.stages.stops_the_run`: a CUDA error that leaves the device unusable, a full disk).
-    After every stage that ran, :func:`release_memory`."""
+    After every stage that ran, :func:`release_memory`. ``again``: finished stages to run anew from an emptied
+    folder (restored from records without the files a later stage needs: :mod:`hardneg.experiment.records`).
+    ``finished(name)`` is called for every stage done or read back (the records' copy)."""
     outcome: dict[str, str] = {}
     for name in order:
         stage = stages[name]
@@ -155,15 +158,23 @@ def run_stages(stages: Mapping[str, Stage], order: list[str], stage_dir: Callabl
             continue
         folder = stage_dir(name)
         state = read_state(folder)
+        if name in again and folder.exists():
+            echo(f"[again]  {name}: restored from records, its model (or other files) needed by a later stage")
+            shutil.rmtree(folder)
+            state = None
         if is_finished(stage, state):
             outcome[name] = "cached"
             echo(f"[cached] {name}")
+            if finished is not None:
+                finished(name)
             continue
         if state is not None and not same_settings(stage, state) and folder.exists():
             echo(f"[stale]  {name}: settings changed, starting it afresh")
             shutil.rmtree(folder)
             state = None
         outcome[name] = _attempt(stage, folder, state, echo=echo, keep_going=keep_going)
+        if outcome[name] == "done" and finished is not None:
+            finished(name)
     return outcome
 
 

@@ -52,6 +52,7 @@ from hardneg.data.load import load_dataset, parse_spec
 from hardneg.devices import place_index, resolve_device
 from hardneg.evaluate.metrics import evaluate
 from hardneg.evaluate.results import save_run_and_metrics
+from hardneg.experiment import records as records_module
 from hardneg.experiment.analysis_stages import pairwise_stage, pq_stage, tsne_stage
 from hardneg.experiment.execute import describe, is_finished, read_state, run_stages
 from hardneg.experiment.outside_index import build_outside_index, search_outside_index
@@ -407,30 +408,59 @@ class Experiment:
         return {"report": str(path)}
 
     # ------------------------------------------------------------------ running
-    def status(self) -> list[tuple[str, str]]:
+    def status(self, records: str | Path | None = None) -> list[tuple[str, str]]:
         """Each stage and its state (:func:`~hardneg.experiment.execute.describe`: ``todo``, ``done``, ``running``,
-        ``interrupted``, ``failed``, ``stale …``), in the order a run takes them
-        (:func:`~hardneg.experiment.stages.run_order`)."""
+        ``interrupted``, ``failed``, ``stale …``; ``done (record)``: not done here, done in ``records``, so a run
+        with them takes it), in the order a run takes them (:func:`~hardneg.experiment.stages.run_order`)."""
         alive = holder_alive(self.out)
         order = run_order(self.stages, list(self.stages), self.finished())
-        return [(n, describe(self.stages[n], read_state(self.stage_dir(n)), self.stage_dir(n), alive))
-                for n in order]
+        rows = []
+        for n in order:
+            stage, folder = self.stages[n], self.stage_dir(n)
+            state = describe(stage, read_state(folder), folder, alive)
+            if records is not None and state != "done" and not stage.always \
+                    and is_finished(stage, read_state(Path(records) / "stages" / n)):
+                state = "done (record)"
+            rows.append((n, state))
+        return rows
 
     def finished(self) -> set[str]:
         """The stages done with their current settings (a run only reads them back; the report always reruns)."""
         return {n for n, stage in self.stages.items() if is_finished(stage, read_state(self.stage_dir(n)))}
 
     def run(self, only: list[str] | None = None, echo: Callable[[str], None] | None = None, *,
-            keep_going: bool = False) -> dict[str, str]:
+            keep_going: bool = False, records: str | Path | None = None) -> dict[str, str]:
         """Run every stage not already done (or those matching ``only`` and their dependencies), in
         :func:`~hardneg.experiment.stages.run_order` (each system's test and transfer right after its training),
         with :func:`~hardneg.experiment.execute.run_stages`; returns each stage's outcome (``cached``, ``done``,
         and with ``keep_going`` also ``failed`` / ``skipped``). Writes the recipe (``recipe.json``) and the list
-        of its stages (``plan.json``) into the experiment folder first."""
+        of its stages (``plan.json``) into the experiment folder first.
+
+        ``records``: a folder of stage records (:mod:`hardneg.experiment.records`): stages done there are taken
+        from it (those a stage still to run needs run again), and every stage done here is recorded there."""
         echo = echo or (lambda msg: logger.info("%s", msg))
-        wanted = run_order(self.stages, select_stages(self.stages, only) if only else list(self.stages),
-                           self.finished())
         self.out.mkdir(parents=True, exist_ok=True)
+        wanted_names = select_stages(self.stages, only) if only else list(self.stages)
+        again: set[str] = set()
+        on_finish = None
+        if records is not None:
+            book = Path(records)
+            taken = [n for n in wanted_names if not self.stages[n].always
+                     and records_module.restore(self.stages[n], self.stage_dir(n), book / "stages" / n)]
+            if taken:
+                echo(f"[record] {len(taken)} stage(s) taken from {book}")
+            restored = {n for n in wanted_names if records_module.is_restored(read_state(self.stage_dir(n)))}
+            finished = self.finished()
+            again = records_module.needed_again(self.stages, [n for n in wanted_names if n not in finished],
+                                                restored)
+
+            def on_finish(name: str) -> None:
+                if not records_module.is_restored(read_state(self.stage_dir(name))):
+                    records_module.save(self.stages[name], self.stage_dir(name), book / "stages" / name)
+                    records_module.save_top(self.out, book)
+
+        wanted = run_order(self.stages, wanted_names, self.finished() - again)
         write_json(self.out / "recipe.json", self.recipe.to_dict())
         write_json(self.out / PLAN_FILE, {"stages": list(self.stages)})  # the report counts what is still to run
-        return run_stages(self.stages, wanted, self.stage_dir, echo=echo, keep_going=keep_going)
+        return run_stages(self.stages, wanted, self.stage_dir, echo=echo, keep_going=keep_going, again=again,
+                          finished=on_finish)

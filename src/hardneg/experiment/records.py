@@ -1,0 +1,126 @@
+"""An experiment's *records*: each finished stage's small files, kept in a second folder that outlives the first.
+
+A grid of tens of hours runs as a series of jobs (a cluster's time limit, preemptible machines, sessions) whose
+disks need not last. ``hardneg experiment RECIPE --records DIR`` copies, as each stage finishes, the stage's small
+files (its ``stage.json``, metrics, per-query scores, training log and summary, the analyses' numbers: every file
+directly in its folder up to :data:`RECORD_LIMIT`) to ``DIR/stages/<stage>/``, beside the recipe and the plan;
+DIR is what to keep (commit it, copy it to lasting storage). Models, checkpoints, indexes and runs stay behind: a
+record's ``stage.json`` names what was left out (``left_out``).
+
+Run in a fresh folder with the same ``--records``, a stage whose record is done with the stage's current settings
+(the key: :func:`hardneg.experiment.execute.same_settings`, portable across folders) is taken from it, not run:
+its files are copied in and its ``stage.json`` says ``restored_from``. A restored stage whose files a stage still
+to run needs (its model: through any chain of dependencies) runs again first, from scratch, and its record is
+replaced by the new one. ``hardneg report DIR`` writes the report from the records alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+from hardneg.experiment.execute import STATE_FILE, read_state, same_settings
+from hardneg.experiment.stages import Stage
+from hardneg.io import atomic_write, write_json
+
+#: the largest file a record keeps (a test run at k = 1000 is ~10 MB and stays behind; metrics, per-query scores,
+#: logs and the analyses' numbers are far smaller)
+RECORD_LIMIT = 2 * 2**20
+#: the experiment-level files a record folder keeps beside ``stages/`` (the report reads them)
+TOP_FILES = ("recipe.json", "plan.json")
+#: a restored stage's ``stage.json`` key: the records folder it came from
+RESTORED = "restored_from"
+
+
+def small_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """The files of a stage ``folder`` a record keeps (directly in it, at most :data:`RECORD_LIMIT` bytes; not
+    temp files), and the names of what it leaves out (larger files, and folders: models, checkpoints, indexes)."""
+    keep: list[Path] = []
+    left: list[str] = []
+    for path in sorted(folder.iterdir()):
+        if path.is_dir():
+            left.append(f"{path.name}/")
+        elif path.is_file() and not path.name.startswith(".") and ".tmp" not in path.name:
+            if path.stat().st_size <= RECORD_LIMIT:
+                keep.append(path)
+            else:
+                left.append(path.name)
+    return keep, left
+
+
+def _copy(src: Path, dst: Path) -> None:
+    with open(src, "rb") as fh, atomic_write(dst, "wb", encoding=None) as out:
+        shutil.copyfileobj(fh, out)
+
+
+def save(stage: Stage, folder: Path, record: Path) -> None:
+    """Make ``record`` (``DIR/stages/<stage>``) hold the small files of ``stage``, finished in ``folder``, and only
+    them: files of an earlier record that the stage no longer has go; its ``stage.json`` is written last (a record
+    without one is not a record), with ``left_out`` naming what stayed behind, and the stage's portable key (a
+    folder keyed before keys were portable is recorded as the same settings anywhere)."""
+    keep, left = small_files(folder)
+    record.mkdir(parents=True, exist_ok=True)
+    names = {p.name for p in keep}
+    state_path = record / STATE_FILE
+    if state_path.exists():  # replaced: a half-written record must not read as the old one finished
+        state_path.unlink()
+    for old in record.iterdir():
+        if old.is_file() and old.name not in names:
+            old.unlink()
+    for path in keep:
+        if path.name != STATE_FILE:
+            _copy(path, record / path.name)
+    state = read_state(folder) or {}
+    state.pop(RESTORED, None)
+    write_json(state_path, {**state, "key": stage.key, "left_out": left})
+
+
+def save_top(out: Path, records: Path) -> None:
+    """Copy the experiment's own files (:data:`TOP_FILES`) into ``records``."""
+    records.mkdir(parents=True, exist_ok=True)
+    for name in TOP_FILES:
+        if (out / name).is_file():
+            _copy(out / name, records / name)
+
+
+def is_restored(state: Mapping[str, Any] | None) -> bool:
+    return bool(state) and state.get(RESTORED) is not None  # type: ignore[union-attr]
+
+
+def restore(stage: Stage, folder: Path, record: Path) -> bool:
+    """Take ``stage`` from its ``record`` into its empty (or never finished) ``folder``: when the record is done
+    with the stage's current settings and the folder holds no finished stage of its own. Returns whether it did."""
+    state = read_state(record)
+    if state is None or state.get("status") != "done" or not same_settings(stage, state):
+        return False
+    here = read_state(folder)
+    if here is not None and here.get("status") == "done" and same_settings(stage, here):
+        return False  # the folder's own result: it has the files the record lacks
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for path in record.iterdir():
+        if path.is_file() and path.name != STATE_FILE:
+            _copy(path, folder / path.name)
+    write_json(folder / STATE_FILE, {**state, RESTORED: str(record.parent.parent)})
+    return True
+
+
+def needed_again(stages: Mapping[str, Stage], to_run: Collection[str], restored: Collection[str]) -> set[str]:
+    """The ``restored`` stages that must run again because a stage in ``to_run`` depends on them through any chain
+    of dependencies (a test needs its training's model, which a record does not hold). The report, which reads only
+    records, needs none."""
+    again: set[str] = set()
+    seen: set[str] = set()
+    stack = [d for n in to_run if not stages[n].always for d in stages[n].deps]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in restored:
+            again.add(name)
+        stack.extend(stages[name].deps)
+    return again
