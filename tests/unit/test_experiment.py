@@ -526,6 +526,9 @@ def test_folders_keyed_before_keys_were_portable_stay_done(finished, tmp_path):
             state = json.loads(path.read_text())
             path.write_text(json.dumps({**state, "key": stage.legacy_key}))
     assert all(v == "done" for n, v in again.status() if n != "report")
+    assert set(again.run(only=["test-rand"], records=tmp_path / "records").values()) == {"cached"}
+    recorded = json.loads((tmp_path / "records" / "stages" / "test-rand" / "stage.json").read_text())
+    assert recorded["key"] == again.stages["test-rand"].key  # recorded under the key that holds anywhere
     path = again.stage_dir("test-rand") / "stage.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "key": "0123456789abcdef"}))
     assert dict(again.status())["test-rand"].startswith("stale")
