@@ -143,3 +143,28 @@ def test_the_report_says_how_much_of_the_recipe_is_still_to_run(tmp_path):
     assert stages_line(tmp_path, states).startswith("stages done: 3 of 10 ")
     states |= {f"s{i}": {"status": "done"} for i in range(10)}
     assert stages_line(tmp_path, states) == "stages done: all 10"
+
+
+def test_a_report_read_elsewhere_takes_the_data_from_data_dir(tmp_path):
+    """Records (or a folder) read on a machine where the data lies elsewhere: --data-dir rewrites the recorded
+    data folder in every data path of the recipe, so the test qrels and the unseen-document stratum are read."""
+    from hardneg.errors import HardnegError
+
+    data = tmp_path / "here" / "scifact"
+    (data / "qrels").mkdir(parents=True)
+    (data / "corpus.jsonl").write_text('{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": "b"}\n')
+    (data / "queries.jsonl").write_text('{"_id": "q1", "text": "a"}\n{"_id": "q2", "text": "b"}\n')
+    (data / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n")
+    recipe = {"systems": [], "data": "/gone/data/scifact", "transfer": ["/gone/data/nfcorpus:test"],
+              "data_dir": "/gone/data", "eval": {"split": "test"}}
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    assert ExperimentResults(tmp_path).unseen() is None  # the data is not where it was
+    moved = ExperimentResults(tmp_path, data_dir=str(tmp_path / "here") + "/")
+    assert moved.recipe["data"] == f"{tmp_path}/here/scifact"
+    assert moved.recipe["transfer"] == [f"{tmp_path}/here/nfcorpus:test"]
+    assert moved.unseen() == ["q2"]
+    (tmp_path / "recipe.json").write_text(json.dumps({k: v for k, v in recipe.items() if k != "data_dir"}))
+    with pytest.raises(HardnegError, match="no data_dir recorded"):
+        ExperimentResults(tmp_path, data_dir=str(tmp_path))

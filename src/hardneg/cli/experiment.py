@@ -88,6 +88,9 @@ def report(
              "results.json at PATH (relative to the file's folder).")] = None,
     check: Annotated[bool, typer.Option("--check",
         help="With --readme: change nothing, fail (exit 2) if a block does not match its results.json.")] = False,
+    data_dir: Annotated[str | None, typer.Option("--data-dir",
+        help="Where the data folder the experiment ran with is now, if it moved (records read on another "
+             "machine): the test qrels and the seen/unseen strata come from there.")] = None,
 ) -> None:
     """Write RUN_DIR/report.md, its figures (PNG) and its tables (CSV) from the finished stages of an experiment.
 
@@ -106,5 +109,5 @@ def report(
                            else "--check goes with --readme FILE")
     from hardneg.experiment import write_report
 
-    path = write_report(run_dir, latex=latex, svg=svg)
+    path = write_report(run_dir, latex=latex, svg=svg, data_dir=data_dir)
     info(f"report: {path}; tables: {path.parent / 'tables'}")

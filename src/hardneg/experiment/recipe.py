@@ -207,7 +207,7 @@ class Recipe(StrictSection):
             "analysis": self.analysis.model_dump(exclude_unset=True),
             "interpolate": self.interpolate.model_dump() if self.interpolate is not None else None, "out": self.out,
             **({"indexes": {k: v.model_dump() for k, v in self.indexes.items()}} if self.indexes else {}),
-            "cache_dir": self.cache_dir, "source": self.source,
+            "cache_dir": self.cache_dir, "source": self.source, "data_dir": self.data_dir,
         }
 
     # ------------------------------------------------------------------ loading

@@ -211,10 +211,11 @@ def _nested(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, *, latex: bool = False,
-                 svg: bool = False) -> Path:
+                 svg: bool = False, data_dir: str | None = None) -> Path:
     """Write ``report.md``, ``figures/`` (PNG; also SVG with ``svg``) and ``tables/`` (CSV; also LaTeX with
-    ``latex``) for an experiment folder; returns the report's path."""
-    results = ExperimentResults(run_dir)
+    ``latex``) for an experiment folder (or its records); returns the report's path. ``data_dir``: where the
+    data folder it ran with is now (:class:`~hardneg.experiment.results.ExperimentResults`)."""
+    results = ExperimentResults(run_dir, data_dir)
     return write(ReportContext(results, Path(out) if out else results.dir, svg=svg), latex=latex)
 
 

@@ -22,8 +22,10 @@ from hardneg.evaluate.analysis import unseen_queries
 from hardneg.evaluate.metrics import evaluate_per_query
 from hardneg.experiment.peer_st import PEER_ST, peer_label
 from hardneg.experiment.recipe import START_MODEL, Recipe
+from hardneg.experiment.schema import substitute
 from hardneg.experiment.stages import (
     dataset_tag,
+    portable,
     seed_name,
     test_stage,
     train_stage,
@@ -76,11 +78,21 @@ def is_frozen_doc(spec: MethodSpec) -> bool:
 class ExperimentResults:
     """What an experiment folder holds, loaded lazily."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, data_dir: str | None = None) -> None:
+        """``data_dir``: where the data folder the experiment ran with (``--data-dir``) is here, when it is not
+        where it was (a folder or its records read on another machine): the test qrels, and so the seen-/unseen-
+        document strata, are read from there."""
         self.dir = Path(run_dir)
         if not (self.dir / "stages").is_dir():
             raise HardnegError(f"{self.dir}: not an experiment folder (no stages/); run `hardneg experiment` first")
         self.recipe = self._recipe()
+        was = self.recipe.get("data_dir")
+        if data_dir is not None:
+            if not was:
+                raise HardnegError(f"{self.dir / 'recipe.json'}: no data_dir recorded (written by an older hardneg); "
+                                   "--data-dir cannot be applied")
+            moved = portable(self.recipe, {"data_dir": was})
+            self.recipe = {**substitute(moved, {"data_dir": str(data_dir).rstrip("/")}), "data_dir": data_dir}
         self.systems: list[dict[str, Any]] = list(self.recipe["systems"])
         self.systems += [{"name": wise_name(s), "kind": "wise", "method": None, "base": None, "settings": {},
                           "wise_of": s} for s in self.interpolated()]
