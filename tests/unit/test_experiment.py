@@ -102,7 +102,7 @@ def test_changed_setting_makes_exactly_its_dependents_stale(finished):
     changed["systems"][2]["lr"] = 5e-4  # rand
     status = dict(Experiment(Recipe.from_dict(changed), exp.out).status())
     stale = {n for n, s in status.items() if s.startswith("stale")} - {"report"}  # the report reads everything
-    assert stale == {"train-rand", "test-rand", "transfer-rand-transfer-test", "analysis-pairwise"}
+    assert stale == {"train-rand", "test-rand", "transfer-rand-transfer-test", "pairwise-rand", "analysis-pairwise"}
     assert all(status[n] == "done" for n in status if n not in stale and n != "report")
 
 
@@ -424,7 +424,7 @@ def test_shipped_recipes_validate():
     assert {p.stem for p in configs} >= {"demo", "scifact"}
     for path in configs:
         exp = Experiment(Recipe.from_yaml(path, data_dir="/data"), "/nonexistent/out")
-        kinds = ("index-", "train-", "test-", "transfer-", "analysis-", "wise-", "report")
+        kinds = ("index-", "train-", "test-", "transfer-", "pairwise-", "pq-", "analysis-", "wise-", "report")
         assert "report" in exp.stages and all(s.startswith(kinds) for s in exp.stages)
 
 
@@ -667,7 +667,8 @@ def test_only_globs_take_plus_in_system_names_literally(tmp_path, tiny_model_dir
 
 def test_run_order_finishes_each_system_before_the_next_one_trains(tmp_path, tiny_model_dir):
     """The plan lists every training before any test; the run order puts each system's test and transfer stages
-    right after its training (a grid stopped part-way leaves whole rows), keeps dependencies first, the report
+    right after its training (a grid stopped part-way leaves whole rows; so do its pairwise and PQ numbers: a
+    grid split over jobs never needs every model at once), keeps dependencies first, the report
     last, and with --only runs just the selection."""
     data = tiny_data(tmp_path / "data")
     transfer = write_tiny_train(tmp_path / "transfer")
@@ -681,7 +682,8 @@ def test_run_order_finishes_each_system_before_the_next_one_trains(tmp_path, tin
     trains = [i for i, n in enumerate(order) if n.startswith("train-")]
     for i, j in zip(trains, [*trains[1:], len(order)], strict=True):
         system = order[i].removeprefix("train-")
-        finishing = [n for n in plan if n == f"test-{system}" or n.startswith(f"transfer-{system}-")]
+        finishing = [n for n in plan if n in (f"test-{system}", f"pairwise-{system}", f"pq-{system}")
+                     or n.startswith(f"transfer-{system}-")]  # the analyses' numbers too, while the model is here
         assert finishing and set(finishing) <= set(order[i:j]), (system, order[i:j])
     picked = select_stages(exp.stages, ["test-adore+star"])
     assert run_order(exp.stages, picked) == ["train-star", "train-adore+star", "test-adore+star"]
@@ -885,18 +887,20 @@ def test_records_carry_a_grid_to_a_fresh_folder_and_rerun_only_what_a_stage_need
     assert (book / "stages" / lost / "metrics.json").is_file()  # recorded as it finished
 
 
-def test_needed_again_follows_every_chain_to_a_restored_stage():
+def test_needed_again_follows_what_each_stage_that_runs_reads():
     from hardneg.experiment.records import needed_again
     from hardneg.experiment.stages import Stage
 
-    def st(name, deps, always=False):
-        return Stage(name, {}, deps, lambda f: {}, always=always)
+    def st(name, deps, records=False):
+        return Stage(name, {}, deps, lambda f: {}, reads_records=records)
 
     graph = {s.name: s for s in [st("train-a", []), st("test-a", ["train-a"]), st("train-b", ["train-a"]),
                                  st("test-b", ["train-b"]), st("pair", ["test-a", "test-b"]),
-                                 st("report", ["pair"], always=True)]}
+                                 st("gather", ["test-a", "test-b"], records=True),
+                                 st("report", ["pair", "gather"], records=True)]}
     restored = {"train-a", "test-a", "train-b", "test-b"}
     assert needed_again(graph, ["pair"], restored) == restored
-    assert needed_again(graph, ["test-b"], restored) == {"train-b", "train-a"}
-    assert needed_again(graph, ["report"], restored) == set()  # the report reads records only
+    assert needed_again(graph, ["test-b"], restored) == {"train-b", "train-a"}  # b's base trains again for it
+    assert needed_again(graph, ["report", "gather"], restored) == set()  # they read records only
     assert needed_again(graph, ["test-b"], {"test-a"}) == set()
+    assert needed_again(graph, ["test-b"], {"train-a"}) == set()  # train-b finished here: its files are here

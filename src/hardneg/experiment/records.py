@@ -109,18 +109,19 @@ def restore(stage: Stage, folder: Path, record: Path) -> bool:
 
 
 def needed_again(stages: Mapping[str, Stage], to_run: Collection[str], restored: Collection[str]) -> set[str]:
-    """The ``restored`` stages that must run again because a stage in ``to_run`` depends on them through any chain
-    of dependencies (a test needs its training's model, which a record does not hold). The report, which reads only
-    records, needs none."""
+    """The ``restored`` stages that must run again because a stage that will run reads their files: a stage
+    still to run needs its dependencies' folders (a test needs its training's model, which a record does not
+    hold), except one that reads records only (:attr:`~hardneg.experiment.stages.Stage.reads_records`: the
+    report, the analyses gathering per-system numbers); a restored stage that runs again needs its own
+    dependencies in turn. A dependency that finished here has its files, and had its own when it ran."""
     again: set[str] = set()
-    seen: set[str] = set()
-    stack = [d for n in to_run if not stages[n].always for d in stages[n].deps]
+    stack = list(to_run)
     while stack:
-        name = stack.pop()
-        if name in seen:
+        stage = stages[stack.pop()]
+        if stage.reads_records:
             continue
-        seen.add(name)
-        if name in restored:
-            again.add(name)
-        stack.extend(stages[name].deps)
+        for dep in stage.deps:
+            if dep in restored and dep not in again:
+                again.add(dep)
+                stack.append(dep)
     return again

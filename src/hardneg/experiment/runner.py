@@ -53,7 +53,13 @@ from hardneg.devices import place_index, resolve_device
 from hardneg.evaluate.metrics import evaluate
 from hardneg.evaluate.results import save_run_and_metrics
 from hardneg.experiment import records as records_module
-from hardneg.experiment.analysis_stages import pairwise_stage, pq_stage, tsne_stage
+from hardneg.experiment.analysis_stages import (
+    pairwise_stage,
+    pairwise_system_stage,
+    pq_stage,
+    pq_system_stage,
+    tsne_stage,
+)
 from hardneg.experiment.execute import describe, is_finished, read_state, run_stages
 from hardneg.experiment.outside_index import build_outside_index, search_outside_index
 from hardneg.experiment.peer_st import PEER_ST, peer_stage
@@ -68,7 +74,9 @@ from hardneg.experiment.stages import (
     Stage,
     dataset_tag,
     index_stage,
+    pairwise_system,
     portable,
+    pq_system,
     run_order,
     select_stages,
     stage_key,
@@ -187,15 +195,25 @@ class Experiment:
         if analysis.enabled("pairwise"):
             topk = analysis.pairwise.topk if analysis.pairwise else 200
             systems = [s.name for s in dense]
-            deps = [test_stage(n) for n in systems]
-            self._add(Stage(PAIRWISE, {"topk": topk, "systems": systems}, deps, pairwise_stage(self, systems, topk)))
+            for s in dense:  # each system's errors while its model is at hand; the analysis gathers numbers only
+                self._add(Stage(pairwise_system(s.name), {"topk": topk, "system": s.name, "data": self.test_spec(),
+                                                          "model": self.model_path(s), **eval_settings,
+                                                          "query_max_length": self.query_length(s)},
+                                self._model_deps(s), pairwise_system_stage(self, s.name, topk)))
+            self._add(Stage(PAIRWISE, {"topk": topk, "systems": systems}, [pairwise_system(n) for n in systems],
+                            pairwise_stage(self, systems, topk), reads_records=True))
         if analysis.enabled("pq"):
             cfg = analysis.pq
             systems = list((cfg.systems if cfg else None) or [s.name for s in dense])
             indexes = list((cfg.indexes if cfg else None) or ["flat", "pq48"])
-            deps = sorted({d for n in systems for d in self._model_deps(r.system(n))})
-            self._add(Stage(PQ, {"systems": systems, "indexes": indexes, **eval_settings},
-                            deps, pq_stage(self, systems, indexes)))
+            for n in systems:
+                s = r.system(n)
+                self._add(Stage(pq_system(n), {"system": n, "indexes": indexes, "data": self.test_spec(),
+                                               "model": self.model_path(s), **eval_settings,
+                                               "query_max_length": self.query_length(s)},
+                                self._model_deps(s), pq_system_stage(self, n, indexes)))
+            self._add(Stage(PQ, {"systems": systems, "indexes": indexes}, [pq_system(n) for n in systems],
+                            pq_stage(self, systems, indexes), reads_records=True))
         if analysis.enabled("tsne"):
             cfg = analysis.tsne
             start = next((s.name for s in r.systems if s.kind == "zeroshot"), START_MODEL)
@@ -224,7 +242,7 @@ class Experiment:
                                                        "transfer": list(r.transfer), "index": s.index,
                                                        **eval_settings, "query_max_length": self.query_length(s)},
                             [wise_alpha_stage(s.name, a) for a in alphas], self._wise_curve_fn(s, alphas)))
-        self._add(Stage(REPORT, {}, list(self.stages), self._report_fn, always=True))
+        self._add(Stage(REPORT, {}, list(self.stages), self._report_fn, always=True, reads_records=True))
 
     def _model_deps(self, system: System) -> list[str]:
         if system.name in self.wise:

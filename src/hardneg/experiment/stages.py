@@ -1,8 +1,9 @@
 """The stages of an experiment: their names, their keys, and what one stage is.
 
 Stage folders live under ``OUT/stages/<stage>/``: ``index-<name>`` (an ``indexes:`` entry), ``train-<system>``,
-``test-<system>``, ``transfer-<system>-<set>``, ``analysis-pairwise``,
-``analysis-pq``, ``analysis-tsne`` and ``report``; with ``interpolate:`` also ``wise-<system>-a<alpha>``
+``test-<system>``, ``transfer-<system>-<set>``, ``pairwise-<system>`` and ``pq-<system>`` (one system's
+numbers for the analyses, computed right after its training), ``analysis-pairwise`` and ``analysis-pq`` (those
+numbers gathered), ``analysis-tsne`` and ``report``; with ``interpolate:`` also ``wise-<system>-a<alpha>``
 (a merged model and its dev metrics), ``wise-<system>`` (the dev pick, as the model of the
 ``<system>+wise`` row) and ``wise-<system>-curve`` (test and transfer of every alpha, for the figure only).
 A stage's *key* hashes its settings and the keys of the stages it depends on (:func:`stage_key`), with the
@@ -52,6 +53,16 @@ def test_stage(system: str) -> str:
 def transfer_stage(system: str, tag: str) -> str:
     """The transfer stage of ``system`` on the set whose :func:`dataset_tag` is ``tag``."""
     return f"transfer-{system}-{tag}"
+
+
+def pairwise_system(system: str) -> str:
+    """The stage computing ``system``'s pairwise errors (``analysis-pairwise`` gathers them)."""
+    return f"pairwise-{system}"
+
+
+def pq_system(system: str) -> str:
+    """The stage testing ``system`` on each index kind of ``analysis.pq`` (``analysis-pq`` gathers them)."""
+    return f"pq-{system}"
 
 
 def seed_name(system: str, seed: int) -> str:
@@ -117,6 +128,9 @@ class Stage:
     deps: list[str]
     fn: Callable[[Path], dict[str, Any]]
     always: bool = False  # run every time (the report: cheap, and it reads the other stages)
+    #: it reads only its dependencies' small files (what ``--records`` keeps), not their models: the report, the
+    #: analyses that gather per-system numbers (a dependency taken from records need not run again for it)
+    reads_records: bool = False
     key: str = ""
     #: the key over the settings as written, absolute paths included: how folders made before keys were
     #: portable were keyed (accepted as the same settings where they lie)
