@@ -864,6 +864,8 @@ def test_records_carry_a_grid_to_a_fresh_folder_and_rerun_only_what_a_stage_need
     kept = book / "stages" / "train-rand"
     assert (kept / "summary.json").is_file() and not (kept / "model").exists()
     assert "model/" in json.loads((kept / "stage.json").read_text())["left_out"]
+    assert "run.trec" in json.loads((book / "stages" / "test-rand" / "stage.json").read_text())["left_out"]
+    assert not (book / "stages" / "test-rand" / "run.trec").exists()  # a run: its per-query scores are kept
     assert json.loads((book / "stages" / "test-rand" / "per_query.json").read_text()) == \
         json.loads((exp.stage_dir("test-rand") / "per_query.json").read_text())
 

@@ -3,9 +3,9 @@
 A grid of tens of hours runs as a series of jobs (a cluster's time limit, preemptible machines, sessions) whose
 disks need not last. ``hardneg experiment RECIPE --records DIR`` copies, as each stage finishes, the stage's small
 files (its ``stage.json``, metrics, per-query scores, training log and summary, the analyses' numbers: every file
-directly in its folder up to :data:`RECORD_LIMIT`) to ``DIR/stages/<stage>/``, beside the recipe and the plan;
-DIR is what to keep (commit it, copy it to lasting storage). Models, checkpoints, indexes and runs stay behind: a
-record's ``stage.json`` names what was left out (``left_out``).
+directly in its folder up to :data:`RECORD_LIMIT`, runs excepted) to ``DIR/stages/<stage>/``, beside the recipe
+and the plan; DIR is what to keep (commit it, copy it to lasting storage). Models, checkpoints, indexes and runs
+stay behind: a record's ``stage.json`` names what was left out (``left_out``).
 
 Run in a fresh folder with the same ``--records``, a stage whose record is done with the stage's current settings
 (the key: :func:`hardneg.experiment.execute.same_settings`, portable across folders) is taken from it, not run:
@@ -28,6 +28,9 @@ from hardneg.io import atomic_write, write_json
 #: the largest file a record keeps (a test run at k = 1000 is ~10 MB and stays behind; metrics, per-query scores,
 #: logs and the analyses' numbers are far smaller)
 RECORD_LIMIT = 2 * 2**20
+#: runs (TREC format): a record keeps their metrics and per-query scores, not the ranked lists (a transfer run on a
+#: small collection is under the limit, but 30 queries x 1000 documents is still 1.6 MB a system)
+RUN_SUFFIXES = (".trec",)
 #: the experiment-level files a record folder keeps beside ``stages/`` (the report reads them)
 TOP_FILES = ("recipe.json", "plan.json")
 #: a restored stage's ``stage.json`` key: the records folder it came from
@@ -36,14 +39,15 @@ RESTORED = "restored_from"
 
 def small_files(folder: Path) -> tuple[list[Path], list[str]]:
     """The files of a stage ``folder`` a record keeps (directly in it, at most :data:`RECORD_LIMIT` bytes; not
-    temp files), and the names of what it leaves out (larger files, and folders: models, checkpoints, indexes)."""
+    temp files, not runs: a run's metrics and per-query scores are kept), and the names of what it leaves out
+    (runs, larger files, and folders: models, checkpoints, indexes)."""
     keep: list[Path] = []
     left: list[str] = []
     for path in sorted(folder.iterdir()):
         if path.is_dir():
             left.append(f"{path.name}/")
         elif path.is_file() and not path.name.startswith(".") and ".tmp" not in path.name:
-            if path.stat().st_size <= RECORD_LIMIT:
+            if path.stat().st_size <= RECORD_LIMIT and path.suffix not in RUN_SUFFIXES:
                 keep.append(path)
             else:
                 left.append(path.name)
