@@ -136,7 +136,7 @@ def release_memory() -> None:
 
 def run_stages(stages: Mapping[str, Stage], order: list[str], stage_dir: Callable[[str], Path], *,
                echo: Callable[[str], None], keep_going: bool = False, again: Collection[str] = (),
-               finished: Callable[[str], None] | None = None) -> dict[str, str]:
+               finished: Callable[[str, str], None] | None = None) -> dict[str, str]:
     """Run the stages named in ``order``, in that order (dependencies first: the caller's
     :func:`~hardneg.experiment.stages.run_order`); returns each one's outcome: ``cached``, ``done``, and with
     ``keep_going`` also ``failed`` / ``skipped``.
@@ -147,7 +147,7 @@ def run_stages(stages: Mapping[str, Stage], order: list[str], stage_dir: Callabl
     (:func:`~hardneg.experiment.stages.stops_the_run`: a CUDA error that leaves the device unusable, a full disk).
     After every stage that ran, :func:`release_memory`. ``again``: finished stages to run anew from an emptied
     folder (restored from records without the files a later stage needs: :mod:`hardneg.experiment.records`).
-    ``finished(name)`` is called for every stage done or read back (the records' copy)."""
+    ``finished(name, outcome)`` is called for every stage done or read back (``cached``): the records' copy."""
     outcome: dict[str, str] = {}
     for name in order:
         stage = stages[name]
@@ -166,7 +166,7 @@ def run_stages(stages: Mapping[str, Stage], order: list[str], stage_dir: Callabl
             outcome[name] = "cached"
             echo(f"[cached] {name}")
             if finished is not None:
-                finished(name)
+                finished(name, "cached")
             continue
         if state is not None and not same_settings(stage, state) and folder.exists():
             echo(f"[stale]  {name}: settings changed, starting it afresh")
@@ -174,7 +174,7 @@ def run_stages(stages: Mapping[str, Stage], order: list[str], stage_dir: Callabl
             state = None
         outcome[name] = _attempt(stage, folder, state, echo=echo, keep_going=keep_going)
         if outcome[name] == "done" and finished is not None:
-            finished(name)
+            finished(name, "done")
     return outcome
 
 

@@ -21,7 +21,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from hardneg.experiment.execute import STATE_FILE, read_state, same_settings
+from hardneg.experiment.execute import STATE_FILE, is_finished, read_state
 from hardneg.experiment.stages import Stage
 from hardneg.io import atomic_write, write_json
 
@@ -90,18 +90,15 @@ def save_top(out: Path, records: Path) -> None:
 
 
 def is_restored(state: Mapping[str, Any] | None) -> bool:
-    return bool(state) and state.get(RESTORED) is not None  # type: ignore[union-attr]
+    return state is not None and state.get(RESTORED) is not None
 
 
 def restore(stage: Stage, folder: Path, record: Path) -> bool:
     """Take ``stage`` from its ``record`` into its empty (or never finished) ``folder``: when the record is done
     with the stage's current settings and the folder holds no finished stage of its own. Returns whether it did."""
     state = read_state(record)
-    if state is None or state.get("status") != "done" or not same_settings(stage, state):
-        return False
-    here = read_state(folder)
-    if here is not None and here.get("status") == "done" and same_settings(stage, here):
-        return False  # the folder's own result: it has the files the record lacks
+    if not is_finished(stage, state) or is_finished(stage, read_state(folder)):
+        return False  # nothing to take, or the folder's own result (it has the files the record lacks)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)

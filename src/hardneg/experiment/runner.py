@@ -184,9 +184,8 @@ class Experiment:
                          "measures": ev.measures}
         for s in [*r.systems, *r.replicas]:
             deps = self._model_deps(s)
-            self._add(Stage(test_stage(s.name), {"system": s.name, "kind": s.kind, "data": self.test_spec(),
-                                                 "index": s.index, "model": self.model_path(s), **eval_settings,
-                                                 "query_max_length": self.query_length(s)},
+            self._add(Stage(test_stage(s.name), {"system": s.name, "kind": s.kind, "index": s.index,
+                                                 **self._on_test(s, eval_settings)},
                             deps, self._retrieve_fn(s, self.test_spec())))
         for s in r.interpolated:
             self._add_wise(s, eval_settings)
@@ -196,9 +195,8 @@ class Experiment:
             topk = analysis.pairwise.topk if analysis.pairwise else 200
             systems = [s.name for s in dense]
             for s in dense:  # each system's errors while its model is at hand; the analysis gathers numbers only
-                self._add(Stage(pairwise_system(s.name), {"topk": topk, "system": s.name, "data": self.test_spec(),
-                                                          "model": self.model_path(s), **eval_settings,
-                                                          "query_max_length": self.query_length(s)},
+                self._add(Stage(pairwise_system(s.name), {"topk": topk, "system": s.name,
+                                                          **self._on_test(s, eval_settings)},
                                 self._model_deps(s), pairwise_system_stage(self, s.name, topk)))
             self._add(Stage(PAIRWISE, {"topk": topk, "systems": systems}, [pairwise_system(n) for n in systems],
                             pairwise_stage(self, systems, topk), reads_records=True))
@@ -208,9 +206,7 @@ class Experiment:
             indexes = list((cfg.indexes if cfg else None) or ["flat", "pq48"])
             for n in systems:
                 s = r.system(n)
-                self._add(Stage(pq_system(n), {"system": n, "indexes": indexes, "data": self.test_spec(),
-                                               "model": self.model_path(s), **eval_settings,
-                                               "query_max_length": self.query_length(s)},
+                self._add(Stage(pq_system(n), {"system": n, "indexes": indexes, **self._on_test(s, eval_settings)},
                                 self._model_deps(s), pq_system_stage(self, n, indexes)))
             self._add(Stage(PQ, {"systems": systems, "indexes": indexes}, [pq_system(n) for n in systems],
                             pq_stage(self, systems, indexes), reads_records=True))
@@ -244,6 +240,12 @@ class Experiment:
                             [wise_alpha_stage(s.name, a) for a in alphas], self._wise_curve_fn(s, alphas)))
         self._add(Stage(REPORT, {}, list(self.stages), self._report_fn, always=True, reads_records=True))
 
+    def _on_test(self, system: System, eval_settings: dict[str, Any]) -> dict[str, Any]:
+        """The settings of a stage that runs ``system``'s model on the test split (its test, its pairwise errors,
+        its PQ indexes): the split, the model, the evaluation settings, the query length it is tested at."""
+        return {"data": self.test_spec(), "model": self.model_path(system), **eval_settings,
+                "query_max_length": self.query_length(system)}
+
     def _model_deps(self, system: System) -> list[str]:
         if system.name in self.wise:
             return [wise_stage(self.wise[system.name].name)]
@@ -276,9 +278,8 @@ class Experiment:
         self._add(Stage(wise_stage(s.name), {"system": s.name, "alphas": alphas, "dev_metric": cfg.dev_metric},
                         [wise_alpha_stage(s.name, a) for a in alphas], self._wise_pick_fn(s, alphas, cfg.dev_metric)))
         row = self.wise_system(wise_name(s.name))
-        self._add(Stage(test_stage(row.name), {"system": row.name, "kind": "wise", "data": self.test_spec(),
-                                               "index": s.index, "model": self.model_path(row), **eval_settings,
-                                               "query_max_length": self.query_length(row)},
+        self._add(Stage(test_stage(row.name), {"system": row.name, "kind": "wise", "index": s.index,
+                                               **self._on_test(row, eval_settings)},
                         self._model_deps(row), self._retrieve_fn(row, self.test_spec())))
 
     def _add_peer(self, s: System, base: System | None, deps: list[str]) -> None:
@@ -458,27 +459,33 @@ class Experiment:
         from it (those a stage still to run needs run again), and every stage done here is recorded there."""
         echo = echo or (lambda msg: logger.info("%s", msg))
         self.out.mkdir(parents=True, exist_ok=True)
+        write_json(self.out / "recipe.json", self.recipe.to_dict())
+        write_json(self.out / PLAN_FILE, {"stages": list(self.stages)})  # the report counts what is still to run
         wanted_names = select_stages(self.stages, only) if only else list(self.stages)
         again: set[str] = set()
         on_finish = None
-        if records is not None:
+        if records is None:
+            finished = self.finished()
+        else:
             book = Path(records)
+            records_module.save_top(self.out, book)
             taken = [n for n in wanted_names if not self.stages[n].always
                      and records_module.restore(self.stages[n], self.stage_dir(n), book / "stages" / n)]
             if taken:
                 echo(f"[record] {len(taken)} stage(s) taken from {book}")
-            restored = {n for n in wanted_names if records_module.is_restored(read_state(self.stage_dir(n)))}
             finished = self.finished()
+            restored = {n for n in wanted_names if records_module.is_restored(read_state(self.stage_dir(n)))}
             again = records_module.needed_again(self.stages, [n for n in wanted_names if n not in finished],
                                                 restored)
+            kept = restored - again  # stays restored: its record is already there
 
-            def on_finish(name: str) -> None:
-                if not records_module.is_restored(read_state(self.stage_dir(name))):
-                    records_module.save(self.stages[name], self.stage_dir(name), book / "stages" / name)
-                    records_module.save_top(self.out, book)
+            def on_finish(name: str, outcome: str) -> None:
+                stage, record = self.stages[name], book / "stages" / name
+                if stage.always or name in kept:
+                    return
+                if outcome == "done" or not is_finished(stage, read_state(record)):  # a result the records lack
+                    records_module.save(stage, self.stage_dir(name), record)
 
-        wanted = run_order(self.stages, wanted_names, self.finished() - again)
-        write_json(self.out / "recipe.json", self.recipe.to_dict())
-        write_json(self.out / PLAN_FILE, {"stages": list(self.stages)})  # the report counts what is still to run
+        wanted = run_order(self.stages, wanted_names, finished - again)
         return run_stages(self.stages, wanted, self.stage_dir, echo=echo, keep_going=keep_going, again=again,
                           finished=on_finish)
