@@ -767,6 +767,50 @@ def test_a_killed_attempt_still_counts_its_wall_clock(tmp_path, tiny_model_dir, 
     assert done["status"] == "done" and done["attempts"] == 2 and done["seconds"] >= left["seconds"]
 
 
+def test_a_stage_keeps_its_cpu_time_over_attempts(tmp_path, tiny_model_dir, monkeypatch):
+    """stage.json keeps the CPU time of the stage's process (``cpu_seconds``, all attempts; Table 4's "CPU", which
+    tells a stage that shared the cores from one that had them), and the threads it ran with. An attempt killed
+    mid-way counts up to its end; a stage.json from before hardneg kept CPU time sums none, rather than a part."""
+    import time
+
+    import torch
+
+    from hardneg.experiment import execute
+
+    monkeypatch.setattr(execute, "HEARTBEAT_SECONDS", 0.02)
+    exp = Experiment(Recipe.from_dict(_two_test_recipe(tmp_path, tiny_model_dir)), tmp_path / "out", quiet=True)
+    path = exp.stage_dir("test-bm25") / "stage.json"
+
+    def busy(seconds: float) -> None:
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+
+    def killed(folder):
+        busy(0.3)
+        raise KeyboardInterrupt
+
+    exp.stages["test-bm25"].fn = killed
+    with pytest.raises(KeyboardInterrupt):
+        exp.run(only=["test-bm25"])
+    left = json.loads(path.read_text())
+    assert left["status"] == "running" and left["cpu_seconds"] >= 0.3
+    assert left["threads"] == torch.get_num_threads()
+
+    def quick(folder):
+        busy(0.2)
+        return {"ok": 1}
+
+    exp.stages["test-bm25"].fn = quick
+    assert exp.run(only=["test-bm25"])["test-bm25"] == "done"
+    done = json.loads(path.read_text())
+    assert done["attempts"] == 2 and done["cpu_seconds"] >= left["cpu_seconds"] + 0.2
+    # an interrupted attempt from before the CPU time was kept: its share is unknown, so no total is claimed
+    path.write_text(json.dumps({k: v for k, v in {**left, "seconds": 5.0}.items() if k != "cpu_seconds"}))
+    assert exp.run(only=["test-bm25"])["test-bm25"] == "done"
+    assert "cpu_seconds" not in json.loads(path.read_text())
+
+
 def test_dry_run_tells_a_running_stage_from_one_a_killed_run_left(tmp_path, tiny_model_dir):
     """A killed run leaves its stage ``running`` in stage.json; ``--dry-run`` calls it running only while the
     process holding the experiment's lock lives and the stage's heartbeat is fresh, else interrupted. A holder on

@@ -144,6 +144,10 @@ def test_report_curve_holm_columns_and_results_json(wise, tmp_path):
     assert float(table4["rand"]["peak RAM (GiB)"]) == pytest.approx(train_state["peak_rss_mb"] / 1024, abs=1e-9)
     assert f"| {train_state['peak_rss_mb'] / 1024:.2f} |" in text.split("## Table 4 analogue")[1].split("\n## ")[0]
     assert "peak GPU (GiB)" not in table4["rand"]  # no CUDA here: no column
+    assert train_state["cpu_seconds"] > 0 and train_state["threads"] >= 1
+    assert float(table4["rand"]["CPU (min)"]) == pytest.approx(train_state["cpu_seconds"] / 60, abs=1e-9)
+    assert res["rand"]["train_cpu_seconds"] == train_state["cpu_seconds"]
+    assert res["zeroshot"]["train_cpu_seconds"] is None
     assert res["rand"]["steps"] == 2 and res["zeroshot"]["steps"] is None and res["zeroshot"]["dev"] is None
     assert res["rand"]["dev"]["step"] in (0, 1, 2) and "RR@10" in res["rand"]["dev"]
     assert res["rand+wise"]["dev"]["alpha"] == pick["alpha"] and res["rand+wise"]["steps"] == 2
@@ -225,7 +229,7 @@ def test_table4_peak_memory_marks_what_was_not_recorded_or_not_the_stages_own(wi
     shutil.copytree(exp.out, out)
     path = out / "stages" / "train-rand" / "stage.json"
     state = json.loads(path.read_text())
-    for key in ("peak_rss_mb", "peak_rss_scope"):
+    for key in ("peak_rss_mb", "peak_rss_scope", "cpu_seconds"):
         state.pop(key)
     path.write_text(json.dumps(state))
     adore = out / "stages" / "train-adore+zeroshot" / "stage.json"
@@ -241,3 +245,5 @@ def test_table4_peak_memory_marks_what_was_not_recorded_or_not_the_stages_own(wi
     text = (tmp_path / "r" / "report.md").read_text()
     assert "| ≤3.00 | 1.50 |" in text and "| – | – |" in text
     assert "ran before hardneg recorded it: rand)" in text
+    assert table4["rand"]["CPU (min)"] == "" and float(adore_row["CPU (min)"]) > 0
+    assert "(\"–\": not recorded, the stage ran before hardneg recorded it: rand)" in text

@@ -3,7 +3,9 @@
 What the stages are (their functions, settings, keys and dependencies) is :mod:`hardneg.experiment.runner`'s
 business; this module only runs a list of them. Each stage writes into its own folder; its ``stage.json`` holds
 the stage's name, key, settings and dependencies, its ``status`` (``running``, ``done`` or ``failed``), the
-number of ``attempts``, the wall-clock ``seconds`` of all of them and their peak memory (:func:`peaks`). A stage
+number of ``attempts``, the wall-clock ``seconds`` of all of them, the CPU time of the process's threads over
+them (``cpu_seconds``: about the wall-clock times ``threads``, torch's intra-op threads, when the cores were the
+stage's alone; less when other work shared them) and their peak memory (:func:`peaks`). A stage
 done with the same key is only read back; one left ``running`` (its process was killed) or ``failed`` runs again
 in the same folder, resuming what it had written; one whose key changed starts afresh in an emptied folder.
 """
@@ -41,13 +43,14 @@ class Heartbeat:
     """While a stage runs, rewrite its ``stage.json`` every :data:`HEARTBEAT_SECONDS` with the wall-clock so far
     (``seconds``: the earlier attempts' plus this one's). An attempt that is killed (a session's end, the OOM
     killer, Ctrl-C) then still counts, to within the interval, when the next run resumes the stage: the report's
-    wall-clock comparisons (Table 4, the chain behind a model) are not shortened by interruptions; so does the
-    attempt's peak memory so far (``peak``: the stage's :func:`peaks`). The file's
+    wall-clock comparisons (Table 4, the chain behind a model) are not shortened by interruptions; so do the
+    attempt's CPU time and peak memory so far (``usage``: :func:`_attempt`'s ``cpu_seconds`` and :func:`peaks`).
+    The file's
     age also tells ``--dry-run`` whether a run is still behind a ``running`` stage (:func:`describe`)."""
 
     def __init__(self, path: Path, state: dict[str, Any], seconds: float, tic: float,
-                 peak: Callable[[], dict[str, Any]] = dict) -> None:
-        self.path, self.state, self.seconds, self.tic, self.peak = path, state, seconds, tic, peak
+                 usage: Callable[[], dict[str, Any]] = dict) -> None:
+        self.path, self.state, self.seconds, self.tic, self.usage = path, state, seconds, tic, usage
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="hardneg-stage-heartbeat", daemon=True)
 
@@ -58,7 +61,7 @@ class Heartbeat:
     def _write(self) -> None:
         try:
             write_json(self.path, {**self.state, "seconds": self.seconds + time.perf_counter() - self.tic,
-                                   **self.peak()})
+                                   **self.usage()})
         except Exception as exc:  # a full disk: the stage itself will say so; the clock is not worth a crash
             logger.warning("could not update %s: %s", self.path, exc)
 
@@ -181,19 +184,23 @@ def run_stages(stages: Mapping[str, Stage], order: list[str], stage_dir: Callabl
 def _attempt(stage: Stage, folder: Path, state: dict[str, Any] | None, *, echo: Callable[[str], None],
              keep_going: bool) -> str:
     """One attempt at ``stage`` in ``folder`` (``state``: what an earlier attempt left, or None): ``done``, or
-    ``failed`` when it raised and ``keep_going`` lets the run go on; its stage.json says so, with the wall-clock and
-    peak memory of all attempts."""
+    ``failed`` when it raised and ``keep_going`` lets the run go on; its stage.json says so, with the wall-clock, CPU
+    time and peak memory of all attempts (an earlier attempt's CPU time as far as its heartbeat kept it; a stage.json
+    from before hardneg kept it has none, and then none is summed)."""
     attempts = int(state.get("attempts", 0)) + 1 if state else 1
     seconds = float(state.get("seconds", 0.0)) if state else 0.0
+    cpu_before = state.get("cpu_seconds") if state and float(state.get("seconds") or 0.0) > 0 else 0.0
     echo(f"[resume] {stage.name} (attempt {attempts})" if state is not None else f"[run]    {stage.name}")
     folder.mkdir(parents=True, exist_ok=True)
     base = {"name": stage.name, "key": stage.key, "settings": stage.settings, "deps": stage.deps}
     running = {**base, "status": "running", "attempts": attempts}
     write_json(folder / STATE_FILE, {**running, "seconds": seconds})
-    tic = time.perf_counter()
+    tic, cpu_tic = time.perf_counter(), time.process_time()
     with PeakMemory() as peak:
         def memory() -> dict[str, Any]:
-            return peaks(state, peak.read())
+            cpu = ({"cpu_seconds": float(cpu_before) + time.process_time() - cpu_tic}
+                   if isinstance(cpu_before, int | float) else {})
+            return {**peaks(state, peak.read()), **cpu, "threads": torch.get_num_threads()}
 
         try:
             with Heartbeat(folder / STATE_FILE, running, seconds, tic, memory):

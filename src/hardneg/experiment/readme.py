@@ -33,7 +33,7 @@ BLOCK = re.compile(r"(?P<open><!-- results-table:(?P<path>\S+?) -->\n)(?P<body>.
                    re.S)
 #: the command that rewrites the README's blocks (named in the messages of a stale one)
 COMMAND = "hardneg report --readme README.md"
-_NOT_MEASURES = ("steps", "train_seconds")
+_NOT_MEASURES = ("steps", "train_seconds", "train_cpu_seconds")
 
 
 def _main_measure(entries: list[dict[str, Any]]) -> str | None:

@@ -158,7 +158,8 @@ def _seeded_entry(ctx: ReportContext, name: str, replicas: dict[str, Any]) -> di
         replicas[run] = {"system": name, "seed": seed,
                          **_entry(ctx, name, ctx.seed_runs[name].get(run), transfer, run=run)}
     first = {k: v for k, v in replicas[name].items() if k not in ("system", "seed")}
-    keys = [k for k, v in first.items() if isinstance(v, float | None) and k not in ("dev", "steps", "train_seconds")]
+    keys = [k for k, v in first.items() if isinstance(v, float | None) and k not in ("dev", "steps", "train_seconds",
+                                                                                    "train_cpu_seconds")]
     spreads = {k: spread([replicas[run][k] for _, run in runs]) for k in keys}
     spreads.update({f"transfer/{t}": spread([replicas[run]["transfer"][t] for _, run in runs]) for t in tags})
     entry = {**first, **{k: s["mean"] for k, s in spreads.items() if "/" not in k}}
@@ -191,6 +192,7 @@ def _entry(ctx: ReportContext, name: str, pq: dict[str, dict[str, float]] | None
         entry["dev"] = {"alpha": pick["alpha"], **pick["dev"]} if pick else None
     entry["steps"] = len([x for x in ctx.r.train_log(trained) if x.get("kind") == "train"]) if st else None
     entry["train_seconds"] = ctx.r.stage_seconds(train_stage(trained)) if st else None
+    entry["train_cpu_seconds"] = st.get("cpu_seconds") if st else None  # "–" in Table 4 before it was kept
     if name in ctx.r.with_kind(PEER_ST):  # sentence-transformers' recipe: it counts epochs (the dev-best one)
         entry["kind"] = ctx.r.method_label(name)
         summary = ctx.r.stage_file(train_stage(trained), "summary.json")

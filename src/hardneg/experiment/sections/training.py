@@ -252,6 +252,7 @@ def timing(ctx: ReportContext) -> Section:
     step_median: dict[str, float] = {}
     remining: dict[str, tuple[float, bool]] = {}
     peak_rss: dict[str, float | None] = {}
+    threads: set[int] = set()
     for s in ctx.r.systems:
         st = ctx.r.stage(train_stage(s["name"]))
         if st is None:
@@ -270,16 +271,21 @@ def timing(ctx: ReportContext) -> Section:
                      str(cfg.get("batch_size", cfg.get("per_device_train_batch_size"))),
                      fmt(float(np.median(step_s)) if step_s else math.nan, 2), fmt(sum(step_s) / 60, 1),
                      "–" if again is None else ("≈" if again[1] else "") + fmt(again[0] / 60, 1),
-                     fmt(ctx.r.stage_seconds(train_stage(s["name"])) / 60, 1),
+                     fmt(ctx.r.stage_seconds(train_stage(s["name"])) / 60, 1), _cpu_minutes(st),
                      _gib(st.get("peak_rss_mb"), st.get("peak_rss_scope")), _gib(st.get("peak_gpu_mb"))])
+        if isinstance(st.get("threads"), int):
+            threads.add(st["threads"])
     facts = {"steps": steps_done, "step_median": step_median, "remining": remining, "peak_rss_mb": peak_rss}
     if not rows:
         return Section(facts=facts)
     gpu = any(r[-1] != "–" for r in rows)
     header = ["system", "method", "steps", "batch", "step time (s)", "training (min)", "re-mining (min)",
-              "stage (min)", "peak RAM (GiB)"] + ["peak GPU (GiB)"] * gpu
+              "stage (min)", "CPU (min)", "peak RAM (GiB)"] + ["peak GPU (GiB)"] * gpu
     rows = [r if gpu else r[:-1] for r in rows]
-    unrecorded = [r[0] for r in rows if r[8] == "–"]
+    unrecorded = [r[0] for r in rows if r[9] == "–"]
+    no_cpu = [r[0] for r in rows if r[8] == "–"]
+    ran_with = (f"{next(iter(threads))} here" if len(threads) == 1 else
+                f"{min(threads)}–{max(threads)} here" if threads else "stage.json's threads")
     estimated = any(e for _, e in remining.values())
     return Section("\n".join([
         "## Table 4 analogue: training time on this machine",
@@ -293,6 +299,12 @@ def timing(ctx: ReportContext) -> Section:
         "re-mining and negative-overlap tracking (all attempts when a stage was resumed; an attempt killed "
         "mid-way counts up to its last minute, from stage.json's heartbeat; a stage run before hardneg wrote "
         "that heartbeat misses its killed attempts, and shows at least its logged training and re-mining time); "
+        "\"CPU\": the CPU time of the stage's process, all its threads and attempts; it is about \"stage\" "
+        f"times the threads the stage ran with ({ran_with}) when the cores were the stage's alone, and a much "
+        "smaller CPU time than that means other work shared the machine: that stage's wall-clock is longer than "
+        "the machine needs"
+        + (f" (\"–\": not recorded, the stage ran before hardneg recorded it: {', '.join(no_cpu)})"
+           if no_cpu else "") + "; "
         "\"peak RAM\": the stage's peak resident memory, the largest over its attempts (\"≤\": the process's peak "
         "so far, where the stage's own could not be told apart)"
         + ("; \"peak GPU\": the PyTorch allocator's peak reserved memory (Faiss's GPU index is outside it)"
@@ -303,6 +315,12 @@ def timing(ctx: ReportContext) -> Section:
         ctx.table("table4_training_time", header, rows),
         "",
     ]), facts)
+
+
+def _cpu_minutes(state: dict[str, Any]) -> Num:
+    """A stage's CPU time over its attempts (stage.json ``cpu_seconds``) in minutes; "–" where not recorded."""
+    cpu = state.get("cpu_seconds")
+    return fmt(float(cpu) / 60 if isinstance(cpu, int | float) else None, 1)
 
 
 def _gib(mb: object, scope: object = None) -> Num:
