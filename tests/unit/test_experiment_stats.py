@@ -247,3 +247,39 @@ def test_table4_peak_memory_marks_what_was_not_recorded_or_not_the_stages_own(wi
     assert "ran before hardneg recorded it: rand)" in text
     assert table4["rand"]["CPU (min)"] == "" and float(adore_row["CPU (min)"]) > 0
     assert "(\"–\": not recorded, the stage ran before hardneg recorded it: rand)" in text
+
+
+def test_records_keep_the_wise_curve_and_its_report_reads_the_same(wise, tmp_path):
+    """The WiSE curve stage keeps its per-weight test scores in subfolders (``a<alpha>/``): its record keeps their
+    metrics and per-query scores (not their runs), a fresh folder takes them back, and the report from the records
+    alone has the curve table of the full folder, file for file."""
+    from hardneg.experiment import write_report
+    from hardneg.experiment.records import RESTORED
+
+    exp, raw = wise
+    book = tmp_path / "records"
+    Experiment(Recipe.from_dict(raw), exp.out, quiet=True).run(records=book)
+    curve = book / "stages" / "wise-rand-curve"
+    for a in ("0", "0.5", "1"):
+        assert (curve / f"a{a}" / "per_query.json").read_bytes() == \
+            (exp.stage_dir("wise-rand-curve") / f"a{a}" / "per_query.json").read_bytes()
+        assert (curve / f"a{a}" / "metrics.json").is_file() and not (curve / f"a{a}" / "run.trec").exists()
+    assert "a0.5/run.trec" in json.loads((curve / "stage.json").read_text())["left_out"]
+    assert "model/" in json.loads((book / "stages" / "wise-rand" / "stage.json").read_text())["left_out"]
+
+    fresh = Experiment(Recipe.from_dict(raw), tmp_path / "fresh", quiet=True)
+    fresh.run(records=book)
+    taken = fresh.stage_dir("wise-rand-curve")
+    assert json.loads((taken / "stage.json").read_text())[RESTORED] == str(book)
+    assert (taken / "a0.5" / "per_query.json").read_bytes() == (curve / "a0.5" / "per_query.json").read_bytes()
+
+    write_report(book)
+    for name in ("wise_interpolation.csv",):
+        ours, theirs = book / "tables" / name, exp.out / "tables" / name
+        assert theirs.is_file() and ours.read_text() == theirs.read_text()
+    # saved again over an older record: files the stage no longer has go, emptied folders too
+    (curve / "a9").mkdir()
+    (curve / "a9" / "per_query.json").write_text("{}")
+    (book / "stages" / "wise-rand-curve" / "stage.json").unlink()
+    Experiment(Recipe.from_dict(raw), exp.out, quiet=True).run(records=book)
+    assert not (curve / "a9").exists() and (curve / "stage.json").is_file()

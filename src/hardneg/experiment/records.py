@@ -3,7 +3,8 @@
 A grid of tens of hours runs as a series of jobs (a cluster's time limit, preemptible machines, sessions) whose
 disks need not last. ``hardneg experiment RECIPE --records DIR`` copies, as each stage finishes, the stage's small
 files (its ``stage.json``, metrics, per-query scores, training log and summary, the analyses' numbers: every file
-directly in its folder up to :data:`RECORD_LIMIT`, runs excepted) to ``DIR/stages/<stage>/``, beside the recipe
+directly in its folder up to :data:`RECORD_LIMIT`, runs excepted, and the files of its subfolders the stage names in
+:attr:`~hardneg.experiment.stages.Stage.record_also`) to ``DIR/stages/<stage>/``, beside the recipe
 and the plan; DIR is what to keep (commit it, copy it to lasting storage). Models, checkpoints, indexes and runs
 stay behind: a record's ``stage.json`` names what was left out (``left_out``).
 
@@ -37,21 +38,41 @@ TOP_FILES = ("recipe.json", "plan.json")
 RESTORED = "restored_from"
 
 
-def small_files(folder: Path) -> tuple[list[Path], list[str]]:
-    """The files of a stage ``folder`` a record keeps (directly in it, at most :data:`RECORD_LIMIT` bytes; not
-    temp files, not runs: a run's metrics and per-query scores are kept), and the names of what it leaves out
-    (runs, larger files, and folders: models, checkpoints, indexes)."""
-    keep: list[Path] = []
+def small_files(folder: Path, also: Collection[str] = ()) -> tuple[list[str], list[str]]:
+    """The files of a stage ``folder`` a record keeps, as paths relative to it: those directly in it and those
+    matching the globs ``also`` (:attr:`~hardneg.experiment.stages.Stage.record_also`), each at most
+    :data:`RECORD_LIMIT` bytes, not temp files, not runs (a run's metrics and per-query scores are kept); and the
+    names of what it leaves out (runs, larger files, and folders: models, checkpoints, indexes; a folder ``also``
+    takes files from is named by what stays in it)."""
+    candidates = [p for p in folder.iterdir() if p.is_file()]
+    taken_from = set()
+    for pattern in also:
+        matches = [p for p in folder.glob(pattern) if p.is_file()]
+        candidates += matches
+        taken_from |= {p.parent for p in matches}
+    keep: list[str] = []
     left: list[str] = []
-    for path in sorted(folder.iterdir()):
-        if path.is_dir():
-            left.append(f"{path.name}/")
-        elif path.is_file() and not path.name.startswith(".") and ".tmp" not in path.name:
-            if path.stat().st_size <= RECORD_LIMIT and path.suffix not in RUN_SUFFIXES:
-                keep.append(path)
-            else:
-                left.append(path.name)
+    for path in sorted(set(candidates)):
+        if path.name.startswith(".") or ".tmp" in path.name:
+            continue
+        rel = path.relative_to(folder).as_posix()
+        if path.stat().st_size <= RECORD_LIMIT and path.suffix not in RUN_SUFFIXES:
+            keep.append(rel)
+        else:
+            left.append(rel)
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if sub not in taken_from:
+            left.append(f"{sub.name}/")
+            continue
+        kept = set(keep)
+        left += [p.relative_to(folder).as_posix() for p in sorted(sub.rglob("*"))
+                 if p.is_file() and p.relative_to(folder).as_posix() not in kept]
     return keep, left
+
+
+def _files(folder: Path) -> list[str]:
+    """Every file under ``folder``, relative to it."""
+    return [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_file()]
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -64,18 +85,21 @@ def save(stage: Stage, folder: Path, record: Path) -> None:
     them: files of an earlier record that the stage no longer has go; its ``stage.json`` is written last (a record
     without one is not a record), with ``left_out`` naming what stayed behind, and the stage's portable key (a
     folder keyed before keys were portable is recorded as the same settings anywhere)."""
-    keep, left = small_files(folder)
+    keep, left = small_files(folder, stage.record_also)
     record.mkdir(parents=True, exist_ok=True)
-    names = {p.name for p in keep}
     state_path = record / STATE_FILE
     if state_path.exists():  # replaced: a half-written record must not read as the old one finished
         state_path.unlink()
-    for old in record.iterdir():
-        if old.is_file() and old.name not in names:
-            old.unlink()
-    for path in keep:
-        if path.name != STATE_FILE:
-            _copy(path, record / path.name)
+    for old in _files(record):
+        if old not in keep:
+            (record / old).unlink()
+    for sub in sorted((p for p in record.rglob("*") if p.is_dir()), reverse=True):  # deepest first
+        if not any(sub.iterdir()):
+            sub.rmdir()
+    for rel in keep:
+        if rel != STATE_FILE:
+            (record / rel).parent.mkdir(parents=True, exist_ok=True)
+            _copy(folder / rel, record / rel)
     state = read_state(folder) or {}
     state.pop(RESTORED, None)
     write_json(state_path, {**state, "key": stage.key, "left_out": left})
@@ -102,9 +126,10 @@ def restore(stage: Stage, folder: Path, record: Path) -> bool:
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    for path in record.iterdir():
-        if path.is_file() and path.name != STATE_FILE:
-            _copy(path, folder / path.name)
+    for rel in _files(record):
+        if rel != STATE_FILE:
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            _copy(record / rel, folder / rel)
     write_json(folder / STATE_FILE, {**state, RESTORED: str(record.parent.parent)})
     return True
 

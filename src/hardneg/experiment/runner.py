@@ -237,7 +237,8 @@ class Experiment:
             self._add(Stage(wise_curve_stage(s.name), {"system": s.name, "alphas": alphas, "data": self.test_spec(),
                                                        "transfer": list(r.transfer), "index": s.index,
                                                        **eval_settings, "query_max_length": self.query_length(s)},
-                            [wise_alpha_stage(s.name, a) for a in alphas], self._wise_curve_fn(s, alphas)))
+                            [wise_alpha_stage(s.name, a) for a in alphas], self._wise_curve_fn(s, alphas),
+                            record_also=("a*/metrics.json", "a*/per_query.json")))  # the report's curve table
         self._add(Stage(REPORT, {}, list(self.stages), self._report_fn, always=True, reads_records=True))
 
     def _on_test(self, system: System, eval_settings: dict[str, Any]) -> dict[str, Any]:

@@ -131,6 +131,9 @@ class Stage:
     #: it reads only its dependencies' small files (what ``--records`` keeps), not their models: the report, the
     #: analyses that gather per-system numbers (a dependency taken from records need not run again for it)
     reads_records: bool = False
+    #: files in the stage's subfolders its record keeps too (globs relative to the stage folder, e.g. the WiSE
+    #: curve's ``a*/per_query.json``): a record keeps only the files directly in the folder otherwise
+    record_also: tuple[str, ...] = ()
     key: str = ""
     #: the key over the settings as written, absolute paths included: how folders made before keys were
     #: portable were keyed (accepted as the same settings where they lie)
