@@ -211,3 +211,20 @@ def test_a_seed_not_finished_yet_is_left_out_of_the_mean_and_n(seeded_run, tmp_p
     assert star["seeds"]["sd"]["nDCG@10"] == pytest.approx(np.std(values, ddof=1))
     row = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("| star |"))
     assert row.endswith("| 2 |") and star["seeds"]["n"] == 2
+
+
+def test_training_curves_table_has_a_row_per_seed_with_its_own_budget(seeded_run):
+    """Each seed of a seeded system is a row of the training-curves table, read from its own log: a seed that
+    ended at its cap still rising must be named even when the first seed's curve had flattened."""
+    import csv
+
+    rows = list(csv.DictReader((seeded_run.out / "tables" / "training_curves.csv").open(encoding="utf-8")))
+    assert [r["system"] for r in rows] == ["inbatch", "inbatch.seed43", "star", "star.seed43", "star.seed44"]
+    column = next(c for c in rows[0] if c.startswith("best dev "))  # the report's main measure
+    for row in rows:
+        log = [json.loads(line) for line in
+               (seeded_run.stage_dir(f"train-{row['system']}") / "train_log.jsonl").read_text().splitlines()]
+        dev = [x[column.removeprefix("best dev ")] for x in log if x.get("kind") == "dev"]
+        assert int(row["steps"]) == len([x for x in log if x.get("kind") == "train"])
+        assert float(row[column]) == pytest.approx(max(dev))
+        assert row["method"] == row["system"].split(".")[0]

@@ -124,16 +124,22 @@ def training_curves(ctx: ReportContext) -> Section:
             ax.legend(fontsize=7)
     path = ctx.save(fig, "training_curves.png")
     rows, rising = [], []
-    for name in trained:
-        last = loss.get(name, [{}])[-1].get("loss")
-        d = [x.get(metric) for x in dev.get(name, []) if isinstance(x.get(metric), (int, float))]
-        best = int(np.argmax(d)) if d else None
-        ended, gain = budget(ctx, name, logs[name])
-        if gain is not None:
-            rising.append(f"{name} (+{gain:.4f})")
-        rows.append([name, ctx.r.method_label(name), str(len(loss.get(name, []))), fmt(last, 4),
-                     fmt(d[0] if d else None), fmt(max(d) if d else None),
-                     str(dev[name][best]["step"]) if best is not None else "–", ended])
+    for system in trained:
+        # a seeded system: each seed's run is a row (its replicas are not drawn, to keep the figure readable)
+        runs = [system] + [run for _, run in ctx.r.seed_runs(system)[1:] if ctx.r.stage(train_stage(run))]
+        for name in runs:
+            log = logs[name] if name in logs else ctx.r.train_log(name)
+            losses = [x for x in log if x.get("kind") == "train" and isinstance(x.get("loss"), (int, float))]
+            last = losses[-1]["loss"] if losses else None
+            evals = [x for x in log if x.get("kind") == "dev" and isinstance(x.get(metric), (int, float))]
+            d = [x[metric] for x in evals]
+            best = int(np.argmax(d)) if d else None
+            ended, gain = budget(ctx, name, log, system=system)
+            if gain is not None:
+                rising.append(f"{name} (+{gain:.4f})")
+            rows.append([name, ctx.r.method_label(system), str(len(losses)), fmt(last, 4),
+                         fmt(d[0] if d else None), fmt(max(d) if d else None),
+                         str(evals[best]["step"]) if best is not None else "–", ended])
     at_cap = (f"Still at their best dev value at the cap (the gain of the last evaluation over every earlier one "
               f"in brackets; a larger cap might help where it is not noise): {', '.join(rising)}." if rising else
               "No system was still improving on dev at its cap.")
@@ -153,23 +159,25 @@ def training_curves(ctx: ReportContext) -> Section:
         "\"budget\": how training ended, by the system's own dev metric (the one its model was chosen by): "
         "stopped early by `patience`, or at the cap (`max_steps`; a sentence-transformers recipe: "
         "`num_train_epochs`) with the step or epoch whose model was kept, which can differ from the step of the "
-        f"best dev {metric} where that metric is not the one the model was chosen by. " + at_cap,
+        f"best dev {metric} where that metric is not the one the model was chosen by. A system with `seeds` has a "
+        "row per seed (`<system>.seed<k>`: a replica; the figure draws the first seed only). " + at_cap,
         "",
     ]))
 
 
-def budget(ctx: ReportContext, name: str, log: list[dict[str, Any]]) -> tuple[str, float | None]:
-    """How ``name``'s training ended (``log``: its ``train_log.jsonl`` records), by its own dev metric (the one its
-    model was picked by): early-stopped before its cap, or at the cap; and when at the cap the last evaluation is
-    strictly the best, that gain over every earlier evaluation (else None): dev was still rising when the budget
-    ran out."""
+def budget(ctx: ReportContext, name: str, log: list[dict[str, Any]], system: str | None = None
+           ) -> tuple[str, float | None]:
+    """How ``name``'s training ended (``log``: its ``train_log.jsonl`` records; ``name`` may be a seed's run of
+    ``system``), by its own dev metric (the one its model was picked by): early-stopped before its cap, or at the
+    cap; and when at the cap the last evaluation is strictly the best, that gain over every earlier evaluation (else
+    None): dev was still rising when the budget ran out."""
     st = ctx.r.stage(train_stage(name))
     if st is None:
         return "–", None
     cfg = st["settings"]
     metric = cfg.get("dev_metric") or "RR@10"
     dev = [x for x in log if x.get("kind") == "dev" and isinstance(x.get(metric), (int, float))]
-    if name in ctx.r.with_kind(PEER_ST):
+    if (system or name) in ctx.r.with_kind(PEER_ST):
         unit, cap = "epoch", cfg.get("num_train_epochs")
         done = max((int(x["epoch"]) for x in dev if "epoch" in x), default=0)
     else:
