@@ -33,7 +33,8 @@ BLOCK = re.compile(r"(?P<open><!-- results-table:(?P<path>\S+?) -->\n)(?P<body>.
                    re.S)
 #: the command that rewrites the README's blocks (named in the messages of a stale one)
 COMMAND = "hardneg report --readme README.md"
-_NOT_MEASURES = ("steps", "train_seconds", "train_cpu_seconds")
+#: results.json entry keys that are numbers but not test measures (the training's steps, wall-clock and CPU time)
+NOT_MEASURES = ("steps", "train_seconds", "train_cpu_seconds")
 
 
 def _main_measure(entries: list[dict[str, Any]]) -> str | None:
@@ -51,7 +52,7 @@ def _measures(entries: list[dict[str, Any]], main: str | None) -> list[str]:
     """The test measures of the entries (the main one first), in results.json order."""
     nested = {k for e in entries for k, v in e.items() if isinstance(v, dict | list)}  # dev, transfer, seeds
     keys = [k for e in entries for k, v in e.items() if isinstance(v, int | float) and not isinstance(v, bool)
-            and k not in nested and k not in _NOT_MEASURES and not k.endswith(("_seen", "_unseen"))]
+            and k not in nested and k not in NOT_MEASURES and not k.endswith(("_seen", "_unseen"))]
     keys = list(dict.fromkeys(keys))
     return ([main] if main in keys else []) + [k for k in keys if k != main]
 

@@ -60,11 +60,11 @@ def small_files(folder: Path, also: Collection[str] = ()) -> tuple[list[str], li
             keep.append(rel)
         else:
             left.append(rel)
+    kept = set(keep)
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         if sub not in taken_from:
             left.append(f"{sub.name}/")
             continue
-        kept = set(keep)
         left += [p.relative_to(folder).as_posix() for p in sorted(sub.rglob("*"))
                  if p.is_file() and p.relative_to(folder).as_posix() not in kept]
     return keep, left

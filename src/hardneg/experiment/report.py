@@ -42,6 +42,7 @@ from typing import Any
 from hardneg.experiment.context import ReportContext, machine, short_path
 from hardneg.experiment.findings import Findings
 from hardneg.experiment.peer_st import PEER_ST
+from hardneg.experiment.readme import NOT_MEASURES
 from hardneg.experiment.results import ExperimentResults
 from hardneg.experiment.sections import Section, registered, section_fn
 from hardneg.experiment.sections.effectiveness import against_start
@@ -158,8 +159,7 @@ def _seeded_entry(ctx: ReportContext, name: str, replicas: dict[str, Any]) -> di
         replicas[run] = {"system": name, "seed": seed,
                          **_entry(ctx, name, ctx.seed_runs[name].get(run), transfer, run=run)}
     first = {k: v for k, v in replicas[name].items() if k not in ("system", "seed")}
-    keys = [k for k, v in first.items() if isinstance(v, float | None) and k not in ("dev", "steps", "train_seconds",
-                                                                                    "train_cpu_seconds")]
+    keys = [k for k, v in first.items() if isinstance(v, float | None) and k not in ("dev", *NOT_MEASURES)]
     spreads = {k: spread([replicas[run][k] for _, run in runs]) for k in keys}
     spreads.update({f"transfer/{t}": spread([replicas[run]["transfer"][t] for _, run in runs]) for t in tags})
     entry = {**first, **{k: s["mean"] for k, s in spreads.items() if "/" not in k}}

@@ -88,8 +88,7 @@ def training_curves(ctx: ReportContext) -> Section:
     """Training loss and dev quality per step of every trained system (train_log.jsonl)."""
     trained = ctx.r.trained()
     logs = {n: ctx.r.train_log(n) for n in trained}
-    loss = {n: [x for x in recs if x.get("kind") == "train" and isinstance(x.get("loss"), (int, float))]
-            for n, recs in logs.items()}
+    loss = {n: _losses(recs) for n, recs in logs.items()}
     loss = {n: v for n, v in loss.items() if v}
     dev = {n: [x for x in recs if x.get("kind") == "dev"] for n, recs in logs.items()}
     dev = {n: v for n, v in dev.items() if v}
@@ -129,7 +128,7 @@ def training_curves(ctx: ReportContext) -> Section:
         runs = [system] + [run for _, run in ctx.r.seed_runs(system)[1:] if ctx.r.stage(train_stage(run))]
         for name in runs:
             log = logs[name] if name in logs else ctx.r.train_log(name)
-            losses = [x for x in log if x.get("kind") == "train" and isinstance(x.get("loss"), (int, float))]
+            losses = _losses(log)
             last = losses[-1]["loss"] if losses else None
             evals = [x for x in log if x.get("kind") == "dev" and isinstance(x.get(metric), (int, float))]
             d = [x[metric] for x in evals]
@@ -163,6 +162,11 @@ def training_curves(ctx: ReportContext) -> Section:
         "row per seed (`<system>.seed<k>`: a replica; the figure draws the first seed only). " + at_cap,
         "",
     ]))
+
+
+def _losses(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A training log's step records that carry a loss."""
+    return [x for x in log if x.get("kind") == "train" and isinstance(x.get("loss"), (int, float))]
 
 
 def budget(ctx: ReportContext, name: str, log: list[dict[str, Any]], system: str | None = None
@@ -290,8 +294,8 @@ def timing(ctx: ReportContext) -> Section:
     header = ["system", "method", "steps", "batch", "step time (s)", "training (min)", "re-mining (min)",
               "stage (min)", "CPU (min)", "peak RAM (GiB)"] + ["peak GPU (GiB)"] * gpu
     rows = [r if gpu else r[:-1] for r in rows]
-    unrecorded = [r[0] for r in rows if r[9] == "–"]
-    no_cpu = [r[0] for r in rows if r[8] == "–"]
+    unrecorded = [r[0] for r in rows if r[header.index("peak RAM (GiB)")] == "–"]
+    no_cpu = [r[0] for r in rows if r[header.index("CPU (min)")] == "–"]
     ran_with = (f"{next(iter(threads))} here" if len(threads) == 1 else
                 f"{min(threads)}–{max(threads)} here" if threads else "stage.json's threads")
     estimated = any(e for _, e in remining.values())
