@@ -685,6 +685,12 @@ def test_run_order_finishes_each_system_before_the_next_one_trains(tmp_path, tin
         finishing = [n for n in plan if n in (f"test-{system}", f"pairwise-{system}", f"pq-{system}")
                      or n.startswith(f"transfer-{system}-")]  # the analyses' numbers too, while the model is here
         assert finishing and set(finishing) <= set(order[i:j]), (system, order[i:j])
+    # a model's dependants train right after it (and its tests), before a system that does not build on it: the
+    # plan lists ADORE on zero-shot first, the order takes ADORE on STAR straight after STAR
+    assert plan.index("train-adore+zeroshot") < plan.index("train-adore+star")
+    star, child = order.index("train-star"), order.index("train-adore+star")
+    assert child < order.index("train-adore+zeroshot")
+    assert not any(n.startswith("train-") for n in order[star + 1:child]), order[star:child]
     picked = select_stages(exp.stages, ["test-adore+star"])
     assert run_order(exp.stages, picked) == ["train-star", "train-adore+star", "test-adore+star"]
     # stages already done are read back first, so what they unblock runs before the next training

@@ -164,9 +164,12 @@ def select_stages(stages: Mapping[str, Stage], only: list[str]) -> list[str]:
 def run_order(stages: Mapping[str, Stage], wanted: list[str], finished: Collection[str] = ()) -> list[str]:
     """The order ``hardneg experiment`` runs ``wanted`` in: the ``finished`` ones first (done already: they are
     only read back), then dependencies first, and of the stages ready to run the first in ``stages``' order that is
-    not a training stage, else the first training stage. So a system's test and transfer stages run right after
-    its training, before the next system trains: a long grid stopped part-way leaves finished rows behind, not
-    trained models without a test. The report stays last. A finished stage is only read back, so it goes first
+    not a training stage, else a training stage: the one that builds on the model trained most recently in this
+    run (ADORE on a base right after the base), else the first in ``stages``' order. So a system's test and
+    transfer stages run right after its training, and the systems built on a model right after it, before the
+    next system trains: a long grid stopped part-way leaves finished rows behind, not trained models without a
+    test, and no model whose dependants are still to run (with records, a job whose disk is lost trains such a
+    model again). The report stays last. A finished stage is only read back, so it goes first
     even in the odd case of a dependency that is not finished (a training folder deleted after its test ran)."""
     first = [n for n in wanted if n in finished and n != REPORT]
     left = [n for n in wanted if n not in finished and n != REPORT]
@@ -177,7 +180,11 @@ def run_order(stages: Mapping[str, Stage], wanted: list[str], finished: Collecti
         ready = [n for n in left if all(d in done for d in stages[n].deps)]
         if not ready:  # unreachable for a plan built in dependency order; never loop forever
             raise HardnegError(f"stages with unmet dependencies: {', '.join(left)}")
-        pick = next((n for n in ready if not n.startswith(train_stage(""))), ready[0])
+        pick = next((n for n in ready if not n.startswith(train_stage(""))), None)
+        if pick is None:  # only training stages are ready: the one on the latest model run here, else the first
+            ran = {n: i for i, n in enumerate(order) if n.startswith(train_stage(""))}
+            pick = max(ready, key=lambda n: (max((ran.get(d, -1) for d in stages[n].deps), default=-1),
+                                             -ready.index(n)))
         order.append(pick)
         done.add(pick)
         left.remove(pick)
