@@ -179,11 +179,43 @@ def test_checkpoint_of_another_code_version_is_refused(trained, tmp_path):
         _resume(cfg, max_steps=4)
 
 
-def test_checkpoint_of_another_config_is_refused(trained, tmp_path):
+def test_checkpoint_of_another_config_is_refused_naming_the_setting(trained, tmp_path):
     cfg = trained.replace(out=str(tmp_path / "out"))
     shutil.copytree(trained.out, cfg.out)
-    with pytest.raises(HardnegError, match="other training settings"):
+    with pytest.raises(HardnegError, match=r"other training settings \(lr: 0.001 -> 0.0005\)"):
         _resume(cfg, max_steps=4, lr=5e-4)
+
+
+def test_a_moved_run_folder_and_another_cache_still_resume(trained, tmp_path):
+    """The run's folder and cache are where it writes, not what it computes: a copy elsewhere resumes from its
+    step-2 checkpoint (not from step 0) with a cache elsewhere too."""
+    cfg = trained.replace(out=str(tmp_path / "moved"), cache_dir=str(tmp_path / "other-cache"))
+    shutil.copytree(trained.out, cfg.out)
+    _resume(cfg, max_steps=4)
+    steps = [json.loads(line)["step"] for line in (Path(cfg.out) / "train_log.jsonl").read_text().splitlines()
+             if json.loads(line).get("kind") == "train"]
+    assert steps == [1, 2, 3, 4], steps  # before the move, 1 and 2; resumed, 3 and 4 (a refusal raises)
+    assert {p.name for p in (Path(cfg.out) / "checkpoints").glob("step-*")} >= {"step-0000004"}
+
+
+def test_a_checkpoint_hashed_with_its_folder_still_resumes_there(trained, tmp_path):
+    """Checkpoints written before the folder left the hash carry the old fingerprint: they resume in their own
+    folder; copied elsewhere, the refusal says why."""
+    cfg = trained.replace(out=str(tmp_path / "old"))
+    shutil.copytree(trained.out, cfg.out)
+    state_file = _checkpoint(cfg) / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["config_fingerprint"] = cfg.fingerprint(locations=True)
+    assert state["config_fingerprint"] != cfg.fingerprint()
+    state_file.write_text(json.dumps(state))
+    config_file = Path(cfg.out) / "config.json"  # as the run written in "old" left it
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "out": cfg.out}))
+    moved = cfg.replace(out=str(tmp_path / "elsewhere"))
+    shutil.copytree(cfg.out, moved.out)
+    with pytest.raises(HardnegError, match="written in .*old by an earlier hardneg"):
+        _resume(moved, max_steps=4)
+    _resume(cfg, max_steps=4)
+    assert (_checkpoint(cfg).parent / "step-0000004").is_dir()
 
 
 def test_checkpoint_of_another_architecture_is_refused(trained, tmp_path):
@@ -210,10 +242,6 @@ class _Exploit:
 def test_a_checkpoint_carrying_code_is_refused_not_run(trained, tmp_path):
     cfg = trained.replace(out=str(tmp_path / "out"))
     shutil.copytree(trained.out, cfg.out)
-    state_file = _checkpoint(cfg) / "trainer_state.json"
-    state = json.loads(state_file.read_text())
-    state["config_fingerprint"] = cfg.fingerprint()  # the run's folder is part of its fingerprint
-    state_file.write_text(json.dumps(state))
     marker = Path("/tmp/hardneg-pwned")
     marker.unlink(missing_ok=True)
     with open(_checkpoint(cfg) / "optimizer.pt", "wb") as fh:

@@ -19,6 +19,7 @@ import logging
 import math
 import shutil
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 import safetensors.torch
@@ -104,8 +105,8 @@ def model_device(model) -> torch.device:
     return next(model.doc_model.parameters()).device
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str, scaler=None,
-                    device: torch.device | str | None = None) -> dict:
+def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str | Collection[str], scaler=None,
+                    device: torch.device | str | None = None, changed: Collection[str] = ()) -> dict:
     """Restore a checkpoint into the given objects; returns its ``trainer_state.json``.
 
     Every file is read onto the CPU (:data:`MAP_LOCATION`) whatever device wrote it, then placed by
@@ -122,9 +123,11 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str,
             f"{folder}: checkpoint format {state.get('version')} is not {CHECKPOINT_VERSION} "
             "(written by another hardneg version); start a new run or use that version"
         )
-    if state.get("config_fingerprint") != fingerprint:
+    accepted = {fingerprint} if isinstance(fingerprint, str) else set(fingerprint)
+    if state.get("config_fingerprint") not in accepted:
+        what = f" ({'; '.join(changed)})" if changed else ""
         raise HardnegError(
-            f"{folder}: this checkpoint was written with other training settings; resume with the "
+            f"{folder}: this checkpoint was written with other training settings{what}; resume with the "
             "same settings (only max_steps, dev_every, save_every, keep_checkpoints, device may change) "
             "or train into a new --out folder"
         )

@@ -67,6 +67,9 @@ LATER_DEFAULTS.update({"batch_composition": "random", "tas_clusters": None, "tas
 RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
                      "track_queries", "device", "patience", "report_to", "dist_timeout"}
 RESUMABLE_CHANGES |= {"compile", "compile_backend"}  # --compile: the same computation, traced (issue 28)
+#: where a run writes and caches, not what it computes: a run folder moved (or a cache elsewhere) still resumes.
+#: Checkpoints written before this rule hashed them too; :meth:`TrainConfig.fingerprints` accepts those.
+LOCATIONS = {"out", "cache_dir"}
 
 #: where ``report_to`` may send the log's scalars (besides ``train_log.jsonl``, always written)
 REPORT_TO = ("tensorboard", "mlflow", "wandb")
@@ -394,15 +397,30 @@ class TrainConfig(BaseModel):
         """A validated copy with ``changes`` applied (``dataclasses.replace`` for this model)."""
         return type(self)(**{**self.to_dict(), **changes})
 
-    def fingerprint(self) -> str:
-        """Hash of the settings that must not change across ``--resume``."""
-        data = {k: v for k, v in self.to_dict().items() if k not in RESUMABLE_CHANGES}
+    def fingerprint(self, *, locations: bool = False) -> str:
+        """Hash of the settings that must not change across ``--resume`` (not :data:`LOCATIONS`; with
+        ``locations``, the hash earlier versions wrote, which included them)."""
+        data = {k: v for k, v in self.to_dict().items()
+                if k not in RESUMABLE_CHANGES and (locations or k not in LOCATIONS)}
         for spec in method_specs():  # another method's later settings (ADORE's): not in this run's hash
             if spec.later_settings and spec.name != self.method:
                 data = {k: v for k, v in data.items() if k not in spec.settings}
         # settings added after checkpoints existed: left out at their default, so those still resume
         data = {k: v for k, v in data.items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def fingerprints(self) -> tuple[str, str]:
+        """The fingerprints a checkpoint of these settings may carry: today's, and the one written before
+        :data:`LOCATIONS` left the hash (such a checkpoint resumes only from its own folder, as then)."""
+        return self.fingerprint(), self.fingerprint(locations=True)
+
+    def changed(self, before: dict[str, Any]) -> list[str]:
+        """``setting: old -> new`` for each setting that differs from ``before`` (a run's ``config.json``) and
+        may not change across ``--resume``; a setting ``before`` lacks counts at its :data:`LATER_DEFAULTS`."""
+        now = self.to_dict()
+        return [f"{k}: {before.get(k, LATER_DEFAULTS.get(k))!r} -> {now[k]!r}" for k in now
+                if k not in RESUMABLE_CHANGES and k not in LOCATIONS
+                and before.get(k, LATER_DEFAULTS.get(k)) != now[k]]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> TrainConfig:

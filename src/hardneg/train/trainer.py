@@ -49,7 +49,7 @@ from hardneg.data.cache import cache_dir_or_default
 from hardneg.devices import faiss_placement, resolve_device
 from hardneg.errors import HardnegError
 from hardneg.index.external import external_ids
-from hardneg.io import write_json
+from hardneg.io import read_json, write_json
 from hardneg.model.encoder import DualEncoder
 from hardneg.model.encoding import check_encode_precision
 from hardneg.model.lora import LoraSettings, apply_lora
@@ -427,7 +427,7 @@ class Trainer:
             )
         if checkpoint is not None:
             state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler,
-                                    self.config.fingerprint(), scaler=self.scaler)
+                                    self.config.fingerprints(), scaler=self.scaler, changed=self._changed())
             if state.get("world_size", 1) != self.world:
                 raise HardnegError(
                     f"{checkpoint}: written by a run of {state.get('world_size', 1)} processes; resume it "
@@ -438,6 +438,18 @@ class Trainer:
             self.method.restore(checkpoint)
             logger.info("resumed from %s (step %d)", checkpoint, start_step)
         return checkpoint, start_step, best, best_step
+
+    def _changed(self) -> list[str]:
+        """The settings that differ from those the run in OUT wrote (its ``config.json``), for a refused resume's
+        message; none when it has no readable one."""
+        try:
+            before = read_json(self.out / "config.json")
+        except (OSError, ValueError):
+            return []
+        changed = self.config.changed(before) if isinstance(before, dict) else []
+        if not changed and isinstance(before, dict) and before.get("out") not in (None, self.config.out):
+            changed = [f"written in {before['out']} by an earlier hardneg, whose checkpoints resume only there"]
+        return changed
 
     def _dev_step(self, step: int, log: RunLog, best: float, best_step: int) -> tuple[float, int]:
         """Evaluate on dev, log it, and save the model to ``OUT/model`` when it is the best so far."""
