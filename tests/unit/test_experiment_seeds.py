@@ -16,8 +16,11 @@ from hardneg.experiment.context import ReportContext
 from hardneg.experiment.stats import ttest
 from hardneg.io import read_json
 
+# dev_at_start off: a tiny random model two steps in need not beat its start on dev, and keeping the start would
+# make every seed (and system) the same model, leaving the seed statistics nothing to compare
 TRAIN = {"max_steps": 2, "batch_size": 4, "topk": 8, "dev_fraction": 0.25, "dev_every": 1, "save_every": 1,
-         "dev_pool": 0, "query_max_length": 16, "doc_max_length": 32, "warmup_ratio": 0.0, "lr": 1e-3}
+         "dev_pool": 0, "query_max_length": 16, "doc_max_length": 32, "warmup_ratio": 0.0, "lr": 1e-3,
+         "dev_at_start": False}
 ADORE = {"max_steps": 2, "batch_size": 4, "adore_topk": 8, "dev_fraction": 0.25, "dev_every": 1, "save_every": 1,
          "query_max_length": 16, "doc_max_length": 32, "lr": 1e-3, "metric": "mrr@10", "warmup_ratio": 0.0}
 
@@ -146,6 +149,7 @@ def test_paired_tests_use_the_seed_averaged_run(seeded_run):
     assert ctx.per_query["star"]["nDCG@10"] == pytest.approx(star)
     assert ctx.per_query["inbatch"]["nDCG@10"] == pytest.approx(inbatch)
     qids = sorted(star)
+    assert star != inbatch  # two trained systems, so the test has a difference to test
     expected = stats.ttest_rel([star[q] for q in qids], [inbatch[q] for q in qids]).pvalue
     assert ttest(ctx.per_query["star"]["nDCG@10"], ctx.per_query["inbatch"]["nDCG@10"]) == pytest.approx(expected)
     # the head-to-head table of the report carries that p (eval.pairs: [inbatch, star])
