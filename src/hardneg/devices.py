@@ -13,6 +13,7 @@ under torchrun, on every GPU in one process. :class:`PeakMemory` measures the pe
 from __future__ import annotations
 
 import logging
+import math
 import re
 import resource
 import sys
@@ -190,3 +191,93 @@ class PeakMemory:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             peak["peak_gpu_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
         return peak
+
+
+# ----------------------------------------------------------------------------- the machine a stage ran on
+#: the CPU features that change how fast the same code runs (vector width, matrix units)
+_CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+#: a square fp32 matmul of this size, timed to give :func:`machine_record`'s ``gflops``
+_CALIBRATION_N = 512
+_MACHINES: dict[int, dict[str, Any]] = {}
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none: not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def _gflops() -> float:
+    """Single-precision matmul speed with torch's current threads (GFLOP/s, the best of five timings of a few
+    matmuls): a calibration that tells two machines apart and shows how much slower one is, not a benchmark."""
+    import time
+
+    a = torch.randn(_CALIBRATION_N, _CALIBRATION_N)
+    b = torch.randn(_CALIBRATION_N, _CALIBRATION_N)
+    torch.mm(a, b)  # warm-up: thread pool, allocator
+    best = math.inf
+    for _ in range(5):
+        tic = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        best = min(best, (time.perf_counter() - tic) / 4)
+    return round(2 * _CALIBRATION_N ** 3 / best / 1e9, 1)
+
+
+def machine_record() -> dict[str, Any]:
+    """The machine this process runs on, for a stage's ``stage.json`` (``machines``): ``cpu`` (model name),
+    ``cpu_features`` (those of :data:`_CPU_FEATURES` it has), ``cache`` (its cache size), ``cores`` (the cores
+    this process may use), ``gpu`` (CUDA device 0's name, or None) and ``gflops`` (:func:`_gflops`, at torch's
+    current thread count; lower while other work shares the cores). Measured once per process and thread count.
+    Everything but ``gflops`` is the machine's identity (:func:`machine_identity`)."""
+    threads = torch.get_num_threads()
+    if threads not in _MACHINES:
+        import os
+        import platform
+
+        info = _cpuinfo()
+        flags = set(info.get("flags", "").split())
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        _MACHINES[threads] = {
+            "cpu": info.get("model name") or platform.processor() or platform.machine(),
+            "cpu_features": [f for f in _CPU_FEATURES if f in flags],
+            "cache": info.get("cache size"),
+            "cores": cores,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "gflops": _gflops(),
+        }
+    return dict(_MACHINES[threads])
+
+
+def machine_identity(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What tells machines apart in a :func:`machine_record` (its speed measure aside, which varies with load)."""
+    return (record.get("cpu"), tuple(record.get("cpu_features") or ()), record.get("cache"), record.get("cores"),
+            record.get("gpu"))
+
+
+def distinct_machines(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` without repeats of a machine (:func:`machine_identity`), in order."""
+    out: list[dict[str, Any]] = []
+    for record in records:
+        if not any(machine_identity(record) == machine_identity(m) for m in out):
+            out.append(record)
+    return out
+
+
+def machine_label(record: dict[str, Any]) -> str:
+    """A :func:`machine_record` in words: ``Intel Xeon (avx512f, amx_tile), 2 cores, 95 GFLOP/s fp32, no GPU``;
+    an empty one (an attempt from before hardneg recorded it): ``not recorded``."""
+    if not record:
+        return "not recorded"
+    features = f" ({', '.join(record['cpu_features'])})" if record.get("cpu_features") else ""
+    cache = f", cache {record['cache']}" if record.get("cache") else ""
+    speed = f", {record['gflops']:g} GFLOP/s fp32 matmul" if isinstance(record.get("gflops"), int | float) else ""
+    gpu = f"GPU {record['gpu']}" if record.get("gpu") else "no GPU"
+    return f"{record.get('cpu')}{features}{cache}, {record.get('cores')} cores{speed}, {gpu}"

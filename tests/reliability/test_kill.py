@@ -51,9 +51,10 @@ TEMP = ["*/.*.tmp-*", "*.tmp-*", "*/.*", "*.old-*", "*.partial", "*.partial/*", 
 #: files rewritten as training goes on (the best model so far, ANCE's latest negatives): checked only
 #: at the end
 MOVING = ["*/model/*", "*/dev_metrics.json", "*/config.json", "*/refresh/*", "*/negatives_diagnostics.json"]
-#: measurements that differ between any two runs (wall-clock, CPU time, attempts, a stage's peak memory)
+#: measurements that differ between any two runs (wall-clock, CPU time, attempts, a stage's peak memory, the
+#: machine's measured speed)
 TIMING_KEYS = {"seconds", "queries_per_s", "seconds_this_session", "attempts", "peak_rss_mb", "peak_gpu_mb",
-               "cpu_seconds"}
+               "cpu_seconds", "gflops"}
 
 
 def _match(rel: str, patterns: list[str]) -> bool:

@@ -161,6 +161,19 @@ def test_peer_verdict_names_every_column_it_loses(verdicts, ratio, beats, says):
     assert row.beats is beats and row.verdict() == says
 
 
+def test_wall_clock_is_compared_only_where_one_machine_trained_both():
+    cols = [Column(label, 0.1, 0.001, p_holm=0.001) for label in ("all", "unseen-doc", "med")]
+    here = {"cpu": "A CPU", "cpu_features": ["avx2"], "cache": "1 KB", "cores": 2, "gpu": None, "gflops": 100.0}
+    same = PeerRow("adore", "st", cols, seconds=50.0, peer_seconds=100.0, machines=[here])
+    unrecorded = PeerRow("adore", "st", cols, seconds=50.0, peer_seconds=100.0, machines=[here, {}])
+    assert same.beats and unrecorded.beats and unrecorded.ratio == 0.5  # a stage without a record: as before
+    other = PeerRow("adore", "st", cols, seconds=50.0, peer_seconds=100.0,
+                    machines=[here, {**here, "cpu": "Another CPU", "gflops": 300.0}])
+    assert other.ratio is None and not other.beats and other.to_json()["same_machine"] is False
+    assert other.verdict() == ("better on all, unseen-doc, med; trained on other machines than the reference: "
+                               "wall-clock not compared")
+
+
 def test_model_is_the_dev_best_epoch(finished):
     exp, _ = finished
     folder = exp.stage_dir("train-st")

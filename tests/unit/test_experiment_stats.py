@@ -12,11 +12,13 @@ import torch
 from test_experiment import ADORE, TRAIN, tiny_data
 
 from conftest import write_tiny_train
+from hardneg.devices import machine_identity, machine_label, machine_record
 from hardneg.errors import HardnegError
 from hardneg.evaluate.metrics import paired_ttest
 from hardneg.experiment import Experiment, ExperimentResults, Recipe
 from hardneg.experiment import report as report_module
 from hardneg.experiment.context import ReportContext
+from hardneg.experiment.execute import machines
 from hardneg.experiment.figures import system_colours
 from hardneg.experiment.stats import holm
 
@@ -247,6 +249,44 @@ def test_table4_peak_memory_marks_what_was_not_recorded_or_not_the_stages_own(wi
     assert "ran before hardneg recorded it: rand)" in text
     assert table4["rand"]["CPU (min)"] == "" and float(adore_row["CPU (min)"]) > 0
     assert "(\"–\": not recorded, the stage ran before hardneg recorded it: rand)" in text
+
+
+def test_table4_names_the_machine_and_a_column_where_stages_ran_on_several(wise, tmp_path):
+    """Each stage records the machine it ran on; Table 4 names the one machine, and where a training stage ran on
+    another one (or did not record it) a "machine" column with a legend says which row ran where."""
+    exp, _ = wise
+    here = machine_record()
+    for name in ("train-rand", "train-adore+zeroshot"):
+        state = json.loads((exp.stage_dir(name) / "stage.json").read_text())
+        assert [machine_identity(m) for m in state["machines"]] == [machine_identity(here)], name
+    report_module.write(ReportContext(ExperimentResults(exp.out), tmp_path / "one"))
+    text = (tmp_path / "one" / "report.md").read_text().split("## Table 4 analogue")[1].split("\n## ")[0]
+    assert f"Machine: {machine_label(state['machines'][0])}." in text
+    assert "machine" not in _csv(tmp_path / "one" / "tables" / "table4_training_time.csv")["rand"]
+    out = tmp_path / "out"
+    shutil.copytree(exp.out, out)
+    path = out / "stages" / "train-rand" / "stage.json"
+    state = json.loads(path.read_text())
+    other = {**here, "cpu": "Another CPU", "cores": 64, "gflops": 900.0}
+    path.write_text(json.dumps({**state, "machines": [here, other]}))  # resumed on another machine
+    adore = out / "stages" / "train-adore+zeroshot" / "stage.json"
+    state = json.loads(adore.read_text())
+    adore.write_text(json.dumps({k: v for k, v in state.items() if k != "machines"}))  # from before they were kept
+    report_module.write(ReportContext(ExperimentResults(out), tmp_path / "r"))
+    table4 = _csv(tmp_path / "r" / "tables" / "table4_training_time.csv")
+    assert table4["rand"]["machine"] == "A+B" and table4["adore+zeroshot"]["machine"] == "C"
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert (f"A = {machine_label(here)}; B = {machine_label(other)}; C = not recorded" in text
+            and "wall-clocks on different machines are not comparable" in text)
+
+
+def test_an_attempt_on_another_machine_adds_it_and_an_unrecorded_one_counts():
+    here = machine_record()
+    assert machines(None) == [here]
+    assert machines({"seconds": 12.0, "attempts": 1}) == [{}, here]  # an attempt from before machines were kept
+    other = {**here, "cpu": "Another CPU"}
+    assert machines({"seconds": 12.0, "machines": [other]}) == [other, here]
+    assert machines({"seconds": 12.0, "machines": [{**here, "gflops": 1.0}]}) == [{**here, "gflops": 1.0}]
 
 
 def test_records_keep_the_wise_curve_and_its_report_reads_the_same(wise, tmp_path):

@@ -94,6 +94,13 @@ class ReportContext:
         runs = [run for _, run in self.r.seed_runs(system)] or [system]
         return spread([self.r.chain_seconds(run) for run in runs])["mean"]
 
+    def chain_machines(self, system: str) -> list[dict[str, Any]]:
+        """The machines that ran the stages producing ``system``'s model (every seed's; :meth:`ExperimentResults.chain`,
+        :meth:`ExperimentResults.machines`); empty before they are done."""
+        runs = [run for _, run in self.r.seed_runs(system)] or [system]
+        chains = [self.r.chain(run) for run in runs]
+        return self.r.machines([name for chain in chains if chain for name in chain])
+
     def seed_values(self, system: str, measure: str, qids: list[str] | None = None) -> list[float]:
         """A seeded system's mean ``measure`` (over ``qids``, if given) in each seed run whose test is done."""
         return [mean(pq[measure], qids) for pq in self.seed_runs.get(system, {}).values()]

@@ -5,7 +5,8 @@ business; this module only runs a list of them. Each stage writes into its own f
 the stage's name, key, settings and dependencies, its ``status`` (``running``, ``done`` or ``failed``), the
 number of ``attempts``, the wall-clock ``seconds`` of all of them, the CPU time of the process's threads over
 them (``cpu_seconds``: about the wall-clock times ``threads``, torch's intra-op threads, when the cores were the
-stage's alone; less when other work shared them) and their peak memory (:func:`peaks`). A stage
+stage's alone; less when other work shared them), their peak memory (:func:`peaks`) and the ``machines`` they
+ran on (:func:`machines`: wall-clocks of stages run on other machines are not comparable). A stage
 done with the same key is only read back; one left ``running`` (its process was killed) or ``failed`` runs again
 in the same folder, resuming what it had written; one whose key changed starts afresh in an emptied folder.
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-from hardneg.devices import PeakMemory
+from hardneg.devices import PeakMemory, machine_identity, machine_record
 from hardneg.errors import HardnegError
 from hardneg.experiment.stages import Stage, stops_the_run
 from hardneg.io import read_json, write_json
@@ -181,6 +182,18 @@ def run_stages(stages: Mapping[str, Stage], order: list[str], stage_dir: Callabl
     return outcome
 
 
+def machines(state: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The machines a stage's attempts ran on (:func:`hardneg.devices.machine_record`): an earlier attempt's, then
+    this process's where it is another machine. An earlier attempt from before hardneg kept them counts as an
+    empty record: a machine not recorded."""
+    if state and float(state.get("seconds") or 0.0) > 0 and "machines" not in state:
+        earlier: list[dict[str, Any]] = [{}]
+    else:
+        earlier = [m for m in ((state or {}).get("machines") or []) if isinstance(m, dict)]
+    here = machine_record()
+    return earlier if any(machine_identity(m) == machine_identity(here) for m in earlier) else [*earlier, here]
+
+
 def _attempt(stage: Stage, folder: Path, state: dict[str, Any] | None, *, echo: Callable[[str], None],
              keep_going: bool) -> str:
     """One attempt at ``stage`` in ``folder`` (``state``: what an earlier attempt left, or None): ``done``, or
@@ -194,13 +207,14 @@ def _attempt(stage: Stage, folder: Path, state: dict[str, Any] | None, *, echo: 
     folder.mkdir(parents=True, exist_ok=True)
     base = {"name": stage.name, "key": stage.key, "settings": stage.settings, "deps": stage.deps}
     running = {**base, "status": "running", "attempts": attempts}
-    write_json(folder / STATE_FILE, {**running, "seconds": seconds})
+    where = machines(state)
+    write_json(folder / STATE_FILE, {**running, "seconds": seconds, "machines": where})
     tic, cpu_tic = time.perf_counter(), time.process_time()
     with PeakMemory() as peak:
         def memory() -> dict[str, Any]:
             cpu = ({"cpu_seconds": float(cpu_before) + time.process_time() - cpu_tic}
                    if isinstance(cpu_before, int | float) else {})
-            return {**peaks(state, peak.read()), **cpu, "threads": torch.get_num_threads()}
+            return {**peaks(state, peak.read()), **cpu, "threads": torch.get_num_threads(), "machines": where}
 
         try:
             with Heartbeat(folder / STATE_FILE, running, seconds, tic, memory):

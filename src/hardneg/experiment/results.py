@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hardneg.data.load import load_dataset, parse_spec
+from hardneg.devices import distinct_machines
 from hardneg.errors import HardnegError
 from hardneg.evaluate.analysis import unseen_queries
 from hardneg.evaluate.metrics import evaluate_per_query
@@ -172,15 +173,15 @@ class ExperimentResults:
             self._transfer_pq[name] = scored
         return self._transfer_pq[name]
 
-    def chain_seconds(self, run: str) -> float | None:
-        """The wall-clock that produced ``run``'s model: the ``seconds`` of every ``train-``, ``index-`` and
-        ``wise-`` stage its test stage needs, directly or not (an ADORE system's base's training included; Table
-        4's "stage" column summed along the chain); None before its test stage and every one of them is done."""
+    def chain(self, run: str) -> list[str] | None:
+        """The stages that produced ``run``'s model: every ``train-``, ``index-`` and ``wise-`` stage its test stage
+        needs, directly or not (an ADORE system's base's training included); None before its test stage and every
+        one of them is done."""
         st = self.stage(test_stage(run))
         if st is None:
             return None
         seen: set[str] = set()
-        todo, total = list(st.get("deps") or []), 0.0
+        todo, chain = list(st.get("deps") or []), []
         while todo:
             name = todo.pop()
             if name in seen:
@@ -191,8 +192,20 @@ class ExperimentResults:
                 return None
             todo += dep.get("deps") or []
             if name.startswith(("train-", "index-", "wise-")):
-                total += self.stage_seconds(name)
-        return total
+                chain.append(name)
+        return chain
+
+    def chain_seconds(self, run: str) -> float | None:
+        """The wall-clock that produced ``run``'s model: the :meth:`chain`'s stages' seconds (Table 4's "stage"
+        column summed along it); None before they are all done."""
+        chain = self.chain(run)
+        return None if chain is None else sum((self.stage_seconds(name) for name in chain), 0.0)
+
+    def machines(self, names: list[str]) -> list[dict[str, Any]]:
+        """The distinct machines (:func:`hardneg.devices.machine_record`) that ran the done stages ``names``, in
+        order; an empty record for a stage that recorded none (run before hardneg kept them)."""
+        return distinct_machines([record for name in names for record in (self.stage(name) or {}).get("machines")
+                                  or [{}]])
 
     def stage_seconds(self, name: str) -> float:
         """A done stage's wall-clock: its ``stage.json`` seconds, or for a training stage the time its log

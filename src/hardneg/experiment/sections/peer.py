@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
+from hardneg.devices import distinct_machines
 from hardneg.experiment.context import ReportContext
 from hardneg.experiment.peer_st import PEER_ST
 from hardneg.experiment.sections.registry import Section, section
@@ -42,11 +44,19 @@ class PeerRow:
     columns: list[Column] = field(default_factory=list)
     seconds: float | None = None
     peer_seconds: float | None = None
+    #: the machines that trained both (:meth:`ReportContext.chain_machines`; ``{}``: a stage that recorded none)
+    machines: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def same_machine(self) -> bool:
+        """False where the two chains' stages recorded more than one machine: their wall-clocks are not comparable
+        (stages that recorded none are taken to have run where the others did)."""
+        return len([m for m in self.machines if m]) <= 1
 
     @property
     def ratio(self) -> float | None:
-        """The system's wall-clock over the peer's (None when either is unknown)."""
-        if self.seconds is None or not self.peer_seconds:
+        """The system's wall-clock over the peer's (None when either is unknown or they ran on other machines)."""
+        if self.seconds is None or not self.peer_seconds or not self.same_machine:
             return None
         return self.seconds / self.peer_seconds
 
@@ -64,10 +74,13 @@ class PeerRow:
         parts = [f"better on {', '.join(better)}" if better else "", f"worse on {', '.join(worse)}" if worse else ""]
         if self.ratio is not None and self.ratio > 1.0:
             parts.append("more wall-clock")
+        if not self.same_machine:
+            parts.append("trained on other machines than the reference: wall-clock not compared")
         return "; ".join(p for p in parts if p) or "no significant difference"
 
     def to_json(self) -> dict[str, object]:
         return {"system": self.peer, "seconds": self.seconds, "peer_seconds": self.peer_seconds,
+                "same_machine": self.same_machine,
                 "columns": {c.label: {"delta": _num(c.delta), "p": _num(c.p), "p_holm": _num(c.p_holm),
                                       "verdict": c.verdict} for c in self.columns},
                 "beats": self.beats, "verdict": self.verdict()}
@@ -95,9 +108,10 @@ def against_peer(ctx: ReportContext) -> list[PeerRow]:
     rows = []
     for peer in peers:
         ref, peer_transfer = ctx.per_query[peer][m], {t: ctx.transfer_per_query(peer, t) for t in tags}
-        peer_seconds = ctx.chain_seconds(peer)
+        peer_seconds, peer_machines = ctx.chain_seconds(peer), ctx.chain_machines(peer)
         for name in _hardneg_systems(ctx):
-            row = PeerRow(name, peer, seconds=ctx.chain_seconds(name), peer_seconds=peer_seconds)
+            row = PeerRow(name, peer, seconds=ctx.chain_seconds(name), peer_seconds=peer_seconds,
+                          machines=distinct_machines(ctx.chain_machines(name) + peer_machines))
             pq = ctx.per_query[name][m]
             for label, qids in strata:
                 row.columns.append(_column(label, pq, ref, qids))
@@ -152,7 +166,8 @@ def peer(ctx: ReportContext) -> Section:
         "transfer collection, with the paired two-sided t-test over queries Holm–Bonferroni-corrected over every "
         "p of this table (a system with `seeds`: its seed-averaged run). \"wall-clock\": every training, index and "
         "interpolation stage that produced the model (an ADORE system's base's training included; Table 4's "
-        "\"stage\" summed along the chain; test-time encoding, the same for both, is not counted). The verdict "
+        "\"stage\" summed along the chain; test-time encoding, the same for both, is not counted); \"× reference\" "
+        "only where one machine trained both (the stages' recorded `machines`). The verdict "
         f"names the columns where the system is significantly better or worse (Holm p < {ALPHA}).",
         "",
         ctx.table("vs_peer", header, table),

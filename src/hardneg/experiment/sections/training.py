@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from hardneg.devices import machine_identity, machine_label
 from hardneg.experiment.context import ReportContext, machine
 from hardneg.experiment.figures import pyplot, smooth
 from hardneg.experiment.peer_st import PEER_ST
@@ -294,15 +295,21 @@ def timing(ctx: ReportContext) -> Section:
     header = ["system", "method", "steps", "batch", "step time (s)", "training (min)", "re-mining (min)",
               "stage (min)", "CPU (min)", "peak RAM (GiB)"] + ["peak GPU (GiB)"] * gpu
     rows = [r if gpu else r[:-1] for r in rows]
+    where, legend = _machine_column(ctx, [r[0] for r in rows])
+    if legend:
+        header.append("machine")
+        rows = [[*r, where[r[0]]] for r in rows]
     unrecorded = [r[0] for r in rows if r[header.index("peak RAM (GiB)")] == "–"]
     no_cpu = [r[0] for r in rows if r[header.index("CPU (min)")] == "–"]
     ran_with = (f"{next(iter(threads))} here" if len(threads) == 1 else
                 f"{min(threads)}–{max(threads)} here" if threads else "stage.json's threads")
     estimated = any(e for _, e in remining.values())
     return Section("\n".join([
-        "## Table 4 analogue: training time on this machine",
+        "## Table 4 analogue: training time" + ("" if legend else " on this machine"),
         "",
-        f"Machine: {machine()}. \"step time\": median seconds per optimiser step (forward, backward, update, "
+        (f"Machines (\"machine\" column; wall-clocks on different machines are not comparable): {legend}. "
+         if legend else f"Machine: {_one_machine(ctx, [r[0] for r in rows])}. ")
+        + "\"step time\": median seconds per optimiser step (forward, backward, update, "
         "and for ADORE the per-step retrieval); \"training\": the sum of step times; \"re-mining\": ANCE-style "
         "re-encoding of the corpus and re-mining of the negatives with the current model, which STAR does not do"
         + (" (\"≈\": not logged by this run's training, estimated as the number of re-minings times the "
@@ -327,6 +334,29 @@ def timing(ctx: ReportContext) -> Section:
         ctx.table("table4_training_time", header, rows),
         "",
     ]), facts)
+
+
+def _machine_column(ctx: ReportContext, systems: list[str]) -> tuple[dict[str, str], str]:
+    """Each system's training machine as a letter (``A``, ``A+B`` for a stage resumed on another machine) and the
+    letters' legend, where the training stages ran on more than one machine (a machine not recorded counts as
+    one); no column (an empty legend) where one machine ran them all."""
+    names = [train_stage(s) for s in systems]
+    seen = ctx.r.machines(names)
+    if len(seen) < 2:
+        return {}, ""
+    letter = {machine_identity(m): chr(ord("A") + i) for i, m in enumerate(seen)}
+    where = {s: "+".join(letter[machine_identity(m)] for m in ctx.r.machines([n]))
+             for s, n in zip(systems, names, strict=True)}
+    return where, "; ".join(f"{letter[machine_identity(m)]} = {machine_label(m)}" for m in seen)
+
+
+def _one_machine(ctx: ReportContext, systems: list[str]) -> str:
+    """The one machine that ran the training stages, in words (:func:`hardneg.devices.machine_label`); where
+    none recorded it, this machine's (the stages are taken to have run where the report runs)."""
+    seen = ctx.r.machines([train_stage(s) for s in systems])
+    if seen and seen[0]:
+        return machine_label(seen[0])
+    return f"{machine()} (where this report ran; the stages did not record theirs)"
 
 
 def _cpu_minutes(state: dict[str, Any]) -> Num:
