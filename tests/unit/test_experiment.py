@@ -691,6 +691,9 @@ def test_run_order_finishes_each_system_before_the_next_one_trains(tmp_path, tin
     star, child = order.index("train-star"), order.index("train-adore+star")
     assert child < order.index("train-adore+zeroshot")
     assert not any(n.startswith("train-") for n in order[star + 1:child]), order[star:child]
+    # a job resumed after a base finished trains what builds on it before any system that starts afresh
+    resumed = run_order(exp.stages, plan, {"train-star"})
+    assert next(n for n in resumed if n.startswith("train-") and n != "train-star") == "train-adore+star"
     picked = select_stages(exp.stages, ["test-adore+star"])
     assert run_order(exp.stages, picked) == ["train-star", "train-adore+star", "test-adore+star"]
     # stages already done are read back first, so what they unblock runs before the next training

@@ -165,7 +165,8 @@ def run_order(stages: Mapping[str, Stage], wanted: list[str], finished: Collecti
     """The order ``hardneg experiment`` runs ``wanted`` in: the ``finished`` ones first (done already: they are
     only read back), then dependencies first, and of the stages ready to run the first in ``stages``' order that is
     not a training stage, else a training stage: the one that builds on the model trained most recently in this
-    run (ADORE on a base right after the base), else the first in ``stages``' order. So a system's test and
+    run (ADORE on a base right after the base), else on a model finished before this run (a job resumed after
+    the base finished), else the first in ``stages``' order. So a system's test and
     transfer stages run right after its training, and the systems built on a model right after it, before the
     next system trains: a long grid stopped part-way leaves finished rows behind, not trained models without a
     test, and no model whose dependants are still to run (with records, a job whose disk is lost trains such a
@@ -181,9 +182,11 @@ def run_order(stages: Mapping[str, Stage], wanted: list[str], finished: Collecti
         if not ready:  # unreachable for a plan built in dependency order; never loop forever
             raise HardnegError(f"stages with unmet dependencies: {', '.join(left)}")
         pick = next((n for n in ready if not n.startswith(train_stage(""))), None)
-        if pick is None:  # only training stages are ready: the one on the latest model run here, else the first
+        if pick is None:  # only training stages are ready: the one on the latest model, else the first
+            # a model trained in this run ranks by when; one finished before it ranks below those, above none
             ran = {n: i for i, n in enumerate(order) if n.startswith(train_stage(""))}
-            pick = max(ready, key=lambda n: (max((ran.get(d, -1) for d in stages[n].deps), default=-1),
+            ran.update({n: -1 for n in first if n.startswith(train_stage(""))})
+            pick = max(ready, key=lambda n: (max((ran.get(d, -2) for d in stages[n].deps), default=-2),
                                              -ready.index(n)))
         order.append(pick)
         done.add(pick)
