@@ -216,11 +216,12 @@ def _cpuinfo() -> dict[str, str]:
 
 def _gflops() -> float:
     """Single-precision matmul speed with torch's current threads (GFLOP/s, the best of five timings of a few
-    matmuls): a calibration that tells two machines apart and shows how much slower one is, not a benchmark."""
+    matmuls): a calibration that tells two machines apart and shows how much slower one is, not a benchmark.
+    Constant inputs: the global random generator is left as it was."""
     import time
 
-    a = torch.randn(_CALIBRATION_N, _CALIBRATION_N)
-    b = torch.randn(_CALIBRATION_N, _CALIBRATION_N)
+    a = torch.full((_CALIBRATION_N, _CALIBRATION_N), 0.5)
+    b = torch.full((_CALIBRATION_N, _CALIBRATION_N), 0.25)
     torch.mm(a, b)  # warm-up: thread pool, allocator
     best = math.inf
     for _ in range(5):
@@ -234,9 +235,10 @@ def _gflops() -> float:
 def machine_record() -> dict[str, Any]:
     """The machine this process runs on, for a stage's ``stage.json`` (``machines``): ``cpu`` (model name),
     ``cpu_features`` (those of :data:`_CPU_FEATURES` it has), ``cache`` (its cache size), ``cores`` (the cores
-    this process may use), ``gpu`` (CUDA device 0's name, or None) and ``gflops`` (:func:`_gflops`, at torch's
-    current thread count; lower while other work shares the cores). Measured once per process and thread count.
-    Everything but ``gflops`` is the machine's identity (:func:`machine_identity`)."""
+    this process may use), ``gpu`` (the name of the CUDA device this process uses, once it has used one; None
+    for work on the CPU, even on a machine with GPUs: CUDA is not started to ask) and ``gflops`` (:func:`_gflops`,
+    at torch's current thread count; lower while other work shares the cores). The CPU part is measured once per
+    process and thread count. Everything but ``gflops`` is the machine's identity (:func:`machine_identity`)."""
     threads = torch.get_num_threads()
     if threads not in _MACHINES:
         import os
@@ -250,10 +252,11 @@ def machine_record() -> dict[str, Any]:
             "cpu_features": [f for f in _CPU_FEATURES if f in flags],
             "cache": info.get("cache size"),
             "cores": cores,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "gflops": _gflops(),
         }
-    return dict(_MACHINES[threads])
+    gpu = (torch.cuda.get_device_name(torch.cuda.current_device())
+           if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
+    return {**_MACHINES[threads], "gpu": gpu}
 
 
 def machine_identity(record: dict[str, Any]) -> tuple[Any, ...]:
@@ -272,8 +275,8 @@ def distinct_machines(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def machine_label(record: dict[str, Any]) -> str:
-    """A :func:`machine_record` in words: ``Intel Xeon (avx512f, amx_tile), 2 cores, 95 GFLOP/s fp32, no GPU``;
-    an empty one (an attempt from before hardneg recorded it): ``not recorded``."""
+    """A :func:`machine_record` in words (``Intel Xeon (avx2, avx512f), cache 1024 KB, 2 cores, 95 GFLOP/s fp32
+    matmul, no GPU``); an empty one (an attempt from before hardneg recorded it): ``not recorded``."""
     if not record:
         return "not recorded"
     features = f" ({', '.join(record['cpu_features'])})" if record.get("cpu_features") else ""

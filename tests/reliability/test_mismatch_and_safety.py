@@ -198,24 +198,25 @@ def test_a_moved_run_folder_and_another_cache_still_resume(trained, tmp_path):
     assert {p.name for p in (Path(cfg.out) / "checkpoints").glob("step-*")} >= {"step-0000004"}
 
 
-def test_a_checkpoint_hashed_with_its_folder_still_resumes_there(trained, tmp_path):
-    """Checkpoints written before the folder left the hash carry the old fingerprint: they resume in their own
-    folder; copied elsewhere, the refusal says why."""
-    cfg = trained.replace(out=str(tmp_path / "old"))
+def test_a_checkpoint_hashed_with_its_folder_and_cache_resumes_moved(trained, tmp_path):
+    """Checkpoints written before the folder and cache left the hash carry the old fingerprint, computed with the
+    run's own locations, which its config.json keeps: copied elsewhere and given another cache, it resumes."""
+    cfg = trained.replace(out=str(tmp_path / "old"), cache_dir=str(tmp_path / "old-cache"))
     shutil.copytree(trained.out, cfg.out)
     state_file = _checkpoint(cfg) / "trainer_state.json"
     state = json.loads(state_file.read_text())
     state["config_fingerprint"] = cfg.fingerprint(locations=True)
-    assert state["config_fingerprint"] != cfg.fingerprint()
+    assert state["config_fingerprint"] not in cfg.replace(out=str(tmp_path / "elsewhere")).fingerprints()
     state_file.write_text(json.dumps(state))
     config_file = Path(cfg.out) / "config.json"  # as the run written in "old" left it
-    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "out": cfg.out}))
-    moved = cfg.replace(out=str(tmp_path / "elsewhere"))
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "out": cfg.out,
+                                       "cache_dir": cfg.cache_dir}))
+    moved = cfg.replace(out=str(tmp_path / "elsewhere"), cache_dir=str(tmp_path / "new-cache"))
     shutil.copytree(cfg.out, moved.out)
-    with pytest.raises(HardnegError, match="written in .*old by an earlier hardneg"):
-        _resume(moved, max_steps=4)
-    _resume(cfg, max_steps=4)
-    assert (_checkpoint(cfg).parent / "step-0000004").is_dir()
+    with pytest.raises(HardnegError, match=r"other training settings \(lr: 0.001 -> 0.0005\)"):
+        _resume(moved, max_steps=4, lr=5e-4)
+    _resume(moved, max_steps=4)
+    assert (Path(moved.out) / "checkpoints" / "step-0000004").is_dir()
 
 
 def test_checkpoint_of_another_architecture_is_refused(trained, tmp_path):

@@ -135,11 +135,11 @@ def _gradient_rms(config: dict, monkeypatch) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("method", ["star", "adore"])
 def test_trained_weights_equal_one_process(runs, method, monkeypatch):
     """Within the 2-process parity tests' bounds: wherever the gradient is sure (> 1e-3) the weights agree to
-    2e-5, 2% of one AdamW step at lr 1e-3 (measured: up to 1.6e-5 in a few LayerNorm weights of STAR, whose
-    per-step gradients are small beside their RMS). Elsewhere AdamW's normalised step turns float noise in a
-    near-zero gradient (the ranks sum in another order) into a step of either sign, so the whole update is
-    compared as a norm: within 3% (measured: 0.8% for STAR, 1e-5 for ADORE; other negatives or another data
-    order differ by tens of percent)."""
+    2e-6, LayerNorm's to 2e-5, 2% of one AdamW step at lr 1e-3 (measured: up to 1.6e-5 in a few LayerNorm
+    weights and biases of STAR, whose per-step gradients are small beside their RMS). Elsewhere AdamW's
+    normalised step turns float noise in a near-zero gradient (the ranks sum in another order) into a step of
+    either sign, so the whole update is compared as a norm: within 3% (measured: 0.8% for STAR, 1e-5 for ADORE;
+    other negatives or another data order differ by tens of percent)."""
     one, two = _weights(runs["tmp"] / f"{method}-1"), _weights(runs["tmp"] / f"{method}-2")
     start = load_file(str(runs["tmp"] / "model" / "model.safetensors"))
     assert one.keys() == two.keys()
@@ -149,7 +149,8 @@ def test_trained_weights_equal_one_process(runs, method, monkeypatch):
     for key, g in rms.items():
         mask = g > 1e-3
         sure += int(mask.sum())
-        assert torch.allclose(two[key][mask], one[key][mask], atol=2e-5, rtol=0), key
+        atol = 2e-5 if "LayerNorm" in key else 2e-6
+        assert torch.allclose(two[key][mask], one[key][mask], atol=atol, rtol=0), key
     assert sure >= 50
     update = sum(float(((one[k] - start[k.split(".", 1)[1]]) ** 2).sum()) for k in rms) ** 0.5
     apart = sum(float(((two[k] - one[k]) ** 2).sum()) for k in rms) ** 0.5

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 from scipy import stats
 
 from conftest import write_tiny_train
@@ -150,6 +152,9 @@ def test_paired_tests_use_the_seed_averaged_run(seeded_run):
     assert ctx.per_query["inbatch"]["nDCG@10"] == pytest.approx(inbatch)
     qids = sorted(star)
     assert star != inbatch  # two trained systems, so the test has a difference to test
+    weights = [load_file(seeded_run.stage_dir(f"train-{r}") / "model" / "model.safetensors")
+               for r in ("star", "star.seed43")]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the seeds are other models
     expected = stats.ttest_rel([star[q] for q in qids], [inbatch[q] for q in qids]).pvalue
     assert ttest(ctx.per_query["star"]["nDCG@10"], ctx.per_query["inbatch"]["nDCG@10"]) == pytest.approx(expected)
     # the head-to-head table of the report carries that p (eval.pairs: [inbatch, star])

@@ -282,7 +282,8 @@ def test_table4_names_the_machine_and_a_column_where_stages_ran_on_several(wise,
 
 def test_an_attempt_on_another_machine_adds_it_and_an_unrecorded_one_counts():
     here = machine_record()
-    assert machines(None) == [here]
+    assert machines(None) == [here] and machines({"seconds": 0.0}) == [here]  # no earlier attempt ran
+    assert here["gpu"] is None or torch.cuda.is_initialized()  # CUDA is not started to name a GPU
     assert machines({"seconds": 12.0, "attempts": 1}) == [{}, here]  # an attempt from before machines were kept
     other = {**here, "cpu": "Another CPU"}
     assert machines({"seconds": 12.0, "machines": [other]}) == [other, here]

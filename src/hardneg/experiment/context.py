@@ -73,16 +73,20 @@ class ReportContext:
         st = self.r.stage(transfer_stage(system, tag)) if system is not None else None
         return st["result"]["metrics"].get(self.main_measure) if st else None
 
+    def runs(self, system: str) -> list[str]:
+        """The runs of ``system``: each seed's (``<system>.seed<k>``, the first seed being ``system``), or itself."""
+        return [run for _, run in self.r.seed_runs(system)] or [system]
+
     def transfer_values(self, system: str, tag: str) -> list[float | None]:
         """The main measure on the transfer set ``tag`` of each seed run of a seeded system (None: not done)."""
-        runs = [run for _, run in self.r.seed_runs(system)] or [system]
+        runs = self.runs(system)
         states = [self.r.stage(transfer_stage(run, tag)) for run in runs]
         return [st["result"]["metrics"].get(self.main_measure) if st else None for st in states]
 
     def transfer_per_query(self, system: str, tag: str) -> dict[str, dict[str, float]] | None:
         """``system``'s per-query scores on the transfer set ``tag`` (None: not done); of a seeded system, its
         seed-averaged run over the seeds whose transfer stage is done."""
-        runs = [run for _, run in self.r.seed_runs(system)] or [system]
+        runs = self.runs(system)
         done = [pq for run in runs if (pq := self.r.transfer_per_query(run, tag)) is not None]
         if not done:
             return None
@@ -91,13 +95,13 @@ class ReportContext:
     def chain_seconds(self, system: str) -> float | None:
         """The wall-clock that produced ``system``'s model (:meth:`ExperimentResults.chain_seconds`); of a seeded
         system, the mean over its seeds whose chain is done."""
-        runs = [run for _, run in self.r.seed_runs(system)] or [system]
+        runs = self.runs(system)
         return spread([self.r.chain_seconds(run) for run in runs])["mean"]
 
     def chain_machines(self, system: str) -> list[dict[str, Any]]:
         """The machines that ran the stages producing ``system``'s model (every seed's; :meth:`ExperimentResults.chain`,
         :meth:`ExperimentResults.machines`); empty before they are done."""
-        runs = [run for _, run in self.r.seed_runs(system)] or [system]
+        runs = self.runs(system)
         chains = [self.r.chain(run) for run in runs]
         return self.r.machines([name for chain in chains if chain for name in chain])
 

@@ -182,11 +182,17 @@ def run_stages(stages: Mapping[str, Stage], order: list[str], stage_dir: Callabl
     return outcome
 
 
+def _ran(state: Mapping[str, Any] | None) -> bool:
+    """Whether an earlier attempt ran (for some seconds): what it measured is summed with this attempt's, and
+    what it did not record (a stage.json from before hardneg kept it) is unknown, not zero."""
+    return bool(state) and float(state.get("seconds") or 0.0) > 0
+
+
 def machines(state: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """The machines a stage's attempts ran on (:func:`hardneg.devices.machine_record`): an earlier attempt's, then
     this process's where it is another machine. An earlier attempt from before hardneg kept them counts as an
     empty record: a machine not recorded."""
-    if state and float(state.get("seconds") or 0.0) > 0 and "machines" not in state:
+    if _ran(state) and "machines" not in state:
         earlier: list[dict[str, Any]] = [{}]
     else:
         earlier = [m for m in ((state or {}).get("machines") or []) if isinstance(m, dict)]
@@ -202,19 +208,19 @@ def _attempt(stage: Stage, folder: Path, state: dict[str, Any] | None, *, echo: 
     from before hardneg kept it has none, and then none is summed)."""
     attempts = int(state.get("attempts", 0)) + 1 if state else 1
     seconds = float(state.get("seconds", 0.0)) if state else 0.0
-    cpu_before = state.get("cpu_seconds") if state and float(state.get("seconds") or 0.0) > 0 else 0.0
+    cpu_before = state.get("cpu_seconds") if _ran(state) else 0.0
     echo(f"[resume] {stage.name} (attempt {attempts})" if state is not None else f"[run]    {stage.name}")
     folder.mkdir(parents=True, exist_ok=True)
     base = {"name": stage.name, "key": stage.key, "settings": stage.settings, "deps": stage.deps}
     running = {**base, "status": "running", "attempts": attempts}
-    where = machines(state)
-    write_json(folder / STATE_FILE, {**running, "seconds": seconds, "machines": where})
+    write_json(folder / STATE_FILE, {**running, "seconds": seconds, "machines": machines(state)})
     tic, cpu_tic = time.perf_counter(), time.process_time()
     with PeakMemory() as peak:
-        def memory() -> dict[str, Any]:
+        def memory() -> dict[str, Any]:  # the machines too: the GPU is known once the stage has used it
             cpu = ({"cpu_seconds": float(cpu_before) + time.process_time() - cpu_tic}
                    if isinstance(cpu_before, int | float) else {})
-            return {**peaks(state, peak.read()), **cpu, "threads": torch.get_num_threads(), "machines": where}
+            return {**peaks(state, peak.read()), **cpu, "threads": torch.get_num_threads(),
+                    "machines": machines(state)}
 
         try:
             with Heartbeat(folder / STATE_FILE, running, seconds, tic, memory):

@@ -204,8 +204,8 @@ class ExperimentResults:
     def machines(self, names: list[str]) -> list[dict[str, Any]]:
         """The distinct machines (:func:`hardneg.devices.machine_record`) that ran the done stages ``names``, in
         order; an empty record for a stage that recorded none (run before hardneg kept them)."""
-        return distinct_machines([record for name in names for record in (self.stage(name) or {}).get("machines")
-                                  or [{}]])
+        done = [st for st in map(self.stage, names) if st is not None]
+        return distinct_machines([record for st in done for record in st.get("machines") or [{}]])
 
     def stage_seconds(self, name: str) -> float:
         """A done stage's wall-clock: its ``stage.json`` seconds, or for a training stage the time its log

@@ -128,8 +128,9 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, fingerprint: str 
         what = f" ({'; '.join(changed)})" if changed else ""
         raise HardnegError(
             f"{folder}: this checkpoint was written with other training settings{what}; resume with the "
-            "same settings (only max_steps, dev_every, save_every, keep_checkpoints, device may change) "
-            "or train into a new --out folder"
+            "same settings (only max_steps, dev_every, save_every, keep_checkpoints, patience, device, tracking "
+            "and --compile may change, and the run folder and --cache-dir may move) or train into a new --out "
+            "folder"
         )
     try:  # tensors only: weights_only refuses any pickled code in a checkpoint
         _load_unique_state_dict(model, load_file(str(folder / "model.safetensors")))

@@ -411,7 +411,8 @@ class TrainConfig(BaseModel):
 
     def fingerprints(self) -> tuple[str, str]:
         """The fingerprints a checkpoint of these settings may carry: today's, and the one written before
-        :data:`LOCATIONS` left the hash (such a checkpoint resumes only from its own folder, as then)."""
+        :data:`LOCATIONS` left the hash, with these locations (the trainer also accepts it with the locations the
+        run that wrote the checkpoint had, from its ``config.json``)."""
         return self.fingerprint(), self.fingerprint(locations=True)
 
     def changed(self, before: dict[str, Any]) -> list[str]:

@@ -426,8 +426,10 @@ class Trainer:
                 "or choose another --out"
             )
         if checkpoint is not None:
+            before = self._written_with()
             state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler,
-                                    self.config.fingerprints(), scaler=self.scaler, changed=self._changed())
+                                    self._accepted(before), scaler=self.scaler,
+                                    changed=self.config.changed(before) if before else ())
             if state.get("world_size", 1) != self.world:
                 raise HardnegError(
                     f"{checkpoint}: written by a run of {state.get('world_size', 1)} processes; resume it "
@@ -439,17 +441,24 @@ class Trainer:
             logger.info("resumed from %s (step %d)", checkpoint, start_step)
         return checkpoint, start_step, best, best_step
 
-    def _changed(self) -> list[str]:
-        """The settings that differ from those the run in OUT wrote (its ``config.json``), for a refused resume's
-        message; none when it has no readable one."""
+    def _written_with(self) -> dict | None:
+        """The settings of the run that wrote OUT's checkpoints (its ``config.json``); None without a readable
+        one."""
         try:
             before = read_json(self.out / "config.json")
         except (OSError, ValueError):
-            return []
-        changed = self.config.changed(before) if isinstance(before, dict) else []
-        if not changed and isinstance(before, dict) and before.get("out") not in (None, self.config.out):
-            changed = [f"written in {before['out']} by an earlier hardneg, whose checkpoints resume only there"]
-        return changed
+            return None
+        return before if isinstance(before, dict) else None
+
+    def _accepted(self, before: dict | None) -> list[str]:
+        """The fingerprints a checkpoint of this run may carry (:meth:`TrainConfig.fingerprints`), and the older
+        one as the run that wrote it computed it, with its own folder and cache (``before``: its config.json), so
+        a checkpoint from before the locations left the hash resumes after a move too."""
+        accepted = list(self.config.fingerprints())
+        if before and isinstance(before.get("out"), str):
+            then = self.config.replace(out=before["out"], cache_dir=before.get("cache_dir"))
+            accepted.append(then.fingerprint(locations=True))
+        return accepted
 
     def _dev_step(self, step: int, log: RunLog, best: float, best_step: int) -> tuple[float, int]:
         """Evaluate on dev, log it, and save the model to ``OUT/model`` when it is the best so far."""

@@ -301,11 +301,11 @@ def timing(ctx: ReportContext) -> Section:
         rows = [[*r, where[r[0]]] for r in rows]
     unrecorded = [r[0] for r in rows if r[header.index("peak RAM (GiB)")] == "–"]
     no_cpu = [r[0] for r in rows if r[header.index("CPU (min)")] == "–"]
-    ran_with = (f"{next(iter(threads))} here" if len(threads) == 1 else
-                f"{min(threads)}–{max(threads)} here" if threads else "stage.json's threads")
+    ran_with = (f"{next(iter(threads))}" if len(threads) == 1 else
+                f"{min(threads)}–{max(threads)}" if threads else "stage.json's threads")
     estimated = any(e for _, e in remining.values())
     return Section("\n".join([
-        "## Table 4 analogue: training time" + ("" if legend else " on this machine"),
+        "## Table 4 analogue: training time" + ("" if legend else " on one machine"),
         "",
         (f"Machines (\"machine\" column; wall-clocks on different machines are not comparable): {legend}. "
          if legend else f"Machine: {_one_machine(ctx, [r[0] for r in rows])}. ")

@@ -290,18 +290,24 @@ def _start_index(ctx: Any, model: Any) -> FaissIndex:
 
 
 # ----------------------------------------------------------------------------- the warm-up's file
-def _warmup_key(ctx: Any, model: Any, k: int) -> str:
+def _warmup_keys(ctx: Any, model: Any, k: int) -> list[str]:
     """What the start model's negatives depend on: the run's settings, both towers, the corpus, the training
-    qrels, the search depth and the search units."""
+    qrels, the search depth and the search units. The first key is written; the others (the settings' older
+    fingerprint, :meth:`~hardneg.train.config.TrainConfig.fingerprints`) are accepted, so a run from before resumes
+    with the negatives it mined."""
     qrels = sorted((q, sorted((d, int(g)) for d, g in docs.items())) for q, docs in ctx.train_qrels.items())
-    raw = json.dumps([ctx.config.fingerprint(), model.side_identity("query"), model.side_identity("doc"),
-                      ctx.dataset.fingerprint(), qrels, k, QUERY_BATCH, SEARCH_QUERIES], sort_keys=True, default=str)
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+    keys = []
+    for fingerprint in ctx.config.fingerprints():
+        raw = json.dumps([fingerprint, model.side_identity("query"), model.side_identity("doc"),
+                          ctx.dataset.fingerprint(), qrels, k, QUERY_BATCH, SEARCH_QUERIES], sort_keys=True,
+                         default=str)
+        keys.append(hashlib.sha256(raw.encode()).hexdigest()[:16])
+    return keys
 
 
-def _warmup_found(folder: Path, key: str, scores: bool = False) -> bool:
+def _warmup_found(folder: Path, keys: list[str], scores: bool = False) -> bool:
     manifest = folder / "manifest.json"
-    return (manifest.is_file() and (folder / "negatives.tsv").is_file() and read_json(manifest).get("key") == key
+    return (manifest.is_file() and (folder / "negatives.tsv").is_file() and read_json(manifest).get("key") in keys
             and (not scores or (folder / SCORES_FILE).is_file()))
 
 
@@ -343,9 +349,10 @@ def mine_with_model(ctx: Any, model: Any, folder: Path | None = None, selector: 
     k = selector.depth() if selector is not None else cfg.topk + max(len(p) for p in ctx.positives.values())
     where = "start model" if folder is None else f"refresh at step {step}"
     warmup = Path(cfg.out) / WARMUP_DIR
-    key = _warmup_key(ctx, model, k) if folder is None else ""
+    keys = _warmup_keys(ctx, model, k) if folder is None else [""]
+    key = keys[0]
     simans = selector is not None and selector.rules.weighted
-    if folder is None and dist.broadcast_object(_warmup_found(warmup, key, simans)):  # rank 0's view decides
+    if folder is None and dist.broadcast_object(_warmup_found(warmup, keys, simans)):  # rank 0's view decides
         lists = read_negatives(warmup / "negatives.tsv")
         summary = read_json(warmup / "manifest.json").get("diagnostics")
         if selector is not None and summary is not None:
