@@ -332,3 +332,29 @@ def test_no_unsafe_loading_in_the_source():
                 line = text[: m.start()].count("\n") + 1
                 found.append(f"{path.relative_to(SRC)}:{line}: {what}")
     assert not found, "\n".join(found)
+
+
+def test_warm_up_negatives_mined_under_the_older_fingerprint_are_found(tmp_path):
+    """STAR's mined negatives are keyed by the settings' fingerprint: the key no longer depends on the run folder,
+    and negatives a run mined under the older fingerprint (folder included) are still found, not mined again."""
+    from types import SimpleNamespace
+
+    from hardneg.io import write_json
+    from hardneg.train.config import TrainConfig
+    from hardneg.train.methods import mining
+
+    def ctx(out):
+        return SimpleNamespace(config=TrainConfig(method="star", data="x", out=str(out)),
+                               train_qrels={"q1": {"d1": 1}}, dataset=SimpleNamespace(fingerprint=lambda: "corpus"))
+
+    model = SimpleNamespace(side_identity=lambda side: f"tower-{side}")
+    new, old = mining._warmup_keys(ctx(tmp_path / "a"), model, 200)
+    moved_new, moved_old = mining._warmup_keys(ctx(tmp_path / "b"), model, 200)
+    assert new == moved_new and old != moved_old and new != old
+    folder = tmp_path / "a" / "warmup"
+    folder.mkdir(parents=True)
+    (folder / "negatives.tsv").write_text("q1\td2\n")
+    write_json(folder / "manifest.json", {"key": old})
+    assert mining._warmup_found(folder, [new, old])
+    write_json(folder / "manifest.json", {"key": moved_old})  # mined by an older run in another folder
+    assert not mining._warmup_found(folder, [new, old])
