@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from hardneg.devices import PeakMemory, machine_identity, machine_record
+from hardneg.devices import PeakMemory, distinct_machines, machine_record
 from hardneg.errors import HardnegError
 from hardneg.experiment.stages import Stage, stops_the_run
 from hardneg.io import read_json, write_json
@@ -196,8 +196,7 @@ def machines(state: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         earlier: list[dict[str, Any]] = [{}]
     else:
         earlier = [m for m in ((state or {}).get("machines") or []) if isinstance(m, dict)]
-    here = machine_record()
-    return earlier if any(machine_identity(m) == machine_identity(here) for m in earlier) else [*earlier, here]
+    return distinct_machines([*earlier, machine_record()])
 
 
 def _attempt(stage: Stage, folder: Path, state: dict[str, Any] | None, *, echo: Callable[[str], None],

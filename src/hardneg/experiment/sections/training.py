@@ -295,8 +295,8 @@ def timing(ctx: ReportContext) -> Section:
     header = ["system", "method", "steps", "batch", "step time (s)", "training (min)", "re-mining (min)",
               "stage (min)", "CPU (min)", "peak RAM (GiB)"] + ["peak GPU (GiB)"] * gpu
     rows = [r if gpu else r[:-1] for r in rows]
-    where, legend = _machine_column(ctx, [r[0] for r in rows])
-    if legend:
+    where, machines_text = _machines(ctx, [r[0] for r in rows])
+    if where:
         header.append("machine")
         rows = [[*r, where[r[0]]] for r in rows]
     unrecorded = [r[0] for r in rows if r[header.index("peak RAM (GiB)")] == "–"]
@@ -305,11 +305,9 @@ def timing(ctx: ReportContext) -> Section:
                 f"{min(threads)}–{max(threads)}" if threads else "stage.json's threads")
     estimated = any(e for _, e in remining.values())
     return Section("\n".join([
-        "## Table 4 analogue: training time" + ("" if legend else " on one machine"),
+        "## Table 4 analogue: training time" + ("" if where else " on one machine"),
         "",
-        (f"Machines (\"machine\" column; wall-clocks on different machines are not comparable): {legend}. "
-         if legend else f"Machine: {_one_machine(ctx, [r[0] for r in rows])}. ")
-        + "\"step time\": median seconds per optimiser step (forward, backward, update, "
+        machines_text + "\"step time\": median seconds per optimiser step (forward, backward, update, "
         "and for ADORE the per-step retrieval); \"training\": the sum of step times; \"re-mining\": ANCE-style "
         "re-encoding of the corpus and re-mining of the negatives with the current model, which STAR does not do"
         + (" (\"≈\": not logged by this run's training, estimated as the number of re-minings times the "
@@ -336,27 +334,22 @@ def timing(ctx: ReportContext) -> Section:
     ]), facts)
 
 
-def _machine_column(ctx: ReportContext, systems: list[str]) -> tuple[dict[str, str], str]:
-    """Each system's training machine as a letter (``A``, ``A+B`` for a stage resumed on another machine) and the
-    letters' legend, where the training stages ran on more than one machine (a machine not recorded counts as
-    one); no column (an empty legend) where one machine ran them all."""
+def _machines(ctx: ReportContext, systems: list[str]) -> tuple[dict[str, str], str]:
+    """Where the training stages of ``systems`` ran, and the sentence saying so. On more than one machine (a machine
+    not recorded counts as one): each system's machine as a letter (``A``, ``A+B`` for a stage resumed on another
+    machine) and the letters' legend. On one: no letters, and that machine in words
+    (:func:`hardneg.devices.machine_label`), or where none recorded it, this machine's."""
     names = [train_stage(s) for s in systems]
     seen = ctx.r.machines(names)
     if len(seen) < 2:
-        return {}, ""
+        one = (machine_label(seen[0]) if seen and seen[0] else
+               f"{machine()} (where this report ran; the stages did not record theirs)")
+        return {}, f"Machine: {one}. "
     letter = {machine_identity(m): chr(ord("A") + i) for i, m in enumerate(seen)}
     where = {s: "+".join(letter[machine_identity(m)] for m in ctx.r.machines([n]))
              for s, n in zip(systems, names, strict=True)}
-    return where, "; ".join(f"{letter[machine_identity(m)]} = {machine_label(m)}" for m in seen)
-
-
-def _one_machine(ctx: ReportContext, systems: list[str]) -> str:
-    """The one machine that ran the training stages, in words (:func:`hardneg.devices.machine_label`); where
-    none recorded it, this machine's (the stages are taken to have run where the report runs)."""
-    seen = ctx.r.machines([train_stage(s) for s in systems])
-    if seen and seen[0]:
-        return machine_label(seen[0])
-    return f"{machine()} (where this report ran; the stages did not record theirs)"
+    legend = "; ".join(f"{letter[machine_identity(m)]} = {machine_label(m)}" for m in seen)
+    return where, f"Machines (\"machine\" column; wall-clocks on different machines are not comparable): {legend}. "
 
 
 def _cpu_minutes(state: dict[str, Any]) -> Num:
