@@ -16,7 +16,8 @@ from conftest import train_config, write_tiny_train
 from hardneg.data.load import load_dataset
 from hardneg.errors import HardnegError, InputError
 from hardneg.experiment import Recipe
-from hardneg.train.config import LATER_DEFAULTS, TrainConfig
+from hardneg.train.config import TrainConfig
+from hardneg.train.resume_keys import LATER_DEFAULTS
 from hardneg.train.steps import DRhardLamb, make_optimizer, make_scheduler, schedule_steps
 from hardneg.train.trainer import Trainer
 

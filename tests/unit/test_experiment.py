@@ -464,7 +464,7 @@ def test_settings_added_later_leave_stage_keys_unchanged_at_their_default(tmp_pa
     """A setting added after experiments existed keys a training stage only when it is set: at its default
     it computes what the stage did before, so finished stages stay finished: the STAR demo recipe's train-star
     key equals that of the version before those settings existed (computed there with data_dir /data)."""
-    from hardneg.train.config import LATER_DEFAULTS
+    from hardneg.train.resume_keys import LATER_DEFAULTS
 
     path = tmp_path / "star-demo.yaml"
     path.write_text(STAR_DEMO)

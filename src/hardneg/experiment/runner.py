@@ -95,8 +95,9 @@ from hardneg.model.merge import interpolate
 from hardneg.model.registry import resolve_model
 from hardneg.retrieval.bm25 import cached_bm25
 from hardneg.retrieval.dense import retrieve, search
-from hardneg.train.config import LATER_DEFAULTS, TrainConfig
+from hardneg.train.config import TrainConfig
 from hardneg.train.order import train_dev_split
+from hardneg.train.resume_keys import LATER_DEFAULTS
 from hardneg.train.trainer import Trainer
 
 logger = logging.getLogger("hardneg.experiment")

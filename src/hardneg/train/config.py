@@ -13,8 +13,6 @@ which the trainer runs before any compute.
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, get_args
 
@@ -22,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from hardneg.errors import HardnegError
 from hardneg.negatives.rules import NegativeRules
+from hardneg.train import resume_keys
 from hardneg.train.feature_checks import check_features, flag_for
 from hardneg.train.methods import method_names, method_spec, method_specs, methods_that
 from hardneg.train.methods.settings import check_distill, parse_adore_metric
@@ -39,37 +38,10 @@ ADORE_POSITIVES = ("missing", "always")
 ADORE_REDUCTIONS = ("query", "global")
 DISTILL_KINDS = ("none", "margin-mse", "kl")  # hardneg.train.distill's (that module imports torch)
 
-#: settings added after the first checkpoints were written, and their defaults (see ``fingerprint``)
-LATER_DEFAULTS: dict[str, Any] = {"rand_batch_positives": True, "patience": 0, "dev_carve": "queries"}
 #: the negative-selection rules (issue 16), declared once by hardneg.negatives.rules.NegativeRules: TrainConfig's
 #: fields of the same names are generated from them (their defaults: no rule active, today's behaviour)
 SELECTION_SETTINGS = NegativeRules.settings()
 SELECTION_DEFAULTS: dict[str, Any] = NegativeRules.defaults()
-LATER_DEFAULTS.update(SELECTION_DEFAULTS)
-LATER_DEFAULTS.update({"nprobe": None, "ef_search": None})  # ADORE's search parameters (the index's own if unset)
-LATER_DEFAULTS.update({"index_fp16": False})  # ADORE's flat index stored in float16 on the GPU (issue 27)
-#: DRhard's behaviours as options (issue 27), off by default: hardneg's behaviour before they existed
-LATER_DEFAULTS.update({"lamb_variant": "decoupled", "schedule_epochs": None, "examples_per_query": "each-positive",
-                       "mine_query_max_length": None, "mine_doc_max_length": None})
-#: distillation (issue 28): off by default
-LATER_DEFAULTS.update({"distill": "none", "distill_weight": 1.0, "distill_temperature": 1.0,
-                       "distill_teacher_scale": 1.0})
-#: ADORE on an index hardneg did not build (issue 29)
-LATER_DEFAULTS.update({"index_ids": None, "index_build": "flat", "index_check": 0.5})
-#: LoRA adapters (issue 28), off by default
-LATER_DEFAULTS.update({"lora_r": 0, "lora_alpha": None, "lora_dropout": 0.1, "lora_targets": None,
-                       "lora_save": "merged"})
-#: GradCache and --compile (issue 28), off by default
-LATER_DEFAULTS.update({"grad_cache": False, "mini_batch": None, "compile": False, "compile_backend": "inductor"})
-LATER_DEFAULTS.update({"batch_composition": "random", "tas_clusters": None, "tas_clusters_per_batch": 1})  # TAS
-
-#: settings that may change between a run and its ``--resume`` (they do not change the math so far)
-RESUMABLE_CHANGES = {"max_steps", "dev_every", "save_every", "keep_checkpoints", "quiet", "track_every",
-                     "track_queries", "device", "patience", "report_to", "dist_timeout"}
-RESUMABLE_CHANGES |= {"compile", "compile_backend"}  # --compile: the same computation, traced (issue 28)
-#: where a run writes and caches, not what it computes: a run folder moved (or a cache elsewhere) still resumes.
-#: Checkpoints written before this rule hashed them too; :meth:`TrainConfig.fingerprints` accepts those.
-LOCATIONS = {"out", "cache_dir"}
 
 #: where ``report_to`` may send the log's scalars (besides ``train_log.jsonl``, always written)
 REPORT_TO = ("tensorboard", "mlflow", "wandb")
@@ -398,30 +370,19 @@ class TrainConfig(BaseModel):
         return type(self)(**{**self.to_dict(), **changes})
 
     def fingerprint(self, *, locations: bool = False) -> str:
-        """Hash of the settings that must not change across ``--resume`` (not :data:`LOCATIONS`; with
-        ``locations``, the hash earlier versions wrote, which included them)."""
-        data = {k: v for k, v in self.to_dict().items()
-                if k not in RESUMABLE_CHANGES and (locations or k not in LOCATIONS)}
-        for spec in method_specs():  # another method's later settings (ADORE's): not in this run's hash
-            if spec.later_settings and spec.name != self.method:
-                data = {k: v for k, v in data.items() if k not in spec.settings}
-        # settings added after checkpoints existed: left out at their default, so those still resume
-        data = {k: v for k, v in data.items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """Hash of the settings that must not change across ``--resume``
+        (:func:`hardneg.train.resume_keys.fingerprint`)."""
+        return resume_keys.fingerprint(self.to_dict(), locations=locations)
 
     def fingerprints(self) -> tuple[str, str]:
-        """The fingerprints a checkpoint of these settings may carry: today's, and the one written before
-        :data:`LOCATIONS` left the hash, with these locations (the trainer also accepts it with the locations the
-        run that wrote the checkpoint had, from its ``config.json``)."""
-        return self.fingerprint(), self.fingerprint(locations=True)
+        """The fingerprints a checkpoint of these settings may carry
+        (:func:`hardneg.train.resume_keys.fingerprints`)."""
+        return resume_keys.fingerprints(self.to_dict())
 
     def changed(self, before: dict[str, Any]) -> list[str]:
-        """``setting: old -> new`` for each setting that differs from ``before`` (a run's ``config.json``) and
-        may not change across ``--resume``; a setting ``before`` lacks counts at its :data:`LATER_DEFAULTS`."""
-        now = self.to_dict()
-        return [f"{k}: {before.get(k, LATER_DEFAULTS.get(k))!r} -> {now[k]!r}" for k in now
-                if k not in RESUMABLE_CHANGES and k not in LOCATIONS
-                and before.get(k, LATER_DEFAULTS.get(k)) != now[k]]
+        """``setting: old -> new`` for each setting that differs from ``before`` (a run's ``config.json``) and may
+        not change across ``--resume`` (:func:`hardneg.train.resume_keys.changed`)."""
+        return resume_keys.changed(self.to_dict(), before)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> TrainConfig:
@@ -475,8 +436,6 @@ def _checked(name: str, value: Any) -> Any:
 
 def _default(name: str) -> Any:
     return TrainConfig.model_fields[name].get_default(call_default_factory=True)
-
-
 
 
 def _where(source: str | Path | None) -> str:
