@@ -324,3 +324,33 @@ def test_records_keep_the_wise_curve_and_its_report_reads_the_same(wise, tmp_pat
     (book / "stages" / "wise-rand-curve" / "stage.json").unlink()
     Experiment(Recipe.from_dict(raw), exp.out, quiet=True).run(records=book)
     assert not (curve / "a9").exists() and (curve / "stage.json").is_file()
+
+
+def test_findings_compare_the_papers_star_not_a_variant_of_it(wise, tmp_path):
+    """A distilled (or GradCache, TAS, LoRA, selection-rule) STAR is a row of its own: the findings' STAR is the one
+    the paper runs; while it has no test result, RQ1 says it is not judged yet rather than comparing the variant.
+    The same settings make an ADORE system other than plain ADORE."""
+    from hardneg.experiment.findings import Findings
+
+    exp, _ = wise
+    out = tmp_path / "out"
+    shutil.copytree(exp.out, out)
+    recipe = json.loads((out / "recipe.json").read_text())
+    recipe["systems"] += [
+        {"name": "star-distill", "kind": "train", "method": "star", "settings": {"distill": "margin-mse"}},
+        {"name": "star", "kind": "train", "method": "star", "settings": {"lr": 1e-5}},
+        {"name": "star-simans", "kind": "train", "method": "star", "settings": {"sampling_strategy": "simans"}},
+        {"name": "adore-lora+zeroshot", "kind": "train", "method": "adore", "base": "zeroshot",
+         "settings": {"lora_r": 16}}]
+    (out / "recipe.json").write_text(json.dumps(recipe))
+    shutil.copytree(out / "stages" / "test-rand", out / "stages" / "test-star-distill")  # only the variant is tested
+    results = ExperimentResults(out)
+    assert results.paper_star() == "star" and results.paper_star(among=["star-distill", "star-simans"]) is None
+    assert results.is_plain_adore("adore+zeroshot") and not results.is_plain_adore("adore-lora+zeroshot")
+    ctx = ReportContext(results, tmp_path / "r")
+    assert "star-distill" in ctx.per_query
+    text = Findings(ctx).section({}).markdown
+    assert "Not judged yet: star has no test result" in text and "star-distill nDCG@10" not in text
+    shutil.copytree(out / "stages" / "test-rand", out / "stages" / "test-star")  # now the paper's STAR is tested
+    text = Findings(ReportContext(ExperimentResults(out), tmp_path / "r2")).section({}).markdown
+    assert "Here: star nDCG@10" in text and "star-distill nDCG@10" not in text and "Not judged yet: star" not in text

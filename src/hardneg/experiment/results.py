@@ -35,6 +35,7 @@ from hardneg.experiment.stages import (
     wise_stage,
 )
 from hardneg.io import read_json
+from hardneg.negatives.rules import NegativeRules
 from hardneg.retrieval.runs import Run, read_run
 from hardneg.train.methods import MethodSpec, method_spec
 
@@ -74,6 +75,12 @@ def is_refreshed(spec: MethodSpec) -> bool:
 def is_frozen_doc(spec: MethodSpec) -> bool:
     """Only the query tower trains, against a fixed document index (ADORE)."""
     return spec.frozen_doc
+
+
+#: settings that make a system a variant of its method rather than the method as the paper runs it, at the
+#: value that does not: distillation, GradCache, TAS batches, LoRA, and every negative-selection rule
+VARIANT_SETTINGS: dict[str, Any] = {"distill": "none", "grad_cache": False,
+                                    "batch_composition": "random", "lora_r": 0, **NegativeRules.defaults()}
 
 
 class ExperimentResults:
@@ -309,11 +316,24 @@ class ExperimentResults:
         base = self.system(name).get("base")
         return self.start if base in (None, START_MODEL) and base not in self.names else base
 
+    def is_paper_recipe(self, name: str) -> bool:
+        """System ``name`` runs its method as the paper does: none of :data:`VARIANT_SETTINGS` changed (no
+        distillation, GradCache, TAS batches, LoRA or negative-selection rule); its budget, lr and batch may
+        differ."""
+        settings = self.system(name).get("settings") or {}
+        return all(settings.get(k, v) == v for k, v in VARIANT_SETTINGS.items())
+
     def is_plain_adore(self, name: str) -> bool:
-        """ADORE as the paper runs it: LambdaLoss against the exact (flat) index."""
+        """ADORE as the paper runs it: LambdaLoss against the exact (flat) index, none of
+        :data:`VARIANT_SETTINGS` changed."""
         settings = self.system(name).get("settings", {})
         return (self.frozen_doc(name) and settings.get("adore_loss", "lambda") == "lambda"
-                and settings.get("index", "flat") == "flat")
+                and settings.get("index", "flat") == "flat" and self.is_paper_recipe(name))
+
+    def paper_star(self, among: Collection[str] | None = None) -> str | None:
+        """The first STAR system run as the paper runs it (:meth:`is_paper_recipe`), in ``among`` if given: the
+        one the findings and headline figures compare; a distilled or GradCache STAR is a row of its own."""
+        return next((n for n in self.with_trait(is_star, among) if self.is_paper_recipe(n)), None)
 
     def adore_index(self, name: str) -> str:
         """The index a frozen-document system trained (and is tested) on."""

@@ -23,7 +23,7 @@ def headline(ctx: ReportContext) -> tuple[str | None, list[str]]:
     ref = ctx.r.first_with(*RANDOM_NEGATIVES, among=have) or next(iter(refs), None)
     ref = ref or (ctx.r.start if ctx.r.start in ctx.per_query else None)
     stars = ctx.r.with_trait(is_star)
-    star = ctx.r.first_with(is_star, among=have)
+    star = ctx.r.paper_star(among=have)
     plain = [n for n in ctx.r.with_trait(is_frozen_doc, among=have) if ctx.r.is_plain_adore(n)]
     on_star = [n for n in plain if ctx.r.base_of(n) in stars]
     heads = [star, *on_star[:1]] if star or on_star else [n for n in plain if ctx.r.base_of(n) == ctx.r.start][:1]
