@@ -215,8 +215,23 @@ def test_a_checkpoint_hashed_with_its_folder_and_cache_resumes_moved(trained, tm
     shutil.copytree(cfg.out, moved.out)
     with pytest.raises(HardnegError, match=r"other training settings \(lr: 0.001 -> 0.0005\)"):
         _resume(moved, max_steps=4, lr=5e-4)
-    _resume(moved, max_steps=4)
+    _resume(moved, max_steps=2)  # at its cap already: saves no checkpoint, but rewrites config.json with "elsewhere"
+    assert json.loads(state_file.read_text())["config_fingerprint"] == cfg.fingerprint(locations=True)  # "old"'s
+    assert json.loads((_checkpoint(moved) / "trainer_state.json").read_text())["config_fingerprint"] == \
+        moved.fingerprint()  # the accepted checkpoint now carries today's hash
+    _resume(moved, max_steps=4)  # so a second resume (a job killed before its next save) is not refused
     assert (Path(moved.out) / "checkpoints" / "step-0000004").is_dir()
+
+
+def test_a_refusal_names_only_settings_the_hash_covers(trained):
+    """An older run's config.json lacks settings added since (another method's, ADORE's, which this run's hash
+    leaves out): the refusal names the setting that differs, not those."""
+    from hardneg.train.methods import method_spec
+
+    adore = method_spec("adore").settings
+    before = {k: v for k, v in trained.to_dict().items() if k not in adore}
+    assert trained.changed({**before, "lr": 5e-4, "out": "/elsewhere", "max_steps": 9}) == ["lr: 0.0005 -> 0.001"]
+    assert trained.changed(before) == []
 
 
 def test_checkpoint_of_another_architecture_is_refused(trained, tmp_path):

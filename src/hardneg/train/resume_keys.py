@@ -52,15 +52,22 @@ RESUMABLE_CHANGES |= {"compile", "compile_backend"}  # --compile: the same compu
 LOCATIONS = {"out", "cache_dir"}
 
 
-def fingerprint(settings: Mapping[str, Any], *, locations: bool = False) -> str:
-    """Hash of the ``settings`` (a TrainConfig's, as a dict) that must not change across ``--resume``: not
-    :data:`LOCATIONS` (with ``locations``, the hash earlier versions wrote, which included them)."""
+def _kept(settings: Mapping[str, Any], *, locations: bool = False) -> dict[str, Any]:
+    """The ``settings`` a checkpoint's hash covers (before :data:`LATER_DEFAULTS` at their default leave it): not
+    :data:`RESUMABLE_CHANGES`, not :data:`LOCATIONS` (unless ``locations``), not another method's later settings."""
     method = settings["method"]
     data = {k: v for k, v in settings.items() if k not in RESUMABLE_CHANGES and (locations or k not in LOCATIONS)}
     for spec in method_specs():  # another method's later settings (ADORE's): not in this run's hash
         if spec.later_settings and spec.name != method:
             data = {k: v for k, v in data.items() if k not in spec.settings}
-    data = {k: v for k, v in data.items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
+    return data
+
+
+def fingerprint(settings: Mapping[str, Any], *, locations: bool = False) -> str:
+    """Hash of the ``settings`` (a TrainConfig's, as a dict) that must not change across ``--resume``: not
+    :data:`LOCATIONS` (with ``locations``, the hash earlier versions wrote, which included them)."""
+    data = {k: v for k, v in _kept(settings, locations=locations).items()
+            if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -73,6 +80,6 @@ def fingerprints(settings: Mapping[str, Any]) -> tuple[str, str]:
 
 def changed(settings: Mapping[str, Any], before: Mapping[str, Any]) -> list[str]:
     """``setting: old -> new`` for each of ``settings`` that differs from ``before`` (a run's ``config.json``) and
-    may not change across ``--resume``; a setting ``before`` lacks counts at its :data:`LATER_DEFAULTS` value."""
-    return [f"{k}: {before.get(k, LATER_DEFAULTS.get(k))!r} -> {v!r}" for k, v in settings.items()
-            if k not in RESUMABLE_CHANGES and k not in LOCATIONS and before.get(k, LATER_DEFAULTS.get(k)) != v]
+    that the hash covers; a setting ``before`` lacks counts at its :data:`LATER_DEFAULTS` value."""
+    return [f"{k}: {before.get(k, LATER_DEFAULTS.get(k))!r} -> {v!r}" for k, v in _kept(settings).items()
+            if before.get(k, LATER_DEFAULTS.get(k)) != v]

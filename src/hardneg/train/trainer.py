@@ -437,6 +437,12 @@ class Trainer:
                 )
             start_step, best, best_step = state["step"], state["best"], state["best_step"]
             self._stale, self._stopped = state.get("stale_evals", 0), state.get("stopped_early")
+            if state.get("config_fingerprint") != (now := self.config.fingerprint()):
+                # accepted through an older hash, which needs the locations of the run that wrote it: this run
+                # rewrites config.json with its own, so the checkpoint gets today's hash (the same settings)
+                dist.barrier()  # every rank has read the checkpoint
+                if dist.is_main():
+                    write_json(checkpoint / "trainer_state.json", {**state, "config_fingerprint": now})
             self.method.restore(checkpoint)
             logger.info("resumed from %s (step %d)", checkpoint, start_step)
         return checkpoint, start_step, best, best_step
