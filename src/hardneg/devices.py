@@ -47,8 +47,30 @@ def _found() -> str:
     return f"found {n} CUDA device(s): {names}"
 
 
+#: the CUDA device :func:`resolve_device` last gave this process (:func:`gpu_in_use`)
+_GPU_IN_USE: int | None = None
+
+
+def gpu_in_use() -> int | None:
+    """The index of the CUDA device this process works on, once it has started CUDA (None before, and for work on
+    the CPU: CUDA is not started to ask). It is the one :func:`resolve_device` last gave, whichever thread asks:
+    CUDA's current device is per thread, and a heartbeat thread's is device 0."""
+    if not torch.cuda.is_initialized():
+        return None
+    return _GPU_IN_USE if _GPU_IN_USE is not None else torch.cuda.current_device()
+
+
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
-    """Turn a ``--device`` value into a :class:`torch.device`, or explain why not."""
+    """Turn a ``--device`` value into a :class:`torch.device`, or explain why not (a CUDA one is remembered:
+    :func:`gpu_in_use`)."""
+    device = _resolve(spec)
+    if device.type == "cuda":
+        global _GPU_IN_USE
+        _GPU_IN_USE = device.index
+    return device
+
+
+def _resolve(spec: str | torch.device | None) -> torch.device:
     if isinstance(spec, torch.device):
         spec = str(spec)
     text = (spec or "auto").strip().lower()
@@ -161,8 +183,8 @@ class PeakMemory:
             self._sample()
             self._thread = threading.Thread(target=self._run, name="hardneg-peak-memory", daemon=True)
             self._thread.start()
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.reset_peak_memory_stats()
+        if (gpu := gpu_in_use()) is not None:
+            torch.cuda.reset_peak_memory_stats(gpu)
         return self
 
     def _sample(self) -> None:
@@ -188,8 +210,8 @@ class PeakMemory:
             peak: dict[str, Any] = {"peak_rss_mb": round(peak_kb / 1024, 1), "peak_rss_scope": "block"}
         else:
             peak = {"peak_rss_mb": round(_process_peak_mb(), 1), "peak_rss_scope": "process"}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            peak["peak_gpu_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+        if (gpu := gpu_in_use()) is not None:
+            peak["peak_gpu_mb"] = round(torch.cuda.max_memory_reserved(gpu) / 2**20, 1)
         return peak
 
 
@@ -254,9 +276,8 @@ def machine_record() -> dict[str, Any]:
             "cores": cores,
             "gflops": _gflops(),
         }
-    gpu = (torch.cuda.get_device_name(torch.cuda.current_device())
-           if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
-    return {**_MACHINES[threads], "gpu": gpu}
+    gpu = gpu_in_use()
+    return {**_MACHINES[threads], "gpu": torch.cuda.get_device_name(gpu) if gpu is not None else None}
 
 
 def machine_identity(record: dict[str, Any]) -> tuple[Any, ...]:
@@ -265,12 +286,24 @@ def machine_identity(record: dict[str, Any]) -> tuple[Any, ...]:
             record.get("gpu"))
 
 
+def same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two :func:`machine_record` s are one machine: the same identity (:func:`machine_identity`), where a
+    record without a GPU matches one with (the same host before and after it started CUDA: an attempt that
+    failed before its first GPU work records none)."""
+    x, y = machine_identity(a), machine_identity(b)
+    return x[:-1] == y[:-1] and (x[-1] == y[-1] or x[-1] is None or y[-1] is None)
+
+
 def distinct_machines(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``records`` without repeats of a machine (:func:`machine_identity`), in order."""
+    """``records`` without repeats of a machine (:func:`same_machine`), in order; of two records of one machine,
+    the one that names its GPU."""
     out: list[dict[str, Any]] = []
     for record in records:
-        if not any(machine_identity(record) == machine_identity(m) for m in out):
+        i = next((i for i, m in enumerate(out) if same_machine(record, m)), None)
+        if i is None:
             out.append(record)
+        elif record.get("gpu") and not out[i].get("gpu"):
+            out[i] = record
     return out
 
 

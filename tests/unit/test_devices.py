@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hardneg import devices
 from hardneg.devices import DeviceError, faiss_placement, resolve_device
 
 
@@ -33,6 +34,7 @@ def test_bad_spelling(monkeypatch, spec):
 
 
 def test_cuda_present(monkeypatch):
+    monkeypatch.setattr(devices, "_GPU_IN_USE", None)  # resolve_device remembers its GPU; restored afterwards
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"Fake{i}")
@@ -123,3 +125,45 @@ def test_a_stages_peak_is_the_largest_over_its_attempts():
     assert peaks(earlier, now) == {"peak_rss_mb": 30.0, "peak_rss_scope": "block", "peak_gpu_mb": 7.0}
     assert peaks({**earlier, "peak_rss_scope": "process"}, now)["peak_rss_scope"] == "process"
     assert peaks({"status": "running"}, now) == now  # an attempt from before peaks were recorded
+
+
+def test_the_gpu_a_stage_records_is_the_one_it_was_given_whichever_thread_asks(monkeypatch):
+    """CUDA's current device is per thread (a heartbeat thread's is 0): the machine record and the GPU peak name the
+    device resolve_device gave, cuda:1 here; before CUDA starts, no GPU and nothing is asked of CUDA."""
+    import threading
+
+    from hardneg.devices import PeakMemory, gpu_in_use, machine_record
+
+    monkeypatch.setattr(devices, "_GPU_IN_USE", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)  # as in a thread that never set one
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: ["H100", "A100"][i])
+    asked: list[int] = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda i: asked.append(i))
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda i: (i + 1) * 2**30)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert gpu_in_use() is None and machine_record()["gpu"] is None  # CUDA not started yet
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    seen = {}
+    thread = threading.Thread(target=lambda: seen.update(gpu=machine_record()["gpu"]))
+    thread.start()
+    thread.join()
+    assert seen["gpu"] == "A100" and machine_record()["gpu"] == "A100"
+    with PeakMemory() as peak:
+        assert peak.read()["peak_gpu_mb"] == 2048.0
+    assert asked == [1]
+
+
+def test_one_host_before_and_after_it_started_cuda_is_one_machine():
+    """An attempt that failed before its first GPU work records no GPU: with the same CPU, cache and cores it is the
+    machine a later attempt names with its GPU (kept as that one); another GPU or CPU is another machine."""
+    from hardneg.devices import distinct_machines, same_machine
+
+    cpu = {"cpu": "Xeon", "cpu_features": ["avx2"], "cache": "1 MB", "cores": 16, "gflops": 300.0}
+    before, after = {**cpu, "gpu": None}, {**cpu, "gpu": "H100", "gflops": 310.0}
+    assert same_machine(before, after) and same_machine(after, before)
+    assert distinct_machines([before, after]) == [after] and distinct_machines([after, before]) == [after]
+    assert not same_machine(after, {**after, "gpu": "A100"}) and not same_machine(before, {**before, "cores": 8})
+    assert distinct_machines([{}, before]) == [{}, before]  # an attempt that recorded nothing is not this one

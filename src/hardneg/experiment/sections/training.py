@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from hardneg.devices import machine_identity, machine_label
+from hardneg.devices import machine_label, same_machine
 from hardneg.experiment.context import ReportContext, machine
 from hardneg.experiment.figures import pyplot, smooth
 from hardneg.experiment.peer_st import PEER_ST
@@ -71,7 +71,7 @@ def _mined_by_start(ctx: ReportContext, name: str) -> bool:
     spec = ctx.r.spec(name)
     if spec is None:
         return False
-    given = spec.negatives_file and bool(ctx.r.system(name).get("settings", {}).get("negatives"))
+    given = spec.negatives_file and bool(ctx.r.settings_of(name).get("negatives"))
     return spec.hard_negatives == "refreshed" or (spec.hard_negatives == "start-model" and not given)
 
 
@@ -205,12 +205,12 @@ def _ranknet_pairs(ctx: ReportContext) -> list[tuple[str, str]]:
     """(LambdaLoss, RankNet) ADORE twins: same base and index, differing only in the loss."""
     pairs = []
     for s in ctx.r.systems:
-        settings = s.get("settings", {})
+        settings = ctx.r.settings_of(s["name"])
         if not ctx.r.frozen_doc(s["name"]) or settings.get("adore_loss") != "ranknet":
             continue
         twin = next((t["name"] for t in ctx.r.systems if ctx.r.frozen_doc(t["name"])
                      and ctx.r.base_of(t["name"]) == ctx.r.base_of(s["name"])
-                     and t.get("settings", {}).get("adore_loss", "lambda") == "lambda"
+                     and ctx.r.settings_of(t["name"]).get("adore_loss", "lambda") == "lambda"
                      and ctx.r.adore_index(t["name"]) == settings.get("index", "flat")), None)
         if twin:
             pairs.append((twin, s["name"]))
@@ -345,10 +345,11 @@ def _machines(ctx: ReportContext, systems: list[str]) -> tuple[dict[str, str], s
         one = (machine_label(seen[0]) if seen and seen[0] else
                f"{machine()} (where this report ran; the stages did not record theirs)")
         return {}, f"Machine: {one}. "
-    letter = {machine_identity(m): chr(ord("A") + i) for i, m in enumerate(seen)}
-    where = {s: "+".join(letter[machine_identity(m)] for m in ctx.r.machines([n]))
-             for s, n in zip(systems, names, strict=True)}
-    legend = "; ".join(f"{letter[machine_identity(m)]} = {machine_label(m)}" for m in seen)
+    def letter(record: dict[str, Any]) -> str:
+        return chr(ord("A") + next(i for i, m in enumerate(seen) if same_machine(record, m)))
+
+    where = {s: "+".join(letter(m) for m in ctx.r.machines([n])) for s, n in zip(systems, names, strict=True)}
+    legend = "; ".join(f"{letter(m)} = {machine_label(m)}" for m in seen)
     return where, f"Machines (\"machine\" column; wall-clocks on different machines are not comparable): {legend}. "
 
 
