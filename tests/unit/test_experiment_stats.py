@@ -354,3 +354,49 @@ def test_findings_compare_the_papers_star_not_a_variant_of_it(wise, tmp_path):
     shutil.copytree(out / "stages" / "test-rand", out / "stages" / "test-star")  # now the paper's STAR is tested
     text = Findings(ReportContext(ExperimentResults(out), tmp_path / "r2")).section({}).markdown
     assert "Here: star nDCG@10" in text and "star-distill nDCG@10" not in text and "Not judged yet: star" not in text
+    recipe["adore"] = {**recipe.get("adore", {}), "lora_r": 16}  # set for every ADORE system, in adore:
+    recipe["train"] = {**recipe.get("train", {}), "batch_composition": "tas"}  # and every other one, in train:
+    (out / "recipe.json").write_text(json.dumps(recipe))
+    results = ExperimentResults(out)
+    assert not results.is_plain_adore("adore+zeroshot") and results.paper_star() is None
+    assert results.settings_of("adore+zeroshot")["lora_r"] == 16 and "batch_composition" not in \
+        results.settings_of("adore+zeroshot") and "lora_r" not in results.settings_of("zeroshot")
+
+
+def test_step_time_findings_compare_only_stages_of_one_machine(wise, tmp_path):
+    """"An ADORE step is cheap" and "STAR trains faster than ANCE" compare step times: only those of training stages
+    that ran on one machine, and where no machine ran both kinds, the finding is not judged rather than wrong."""
+    exp, _ = wise
+    claim = "an ADORE step is cheap"
+    out = tmp_path / "out"
+    shutil.copytree(exp.out, out)
+    recipe = json.loads((out / "recipe.json").read_text())
+    recipe["systems"] += [{"name": "star", "kind": "train", "method": "star", "settings": {}},
+                          {"name": "ance", "kind": "train", "method": "ance", "settings": {}}]
+    (out / "recipe.json").write_text(json.dumps(recipe))
+    for name in ("star", "ance"):  # the same log as rand's: trained where rand did
+        shutil.copytree(out / "stages" / "train-rand", out / "stages" / f"train-{name}")
+
+    def findings() -> str:
+        return report_module.render(ReportContext(ExperimentResults(out), tmp_path / "r")).split("\n## ")[1]
+
+    text = findings()  # one machine: judged, and no machine named
+    assert claim in text and "ran on one machine" not in text
+    assert "Not judged yet: ance's re-mining time is not known" in text  # compared (its log has no re-mining)
+    here = machine_record()
+    other = {**here, "cpu": "Another CPU", "cores": 64}
+    path = out / "stages" / "train-ance" / "stage.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "machines": [other]}))
+    text = findings()  # ANCE on another machine; ADORE and the document-side systems still share one
+    assert "Not judged: star and ance did not train on one recorded machine" in text
+    assert f"the 3 of 4 trained systems that ran on one machine, {machine_label(here)}" in text
+    path = out / "stages" / "train-adore+zeroshot" / "stage.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "machines": [other]}))
+    text = findings()  # ADORE now trained where ANCE did: that machine's pair is the one with both kinds
+    assert "the 2 of 4 trained systems that ran on one machine, " + machine_label(other) in text
+    for name in ("train-ance", "train-adore+zeroshot"):  # no machine ran both kinds: not compared at all
+        path = out / "stages" / name / "stage.json"
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "machines"}))
+    path = out / "stages" / "train-adore+zeroshot" / "stage.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "machines": [other]}))
+    assert claim not in findings()

@@ -316,17 +316,26 @@ class ExperimentResults:
         base = self.system(name).get("base")
         return self.start if base in (None, START_MODEL) and base not in self.names else base
 
+    def settings_of(self, name: str) -> dict[str, Any]:
+        """The recipe's settings of system ``name``: its section's (``train:``, or its frozen-document method's,
+        ``adore:``) under its own (a preset's are not included)."""
+        s = self.system(name)
+        spec = self.spec(name)
+        section = spec.name if spec is not None and spec.frozen_doc else "train"
+        common = (self.recipe.get(section) or {}) if s.get("kind") == "train" else {}
+        return {**common, **(s.get("settings") or {})}
+
     def is_paper_recipe(self, name: str) -> bool:
         """System ``name`` runs its method as the paper does: none of :data:`VARIANT_SETTINGS` changed (no
         distillation, GradCache, TAS batches, LoRA or negative-selection rule); its budget, lr and batch may
         differ."""
-        settings = self.system(name).get("settings") or {}
+        settings = self.settings_of(name)
         return all(settings.get(k, v) == v for k, v in VARIANT_SETTINGS.items())
 
     def is_plain_adore(self, name: str) -> bool:
         """ADORE as the paper runs it: LambdaLoss against the exact (flat) index, none of
         :data:`VARIANT_SETTINGS` changed."""
-        settings = self.system(name).get("settings", {})
+        settings = self.settings_of(name)
         return (self.frozen_doc(name) and settings.get("adore_loss", "lambda") == "lambda"
                 and settings.get("index", "flat") == "flat" and self.is_paper_recipe(name))
 
@@ -337,4 +346,4 @@ class ExperimentResults:
 
     def adore_index(self, name: str) -> str:
         """The index a frozen-document system trained (and is tested) on."""
-        return str(self.system(name).get("settings", {}).get("index", "flat"))
+        return str(self.settings_of(name).get("index", "flat"))
