@@ -223,6 +223,27 @@ def test_a_checkpoint_hashed_with_its_folder_and_cache_resumes_moved(trained, tm
     assert (Path(moved.out) / "checkpoints" / "step-0000004").is_dir()
 
 
+def test_a_moved_experiment_resumes_a_run_whose_start_model_moved_with_it(trained, tmp_path):
+    """An experiment's ADORE stage starts from another stage's model, inside the experiment folder: the folder moved
+    (scratch disk to project space), the stage resumes; a start model that is not the moved one is still refused."""
+    from hardneg.train.trainer import Trainer
+
+    old = tmp_path / "scratch" / "exp"
+    shutil.copytree(trained.model, old / "stages" / "train-base" / "model")
+    cfg = trained.replace(model=str(old / "stages" / "train-base" / "model"), out=str(old / "stages" / "train-x"))
+    Trainer(cfg).train()
+    new = tmp_path / "project" / "exp"
+    shutil.copytree(old, new)
+    moved = cfg.replace(model=str(new / "stages" / "train-base" / "model"), out=str(new / "stages" / "train-x"))
+    elsewhere = tmp_path / "other-model"
+    shutil.copytree(trained.model, elsewhere)
+    with pytest.raises(HardnegError, match=r"other training settings \(model: '.*scratch/exp/stages/train-base/"
+                                           r"model' -> '.*other-model'\)"):
+        _resume(moved, model=str(elsewhere), max_steps=4)
+    _resume(moved, max_steps=4)
+    assert (Path(moved.out) / "checkpoints" / "step-0000004").is_dir()
+
+
 def test_a_refusal_names_only_settings_the_hash_covers(trained):
     """An older run's config.json lacks settings added since (another method's, ADORE's, which this run's hash
     leaves out): the refusal names the setting that differs, not those."""

@@ -9,6 +9,8 @@ settings hash the same (:func:`fingerprint`). Three rules keep older checkpoints
   default they were added with (the behaviour before they existed), so adding a setting never orphans a checkpoint.
 - :data:`LOCATIONS`: where a run writes and caches is not what it computes, so a moved run folder resumes.
   Checkpoints written before this rule hashed them; :func:`fingerprints` gives that hash too.
+- :func:`moved_paths`: an input that lay inside the folder that moved with the run (an experiment's ADORE stage
+  starts from another stage's model) is where the run had it, moved.
 
 :func:`changed` names the settings that differ, for the message that refuses a resume.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from hardneg.negatives.rules import NegativeRules
@@ -83,3 +86,26 @@ def changed(settings: Mapping[str, Any], before: Mapping[str, Any]) -> list[str]
     that the hash covers; a setting ``before`` lacks counts at its :data:`LATER_DEFAULTS` value."""
     return [f"{k}: {before.get(k, LATER_DEFAULTS.get(k))!r} -> {v!r}" for k, v in _kept(settings).items()
             if before.get(k, LATER_DEFAULTS.get(k)) != v]
+
+
+def moved_paths(settings: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, str]:
+    """The string settings of ``before`` (a run's ``config.json``) that moved with its run folder: ``{name: before's
+    value}`` for each that lay inside the folder above ``out`` that moved (``out`` without the trailing parts the old
+    and new ``out`` share) and lies at the same place inside today's. A moved experiment's ADORE stage, whose start
+    model is another stage's folder, resumes; an input that moved elsewhere, or stayed, is still a changed setting."""
+    old, new = before.get("out"), settings.get("out")
+    if not isinstance(old, str) or not isinstance(new, str):
+        return {}
+    a, b = Path(old).parts, Path(new).parts
+    shared = 0
+    while shared < min(len(a), len(b)) and a[-1 - shared] == b[-1 - shared]:
+        shared += 1
+    was, now = Path(*a[:len(a) - shared]), Path(*b[:len(b) - shared])
+    moved = {}
+    for k, v in before.items():
+        today = settings.get(k)
+        if k in LOCATIONS or not isinstance(v, str) or not isinstance(today, str) or v == today or not v:
+            continue
+        if Path(v).is_relative_to(was) and now / Path(v).relative_to(was) == Path(today):
+            moved[k] = v
+    return moved

@@ -54,6 +54,7 @@ from hardneg.model.encoder import DualEncoder
 from hardneg.model.encoding import check_encode_precision
 from hardneg.model.lora import LoraSettings, apply_lora
 from hardneg.negatives.drift import track
+from hardneg.train import resume_keys
 from hardneg.train.checkpoint import (
     CHECKPOINT_VERSION,
     NullLog,
@@ -429,7 +430,7 @@ class Trainer:
             before = self._written_with()
             state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler,
                                     self._accepted(before), scaler=self.scaler,
-                                    changed=self.config.changed(before) if before else ())
+                                    changed=self._changed(before))
             if state.get("world_size", 1) != self.world:
                 raise HardnegError(
                     f"{checkpoint}: written by a run of {state.get('world_size', 1)} processes; resume it "
@@ -462,9 +463,19 @@ class Trainer:
         a checkpoint from before the locations left the hash resumes after a move too."""
         accepted = list(self.config.fingerprints())
         if before and isinstance(before.get("out"), str):
-            then = self.config.replace(out=before["out"], cache_dir=before.get("cache_dir"))
+            was = self.config.replace(**resume_keys.moved_paths(self.config.to_dict(), before))
+            accepted.append(was.fingerprint())  # inputs that moved with the run folder, where they were
+            then = was.replace(out=before["out"], cache_dir=before.get("cache_dir"))
             accepted.append(then.fingerprint(locations=True))
         return accepted
+
+    def _changed(self, before: dict | None) -> list[str]:
+        """The settings that differ from ``before`` (the checkpoint's run's ``config.json``) and may not, for a
+        refused resume's message: not an input that moved with the run folder."""
+        if not before:
+            return []
+        return self.config.changed({**before, **{k: getattr(self.config, k)
+                                                 for k in resume_keys.moved_paths(self.config.to_dict(), before)}})
 
     def _dev_step(self, step: int, log: RunLog, best: float, best_step: int) -> tuple[float, int]:
         """Evaluate on dev, log it, and save the model to ``OUT/model`` when it is the best so far."""
