@@ -287,23 +287,23 @@ def machine_identity(record: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def same_machine(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two :func:`machine_record` s are one machine: the same identity (:func:`machine_identity`), where a
-    record without a GPU matches one with (the same host before and after it started CUDA: an attempt that
-    failed before its first GPU work records none)."""
-    x, y = machine_identity(a), machine_identity(b)
-    return x[:-1] == y[:-1] and (x[-1] == y[-1] or x[-1] is None or y[-1] is None)
+    """Whether two :func:`machine_record` s are one machine (:func:`machine_identity`): the same CPU, cache and cores
+    and the same GPU, or both none (a stage run on the CPU of a GPU host is another machine than a GPU stage there:
+    their times do not compare)."""
+    return machine_identity(a) == machine_identity(b)
+
+
+def same_host(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two recorded :func:`machine_record` s have the same CPU, cache and cores, whatever their GPUs."""
+    return bool(a) and bool(b) and machine_identity(a)[:-1] == machine_identity(b)[:-1]
 
 
 def distinct_machines(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``records`` without repeats of a machine (:func:`same_machine`), in order; of two records of one machine,
-    the one that names its GPU."""
+    """``records`` without repeats of a machine (:func:`same_machine`), in order."""
     out: list[dict[str, Any]] = []
     for record in records:
-        i = next((i for i, m in enumerate(out) if same_machine(record, m)), None)
-        if i is None:
+        if not any(same_machine(record, m) for m in out):
             out.append(record)
-        elif record.get("gpu") and not out[i].get("gpu"):
-            out[i] = record
     return out
 
 

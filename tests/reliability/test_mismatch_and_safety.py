@@ -208,6 +208,7 @@ def test_a_checkpoint_hashed_with_its_folder_and_cache_resumes_moved(trained, tm
     state["config_fingerprint"] = cfg.fingerprint(locations=True)
     assert state["config_fingerprint"] not in cfg.replace(out=str(tmp_path / "elsewhere")).fingerprints()
     state_file.write_text(json.dumps(state))
+    shutil.copytree(state_file.parent, Path(cfg.out) / "checkpoints" / "step-0000001")  # an older kept checkpoint
     config_file = Path(cfg.out) / "config.json"  # as the run written in "old" left it
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "out": cfg.out,
                                        "cache_dir": cfg.cache_dir}))
@@ -217,8 +218,9 @@ def test_a_checkpoint_hashed_with_its_folder_and_cache_resumes_moved(trained, tm
         _resume(moved, max_steps=4, lr=5e-4)
     _resume(moved, max_steps=2)  # at its cap already: saves no checkpoint, but rewrites config.json with "elsewhere"
     assert json.loads(state_file.read_text())["config_fingerprint"] == cfg.fingerprint(locations=True)  # "old"'s
-    assert json.loads((_checkpoint(moved) / "trainer_state.json").read_text())["config_fingerprint"] == \
-        moved.fingerprint()  # the accepted checkpoint now carries today's hash
+    for kept in ("step-0000001", "step-0000002"):  # the accepted checkpoint now carries today's hash, as does every
+        state = json.loads((Path(moved.out) / "checkpoints" / kept / "trainer_state.json").read_text())  # kept one
+        assert state["config_fingerprint"] == moved.fingerprint(), kept
     _resume(moved, max_steps=4)  # so a second resume (a job killed before its next save) is not refused
     assert (Path(moved.out) / "checkpoints" / "step-0000004").is_dir()
 
@@ -242,6 +244,22 @@ def test_a_moved_experiment_resumes_a_run_whose_start_model_moved_with_it(traine
         _resume(moved, model=str(elsewhere), max_steps=4)
     _resume(moved, max_steps=4)
     assert (Path(moved.out) / "checkpoints" / "step-0000004").is_dir()
+
+
+def test_only_inputs_beside_the_run_folder_count_as_moved_with_it():
+    """The folder that moved is the one holding the run folder: an input beside it (another stage's model) at the
+    same place is moved; one higher up (only its parent moved), a hub id, or a move out of a root is not."""
+    from hardneg.train.resume_keys import moved_paths
+
+    before = {"out": "/a/exp/stages/train-x", "model": "/a/exp/stages/train-base/model", "data": "/data/scifact"}
+    assert moved_paths({**before, "out": "/b/exp/stages/train-x", "model": "/b/exp/stages/train-base/model"},
+                       before) == {"model": "/a/exp/stages/train-base/model"}
+    assert moved_paths({**before, "out": "/b/exp/stages/train-x", "model": "/b/exp/stages/other/model"}, before) == {}
+    home = {"out": "/home/al/runs/adore", "model": "/home/al/ckpt/star"}
+    assert moved_paths({"out": "/scratch/al/runs/adore", "model": "/scratch/al/ckpt/star"}, home) == {}
+    assert moved_paths({"out": "/x/runs/adore", "model": "/x/runs/bert-base"},
+                       {"out": "runs/adore", "model": "bert-base"}) == {}
+    assert moved_paths({"out": "/b/adore", "model": "/b/m"}, {"out": "/adore", "model": "/m"}) == {}
 
 
 def test_a_refusal_names_only_settings_the_hash_covers(trained):

@@ -156,14 +156,14 @@ def test_the_gpu_a_stage_records_is_the_one_it_was_given_whichever_thread_asks(m
     assert asked == [1]
 
 
-def test_one_host_before_and_after_it_started_cuda_is_one_machine():
-    """An attempt that failed before its first GPU work records no GPU: with the same CPU, cache and cores it is the
-    machine a later attempt names with its GPU (kept as that one); another GPU or CPU is another machine."""
-    from hardneg.devices import distinct_machines, same_machine
+def test_one_machine_is_one_cpu_and_one_gpu():
+    """A stage run on the CPU of a GPU host is another machine than a GPU stage there (their times do not
+    compare); the same host is told by CPU, cache and cores alone."""
+    from hardneg.devices import distinct_machines, same_host, same_machine
 
     cpu = {"cpu": "Xeon", "cpu_features": ["avx2"], "cache": "1 MB", "cores": 16, "gflops": 300.0}
-    before, after = {**cpu, "gpu": None}, {**cpu, "gpu": "H100", "gflops": 310.0}
-    assert same_machine(before, after) and same_machine(after, before)
-    assert distinct_machines([before, after]) == [after] and distinct_machines([after, before]) == [after]
-    assert not same_machine(after, {**after, "gpu": "A100"}) and not same_machine(before, {**before, "cores": 8})
-    assert distinct_machines([{}, before]) == [{}, before]  # an attempt that recorded nothing is not this one
+    on_cpu, on_gpu = {**cpu, "gpu": None}, {**cpu, "gpu": "H100", "gflops": 310.0}
+    assert not same_machine(on_cpu, on_gpu) and distinct_machines([on_cpu, on_gpu]) == [on_cpu, on_gpu]
+    assert same_machine(on_gpu, {**on_gpu, "gflops": 1.0}) and distinct_machines([on_gpu, {**on_gpu, "gflops": 1}]) \
+        == [on_gpu]
+    assert same_host(on_cpu, on_gpu) and not same_host(on_cpu, {**on_cpu, "cores": 8}) and not same_host({}, {})

@@ -290,6 +290,21 @@ def test_an_attempt_on_another_machine_adds_it_and_an_unrecorded_one_counts():
     assert machines({"seconds": 12.0, "machines": [{**here, "gflops": 1.0}]}) == [{**here, "gflops": 1.0}]
 
 
+def test_an_attempt_before_its_first_gpu_work_is_the_gpu_attempts_machine(monkeypatch):
+    """One stage runs on one device: an attempt on this host that failed before it started CUDA records no GPU, and
+    the attempt that names the GPU replaces it (and is not followed by a GPU-less one); another host stays."""
+    from hardneg.experiment import execute
+
+    cpu = {"cpu": "Xeon", "cpu_features": ["avx2"], "cache": "1 MB", "cores": 16, "gflops": 300.0}
+    before, gpu, other = {**cpu, "gpu": None}, {**cpu, "gpu": "H100"}, {**cpu, "cpu": "EPYC", "gpu": None}
+    monkeypatch.setattr(execute, "machine_record", lambda: gpu)
+    assert machines({"seconds": 5.0, "machines": [before]}) == [gpu]
+    assert machines({"seconds": 5.0, "machines": [other, before]}) == [other, gpu]
+    monkeypatch.setattr(execute, "machine_record", lambda: before)  # resumed, not at its GPU work yet (or failed)
+    assert machines({"seconds": 5.0, "machines": [gpu]}) == [gpu]
+    assert machines({"seconds": 5.0, "machines": [other]}) == [other, before]
+
+
 def test_records_keep_the_wise_curve_and_its_report_reads_the_same(wise, tmp_path):
     """The WiSE curve stage keeps its per-weight test scores in subfolders (``a<alpha>/``): its record keeps their
     metrics and per-query scores (not their runs), a fresh folder takes them back, and the report from the records

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from hardneg.devices import PeakMemory, distinct_machines, machine_record
+from hardneg.devices import PeakMemory, distinct_machines, machine_record, same_host
 from hardneg.errors import HardnegError
 from hardneg.experiment.stages import Stage, stops_the_run
 from hardneg.io import read_json, write_json
@@ -191,12 +191,19 @@ def _ran(state: Mapping[str, Any] | None) -> bool:
 def machines(state: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """The machines a stage's attempts ran on (:func:`hardneg.devices.machine_record`): an earlier attempt's, then
     this process's where it is another machine. An earlier attempt from before hardneg kept them counts as an
-    empty record: a machine not recorded."""
+    empty record: a machine not recorded. One stage runs on one device: an attempt on this host that had not
+    started CUDA yet (it failed, or was killed, before its first GPU work) and one that names the GPU are one
+    machine, the GPU's."""
     if _ran(state) and "machines" not in state:
         earlier: list[dict[str, Any]] = [{}]
     else:
         earlier = [m for m in ((state or {}).get("machines") or []) if isinstance(m, dict)]
-    return distinct_machines([*earlier, machine_record()])
+    here = machine_record()
+    if here.get("gpu"):
+        earlier = [m for m in earlier if not (same_host(m, here) and not m.get("gpu"))]
+    elif any(same_host(m, here) and m.get("gpu") for m in earlier):
+        return distinct_machines(earlier)
+    return distinct_machines([*earlier, here])
 
 
 def _attempt(stage: Stage, folder: Path, state: dict[str, Any] | None, *, echo: Callable[[str], None],

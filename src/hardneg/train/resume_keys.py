@@ -90,17 +90,16 @@ def changed(settings: Mapping[str, Any], before: Mapping[str, Any]) -> list[str]
 
 def moved_paths(settings: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, str]:
     """The string settings of ``before`` (a run's ``config.json``) that moved with its run folder: ``{name: before's
-    value}`` for each that lay inside the folder above ``out`` that moved (``out`` without the trailing parts the old
-    and new ``out`` share) and lies at the same place inside today's. A moved experiment's ADORE stage, whose start
-    model is another stage's folder, resumes; an input that moved elsewhere, or stayed, is still a changed setting."""
+    value}`` for each that lay inside the folder holding the old ``out`` and lies at the same place inside the folder
+    holding today's (a sibling of the run folder, or inside one). A moved experiment's ADORE stage, whose start
+    model is another stage's folder, resumes; an input that moved elsewhere, or stayed, is still a changed setting.
+    Nothing counts as moved where either folder is a filesystem root or has one part (``/``, ``runs``, ``.``)."""
     old, new = before.get("out"), settings.get("out")
     if not isinstance(old, str) or not isinstance(new, str):
         return {}
-    a, b = Path(old).parts, Path(new).parts
-    shared = 0
-    while shared < min(len(a), len(b)) and a[-1 - shared] == b[-1 - shared]:
-        shared += 1
-    was, now = Path(*a[:len(a) - shared]), Path(*b[:len(b) - shared])
+    was, now = Path(old).parent, Path(new).parent
+    if was == now or len(was.parts) < 2 or len(now.parts) < 2:  # nothing moved, or a root or "." moved: too wide
+        return {}
     moved = {}
     for k, v in before.items():
         today = settings.get(k)

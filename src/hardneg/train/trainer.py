@@ -428,9 +428,9 @@ class Trainer:
             )
         if checkpoint is not None:
             before = self._written_with()
-            state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler,
-                                    self._accepted(before), scaler=self.scaler,
-                                    changed=self._changed(before))
+            accepted = self._accepted(before)
+            state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler, accepted,
+                                    scaler=self.scaler, changed=self._changed(before))
             if state.get("world_size", 1) != self.world:
                 raise HardnegError(
                     f"{checkpoint}: written by a run of {state.get('world_size', 1)} processes; resume it "
@@ -439,11 +439,15 @@ class Trainer:
             start_step, best, best_step = state["step"], state["best"], state["best_step"]
             self._stale, self._stopped = state.get("stale_evals", 0), state.get("stopped_early")
             if state.get("config_fingerprint") != (now := self.config.fingerprint()):
-                # accepted through an older hash, which needs the locations of the run that wrote it: this run
-                # rewrites config.json with its own, so the checkpoint gets today's hash (the same settings)
+                # accepted through an older hash, which needs the old config.json (locations, moved inputs): this
+                # run rewrites config.json with its own, so every kept checkpoint of these settings gets today's
                 dist.barrier()  # every rank has read the checkpoint
                 if dist.is_main():
-                    write_json(checkpoint / "trainer_state.json", {**state, "config_fingerprint": now})
+                    for folder in (self.out / "checkpoints").glob("step-*"):
+                        kept = folder / "trainer_state.json"
+                        old = read_json(kept) if kept.is_file() else {}
+                        if old.get("config_fingerprint") in accepted:
+                            write_json(kept, {**old, "config_fingerprint": now})
             self.method.restore(checkpoint)
             logger.info("resumed from %s (step %d)", checkpoint, start_step)
         return checkpoint, start_step, best, best_step
