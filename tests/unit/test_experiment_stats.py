@@ -415,3 +415,24 @@ def test_step_time_findings_compare_only_stages_of_one_machine(wise, tmp_path):
     path = out / "stages" / "train-adore+zeroshot" / "stage.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "machines": [other]}))
     assert claim not in findings()
+
+
+def test_a_partial_report_leaves_out_fig5_until_a_twin_has_trained(wise, tmp_path):
+    """Fig. 5 compares a LambdaLoss ADORE system with its RankNet twin: before either has a training log, the report
+    has no empty figure (nor matplotlib's empty-legend warning); once one has, the section is there."""
+    import warnings
+
+    exp, _ = wise
+    out = tmp_path / "out"
+    shutil.copytree(exp.out, out)
+    recipe = json.loads((out / "recipe.json").read_text())
+    recipe["systems"] += [{"name": "adore-ranknet+zeroshot", "kind": "train", "method": "adore", "base": "zeroshot",
+                           "settings": {"adore_loss": "ranknet"}}]
+    (out / "recipe.json").write_text(json.dumps(recipe))
+    shutil.rmtree(out / "stages" / "train-adore+zeroshot")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = report_module.render(ReportContext(ExperimentResults(out), tmp_path / "r"))
+    assert "Fig. 5 analogue" not in text
+    shutil.copytree(exp.stage_dir("train-adore+zeroshot"), out / "stages" / "train-adore+zeroshot")
+    assert "Fig. 5 analogue" in report_module.render(ReportContext(ExperimentResults(out), tmp_path / "r2"))

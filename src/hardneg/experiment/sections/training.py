@@ -228,12 +228,14 @@ def lambda_vs_ranknet(ctx: ReportContext) -> Section:
     text = ["## Fig. 5 analogue: ADORE with LambdaLoss vs RankNet", ""]
     rows: list[list[str]] = []
     facts: dict[str, Any] = {}
+    plotted = False
     for lam, rank in pairs:
         for name, label in ((lam, "LambdaLoss (ΔMRR-weighted)"), (rank, "RankNet (unweighted)")):
             recs = [r for r in ctx.r.train_log(name) if r.get("kind") == "dev"]
             if recs:
                 ax.plot([r["step"] for r in recs], [r.get("RR@10", math.nan) for r in recs], marker="o",
                         label=f"{label}: {name}", color=ctx.colours[name])
+                plotted = True
         if lam in ctx.per_query and rank in ctx.per_query:
             pair_rows = []
             for m in ctx.r.measures:
@@ -243,9 +245,13 @@ def lambda_vs_ranknet(ctx: ReportContext) -> Section:
             for row, adj in zip(pair_rows, holm([r[3] for r in pair_rows]), strict=True):
                 rows.append([*row[:3], fmt_p(row[3]), fmt_p(adj)])
             facts["lambda_rows"] = (lam, rank, rows)
+    if not plotted and not rows:  # a partial run: neither twin has trained yet
+        plt.close(fig)
+        return Section()
     ax.set_xlabel("training step")
     ax.set_ylabel("dev RR@10")
-    ax.legend(fontsize=7)
+    if plotted:
+        ax.legend(fontsize=7)
     path = ctx.save(fig, "fig5_lambda_vs_ranknet.png")
     text += [f"![Fig. 5 analogue]({path})", ""]
     if rows:
