@@ -94,6 +94,16 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, extr
         raise
 
 
+def adopt_fingerprint(out: Path, accepted: Collection[str], fingerprint: str) -> None:
+    """Give every checkpoint kept in ``out`` whose fingerprint is one of ``accepted`` (older hashes of the same
+    settings) ``fingerprint``, today's: they stay resumable once the run's ``config.json`` is rewritten."""
+    for folder in (out / "checkpoints").glob("step-*"):
+        path = folder / "trainer_state.json"
+        state = read_json(path) if path.is_file() else {}
+        if state.get("config_fingerprint") in accepted:
+            write_json(path, {**state, "config_fingerprint": fingerprint})
+
+
 def latest_checkpoint(out: Path) -> Path | None:
     folders = sorted((out / "checkpoints").glob("step-*"), key=lambda p: p.name)
     complete = [f for f in folders if (f / "trainer_state.json").is_file()]

@@ -83,9 +83,23 @@ def fingerprints(settings: Mapping[str, Any]) -> tuple[str, str]:
 
 def changed(settings: Mapping[str, Any], before: Mapping[str, Any]) -> list[str]:
     """``setting: old -> new`` for each of ``settings`` that differs from ``before`` (a run's ``config.json``) and
-    that the hash covers; a setting ``before`` lacks counts at its :data:`LATER_DEFAULTS` value."""
+    that the hash covers, not an input that moved with the run folder (:func:`moved_paths`); a setting ``before``
+    lacks counts at its :data:`LATER_DEFAULTS` value."""
+    before = {**before, **{k: settings[k] for k in moved_paths(settings, before)}}
     return [f"{k}: {before.get(k, LATER_DEFAULTS.get(k))!r} -> {v!r}" for k, v in _kept(settings).items()
             if before.get(k, LATER_DEFAULTS.get(k)) != v]
+
+
+def accepted(settings: Mapping[str, Any], before: Mapping[str, Any] | None) -> list[str]:
+    """The fingerprints a checkpoint of ``settings`` may carry (``before``: the ``config.json`` of the run that
+    wrote it, if readable): :func:`fingerprints`, and with the inputs that moved with the run folder where they
+    were, today's hash and the older one computed with that run's own folder and cache."""
+    out = list(fingerprints(settings))
+    if before and isinstance(before.get("out"), str):
+        was = {**settings, **moved_paths(settings, before)}
+        out.append(fingerprint(was))
+        out.append(fingerprint({**was, "out": before["out"], "cache_dir": before.get("cache_dir")}, locations=True))
+    return out
 
 
 def moved_paths(settings: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, str]:

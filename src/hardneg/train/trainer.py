@@ -59,6 +59,7 @@ from hardneg.train.checkpoint import (
     CHECKPOINT_VERSION,
     NullLog,
     RunLog,
+    adopt_fingerprint,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -428,9 +429,9 @@ class Trainer:
             )
         if checkpoint is not None:
             before = self._written_with()
-            accepted = self._accepted(before)
+            accepted = resume_keys.accepted(self.config.to_dict(), before)
             state = load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler, accepted,
-                                    scaler=self.scaler, changed=self._changed(before))
+                                    scaler=self.scaler, changed=self.config.changed(before) if before else ())
             if state.get("world_size", 1) != self.world:
                 raise HardnegError(
                     f"{checkpoint}: written by a run of {state.get('world_size', 1)} processes; resume it "
@@ -443,11 +444,7 @@ class Trainer:
                 # run rewrites config.json with its own, so every kept checkpoint of these settings gets today's
                 dist.barrier()  # every rank has read the checkpoint
                 if dist.is_main():
-                    for folder in (self.out / "checkpoints").glob("step-*"):
-                        kept = folder / "trainer_state.json"
-                        old = read_json(kept) if kept.is_file() else {}
-                        if old.get("config_fingerprint") in accepted:
-                            write_json(kept, {**old, "config_fingerprint": now})
+                    adopt_fingerprint(self.out, accepted, now)
             self.method.restore(checkpoint)
             logger.info("resumed from %s (step %d)", checkpoint, start_step)
         return checkpoint, start_step, best, best_step
@@ -460,26 +457,6 @@ class Trainer:
         except (OSError, ValueError):
             return None
         return before if isinstance(before, dict) else None
-
-    def _accepted(self, before: dict | None) -> list[str]:
-        """The fingerprints a checkpoint of this run may carry (:meth:`TrainConfig.fingerprints`), and the older
-        one as the run that wrote it computed it, with its own folder and cache (``before``: its config.json), so
-        a checkpoint from before the locations left the hash resumes after a move too."""
-        accepted = list(self.config.fingerprints())
-        if before and isinstance(before.get("out"), str):
-            was = self.config.replace(**resume_keys.moved_paths(self.config.to_dict(), before))
-            accepted.append(was.fingerprint())  # inputs that moved with the run folder, where they were
-            then = was.replace(out=before["out"], cache_dir=before.get("cache_dir"))
-            accepted.append(then.fingerprint(locations=True))
-        return accepted
-
-    def _changed(self, before: dict | None) -> list[str]:
-        """The settings that differ from ``before`` (the checkpoint's run's ``config.json``) and may not, for a
-        refused resume's message: not an input that moved with the run folder."""
-        if not before:
-            return []
-        return self.config.changed({**before, **{k: getattr(self.config, k)
-                                                 for k in resume_keys.moved_paths(self.config.to_dict(), before)}})
 
     def _dev_step(self, step: int, log: RunLog, best: float, best_step: int) -> tuple[float, int]:
         """Evaluate on dev, log it, and save the model to ``OUT/model`` when it is the best so far."""
