@@ -16,7 +16,7 @@ import numpy as np
 
 from hardneg.devices import machine_label, same_machine
 from hardneg.experiment.context import ReportContext
-from hardneg.experiment.results import RANDOM_NEGATIVES, is_bm25_negatives, is_frozen_doc, is_refreshed, is_star
+from hardneg.experiment.results import RANDOM_NEGATIVES, is_bm25_negatives, is_frozen_doc, is_refreshed
 from hardneg.experiment.sections import Section
 from hardneg.experiment.stages import PAIRWISE, train_stage, wise_name
 from hardneg.experiment.stats import ALPHA, holm, mean, ttest
@@ -132,8 +132,7 @@ class Findings:
                        key=lambda n: mean(self.per_query[n][self.main_measure]))
             # the paper's best: plain ADORE on a STAR model
             plain = {n for n in r.with_trait(is_frozen_doc)
-                     if r.is_plain_adore(n) and r.base_of(n) in r.with_trait(is_star)
-                     and r.is_paper_recipe(r.base_of(n))}
+                     if r.is_plain_adore(n) and r.base_of(n) in r.paper_stars()}
             expected = plain | {wise_name(n) for n in plain}  # ADORE+STAR interpolated with its base is ADORE+STAR too
             if expected and not expected & set(names):  # a partial run: the paper's system is still to be tested
                 out.append(f"- {rq2} — paper: ADORE+STAR is the best system. Not judged yet: "

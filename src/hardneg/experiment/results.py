@@ -339,10 +339,14 @@ class ExperimentResults:
         return (self.frozen_doc(name) and settings.get("adore_loss", "lambda") == "lambda"
                 and settings.get("index", "flat") == "flat" and self.is_paper_recipe(name))
 
+    def paper_stars(self, among: Collection[str] | None = None) -> list[str]:
+        """The STAR systems run as the paper runs it (:meth:`is_paper_recipe`), in recipe order (in ``among`` if
+        given); a distilled or GradCache STAR is a row of its own."""
+        return [n for n in self.with_trait(is_star, among) if self.is_paper_recipe(n)]
+
     def paper_star(self, among: Collection[str] | None = None) -> str | None:
-        """The first STAR system run as the paper runs it (:meth:`is_paper_recipe`), in ``among`` if given: the
-        one the findings and headline figures compare; a distilled or GradCache STAR is a row of its own."""
-        return next((n for n in self.with_trait(is_star, among) if self.is_paper_recipe(n)), None)
+        """The first of :meth:`paper_stars`: the STAR the findings and headline figures compare."""
+        return next(iter(self.paper_stars(among)), None)
 
     def adore_index(self, name: str) -> str:
         """The index a frozen-document system trained (and is tested) on."""

@@ -9,7 +9,7 @@ import numpy as np
 
 from hardneg.experiment.context import ReportContext
 from hardneg.experiment.figures import pyplot
-from hardneg.experiment.results import RANDOM_NEGATIVES, is_frozen_doc, is_star
+from hardneg.experiment.results import RANDOM_NEGATIVES, is_frozen_doc
 from hardneg.experiment.sections.registry import Section, section
 from hardneg.experiment.stats import holm, ttest
 from hardneg.experiment.tables import fmt_p, signed
@@ -22,7 +22,7 @@ def headline(ctx: ReportContext) -> tuple[str | None, list[str]]:
     refs = [b for b in ctx.r.eval.get("baselines") or [] if b in ctx.per_query]
     ref = ctx.r.first_with(*RANDOM_NEGATIVES, among=have) or next(iter(refs), None)
     ref = ref or (ctx.r.start if ctx.r.start in ctx.per_query else None)
-    stars = [n for n in ctx.r.with_trait(is_star) if ctx.r.is_paper_recipe(n)]  # not a distilled STAR ...
+    stars = ctx.r.paper_stars()  # not a distilled STAR ...
     star = ctx.r.paper_star(among=have)
     plain = [n for n in ctx.r.with_trait(is_frozen_doc, among=have) if ctx.r.is_plain_adore(n)]
     on_star = [n for n in plain if ctx.r.base_of(n) in stars]

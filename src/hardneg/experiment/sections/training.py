@@ -351,6 +351,7 @@ def _machines(ctx: ReportContext, systems: list[str]) -> tuple[dict[str, str], s
         one = (machine_label(seen[0]) if seen and seen[0] else
                f"{machine()} (where this report ran; the stages did not record theirs)")
         return {}, f"Machine: {one}. "
+
     def letter(record: dict[str, Any]) -> str:
         return chr(ord("A") + next(i for i, m in enumerate(seen) if same_machine(record, m)))
 
