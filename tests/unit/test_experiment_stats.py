@@ -436,3 +436,27 @@ def test_a_partial_report_leaves_out_fig5_until_a_twin_has_trained(wise, tmp_pat
     assert "Fig. 5 analogue" not in text
     shutil.copytree(exp.stage_dir("train-adore+zeroshot"), out / "stages" / "train-adore+zeroshot")
     assert "Fig. 5 analogue" in report_module.render(ReportContext(ExperimentResults(out), tmp_path / "r2"))
+
+
+def test_fig4_draws_the_overlap_panel_only_where_a_system_tracked_it(wise, tmp_path):
+    """Fig. 4a plots the static negatives' overlap with the current model's; a report where no system tracked it
+    draws panel (b) alone and says why, instead of an empty axis; one tracked system brings both panels back."""
+    from matplotlib.image import imread
+
+    exp, _ = wise
+    out = tmp_path / "out"
+    shutil.copytree(exp.out, out)
+
+    def fig4(where) -> tuple[str, tuple[int, ...]]:
+        ctx = ReportContext(ExperimentResults(out), tmp_path / where)
+        text = report_module.render(ctx).split("## Fig. 4 analogue")[1].split("\n## ")[0]
+        return text, imread(tmp_path / where / "figures" / "fig4_overlap_and_dev.png").shape
+
+    text, (height, width, _) = fig4("r")
+    assert "Panel (a)" in text and "is not drawn" in text and width < 1.5 * height  # one panel
+    log = out / "stages" / "train-rand" / "train_log.jsonl"
+    with log.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"kind": "track", "step": 2, "overlap@20": 0.4}) + "\n")
+    text, (height, width, _) = fig4("r2")
+    assert "is not drawn" not in text and "- rand: overlap@20 of its static negatives" in text
+    assert width > 2 * height  # both panels
