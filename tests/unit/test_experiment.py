@@ -959,3 +959,17 @@ def test_needed_again_follows_what_each_stage_that_runs_reads():
     assert needed_again(graph, ["report", "gather"], restored) == set()  # they read records only
     assert needed_again(graph, ["test-b"], {"test-a"}) == set()
     assert needed_again(graph, ["test-b"], {"train-a"}) == set()  # train-b finished here: its files are here
+
+
+def test_dry_run_with_only_lists_just_the_stages_that_run_would_take(tmp_path, tiny_model_dir):
+    """`--dry-run --only PATTERN` shows what `--only PATTERN` would run (the matches and what they need), not the
+    whole recipe; a pattern that matches nothing is the same clear error as the run's."""
+    data = tiny_data(tmp_path / "data")
+    transfer = write_tiny_train(tmp_path / "transfer")
+    exp = Experiment(Recipe.from_dict(recipe_dict(data, tiny_model_dir, tmp_path / "cache", transfer)), tmp_path / "o")
+    listed = [name for name, _ in exp.status(only=["transfer-adore+star-*"])]
+    assert sorted(listed) == sorted(select_stages(exp.stages, ["transfer-adore+star-*"]))
+    assert "transfer-adore+star-transfer-test" in listed and "train-rand" not in listed
+    assert len(listed) < len(exp.status())
+    with pytest.raises(HardnegError, match="no stage matches 'nothing'"):
+        exp.status(only=["nothing"])

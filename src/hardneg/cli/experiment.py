@@ -28,7 +28,8 @@ def experiment(
     only: Annotated[list[str] | None, typer.Option("--only",
         help="Run only stages matching this name or glob (and what they need); repeatable.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run",
-        help="Check the recipe and list the stages with their status; compute nothing.")] = False,
+        help="Check the recipe and list the stages with their status (with --only: the ones it would run); "
+             "compute nothing.")] = False,
     threads: ThreadsOpt = None,
     device: Annotated[str | None, typer.Option("--device",
         help="auto, cpu, cuda or cuda:N for every stage; replaces the recipe's `device:` (default: the "
@@ -52,9 +53,11 @@ def experiment(
     use_threads(threads)
     exp = Experiment(Recipe.from_yaml(recipe, data_dir, device=device), out_dir, quiet=STATE["quiet"])
     if dry_run:
-        for name, state in exp.status(records=records):
+        rows = exp.status(records=records, only=only)
+        for name, state in rows:
             out.print(f"{state:>24}  {name}", highlight=False)
-        info(f"{len(exp.stages)} stages; recipe OK; folder {exp.out}")
+        chosen = f", {len(rows)} of them chosen by --only" if only else ""
+        info(f"{len(exp.stages)} stages{chosen}; recipe OK; folder {exp.out}")
         return
     from hardneg.locks import output_lock
 

@@ -429,12 +429,15 @@ class Experiment:
         return {"report": str(path)}
 
     # ------------------------------------------------------------------ running
-    def status(self, records: str | Path | None = None) -> list[tuple[str, str]]:
+    def status(self, records: str | Path | None = None, only: list[str] | None = None) -> list[tuple[str, str]]:
         """Each stage and its state (:func:`~hardneg.experiment.execute.describe`: ``todo``, ``done``, ``running``,
         ``interrupted``, ``failed``, ``stale …``; ``done (record)``: not done here, done in ``records``, so a run
-        with them takes it), in the order a run takes them (:func:`~hardneg.experiment.stages.run_order`)."""
+        with them takes it), in the order a run takes them (:func:`~hardneg.experiment.stages.run_order`);
+        with ``only``, just the stages ``run(only=...)`` would take
+        (:func:`~hardneg.experiment.stages.select_stages`)."""
         alive = holder_alive(self.out)
-        order = run_order(self.stages, list(self.stages), self.finished())
+        wanted = select_stages(self.stages, only) if only else list(self.stages)
+        order = run_order(self.stages, wanted, self.finished())
         rows = []
         for n in order:
             stage, folder = self.stages[n], self.stage_dir(n)
