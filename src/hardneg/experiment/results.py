@@ -34,6 +34,7 @@ from hardneg.experiment.stages import (
     wise_name,
     wise_stage,
 )
+from hardneg.experiment.system import settings_section
 from hardneg.io import read_json
 from hardneg.negatives.rules import NegativeRules
 from hardneg.retrieval.runs import Run, read_run
@@ -320,9 +321,7 @@ class ExperimentResults:
         """The recipe's settings of system ``name``: its section's (``train:``, or its frozen-document method's,
         ``adore:``) under its own (a preset's are not included)."""
         s = self.system(name)
-        spec = self.spec(name)
-        section = spec.name if spec is not None and spec.frozen_doc else "train"
-        common = (self.recipe.get(section) or {}) if s.get("kind") == "train" else {}
+        common = (self.recipe.get(settings_section(self.spec(name))) or {}) if s.get("kind") == "train" else {}
         return {**common, **(s.get("settings") or {})}
 
     def is_paper_recipe(self, name: str) -> bool:

@@ -14,7 +14,7 @@ from hardneg.experiment.peer_st import PEER_ST
 from hardneg.experiment.schema import check_name
 from hardneg.train.methods import MethodSpec, method_names, method_spec
 
-__all__ = ["SEEDED_KINDS", "START_MODEL", "SYSTEM_KINDS", "System"]
+__all__ = ["SEEDED_KINDS", "START_MODEL", "SYSTEM_KINDS", "System", "settings_section"]
 
 SYSTEM_KINDS = ("bm25", "zeroshot", "train", PEER_ST)
 #: the system kinds that take a ``seed`` setting, and so a ``seeds:`` list (one run per seed)
@@ -22,6 +22,13 @@ SEEDED_KINDS = ("train", PEER_ST)
 #: the ``base`` of an ADORE system that means the recipe's starting encoder
 START_MODEL = "zeroshot"
 
+
+
+def settings_section(spec: MethodSpec | None) -> str:
+    """The recipe section whose settings a system of method ``spec`` shares (one of
+    :data:`~hardneg.experiment.recipe.SETTINGS_SECTIONS`): a frozen-document method's own (``adore:``),
+    else ``train:``."""
+    return spec.name if spec is not None and spec.frozen_doc else "train"
 
 class System(BaseModel):
     """One compared system: ``name``, ``kind`` or ``method``, ``base`` (ADORE) and TrainConfig overrides."""
@@ -124,9 +131,8 @@ class System(BaseModel):
 
     @property
     def section(self) -> str:
-        """The recipe section of its shared TrainConfig settings (see :data:`SETTINGS_SECTIONS`)."""
-        spec = self.spec
-        return spec.name if spec is not None and spec.frozen_doc else "train"
+        """The recipe section of its shared TrainConfig settings (see :func:`settings_section`)."""
+        return settings_section(self.spec)
 
     @property
     def index(self) -> str:
