@@ -19,7 +19,7 @@ its peak anonymous memory (``RssAnon``, sampled every 20 ms) and its wall time:
 - ``adore_step``: ADORE's training step against the saved index — the query tower (a BERT-base-shaped
   encoder, 12 layers × 768, randomly initialised: the paper's query encoder size) on 32 synthetic
   queries of 24 tokens, the index search of the top-200, the reconstruction of the retrieved and
-  positive vectors, ΔMRR@10 LambdaLoss (:func:`hardneg.train.methods.adore.build_pairs`,
+  positive vectors, ΔMRR@10 LambdaLoss (:func:`hardneg.train.methods.adore_pairs.build_pairs`,
   :func:`hardneg.train.losses.lambda_pairwise`), backward and AdamW — with its time split.
 
 Rows go to ``--out`` (default ``benchmarks/results/scale.json``) as a list of
@@ -189,7 +189,7 @@ def stage_adore_step(args, docs: np.ndarray) -> dict:
 
     from hardneg.index.faiss_index import FaissIndex
     from hardneg.train.losses import lambda_pairwise
-    from hardneg.train.methods.adore import build_pairs
+    from hardneg.train.methods.adore_pairs import build_pairs
 
     dim = docs.shape[1]
     index = FaissIndex.load(index_folder(args.work, len(docs), dim, args.index))

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from conftest import train_config, write_tiny_train
 from hardneg.errors import HardnegError
 from hardneg.train.config import TrainConfig
-from hardneg.train.methods.adore import build_pairs, retrieval_metrics
+from hardneg.train.methods.adore_pairs import build_pairs, retrieval_metrics
 from hardneg.train.methods.settings import parse_adore_metric
 from hardneg.train.trainer import Trainer
 

@@ -324,7 +324,7 @@ def test_hardneg_mine_simans_chunked_equals_one_pass_with_or_without_a_teacher(t
 def test_simans_in_adores_ranked_lists():
     """ADORE applies the rules to each step's top-K: with simans one negative is drawn per list (keyed by the
     generator it is given, so a step's draw is reproducible), the positives stay, the rest is dropped."""
-    from hardneg.train.methods.adore import filter_ranked
+    from hardneg.train.methods.adore_pairs import filter_ranked
 
     rules = NegativeRules(sampling_strategy="simans", num_negatives=1, simans_a=10.0, range_max=10)
     retrieved = np.array([[5, 0, 1, 2, 3, 4]])

@@ -218,7 +218,7 @@ def test_bi_encoder_teacher_scores_in_chunks_and_caches_per_query(tiny_st_dir, t
 
 # ----------------------------------------------------------------------------- ADORE
 def test_adore_drops_rule_failing_documents_from_pairs_and_ranks():
-    from hardneg.train.methods.adore import build_pairs, filter_ranked
+    from hardneg.train.methods.adore_pairs import build_pairs, filter_ranked
 
     # one query, retrieved rows 7, 3, 5, 9 (3 is its positive); student scores; positive score 0.8
     retrieved = np.array([[7, 3, 5, 9]])
