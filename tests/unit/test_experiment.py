@@ -962,14 +962,28 @@ def test_needed_again_follows_what_each_stage_that_runs_reads():
 
 
 def test_dry_run_with_only_lists_just_the_stages_that_run_would_take(tmp_path, tiny_model_dir):
-    """`--dry-run --only PATTERN` shows what `--only PATTERN` would run (the matches and what they need), not the
-    whole recipe; a pattern that matches nothing is the same clear error as the run's."""
+    """`--dry-run --only PATTERN` shows what `--only PATTERN` would run (the matches and what they need, in the
+    run's order), not the whole recipe; a pattern that matches nothing is the same clear error as the run's."""
+    from typer.testing import CliRunner
+
+    from hardneg.cli import app
+
     data = tiny_data(tmp_path / "data")
     transfer = write_tiny_train(tmp_path / "transfer")
-    exp = Experiment(Recipe.from_dict(recipe_dict(data, tiny_model_dir, tmp_path / "cache", transfer)), tmp_path / "o")
+    raw = recipe_dict(data, tiny_model_dir, tmp_path / "cache", transfer)
+    exp = Experiment(Recipe.from_dict(raw), tmp_path / "o")
+    picked = select_stages(exp.stages, ["transfer-adore+star-*"])
     listed = [name for name, _ in exp.status(only=["transfer-adore+star-*"])]
-    assert sorted(listed) == sorted(select_stages(exp.stages, ["transfer-adore+star-*"]))
+    assert listed == run_order(exp.stages, picked, exp.finished())
     assert "transfer-adore+star-transfer-test" in listed and "train-rand" not in listed
     assert len(listed) < len(exp.status())
     with pytest.raises(HardnegError, match="no stage matches 'nothing'"):
         exp.status(only=["nothing"])
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["experiment", str(path), "--out", str(tmp_path / "o"), "--dry-run",
+                                      "--only", "transfer-adore+star-*"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split()[-1] for line in result.output.splitlines() if line.strip().startswith("todo")]
+    assert rows == listed
+    assert f"{len(exp.stages)} stages, {len(listed)} of them chosen by --only; recipe OK" in result.output

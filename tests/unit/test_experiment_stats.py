@@ -440,7 +440,8 @@ def test_a_partial_report_leaves_out_fig5_until_a_twin_has_trained(wise, tmp_pat
 
 def test_fig4_draws_the_overlap_panel_only_where_a_system_tracked_it(wise, tmp_path):
     """Fig. 4a plots the static negatives' overlap with the current model's; a report where no system tracked it
-    draws panel (b) alone and says why, instead of an empty axis; one tracked system brings both panels back."""
+    draws panel (b) alone and says why, instead of an empty axis; one tracked system brings both panels back;
+    without dev evaluations, panel (a) is drawn alone."""
     from matplotlib.image import imread
 
     exp, _ = wise
@@ -460,3 +461,9 @@ def test_fig4_draws_the_overlap_panel_only_where_a_system_tracked_it(wise, tmp_p
     text, (height, width, _) = fig4("r2")
     assert "is not drawn" not in text and "- rand: overlap@20 of its static negatives" in text
     assert width > 2 * height  # both panels
+    for path in (out / "stages").glob("train-*/train_log.jsonl"):  # tracked, but no dev evaluations
+        recs = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        path.write_text("".join(json.dumps(r) + "\n" for r in recs if r.get("kind") != "dev"), encoding="utf-8")
+    text, (height, width, _) = fig4("r3")
+    assert "Panel (b), dev quality per step, is not drawn" in text and "Dev curves" not in text
+    assert "Panel (a)" not in text and width < 1.5 * height

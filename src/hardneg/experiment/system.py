@@ -23,12 +23,12 @@ SEEDED_KINDS = ("train", PEER_ST)
 START_MODEL = "zeroshot"
 
 
-
 def settings_section(spec: MethodSpec | None) -> str:
     """The recipe section whose settings a system of method ``spec`` shares (one of
     :data:`~hardneg.experiment.recipe.SETTINGS_SECTIONS`): a frozen-document method's own (``adore:``),
     else ``train:``."""
     return spec.name if spec is not None and spec.frozen_doc else "train"
+
 
 class System(BaseModel):
     """One compared system: ``name``, ``kind`` or ``method``, ``base`` (ADORE) and TrainConfig overrides."""

@@ -30,44 +30,52 @@ def curves(ctx: ReportContext) -> Section:
     dev = {n: v for n, v in dev.items() if v and _curve_worthy(ctx, n)}
     if not tracked and not dev:
         return Section()
-    # Panel (a) only where some system tracked its negatives: an empty axis would read as "no overlap".
-    fig, axes = plt.subplots(1, 2 if tracked else 1, figsize=(10, 4) if tracked else (5.5, 4), squeeze=False)
+    # A panel only where it has curves: an empty axis would read as "no overlap" or "no change".
+    panels = int(bool(tracked)) + int(bool(dev))
+    fig, axes = plt.subplots(1, panels, figsize=(10, 4) if panels == 2 else (5.5, 4), squeeze=False)
     axes = list(axes[0])
     text = ["## Fig. 4 analogue: static negatives go stale; quality per step", ""]
     if not tracked:
         text.append("Panel (a), the overlap of static negatives with the current model's top negatives, is not "
                     "drawn: no system of this report tracked it (the training option `track_every`).")
-    for name, recs in tracked.items():
-        key = next(k for k in recs[0] if k.startswith("overlap@"))
-        mined_by_start = _mined_by_start(ctx, name)
-        steps = ([0] if mined_by_start else []) + [r["step"] for r in recs]
-        values = ([1.0] if mined_by_start else []) + [r[key] for r in recs]
-        axes[0].plot(steps, values, marker="o", label=name, color=ctx.colours[name])
-        text.append(f"- {name}: {key} of its static negatives with the current model's top negatives: "
-                    + ", ".join(f"step {r['step']}: {r[key]:.2f}" for r in recs))
+    if not dev:
+        text.append("Panel (b), dev quality per step, is not drawn: no system shown here has dev evaluations.")
     if tracked:
+        ax = axes[0]
+        for name, recs in tracked.items():
+            key = next(k for k in recs[0] if k.startswith("overlap@"))
+            mined_by_start = _mined_by_start(ctx, name)
+            steps = ([0] if mined_by_start else []) + [r["step"] for r in recs]
+            values = ([1.0] if mined_by_start else []) + [r[key] for r in recs]
+            ax.plot(steps, values, marker="o", label=name, color=ctx.colours[name])
+            text.append(f"- {name}: {key} of its static negatives with the current model's top negatives: "
+                        + ", ".join(f"step {r['step']}: {r[key]:.2f}" for r in recs))
         keys = sorted({next(k for k in recs[0] if k.startswith("overlap@")) for recs in tracked.values()})
-        axes[0].set_xlabel("training step")
-        axes[0].set_ylabel(f"{'/'.join(keys)}, static vs dynamic negatives")
-        axes[0].set_ylim(0, 1.05)
-        axes[0].set_title("(a) overlap with dynamic hard negatives")
-        axes[0].legend()
-    metric, ax = "RR@10", axes[-1]
-    for name, recs in dev.items():
-        style = "--" if ctx.r.frozen_doc(name) else "-"
-        ax.plot([r["step"] for r in recs], [r.get(metric, math.nan) for r in recs], style, marker=".",
-                label=name, color=ctx.colours[name])
-    ax.set_xlabel("training step")
-    ax.set_ylabel(f"dev {metric}")
-    ax.set_title("(b) dev quality per step" if tracked else "dev quality per step")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{'/'.join(keys)}, static vs dynamic negatives")
+        ax.set_ylim(0, 1.05)
+        ax.set_title("(a) overlap with dynamic hard negatives")
+        ax.legend()
     if dev:
+        metric, ax = "RR@10", axes[-1]
+        for name, recs in dev.items():
+            style = "--" if ctx.r.frozen_doc(name) else "-"
+            ax.plot([r["step"] for r in recs], [r.get(metric, math.nan) for r in recs], style, marker=".",
+                    label=name, color=ctx.colours[name])
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"dev {metric}")
+        ax.set_title("(b) dev quality per step")
         ax.legend(fontsize=7)
     path = ctx.save(fig, "fig4_overlap_and_dev.png")
-    text += ["", f"![Fig. 4 analogue]({path})", "",
-             "Overlap at step 0 is 1 by construction where the start model mined the static negatives itself. "
-             "Dev curves: solid = document encoder trained (dev ranks a BM25 top-20 pool per dev query plus "
-             "its positives), dashed = ADORE (dev ranks the full fixed index), so the two families' levels are "
-             "not comparable with each other, only their trends.", ""]
+    text += ["", f"![Fig. 4 analogue]({path})", ""]
+    if tracked:
+        text.append("Overlap at step 0 is 1 by construction where the start model mined the static negatives "
+                    "itself.")
+    if dev:
+        text.append("Dev curves: solid = document encoder trained (dev ranks a BM25 top-20 pool per dev query "
+                    "plus its positives), dashed = ADORE (dev ranks the full fixed index), so the two families' "
+                    "levels are not comparable with each other, only their trends.")
+    text.append("")
     return Section("\n".join(text), {"tracked": tracked})
 
 
