@@ -935,6 +935,12 @@ def test_records_carry_a_grid_to_a_fresh_folder_and_rerun_only_what_a_stage_need
     lost = "transfer-rand-transfer-test"  # a stage the records lack: it needs rand's model, which they never hold
     shutil.rmtree(book / "stages" / lost)
     shutil.rmtree(fresh.stage_dir(lost))
+    listed = Experiment(Recipe.from_dict(raw), tmp_path / "fresh", quiet=True).status(records=book)
+    states = dict(listed)  # --dry-run says what the run below will do, in its order
+    assert states["train-rand"] == "rerun (files needed)" and states[lost] == "todo"
+    assert {n for n, s in listed if s not in ("done", "done (record)")} == {"train-rand", lost}
+    order = [n for n, _ in listed]
+    assert order.index("train-rand") < order.index(lost)
     again = Experiment(Recipe.from_dict(raw), tmp_path / "fresh", quiet=True).run(records=book)
     assert {n for n, v in again.items() if v != "cached"} == {"train-rand", lost, "report"}
     assert (fresh.stage_dir("train-rand") / "model").is_dir()

@@ -432,19 +432,26 @@ class Experiment:
     def status(self, records: str | Path | None = None, only: list[str] | None = None) -> list[tuple[str, str]]:
         """Each stage and its state (:func:`~hardneg.experiment.execute.describe`: ``todo``, ``done``, ``running``,
         ``interrupted``, ``failed``, ``stale …``; ``done (record)``: not done here, done in ``records``, so a run
-        with them takes it), in the order a run takes them (:func:`~hardneg.experiment.stages.run_order`);
-        with ``only``, just the stages ``run(only=...)`` would take
-        (:func:`~hardneg.experiment.stages.select_stages`)."""
+        with them takes it; ``rerun (files needed)``: done only as a record, but a stage still to run reads its
+        files, so the run does it again, :func:`~hardneg.experiment.records.needed_again`), in the order
+        :meth:`run` takes them (:func:`~hardneg.experiment.stages.run_order`); with ``only``, just the stages
+        ``run(only=...)`` would take (:func:`~hardneg.experiment.stages.select_stages`)."""
         alive = holder_alive(self.out)
         wanted = select_stages(self.stages, only) if only else list(self.stages)
-        order = run_order(self.stages, wanted, self.finished())
+        done, taken, again = self.finished(), set(), set()
+        if records is not None:  # what run(records=...) takes from them and what it must run again
+            book = Path(records)
+            taken = {n for n in wanted if n not in done and not self.stages[n].always
+                     and is_finished(self.stages[n], read_state(book / "stages" / n))}
+            restored = taken | {n for n in wanted if n in done
+                                and records_module.is_restored(read_state(self.stage_dir(n)))}
+            done |= taken
+            again = records_module.needed_again(self.stages, [n for n in wanted if n not in done], restored)
         rows = []
-        for n in order:
+        for n in run_order(self.stages, wanted, done - again):
             stage, folder = self.stages[n], self.stage_dir(n)
-            state = describe(stage, read_state(folder), folder, alive)
-            if records is not None and state != "done" and not stage.always \
-                    and is_finished(stage, read_state(Path(records) / "stages" / n)):
-                state = "done (record)"
+            state = "rerun (files needed)" if n in again else \
+                "done (record)" if n in taken else describe(stage, read_state(folder), folder, alive)
             rows.append((n, state))
         return rows
 
