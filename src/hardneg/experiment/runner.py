@@ -40,19 +40,17 @@ transfer stages); ``wise-S-curve``: every a on test and transfer, for the report
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hardneg.artifacts import corpus_index
 from hardneg.data.cache import cache_dir_or_default
 from hardneg.data.load import load_dataset, parse_spec
-from hardneg.devices import place_index, resolve_device
-from hardneg.evaluate.metrics import evaluate
+from hardneg.devices import resolve_device
 from hardneg.evaluate.results import save_run_and_metrics
 from hardneg.experiment import records as records_module
+from hardneg.experiment import wise_stages
 from hardneg.experiment.analysis_stages import (
     pairwise_stage,
     pairwise_system_stage,
@@ -91,10 +89,9 @@ from hardneg.experiment.stages import (
 from hardneg.io import read_json, write_json
 from hardneg.locks import holder_alive
 from hardneg.model.encoder import DualEncoder
-from hardneg.model.merge import interpolate
 from hardneg.model.registry import resolve_model
 from hardneg.retrieval.bm25 import cached_bm25
-from hardneg.retrieval.dense import retrieve, search
+from hardneg.retrieval.dense import retrieve
 from hardneg.train.config import TrainConfig
 from hardneg.train.order import train_dev_split
 from hardneg.train.resume_keys import LATER_DEFAULTS
@@ -238,7 +235,7 @@ class Experiment:
             self._add(Stage(wise_curve_stage(s.name), {"system": s.name, "alphas": alphas, "data": self.test_spec(),
                                                        "transfer": list(r.transfer), "index": s.index,
                                                        **eval_settings, "query_max_length": self.query_length(s)},
-                            [wise_alpha_stage(s.name, a) for a in alphas], self._wise_curve_fn(s, alphas),
+                            [wise_alpha_stage(s.name, a) for a in alphas], wise_stages.curve_run(self, s, alphas),
                             record_also=("a*/metrics.json", "a*/per_query.json")))  # the report's curve table
         self._add(Stage(REPORT, {}, list(self.stages), self._report_fn, always=True, reads_records=True))
 
@@ -276,9 +273,10 @@ class Experiment:
             self._add(Stage(wise_alpha_stage(s.name, a),
                             {"system": s.name, "alpha": a, "start": start, "model": self.model_path(s),
                              "index": s.index, "dev": dev, **eval_settings, "query_max_length": self.query_length(s)},
-                            deps, self._wise_alpha_fn(s, a, start, cfg)))
+                            deps, wise_stages.alpha_run(self, s, a, start, cfg)))
         self._add(Stage(wise_stage(s.name), {"system": s.name, "alphas": alphas, "dev_metric": cfg.dev_metric},
-                        [wise_alpha_stage(s.name, a) for a in alphas], self._wise_pick_fn(s, alphas, cfg.dev_metric)))
+                        [wise_alpha_stage(s.name, a) for a in alphas],
+                        wise_stages.pick_run(self, s, alphas, cfg.dev_metric)))
         row = self.wise_system(wise_name(s.name))
         self._add(Stage(test_stage(row.name), {"system": row.name, "kind": "wise", "index": s.index,
                                                **self._on_test(row, eval_settings)},
@@ -370,59 +368,6 @@ class Experiment:
         the trainer's seeded carve-out of the training queries (train/trainer.py ``setup``, same seed/fraction)."""
         split = train_dev_split(cfg)
         return split.dev_dataset, split.dev_qrels, split.dev_queries
-
-    def _wise_alpha_fn(self, system: System, alpha: float, start: str,
-                       cfg: TrainConfig) -> Callable[[Path], dict[str, Any]]:
-        def run(folder: Path) -> dict[str, Any]:
-            ev = self.recipe.eval
-            merged = interpolate(self._load(start, system), self._load(self.model_path(system), system), alpha)
-            merged.save(folder / "model")
-            dataset, qrels, queries = self.dev_set(cfg)
-            index = corpus_index(merged, dataset, system.index, self.cache_dir, show_progress=not self.quiet)
-            place_index(index, self.device)  # on the experiment's GPU when it runs on one, else nothing
-            run_ = search(index, merged, queries, int(ev.k))
-            metrics = evaluate(run_, qrels, list(dict.fromkeys([cfg.dev_metric, *ev.measures])))
-            return {"alpha": alpha, "dev": metrics, "dev_queries": len(qrels)}
-
-        return run
-
-    def _wise_pick_fn(self, system: System, alphas: list[float], metric: str) -> Callable[[Path], dict[str, Any]]:
-        def run(folder: Path) -> dict[str, Any]:
-            curve = {a: read_state(self.stage_dir(wise_alpha_stage(system.name, a)))["result"]["dev"]
-                     for a in alphas}
-            # the best dev value; a tie goes to the smaller weight (closer to the start model)
-            best = min(alphas, key=lambda a: (-curve[a][metric], a))
-            target = folder / "model"
-            if target.exists():
-                shutil.rmtree(target)
-            shutil.copytree(self.stage_dir(wise_alpha_stage(system.name, best)) / "model", target)
-            return {"alpha": best, "dev_metric": metric, "dev": curve[best],
-                    "curve": [{"alpha": a, **curve[a]} for a in alphas]}
-
-        return run
-
-    def _wise_curve_fn(self, system: System, alphas: list[float]) -> Callable[[Path], dict[str, Any]]:
-        def run(folder: Path) -> dict[str, Any]:
-            ev = self.recipe.eval
-            test = load_dataset(self.test_spec(), cache_dir=self.cache_dir)
-            transfers = {dataset_tag(spec): load_dataset(spec, cache_dir=self.cache_dir)
-                         for spec in self.recipe.transfer}
-            out: dict[str, Any] = {"test": {}, "transfer": {t: {} for t in transfers}}
-            for a in alphas:
-                model = self._load(str(self.stage_dir(wise_alpha_stage(system.name, a)) / "model"), system)
-                for tag, dataset in [("test", test), *transfers.items()]:
-                    run_ = retrieve(model, dataset, index_kind=system.index if tag == "test" else "flat",
-                                    k=int(ev.k), cache_dir=self.cache_dir, show_progress=not self.quiet,
-                                    use_gpu=self.device.type == "cuda")
-                    if tag == "test":
-                        res = save_run_and_metrics(run_, folder / f"a{a:g}", tag=f"{system.name}-a{a:g}",
-                                                   qrels=dataset.qrels(), measures=ev.measures, per_query=True)
-                        out["test"][f"{a:g}"] = res.metrics
-                    else:
-                        out["transfer"][tag][f"{a:g}"] = evaluate(run_, dataset.qrels(), ev.measures)
-            return out
-
-        return run
 
     def _report_fn(self, folder: Path) -> dict[str, Any]:
         path = write_report(self.out)
