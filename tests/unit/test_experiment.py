@@ -993,3 +993,28 @@ def test_dry_run_with_only_lists_just_the_stages_that_run_would_take(tmp_path, t
     rows = [line.split()[-1] for line in result.output.splitlines() if line.strip().startswith("todo")]
     assert rows == listed
     assert f"{len(exp.stages)} stages, {len(listed)} of them chosen by --only; recipe OK" in result.output
+
+
+def test_the_compressed_index_finding_is_a_paired_test_on_the_pq_stages_per_query_scores(records, tmp_path):
+    """`pq-<system>` keeps each system's per-query scores on each index; the finding "ADORE trained against the
+    compressed index beats ADORE trained against the exact one" is then a paired t-test in the Holm family like
+    the others, and where a pq stage ran before the scores were kept it says it is not tested."""
+    import numpy as np
+
+    results = ExperimentResults(records)
+    own, flat = results.pq_per_query("adore-pq8+zeroshot", "pq8"), results.pq_per_query("adore+zeroshot", "pq8")
+    grid = results.stage("analysis-pq")["result"]["metrics"]
+    for name, scores in (("adore-pq8+zeroshot", own), ("adore+zeroshot", flat)):
+        assert np.mean(list(scores["nDCG@10"].values())) == pytest.approx(grid[name]["pq8"]["nDCG@10"])
+    text = report_module.render(ReportContext(results, tmp_path / "r"))
+    line = next(x for x in text.splitlines() if "compressed index (pq8)" in x)
+    a, b = grid["adore-pq8+zeroshot"]["pq8"]["nDCG@10"], grid["adore+zeroshot"]["pq8"]["nDCG@10"]
+    assert f"Here: adore-pq8+zeroshot nDCG@10 {a:.3f} vs adore+zeroshot {b:.3f} (p " in line
+    assert "Holm" in line and "not tested" not in line
+    old = tmp_path / "old"
+    shutil.copytree(records, old)
+    (old / "stages" / "pq-adore+zeroshot" / "per_query-pq8.json").unlink()  # a stage from before
+    text = report_module.render(ReportContext(ExperimentResults(old), tmp_path / "r3"))
+    line = next(x for x in text.splitlines() if "compressed index (pq8)" in x)
+    assert "no per-query scores on pq8" in line and "Holm" not in line
+    assert "**direction agrees, not tested**" in line or "**disagrees**" in line

@@ -10,8 +10,8 @@ from typing import Any
 from hardneg.artifacts import corpus_index
 from hardneg.data.load import load_dataset
 from hardneg.evaluate.analysis import model_pairwise_errors, tsne_points
-from hardneg.evaluate.metrics import evaluate
-from hardneg.experiment.stages import pairwise_system, pq_system
+from hardneg.evaluate.metrics import evaluate, evaluate_per_query
+from hardneg.experiment.stages import pairwise_system, pq_per_query_file, pq_system
 from hardneg.io import read_json, write_json
 from hardneg.retrieval.dense import search
 
@@ -49,8 +49,9 @@ def pairwise_stage(exp: Any, systems: list[str], topk: int) -> Callable[[Path], 
 
 
 def pq_system_stage(exp: Any, name: str, indexes: list[str]) -> Callable[[Path], dict[str, Any]]:
-    """Stage ``pq-<system>``: one system's test metrics on each index kind (Table 3), and the index sizes, while
-    its model is at hand (see :func:`pairwise_system_stage`)."""
+    """Stage ``pq-<system>``: one system's test metrics on each index kind (Table 3), its per-query scores on
+    each (:func:`~hardneg.experiment.stages.pq_per_query_file`), and the index sizes, while its model is at hand
+    (see :func:`pairwise_system_stage`)."""
     def run(folder: Path) -> dict[str, Any]:
         ev = exp.recipe.eval
         dataset = load_dataset(exp.test_spec(), cache_dir=exp.cache_dir)
@@ -61,6 +62,8 @@ def pq_system_stage(exp: Any, name: str, indexes: list[str]) -> Callable[[Path],
             index = corpus_index(encoder, dataset, kind, exp.cache_dir, show_progress=not exp.quiet)
             run_ = search(index, encoder, dataset.queries(), int(ev.k))
             metrics[kind] = evaluate(run_, dataset.qrels(), ev.measures)
+            # per-query scores, so that the report's finding on compressed indexes is a paired test
+            write_json(folder / pq_per_query_file(kind), evaluate_per_query(run_, dataset.qrels(), ev.measures))
             sizes[kind] = int(index.manifest.get("bytes", 0)) if hasattr(index, "manifest") else 0
         return {"metrics": metrics, "bytes": sizes, "dim": int(encoder.dim), "docs": dataset.doc_count()}
 

@@ -27,6 +27,8 @@ from hardneg.experiment.schema import substitute
 from hardneg.experiment.stages import (
     dataset_tag,
     portable,
+    pq_per_query_file,
+    pq_system,
     seed_name,
     test_stage,
     train_stage,
@@ -157,6 +159,14 @@ class ExperimentResults:
         if self.stage(test_stage(system)) is None:
             return None
         return read_json(self.stage_file(test_stage(system), "per_query.json"))
+
+    def pq_per_query(self, system: str, kind: str) -> dict[str, dict[str, float]] | None:
+        """``system``'s per-query test scores on index ``kind`` (its ``pq-<system>`` stage), or None: the stage
+        is not done, or ran before it kept them."""
+        if self.stage(pq_system(system)) is None:
+            return None
+        path = self.stage_file(pq_system(system), pq_per_query_file(kind))
+        return read_json(path) if path.is_file() else None
 
     def transfer_per_query(self, run: str, tag: str) -> dict[str, dict[str, float]] | None:
         """``run``'s per-query scores on the transfer set ``tag``: its stage's ``per_query.json``, or for a stage

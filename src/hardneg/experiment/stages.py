@@ -65,6 +65,11 @@ def pq_system(system: str) -> str:
     return f"pq-{system}"
 
 
+def pq_per_query_file(kind: str) -> str:
+    """The file of a ``pq-<system>`` stage with the system's per-query test scores on index ``kind``."""
+    return f"per_query-{kind}.json"
+
+
 def seed_name(system: str, seed: int) -> str:
     """The replica of seeded ``system`` that runs with ``seed`` (every seed of its ``seeds`` after the first)."""
     return f"{system}.seed{seed}"
