@@ -384,6 +384,18 @@ def test_adore_star_is_judged_best_only_once_it_is_tested(tmp_path, tested, says
     assert len(lines) == 1 and lines[0].endswith(says), lines
 
 
+def test_adore_star_is_not_judged_best_in_a_recipe_without_it(tmp_path):
+    """A recipe with no ADORE on STAR (NFCorpus's: ADORE on zero-shot only) makes no "ADORE+STAR is the best
+    system" line: there is nothing to judge, so it is neither agreed with nor contradicted."""
+    from hardneg.experiment.findings import Findings
+
+    systems = [{"name": "z", "kind": "zeroshot"}, {"name": "a0", "method": "adore", "base": "z"}]
+    results = _results_folder(tmp_path, systems, {n: {"q1": 0.5, "q2": 0.4} for n in ("z", "a0")})
+    lines = [x if isinstance(x, str) else x.render(x.pvalues())
+             for x in Findings(ReportContext(results, tmp_path / "r"))._effectiveness({})]
+    assert lines and not [x for x in lines if "ADORE+STAR is the best system" in x]
+
+
 def test_settings_sections_are_recipe_keys():
     """Each method that freezes the document tower reads its own recipe section, named after it (adore:)."""
     from hardneg.experiment.recipe import SETTINGS_SECTIONS

@@ -141,7 +141,9 @@ class Findings:
             plain = {n for n in r.with_trait(is_frozen_doc)
                      if r.is_plain_adore(n) and r.base_of(n) in r.paper_stars()}
             expected = plain | {wise_name(n) for n in plain}  # ADORE+STAR interpolated with its base is ADORE+STAR too
-            if expected and not expected & set(names):  # a partial run: the paper's system is still to be tested
+            if not expected:
+                pass  # the recipe has no ADORE on the paper's STAR: the claim is not this recipe's to judge
+            elif not expected & set(names):  # a partial run: the paper's system is still to be tested
                 out.append(f"- {rq2} — paper: ADORE+STAR is the best system. Not judged yet: "
                            f"{', '.join(sorted(plain))} has no test result "
                            f"(so far the best dense system by {self.main_measure} is {best}).")
