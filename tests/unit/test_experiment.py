@@ -1039,3 +1039,13 @@ def test_the_compressed_index_finding_is_a_paired_test_on_the_pq_stages_per_quer
     line = next(x for x in text.splitlines() if "compressed index (pq8)" in x)
     assert "no per-query scores on pq8" in line and "Holm" not in line
     assert "**direction agrees, not tested**" in line or "**disagrees**" in line
+
+
+def test_pq_per_query_files_have_portable_names():
+    """A Faiss factory string is an index kind too: its per-query file name has no ':' or ',' (records are
+    committed, and checked out on any system)."""
+    from hardneg.experiment.stages import pq_per_query_file
+
+    assert pq_per_query_file("pq48") == "per_query-pq48.json"
+    name = pq_per_query_file("factory:IVF100,PQ16")
+    assert name == "per_query-factory_IVF100_PQ16.json" and Path(name).name == name

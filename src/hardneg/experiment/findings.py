@@ -109,7 +109,8 @@ class Findings:
                                   "the family is every t-test in this list: each finding on all queries and on the "
                                   "seen-doc and unseen-doc strata; raw p first, then \"Holm\"). \"in-domain only\": "
                                   "the finding holds on the seen-document queries but not on the unseen-document "
-                                  "stratum.", "", *rendered, ""]))
+                                  "stratum. Where the paper names a best system and another is higher here, "
+                                  "\"disagrees\" needs that system to be significantly higher.", "", *rendered, ""]))
 
     # ------------------------------------------------------------------ RQ1, RQ2
     def _effectiveness(self, facts: dict[str, Any]) -> list[Any]:
@@ -237,8 +238,8 @@ class Findings:
                     a, b = g[own][kind].get(m, math.nan), g[flat_trained][kind].get(m, math.nan)
                     verdict = "**direction agrees, not tested**" if a > b else "**disagrees**"
                     out.append(f"- {rq3} — paper: {claim}. Here: {own} {a:.3f} vs {flat_trained} {b:.3f} "
-                               f"→ {verdict} (no per-query scores on {kind}: a pq stage run before hardneg kept "
-                               "them; run it again to test).")
+                               f"→ {verdict} (no per-query scores on {kind}: these pq stages ran before hardneg "
+                               "kept them; run them again to test).")
         return out
 
     # ------------------------------------------------------------------ analyses

@@ -66,8 +66,9 @@ def pq_system(system: str) -> str:
 
 
 def pq_per_query_file(kind: str) -> str:
-    """The file of a ``pq-<system>`` stage with the system's per-query test scores on index ``kind``."""
-    return f"per_query-{kind}.json"
+    """The file of a ``pq-<system>`` stage with the system's per-query test scores on index ``kind`` (a Faiss
+    factory string's ``:`` and ``,`` become ``_``: records are committed, and checked out on any system)."""
+    return "per_query-" + re.sub(r"[^\w.+-]", "_", kind) + ".json"
 
 
 def seed_name(system: str, seed: int) -> str:
