@@ -1049,3 +1049,17 @@ def test_pq_per_query_files_have_portable_names():
     assert pq_per_query_file("pq48") == "per_query-pq48.json"
     name = pq_per_query_file("factory:IVF100,PQ16")
     assert name == "per_query-factory_IVF100_PQ16.json" and Path(name).name == name
+
+
+def test_the_pairwise_errors_finding_is_a_paired_test_on_per_query_error_counts(records, tmp_path):
+    """Table 1's "hard negatives cut the top-K pairwise errors" is a paired t-test of the random-negative model's
+    per-query error counts against STAR's (the counts Fig. 3 draws), in the findings' Holm family."""
+    import numpy as np
+
+    results = ExperimentResults(records)
+    counts = {n: json.loads((records / "stages" / "analysis-pairwise" / f"{n}.json").read_text())["top"]
+              for n in ("rand", "star")}
+    text = report_module.render(ReportContext(results, tmp_path / "r"))
+    line = next(x for x in text.splitlines() if x.startswith("- Analysis (Table 1)"))
+    a, b = np.mean(list(counts["rand"].values())), np.mean(list(counts["star"].values()))
+    assert f"Here: rand top-20 pairwise errors per query {a:.1f} vs star {b:.1f} (p " in line and "Holm" in line

@@ -21,6 +21,7 @@ from hardneg.experiment.sections import Section
 from hardneg.experiment.stages import PAIRWISE, train_stage, wise_name
 from hardneg.experiment.stats import ALPHA, holm, mean, ttest
 from hardneg.experiment.tables import fmt_p
+from hardneg.io import read_json
 
 
 @dataclass
@@ -38,6 +39,8 @@ class Claim:
     expect_better: bool = True
     #: the paper says ``b`` is best: ``a`` beating it (Holm p < ALPHA) contradicts the paper
     contrary: bool = False
+    #: how the two means are written (a count of errors: one decimal)
+    digits: int = 3
 
     def pvalues(self) -> list[float]:
         return [self.res[2], *(v[2] for v in self.strata.values())]
@@ -56,13 +59,14 @@ class Claim:
                        "**direction agrees, not significant**" if x > y else "**disagrees**")
         else:
             verdict = "**agrees**" if not (p_all < ALPHA) else "**disagrees**"
-        extra = "".join(f"; {name} stratum {u[0]:.3f} vs {u[1]:.3f} (p {fmt_p(u[2])}, Holm {fmt_p(h)})"
+        d = self.digits
+        extra = "".join(f"; {name} stratum {u[0]:.{d}f} vs {u[1]:.{d}f} (p {fmt_p(u[2])}, Holm {fmt_p(h)})"
                         for (name, u), h in zip(self.strata.items(), p_strata, strict=True))
         held = {name: self._holds(u[0], u[1], h) for (name, u), h in zip(self.strata.items(), p_strata, strict=True)}
         in_domain = held.get("seen-doc") and "unseen-doc" in held and not held["unseen-doc"]
         if self.expect_better and not self.contrary and in_domain:
             verdict += " (in-domain only)"
-        return (f"- {self.label} — paper: {self.claim}. Here: {self.a} {self.measure} {x:.3f} vs {self.b} {y:.3f} "
+        return (f"- {self.label} — paper: {self.claim}. Here: {self.a} {self.measure} {x:.{d}f} vs {self.b} {y:.{d}f} "
                 f"(p {fmt_p(self.res[2])}, Holm {fmt_p(p_all)}){extra} → {verdict}.")
 
 
@@ -77,15 +81,16 @@ class Findings:
 
     def _claim(self, label: str, claim: str, a: str, b: str, expect_better: bool = True,
                scores: tuple[dict[str, dict[str, float]] | None, dict[str, dict[str, float]] | None] | None = None,
-               contrary: bool = False) -> list[Claim]:
+               contrary: bool = False, measure: tuple[str, str] | None = None, digits: int = 3) -> list[Claim]:
         """One test-metric comparison of ``a`` and ``b`` (their test runs' per-query scores, or ``scores``: theirs
-        on another index; ``contrary``: the paper says ``b`` is best); rendered once every p of the list is known
-        (Holm needs them all)."""
+        on another index, or another per-query quantity, ``measure`` = (its key, its name in the line));
+        ``contrary``: the paper says ``b`` is best. Rendered once every p of the list is known (Holm needs them
+        all)."""
         pa, pb = scores if scores is not None else (self.per_query.get(a), self.per_query.get(b))
-        if pa is None or pb is None:
+        key, m = measure or (self.main_measure, self.main_measure)
+        if pa is None or pb is None or key not in pa or key not in pb:
             return []
-        m = self.main_measure
-        x, y = pa[m], pb[m]
+        x, y = pa[key], pb[key]
 
         def cmp(qids: list[str] | None = None) -> tuple[float, float, float]:
             return mean(x, qids), mean(y, qids), ttest(x, y, qids)
@@ -93,7 +98,7 @@ class Findings:
         strata = {}
         if self.unseen:
             strata = {"seen-doc": cmp(sorted(set(x) - set(self.unseen))), "unseen-doc": cmp(self.unseen)}
-        return [Claim(label, claim, a, b, m, cmp(), strata, expect_better, contrary)]
+        return [Claim(label, claim, a, b, m, cmp(), strata, expect_better, contrary, digits)]
 
     def section(self, facts: dict[str, Any]) -> Section:
         lines = [*self._effectiveness(facts), *self._efficiency(facts), *self._analyses(facts)]
@@ -243,7 +248,7 @@ class Findings:
         return out
 
     # ------------------------------------------------------------------ analyses
-    def _analyses(self, facts: dict[str, Any]) -> list[str]:
+    def _analyses(self, facts: dict[str, Any]) -> list[Any]:
         r, out = self.r, []
         pw = r.stage(PAIRWISE)
         if pw is not None:
@@ -253,11 +258,14 @@ class Findings:
             star = r.paper_star(among=res)
             if rand_like and star:
                 a, b = res[star], res[rand_like]
-                out.append(
-                    f"- Analysis (Table 1) — paper: compared with random negatives, hard negatives cut the top-{topk} "
-                    f"pairwise errors while total errors may rise. Here {star} vs {rand_like}: top-{topk} "
-                    f"{a[f'top{topk}']:.1f} vs {b[f'top{topk}']:.1f}, total {a['total']:.1f} vs {b['total']:.1f} → "
-                    f"{'**agrees**' if a[f'top{topk}'] < b[f'top{topk}'] else '**disagrees**'} on top-{topk} errors.")
+                claim = (f"compared with random negatives, hard negatives cut the top-{topk} pairwise errors while "
+                         f"total errors may rise (total here: {star} {a['total']:.1f}, {rand_like} {b['total']:.1f})")
+                # a paired test over the test queries' error counts (copied beside the table for Fig. 3), in the
+                # Holm family with the others
+                counts = {n: read_json(r.stage_file(PAIRWISE, f"{n}.json")) for n in (star, rand_like)}
+                out += self._claim("Analysis (Table 1)", claim, rand_like, star,
+                                   scores=(counts[rand_like], counts[star]),
+                                   measure=("top", f"top-{topk} pairwise errors per query"), digits=1)
         conc = facts.get("concentration")
         if conc:
             out.append(f"- Analysis (Fig. 3) — paper: a random-negative model's errors concentrate on a "
