@@ -21,7 +21,6 @@ from hardneg.experiment.sections import Section
 from hardneg.experiment.stages import PAIRWISE, train_stage, wise_name
 from hardneg.experiment.stats import ALPHA, holm, mean, ttest
 from hardneg.experiment.tables import fmt_p
-from hardneg.io import read_json
 
 
 @dataclass
@@ -262,9 +261,8 @@ class Findings:
                          f"total errors may rise (total here: {star} {a['total']:.1f}, {rand_like} {b['total']:.1f})")
                 # a paired test over the test queries' error counts (copied beside the table for Fig. 3), in the
                 # Holm family with the others
-                counts = {n: read_json(r.stage_file(PAIRWISE, f"{n}.json")) for n in (star, rand_like)}
                 out += self._claim("Analysis (Table 1)", claim, rand_like, star,
-                                   scores=(counts[rand_like], counts[star]),
+                                   scores=(r.pairwise_errors(rand_like), r.pairwise_errors(star)),
                                    measure=("top", f"top-{topk} pairwise errors per query"), digits=1)
         conc = facts.get("concentration")
         if conc:

@@ -117,12 +117,18 @@ def is_restored(state: Mapping[str, Any] | None) -> bool:
     return state is not None and state.get(RESTORED) is not None
 
 
+def can_take(stage: Stage, folder: Path, record: Path) -> bool:
+    """Whether :func:`restore` takes ``stage`` from its ``record``: the record is done with the stage's current
+    settings and ``folder`` holds no finished stage of its own (that one has the files the record lacks)."""
+    return is_finished(stage, read_state(record)) and not is_finished(stage, read_state(folder))
+
+
 def restore(stage: Stage, folder: Path, record: Path) -> bool:
-    """Take ``stage`` from its ``record`` into its empty (or never finished) ``folder``: when the record is done
-    with the stage's current settings and the folder holds no finished stage of its own. Returns whether it did."""
+    """Take ``stage`` from its ``record`` into its empty (or never finished) ``folder`` when :func:`can_take`
+    says so. Returns whether it did."""
+    if not can_take(stage, folder, record):
+        return False
     state = read_state(record)
-    if not is_finished(stage, state) or is_finished(stage, read_state(folder)):
-        return False  # nothing to take, or the folder's own result (it has the files the record lacks)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)

@@ -25,6 +25,7 @@ from hardneg.experiment.peer_st import PEER_ST, peer_label
 from hardneg.experiment.recipe import START_MODEL, Recipe
 from hardneg.experiment.schema import substitute
 from hardneg.experiment.stages import (
+    PAIRWISE,
     dataset_tag,
     portable,
     pq_per_query_file,
@@ -167,6 +168,11 @@ class ExperimentResults:
             return None
         path = self.stage_file(pq_system(system), pq_per_query_file(kind))
         return read_json(path) if path.is_file() else None
+
+    def pairwise_errors(self, system: str) -> dict[str, Any]:
+        """``system``'s pairwise errors as ``analysis-pairwise`` gathered them (Table 1 / Fig. 3): per query
+        (``total``, ``top``) and their means."""
+        return read_json(self.stage_file(PAIRWISE, f"{system}.json"))
 
     def transfer_per_query(self, run: str, tag: str) -> dict[str, dict[str, float]] | None:
         """``run``'s per-query scores on the transfer set ``tag``: its stage's ``per_query.json``, or for a stage

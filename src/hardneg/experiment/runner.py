@@ -386,8 +386,8 @@ class Experiment:
         done, taken, again = self.finished(), set(), set()
         if records is not None:  # what run(records=...) takes from them and what it must run again
             book = Path(records)
-            taken = {n for n in wanted if n not in done and not self.stages[n].always
-                     and is_finished(self.stages[n], read_state(book / "stages" / n))}
+            taken = {n for n in wanted if not self.stages[n].always
+                     and records_module.can_take(self.stages[n], self.stage_dir(n), book / "stages" / n)}
             restored = taken | {n for n in wanted if n in done
                                 and records_module.is_restored(read_state(self.stage_dir(n)))}
             done |= taken

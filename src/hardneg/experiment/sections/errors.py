@@ -11,7 +11,6 @@ from hardneg.experiment.results import RANDOM_NEGATIVES
 from hardneg.experiment.sections.registry import Section, section
 from hardneg.experiment.stages import PAIRWISE
 from hardneg.experiment.tables import fmt
-from hardneg.io import read_json
 
 
 @section("pairwise-errors", 60)
@@ -44,7 +43,7 @@ def _fig3(ctx: ReportContext, systems: list[str], topk: int) -> Section:
     name = ctx.r.first_with(*RANDOM_NEGATIVES, among=systems) or next(iter(systems), None)
     if name is None:
         return Section()
-    errors = read_json(ctx.r.stage_file(PAIRWISE, f"{name}.json"))
+    errors = ctx.r.pairwise_errors(name)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     lines = []
