@@ -964,6 +964,7 @@ def test_records_carry_a_grid_to_a_fresh_folder_and_rerun_only_what_a_stage_need
     assert order.index("train-rand") < order.index(lost)
     again = Experiment(Recipe.from_dict(raw), tmp_path / "fresh", quiet=True).run(records=book)
     assert {n for n, v in again.items() if v != "cached"} == {"train-rand", lost, "report"}
+    assert list(again) == order  # the run took the stages in the order the dry run listed (one plan)
     assert (fresh.stage_dir("train-rand") / "model").is_dir()
     assert RESTORED not in json.loads((fresh.stage_dir("train-rand") / "stage.json").read_text())
     assert (book / "stages" / lost / "metrics.json").is_file()  # recorded as it finished

@@ -18,12 +18,13 @@ replaced by the new one. ``hardneg report DIR`` writes the report from the recor
 from __future__ import annotations
 
 import shutil
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hardneg.experiment.execute import STATE_FILE, is_finished, read_state
-from hardneg.experiment.stages import Stage
+from hardneg.experiment.stages import Stage, run_order
 from hardneg.io import atomic_write, write_json
 
 #: the largest file a record keeps (a test run at k = 1000 is ~10 MB and stays behind; metrics, per-query scores,
@@ -157,3 +158,38 @@ def needed_again(stages: Mapping[str, Stage], to_run: Collection[str], restored:
                 again.add(dep)
                 stack.append(dep)
     return again
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run of ``wanted`` does, decided before it touches a folder: :func:`plan`."""
+
+    #: the stages the run takes, in :func:`~hardneg.experiment.stages.run_order`
+    order: list[str]
+    #: the stages it takes from the records (:func:`restore`) before it starts
+    taken: frozenset[str]
+    #: the restored stages (taken now or before) it runs again: a stage still to run needs their files
+    again: frozenset[str]
+    #: the restored stages that stay restored: their records are there already, the run does not copy them back
+    kept: frozenset[str]
+
+
+def plan(stages: Mapping[str, Stage], wanted: list[str], stage_dir: Callable[[str], Path],
+         records: Path | None) -> Plan:
+    """The one plan both ``hardneg experiment`` and its ``--dry-run`` follow: with ``records``, the ``wanted``
+    stages :func:`can_take` takes from them (never one that always runs, the report), the restored ones
+    :func:`needed_again` sends back, and the order the run takes them in (finished stages first, they are only
+    read back). Reads the stages' ``stage.json`` files only."""
+    states = {n: read_state(stage_dir(n)) for n in stages}
+    finished = {n for n, stage in stages.items() if is_finished(stage, states[n])}
+    taken: set[str] = set()
+    again: set[str] = set()
+    restored: set[str] = set()
+    if records is not None:
+        taken = {n for n in wanted if not stages[n].always
+                 and can_take(stages[n], stage_dir(n), records / "stages" / n)}
+        restored = taken | {n for n in wanted if is_restored(states[n])}
+        finished |= taken
+        again = needed_again(stages, [n for n in wanted if n not in finished], restored)
+    return Plan(order=run_order(stages, wanted, finished - again), taken=frozenset(taken),
+                again=frozenset(again), kept=frozenset(restored - again))

@@ -48,6 +48,7 @@ from typing import Any
 from hardneg.data.cache import cache_dir_or_default
 from hardneg.data.load import load_dataset, parse_spec
 from hardneg.devices import resolve_device
+from hardneg.errors import HardnegError
 from hardneg.evaluate.results import save_run_and_metrics
 from hardneg.experiment import records as records_module
 from hardneg.experiment import wise_stages
@@ -75,7 +76,6 @@ from hardneg.experiment.stages import (
     pairwise_system,
     portable,
     pq_system,
-    run_order,
     select_stages,
     stage_key,
     test_stage,
@@ -379,24 +379,16 @@ class Experiment:
         ``interrupted``, ``failed``, ``stale …``; ``done (record)``: not done here, done in ``records``, so a run
         with them takes it; ``rerun (files needed)``: done only as a record, but a stage still to run reads its
         files, so the run does it again, :func:`~hardneg.experiment.records.needed_again`), in the order
-        :meth:`run` takes them (:func:`~hardneg.experiment.stages.run_order`); with ``only``, just the stages
-        ``run(only=...)`` would take (:func:`~hardneg.experiment.stages.select_stages`)."""
+        :meth:`run` takes them; with ``only``, just the stages ``run(only=...)`` would take
+        (:func:`~hardneg.experiment.stages.select_stages`). Both follow one :func:`~hardneg.experiment.records.plan`."""
         alive = holder_alive(self.out)
         wanted = select_stages(self.stages, only) if only else list(self.stages)
-        done, taken, again = self.finished(), set(), set()
-        if records is not None:  # what run(records=...) takes from them and what it must run again
-            book = Path(records)
-            taken = {n for n in wanted if not self.stages[n].always
-                     and records_module.can_take(self.stages[n], self.stage_dir(n), book / "stages" / n)}
-            restored = taken | {n for n in wanted if n in done
-                                and records_module.is_restored(read_state(self.stage_dir(n)))}
-            done |= taken
-            again = records_module.needed_again(self.stages, [n for n in wanted if n not in done], restored)
+        plan = records_module.plan(self.stages, wanted, self.stage_dir, None if records is None else Path(records))
         rows = []
-        for n in run_order(self.stages, wanted, done - again):
+        for n in plan.order:
             stage, folder = self.stages[n], self.stage_dir(n)
-            state = "rerun (files needed)" if n in again else \
-                "done (record)" if n in taken else describe(stage, read_state(folder), folder, alive)
+            state = "rerun (files needed)" if n in plan.again else \
+                "done (record)" if n in plan.taken else describe(stage, read_state(folder), folder, alive)
             rows.append((n, state))
         return rows
 
@@ -418,31 +410,25 @@ class Experiment:
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "recipe.json", self.recipe.to_dict())
         write_json(self.out / PLAN_FILE, {"stages": list(self.stages)})  # the report counts what is still to run
-        wanted_names = select_stages(self.stages, only) if only else list(self.stages)
-        again: set[str] = set()
+        wanted = select_stages(self.stages, only) if only else list(self.stages)
+        book = None if records is None else Path(records)
+        plan = records_module.plan(self.stages, wanted, self.stage_dir, book)
         on_finish = None
-        if records is None:
-            finished = self.finished()
-        else:
-            book = Path(records)
+        if book is not None:
             records_module.save_top(self.out, book)
-            taken = [n for n in wanted_names if not self.stages[n].always
-                     and records_module.restore(self.stages[n], self.stage_dir(n), book / "stages" / n)]
-            if taken:
-                echo(f"[record] {len(taken)} stage(s) taken from {book}")
-            finished = self.finished()
-            restored = {n for n in wanted_names if records_module.is_restored(read_state(self.stage_dir(n)))}
-            again = records_module.needed_again(self.stages, [n for n in wanted_names if n not in finished],
-                                                restored)
-            kept = restored - again  # stays restored: its record is already there
+            for n in sorted(plan.taken, key=wanted.index):
+                if not records_module.restore(self.stages[n], self.stage_dir(n), book / "stages" / n):
+                    raise HardnegError(f"stage {n}: its record {book / 'stages' / n} changed while the run started; "
+                                       "run again")
+            if plan.taken:
+                echo(f"[record] {len(plan.taken)} stage(s) taken from {book}")
 
             def on_finish(name: str, outcome: str) -> None:
                 stage, record = self.stages[name], book / "stages" / name
-                if stage.always or name in kept:
+                if stage.always or name in plan.kept:
                     return
                 if outcome == "done" or not is_finished(stage, read_state(record)):  # a result the records lack
                     records_module.save(stage, self.stage_dir(name), record)
 
-        wanted = run_order(self.stages, wanted_names, finished - again)
-        return run_stages(self.stages, wanted, self.stage_dir, echo=echo, keep_going=keep_going, again=again,
-                          finished=on_finish)
+        return run_stages(self.stages, plan.order, self.stage_dir, echo=echo, keep_going=keep_going,
+                          again=plan.again, finished=on_finish)
