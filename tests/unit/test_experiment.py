@@ -989,6 +989,27 @@ def test_needed_again_follows_what_each_stage_that_runs_reads():
     assert needed_again(graph, ["test-b"], {"train-a"}) == set()  # train-b finished here: its files are here
 
 
+def test_a_restored_stage_whose_settings_changed_runs_and_is_recorded_again(tmp_path):
+    """records.plan: a stage restored from records earlier whose settings have changed since is stale, not
+    restored: the run redoes it and copies the new result to the records (were it `kept`, the records would keep
+    the old result); its finished, restored training runs again only because that stale test needs its model."""
+    from hardneg.experiment.records import RESTORED, plan
+    from hardneg.experiment.stages import Stage
+    from hardneg.io import write_json
+
+    stages = {s.name: s for s in [Stage("train-a", {}, [], lambda f: {}, key="k-train"),
+                                  Stage("test-a", {}, ["train-a"], lambda f: {}, key="k-test-new"),
+                                  Stage("report", {}, ["test-a"], lambda f: {}, always=True, reads_records=True)]}
+    write_json(tmp_path / "out" / "train-a" / "stage.json", {"status": "done", "key": "k-train", RESTORED: "b"})
+    write_json(tmp_path / "out" / "test-a" / "stage.json", {"status": "done", "key": "k-test-old", RESTORED: "b"})
+    book = tmp_path / "book"
+    write_json(book / "stages" / "test-a" / "stage.json", {"status": "done", "key": "k-test-old"})
+    made = plan(stages, list(stages), lambda n: tmp_path / "out" / n, book)
+    assert made.order == ["train-a", "test-a", "report"] and made.taken == frozenset()
+    assert made.again == {"train-a"} and made.kept == frozenset()
+    assert plan(stages, ["train-a"], lambda n: tmp_path / "out" / n, book).kept == {"train-a"}
+
+
 def test_dry_run_with_only_lists_just_the_stages_that_run_would_take(tmp_path, tiny_model_dir):
     """`--dry-run --only PATTERN` shows what `--only PATTERN` would run (the matches and what they need, in the
     run's order), not the whole recipe; a pattern that matches nothing is the same clear error as the run's."""

@@ -170,7 +170,8 @@ class Plan:
     taken: frozenset[str]
     #: the restored stages (taken now or before) it runs again: a stage still to run needs their files
     again: frozenset[str]
-    #: the restored stages that stay restored: their records are there already, the run does not copy them back
+    #: the restored stages that stay restored (finished with current settings, not run again): their records
+    #: are there already, so the run does not copy them back
     kept: frozenset[str]
 
 
@@ -188,8 +189,10 @@ def plan(stages: Mapping[str, Stage], wanted: list[str], stage_dir: Callable[[st
     if records is not None:
         taken = {n for n in wanted if not stages[n].always
                  and can_take(stages[n], stage_dir(n), records / "stages" / n)}
-        restored = taken | {n for n in wanted if is_restored(states[n])}
         finished |= taken
+        # restored and still current: one restored earlier whose settings changed since is stale, so it runs
+        # and its new result goes to the records like any other
+        restored = taken | {n for n in wanted if n in finished and is_restored(states[n])}
         again = needed_again(stages, [n for n in wanted if n not in finished], restored)
     return Plan(order=run_order(stages, wanted, finished - again), taken=frozenset(taken),
                 again=frozenset(again), kept=frozenset(restored - again))
