@@ -176,7 +176,8 @@ def tsne_points(before, after, dataset, cache_dir: Path | None = None, *, top: i
 
     The query is ``qid`` or, by default, :func:`most_improved_query`. Every point (the documents under
     both models and the two query vectors) goes through one t-SNE so the pictures are
-    comparable; for ADORE the document vectors are the same under both models.
+    comparable; for ADORE the document vectors are the same under both models. ``best_ranks``: every judged
+    query's best relevant rank (1 = top) over the whole corpus under ``[before, after]``.
     """
     from sklearn.manifold import TSNE  # heavy (seconds): only for this figure
 
@@ -220,4 +221,8 @@ def tsne_points(before, after, dataset, cache_dir: Path | None = None, *, top: i
         "docs_before": docs_b.tolist(), "docs_after": docs_a.tolist(),
         "query_before": xy[-2].tolist(), "query_after": xy[-1].tolist(),
         "rank_before": rank_b + 1, "rank_after": rank_a + 1,
+        # every judged query's best relevant rank over the whole corpus, before and after (Fig. 6's scatter;
+        # kept with the points, so a report from records alone, without the test runs, still draws it)
+        "best_ranks": {q: [int(b["best_rank"][j]) + 1, int(a["best_rank"][j]) + 1]
+                       for j, q in enumerate(qids) if rel_rows[j]},
     }

@@ -3,6 +3,8 @@ of one query."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from hardneg.experiment.context import ReportContext
@@ -25,10 +27,22 @@ def best_ranks(ctx: ReportContext, name: str, k: int) -> dict[str, int] | None:
     return out
 
 
-def _rank_scatter(ctx: ReportContext, before: str, after: str, marked: str | None) -> tuple[str, str] | None:
-    """Fig. 6 over all test queries: best rank of a relevant document before vs after (log-log)."""
+def _rank_scatter(ctx: ReportContext, before: str, after: str, pts: dict[str, Any]) -> tuple[str, str] | None:
+    """Fig. 6 over all test queries: best rank of a relevant document before vs after (log-log). The ranks are
+    the t-SNE analysis' own (``points.json`` ``best_ranks``: over the whole corpus, kept in its record), else
+    (an analysis from before it kept them) the test runs' top k."""
+    marked = pts["query_id"]
     k = int(ctx.r.eval.get("k") or 1000)
-    b, a = best_ranks(ctx, before, k), best_ranks(ctx, after, k)
+    if pts.get("best_ranks"):
+        b = {q: r[0] for q, r in pts["best_ranks"].items()}
+        a = {q: r[1] for q, r in pts["best_ranks"].items()}
+        top = max(max(r) for r in pts["best_ranks"].values())
+        source = "Ranks are over the whole corpus (the t-SNE analysis computes them for every judged query)."
+    else:
+        b, a = best_ranks(ctx, before, k), best_ranks(ctx, after, k)
+        top = k + 1
+        source = (f"Ranks are from the test runs (top {k}); a query with no relevant document there is drawn "
+                  f"at {k + 1}.")
     if not b or not a:
         return None
     qids = sorted(set(b) & set(a))
@@ -38,9 +52,10 @@ def _rank_scatter(ctx: ReportContext, before: str, after: str, marked: str | Non
     jitter = np.random.default_rng(0).uniform(0.93, 1.07, size=(2, len(qids)))  # ties stay visible
     ax.scatter(x * jitter[0], y * jitter[1], s=14, alpha=0.55, color=ctx.colours[after], label=after,
                edgecolors="none")
-    ax.plot([1, k + 1], [1, k + 1], ":", color="grey")
-    for line in (ax.axvline, ax.axhline):
-        line(k + 1, color="lightgrey", linewidth=0.8, linestyle="--")  # beyond it: not in the run's top k
+    ax.plot([1, top], [1, top], ":", color="grey")
+    if not pts.get("best_ranks"):
+        for line in (ax.axvline, ax.axhline):
+            line(k + 1, color="lightgrey", linewidth=0.8, linestyle="--")  # beyond it: not in the run's top k
     if marked in qids:
         i = qids.index(marked)
         ax.scatter([x[i]], [y[i]], s=160, marker="*", color="tab:red", label=f"t-SNE query {marked}")
@@ -54,7 +69,7 @@ def _rank_scatter(ctx: ReportContext, before: str, after: str, marked: str | Non
     up, down = int((y < x).sum()), int((y > x).sum())
     text = (f"Over all {len(qids)} test queries: the best relevant document moved up for {up}, down for {down} "
             f"and stayed for {len(qids) - up - down}; median best rank {np.median(x):g} → {np.median(y):g}. "
-            f"Ranks are from the test runs (top {k}); a query with no relevant document there is drawn at {k + 1}.")
+            + source)
     return path, text
 
 
@@ -65,7 +80,7 @@ def tsne(ctx: ReportContext) -> Section:
     if st is None:
         return Section()
     pts = read_json(ctx.r.stage_file(TSNE, "points.json"))
-    scatter = _rank_scatter(ctx, st["settings"]["before"], st["settings"]["after"], pts["query_id"])
+    scatter = _rank_scatter(ctx, st["settings"]["before"], st["settings"]["after"], pts)
     if scatter is None:  # the single hand-picked query is never the only view
         return Section("## Fig. 6 analogue: best ranks before and after ADORE\n\n(the test runs of "
                        f"{st['settings']['before']} and {st['settings']['after']} or the test qrels are "
