@@ -33,10 +33,10 @@ def _rank_scatter(ctx: ReportContext, before: str, after: str, pts: dict[str, An
     (an analysis from before it kept them) the test runs' top k."""
     marked = pts["query_id"]
     k = int(ctx.r.eval.get("k") or 1000)
-    if pts.get("best_ranks"):
-        b = {q: r[0] for q, r in pts["best_ranks"].items()}
-        a = {q: r[1] for q, r in pts["best_ranks"].items()}
-        top = max(max(r) for r in pts["best_ranks"].values())
+    whole = pts.get("best_ranks")
+    if whole:
+        b, a = {q: r[0] for q, r in whole.items()}, {q: r[1] for q, r in whole.items()}
+        top = max(max(r) for r in whole.values())
         source = "Ranks are over the whole corpus (the t-SNE analysis computes them for every judged query)."
     else:
         b, a = best_ranks(ctx, before, k), best_ranks(ctx, after, k)
@@ -53,7 +53,7 @@ def _rank_scatter(ctx: ReportContext, before: str, after: str, pts: dict[str, An
     ax.scatter(x * jitter[0], y * jitter[1], s=14, alpha=0.55, color=ctx.colours[after], label=after,
                edgecolors="none")
     ax.plot([1, top], [1, top], ":", color="grey")
-    if not pts.get("best_ranks"):
+    if not whole:
         for line in (ax.axvline, ax.axhline):
             line(k + 1, color="lightgrey", linewidth=0.8, linestyle="--")  # beyond it: not in the run's top k
     if marked in qids:
