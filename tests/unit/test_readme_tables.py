@@ -27,7 +27,8 @@ def test_every_readme_results_table_matches_its_results_json():
 
 
 def test_the_table_carries_the_files_numbers():
-    """Every system row holds results.json's test means, strata and transfer at 3 decimals (a round trip)."""
+    """Every system row holds results.json's test means, strata and transfer at 3 decimals, and a seeded system's
+    sample sd over its seeds after "±" (a round trip)."""
     results = json.loads((REPO / "docs/results/scifact/results.json").read_text(encoding="utf-8"))
     lines = render_table(results).splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
@@ -37,14 +38,17 @@ def test_the_table_carries_the_files_numbers():
     assert list(rows) == list(tested)
     for name, entry in tested.items():
         row = rows[name]
-        expect = {"nDCG@10": entry["nDCG@10"], "RR@10": entry["RR@10"], "R@100": entry["R@100"],
-                  "nDCG@10 seen-doc": entry["nDCG@10_seen"], "nDCG@10 unseen-doc": entry["nDCG@10_unseen"],
-                  **{f"nDCG@10 {t}": v for t, v in entry["transfer"].items()},
-                  "steps": entry["steps"]}
-        for column, value in expect.items():
+        keys = {"nDCG@10": "nDCG@10", "RR@10": "RR@10", "R@100": "R@100", "nDCG@10 seen-doc": "nDCG@10_seen",
+                "nDCG@10 unseen-doc": "nDCG@10_unseen"}
+        sd = (entry.get("seeds") or {}).get("sd") or {}
+        expect = {**{column: (entry[key], sd.get(key)) for column, key in keys.items()},
+                  **{f"nDCG@10 {t}": (v, (sd.get("transfer") or {}).get(t)) for t, v in entry["transfer"].items()}}
+        assert row[header.index("steps")] == ("–" if entry["steps"] is None else str(entry["steps"])), name
+        for column, (value, spread) in expect.items():
             cell = row[header.index(column)].removesuffix("†")  # the marker: test_dagger_marks_…
-            assert cell == ("–" if value is None else str(value) if column == "steps" else f"{value:.3f}"), \
-                (name, column)
+            text = "–" if value is None else f"{value:.3f}" + ("" if spread is None else f" ± {spread:.3f}")
+            assert cell == text, (name, column)
+    assert any((e.get("seeds") or {}).get("n", 1) > 1 for e in tested.values()), "the file has no seeded system"
 
 
 def _page(tmp_path: Path, body: str) -> Path:
