@@ -36,10 +36,10 @@ def test_the_table_carries_the_files_numbers():
                               for line in lines[2:] if line.startswith("| "))}
     tested = {n: e for n, e in results["systems"].items() if e["nDCG@10"] is not None}
     assert list(rows) == list(tested)
+    keys = {"nDCG@10": "nDCG@10", "RR@10": "RR@10", "R@100": "R@100", "nDCG@10 seen-doc": "nDCG@10_seen",
+            "nDCG@10 unseen-doc": "nDCG@10_unseen"}  # column → results.json key
     for name, entry in tested.items():
         row = rows[name]
-        keys = {"nDCG@10": "nDCG@10", "RR@10": "RR@10", "R@100": "R@100", "nDCG@10 seen-doc": "nDCG@10_seen",
-                "nDCG@10 unseen-doc": "nDCG@10_unseen"}
         sd = (entry.get("seeds") or {}).get("sd") or {}
         expect = {**{column: (entry[key], sd.get(key)) for column, key in keys.items()},
                   **{f"nDCG@10 {t}": (v, (sd.get("transfer") or {}).get(t)) for t, v in entry["transfer"].items()}}
